@@ -1,0 +1,90 @@
+"""App wiring: ``create_app(settings)`` builds the Litestar app around one ``Services``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+
+from litestar import Litestar, Router, get
+from litestar.concurrency import sync_to_thread
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+
+from gateway.admin.api_router import AdminController
+from gateway.auth import provide_principal, provide_services, require_api_key
+from gateway.errors import EXCEPTION_HANDLERS
+from gateway.middleware import request_id_middleware
+from gateway.openai.files.api_router import FilesController
+from gateway.openai.models.api_router import ModelsController
+from gateway.services import Services
+from storage.settings import Settings
+
+log = logging.getLogger("tunegate")
+VERSION = "0.1.0"
+
+
+def print_admin_key(secret: str) -> None:
+    print(
+        f"\n  tunegate generated an admin credential (shown once, stored hashed):\n\n    {secret}\n\n"
+        "  Use it as 'Authorization: Bearer …' on /admin, or run `tunegate orgs create` / `tunegate keys create`.\n"
+        "  Set TUNEGATE_ADMIN_KEY to choose your own; `tunegate admin rotate` makes a new one.\n",
+        file=sys.stderr, flush=True,
+    )
+
+
+@get("/health", include_in_schema=False, sync_to_thread=False)
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = print_admin_key) -> Litestar:
+    services = Services.build(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        secret = await sync_to_thread(services.prepare)
+        if secret:
+            on_admin_key(secret)
+        sweeper = asyncio.create_task(_sweep_expired(services))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            services.close()
+
+    v1 = Router(
+        path="/v1",
+        route_handlers=[FilesController, ModelsController],
+        guards=[require_api_key],
+        dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
+    )
+    app = Litestar(
+        route_handlers=[v1, AdminController, health],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[request_id_middleware],
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="tunegate", version=VERSION, path="/docs",
+            description="OpenAI-compatible fine-tuning and serving gateway.",
+            render_plugins=[SwaggerRenderPlugin(), JsonRenderPlugin()],
+        ),
+        debug=False,
+    )
+    app.state.services = services
+    return app
+
+
+async def _sweep_expired(services: Services) -> None:
+    while True:
+        await asyncio.sleep(services.settings.expiry_sweep_seconds)
+        try:
+            removed = await sync_to_thread(services.files.sweep_expired)
+            if removed:
+                log.info("purged %d expired file(s)", removed)
+        except Exception:  # a failed sweep must not end the loop; the next one retries
+            log.exception("expiry sweep failed")

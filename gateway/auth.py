@@ -1,0 +1,39 @@
+"""Guards: an organization API key for ``/v1``, the admin credential for ``/admin``."""
+
+from __future__ import annotations
+
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+from litestar.concurrency import sync_to_thread
+
+from gateway.services import Services
+from storage.accounts import Principal
+
+
+def bearer(connection: ASGIConnection) -> str | None:
+    value = connection.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def services_of(connection: ASGIConnection) -> Services:
+    return connection.app.state.services
+
+
+async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    accounts = services_of(connection).accounts
+    connection.state.principal = await sync_to_thread(accounts.authenticate, bearer(connection))
+
+
+async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    services = services_of(connection)
+    configured = services.settings.admin_key.get_secret_value() if services.settings.admin_key else None
+    await sync_to_thread(services.accounts.check_admin, bearer(connection), configured)
+
+
+def provide_principal(request: ASGIConnection) -> Principal:
+    return request.state.principal
+
+
+def provide_services(request: ASGIConnection) -> Services:
+    return services_of(request)

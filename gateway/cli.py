@@ -1,0 +1,149 @@
+"""``tunegate`` command line: serve, and local administration straight on the database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from storage.errors import TunegateError
+from storage.settings import Settings
+
+
+def _services(settings: Settings):  # noqa: ANN202 - lazy import keeps `tunegate --help` fast
+    from gateway.services import Services
+    from storage import migrate
+
+    services = Services.build(settings)
+    migrate.upgrade(services.db)
+    return services
+
+
+def _emit(obj: Any) -> None:
+    print(json.dumps(msgspec.to_builtins(obj), indent=2, ensure_ascii=False))
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    app = create_app(settings)
+    print(f"tunegate listening on http://{host}:{port}/v1  (docs: http://{host}:{port}/docs)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_db_upgrade(settings: Settings, _: argparse.Namespace) -> int:
+    from storage import migrate
+
+    services = _services(settings)
+    print(f"database at revision {migrate.current_revision(services.db)}")
+    return 0
+
+
+def cmd_orgs_create(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.admin.protocol import OrganizationObject
+
+    _emit(OrganizationObject.of(_services(settings).accounts.create_org(args.name)))
+    return 0
+
+
+def cmd_orgs_list(settings: Settings, _: argparse.Namespace) -> int:
+    from gateway.admin.protocol import OrganizationObject
+
+    _emit([OrganizationObject.of(o) for o in _services(settings).accounts.list_orgs()])
+    return 0
+
+
+def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.admin.protocol import KeyObject
+
+    issued = _services(settings).accounts.create_key(args.org, args.name)
+    _emit(KeyObject.of(issued.key, issued.secret))
+    print("The secret above is shown once; tunegate stores only its hash.", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.admin.protocol import KeyObject
+
+    _emit([KeyObject.of(k) for k in _services(settings).accounts.list_keys(args.org)])
+    return 0
+
+
+def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.admin.protocol import KeyObject
+
+    _emit(KeyObject.of(_services(settings).accounts.revoke_key(args.key_id)))
+    return 0
+
+
+def cmd_admin_rotate(settings: Settings, _: argparse.Namespace) -> int:
+    if settings.admin_key:
+        print("TUNEGATE_ADMIN_KEY is set: the admin credential comes from settings.", file=sys.stderr)
+        return 2
+    print(_services(settings).accounts.rotate_admin_credential())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunegate", description=__doc__)
+    parser.add_argument("--config", help="TOML settings file (overrides TUNEGATE_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(path: list[str], func: Callable[[Settings, argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        parent = sub
+        for group in path[:-1]:
+            parent = _group(sub, group)
+        p = parent.add_parser(path[-1], help=help_)
+        p.set_defaults(func=func)
+        return p
+
+    serve = add(["serve"], cmd_serve, "run the gateway (embedded defaults: SQLite + ./data)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--log-level", default="info")
+    add(["db", "upgrade"], cmd_db_upgrade, "apply schema migrations")
+    add(["orgs", "create"], cmd_orgs_create, "create an organization").add_argument("name")
+    add(["orgs", "list"], cmd_orgs_list, "list organizations")
+    keys_create = add(["keys", "create"], cmd_keys_create, "issue an API key (shown once)")
+    keys_create.add_argument("--org", required=True)
+    keys_create.add_argument("--name", default="")
+    add(["keys", "list"], cmd_keys_list, "list an organization's keys").add_argument("--org", required=True)
+    add(["keys", "revoke"], cmd_keys_revoke, "revoke an API key").add_argument("key_id")
+    add(["admin", "rotate"], cmd_admin_rotate, "replace the generated admin credential (printed once)")
+    return parser
+
+
+_groups: dict[str, Any] = {}
+
+
+def _group(sub: Any, name: str) -> Any:
+    if name not in _groups:
+        _groups[name] = sub.add_parser(name, help=f"{name} commands").add_subparsers(dest=f"{name}_command", required=True)
+    return _groups[name]
+
+
+def main(argv: list[str] | None = None) -> int:
+    _groups.clear()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        settings = Settings.load(args.config)
+        return args.func(settings, args)
+    except TunegateError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The process's services, built once from Settings and shared by the app, the CLI and the tests."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from serving.catalog import Catalog
+from storage import migrate
+from storage.accounts import Accounts
+from storage.blobs import LocalBlobStore
+from storage.db import Database
+from storage.files import Files
+from storage.settings import Settings
+
+log = logging.getLogger("tunegate")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    blobs: LocalBlobStore
+    accounts: Accounts
+    files: Files
+    catalog: Catalog
+
+    @classmethod
+    def build(cls, settings: Settings) -> "Services":
+        db = Database(settings.resolved_database_url)
+        blobs = LocalBlobStore(settings.resolved_blob_dir)
+        return cls(settings, db, blobs, Accounts(db), Files(db, blobs), Catalog(db, settings))
+
+    def prepare(self) -> str | None:
+        """Migrate the schema, register base models, tidy after crashes. Returns a newly generated admin key."""
+        migrate.upgrade(self.db)
+        self.catalog.sync_base_models()
+        self.blobs.sweep_staging()
+        self.files.reap_orphans()
+        self.files.sweep_expired()
+        admin = self.settings.admin_key.get_secret_value() if self.settings.admin_key else None
+        return self.accounts.ensure_admin_credential(admin)
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,1 @@
+"""Engines and routing: model name → (base, adapter) → replica; adapter hot-load; engine supervision; health."""

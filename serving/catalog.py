@@ -1,0 +1,85 @@
+"""What models an organization can see: configured base models + its fine-tuned models and checkpoints.
+
+Another organization's model is "not found", exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlmodel import col, select
+
+from storage.db import Database
+from storage.errors import NotFound, PermissionDenied
+from storage.ids import now
+from storage.settings import Settings
+from storage.tables import BaseModelRecord, FineTunedModel
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str
+    created: int
+    owned_by: str
+    kind: str  # base | fine-tuned | checkpoint
+    base_model: str
+
+
+class Catalog:
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+
+    def sync_base_models(self) -> None:
+        """Record the first sighting of every configured base model (gives each a stable ``created``)."""
+        with self.db.session() as s:
+            known = set(s.exec(select(BaseModelRecord.id)))
+            for model_id in self.settings.base_models:
+                if model_id not in known:
+                    s.add(BaseModelRecord(id=model_id, created_at=now()))
+
+    def _bases(self) -> list[ModelEntry]:
+        with self.db.session() as s:
+            created = {r.id: r.created_at for r in s.exec(select(BaseModelRecord))}
+        return [
+            ModelEntry(model_id, created.get(model_id, 0), spec.owned_by, "base", model_id)
+            for model_id, spec in self.settings.base_models.items()
+        ]
+
+    def list(self, org_id: str) -> list[ModelEntry]:
+        with self.db.session() as s:
+            tuned = s.exec(
+                select(FineTunedModel).where(FineTunedModel.organization_id == org_id).order_by(col(FineTunedModel.seq).desc())
+            )
+            return self._bases() + [_entry(m) for m in tuned]
+
+    def get(self, org_id: str, model_id: str) -> ModelEntry:
+        for base in self._bases():
+            if base.id == model_id:
+                return base
+        with self.db.session() as s:
+            row = s.exec(
+                select(FineTunedModel).where(FineTunedModel.id == model_id, FineTunedModel.organization_id == org_id)
+            ).first()
+        if row is None:
+            raise _not_found(model_id)
+        return _entry(row)
+
+    def delete(self, org_id: str, model_id: str) -> None:
+        if model_id in self.settings.base_models:
+            raise PermissionDenied(f"You cannot delete the base model '{model_id}'.", param="model", code="model_not_deletable")
+        with self.db.session() as s:
+            row = s.exec(
+                select(FineTunedModel).where(FineTunedModel.id == model_id, FineTunedModel.organization_id == org_id)
+            ).first()
+            if row is None:
+                raise _not_found(model_id)
+            s.delete(row)
+
+
+def _entry(row: FineTunedModel) -> ModelEntry:
+    return ModelEntry(row.id, row.created_at, row.organization_id, row.kind, row.base_model)
+
+
+def _not_found(model_id: str) -> NotFound:
+    return NotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param="model", code="model_not_found")

@@ -1,0 +1,136 @@
+"""Organizations, API keys and the admin credential. Secrets are shown once and stored as sha256 only."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from sqlmodel import select
+
+from storage.db import Database
+from storage.errors import AuthenticationFailed, InvalidRequest, NotFound
+from storage.ids import new_id, now, random_token
+from storage.tables import AdminCredential, ApiKey, Organization
+
+KEY_PREFIX = "sk-tg-"
+ADMIN_PREFIX = "sk-tgadmin-"
+
+
+def sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the organization every tenant query filters on, and the key used."""
+
+    organization_id: str
+    key_id: str
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: ApiKey
+    secret: str  # shown once, never stored
+
+
+class Accounts:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # organizations -----------------------------------------------------------------------------
+    def create_org(self, name: str) -> Organization:
+        name = name.strip()
+        if not name or len(name) > 256:
+            raise InvalidRequest("Organization name must be 1-256 characters.", param="name")
+        org = Organization(id=new_id("org-"), name=name, created_at=now())
+        with self.db.session() as s:
+            s.add(org)
+        return org
+
+    def list_orgs(self) -> list[Organization]:
+        with self.db.session() as s:
+            return list(s.exec(select(Organization).order_by(Organization.created_at, Organization.id)))
+
+    def get_org(self, org_id: str) -> Organization:
+        with self.db.session() as s:
+            org = s.get(Organization, org_id)
+        if org is None:
+            raise NotFound(f"No such organization: {org_id}", param="organization_id")
+        return org
+
+    # API keys ------------------------------------------------------------------------------------
+    def create_key(self, org_id: str, name: str = "") -> IssuedKey:
+        self.get_org(org_id)
+        secret = KEY_PREFIX + random_token(40)
+        key = ApiKey(
+            id=new_id("key_"), organization_id=org_id, name=name[:256], prefix=secret[:12],
+            secret_sha256=sha256(secret), created_at=now(),
+        )
+        with self.db.session() as s:
+            s.add(key)
+        return IssuedKey(key=key, secret=secret)
+
+    def list_keys(self, org_id: str) -> list[ApiKey]:
+        self.get_org(org_id)
+        with self.db.session() as s:
+            stmt = select(ApiKey).where(ApiKey.organization_id == org_id).order_by(ApiKey.created_at, ApiKey.id)
+            return list(s.exec(stmt))
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        with self.db.session() as s:
+            key = s.get(ApiKey, key_id)
+            if key is None:
+                raise NotFound(f"No such API key: {key_id}", param="key_id")
+            if key.revoked_at is None:
+                key.revoked_at = now()
+                s.add(key)
+        return key
+
+    def authenticate(self, secret: str | None) -> Principal:
+        if not secret:
+            raise AuthenticationFailed(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
+            )
+        with self.db.session() as s:
+            key = s.exec(select(ApiKey).where(ApiKey.secret_sha256 == sha256(secret))).first()
+        if key is None:
+            raise AuthenticationFailed(f"Incorrect API key provided: {_redact(secret)}.")
+        if key.revoked_at is not None:
+            raise AuthenticationFailed(f"API key {_redact(secret)} has been revoked.", code="revoked_api_key")
+        return Principal(organization_id=key.organization_id, key_id=key.id)
+
+    # admin credential -------------------------------------------------------------------------------
+    def ensure_admin_credential(self, configured: str | None) -> str | None:
+        """With no configured admin key and none stored, generate one; return it (to print once)."""
+        if configured:
+            return None
+        with self.db.session() as s:
+            if s.exec(select(AdminCredential)).first() is not None:
+                return None
+        return self.rotate_admin_credential()
+
+    def rotate_admin_credential(self) -> str:
+        secret = ADMIN_PREFIX + random_token(40)
+        with self.db.session() as s:
+            for old in s.exec(select(AdminCredential)):
+                s.delete(old)
+            s.add(AdminCredential(secret_sha256=sha256(secret), created_at=now()))
+        return secret
+
+    def check_admin(self, secret: str | None, configured: str | None) -> None:
+        if not secret:
+            raise AuthenticationFailed("Admin credential required: 'Authorization: Bearer <admin key>'.")
+        if configured is not None:
+            if hmac.compare_digest(sha256(secret), sha256(configured)):
+                return
+        else:
+            with self.db.session() as s:
+                if s.exec(select(AdminCredential).where(AdminCredential.secret_sha256 == sha256(secret))).first():
+                    return
+        raise AuthenticationFailed("Incorrect admin credential.")
+
+
+def _redact(secret: str) -> str:
+    return secret[:6] + "*" * 4 + secret[-4:] if len(secret) > 12 else "****"

@@ -1,0 +1,154 @@
+"""File rows and their blobs, kept consistent.
+
+Create: blobs are committed under ``files/<id>/`` first, then the row; if the row fails, the blobs go.
+Delete: the row goes first, then the blobs. Either way a crash can leave an orphan blob (reaped by
+``reap_orphans``) but never a row pointing at nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import BinaryIO, Literal
+
+from sqlalchemy import or_
+from sqlmodel import col, select
+
+from storage.blobs import BlobStore, StagedBlob
+from storage.db import Database
+from storage.errors import InvalidRequest, NotFound
+from storage.ids import new_id, now
+from storage.tables import StoredFile
+
+Order = Literal["asc", "desc"]
+
+
+@dataclass
+class NewFile:
+    organization_id: str
+    filename: str
+    purpose: str
+    original: StagedBlob
+    expires_after_s: int | None = None
+    normalized: StagedBlob | None = None
+    data_format: str | None = None
+    data_kind: str | None = None
+    n_examples: int | None = None
+
+
+@dataclass
+class Page:
+    items: list[StoredFile]
+    has_more: bool
+    extra: dict = field(default_factory=dict)
+
+
+class Files:
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
+        self.db = db
+        self.blobs = blobs
+
+    def create(self, new: NewFile) -> StoredFile:
+        file_id = new_id("file-")
+        created = now()
+        row = StoredFile(
+            id=file_id, organization_id=new.organization_id, filename=new.filename, purpose=new.purpose,
+            bytes=new.original.size, created_at=created,
+            expires_at=created + new.expires_after_s if new.expires_after_s else None,
+            blob_key=f"files/{file_id}/original",
+            normalized_blob_key=f"files/{file_id}/normalized.jsonl" if new.normalized else None,
+            data_format=new.data_format, data_kind=new.data_kind, n_examples=new.n_examples,
+        )
+        try:
+            self.blobs.commit(new.original, row.blob_key)
+            if new.normalized is not None:
+                self.blobs.commit(new.normalized, row.normalized_blob_key)
+            with self.db.session() as s:
+                s.add(row)
+        except BaseException:
+            self.blobs.delete_prefix(f"files/{file_id}")
+            raise
+        return row
+
+    def get(self, org_id: str, file_id: str) -> StoredFile:
+        with self.db.session() as s:
+            row = s.exec(
+                select(StoredFile).where(
+                    StoredFile.id == file_id, StoredFile.organization_id == org_id, _not_expired(now())
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"No such File object: {file_id}", param="id")
+        return row
+
+    def list(
+        self, org_id: str, *, purpose: str | None = None, order: Order = "desc", limit: int = 10000,
+        after: str | None = None,
+    ) -> Page:
+        if order not in ("asc", "desc"):
+            raise InvalidRequest("order must be 'asc' or 'desc'.", param="order")
+        if not 1 <= limit <= 10000:
+            raise InvalidRequest("limit must be between 1 and 10000.", param="limit")
+        stmt = select(StoredFile).where(StoredFile.organization_id == org_id, _not_expired(now()))
+        if purpose:
+            stmt = stmt.where(StoredFile.purpose == purpose)
+        with self.db.session() as s:
+            if after:
+                cursor = s.exec(
+                    select(StoredFile.seq).where(StoredFile.id == after, StoredFile.organization_id == org_id)
+                ).first()
+                if cursor is None:
+                    raise InvalidRequest(f"after: no such File object: {after}", param="after")
+                stmt = stmt.where(col(StoredFile.seq) < cursor if order == "desc" else col(StoredFile.seq) > cursor)
+            ordering = col(StoredFile.seq).desc() if order == "desc" else col(StoredFile.seq).asc()
+            rows = list(s.exec(stmt.order_by(ordering).limit(limit + 1)))
+        return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+    def open_content(self, org_id: str, file_id: str, *, normalized: bool = False) -> tuple[StoredFile, BinaryIO]:
+        row = self.get(org_id, file_id)
+        key = row.blob_key
+        if normalized:
+            if row.normalized_blob_key is None:
+                raise InvalidRequest(f"File {file_id} has no normalized form (purpose {row.purpose}).", param="format")
+            key = row.normalized_blob_key
+        return row, self.blobs.open(key)
+
+    def delete(self, org_id: str, file_id: str) -> None:
+        with self.db.session() as s:
+            row = s.exec(
+                select(StoredFile).where(StoredFile.id == file_id, StoredFile.organization_id == org_id)
+            ).first()
+            if row is None:
+                raise NotFound(f"No such File object: {file_id}", param="id")
+            s.delete(row)
+        self.blobs.delete_prefix(f"files/{file_id}")
+
+    def sweep_expired(self) -> int:
+        """Delete every expired file (row, then blobs). Returns how many."""
+        with self.db.session() as s:
+            expired = list(s.exec(select(StoredFile).where(col(StoredFile.expires_at) <= now())))
+            for row in expired:
+                s.delete(row)
+        for row in expired:
+            self.blobs.delete_prefix(f"files/{row.id}")
+        return len(expired)
+
+    def reap_orphans(self, min_age_s: float = 3600.0) -> int:
+        """Remove ``files/<id>`` blob trees with no row (left by a crash between blob and row).
+
+        Only trees older than ``min_age_s``: a younger one may belong to an upload whose row is being written.
+        """
+        removed = 0
+        for prefix in list(self.blobs.prefixes("files")):
+            file_id = prefix.split("/", 1)[1]
+            if self.blobs.age_seconds(prefix) < min_age_s:
+                continue
+            with self.db.session() as s:
+                exists = s.exec(select(StoredFile.seq).where(StoredFile.id == file_id)).first() is not None
+            if not exists:
+                self.blobs.delete_prefix(prefix)
+                removed += 1
+        return removed
+
+
+def _not_expired(at: int):  # noqa: ANN202 - SQL expression
+    return or_(col(StoredFile.expires_at).is_(None), col(StoredFile.expires_at) > at)

@@ -1,0 +1,86 @@
+"""SQLModel tables. Every tenant row carries ``organization_id`` and every tenant query filters on it.
+
+Public ids are random strings; ``seq`` (an autoincrement integer) gives list pagination a stable
+total order (``created_at`` has one-second resolution and collides).
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Field, SQLModel
+
+
+class Organization(SQLModel, table=True):
+    __tablename__ = "organizations"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=256)
+    created_at: int
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=64)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=64)
+    name: str = Field(default="", max_length=256)
+    prefix: str = Field(max_length=32, description="First characters of the secret, for display only.")
+    secret_sha256: str = Field(unique=True, max_length=64)
+    created_at: int
+    revoked_at: int | None = None
+
+
+class AdminCredential(SQLModel, table=True):
+    """The generated admin credential (only used when settings carry none), stored as a hash."""
+
+    __tablename__ = "admin_credentials"
+
+    id: int | None = Field(default=None, primary_key=True)
+    secret_sha256: str = Field(unique=True, max_length=64)
+    created_at: int
+
+
+class StoredFile(SQLModel, table=True):
+    __tablename__ = "files"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=64)
+    filename: str = Field(max_length=512)
+    purpose: str = Field(index=True, max_length=64)
+    bytes: int
+    created_at: int
+    expires_at: int | None = Field(default=None, index=True)
+    status: str = Field(default="processed", max_length=32)
+    status_details: str | None = None
+    blob_key: str = Field(max_length=512, description="The bytes exactly as uploaded.")
+    normalized_blob_key: str | None = Field(
+        default=None, max_length=512, description="Fine-tune files: the data as OpenAI chat/DPO JSONL."
+    )
+    data_format: str | None = Field(default=None, max_length=64, description="Detected format, e.g. alpaca.")
+    data_kind: str | None = Field(default=None, max_length=32, description="supervised | preference")
+    n_examples: int | None = None
+
+
+class BaseModelRecord(SQLModel, table=True):
+    """First sighting of each configured base model, so its ``created`` is stable across restarts."""
+
+    __tablename__ = "base_models"
+
+    id: str = Field(primary_key=True, max_length=256)
+    created_at: int
+
+
+class FineTunedModel(SQLModel, table=True):
+    """A servable adapter: a job's final model or one of its checkpoints."""
+
+    __tablename__ = "models"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=512)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=64)
+    base_model: str = Field(max_length=256)
+    kind: str = Field(default="fine-tuned", max_length=32, description="fine-tuned | checkpoint")
+    parent_id: str | None = Field(default=None, max_length=512, description="For checkpoints: the final model id.")
+    job_id: str | None = Field(default=None, index=True, max_length=64)
+    adapter_key: str | None = Field(default=None, max_length=512, description="Blob key of the PEFT adapter dir.")
+    created_at: int
