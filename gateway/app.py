@@ -17,7 +17,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from gateway.admin.api_router import AdminController
 from gateway.auth import provide_principal, provide_services, require_api_key
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.middleware import request_id_middleware
+from gateway.middleware import add_request_id
 from gateway.openai.files.api_router import FilesController
 from gateway.openai.models.api_router import ModelsController
 from gateway.services import Services
@@ -66,7 +66,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         route_handlers=[v1, AdminController, health],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[request_id_middleware],
+        before_send=[add_request_id],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="tunegate", version=VERSION, path="/docs",

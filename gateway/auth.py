@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.concurrency import sync_to_thread
+from litestar.di import NamedDependency
 
 from gateway.services import Services
 from storage.accounts import Principal
@@ -37,3 +38,7 @@ def provide_principal(request: ASGIConnection) -> Principal:
 
 def provide_services(request: ASGIConnection) -> Services:
     return services_of(request)
+
+
+ServicesDep = NamedDependency[Services]
+PrincipalDep = NamedDependency[Principal]

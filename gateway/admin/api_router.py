@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar.params import FromPath, JSONBody
 from litestar import Controller, get, post
 
 from gateway.admin.protocol import CreateKey, CreateOrganization, KeyObject, OrganizationObject
-from gateway.auth import require_admin
+from gateway.auth import ServicesDep, require_admin
 from gateway.openai.common import list_page
-from gateway.services import Services
 
 
 class AdminController(Controller):
@@ -18,22 +18,22 @@ class AdminController(Controller):
     guards = [require_admin]
 
     @post("/organizations", status_code=200, sync_to_thread=True)
-    def create_org(self, services: Services, data: CreateOrganization) -> OrganizationObject:
+    def create_org(self, services: ServicesDep, data: JSONBody[CreateOrganization]) -> OrganizationObject:
         return OrganizationObject.of(services.accounts.create_org(data.name))
 
     @get("/organizations", sync_to_thread=True)
-    def list_orgs(self, services: Services) -> dict[str, Any]:
+    def list_orgs(self, services: ServicesDep) -> dict[str, Any]:
         return list_page([OrganizationObject.of(o) for o in services.accounts.list_orgs()], has_more=False)
 
     @post("/organizations/{org_id:str}/keys", status_code=200, sync_to_thread=True)
-    def create_key(self, services: Services, org_id: str, data: CreateKey | None = None) -> KeyObject:
+    def create_key(self, services: ServicesDep, org_id: FromPath[str], data: JSONBody[CreateKey | None] = None) -> KeyObject:
         issued = services.accounts.create_key(org_id, (data or CreateKey()).name)
         return KeyObject.of(issued.key, issued.secret)
 
     @get("/organizations/{org_id:str}/keys", sync_to_thread=True)
-    def list_keys(self, services: Services, org_id: str) -> dict[str, Any]:
+    def list_keys(self, services: ServicesDep, org_id: FromPath[str]) -> dict[str, Any]:
         return list_page([KeyObject.of(k) for k in services.accounts.list_keys(org_id)], has_more=False)
 
     @post("/keys/{key_id:str}/revoke", status_code=200, sync_to_thread=True)
-    def revoke_key(self, services: Services, key_id: str) -> KeyObject:
+    def revoke_key(self, services: ServicesDep, key_id: FromPath[str]) -> KeyObject:
         return KeyObject.of(services.accounts.revoke_key(key_id))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar.params import FromPath
 from litestar import Controller, delete, get
 
+from gateway.auth import PrincipalDep, ServicesDep
 from gateway.openai.common import DeletedObject, list_page
 from gateway.openai.models.protocol import ModelObject
-from gateway.services import Services
-from storage.accounts import Principal
 
 
 class ModelsController(Controller):
@@ -17,15 +17,15 @@ class ModelsController(Controller):
     tags = ["Models"]
 
     @get("/", sync_to_thread=True)
-    def list_models(self, services: Services, principal: Principal) -> dict[str, Any]:
+    def list_models(self, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
         return list_page([ModelObject.of(m) for m in services.catalog.list(principal.organization_id)])
 
     @get("/{model:path}", sync_to_thread=True)
-    def retrieve_model(self, services: Services, principal: Principal, model: str) -> ModelObject:
+    def retrieve_model(self, services: ServicesDep, principal: PrincipalDep, model: FromPath[str]) -> ModelObject:
         return ModelObject.of(services.catalog.get(principal.organization_id, model.lstrip("/")))
 
     @delete("/{model:path}", status_code=200, sync_to_thread=True)
-    def delete_model(self, services: Services, principal: Principal, model: str) -> DeletedObject:
+    def delete_model(self, services: ServicesDep, principal: PrincipalDep, model: FromPath[str]) -> DeletedObject:
         model_id = model.lstrip("/")
         services.catalog.delete(principal.organization_id, model_id)
         return DeletedObject(id=model_id, object="model")
