@@ -106,7 +106,9 @@ def _read_array(path: Path) -> Iterator[Record | Problem]:
             if _skip_ws(text, pos + 1) != len(text):
                 raise Unreadable(Problem("invalid_json", "Unexpected data after the closing ']'.", line_at(pos)))
             return
-        raise Unreadable(Problem("invalid_json", "Expected ',' or ']' after an example.", line_at(min(pos, len(text)))))
+        raise Unreadable(
+            Problem("invalid_json", f"Expected ',' or ']' after example {example}.", line_at(min(pos, len(text))))
+        )
 
 
 def _skip_ws(text: str, pos: int) -> int:
