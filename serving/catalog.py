@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from storage.db import Database
 from storage.errors import NotFound, PermissionDenied
@@ -58,23 +58,23 @@ class Catalog:
             if base.id == model_id:
                 return base
         with self.db.session() as s:
-            row = s.exec(
-                select(FineTunedModel).where(FineTunedModel.id == model_id, FineTunedModel.organization_id == org_id)
-            ).first()
-        if row is None:
-            raise _not_found(model_id)
-        return _entry(row)
+            return _entry(_owned(s, org_id, model_id))
 
     def delete(self, org_id: str, model_id: str) -> None:
         if model_id in self.settings.base_models:
             raise PermissionDenied(f"You cannot delete the base model '{model_id}'.", param="model", code="model_not_deletable")
         with self.db.session() as s:
-            row = s.exec(
-                select(FineTunedModel).where(FineTunedModel.id == model_id, FineTunedModel.organization_id == org_id)
-            ).first()
-            if row is None:
-                raise _not_found(model_id)
-            s.delete(row)
+            s.delete(_owned(s, org_id, model_id))
+
+
+def _owned(s: Session, org_id: str, model_id: str) -> FineTunedModel:
+    """The organization's fine-tuned model, or "not found" (also when another organization owns it)."""
+    row = s.exec(
+        select(FineTunedModel).where(FineTunedModel.id == model_id, FineTunedModel.organization_id == org_id)
+    ).first()
+    if row is None:
+        raise _not_found(model_id)
+    return row
 
 
 def _entry(row: FineTunedModel) -> ModelEntry:

@@ -97,8 +97,9 @@ class LiveGateway:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEGATE_")}
         env.update(
             TUNEGATE_DATA_DIR=str(self.data_dir), TUNEGATE_DATABASE_URL=self.database_url,
-            TUNEGATE_ADMIN_KEY=ADMIN_KEY, TUNEGATE_MAX_UPLOAD_BYTES=str(4 * 1024 * 1024), **self.extra_env,
+            TUNEGATE_ADMIN_KEY=ADMIN_KEY, TUNEGATE_MAX_UPLOAD_BYTES=str(4 * 1024 * 1024),
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> None:

@@ -1,0 +1,68 @@
+"""Settings sources, and the CLI's organization / key administration used against a live gateway."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+from pydantic import ValidationError
+
+from storage.settings import DEFAULT_BASE_MODEL, Settings
+from tests.support import LiveGateway, SpecRecorder
+
+
+def test_defaults_env_and_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert set(Settings().base_models) == {DEFAULT_BASE_MODEL}
+    assert Settings(data_dir=tmp_path).resolved_database_url == f"sqlite:///{tmp_path.resolve() / 'tunegate.db'}"
+
+    config = tmp_path / "tunegate.toml"
+    config.write_text('port = 9001\nmax_upload_bytes = 1024\n[base_models."org/m:v1"]\nsource = "/models/m"\n')
+    monkeypatch.setenv("TUNEGATE_PORT", "9002")  # the environment beats the file
+    settings = Settings.load(config)
+    assert settings.port == 9002 and settings.max_upload_bytes == 1024
+    assert settings.base_models["org/m:v1"].source == "/models/m"
+
+    monkeypatch.setenv("TUNEGATE_BASE_MODELS__extra__SOURCE", "/x")
+    monkeypatch.setenv("TUNEGATE_CONFIG", str(config))
+    assert set(Settings.load().base_models) == {"org/m:v1", "extra"}
+
+
+def test_bad_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError):
+        Settings(port=70000)
+    with pytest.raises(ValidationError):
+        Settings(base_models={"ft:sneaky": {"source": "x"}})
+    with pytest.raises(ValidationError):
+        Settings(no_such_setting=1)
+    with pytest.raises(FileNotFoundError):
+        Settings.load(tmp_path / "missing.toml")
+
+
+def _cli(data_dir: Path, *args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEGATE_")} | {"TUNEGATE_DATA_DIR": str(data_dir)}
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_cli_keys_work_against_the_gateway(tmp_path: Path, spec) -> None:  # noqa: ANN001
+    org = _cli(tmp_path, "orgs", "create", "cli-org")
+    key = _cli(tmp_path, "keys", "create", "--org", org["id"], "--name", "laptop")
+    assert key["secret"].startswith("sk-tg-") and key["organization_id"] == org["id"]
+    listed = _cli(tmp_path, "keys", "list", "--org", org["id"])
+    assert [k["id"] for k in listed] == [key["id"]] and listed[0]["secret"] is None  # never shown again
+
+    gateway = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}")
+    gateway.start()
+    try:
+        client = gateway.client(key["secret"], SpecRecorder(spec))
+        assert client.models.list().data
+        _cli(tmp_path, "keys", "revoke", key["id"])
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+    finally:
+        gateway.stop()
