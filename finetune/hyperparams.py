@@ -1,0 +1,135 @@
+"""Fine-tuning hyperparameters: OpenAI's three plus the LoRA knobs LLaMA-Factory users know, in one place.
+
+``Hyperparameters`` is what a job request carries (``method.<type>.hyperparameters``; every field optional,
+OpenAI's accept ``"auto"``). ``resolve`` turns it into ``Resolved``: concrete values from the data size and the
+device, echoed back on the job. Field descriptions name the LLaMA-Factory argument each one mirrors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from storage.errors import InvalidRequest
+
+Auto = Literal["auto"]
+BASE_LEARNING_RATE = 1e-4  # learning_rate_multiplier=1.0; LLaMA-Factory's LoRA examples use 1e-4
+Method = Literal["supervised", "dpo"]
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = Field("auto", description="num_train_epochs")
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = Field("auto", description="per_device_train_batch_size")
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = Field(
+        "auto", description=f"× {BASE_LEARNING_RATE} (ignored when learning_rate is set)"
+    )
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] = Field("auto", description="DPO only: pref_beta")
+    learning_rate: Annotated[float, Field(gt=0, le=1)] | None = Field(None, description="learning_rate (absolute)")
+    lora_rank: Annotated[int, Field(ge=1, le=256)] = Field(8, description="lora_rank")
+    lora_alpha: Annotated[int, Field(ge=1, le=1024)] | None = Field(None, description="lora_alpha (default 2 × rank)")
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="lora_dropout")
+    lora_target: Literal["all"] | Annotated[list[str], Field(min_length=1)] = Field(
+        "all", description="lora_target: 'all' linear layers, or module names such as q_proj,v_proj"
+    )
+    loraplus_lr_ratio: Annotated[float, Field(gt=0, le=64)] | None = Field(None, description="loraplus_lr_ratio")
+    cutoff_len: Annotated[int, Field(ge=16, le=131072)] = Field(2048, description="cutoff_len (tokens per example)")
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = Field(1, description="gradient_accumulation_steps")
+    max_grad_norm: Annotated[float, Field(gt=0)] = Field(1.0, description="max_grad_norm")
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"
+    ] = Field("cosine", description="lr_scheduler_type")
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="warmup_ratio")
+    packing: bool = Field(False, description="packing (padding-free, no cross-example attention)")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="bf16 / fp16 / pure fp32")
+    quantization_bit: Literal[4, 8] | None = Field(None, description="quantization_bit: QLoRA, CUDA only")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Hyperparameters":
+        if self.lora_target != "all" and any(not t or not t.replace("_", "").replace(".", "").isalnum() for t in self.lora_target):
+            raise ValueError("lora_target entries must be module names such as 'q_proj'")
+        return self
+
+
+class Resolved(BaseModel):
+    """Concrete values a job trains with (and shows in ``hyperparameters``)."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    learning_rate: float
+    beta: float | None
+    lora_rank: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target: Literal["all"] | list[str]
+    loraplus_lr_ratio: float | None
+    cutoff_len: int
+    gradient_accumulation_steps: int
+    max_grad_norm: float
+    lr_scheduler_type: str
+    warmup_ratio: float
+    packing: bool
+    precision: Literal["bf16", "fp16", "fp32"]
+    quantization_bit: Literal[4, 8] | None
+
+
+def parse(raw: dict | None, method: Method, param: str) -> Hyperparameters:
+    """Validate a request's hyperparameters; a bad one is a 400 naming the field (``param.field``)."""
+    try:
+        hp = Hyperparameters.model_validate(raw or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""  # a union adds its branch after the field name
+        where = f"{param}.{field}" if field else param
+        raise InvalidRequest(f"Invalid hyperparameter {where}: {first['msg']}.", param=where, code="invalid_hyperparameter") from None
+    if method != "dpo" and hp.beta != "auto":
+        raise InvalidRequest("beta is a DPO hyperparameter.", param=f"{param}.beta", code="invalid_hyperparameter")
+    if method == "dpo" and hp.packing:
+        raise InvalidRequest("packing is not supported with DPO.", param=f"{param}.packing", code="invalid_hyperparameter")
+    return hp
+
+
+def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Literal["cuda", "cpu"], bf16_ok: bool = True) -> Resolved:
+    """Fill in every ``"auto"`` from the data size and device; refuse what the device cannot do."""
+    if hp.quantization_bit and device != "cuda":
+        raise InvalidRequest(
+            "QLoRA (quantization_bit) needs a CUDA GPU; this worker has none.", param="hyperparameters.quantization_bit",
+            code="unsupported_on_device",
+        )
+    precision = hp.precision
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" and bf16_ok else "fp32"
+    elif precision == "fp16" and device != "cuda":
+        raise InvalidRequest("fp16 training needs a CUDA GPU; use bf16 or fp32.", param="hyperparameters.precision",
+                             code="unsupported_on_device")
+    multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else float(hp.learning_rate_multiplier)
+    return Resolved(
+        n_epochs=auto_epochs(n_examples) if hp.n_epochs == "auto" else hp.n_epochs,
+        batch_size=auto_batch_size(n_examples) if hp.batch_size == "auto" else hp.batch_size,
+        learning_rate_multiplier=multiplier,
+        learning_rate=hp.learning_rate or BASE_LEARNING_RATE * multiplier,
+        beta=(0.1 if hp.beta == "auto" else hp.beta) if method == "dpo" else None,
+        lora_rank=hp.lora_rank, lora_alpha=hp.lora_alpha or 2 * hp.lora_rank, lora_dropout=hp.lora_dropout,
+        lora_target=hp.lora_target, loraplus_lr_ratio=hp.loraplus_lr_ratio, cutoff_len=hp.cutoff_len,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps, max_grad_norm=hp.max_grad_norm,
+        lr_scheduler_type=hp.lr_scheduler_type, warmup_ratio=hp.warmup_ratio, packing=hp.packing,
+        precision=precision, quantization_bit=hp.quantization_bit,
+    )
+
+
+def auto_epochs(n_examples: int) -> int:
+    """OpenAI's rule of thumb: 3 epochs, more for tiny sets (≥100 example passes), fewer for huge ones (≤25k)."""
+    if n_examples * 3 < 100:
+        return min(25, math.ceil(100 / n_examples))
+    if n_examples * 3 > 25_000:
+        return max(1, 25_000 // n_examples)
+    return 3
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """About 0.2 % of the examples, between 1 and 32 (LoRA on one GPU; raise it explicitly for more)."""
+    return max(1, min(32, round(n_examples * 0.002)))
