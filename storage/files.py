@@ -7,7 +7,7 @@ Delete: the row goes first, then the blobs. Either way a crash can leave an orph
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 from sqlalchemy import or_
@@ -39,7 +39,6 @@ class NewFile:
 class Page:
     items: list[StoredFile]
     has_more: bool
-    extra: dict = field(default_factory=dict)
 
 
 class Files:
