@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 from sqlalchemy import or_
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from storage.blobs import BlobStore, StagedBlob
 from storage.db import Database
@@ -70,14 +70,7 @@ class Files:
 
     def get(self, org_id: str, file_id: str) -> StoredFile:
         with self.db.session() as s:
-            row = s.exec(
-                select(StoredFile).where(
-                    StoredFile.id == file_id, StoredFile.organization_id == org_id, _not_expired(now())
-                )
-            ).first()
-        if row is None:
-            raise NotFound(f"No such File object: {file_id}", param="id")
-        return row
+            return _visible(s, org_id, file_id)
 
     def list(
         self, org_id: str, *, purpose: str | None = None, order: Order = "desc", limit: int = 10000,
@@ -113,12 +106,7 @@ class Files:
 
     def delete(self, org_id: str, file_id: str) -> None:
         with self.db.session() as s:
-            row = s.exec(
-                select(StoredFile).where(StoredFile.id == file_id, StoredFile.organization_id == org_id)
-            ).first()
-            if row is None:
-                raise NotFound(f"No such File object: {file_id}", param="id")
-            s.delete(row)
+            s.delete(_visible(s, org_id, file_id))
         self.blobs.delete_prefix(f"files/{file_id}")
 
     def sweep_expired(self) -> int:
@@ -147,6 +135,16 @@ class Files:
                 self.blobs.delete_prefix(prefix)
                 removed += 1
         return removed
+
+
+def _visible(s: Session, org_id: str, file_id: str) -> StoredFile:
+    """The organization's unexpired file, or "not found" (also when another organization owns it)."""
+    row = s.exec(
+        select(StoredFile).where(StoredFile.id == file_id, StoredFile.organization_id == org_id, _not_expired(now()))
+    ).first()
+    if row is None:
+        raise NotFound(f"No such File object: {file_id}", param="id")
+    return row
 
 
 def _not_expired(at: int):  # noqa: ANN202 - SQL expression
