@@ -93,18 +93,19 @@ def parse(raw: dict | None, method: Method, param: str) -> Hyperparameters:
     return hp
 
 
-def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Literal["cuda", "cpu"], bf16_ok: bool = True) -> Resolved:
+def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Literal["cuda", "cpu"], bf16_ok: bool = True,
+            param: str = "hyperparameters") -> Resolved:
     """Fill in every ``"auto"`` from the data size and device; refuse what the device cannot do."""
     if hp.quantization_bit and device != "cuda":
         raise InvalidRequest(
-            "QLoRA (quantization_bit) needs a CUDA GPU; this worker has none.", param="hyperparameters.quantization_bit",
+            "QLoRA (quantization_bit) needs a CUDA GPU; this worker has none.", param=f"{param}.quantization_bit",
             code="unsupported_on_device",
         )
     precision = hp.precision
     if precision == "auto":
         precision = "bf16" if device == "cuda" and bf16_ok else "fp32"
     elif precision == "fp16" and device != "cuda":
-        raise InvalidRequest("fp16 training needs a CUDA GPU; use bf16 or fp32.", param="hyperparameters.precision",
+        raise InvalidRequest("fp16 training needs a CUDA GPU; use bf16 or fp32.", param=f"{param}.precision",
                              code="unsupported_on_device")
     multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else float(hp.learning_rate_multiplier)
     return Resolved(

@@ -19,6 +19,7 @@ from gateway.auth import provide_principal, provide_services, require_api_key
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.middleware import add_request_id
 from gateway.openai.files.api_router import FilesController
+from gateway.openai.fine_tuning.api_router import FineTuningJobsController
 from gateway.openai.models.api_router import ModelsController
 from gateway.services import Services
 from storage.settings import Settings
@@ -50,15 +51,18 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         if secret:
             on_admin_key(secret)
         sweeper = asyncio.create_task(_sweep_expired(services))
+        worker = _start_worker(services) if settings.worker.embedded else None
         try:
             yield
         finally:
             sweeper.cancel()
+            if worker is not None:
+                worker.stop()
             services.close()
 
     v1 = Router(
         path="/v1",
-        route_handlers=[FilesController, ModelsController],
+        route_handlers=[FilesController, FineTuningJobsController, ModelsController],
         guards=[require_api_key],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
     )
@@ -77,6 +81,15 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
     )
     app.state.services = services
     return app
+
+
+def _start_worker(services: Services):  # noqa: ANN202 - finetune.worker imported only when used
+    """The embedded default: a fine-tuning worker thread in the gateway process (jobs still run in children)."""
+    from finetune.worker import Worker, start_in_thread
+
+    worker = Worker(services.settings, services.jobs, services.files)
+    start_in_thread(worker)
+    return worker
 
 
 async def _sweep_expired(services: Services) -> None:

@@ -41,6 +41,23 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
+    """A standalone fine-tuning worker (several may run, on several hosts, against one Postgres)."""
+    import signal
+
+    from finetune.worker import Worker
+
+    services = _services(settings)
+    worker = Worker(settings, services.jobs, services.files)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    print(f"tunegate worker {worker.id} waiting for jobs", file=sys.stderr, flush=True)
+    try:
+        worker.run_forever()
+    except KeyboardInterrupt:
+        worker.stop()
+    return 0
+
+
 def cmd_db_upgrade(settings: Settings, _: argparse.Namespace) -> int:
     from storage import migrate
 
@@ -111,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", default="info")
+    add(["worker"], cmd_worker, "run a fine-tuning worker (claims queued jobs from the database)")
     add(["db", "upgrade"], cmd_db_upgrade, "apply schema migrations")
     add(["orgs", "create"], cmd_orgs_create, "create an organization").add_argument("name")
     add(["orgs", "list"], cmd_orgs_list, "list organizations")

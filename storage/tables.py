@@ -6,6 +6,7 @@ total order (``created_at`` has one-second resolution and collides).
 
 from __future__ import annotations
 
+from sqlalchemy import JSON
 from sqlmodel import Field, SQLModel
 
 
@@ -83,4 +84,67 @@ class FineTunedModel(SQLModel, table=True):
     parent_id: str | None = Field(default=None, max_length=512, description="For checkpoints: the final model id.")
     job_id: str | None = Field(default=None, index=True, max_length=64)
     adapter_key: str | None = Field(default=None, max_length=512, description="Blob key of the PEFT adapter dir.")
+    created_at: int
+
+
+class FineTuningJob(SQLModel, table=True):
+    """A fine-tuning job: request, resolved settings, state machine, lease for crash recovery.
+
+    ``status``: validating_files → queued → running → succeeded | failed | cancelled, and paused.
+    A worker owns a job while ``lease_owner`` is set and ``lease_expires_at`` is in the future; every
+    state change is a conditional UPDATE, so a worker that lost its lease cannot overwrite anything.
+    """
+
+    __tablename__ = "fine_tuning_jobs"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=64)
+    model: str = Field(max_length=256)
+    training_file: str = Field(max_length=64)
+    validation_file: str | None = Field(default=None, max_length=64)
+    method: str = Field(default="supervised", max_length=32, description="supervised | dpo")
+    hyperparameters: dict = Field(default_factory=dict, sa_type=JSON, description="As requested (validated).")
+    resolved: dict | None = Field(default=None, sa_type=JSON, description="Concrete values, once resolved.")
+    suffix: str | None = Field(default=None, max_length=64)
+    seed: int
+    metadata_: dict | None = Field(default=None, sa_type=JSON, sa_column_kwargs={"name": "metadata"})
+    status: str = Field(default="validating_files", index=True, max_length=32)
+    error: dict | None = Field(default=None, sa_type=JSON)
+    fine_tuned_model: str | None = Field(default=None, max_length=512)
+    result_files: list = Field(default_factory=list, sa_type=JSON)
+    trained_tokens: int | None = None
+    estimated_finish: int | None = None
+    created_at: int
+    finished_at: int | None = None
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: float | None = Field(default=None, index=True)
+    attempts: int = 0
+    resume_step: int | None = Field(default=None, description="Global step of the trainer state to resume from.")
+
+
+class JobEvent(SQLModel, table=True):
+    __tablename__ = "fine_tuning_job_events"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    job_id: str = Field(index=True, max_length=64)
+    created_at: int
+    level: str = Field(default="info", max_length=16)
+    message: str
+    type: str = Field(default="message", max_length=16)
+    data: dict | None = Field(default=None, sa_type=JSON)
+    step: int | None = Field(default=None, description="Metrics events: the global step they describe.")
+
+
+class JobCheckpoint(SQLModel, table=True):
+    __tablename__ = "fine_tuning_job_checkpoints"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    job_id: str = Field(index=True, max_length=64)
+    organization_id: str = Field(max_length=64)
+    step_number: int
+    metrics: dict = Field(default_factory=dict, sa_type=JSON)
+    fine_tuned_model_checkpoint: str = Field(max_length=512)
     created_at: int

@@ -1,0 +1,27 @@
+"""Which device jobs train on, decided without importing torch (the gateway never loads it)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from functools import cache
+from typing import Literal
+
+Device = Literal["cuda", "cpu"]
+
+
+def training_device(setting: str) -> Device:
+    if setting in ("cuda", "cpu"):
+        return setting  # type: ignore[return-value]
+    return "cuda" if _nvidia_gpu_present() else "cpu"
+
+
+@cache
+def _nvidia_gpu_present() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "GPU" in out

@@ -1,0 +1,150 @@
+"""One LoRA fine-tune, top to bottom: setup → data → trainer → train (or resume) → save.
+
+Supervised jobs use ``SFTTrainer`` (the HF Trainer + token accuracy) on tokenized, assistant-masked examples,
+padded per batch or packed padding-free. DPO jobs use TRL's ``DPOTrainer`` with the LoRA-disabled model as
+the reference. Both report through the same ``JobCallback``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from finetune.hyperparams import Resolved
+from finetune.recipe.callbacks import JobCallback, Reporter
+
+
+@dataclass
+class TrainSpec:
+    method: Literal["supervised", "dpo"]
+    base_path: str
+    chat_template: str | None
+    hp: Resolved
+    seed: int
+    train_file: Path
+    valid_file: Path | None
+    work_dir: Path  # trainer checkpoints (resume points) go to work_dir/trainer
+    device: Literal["cuda", "cpu"]
+    resume: bool = True
+    log_every: int | None = None
+    cpu_threads: int | None = None
+
+
+@dataclass
+class Outcome:
+    stopped: Literal["cancel", "pause"] | None
+    adapter_dir: Path | None
+    global_step: int
+    trained_tokens: int
+    resumed_from: int | None
+
+
+def train(spec: TrainSpec, reporter: Reporter) -> Outcome:
+    _setup_process(spec)
+    tokenizer, model = _setup_model(spec)
+    train_set, valid_set, n_rows = _setup_data(spec, tokenizer, reporter)
+    steps = _total_steps(n_rows, spec.hp)
+    callback = JobCallback(reporter)
+    trainer = _setup_trainer(spec, model, tokenizer, train_set, valid_set, steps, callback)
+    resume_from = _last_checkpoint(spec.work_dir / "trainer") if spec.resume else None
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    resumed = int(resume_from.name.split("-")[1]) if resume_from else None
+    if callback.stopped:
+        return Outcome(callback.stopped, None, trainer.state.global_step, tokens, resumed)
+    final = spec.work_dir / "final"
+    trainer.model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    return Outcome(None, final, trainer.state.global_step, tokens, resumed)
+
+
+def _setup_process(spec: TrainSpec) -> None:
+    import torch
+    from transformers import set_seed
+
+    if spec.cpu_threads:
+        torch.set_num_threads(spec.cpu_threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    set_seed(spec.seed)
+
+
+def _setup_model(spec: TrainSpec) -> tuple[Any, Any]:
+    from finetune.recipe import model as m
+
+    tokenizer = m.load_tokenizer(spec.base_path, spec.chat_template)
+    model = m.add_lora(m.load_model(spec.base_path, spec.hp, spec.device), spec.hp)
+    return tokenizer, model
+
+
+def _setup_data(spec: TrainSpec, tokenizer: Any, reporter: Reporter) -> tuple[Any, Any, int]:
+    from finetune.recipe import data
+
+    if spec.method == "dpo":
+        from datasets import Dataset
+
+        rows = data.preference_rows(spec.train_file)
+        valid = Dataset.from_list(data.preference_rows(spec.valid_file)) if spec.valid_file else None
+        return Dataset.from_list(rows), valid, len(rows)
+    encoder = data.ChatEncoder(tokenizer, tokenizer.chat_template, spec.hp.cutoff_len)
+    rows, stats = data.encode_file(encoder, spec.train_file)
+    if stats.truncated:
+        shown = ", ".join(map(str, stats.truncated[:10])) + (" …" if len(stats.truncated) > 10 else "")
+        reporter.event(f"{len(stats.truncated)} training example(s) exceed cutoff_len={spec.hp.cutoff_len} tokens "
+                       f"and were truncated (examples {shown}).", level="warn")
+    if stats.empty:
+        reporter.event(f"{len(stats.empty)} training example(s) have no assistant tokens left after truncation "
+                       "and were skipped.", level="warn")
+    if not rows:
+        raise ValueError("No training example has assistant tokens left within cutoff_len.")
+    valid = data.encode_file(encoder, spec.valid_file)[0] if spec.valid_file else None
+    reporter.event(f"Tokenized {len(rows)} training example(s): {stats.tokens} tokens.")
+    return rows, valid, len(rows)
+
+
+def _total_steps(n_rows: int, hp: Resolved) -> int:
+    per_epoch = math.ceil(math.ceil(n_rows / hp.batch_size) / hp.gradient_accumulation_steps)
+    return per_epoch * hp.n_epochs
+
+
+def _setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, valid_set: Any, steps: int,
+                   callback: JobCallback) -> Any:
+    hp = spec.hp
+    common = dict(
+        output_dir=str(spec.work_dir / "trainer"), num_train_epochs=hp.n_epochs,
+        per_device_train_batch_size=hp.batch_size, per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps, learning_rate=hp.learning_rate,
+        lr_scheduler_type=hp.lr_scheduler_type, warmup_steps=hp.warmup_ratio, max_grad_norm=hp.max_grad_norm,
+        logging_steps=spec.log_every or max(1, steps // 100), save_strategy="epoch", save_total_limit=3,
+        eval_strategy="epoch" if valid_set is not None else "no", seed=spec.seed, data_seed=spec.seed,
+        bf16=hp.precision == "bf16", fp16=hp.precision == "fp16", use_cpu=spec.device == "cpu",
+        report_to=[], disable_tqdm=True, dataloader_pin_memory=False, include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False, save_only_model=False,
+    )
+    optimizers = (None, None)
+    if hp.loraplus_lr_ratio:
+        from finetune.recipe.model import loraplus_optimizer
+
+        optimizers = (loraplus_optimizer(model, hp), None)
+    if spec.method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(beta=hp.beta, max_length=hp.cutoff_len, **common)
+        return DPOTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=valid_set,
+                          processing_class=tokenizer, callbacks=[callback], optimizers=optimizers)
+    from transformers import TrainingArguments
+
+    from finetune.recipe.data import PadCollator, packing_collator
+    from finetune.recipe.trainer import SFTTrainer
+
+    args = TrainingArguments(**common, train_sampling_strategy="random")
+    collator = packing_collator() if hp.packing else PadCollator(tokenizer.pad_token_id)
+    return SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=valid_set,
+                      data_collator=collator, callbacks=[callback], optimizers=optimizers)
+
+
+def _last_checkpoint(directory: Path) -> Path | None:
+    found = [p for p in directory.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)

