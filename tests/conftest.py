@@ -7,13 +7,21 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.support import POSTGRES_URL, SHARED, LiveGateway, SpecRecorder, SpecValidator
+from tests.support import DATA, POSTGRES_URL, SHARED, LiveGateway, SpecRecorder, SpecValidator
 
 
 @pytest.fixture(scope="session")
 def spec() -> SpecValidator:
     assert (SHARED / "openai" / "openapi.yaml").is_file(), f"../shared not found at {SHARED}"
     return SpecValidator()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny chat model (own tokenizer, ChatML template, random weights) in a local HF directory."""
+    from tests.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-chat", DATA))
 
 
 @pytest.fixture

@@ -32,6 +32,12 @@ ROUTES: list[tuple[str, re.Pattern[str], str | None]] = [
     ("GET", re.compile(r"^/v1/files/[^/]+/content$"), None),
     ("GET", re.compile(r"^/v1/files/[^/]+$"), "OpenAIFile"),
     ("DELETE", re.compile(r"^/v1/files/[^/]+$"), "DeleteFileResponse"),
+    ("POST", re.compile(r"^/v1/fine_tuning/jobs$"), "FineTuningJob"),
+    ("GET", re.compile(r"^/v1/fine_tuning/jobs$"), "ListPaginatedFineTuningJobsResponse"),
+    ("GET", re.compile(r"^/v1/fine_tuning/jobs/[^/]+$"), "FineTuningJob"),
+    ("POST", re.compile(r"^/v1/fine_tuning/jobs/[^/]+/(cancel|pause|resume)$"), "FineTuningJob"),
+    ("GET", re.compile(r"^/v1/fine_tuning/jobs/[^/]+/events$"), "ListFineTuningJobEventsResponse"),
+    ("GET", re.compile(r"^/v1/fine_tuning/jobs/[^/]+/checkpoints$"), "ListFineTuningJobCheckpointsResponse"),
     ("GET", re.compile(r"^/v1/models$"), "ListModelsResponse"),
     ("GET", re.compile(r"^/v1/models/.+$"), "Model"),
     ("DELETE", re.compile(r"^/v1/models/.+$"), "DeleteModelResponse"),
@@ -67,6 +73,8 @@ class SpecRecorder:
                 continue  # spec bug: OpenAIFile.purpose lacks "evals", which CreateFileRequest allows
             if name == "ListFilesResponse" and "evals" in err:
                 continue
+            if name in ("FineTuningJob", "ListPaginatedFineTuningJobsResponse") and "paused" in err:
+                continue  # spec bug (CONTRACT.md): FineTuningJob.status lacks "paused"
             if name == "ListFilesResponse" and not body["data"] and err.split(":")[0] in ("first_id", "last_id"):
                 continue  # spec bug (CONTRACT.md): first_id/last_id are null only when the list is empty
             self.violations.append(f"{where} {name}: {err}")
@@ -104,6 +112,7 @@ class LiveGateway:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
         log = open(self.log, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
@@ -125,6 +134,12 @@ class LiveGateway:
             self.proc.kill() if kill else self.proc.terminate()
             self.proc.wait(timeout=30)
         self.proc = None
+
+    def spawn_worker(self, name: str = "worker") -> subprocess.Popen[bytes]:
+        """A standalone ``tunegate worker`` over the same database and data directory."""
+        log = open(self.data_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=self.env(), stdout=log,
+                                stderr=subprocess.STDOUT, cwd=self.data_dir)
 
     def restart(self) -> None:
         self.stop()
