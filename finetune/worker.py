@@ -100,6 +100,7 @@ class Worker:
         return True
 
     def _supervise(self, job_id: str) -> None:
+        log.info("worker %s running job %s", self.id, job_id)
         log_path = (self.settings.data_dir / "run" / f"{job_id}.log").resolve()
         with open(log_path, "ab") as log_file:
             child = subprocess.Popen(

@@ -76,6 +76,14 @@ def all_events(client: openai.OpenAI, job_id: str) -> list[Any]:
     return list(reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100))))
 
 
+def latest_step(client: openai.OpenAI, job_id: str) -> int:
+    """The newest metrics event's step (0 before the first)."""
+    for event in client.fine_tuning.jobs.list_events(job_id, limit=10).data:
+        if event.type == "metrics":
+            return event.data["step"]
+    return 0
+
+
 def metric_steps(client: openai.OpenAI, job_id: str) -> list[int]:
     return [e.data["step"] for e in all_events(client, job_id) if e.type == "metrics"]
 
