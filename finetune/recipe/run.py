@@ -31,6 +31,7 @@ class TrainSpec:
     resume: bool = True
     log_every: int | None = None
     cpu_threads: int | None = None
+    extra_callbacks: tuple[Any, ...] = ()  # e.g. the benchmark's timer
 
 
 @dataclass
@@ -49,6 +50,8 @@ def train(spec: TrainSpec, reporter: Reporter) -> Outcome:
     steps = _total_steps(n_rows, spec.hp)
     callback = JobCallback(reporter)
     trainer = _setup_trainer(spec, model, tokenizer, train_set, valid_set, steps, callback)
+    for extra in spec.extra_callbacks:
+        trainer.add_callback(extra)
     resume_from = _last_checkpoint(spec.work_dir / "trainer") if spec.resume else None
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     tokens = int(trainer.state.num_input_tokens_seen or 0)

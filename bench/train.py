@@ -1,0 +1,181 @@
+"""Training throughput: tunegate's recipe vs a plain HF Trainer + PEFT baseline that pads every batch.
+
+    .venv/bin/python bench/train.py [--model DIR] [--examples 256] [--batch-size 8] [--threads N]
+
+Same model, same examples (the first --examples of ../shared/data/alpaca_zh_demo.json), same LoRA (r=8,
+all linear layers), same batch size, one epoch each, each variant in its own process (clean peak memory).
+Reported: trained (non-padding) tokens per second of the training loop, the ratio, peak memory, and on CUDA
+the model FLOPs utilization (6 · parameters · tokens/s over the GPU's peak bf16 FLOPs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = REPO.parent / "shared" / "data" / "alpaca_zh_demo.json"
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+def default_model() -> str:
+    from storage.model_sources import local_dir
+    from storage.settings import DEFAULT_BASE_MODEL, Settings
+
+    settings = Settings(data_dir=REPO / "data")
+    return local_dir(DEFAULT_BASE_MODEL, settings.base_models[DEFAULT_BASE_MODEL], settings)
+
+
+def examples_file(n: int, folder: Path) -> Path:
+    """The first n alpaca_zh examples, normalized to OpenAI chat JSONL as tunegate stores them."""
+    from finetune.formats import normalize
+
+    out = folder / "train.jsonl"
+    with open(out, "wb") as fh:
+        result = normalize(DATA, fh.write)
+    lines = out.read_bytes().splitlines(keepends=True)[:n]
+    out.write_bytes(b"".join(lines))
+    assert not result.problems
+    return out
+
+
+class Timer:
+    """Wall time of the training loop alone (model loading and tokenizing excluded)."""
+
+    def __new__(cls):  # noqa: ANN204 - a TrainerCallback built lazily (transformers imported in the child)
+        from transformers import TrainerCallback
+
+        class _Timer(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+                self.start = time.perf_counter()
+
+            def on_train_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+                self.seconds = time.perf_counter() - self.start
+                self.tokens = int(state.num_input_tokens_seen)
+                self.steps = state.global_step
+
+        return _Timer()
+
+
+def run_tunegate(model: str, data: Path, batch: int, work: Path, device: str) -> object:
+    from finetune import hyperparams
+    from finetune.recipe.callbacks import SilentReporter
+    from finetune.recipe.run import TrainSpec, train
+
+    hp = hyperparams.resolve(
+        hyperparams.Hyperparameters(n_epochs=1, batch_size=batch, packing=True, cutoff_len=1024),
+        n_examples=1000, method="supervised", device=device,
+    )
+    timer = Timer()
+    train(TrainSpec("supervised", model, None, hp, 42, data, None, work, device, resume=False,
+                    extra_callbacks=(timer,)), SilentReporter())
+    return timer
+
+
+def run_baseline(model_dir: str, data: Path, batch: int, work: Path, device: str) -> object:
+    """What the tutorials do: tokenize the rendered chat, mask the prompt, pad every batch, HF Trainer + PEFT."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
+                              TrainingArguments)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for line in data.read_text(encoding="utf-8").splitlines():
+        messages = json.loads(line)["messages"]
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:1024]
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids),
+                     "labels": ([-100] * len(p_ids) + ids[len(p_ids):])[: len(ids)]})
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    timer = Timer()
+    args = TrainingArguments(output_dir=str(work), num_train_epochs=1, per_device_train_batch_size=batch,
+                             learning_rate=1e-4, logging_steps=10, save_strategy="no", report_to=[], seed=42,
+                             use_cpu=device == "cpu", bf16=device == "cuda", disable_tqdm=True,
+                             include_num_input_tokens_seen="non_padding", remove_unused_columns=False)
+    Trainer(model=model, args=args, train_dataset=rows, callbacks=[timer],
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True)).train()
+    return timer
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = run_tunegate if args.variant == "tunegate" else run_baseline
+        timer = runner(args.model, Path(args.data), args.batch_size, Path(tmp), device)
+    result = {"variant": args.variant, "device": device, "steps": timer.steps, "tokens": timer.tokens,
+              "seconds": round(timer.seconds, 2), "tokens_per_s": round(timer.tokens / timer.seconds, 1),
+              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if device == "cuda":
+        result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        n_params = _param_count(args.model)
+        if peak:
+            result["mfu"] = round(6 * n_params * result["tokens_per_s"] / peak, 4)
+        result["gpu"] = name
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _param_count(model_dir: str) -> int:
+    import math
+
+    from safetensors import safe_open
+
+    total = 0
+    for path in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(path), "pt") as st:
+            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="HF model directory (default: SmolLM2-135M-Instruct from its wheel)")
+    parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--variant", choices=["tunegate", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        return child(args)
+    model = args.model or default_model()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = examples_file(args.examples, Path(tmp))
+        for variant in ("baseline", "tunegate"):
+            cmd = [sys.executable, __file__, "--variant", variant, "--model", model, "--data", str(data),
+                   "--batch-size", str(args.batch_size)] + (["--threads", str(args.threads)] if args.threads else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
+            results[variant] = json.loads(line[7:])
+            print(json.dumps(results[variant]), flush=True)
+    ratio = results["tunegate"]["tokens_per_s"] / results["baseline"]["tokens_per_s"]
+    print(f"\nmodel {model}\nexamples {args.examples}, batch size {args.batch_size}, device {results['tunegate']['device']}")
+    print(f"{'variant':<10} {'tokens/s':>10} {'seconds':>8} {'peak RSS MiB':>13}")
+    for name, r in results.items():
+        print(f"{name:<10} {r['tokens_per_s']:>10} {r['seconds']:>8} {r['peak_rss_mib']:>13}")
+    print(f"speed-up (tunegate / baseline): {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
