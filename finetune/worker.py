@@ -43,20 +43,25 @@ class Worker:
         run_dir = (self.settings.data_dir / "run").resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / f"worker-{os.getpid()}-{self.id.rsplit(':', 1)[1]}.json"
-        path.write_text(self.settings.model_dump_json(exclude={"admin_key"}))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a database password
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.settings.model_dump_json(exclude={"admin_key"}))
         return path
 
     # --- loop -------------------------------------------------------------------------------------------
     def run_forever(self) -> None:
         log.info("worker %s started", self.id)
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:  # the loop outlives any one job's bookkeeping failure (e.g. database restart)
-                log.exception("worker iteration failed")
-                worked = False
-            if not worked:
-                self._stop.wait(self.settings.worker.poll_seconds)
+        try:
+            while not self._stop.is_set():
+                try:
+                    worked = self.run_once()
+                except Exception:  # the loop outlives any one job's bookkeeping failure (e.g. database restart)
+                    log.exception("worker iteration failed")
+                    worked = False
+                if not worked:
+                    self._stop.wait(self.settings.worker.poll_seconds)
+        finally:
+            self._settings_file.unlink(missing_ok=True)
 
     def stop(self) -> None:
         self._stop.set()
