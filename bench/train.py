@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "alpaca_zh_demo.json"
+VARIANTS = ("baseline", "tunegate", "tunegate-packed", "tunegate-bf16")
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
@@ -65,13 +66,16 @@ class Timer:
         return _Timer()
 
 
-def run_tunegate(model: str, data: Path, batch: int, work: Path, device: str) -> object:
+def run_tunegate(model: str, data: Path, batch: int, work: Path, device: str, packing: bool = False,
+                 precision: str = "auto") -> object:
+    """tunegate's defaults (length-grouped batches, LM head on labelled tokens only), or with packing / bf16."""
     from finetune import hyperparams
     from finetune.recipe.callbacks import SilentReporter
     from finetune.recipe.run import TrainSpec, train
 
     hp = hyperparams.resolve(
-        hyperparams.Hyperparameters(n_epochs=1, batch_size=batch, packing=True, cutoff_len=1024),
+        hyperparams.Hyperparameters(n_epochs=1, batch_size=batch, packing=packing, cutoff_len=1024,
+                                    precision=precision),
         n_examples=1000, method="supervised", device=device,
     )
     timer = Timer()
@@ -117,8 +121,12 @@ def child(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
-        runner = run_tunegate if args.variant == "tunegate" else run_baseline
-        timer = runner(args.model, Path(args.data), args.batch_size, Path(tmp), device)
+        if args.variant == "baseline":
+            timer = run_baseline(args.model, Path(args.data), args.batch_size, Path(tmp), device)
+        else:
+            timer = run_tunegate(args.model, Path(args.data), args.batch_size, Path(tmp), device,
+                                 packing=args.variant == "tunegate-packed",
+                                 precision="bf16" if args.variant == "tunegate-bf16" else "auto")
     result = {"variant": args.variant, "device": device, "steps": timer.steps, "tokens": timer.tokens,
               "seconds": round(timer.seconds, 2), "tokens_per_s": round(timer.tokens / timer.seconds, 1),
               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
@@ -151,7 +159,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--variant", choices=["tunegate", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset to run")
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -160,7 +169,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = examples_file(args.examples, Path(tmp))
-        for variant in ("baseline", "tunegate"):
+        for variant in [v for v in VARIANTS if v in args.variants.split(",")]:
             cmd = [sys.executable, __file__, "--variant", variant, "--model", model, "--data", str(data),
                    "--batch-size", str(args.batch_size)] + (["--threads", str(args.threads)] if args.threads else [])
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -169,12 +178,14 @@ def main() -> None:
                 sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
             results[variant] = json.loads(line[7:])
             print(json.dumps(results[variant]), flush=True)
-    ratio = results["tunegate"]["tokens_per_s"] / results["baseline"]["tokens_per_s"]
     print(f"\nmodel {model}\nexamples {args.examples}, batch size {args.batch_size}, device {results['tunegate']['device']}")
-    print(f"{'variant':<10} {'tokens/s':>10} {'seconds':>8} {'peak RSS MiB':>13}")
+    base = results.get("baseline", {}).get("tokens_per_s", float("nan"))
+    extra = " mfu" if any("mfu" in r for r in results.values()) else ""
+    print(f"{'variant':<16} {'tokens/s':>10} {'vs baseline':>12} {'seconds':>8} {'peak RSS MiB':>13}{extra}")
     for name, r in results.items():
-        print(f"{name:<10} {r['tokens_per_s']:>10} {r['seconds']:>8} {r['peak_rss_mib']:>13}")
-    print(f"speed-up (tunegate / baseline): {ratio:.2f}x")
+        mfu = f" {r['mfu']:.3f}" if "mfu" in r else ""
+        print(f"{name:<16} {r['tokens_per_s']:>10} {r['tokens_per_s'] / base:>11.2f}x {r['seconds']:>8} "
+              f"{r['peak_rss_mib']:>13}{mfu}")
 
 
 if __name__ == "__main__":

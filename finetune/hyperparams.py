@@ -44,6 +44,8 @@ class Hyperparameters(BaseModel):
     ] = Field("cosine", description="lr_scheduler_type")
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="warmup_ratio")
     packing: bool = Field(False, description="packing (padding-free, no cross-example attention)")
+    group_by_length: bool = Field(True, description="HF group_by_length: batch examples of similar length "
+                                  "(little padding); ignored with packing")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="bf16 / fp16 / pure fp32")
     quantization_bit: Literal[4, 8] | None = Field(None, description="quantization_bit: QLoRA, CUDA only")
 
@@ -73,6 +75,7 @@ class Resolved(BaseModel):
     lr_scheduler_type: str
     warmup_ratio: float
     packing: bool
+    group_by_length: bool
     precision: Literal["bf16", "fp16", "fp32"]
     quantization_bit: Literal[4, 8] | None
 
@@ -118,6 +121,7 @@ def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Lit
         lora_target=hp.lora_target, loraplus_lr_ratio=hp.loraplus_lr_ratio, cutoff_len=hp.cutoff_len,
         gradient_accumulation_steps=hp.gradient_accumulation_steps, max_grad_norm=hp.max_grad_norm,
         lr_scheduler_type=hp.lr_scheduler_type, warmup_ratio=hp.warmup_ratio, packing=hp.packing,
+        group_by_length=hp.group_by_length and not hp.packing,
         precision=precision, quantization_bit=hp.quantization_bit,
     )
 

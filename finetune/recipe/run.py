@@ -142,7 +142,8 @@ def _setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, 
     from finetune.recipe.data import PadCollator, packing_collator
     from finetune.recipe.trainer import SFTTrainer
 
-    args = TrainingArguments(**common, train_sampling_strategy="random", prediction_loss_only=True)
+    sampling = "group_by_length" if hp.group_by_length else "random"
+    args = TrainingArguments(**common, train_sampling_strategy=sampling, prediction_loss_only=True)
     collator = packing_collator() if hp.packing else PadCollator(tokenizer.pad_token_id)
     return SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=valid_set,
                       data_collator=collator, callbacks=[callback], optimizers=optimizers)

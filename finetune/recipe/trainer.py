@@ -39,7 +39,7 @@ class SFTTrainer(Trainer):
         loss = F.cross_entropy(logits, targets, reduction="sum")
         loss = loss / num_items_in_batch if num_items_in_batch is not None else loss / max(1, targets.numel())
         self._record(model, int((logits.argmax(-1) == targets).sum()), targets.numel())
-        return (loss, None) if return_outputs else loss
+        return (loss, {}) if return_outputs else loss  # eval with prediction_loss_only needs no logits
 
     def _standard_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool, num_items_in_batch: Any) -> Any:
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
