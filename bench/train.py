@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "alpaca_zh_demo.json"
-VARIANTS = ("baseline", "tunegate", "tunegate-packed", "tunegate-bf16")
+VARIANTS = ("baseline", "tunegate", "tunegate-packed", "tunegate-fp32")
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
@@ -68,7 +68,8 @@ class Timer:
 
 def run_tunegate(model: str, data: Path, batch: int, work: Path, device: str, packing: bool = False,
                  precision: str = "auto") -> object:
-    """tunegate's defaults (length-grouped batches, LM head on labelled tokens only), or with packing / bf16."""
+    """tunegate's defaults (length-grouped batches, LM head on labelled tokens only, bf16 where native), or
+    with packing, or forced to fp32."""
     from finetune import hyperparams
     from finetune.recipe.callbacks import SilentReporter
     from finetune.recipe.run import TrainSpec, train
@@ -126,7 +127,7 @@ def child(args: argparse.Namespace) -> None:
         else:
             timer = run_tunegate(args.model, Path(args.data), args.batch_size, Path(tmp), device,
                                  packing=args.variant == "tunegate-packed",
-                                 precision="bf16" if args.variant == "tunegate-bf16" else "auto")
+                                 precision="fp32" if args.variant == "tunegate-fp32" else "auto")
     result = {"variant": args.variant, "device": device, "steps": timer.steps, "tokens": timer.tokens,
               "seconds": round(timer.seconds, 2), "tokens_per_s": round(timer.tokens / timer.seconds, 1),
               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
@@ -178,7 +179,7 @@ def main() -> None:
                 sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
             results[variant] = json.loads(line[7:])
             print(json.dumps(results[variant]), flush=True)
-    print(f"\nmodel {model}\nexamples {args.examples}, batch size {args.batch_size}, device {results['tunegate']['device']}")
+    print(f"\nmodel {model}\nexamples {args.examples}, batch size {args.batch_size}, device {next(iter(results.values()))['device']}")
     base = results.get("baseline", {}).get("tokens_per_s", float("nan"))
     extra = " mfu" if any("mfu" in r for r in results.values()) else ""
     print(f"{'variant':<16} {'tokens/s':>10} {'vs baseline':>12} {'seconds':>8} {'peak RSS MiB':>13}{extra}")

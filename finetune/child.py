@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from finetune import hyperparams
+from finetune.device import native_bf16
 from finetune.recipe.callbacks import Stop
 from finetune.submit import fine_tuned_model_name
 from storage.blobs import LocalBlobStore
@@ -97,7 +98,7 @@ def run(ctx: Context) -> None:
     training = ctx.files.get(job.organization_id, job.training_file)
     hp = hyperparams.resolve(hyperparams.Hyperparameters.model_validate(job.hyperparameters),
                              n_examples=training.n_examples or 0, method=job.method, device=device,
-                             bf16_ok=device == "cuda" and torch.cuda.is_bf16_supported())
+                             bf16_ok=native_bf16(device))
     jobs.advance(job.id, ctx.worker, ("running",), resolved=hp.model_dump(mode="json"))
     spec_model = ctx.settings.base_models[job.model]
     work_dir = ctx.blobs.local_path(f"jobs/{job.id}/work")

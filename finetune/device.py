@@ -25,3 +25,14 @@ def _nvidia_gpu_present() -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return "GPU" in out
+
+
+def native_bf16(device: Device) -> bool:
+    """Whether bf16 math is native here (imports torch: for the job's child process only)."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)

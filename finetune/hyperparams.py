@@ -96,7 +96,8 @@ def parse(raw: dict | None, method: Method, param: str) -> Hyperparameters:
     return hp
 
 
-def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Literal["cuda", "cpu"], bf16_ok: bool = True,
+def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Literal["cuda", "cpu"],
+            bf16_ok: bool | None = None,
             param: str = "hyperparameters") -> Resolved:
     """Fill in every ``"auto"`` from the data size and device; refuse what the device cannot do."""
     if hp.quantization_bit and device != "cuda":
@@ -106,7 +107,10 @@ def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Lit
         )
     precision = hp.precision
     if precision == "auto":
-        precision = "bf16" if device == "cuda" and bf16_ok else "fp32"
+        # bf16 where the hardware does it natively: CUDA (Ampere+), CPUs with AVX512-BF16 / AMX (2.4× fp32 in
+        # bench/train). Unknown (the gateway, which never loads torch): CUDA yes, CPU no; the worker re-resolves.
+        native = bf16_ok if bf16_ok is not None else device == "cuda"
+        precision = "bf16" if native else "fp32"
     elif precision == "fp16" and device != "cuda":
         raise InvalidRequest("fp16 training needs a CUDA GPU; use bf16 or fp32.", param=f"{param}.precision",
                              code="unsupported_on_device")

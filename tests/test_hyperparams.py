@@ -34,6 +34,8 @@ def test_auto_resolution_and_echo() -> None:
         5, 4, 2 * BASE_LEARNING_RATE, 32, "bf16")
     assert resolve(parse({"learning_rate": 3e-4}, "supervised", P), n_examples=20, method="supervised", device="cpu").learning_rate == 3e-4
     assert resolve(parse({}, "dpo", P), n_examples=20, method="dpo", device="cpu").beta == 0.1
+    assert resolve(parse({}, "supervised", P), n_examples=20, method="supervised", device="cpu", bf16_ok=True).precision == "bf16"
+    assert resolve(parse({}, "supervised", P), n_examples=20, method="supervised", device="cuda", bf16_ok=False).precision == "fp32"
 
 
 def test_auto_rules() -> None:
