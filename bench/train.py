@@ -71,13 +71,14 @@ def run_tunegate(model: str, data: Path, batch: int, work: Path, device: str, pa
     """tunegate's defaults (length-grouped batches, LM head on labelled tokens only, bf16 where native), or
     with packing, or forced to fp32."""
     from finetune import hyperparams
+    from finetune.device import native_bf16
     from finetune.recipe.callbacks import SilentReporter
     from finetune.recipe.run import TrainSpec, train
 
     hp = hyperparams.resolve(
         hyperparams.Hyperparameters(n_epochs=1, batch_size=batch, packing=packing, cutoff_len=1024,
                                     precision=precision),
-        n_examples=1000, method="supervised", device=device,
+        n_examples=1000, method="supervised", device=device, bf16_ok=native_bf16(device),  # as a job's child does
     )
     timer = Timer()
     train(TrainSpec("supervised", model, None, hp, 42, data, None, work, device, resume=False,
