@@ -81,7 +81,7 @@ def run_tunegate(model: str, data: Path, batch: int, work: Path, device: str, pa
         n_examples=1000, method="supervised", device=device, bf16_ok=native_bf16(device),  # as a job's child does
     )
     timer = Timer()
-    train(TrainSpec("supervised", model, None, hp, 42, data, None, work, device, resume=False,
+    train(TrainSpec("supervised", model, None, hp, 42, data, None, work, device,
                     extra_callbacks=(timer,)), SilentReporter())
     return timer
 

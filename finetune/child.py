@@ -91,7 +91,7 @@ class Context:
 def run(ctx: Context) -> None:
     import torch
 
-    from finetune.recipe.run import TrainSpec, _last_checkpoint, train
+    from finetune.recipe.run import TrainSpec, last_checkpoint, train
 
     job, jobs = ctx.job, ctx.jobs
     device = "cuda" if ctx.settings.worker.device != "cpu" and torch.cuda.is_available() else "cpu"
@@ -102,8 +102,7 @@ def run(ctx: Context) -> None:
     jobs.advance(job.id, ctx.worker, ("running",), resolved=hp.model_dump(mode="json"))
     spec_model = ctx.settings.base_models[job.model]
     work_dir = ctx.blobs.local_path(f"jobs/{job.id}/work")
-    resume_from = _last_checkpoint(work_dir / "trainer")
-    resumed_step = int(resume_from.name.split("-")[1]) if resume_from else 0
+    resume_from, resumed_step = last_checkpoint(work_dir)
     jobs.forget_steps_after(job.id, resumed_step)
     if resume_from:
         jobs.add_event(job.id, f"Resuming from the checkpoint at step {resumed_step}")
@@ -113,12 +112,11 @@ def run(ctx: Context) -> None:
         chat_template=spec_model.chat_template, hp=hp, seed=job.seed,
         train_file=ctx.blobs.local_path(training.normalized_blob_key),
         valid_file=ctx.blobs.local_path(validation.normalized_blob_key) if validation else None,
-        work_dir=work_dir, device=device, log_every=ctx.settings.worker.log_every_steps,
+        work_dir=work_dir, device=device, resume_from=resume_from, log_every=ctx.settings.worker.log_every_steps,
         cpu_threads=ctx.settings.worker.cpu_threads,
     )
     outcome = train(spec, JobReporter(ctx))
     if outcome.stopped == "pause":
-        jobs.advance(job.id, ctx.worker, ("paused", "queued"), resume_step=outcome.global_step)
         jobs.add_event(job.id, f"Paused at step {outcome.global_step}; a checkpoint was saved to resume from")
         return
     if outcome.stopped == "cancel":

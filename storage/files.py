@@ -8,7 +8,7 @@ Delete: the row goes first, then the blobs. Either way a crash can leave an orph
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Generic, Literal, TypeVar
 
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
@@ -20,6 +20,7 @@ from storage.ids import new_id, now
 from storage.tables import StoredFile
 
 Order = Literal["asc", "desc"]
+T = TypeVar("T")
 
 
 @dataclass
@@ -36,8 +37,10 @@ class NewFile:
 
 
 @dataclass
-class Page:
-    items: list[StoredFile]
+class Page(Generic[T]):
+    """One page of a newest-first (or oldest-first) list and whether more follow."""
+
+    items: list[T]
     has_more: bool
 
 
@@ -75,7 +78,7 @@ class Files:
     def list(
         self, org_id: str, *, purpose: str | None = None, order: Order = "desc", limit: int = 10000,
         after: str | None = None,
-    ) -> Page:
+    ) -> Page[StoredFile]:
         if order not in ("asc", "desc"):
             raise InvalidRequest("order must be 'asc' or 'desc'.", param="order")
         if not 1 <= limit <= 10000:

@@ -9,7 +9,6 @@ the conditional UPDATE alone decides (a single writer at a time).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, or_, update
@@ -17,18 +16,13 @@ from sqlmodel import col, delete, select
 
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
+from storage.files import Page
 from storage.ids import new_id, now
 from storage.tables import FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
 FINAL = ("succeeded", "failed", "cancelled")
 KEEP_CHECKPOINTS = 3
-
-
-@dataclass
-class Page:
-    items: list[Any]
-    has_more: bool
 
 
 class JobStore:
@@ -52,7 +46,7 @@ class JobStore:
             raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
         return job
 
-    def list(self, org_id: str, *, limit: int, after: str | None, metadata: dict[str, str]) -> Page:
+    def list(self, org_id: str, *, limit: int, after: str | None, metadata: dict[str, str]) -> Page[FineTuningJob]:
         with self.db.session() as s:
             query = select(FineTuningJob).where(FineTuningJob.organization_id == org_id)
             if after:
@@ -66,34 +60,33 @@ class JobStore:
         rows = [r for r in rows if all((r.metadata_ or {}).get(k) == v for k, v in metadata.items())]
         return Page(rows[:limit], len(rows) > limit)
 
-    def _transition(self, job_id: str, from_: tuple[str, ...], **values: Any) -> bool:
-        with self.db.session() as s:
-            result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
-                FineTuningJob.id == job_id, col(FineTuningJob.status).in_(from_)).values(**values))
-            return result.rowcount == 1
-
     # --- user actions -----------------------------------------------------------------------------------
     def cancel(self, org_id: str, job_id: str) -> FineTuningJob:
-        job = self.get(org_id, job_id)
-        if not self._transition(job_id, ACTIVE, status="cancelled", finished_at=now()):
-            raise _wrong_state(self.get(org_id, job_id), "cancelled")
-        self.add_event(job_id, "Fine-tuning job cancelled")
-        return self.get(org_id, job.id)
+        return self._user_transition(org_id, job_id, ACTIVE, "cancelled", status="cancelled", finished_at=now())
 
     def pause(self, org_id: str, job_id: str) -> FineTuningJob:
         """Queued jobs pause at once; a running one is told to checkpoint and stop (its child sees the status)."""
-        self.get(org_id, job_id)
-        if not self._transition(job_id, ("validating_files", "queued", "running"), status="paused"):
-            raise _wrong_state(self.get(org_id, job_id), "paused")
-        self.add_event(job_id, "Fine-tuning job paused")
-        return self.get(org_id, job_id)
+        return self._user_transition(org_id, job_id, ("validating_files", "queued", "running"), "paused",
+                                     status="paused")
 
     def resume(self, org_id: str, job_id: str) -> FineTuningJob:
-        self.get(org_id, job_id)
-        if not self._transition(job_id, ("paused",), status="queued"):
-            raise _wrong_state(self.get(org_id, job_id), "resumed")
-        self.add_event(job_id, "Fine-tuning job resumed")
-        return self.get(org_id, job_id)
+        return self._user_transition(org_id, job_id, ("paused",), "resumed", status="queued")
+
+    def _user_transition(self, org_id: str, job_id: str, from_: tuple[str, ...], done: str,
+                         **values: Any) -> FineTuningJob:
+        """One conditional UPDATE on the caller's job; a job in another state is a 400 naming that state."""
+        self.get(org_id, job_id)  # 404 for a missing or foreign job
+        with self.db.session() as s:
+            result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
+                FineTuningJob.id == job_id, col(FineTuningJob.status).in_(from_)).values(**values))
+            moved = result.rowcount == 1
+            if moved:
+                s.add(_event(job_id, f"Fine-tuning job {done}"))
+        job = self.get(org_id, job_id)
+        if not moved:
+            raise InvalidRequest(f"Job {job.id} is {job.status} and cannot be {done}.", param="fine_tuning_job_id",
+                                 code="invalid_job_state")
+        return job
 
     # --- worker side ------------------------------------------------------------------------------------
     def claim(self, worker: str, lease_s: float) -> FineTuningJob | None:
@@ -159,7 +152,7 @@ class JobStore:
         with self.db.session() as s:
             s.add(_event(job_id, message, level=level, type=type, data=data, step=step))
 
-    def events(self, org_id: str, job_id: str, *, limit: int, after: str | None) -> Page:
+    def events(self, org_id: str, job_id: str, *, limit: int, after: str | None) -> Page[JobEvent]:
         self.get(org_id, job_id)
         return self._page(JobEvent, job_id, limit, after, "after")
 
@@ -196,7 +189,7 @@ class JobStore:
                 s.delete(ckpt)
         return pruned
 
-    def checkpoints(self, org_id: str, job_id: str, *, limit: int, after: str | None) -> Page:
+    def checkpoints(self, org_id: str, job_id: str, *, limit: int, after: str | None) -> Page[JobCheckpoint]:
         self.get(org_id, job_id)
         return self._page(JobCheckpoint, job_id, limit, after, "after")
 
@@ -220,11 +213,6 @@ def _event(job_id: str, message: str, *, level: str = "info", type: str = "messa
            data: dict | None = None, step: int | None = None) -> JobEvent:
     return JobEvent(id=new_id("ftevent-"), job_id=job_id, created_at=now(), level=level, message=message,
                     type=type, data=data, step=step)
-
-
-def _wrong_state(job: FineTuningJob, action: str) -> InvalidRequest:
-    return InvalidRequest(f"Job {job.id} is {job.status} and cannot be {action}.", param="fine_tuning_job_id",
-                          code="invalid_job_state")
 
 
 

@@ -120,7 +120,6 @@ class FineTuningJob(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_expires_at: float | None = Field(default=None, index=True)
     attempts: int = 0
-    resume_step: int | None = Field(default=None, description="Global step of the trainer state to resume from.")
 
 
 class JobEvent(SQLModel, table=True):

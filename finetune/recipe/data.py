@@ -59,8 +59,9 @@ class ChatEncoder:
         done = ""
         for i, message in enumerate(example["messages"]):
             if message["role"] == "assistant" and i > 0:
-                self._append(self.render(messages[:i], tools, True), done, ids, labels, train=False)
-                done = self.render(messages[:i], tools, True)
+                header = self.render(messages[:i], tools, True)  # up to and including "assistant\n"
+                self._append(header, done, ids, labels, train=False)
+                done = header
             full = self.render(messages[: i + 1], tools, False)
             train = message["role"] == "assistant" and message.get("weight", 1) != 0
             self._append(full, done, ids, labels, train=train)

@@ -28,7 +28,7 @@ class TrainSpec:
     valid_file: Path | None
     work_dir: Path  # trainer checkpoints (resume points) go to work_dir/trainer
     device: Literal["cuda", "cpu"]
-    resume: bool = True
+    resume_from: Path | None = None  # a trainer checkpoint (see last_checkpoint) to continue from
     log_every: int | None = None
     cpu_threads: int | None = None
     extra_callbacks: tuple[Any, ...] = ()  # e.g. the benchmark's timer
@@ -40,7 +40,6 @@ class Outcome:
     adapter_dir: Path | None
     global_step: int
     trained_tokens: int
-    resumed_from: int | None
 
 
 def train(spec: TrainSpec, reporter: Reporter) -> Outcome:
@@ -52,16 +51,14 @@ def train(spec: TrainSpec, reporter: Reporter) -> Outcome:
     trainer = _setup_trainer(spec, model, tokenizer, train_set, valid_set, steps, callback)
     for extra in spec.extra_callbacks:
         trainer.add_callback(extra)
-    resume_from = _last_checkpoint(spec.work_dir / "trainer") if spec.resume else None
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer.train(resume_from_checkpoint=str(spec.resume_from) if spec.resume_from else None)
     tokens = int(trainer.state.num_input_tokens_seen or 0)
-    resumed = int(resume_from.name.split("-")[1]) if resume_from else None
     if callback.stopped:
-        return Outcome(callback.stopped, None, trainer.state.global_step, tokens, resumed)
+        return Outcome(callback.stopped, None, trainer.state.global_step, tokens)
     final = spec.work_dir / "final"
     trainer.model.save_pretrained(final)
     tokenizer.save_pretrained(final)
-    return Outcome(None, final, trainer.state.global_step, tokens, resumed)
+    return Outcome(None, final, trainer.state.global_step, tokens)
 
 
 def _setup_process(spec: TrainSpec) -> None:
@@ -149,6 +146,12 @@ def _setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, 
                       data_collator=collator, callbacks=[callback], optimizers=optimizers)
 
 
-def _last_checkpoint(directory: Path) -> Path | None:
-    found = [p for p in directory.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+def last_checkpoint(work_dir: Path) -> tuple[Path | None, int]:
+    """The newest complete trainer checkpoint under ``work_dir`` and its global step (``(None, 0)`` if none)."""
+    found = [p for p in (work_dir / "trainer").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    newest = max(found, key=_step_of, default=None)
+    return newest, _step_of(newest) if newest else 0
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])

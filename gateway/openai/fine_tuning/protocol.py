@@ -12,7 +12,7 @@ OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 def job_object(job: FineTuningJob) -> dict[str, Any]:
     """Every field the spec requires, nulls included; ``auto`` replaced by resolved values once known."""
     shown = {**job.hyperparameters, **(job.resolved or {})}
-    method_hp = {k: v for k, v in shown.items() if v is not None and (job.method == "dpo" or k != "beta")}
+    method_hp = {k: v for k, v in shown.items() if v is not None}  # resolved beta is None unless DPO
     return {
         "object": "fine_tuning.job",
         "id": job.id,

@@ -73,7 +73,6 @@ def upgrade() -> None:
     sa.Column('lease_owner', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
     sa.Column('lease_expires_at', sa.Float(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('resume_step', sa.Integer(), nullable=True),
     sa.ForeignKeyConstraint(['organization_id'], ['organizations.id'], ),
     sa.PrimaryKeyConstraint('seq'),
     sa.UniqueConstraint('id')
