@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from functools import cache
-from typing import Literal
+from storage.hardware import Device, resolve_device
 
-Device = Literal["cuda", "cpu"]
+__all__ = ["Device", "native_bf16", "training_device"]
 
 
 def training_device(setting: str) -> Device:
-    if setting in ("cuda", "cpu"):
-        return setting  # type: ignore[return-value]
-    return "cuda" if _nvidia_gpu_present() else "cpu"
-
-
-@cache
-def _nvidia_gpu_present() -> bool:
-    if shutil.which("nvidia-smi") is None:
-        return False
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return "GPU" in out
+    return resolve_device(setting)
 
 
 def native_bf16(device: Device) -> bool:

@@ -36,17 +36,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease_s = settings.worker.lease_seconds
         self._stop = threading.Event()
-        self._settings_file = self._write_settings()
-
-    def _write_settings(self) -> Path:
-        """The child rebuilds the same Settings from this file (secrets left out: it needs none)."""
-        run_dir = (self.settings.data_dir / "run").resolve()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / f"worker-{os.getpid()}-{self.id.rsplit(':', 1)[1]}.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a database password
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.settings.model_dump_json(exclude={"admin_key"}))
-        return path
+        self._settings_file = settings.write_for_child(f"worker-{os.getpid()}-{self.id.rsplit(':', 1)[1]}")
 
     # --- loop -------------------------------------------------------------------------------------------
     def run_forever(self) -> None:

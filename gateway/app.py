@@ -7,8 +7,9 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-from litestar import Litestar, Router, get
+from litestar import Litestar, Request, Router, get
 from litestar.concurrency import sync_to_thread
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -18,6 +19,7 @@ from gateway.admin.api_router import AdminController
 from gateway.auth import provide_principal, provide_services, require_api_key
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.middleware import add_request_id
+from gateway.openai.chat.api_router import CompletionsController
 from gateway.openai.files.api_router import FilesController
 from gateway.openai.fine_tuning.api_router import FineTuningJobsController
 from gateway.openai.models.api_router import ModelsController
@@ -38,8 +40,10 @@ def print_admin_key(secret: str) -> None:
 
 
 @get("/health", include_in_schema=False, sync_to_thread=False)
-def health() -> dict[str, str]:
-    return {"status": "ok"}
+def health(request: Request) -> dict[str, Any]:
+    """The gateway is up; each engine's state (starting | ready | down) is listed beside."""
+    engines = request.app.state.services.engines.status()
+    return {"status": "ok", "engines": [{k: e[k] for k in ("base_model", "state")} for e in engines]}
 
 
 def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = print_admin_key) -> Litestar:
@@ -51,18 +55,23 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         if secret:
             on_admin_key(secret)
         sweeper = asyncio.create_task(_sweep_expired(services))
+        await services.engines.start()
+        usage = asyncio.create_task(services.completions.usage.run())
         worker = _start_worker(services) if settings.worker.embedded else None
         try:
             yield
         finally:
             sweeper.cancel()
+            usage.cancel()
+            await asyncio.gather(usage, return_exceptions=True)
+            await services.engines.stop()
             if worker is not None:
                 worker.stop()
             services.close()
 
     v1 = Router(
         path="/v1",
-        route_handlers=[FilesController, FineTuningJobsController, ModelsController],
+        route_handlers=[FilesController, FineTuningJobsController, ModelsController, CompletionsController],
         guards=[require_api_key],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
     )

@@ -14,7 +14,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 
 from storage.errors import (
     AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied, RateLimited,
-    TunegateError, Unavailable,
+    TunegateError, Unavailable, UpstreamFailed,
 )
 
 log = logging.getLogger("tunegate.gateway")
@@ -27,6 +27,7 @@ STATUS: dict[type[TunegateError], tuple[int, str]] = {
     NotFound: (404, "invalid_request_error"),
     PayloadTooLarge: (413, "invalid_request_error"),
     RateLimited: (429, "rate_limit_error"),
+    UpstreamFailed: (500, "server_error"),
     Unavailable: (503, "service_unavailable_error"),
     TunegateError: (400, "invalid_request_error"),
 }

@@ -6,6 +6,9 @@ import logging
 from dataclasses import dataclass
 
 from serving.catalog import Catalog
+from serving.pool import EnginePool
+from serving.proxy import Completions
+from serving.usage import UsageRecorder
 from storage import migrate
 from storage.accounts import Accounts
 from storage.blobs import LocalBlobStore
@@ -13,6 +16,7 @@ from storage.db import Database
 from storage.files import Files
 from storage.jobs import JobStore
 from storage.settings import Settings
+from storage.usage import UsageStore
 
 log = logging.getLogger("tunegate")
 
@@ -26,12 +30,19 @@ class Services:
     files: Files
     catalog: Catalog
     jobs: JobStore
+    usage: UsageStore
+    engines: EnginePool
+    completions: Completions
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
         db = Database(settings.resolved_database_url)
         blobs = LocalBlobStore(settings.resolved_blob_dir)
-        return cls(settings, db, blobs, Accounts(db), Files(db, blobs), Catalog(db, settings), JobStore(db))
+        catalog = Catalog(db, settings)
+        usage = UsageStore(db)
+        engines = EnginePool(settings, catalog, blobs)
+        completions = Completions(engines, UsageRecorder(usage))
+        return cls(settings, db, blobs, Accounts(db), Files(db, blobs), catalog, JobStore(db), usage, engines, completions)
 
     def prepare(self) -> str | None:
         """Migrate the schema, register base models, tidy after crashes. Returns a newly generated admin key."""

@@ -23,6 +23,8 @@ class ModelEntry:
     owned_by: str
     kind: str  # base | fine-tuned | checkpoint
     base_model: str
+    adapter_key: str | None = None  # blob key of the PEFT adapter dir (fine-tuned models and checkpoints)
+    seq: int = 0
 
 
 class Catalog:
@@ -60,11 +62,24 @@ class Catalog:
         with self.db.session() as s:
             return _entry(_owned(s, org_id, model_id))
 
-    def delete(self, org_id: str, model_id: str) -> None:
+    def delete(self, org_id: str, model_id: str) -> ModelEntry:
         if model_id in self.settings.base_models:
             raise PermissionDenied(f"You cannot delete the base model '{model_id}'.", param="model", code="model_not_deletable")
         with self.db.session() as s:
-            s.delete(_owned(s, org_id, model_id))
+            row = _owned(s, org_id, model_id)
+            entry = _entry(row)
+            s.delete(row)
+        return entry
+
+    def newest_seq(self) -> int:
+        with self.db.session() as s:
+            return s.exec(select(FineTunedModel.seq).order_by(col(FineTunedModel.seq).desc())).first() or 0
+
+    def added_since(self, seq: int) -> list[ModelEntry]:
+        """Models registered after ``seq``, oldest first (the serving warm-up loads the fine-tuned ones)."""
+        with self.db.session() as s:
+            rows = s.exec(select(FineTunedModel).where(col(FineTunedModel.seq) > seq).order_by(col(FineTunedModel.seq)))
+            return [_entry(r) for r in rows]
 
 
 def _owned(s: Session, org_id: str, model_id: str) -> FineTunedModel:
@@ -78,7 +93,7 @@ def _owned(s: Session, org_id: str, model_id: str) -> FineTunedModel:
 
 
 def _entry(row: FineTunedModel) -> ModelEntry:
-    return ModelEntry(row.id, row.created_at, row.organization_id, row.kind, row.base_model)
+    return ModelEntry(row.id, row.created_at, row.organization_id, row.kind, row.base_model, row.adapter_key, row.seq or 0)
 
 
 def _not_found(model_id: str) -> NotFound:

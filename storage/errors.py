@@ -8,6 +8,7 @@
     ├── NotFound                  no such object *for this organization*                  (404)
     ├── PayloadTooLarge           body over a configured limit                            (413)
     ├── RateLimited               try again later                                         (429)
+    ├── UpstreamFailed            an engine failed in a way the caller cannot fix         (500)
     └── Unavailable               a dependency (engine, database) is down or starting     (503)
 
 The HTTP status and OpenAI error ``type`` of each class live in one table at the edge
@@ -57,6 +58,10 @@ class RateLimited(TunegateError):
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw: str | None) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+class UpstreamFailed(TunegateError):
+    default_code = "engine_error"
 
 
 class Unavailable(TunegateError):

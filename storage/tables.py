@@ -147,3 +147,19 @@ class JobCheckpoint(SQLModel, table=True):
     metrics: dict = Field(default_factory=dict, sa_type=JSON)
     fine_tuned_model_checkpoint: str = Field(max_length=512)
     created_at: int
+
+
+class UsageRecord(SQLModel, table=True):
+    """Tokens of one completion request, per organization and API key (written in batches by the gateway)."""
+
+    __tablename__ = "usage_records"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    organization_id: str = Field(index=True, max_length=64)
+    api_key_id: str = Field(index=True, max_length=64)
+    model: str = Field(max_length=512)
+    endpoint: str = Field(max_length=32, description="chat.completions | completions")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    request_id: str | None = Field(default=None, max_length=64)
+    created_at: int = Field(index=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar import Controller, get, post
 
 from gateway.admin.protocol import CreateKey, CreateOrganization, KeyObject, OrganizationObject
@@ -37,3 +38,14 @@ class AdminController(Controller):
     @post("/keys/{key_id:str}/revoke", status_code=200, sync_to_thread=True)
     def revoke_key(self, services: ServicesDep, key_id: FromPath[str]) -> KeyObject:
         return KeyObject.of(services.accounts.revoke_key(key_id))
+
+    @get("/engines", sync_to_thread=False)
+    def engines(self, services: ServicesDep) -> dict[str, Any]:
+        """Every engine replica: state, URL, local process id, restarts, requests in flight, adapters loaded."""
+        return list_page(services.engines.status(), has_more=False)
+
+    @get("/usage", sync_to_thread=True)
+    def usage(self, services: ServicesDep, organization_id: FromQuery[str | None] = None) -> dict[str, Any]:
+        """Token usage summed per organization, API key and model."""
+        totals = services.usage.totals(organization_id)
+        return list_page([{"object": "usage.total", **asdict(t)} for t in totals], has_more=False)

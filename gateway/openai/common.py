@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from litestar import Request
+
+from storage.errors import InvalidRequest
 
 
 class DeletedObject(msgspec.Struct):
@@ -26,3 +29,12 @@ def list_page(data: list[Any], *, has_more: bool | None = None, ids: bool = Fals
 
 def _id(item: Any) -> str:
     return item["id"] if isinstance(item, dict) else item.id
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON (``null`` when empty); a 400 naming the problem otherwise."""
+    raw = await request.body()
+    try:
+        return msgspec.json.decode(raw or b"null")
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.", param=None, code="invalid_json") from None

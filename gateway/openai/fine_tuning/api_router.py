@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
@@ -11,7 +10,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from finetune.submit import create_job
 from gateway.auth import PrincipalDep, ServicesDep
-from gateway.openai.common import list_page
+from gateway.openai.common import list_page, read_json
 from gateway.openai.fine_tuning.protocol import checkpoint_object, event_object, job_object
 from storage.errors import InvalidRequest
 
@@ -24,7 +23,7 @@ class FineTuningJobsController(Controller):
 
     @post("/", status_code=200)
     async def create(self, request: Request, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
-        body = await _json(request)
+        body = await read_json(request)
         job = await sync_to_thread(create_job, services.settings, services.files, services.jobs,
                                  principal.organization_id, body)
         return job_object(job)
@@ -63,11 +62,3 @@ class FineTuningJobsController(Controller):
                     after: FromQuery[str | None] = None) -> dict[str, Any]:
         page = services.jobs.checkpoints(principal.organization_id, job_id, limit=limit, after=after)
         return list_page([checkpoint_object(c) for c in page.items], has_more=page.has_more, ids=True)
-
-
-async def _json(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw or b"null")
-    except ValueError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}.", param=None, code="invalid_json") from None

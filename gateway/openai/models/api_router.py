@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar.params import FromPath
 from litestar import Controller, delete, get
+from litestar.concurrency import sync_to_thread
 
 from gateway.auth import PrincipalDep, ServicesDep
 from gateway.openai.common import DeletedObject, list_page
@@ -24,8 +25,10 @@ class ModelsController(Controller):
     def retrieve_model(self, services: ServicesDep, principal: PrincipalDep, model: FromPath[str]) -> ModelObject:
         return ModelObject.of(services.catalog.get(principal.organization_id, model.lstrip("/")))
 
-    @delete("/{model:path}", status_code=200, sync_to_thread=True)
-    def delete_model(self, services: ServicesDep, principal: PrincipalDep, model: FromPath[str]) -> DeletedObject:
+    @delete("/{model:path}", status_code=200)
+    async def delete_model(self, services: ServicesDep, principal: PrincipalDep, model: FromPath[str]) -> DeletedObject:
+        """Deleted for good: unloaded from every engine; later requests get 404 model_not_found."""
         model_id = model.lstrip("/")
-        services.catalog.delete(principal.organization_id, model_id)
+        entry = await sync_to_thread(services.catalog.delete, principal.organization_id, model_id)
+        await services.engines.forget(entry)
         return DeletedObject(id=model_id, object="model")

@@ -1,0 +1,49 @@
+"""``/v1/chat/completions`` and ``/v1/completions``: parse, hand to the serving proxy, answer JSON or SSE."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Controller, Request, Response, post
+from litestar.response import Stream
+
+from gateway.auth import PrincipalDep, ServicesDep
+from gateway.middleware import request_id
+from gateway.openai.common import read_json
+from serving.proxy import Endpoint
+from storage.errors import InvalidRequest
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class CompletionsController(Controller):
+    path = "/"
+    tags = ["Chat"]
+
+    @post("/chat/completions", status_code=200)
+    async def create_chat_completion(self, request: Request, services: ServicesDep, principal: PrincipalDep) -> Response[Any]:
+        return await _complete(request, services, principal, "chat.completions")
+
+    @post("/completions", status_code=200)
+    async def create_completion(self, request: Request, services: ServicesDep, principal: PrincipalDep) -> Response[Any]:
+        return await _complete(request, services, principal, "completions")
+
+
+async def _complete(request: Request, services: ServicesDep, principal: PrincipalDep, endpoint: Endpoint) -> Response[Any]:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_value")
+    result = await services.completions.create(principal, endpoint, body, request_id(request.scope))
+    if isinstance(result, bytes):
+        return Response(content=result, media_type="application/json")
+    return Stream(_closing(result), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _closing(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Relay the events; when the client goes away mid-stream, close the upstream request at once."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,59 @@
+"""A fine-tuned model as an engine sees it: a LoRA adapter directory, checked before vLLM is asked to load it.
+
+vLLM answers a 500 for an adapter whose rank is above ``--max-lora-rank`` and cannot serve DoRA; both are
+caught here and answered as a clear 400 naming the model and the setting to change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.errors import InvalidRequest
+from storage.settings import VLLM_LORA_RANKS, ServingSettings
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str  # engine-side name: the blob key, unique per immutable adapter directory
+    path: str  # where the engine reads it
+    rank: int
+
+
+def adapter_for(model_id: str, adapter_key: str, local_path: Path, serving: ServingSettings) -> Adapter:
+    config = _read_config(str(local_path))
+    if config is None:
+        raise InvalidRequest(f"The files of model '{model_id}' are missing on this server.", param="model",
+                             code="model_unavailable")
+    rank = max([int(config.get("r") or 0), *(int(v) for v in (config.get("rank_pattern") or {}).values())])
+    if rank > serving.max_lora_rank:
+        needed = next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
+        raise InvalidRequest(
+            f"The model '{model_id}' is a LoRA adapter of rank {rank}, above this server's max_lora_rank "
+            f"{serving.max_lora_rank}. Set TUNEGATE_SERVING__MAX_LORA_RANK={needed} (serving.max_lora_rank) and "
+            "restart, or fine-tune with a smaller lora_rank.", param="model", code="adapter_rank_too_large")
+    if config.get("use_dora"):
+        raise InvalidRequest(f"The model '{model_id}' is a DoRA adapter, which vLLM cannot serve.", param="model",
+                             code="adapter_not_servable")
+    engine_path = str(local_path)
+    if serving.engine_blob_dir:
+        engine_path = serving.engine_blob_dir.rstrip("/") + "/objects/" + adapter_key
+    return Adapter(adapter_key, engine_path, rank)
+
+
+_configs: dict[str, dict] = {}
+
+
+def _read_config(path: str) -> dict | None:
+    """Adapter directories are immutable, so a config read once is kept (bounded)."""
+    if path in _configs:
+        return _configs[path]
+    try:
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if len(_configs) > 4096:
+        _configs.clear()
+    _configs[path] = config
+    return config

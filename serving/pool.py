@@ -1,0 +1,234 @@
+"""The engine pool: model name → (base, adapter) → a ready replica with that adapter loaded.
+
+    resolve(org, model)   the caller's model id → Target (another organization's model is "not found")
+    acquire(target)       a ready replica of the base, preferring one that has the adapter; loads it there if
+                          needed, once, under a per-(replica, adapter) lock
+    forget(entry)         a deleted model: unloaded from every replica
+    warm loop             new fine-tuned models are loaded as soon as their job registers them
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from serving.adapters import Adapter, adapter_for
+from serving.catalog import Catalog, ModelEntry
+from serving.engines import ExternalEngine, LocalEngine, Replica
+from storage.blobs import LocalBlobStore
+from storage.errors import InvalidRequest, NotFound, TunegateError, Unavailable, UpstreamFailed
+from storage.settings import BaseModelSpec, Settings
+
+log = logging.getLogger("tunegate.serving")
+RESOLVE_TTL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Target:
+    model: str  # the caller's id, echoed in every response
+    base_model: str
+    spec: BaseModelSpec
+    adapter: Adapter | None
+
+    @property
+    def engine_model(self) -> str:
+        return self.adapter.name if self.adapter else self.base_model
+
+
+class EnginePool:
+    def __init__(self, settings: Settings, catalog: Catalog, blobs: LocalBlobStore) -> None:
+        self.settings, self.catalog, self.blobs = settings, catalog, blobs
+        self.replicas: dict[str, list[Replica]] = {}
+        self.http: httpx.AsyncClient | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._resolved: dict[tuple[str, str], tuple[float, Target]] = {}
+        self._warming: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        serving = self.settings.serving
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(serving.request_timeout_seconds, connect=serving.connect_timeout_seconds),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+        settings_file = None
+        for model_id, spec in self.settings.base_models.items():
+            if spec.engine_urls:
+                replicas = [Replica(model_id, url, local=False) for url in spec.engine_urls]
+                for replica in replicas:
+                    self._spawn(ExternalEngine(replica, self.http, serving.health_interval_seconds).run())
+            elif serving.local_engines:
+                settings_file = settings_file or self.settings.write_for_child(f"engines-{id(self):x}")
+                replica = Replica(model_id, "http://127.0.0.1:0", local=True)
+                replicas = [replica]
+                self._spawn(LocalEngine(replica, self.http, self.settings, settings_file).run())
+            else:
+                replicas = []
+            self.replicas[model_id] = replicas
+        self._spawn(self._warm_new_models())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.http is not None:
+            await self.http.aclose()
+
+    def _spawn(self, coro) -> None:  # noqa: ANN001
+        self._tasks.append(asyncio.create_task(coro))
+
+    def status(self) -> list[dict[str, object]]:
+        return [r.describe() for replicas in self.replicas.values() for r in replicas]
+
+    # --- routing -----------------------------------------------------------------------------------------
+    async def resolve(self, organization_id: str, model: str) -> Target:
+        key = (organization_id, model)
+        hit = self._resolved.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        spec = self.settings.base_models.get(model)
+        if spec is not None:
+            target = Target(model, model, spec, None)
+        else:
+            entry = await asyncio.to_thread(self.catalog.get, organization_id, model)
+            target = self._target(entry)
+        self._resolved[key] = (time.monotonic() + RESOLVE_TTL_SECONDS, target)
+        return target
+
+    def _target(self, entry: ModelEntry) -> Target:
+        spec = self.settings.base_models.get(entry.base_model)
+        if spec is None or entry.adapter_key is None:
+            raise NotFound(f"The model '{entry.id}' is not served here: its base model '{entry.base_model}' is not "
+                           "configured.", param="model", code="model_not_found")
+        adapter = adapter_for(entry.id, entry.adapter_key, self.blobs.local_path(entry.adapter_key), self.settings.serving)
+        return Target(entry.id, entry.base_model, spec, adapter)
+
+    async def acquire(self, target: Target) -> Replica:
+        replica = self.pick(target)
+        if target.adapter is not None:
+            await self.ensure_loaded(replica, target)
+        return replica
+
+    def pick(self, target: Target) -> Replica:
+        replicas = self.replicas.get(target.base_model, [])
+        ready = [r for r in replicas if r.state == "ready"]
+        if not ready:
+            raise self._unavailable(target, replicas)
+        if target.adapter is not None:
+            having = [r for r in ready if target.adapter.name in r.loaded]
+            if having:
+                return min(having, key=lambda r: r.in_flight)
+            capacity = self.settings.serving.max_adapters_per_engine
+            return min(ready, key=lambda r: (len(r.loaded) >= capacity, r.in_flight, len(r.loaded)))
+        return min(ready, key=lambda r: r.in_flight)
+
+    def _unavailable(self, target: Target, replicas: list[Replica]) -> Unavailable:
+        if not replicas:
+            return Unavailable(
+                f"No engine serves '{target.base_model}': local engines are off (serving.local_engines) and the "
+                "model has no engine_urls.", code="engine_unavailable", retry_after=30)
+        starting = any(r.state == "starting" for r in replicas)
+        why = "is starting" if starting else f"is down ({replicas[0].detail})"
+        return Unavailable(f"The engine for '{target.base_model}' {why}; retry shortly.", code="engine_unavailable",
+                           retry_after=10 if starting else 5)
+
+    async def ensure_loaded(self, replica: Replica, target: Target) -> None:
+        adapter = target.adapter
+        assert adapter is not None and self.http is not None
+        if adapter.name in replica.loaded:
+            replica.loaded.move_to_end(adapter.name)
+            return
+        lock = replica.locks.setdefault(adapter.name, asyncio.Lock())
+        async with lock:
+            if adapter.name in replica.loaded:
+                return
+            while len(replica.loaded) >= self.settings.serving.max_adapters_per_engine:
+                await self._unload(replica, next(iter(replica.loaded)))
+            started = time.perf_counter()
+            try:
+                response = await self.http.post(f"{replica.url}/v1/load_lora_adapter",
+                                                 json={"lora_name": adapter.name, "lora_path": adapter.path})
+            except httpx.TransportError as exc:
+                replica.set_state("down", f"load_lora_adapter failed: {exc!r}")
+                raise Unavailable(f"The engine for '{target.base_model}' is not reachable; retry shortly.",
+                                  code="engine_unavailable") from exc
+            if response.status_code != 200 and "already been loaded" not in response.text:
+                raise _load_error(target, response)
+            replica.loaded[adapter.name] = adapter.path
+            log.info("loaded %s on %s in %.0f ms", target.model, replica.url, (time.perf_counter() - started) * 1e3)
+
+    async def _unload(self, replica: Replica, name: str) -> None:
+        assert self.http is not None
+        replica.loaded.pop(name, None)
+        replica.locks.pop(name, None)
+        try:
+            await self.http.post(f"{replica.url}/v1/unload_lora_adapter", json={"lora_name": name})
+        except httpx.HTTPError as exc:
+            log.warning("unloading %s from %s failed: %r", name, replica.url, exc)
+
+    async def forget(self, entry: ModelEntry) -> None:
+        """A deleted model: drop cached routes to it and unload it from every replica."""
+        for key in [k for k, (_, t) in self._resolved.items() if t.model == entry.id]:
+            self._resolved.pop(key, None)
+        if entry.adapter_key is None:
+            return
+        for replicas in self.replicas.values():
+            for replica in replicas:
+                if entry.adapter_key in replica.loaded:
+                    await self._unload(replica, entry.adapter_key)
+
+    def lost_adapter(self, replica: Replica, target: Target) -> None:
+        """The engine no longer knows the adapter (it restarted behind our back): load it again next time."""
+        if target.adapter is not None:
+            replica.loaded.pop(target.adapter.name, None)
+
+    # --- warm-up -----------------------------------------------------------------------------------------
+    async def _warm_new_models(self) -> None:
+        """Load each newly registered fine-tuned model at once, so its first request does not wait for it."""
+        seen = await asyncio.to_thread(self.catalog.newest_seq)
+        while True:
+            await asyncio.sleep(self.settings.serving.warm_poll_seconds)
+            try:
+                entries = await asyncio.to_thread(self.catalog.added_since, seen)
+            except Exception:  # a database hiccup must not end the loop
+                log.exception("warm-up: listing new models failed")
+                continue
+            for entry in entries:
+                seen = max(seen, entry.seq)
+                if entry.kind == "fine-tuned":
+                    task = asyncio.create_task(self._warm(entry))
+                    self._warming.add(task)
+                    task.add_done_callback(self._warming.discard)
+
+    async def _warm(self, entry: ModelEntry) -> None:
+        try:
+            target = self._target(entry)
+            await self.acquire(target)
+        except TunegateError as exc:
+            log.info("warm-up of %s skipped: %s", entry.id, exc.message)
+        except Exception:
+            log.exception("warm-up of %s failed", entry.id)
+
+
+def _load_error(target: Target, response: httpx.Response) -> TunegateError:
+    message = _upstream_message(response)
+    if response.status_code == 404:
+        return InvalidRequest(f"The engine for '{target.base_model}' cannot read the adapter of '{target.model}' "
+                              f"({message}). Engines on other hosts need serving.engine_blob_dir.",
+                              param="model", code="model_unavailable")
+    if response.status_code == 400:
+        return InvalidRequest(f"The engine refused the adapter of '{target.model}': {message}", param="model",
+                              code="adapter_not_servable")
+    return UpstreamFailed(f"The engine failed to load '{target.model}': {message}", code="engine_error")
+
+
+def _upstream_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:500]

