@@ -65,7 +65,7 @@ def make_adapter(tiny_model: str, target: Path, *, rank: int = 8, seed: int = 0)
     return target
 
 
-def register_adapter(gw: LiveGateway, org_id: str, adapter: Path, suffix: str) -> str:
+def register_adapter(gw: LiveGateway, org_id: str, adapter: Path, suffix: str, base: str = TINY) -> str:
     """Store an adapter as a fine-tuned model of ``org_id``, the way a job's child does (blob, then row)."""
     from storage.blobs import LocalBlobStore
     from storage.db import Database
@@ -76,10 +76,10 @@ def register_adapter(gw: LiveGateway, org_id: str, adapter: Path, suffix: str) -
     tag = uuid.uuid4().hex[:8]
     key = f"models/test-{tag}/final"
     LocalBlobStore(gw.data_dir / "blobs").commit_dir(adapter, key, ("adapter_config.json", "adapter_model.safetensors"))
-    model_id = f"ft:{TINY}:{org_id}:{suffix}:{tag}"
+    model_id = f"ft:{base}:{org_id}:{suffix}:{tag}"
     db = Database(gw.database_url)
     try:
-        JobStore(db).add_model(FineTunedModel(id=model_id, organization_id=org_id, base_model=TINY, kind="fine-tuned",
+        JobStore(db).add_model(FineTunedModel(id=model_id, organization_id=org_id, base_model=base, kind="fine-tuned",
                                               adapter_key=key, created_at=now()))
     finally:
         db.dispose()

@@ -271,7 +271,14 @@ def test_killed_engine_gives_503_then_recovers(gw: LiveGateway, org, client: ope
     model_id = register_adapter(gw, org[0], make_adapter(tiny_model, tmp_path / "after", seed=9), "after")
     assert client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=2).choices
     before = engines(gw)[0]
-    os.killpg(before["pid"], signal.SIGKILL)
+    long = {"model": TINY, "messages": HELLO, "max_tokens": 1900, "ignore_eos": True, "stream": True}
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}, timeout=30) as http:
+        with http.stream("POST", "/v1/chat/completions", json=long) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: {")
+            os.killpg(before["pid"], signal.SIGKILL)  # the engine dies mid-stream
+            events = [line.removeprefix("data: ") for line in lines if line]
+    assert "error" in json.loads(events[-1]) and json.loads(events[-1])["error"]["type"] == "server_error"
     with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}, timeout=10) as http:
         refused = wait_until(lambda: (r := http.post("/v1/chat/completions", json={
             "model": TINY, "messages": HELLO, "max_tokens": 2})).status_code == 503 and r, 10, "a 503")

