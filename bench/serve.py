@@ -12,6 +12,9 @@ local HF dir), then:
     concurrency 16; adapters are hot-loaded once before timing.
 (c) a real fine-tuning job through the API: from the moment the job reads `succeeded` to the first streamed token
     of its `ft:` model (the warm-up has usually loaded it by then).
+
+--stub replaces the engine with bench/stub_engine.py (instant vLLM-shaped chunks) and runs (a) only: what the
+gateway itself adds per request and per chunk, without an engine competing for the same CPU cores.
 """
 
 from __future__ import annotations
@@ -191,7 +194,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--engine-args", default="", help="extra vLLM args, JSON list")
+    parser.add_argument("--stub", action="store_true", help="measure (a) against bench/stub_engine.py")
     args = parser.parse_args()
+    if args.stub:
+        return stub_overhead(args)
 
     from storage.settings import DEFAULT_BASE_MODEL
 
@@ -224,6 +230,29 @@ def main() -> None:
         gw.stop()
     report["engines"] = [{k: e[k] for k in ("base_model", "state", "restarts")} for e in report["engines"]]
     print(json.dumps(report, indent=2))
+
+
+def stub_overhead(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from tests.support import free_port
+
+    work = Path(tempfile.mkdtemp(prefix="tunegate-bench-stub-"))
+    port = free_port()
+    stub = subprocess.Popen([sys.executable, str(REPO / "bench" / "stub_engine.py"), str(port)])
+    url = f"http://127.0.0.1:{port}"
+    gw = LiveGateway(work, f"sqlite:///{work / 'tunegate.db'}", TUNEGATE_BASE_MODELS=json.dumps(
+        {"stub": {"source": "unused", "engine_urls": [url]}}), TUNEGATE_WORKER__EMBEDDED="false")
+    gw.start()
+    try:
+        wait_engines_ready(gw, 60)
+        key = gw.new_org_key("bench")[2]
+        rows = overhead(gw.url, key, url, "stub", [int(c) for c in args.concurrency.split(",")], args.max_tokens,
+                        args.rounds)
+    finally:
+        gw.stop()
+        stub.terminate()
+    print(json.dumps({"engine": "stub", "overhead": rows}, indent=2))
 
 
 def _weights_dir(gw: LiveGateway, base: str, model: str | None) -> str:
