@@ -224,9 +224,11 @@ def test_adapter_above_max_rank_is_a_clear_400(gw: LiveGateway, org, client: ope
 
 
 def test_client_disconnect_aborts_the_engine_request(gw: LiveGateway, org) -> None:
-    """vLLM counts an aborted request nowhere, so: it stops running, never finishes, and stops generating."""
+    """vLLM counts an aborted request in no success label, so: it stops running long before its 1900 tokens.
+
+    (A stream read to the end does add its 1900 tokens to ``generation_tokens_total``; other requests finishing
+    meanwhile add a handful.)"""
     engine_url = engines(gw)[0]["url"]
-    finished = engine_metric(engine_url, "vllm:request_success_total")
     generated = engine_metric(engine_url, "vllm:generation_tokens_total")
     body = {"model": TINY, "messages": HELLO, "max_tokens": 1900, "ignore_eos": True, "stream": True}
     with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}, timeout=60) as http:
@@ -236,8 +238,7 @@ def test_client_disconnect_aborts_the_engine_request(gw: LiveGateway, org) -> No
                 next(lines)
     wait_until(lambda: engine_metric(engine_url, "vllm:num_requests_running") == 0, 60, "the request to stop")
     time.sleep(1)
-    assert engine_metric(engine_url, "vllm:request_success_total") == finished, "the request ran to its end"
-    assert engine_metric(engine_url, "vllm:generation_tokens_total") - generated < 1900
+    assert engine_metric(engine_url, "vllm:generation_tokens_total") - generated < 1000, "the request ran on"
 
 
 def test_usage_is_recorded_per_organization_and_key(gw: LiveGateway, org) -> None:
