@@ -1,0 +1,1 @@
+"""Evaluation: text-similarity metrics (LLaMA-Factory's `predict_*`), eval runs."""
