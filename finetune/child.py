@@ -24,6 +24,7 @@ from finetune.recipe.callbacks import Stop
 from finetune.submit import fine_tuned_model_name
 from storage.blobs import LocalBlobStore
 from storage.db import Database
+from storage.engines import EngineRegistry, engine_adapter_path
 from storage.errors import TunegateError
 from storage.files import Files, NewFile
 from storage.ids import now
@@ -124,6 +125,9 @@ def run(ctx: Context) -> None:
     _finish(ctx, outcome.adapter_dir, outcome.trained_tokens)
 
 
+EVAL_SAMPLES = 200  # validation examples scored by generation at the end of a job
+
+
 def _finish(ctx: Context, adapter_dir: Path, trained_tokens: int) -> None:
     job = ctx.job
     key = f"models/{job.id}/final"
@@ -131,12 +135,43 @@ def _finish(ctx: Context, adapter_dir: Path, trained_tokens: int) -> None:
     ctx.blobs.commit_dir(adapter_dir, key)
     ctx.jobs.add_model(FineTunedModel(id=ctx.model_name, organization_id=job.organization_id, base_model=job.model,
                                       kind="fine-tuned", job_id=job.id, adapter_key=key, created_at=now()))
+    _evaluate(ctx, key)
     results = _results_file(ctx)
     ctx.jobs.add_event(job.id, f"New fine-tuned model created: {ctx.model_name}")
     if ctx.jobs.advance(job.id, ctx.worker, ("running",), status="succeeded", fine_tuned_model=ctx.model_name,
                         result_files=[results], trained_tokens=trained_tokens, finished_at=now(),
                         estimated_finish=None):
         ctx.jobs.add_event(job.id, "The job has successfully completed")
+
+
+def _evaluate(ctx: Context, adapter_key: str) -> None:
+    """ROUGE/BLEU of the fine-tuned model and of its base on the validation file, generated through a serving
+    engine; merged into the final metrics event and the newest checkpoint's metrics. Never fails the job."""
+    from finetune.evals import metrics
+    from finetune.evals.generation import NoEngine, generate, load_adapter, samples_from
+
+    job = ctx.job
+    if not job.validation_file or job.method != "supervised":
+        return
+    validation = ctx.files.get(job.organization_id, job.validation_file)
+    samples = samples_from(ctx.blobs.local_path(validation.normalized_blob_key), EVAL_SAMPLES)
+    if not samples:
+        return
+    urls = EngineRegistry(ctx.db).ready(job.model)
+    try:
+        if not urls:
+            raise NoEngine(f"no serving engine for {job.model} is running")
+        load_adapter(urls[0], adapter_key, engine_adapter_path(ctx.settings, adapter_key, ctx.blobs.local_path(adapter_key)))
+        references = [sample.reference for sample in samples]
+        tuned = metrics.score(generate(urls, adapter_key, samples), references)
+        base = metrics.score(generate(urls, job.model, samples), references)
+    except Exception as exc:  # scores are a bonus: the trained model stands without them
+        ctx.jobs.add_event(job.id, f"Generation metrics skipped: {exc}", level="warn")
+        return
+    values = {**tuned, **{f"base_{k}": v for k, v in base.items()}}
+    summary = ", ".join(f"{k}={tuned[k]:.4f} (base {base[k]:.4f})" for k in tuned if not k.endswith("_with_think"))
+    ctx.jobs.add_final_metrics(job.id, values, summary)
+    ctx.jobs.add_event(job.id, f"Evaluated on {len(samples)} validation examples: {summary}", data=values)
 
 
 def _results_file(ctx: Context) -> str:

@@ -13,6 +13,7 @@ from storage import migrate
 from storage.accounts import Accounts
 from storage.blobs import LocalBlobStore
 from storage.db import Database
+from storage.engines import EngineRegistry
 from storage.files import Files
 from storage.jobs import JobStore
 from storage.settings import Settings
@@ -40,7 +41,7 @@ class Services:
         blobs = LocalBlobStore(settings.resolved_blob_dir)
         catalog = Catalog(db, settings)
         usage = UsageStore(db)
-        engines = EnginePool(settings, catalog, blobs)
+        engines = EnginePool(settings, catalog, blobs, EngineRegistry(db))
         completions = Completions(engines, UsageRecorder(usage))
         return cls(settings, db, blobs, Accounts(db), Files(db, blobs), catalog, JobStore(db), usage, engines, completions)
 

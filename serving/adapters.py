@@ -10,8 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.engines import engine_adapter_path
 from storage.errors import InvalidRequest
-from storage.settings import VLLM_LORA_RANKS, ServingSettings
+from storage.settings import VLLM_LORA_RANKS, Settings
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,8 @@ class Adapter:
     rank: int
 
 
-def adapter_for(model_id: str, adapter_key: str, local_path: Path, serving: ServingSettings) -> Adapter:
+def adapter_for(model_id: str, adapter_key: str, local_path: Path, settings: Settings) -> Adapter:
+    serving = settings.serving
     config = _read_config(str(local_path))
     if config is None:
         raise InvalidRequest(f"The files of model '{model_id}' are missing on this server.", param="model",
@@ -36,10 +38,7 @@ def adapter_for(model_id: str, adapter_key: str, local_path: Path, serving: Serv
     if config.get("use_dora"):
         raise InvalidRequest(f"The model '{model_id}' is a DoRA adapter, which vLLM cannot serve.", param="model",
                              code="adapter_not_servable")
-    engine_path = str(local_path)
-    if serving.engine_blob_dir:
-        engine_path = serving.engine_blob_dir.rstrip("/") + "/objects/" + adapter_key
-    return Adapter(adapter_key, engine_path, rank)
+    return Adapter(adapter_key, engine_adapter_path(settings, adapter_key, local_path), rank)
 
 
 _configs: dict[str, dict] = {}

@@ -20,6 +20,7 @@ from serving.adapters import Adapter, adapter_for
 from serving.catalog import Catalog, ModelEntry
 from serving.engines import ExternalEngine, LocalEngine, Replica
 from storage.blobs import LocalBlobStore
+from storage.engines import EngineRegistry
 from storage.errors import InvalidRequest, NotFound, TunegateError, Unavailable, UpstreamFailed
 from storage.settings import BaseModelSpec, Settings
 
@@ -40,8 +41,8 @@ class Target:
 
 
 class EnginePool:
-    def __init__(self, settings: Settings, catalog: Catalog, blobs: LocalBlobStore) -> None:
-        self.settings, self.catalog, self.blobs = settings, catalog, blobs
+    def __init__(self, settings: Settings, catalog: Catalog, blobs: LocalBlobStore, registry: EngineRegistry) -> None:
+        self.settings, self.catalog, self.blobs, self.registry = settings, catalog, blobs, registry
         self.replicas: dict[str, list[Replica]] = {}
         self.http: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -70,6 +71,7 @@ class EnginePool:
                 replicas = []
             self.replicas[model_id] = replicas
         self._spawn(self._warm_new_models())
+        self._spawn(self._publish())
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -105,7 +107,7 @@ class EnginePool:
         if spec is None or entry.adapter_key is None:
             raise NotFound(f"The model '{entry.id}' is not served here: its base model '{entry.base_model}' is not "
                            "configured.", param="model", code="model_not_found")
-        adapter = adapter_for(entry.id, entry.adapter_key, self.blobs.local_path(entry.adapter_key), self.settings.serving)
+        adapter = adapter_for(entry.id, entry.adapter_key, self.blobs.local_path(entry.adapter_key), self.settings)
         return Target(entry.id, entry.base_model, spec, adapter)
 
     async def acquire(self, target: Target) -> Replica:
@@ -186,6 +188,17 @@ class EnginePool:
         """The engine no longer knows the adapter (it restarted behind our back): load it again next time."""
         if target.adapter is not None:
             replica.loaded.pop(target.adapter.name, None)
+
+    async def _publish(self) -> None:
+        """Tell workers where the engines are (they generate through them for job-end evaluations)."""
+        while True:
+            replicas = [(r.url, r.base_model, r.state) for rs in self.replicas.values() for r in rs]
+            if replicas:
+                try:
+                    await asyncio.to_thread(self.registry.publish, replicas)
+                except Exception:  # the next round retries
+                    log.exception("publishing engine states failed")
+            await asyncio.sleep(self.settings.serving.health_interval_seconds)
 
     # --- warm-up -----------------------------------------------------------------------------------------
     async def _warm_new_models(self) -> None:

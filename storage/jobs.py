@@ -161,6 +161,21 @@ class JobStore:
             return list(s.exec(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
                                .order_by(col(JobEvent.seq))).all())
 
+    def add_final_metrics(self, job_id: str, values: dict, message: str) -> None:
+        """Merge ``values`` into the job's last metrics event and its newest checkpoint's metrics."""
+        with self.db.session() as s:
+            event = s.exec(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+                           .order_by(col(JobEvent.seq).desc())).first()
+            if event is not None:
+                event.data = {**(event.data or {}), **values}
+                event.message = f"{event.message}; {message}"
+                s.add(event)
+            checkpoint = s.exec(select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
+                                .order_by(col(JobCheckpoint.step_number).desc())).first()
+            if checkpoint is not None:
+                checkpoint.metrics = {**(checkpoint.metrics or {}), **values}
+                s.add(checkpoint)
+
     def forget_steps_after(self, job_id: str, step: int) -> int:
         """Resuming from step N discards the metrics of steps after N (they will be trained again)."""
         with self.db.session() as s:

@@ -163,3 +163,14 @@ class UsageRecord(SQLModel, table=True):
     completion_tokens: int = 0
     request_id: str | None = Field(default=None, max_length=64)
     created_at: int = Field(index=True)
+
+
+class EngineRecord(SQLModel, table=True):
+    """An engine replica as its gateway last saw it, so that workers can generate through it (job-end evals)."""
+
+    __tablename__ = "engines"
+
+    url: str = Field(primary_key=True, max_length=512)
+    base_model: str = Field(index=True, max_length=256)
+    state: str = Field(max_length=16)
+    updated_at: float

@@ -65,6 +65,9 @@ def test_job_trains_memorizes_and_reports(gw: LiveGateway, key: str, recorder: S
                      "Fine-tuning job started", "Checkpoint created at step", "New fine-tuned model created",
                      "The job has successfully completed"):
         assert any(m.startswith(expected) for m in messages), (expected, messages)
+    # no serving engine in this module (serving.local_engines off): the generation scores are skipped, visibly
+    skipped = [e for e in events if e.message.startswith("Generation metrics skipped: no serving engine")]
+    assert len(skipped) == 1 and skipped[0].level == "warn"
     metrics = [e.data for e in events if e.type == "metrics"]
     total = metrics[0]["total_steps"]
     assert [m["step"] for m in metrics] == list(range(1, total + 1))

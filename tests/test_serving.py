@@ -150,7 +150,8 @@ def test_json_response_format(client: openai.OpenAI) -> None:
 def test_finished_job_answers_within_two_seconds_with_its_adapter(gw: LiveGateway, client: openai.OpenAI,
                                                                   tiny_model: str) -> None:
     pairs = qa_pairs(20)
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=upload(client, chat_jsonl(pairs)), suffix="memo",
+    file_id = upload(client, chat_jsonl(pairs))
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=file_id, validation_file=file_id, suffix="memo",
                                          method={"type": "supervised", "supervised": {"hyperparameters": MEMORIZE}})
     done = wait_for(client, job.id, ("succeeded",), timeout=600)
     seen = time.monotonic()
@@ -164,8 +165,15 @@ def test_finished_job_answers_within_two_seconds_with_its_adapter(gw: LiveGatewa
     base = client.chat.completions.create(model=TINY, messages=question, max_tokens=12, temperature=0)
     assert pairs[3][1] not in base.choices[0].message.content
     # its checkpoints are servable too
-    checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0].fine_tuned_model_checkpoint
-    assert client.chat.completions.create(model=checkpoint, messages=question, max_tokens=4).model == checkpoint
+    checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0]
+    assert client.chat.completions.create(model=checkpoint.fine_tuned_model_checkpoint, messages=question,
+                                          max_tokens=4).model == checkpoint.fine_tuned_model_checkpoint
+    # generation metrics of the fine-tuned model and its base on the validation file (memorized: tuned wins)
+    final = next(e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics").data
+    assert final["predict_rouge-1"] > 80 > final["base_predict_rouge-1"]
+    assert final["predict_bleu-4"] > final["base_predict_bleu-4"]
+    assert {"predict_rouge-2", "predict_rouge-l", "base_predict_rouge-l"} <= set(final)
+    assert checkpoint.metrics.model_extra.get("predict_rouge-1") == final["predict_rouge-1"]
 
 
 def test_twenty_adapters_three_organizations(gw: LiveGateway, tiny_model: str, tmp_path: Path) -> None:
