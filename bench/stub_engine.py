@@ -8,7 +8,9 @@ direct-vs-gateway differences are the gateway's. Never used by tests: the real e
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
 import time
 
@@ -42,7 +44,10 @@ async def app(scope, receive, send) -> None:  # noqa: ANN001 - a bare ASGI app
     rid = f"chatcmpl-{time.monotonic_ns():x}"
     await send({"type": "http.response.body", "body": _chunk(rid, model, {"role": "assistant", "content": ""}),
                 "more_body": True})
+    delay = float(os.environ.get("STUB_DELAY_S", "0"))  # per chunk, to mimic an engine generating
     for i in range(n):
+        if delay:
+            await asyncio.sleep(delay)
         await send({"type": "http.response.body", "body": _chunk(rid, model, {"content": " tok"},
                                                                    "length" if i == n - 1 else None), "more_body": True})
     usage = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model, "choices": [],

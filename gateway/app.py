@@ -20,6 +20,7 @@ from gateway.auth import provide_principal, provide_services, require_api_key
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.middleware import add_request_id
 from gateway.openai.chat.api_router import CompletionsController
+from gateway.openai.evals.api_router import EvalsController
 from gateway.openai.files.api_router import FilesController
 from gateway.openai.fine_tuning.api_router import FineTuningJobsController
 from gateway.openai.models.api_router import ModelsController
@@ -71,7 +72,8 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
 
     v1 = Router(
         path="/v1",
-        route_handlers=[FilesController, FineTuningJobsController, ModelsController, CompletionsController],
+        route_handlers=[FilesController, FineTuningJobsController, ModelsController, CompletionsController,
+                        EvalsController],
         guards=[require_api_key],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
     )
@@ -93,12 +95,26 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
 
 
 def _start_worker(services: Services):  # noqa: ANN202 - finetune.worker imported only when used
-    """The embedded default: a fine-tuning worker thread in the gateway process (jobs still run in children)."""
+    """The embedded default: a fine-tuning worker thread (jobs still run in children) and an eval-run worker
+    thread in the gateway process."""
+    from finetune.evals.runner import EvalWorker
+    from finetune.evals.runner import start_in_thread as start_evals
     from finetune.worker import Worker, start_in_thread
 
     worker = Worker(services.settings, services.jobs, services.files)
+    evals = EvalWorker(services.settings, services.db, services.blobs)
     start_in_thread(worker)
-    return worker
+    start_evals(evals)
+    return _Both(worker, evals)
+
+
+class _Both:
+    def __init__(self, *workers: Any) -> None:
+        self.workers = workers
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
 
 
 async def _sweep_expired(services: Services) -> None:

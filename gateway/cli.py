@@ -45,16 +45,22 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     """A standalone fine-tuning worker (several may run, on several hosts, against one Postgres)."""
     import signal
 
+    from finetune.evals.runner import EvalWorker
+    from finetune.evals.runner import start_in_thread as start_evals
     from finetune.worker import Worker
 
     services = _services(settings)
     worker = Worker(settings, services.jobs, services.files)
+    evals = EvalWorker(settings, services.db, services.blobs)
+    start_evals(evals)  # eval runs use the engines, not the training device: they run beside a training job
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-    print(f"tunegate worker {worker.id} waiting for jobs", file=sys.stderr, flush=True)
+    print(f"tunegate worker {worker.id} waiting for jobs and eval runs", file=sys.stderr, flush=True)
     try:
         worker.run_forever()
     except KeyboardInterrupt:
         worker.stop()
+    finally:
+        evals.stop()
     return 0
 
 

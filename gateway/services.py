@@ -14,6 +14,7 @@ from storage.accounts import Accounts
 from storage.blobs import LocalBlobStore
 from storage.db import Database
 from storage.engines import EngineRegistry
+from storage.evals import EvalStore
 from storage.files import Files
 from storage.jobs import JobStore
 from storage.settings import Settings
@@ -34,6 +35,7 @@ class Services:
     usage: UsageStore
     engines: EnginePool
     completions: Completions
+    evals: EvalStore
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -43,7 +45,8 @@ class Services:
         usage = UsageStore(db)
         engines = EnginePool(settings, catalog, blobs, EngineRegistry(db))
         completions = Completions(engines, UsageRecorder(usage))
-        return cls(settings, db, blobs, Accounts(db), Files(db, blobs), catalog, JobStore(db), usage, engines, completions)
+        return cls(settings, db, blobs, Accounts(db), Files(db, blobs), catalog, JobStore(db), usage, engines, completions,
+                   EvalStore(db))
 
     def prepare(self) -> str | None:
         """Migrate the schema, register base models, tidy after crashes. Returns a newly generated admin key."""

@@ -59,8 +59,19 @@ def main(settings_path: str, model_id: str, port: str) -> None:
     weights = local_dir(model_id, spec, settings)
     on_gpu = resolve_device(settings.serving.device) == "cuda"
     argv = engine_command(model_id, weights, int(port), spec, settings.serving, on_gpu)
+    if settings.serving.engine_cpus:
+        os.sched_setaffinity(0, _cpu_list(settings.serving.engine_cpus))  # inherited by vLLM's own processes
     print(f"tunegate engine for {model_id}: {' '.join(argv[1:])}", flush=True)
     os.execve(argv[0], argv, engine_env(settings.serving))
+
+
+def _cpu_list(spec: str) -> set[int]:
+    """"0", "0-3", "0,2-3" → CPU numbers."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        first, _, last = part.strip().partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
 import httpx
 import msgspec
 
@@ -131,7 +132,8 @@ class Completions:
             yield error_event(f"The engine failed mid-stream: {type(exc).__name__}.", code="engine_error")
         finally:
             replica.in_flight -= 1
-            await response.aclose()
+            with anyio.CancelScope(shield=True):  # a client that left cancels us; the engine must still hear of it
+                await response.aclose()
             self.usage.add(call.principal, call.target.model, call.endpoint, call.usage, call.id or call.request_id)
 
 

@@ -71,6 +71,10 @@ class ServingSettings(BaseModel):
         "0.1 on CPU, where vLLM reserves that share of RAM).",
     )
     cpu_kvcache_gib: float = Field(default=1.0, gt=0, description="KV cache of a CPU engine (VLLM_CPU_KVCACHE_SPACE).")
+    engine_cpus: str | None = Field(
+        default=None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$",
+        description="CPUs local engines may use, e.g. '0' or '0-6' (default: all). A CPU engine keeps every core it "
+        "has busy and starves other processes; on a small CPU box leave one core to the gateway.")
     dtype: str = Field(default="auto", description="vLLM --dtype for local engines.")
     max_model_len: int = Field(default=4096, ge=64, description="Context length of local engines.")
     max_loras: int = Field(default=8, ge=1, description="Adapters in one batch (vLLM --max-loras).")

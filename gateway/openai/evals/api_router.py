@@ -1,0 +1,101 @@
+"""``/v1/evals`` controllers (subset: text-similarity graders over completions runs)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from litestar import Controller, Request, delete, get, post
+from litestar.concurrency import sync_to_thread
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from finetune.evals.submit import eval_updates, new_eval, new_run
+from gateway.auth import PrincipalDep, ServicesDep
+from gateway.openai.common import list_page, read_json
+from gateway.openai.evals.protocol import eval_object, item_object, run_object
+
+Limit = Annotated[int, QueryParameter(ge=1, le=100)]
+Order = Literal["asc", "desc"]
+
+
+class EvalsController(Controller):
+    path = "/evals"
+    tags = ["Evals"]
+
+    @post("/", status_code=200)
+    async def create_eval(self, request: Request, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+        row = new_eval(principal.organization_id, await read_json(request))
+        await sync_to_thread(services.evals.add, row)
+        return eval_object(row)
+
+    @get("/", sync_to_thread=True)
+    def list_evals(self, services: ServicesDep, principal: PrincipalDep, limit: Limit = 20,
+                   after: FromQuery[str | None] = None, order: Order = "asc") -> dict[str, Any]:
+        page = services.evals.list_evals(principal.organization_id, limit=limit, after=after, ascending=order == "asc")
+        return list_page([eval_object(e) for e in page.items], has_more=page.has_more, ids=True)
+
+    @get("/{eval_id:str}", sync_to_thread=True)
+    def retrieve_eval(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str]) -> dict[str, Any]:
+        return eval_object(services.evals.get_eval(principal.organization_id, eval_id))
+
+    @post("/{eval_id:str}", status_code=200)
+    async def update_eval(self, request: Request, services: ServicesDep, principal: PrincipalDep,
+                          eval_id: FromPath[str]) -> dict[str, Any]:
+        values = eval_updates(await read_json(request))
+        row = await sync_to_thread(services.evals.update_eval, principal.organization_id, eval_id, values)
+        return eval_object(row)
+
+    @delete("/{eval_id:str}", status_code=200, sync_to_thread=True)
+    def delete_eval(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str]) -> dict[str, Any]:
+        services.evals.delete_eval(principal.organization_id, eval_id)
+        return {"object": "eval.deleted", "deleted": True, "eval_id": eval_id}
+
+    # --- runs --------------------------------------------------------------------------------------------
+    @post("/{eval_id:str}/runs", status_code=200)
+    async def create_run(self, request: Request, services: ServicesDep, principal: PrincipalDep,
+                         eval_id: FromPath[str]) -> dict[str, Any]:
+        body = await read_json(request)
+
+        def create() -> Any:
+            evaluation = services.evals.get_eval(principal.organization_id, eval_id)
+            run = new_run(principal.organization_id, evaluation, body, services.files, services.catalog.get)
+            services.evals.add(run)
+            return run
+
+        return run_object(await sync_to_thread(create))
+
+    @get("/{eval_id:str}/runs", sync_to_thread=True)
+    def list_runs(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str], limit: Limit = 20,
+                  after: FromQuery[str | None] = None, order: Order = "asc",
+                  status: FromQuery[str | None] = None) -> dict[str, Any]:
+        page = services.evals.list_runs(principal.organization_id, eval_id, limit=limit, after=after,
+                                        ascending=order == "asc", status=status)
+        return list_page([run_object(r) for r in page.items], has_more=page.has_more, ids=True)
+
+    @get("/{eval_id:str}/runs/{run_id:str}", sync_to_thread=True)
+    def retrieve_run(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
+                     run_id: FromPath[str]) -> dict[str, Any]:
+        return run_object(services.evals.get_run(principal.organization_id, eval_id, run_id))
+
+    @post("/{eval_id:str}/runs/{run_id:str}", status_code=200, sync_to_thread=True)
+    def cancel_run(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
+                   run_id: FromPath[str]) -> dict[str, Any]:
+        return run_object(services.evals.cancel_run(principal.organization_id, eval_id, run_id))
+
+    @delete("/{eval_id:str}/runs/{run_id:str}", status_code=200, sync_to_thread=True)
+    def delete_run(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
+                   run_id: FromPath[str]) -> dict[str, Any]:
+        services.evals.delete_run(principal.organization_id, eval_id, run_id)
+        return {"object": "eval.run.deleted", "deleted": True, "run_id": run_id}
+
+    @get("/{eval_id:str}/runs/{run_id:str}/output_items", sync_to_thread=True)
+    def list_items(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str], run_id: FromPath[str],
+                   limit: Limit = 20, after: FromQuery[str | None] = None, order: Order = "asc",
+                   status: FromQuery[str | None] = None) -> dict[str, Any]:
+        page = services.evals.list_items(principal.organization_id, eval_id, run_id, limit=limit, after=after,
+                                         ascending=order == "asc", status=status)
+        return list_page([item_object(i) for i in page.items], has_more=page.has_more, ids=True)
+
+    @get("/{eval_id:str}/runs/{run_id:str}/output_items/{item_id:str}", sync_to_thread=True)
+    def retrieve_item(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
+                      run_id: FromPath[str], item_id: FromPath[str]) -> dict[str, Any]:
+        return item_object(services.evals.get_item(principal.organization_id, eval_id, run_id, item_id))

@@ -1,0 +1,171 @@
+"""Evals, their runs and output items. Every read filters on the organization; runs are claimed under a lease."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import delete, or_, update
+from sqlmodel import Session, col, select
+
+from storage.db import Database
+from storage.errors import InvalidRequest, NotFound
+from storage.files import Page
+from storage.tables import Eval, EvalOutputItem, EvalRun
+
+ACTIVE = ("queued", "in_progress")
+
+
+class EvalStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- evals -------------------------------------------------------------------------------------------
+    def add(self, row: Eval | EvalRun) -> None:
+        with self.db.session() as s:
+            s.add(row)
+
+    def get_eval(self, org_id: str, eval_id: str) -> Eval:
+        with self.db.session() as s:
+            return _eval(s, org_id, eval_id)
+
+    def list_evals(self, org_id: str, *, limit: int, after: str | None, ascending: bool) -> Page[Eval]:
+        return self._page(Eval, [Eval.organization_id == org_id], limit, after, ascending)
+
+    def update_eval(self, org_id: str, eval_id: str, values: dict[str, Any]) -> Eval:
+        with self.db.session() as s:
+            row = _eval(s, org_id, eval_id)
+            for key, value in values.items():
+                setattr(row, key, value)
+            s.add(row)
+            s.flush()
+            s.refresh(row)
+            return row
+
+    def delete_eval(self, org_id: str, eval_id: str) -> None:
+        with self.db.session() as s:
+            row = _eval(s, org_id, eval_id)
+            s.exec(delete(EvalOutputItem).where(EvalOutputItem.eval_id == eval_id))  # type: ignore[call-overload]
+            s.exec(delete(EvalRun).where(EvalRun.eval_id == eval_id))  # type: ignore[call-overload]
+            s.delete(row)
+
+    # --- runs --------------------------------------------------------------------------------------------
+    def get_run(self, org_id: str | None, eval_id: str | None, run_id: str) -> EvalRun:
+        with self.db.session() as s:
+            query = select(EvalRun).where(EvalRun.id == run_id)
+            if org_id is not None:
+                query = query.where(EvalRun.organization_id == org_id)
+            if eval_id is not None:
+                query = query.where(EvalRun.eval_id == eval_id)
+            row = s.exec(query).first()
+        if row is None:
+            raise NotFound(f"No eval run found with id '{run_id}'.", param="run_id", code="run_not_found")
+        return row
+
+    def list_runs(self, org_id: str, eval_id: str, *, limit: int, after: str | None, ascending: bool,
+                  status: str | None) -> Page[EvalRun]:
+        self.get_eval(org_id, eval_id)
+        where = [EvalRun.organization_id == org_id, EvalRun.eval_id == eval_id]
+        if status:
+            where.append(EvalRun.status == status)
+        return self._page(EvalRun, where, limit, after, ascending)
+
+    def cancel_run(self, org_id: str, eval_id: str, run_id: str) -> EvalRun:
+        run = self.get_run(org_id, eval_id, run_id)
+        if run.status not in ACTIVE:
+            raise InvalidRequest(f"Eval run {run_id} is {run.status} and can no longer be canceled.",
+                                 param="run_id", code="invalid_run_state")
+        self.finish(run_id, None, status="canceled")
+        return self.get_run(org_id, eval_id, run_id)
+
+    def delete_run(self, org_id: str, eval_id: str, run_id: str) -> None:
+        self.get_run(org_id, eval_id, run_id)
+        with self.db.session() as s:
+            s.exec(delete(EvalOutputItem).where(EvalOutputItem.run_id == run_id))  # type: ignore[call-overload]
+            s.exec(delete(EvalRun).where(EvalRun.id == run_id))  # type: ignore[call-overload]
+
+    def claim(self, worker: str, lease_s: float) -> EvalRun | None:
+        """A queued run, or one in progress whose worker stopped renewing its lease."""
+        t = time.time()
+        free = or_(col(EvalRun.lease_owner).is_(None), col(EvalRun.lease_expires_at) < t)
+        active = col(EvalRun.status).in_(ACTIVE)
+        with self.db.session() as s:
+            query = select(EvalRun).where(active, free).order_by(col(EvalRun.seq)).limit(1)
+            if self.db.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            run = s.exec(query).first()
+            if run is None:
+                return None
+            result = s.exec(update(EvalRun).where(EvalRun.id == run.id, active, free).values(  # type: ignore[call-overload]
+                lease_owner=worker, lease_expires_at=t + lease_s, status="in_progress"))
+            if result.rowcount != 1:
+                return None
+        return self.get_run(None, None, run.id)
+
+    def heartbeat(self, run_id: str, worker: str, lease_s: float) -> bool:
+        """Extend the lease; False when the run was canceled, deleted or taken over."""
+        with self.db.session() as s:
+            result = s.exec(update(EvalRun).where(  # type: ignore[call-overload]
+                EvalRun.id == run_id, EvalRun.lease_owner == worker, EvalRun.status == "in_progress",
+            ).values(lease_expires_at=time.time() + lease_s))
+            return result.rowcount == 1
+
+    def progress(self, run_id: str, worker: str, **values: Any) -> None:
+        with self.db.session() as s:
+            s.exec(update(EvalRun).where(EvalRun.id == run_id, EvalRun.lease_owner == worker,  # type: ignore[call-overload]
+                                         EvalRun.status == "in_progress").values(**values))
+
+    def finish(self, run_id: str, worker: str | None, **values: Any) -> bool:
+        """End a run (completed / failed / canceled) and drop its lease; a worker only ends its own run."""
+        with self.db.session() as s:
+            query = update(EvalRun).where(EvalRun.id == run_id, col(EvalRun.status).in_(ACTIVE))
+            if worker is not None:
+                query = query.where(EvalRun.lease_owner == worker)
+            result = s.exec(query.values(lease_owner=None, lease_expires_at=None, **values))  # type: ignore[call-overload]
+            return result.rowcount == 1
+
+    # --- output items ------------------------------------------------------------------------------------
+    def add_items(self, items: list[EvalOutputItem]) -> None:
+        with self.db.session() as s:
+            s.add_all(items)
+
+    def items(self, run_id: str) -> list[EvalOutputItem]:
+        with self.db.session() as s:
+            return list(s.exec(select(EvalOutputItem).where(EvalOutputItem.run_id == run_id)
+                               .order_by(col(EvalOutputItem.datasource_item_id))).all())
+
+    def list_items(self, org_id: str, eval_id: str, run_id: str, *, limit: int, after: str | None, ascending: bool,
+                   status: str | None) -> Page[EvalOutputItem]:
+        self.get_run(org_id, eval_id, run_id)
+        where = [EvalOutputItem.run_id == run_id]
+        if status:
+            where.append(EvalOutputItem.status == status)
+        return self._page(EvalOutputItem, where, limit, after, ascending)
+
+    def get_item(self, org_id: str, eval_id: str, run_id: str, item_id: str) -> EvalOutputItem:
+        self.get_run(org_id, eval_id, run_id)
+        with self.db.session() as s:
+            row = s.exec(select(EvalOutputItem).where(EvalOutputItem.run_id == run_id,
+                                                      EvalOutputItem.id == item_id)).first()
+        if row is None:
+            raise NotFound(f"No output item found with id '{item_id}'.", param="output_item_id")
+        return row
+
+    def _page(self, table: type, where: list, limit: int, after: str | None, ascending: bool) -> Page:
+        order = col(table.seq) if ascending else col(table.seq).desc()
+        with self.db.session() as s:
+            query = select(table).where(*where)
+            if after:
+                anchor = s.exec(select(table.seq).where(*where, table.id == after)).first()
+                if anchor is None:
+                    raise NotFound(f"No such object: {after}", param="after")
+                query = query.where(col(table.seq) > anchor if ascending else col(table.seq) < anchor)
+            rows = s.exec(query.order_by(order).limit(limit + 1)).all()
+        return Page(list(rows[:limit]), len(rows) > limit)
+
+
+def _eval(s: Session, org_id: str, eval_id: str) -> Eval:
+    row = s.exec(select(Eval).where(Eval.id == eval_id, Eval.organization_id == org_id)).first()
+    if row is None:
+        raise NotFound(f"No eval found with id '{eval_id}'.", param="eval_id", code="eval_not_found")
+    return row
