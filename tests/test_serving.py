@@ -339,6 +339,41 @@ def test_eval_runs_score_the_fine_tuned_model_above_its_base(gw: LiveGateway, or
     assert recorder.violations == []
 
 
+def test_eval_run_survives_its_gateway_being_killed(gw: LiveGateway, tiny_model: str, tmp_path: Path) -> None:
+    """A second gateway (sharing the first one's engine by URL) runs an eval; kill -9 it mid-run and restart:
+    the run is taken over when its lease lapses and ends with every item exactly once."""
+    url = engines(gw)[0]["url"]
+    other = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", **serving_env(
+        tiny_model, TUNEGATE_BASE_MODELS=json.dumps({TINY: {"source": tiny_model, "engine_urls": [url]}})))
+    other.start()
+    try:
+        wait_engines_ready(other, 30)
+        client = other.client(other.new_org_key("restarts")[2])
+        rows = [{"item": {"q": f"Question number {i}?", "a": f"Answer {i}."}} for i in range(320)]
+        file_id = client.files.create(file=("q.jsonl", "\n".join(json.dumps(r) for r in rows).encode()),
+                                      purpose="evals").id
+        evaluation = client.evals.create(data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+                                         testing_criteria=[{"type": "text_similarity", "name": "r", "input":
+                                                            "{{sample.output_text}}", "reference": "{{item.a}}",
+                                                            "evaluation_metric": "rouge_l", "pass_threshold": 0.5}])
+        run = client.evals.runs.create(evaluation.id, data_source={
+            "type": "completions", "model": TINY, "source": {"type": "file_id", "id": file_id},
+            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
+            "sampling_params": {"max_completion_tokens": 24}})
+        progress = wait_until(lambda: 0 < (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id))
+                              .result_counts.total < 320 and r, 120, "the run to make progress")
+        other.stop(kill=True)
+        other.start()
+        client = other.client(client.api_key)
+        done = wait_until(lambda: (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status
+                          in ("completed", "failed") and r, 300, "the run to finish after the restart")
+        assert done.status == "completed" and done.result_counts.total == 320 > progress.result_counts.total
+        items = list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id, limit=100))
+        assert sorted(i.datasource_item_id for i in items) == list(range(320))
+    finally:
+        other.stop()
+
+
 def test_killed_engine_gives_503_then_recovers(gw: LiveGateway, org, client: openai.OpenAI, tiny_model: str,
                                                tmp_path: Path) -> None:
     model_id = register_adapter(gw, org[0], make_adapter(tiny_model, tmp_path / "after", seed=9), "after")

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -29,6 +30,7 @@ from storage.tables import EvalOutputItem, EvalRun, FineTunedModel
 
 log = logging.getLogger("tunegate.evals")
 BATCH = 32
+ENGINE_WAIT_S = 300.0  # a run created while the engine still loads waits for it
 
 
 class RunFailed(Exception):
@@ -135,9 +137,7 @@ class EvalWorker:
             if row is None or row.adapter_key is None:
                 raise RunFailed("model_not_found", f"The model '{run.model}' no longer exists.")
             base, adapter = row.base_model, row.adapter_key
-        urls = self.registry.ready(base)
-        if not urls:
-            raise RunFailed("engine_unavailable", f"No serving engine for '{base}' is running.")
+        urls = self._ready_engines(run, base)
         if adapter is None:
             return urls[0], base
         try:
@@ -145,6 +145,18 @@ class EvalWorker:
         except Exception as exc:
             raise RunFailed("model_unavailable", f"The engine could not load '{run.model}': {exc}") from None
         return urls[0], adapter
+
+    def _ready_engines(self, run: EvalRun, base: str) -> list[str]:
+        """Ready engines of ``base``, waiting up to ENGINE_WAIT_S for one that is still starting."""
+        deadline = time.monotonic() + ENGINE_WAIT_S
+        while not (urls := self.registry.ready(base)):
+            if time.monotonic() > deadline or self._stop.is_set():
+                raise RunFailed("engine_unavailable", f"No serving engine for '{base}' became ready in "
+                                                      f"{ENGINE_WAIT_S:.0f} s.")
+            if not self.store.heartbeat(run.id, self.id, self.lease_s):
+                raise RunFailed("canceled", "The run was canceled while waiting for an engine.")
+            self._stop.wait(1.0)
+        return urls
 
     def _messages(self, run: EvalRun, item: dict[str, Any]) -> list[dict[str, str]]:
         spec = run.data_source["input_messages"]
