@@ -50,7 +50,7 @@ ROUTES: list[tuple[str, re.Pattern[str], str | None]] = [
     ("POST", re.compile(r"^/v1/evals/[^/]+/runs$"), "EvalRun"),
     ("GET", re.compile(r"^/v1/evals/[^/]+/runs$"), "EvalRunList"),
     ("GET", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+$"), "EvalRun"),
-    ("POST", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+$"), "EvalRun"),
+    ("POST", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+(/cancel)?$"), "EvalRun"),
     ("GET", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+/output_items$"), "EvalRunOutputItemList"),
     ("GET", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+/output_items/[^/]+$"), "EvalRunOutputItem"),
 ]

@@ -335,7 +335,22 @@ def test_eval_runs_score_the_fine_tuned_model_above_its_base(gw: LiveGateway, or
         client.evals.runs.create(evaluation.id, data_source={"type": "completions", "model": "ft:nope",
                                  "source": {"type": "file_id", "id": file_id},
                                  "input_messages": {"type": "item_reference", "item_reference": "item.messages"}})
+    # cancel: a long inline run stops where it is and stays canceled
+    long = client.evals.runs.create(evaluation.id, data_source={
+        "type": "completions", "model": TINY, "input_messages": {"type": "template", "template": [
+            {"role": "user", "content": "{{item.question}}"}]},
+        "source": {"type": "file_content", "content": [{"item": {"question": f"Q{i}", "answer": "A"}} for i in range(400)]},
+        "sampling_params": {"max_completion_tokens": 32}})
+    canceled = client.evals.runs.cancel(long.id, eval_id=evaluation.id)
+    assert canceled.status == "canceled"
+    time.sleep(3)
+    after = client.evals.runs.retrieve(long.id, eval_id=evaluation.id)
+    assert after.status == "canceled" and after.result_counts.total < 400
+    with pytest.raises(openai.BadRequestError):  # a finished run cannot be canceled again
+        client.evals.runs.cancel(long.id, eval_id=evaluation.id)
     assert client.evals.delete(evaluation.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.evals.retrieve(evaluation.id)
     assert recorder.violations == []
 
 

@@ -76,9 +76,11 @@ class EvalsController(Controller):
                      run_id: FromPath[str]) -> dict[str, Any]:
         return run_object(services.evals.get_run(principal.organization_id, eval_id, run_id))
 
-    @post("/{eval_id:str}/runs/{run_id:str}", status_code=200, sync_to_thread=True)
+    @post(["/{eval_id:str}/runs/{run_id:str}", "/{eval_id:str}/runs/{run_id:str}/cancel"], status_code=200,
+          sync_to_thread=True)
     def cancel_run(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
                    run_id: FromPath[str]) -> dict[str, Any]:
+        """The spec's path is POST …/runs/{run_id}; the openai client posts to …/runs/{run_id}/cancel."""
         return run_object(services.evals.cancel_run(principal.organization_id, eval_id, run_id))
 
     @delete("/{eval_id:str}/runs/{run_id:str}", status_code=200, sync_to_thread=True)
