@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import delete, or_, update
+from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page
+from storage.leases import claim_oldest
 from storage.tables import Eval, EvalOutputItem, EvalRun
 
 ACTIVE = ("queued", "in_progress")
@@ -87,20 +88,9 @@ class EvalStore:
     def claim(self, worker: str, lease_s: float) -> EvalRun | None:
         """A queued run, or one in progress whose worker stopped renewing its lease."""
         t = time.time()
-        free = or_(col(EvalRun.lease_owner).is_(None), col(EvalRun.lease_expires_at) < t)
-        active = col(EvalRun.status).in_(ACTIVE)
-        with self.db.session() as s:
-            query = select(EvalRun).where(active, free).order_by(col(EvalRun.seq)).limit(1)
-            if self.db.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            run = s.exec(query).first()
-            if run is None:
-                return None
-            result = s.exec(update(EvalRun).where(EvalRun.id == run.id, active, free).values(  # type: ignore[call-overload]
-                lease_owner=worker, lease_expires_at=t + lease_s, status="in_progress"))
-            if result.rowcount != 1:
-                return None
-        return self.get_run(None, None, run.id)
+        run_id = claim_oldest(self.db, EvalRun, col(EvalRun.status).in_(ACTIVE), t, lease_owner=worker,
+                              lease_expires_at=t + lease_s, status="in_progress")
+        return self.get_run(None, None, run_id) if run_id else None
 
     def heartbeat(self, run_id: str, worker: str, lease_s: float) -> bool:
         """Extend the lease; False when the run was canceled, deleted or taken over."""

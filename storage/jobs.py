@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, update
 from sqlmodel import col, delete, select
 
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page
+from storage.leases import claim_oldest
 from storage.ids import new_id, now
 from storage.tables import FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent
 
@@ -92,24 +93,10 @@ class JobStore:
     def claim(self, worker: str, lease_s: float) -> FineTuningJob | None:
         """Take one job that needs a worker: validating or queued, or running with an expired lease."""
         t = time.time()
-        claimable = or_(
-            col(FineTuningJob.status).in_(("validating_files", "queued")),
-            FineTuningJob.status == "running",
-        )
-        free = or_(col(FineTuningJob.lease_owner).is_(None), col(FineTuningJob.lease_expires_at) < t)
-        with self.db.session() as s:
-            query = select(FineTuningJob).where(claimable, free).order_by(col(FineTuningJob.seq)).limit(1)
-            if self.db.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            job = s.exec(query).first()
-            if job is None:
-                return None
-            result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
-                FineTuningJob.id == job.id, FineTuningJob.status == job.status, claimable, free,
-            ).values(lease_owner=worker, lease_expires_at=t + lease_s, attempts=FineTuningJob.attempts + 1))
-            if result.rowcount != 1:
-                return None
-        return self.get(None, job.id)
+        claimable = col(FineTuningJob.status).in_(("validating_files", "queued", "running"))
+        job_id = claim_oldest(self.db, FineTuningJob, claimable, t, lease_owner=worker, lease_expires_at=t + lease_s,
+                              attempts=FineTuningJob.attempts + 1)
+        return self.get(None, job_id) if job_id else None
 
     def heartbeat(self, job_id: str, worker: str, lease_s: float) -> bool:
         """Extend the lease; False when it is no longer ours (another worker took the job)."""

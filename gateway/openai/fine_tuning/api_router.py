@@ -12,7 +12,6 @@ from finetune.submit import create_job
 from gateway.auth import PrincipalDep, ServicesDep
 from gateway.openai.common import list_page, read_json
 from gateway.openai.fine_tuning.protocol import checkpoint_object, event_object, job_object
-from storage.errors import InvalidRequest
 
 Limit = Annotated[int, QueryParameter(ge=1, le=1000)]
 
