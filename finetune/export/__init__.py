@@ -1,0 +1,1 @@
+"""Edge export: merged weights, GGUF (llama.cpp's own converters and quantizer)."""
