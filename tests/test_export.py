@@ -115,3 +115,28 @@ def test_q4_k_m_is_real_and_unknown_quant_is_a_400(model_and_adapter: tuple[Path
     with pytest.raises(InvalidRequest) as bad:
         export_gguf(base, tmp_path, "q9_x")
     assert bad.value.code == "unsupported_quantization"
+
+
+def test_gguf_lora_adapter_on_the_base_gguf_equals_the_merged_model(model_and_adapter: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """What Ollama's FROM base + ADAPTER (and llama.cpp's --lora) compute: the same as the merged weights."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    from finetune.export.gguf import convert, convert_lora
+    from finetune.export.merge import merge
+
+    base, adapter = model_and_adapter
+    base_gguf = convert(base, tmp_path / "base-f16.gguf")
+    lora_gguf = convert_lora(adapter, base, tmp_path / "adapter-f16.gguf")
+    merged = merge(base, adapter, tmp_path / "merged")
+    llm = Llama(model_path=str(base_gguf), lora_path=str(lora_gguf), n_ctx=256, n_threads=1, logits_all=True,
+                verbose=False)
+    for text in PROMPTS:
+        ids = _prompt_ids(merged, text)
+        llm.reset()
+        llm.eval(ids)
+        with_adapter = np.array(llm.scores[len(ids) - 1])
+        reference = _hf_last_logits(merged, ids)
+        assert np.abs(with_adapter - reference).max() / np.abs(reference).max() < 5e-3, text
+        assert with_adapter.argmax() == reference.argmax()
