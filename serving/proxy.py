@@ -11,7 +11,7 @@ request in vLLM.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -151,16 +151,10 @@ class Call:
     splitters: dict[int, ThinkSplitter] = field(default_factory=dict)
 
     def rewrite(self, data: dict[str, Any]) -> None:
-        data["model"] = self.target.model
-        _drop_nulls(data, _TOP)
         _clean_usage(data.get("usage"))
-        for choice in data.get("choices") or ():
-            _drop_nulls(choice, _CHOICE)
-            message = choice.get("message")
-            if isinstance(message, dict):
-                _fix_message(message)
-                if self.target.spec.reasoning and isinstance(message.get("content"), str):
-                    message["reasoning_content"], message["content"] = split(message["content"])
+        for _, message in self._messages(data, "message"):
+            if self.target.spec.reasoning and isinstance(message.get("content"), str):
+                message["reasoning_content"], message["content"] = split(message["content"])
 
     def chunk(self, data: dict[str, Any]) -> dict[str, Any] | None:
         if "error" in data:
@@ -172,16 +166,22 @@ class Call:
                 return None
         elif self.client_wants_usage:
             data["usage"] = None
+        for choice, delta in self._messages(data, "delta"):
+            if self.target.spec.reasoning:
+                self._split(choice, delta)
+        return data
+
+    def _messages(self, data: dict[str, Any], key: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """Give ``data`` the caller's model and drop vLLM's null extras; yield each choice with its ``key``
+        (``message`` or a stream's ``delta``), cleaned too."""
         data["model"] = self.target.model
         _drop_nulls(data, _TOP)
         for choice in data.get("choices") or ():
             _drop_nulls(choice, _CHOICE)
-            delta = choice.get("delta")
-            if isinstance(delta, dict):
-                _fix_message(delta)
-                if self.target.spec.reasoning:
-                    self._split(choice, delta)
-        return data
+            message = choice.get(key)
+            if isinstance(message, dict):
+                _fix_message(message)
+                yield choice, message
 
     def _split(self, choice: dict[str, Any], delta: dict[str, Any]) -> None:
         splitter = self.splitters.setdefault(choice.get("index", 0), ThinkSplitter())

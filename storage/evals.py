@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
-from storage.files import Page
+from storage.files import Page, keyset_page
 from storage.leases import claim_oldest
 from storage.tables import Eval, EvalOutputItem, EvalRun
 
@@ -142,16 +142,9 @@ class EvalStore:
         return row
 
     def _page(self, table: type, where: list, limit: int, after: str | None, ascending: bool) -> Page:
-        order = col(table.seq) if ascending else col(table.seq).desc()
         with self.db.session() as s:
-            query = select(table).where(*where)
-            if after:
-                anchor = s.exec(select(table.seq).where(*where, table.id == after)).first()
-                if anchor is None:
-                    raise NotFound(f"No such object: {after}", param="after")
-                query = query.where(col(table.seq) > anchor if ascending else col(table.seq) < anchor)
-            rows = s.exec(query.order_by(order).limit(limit + 1)).all()
-        return Page(list(rows[:limit]), len(rows) > limit)
+            return keyset_page(s, table, where, limit=limit, after=after, ascending=ascending,
+                               missing=lambda after: NotFound(f"No such object: {after}", param="after"))
 
 
 def _eval(s: Session, org_id: str, eval_id: str) -> Eval:

@@ -7,8 +7,9 @@ Delete: the row goes first, then the blobs. Either way a crash can leave an orph
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Generic, Literal, TypeVar
+from typing import Any, BinaryIO, Generic, Literal, TypeVar
 
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
@@ -42,6 +43,21 @@ class Page(Generic[T]):
 
     items: list[T]
     has_more: bool
+
+
+def keyset_page(s: Session, table: Any, where: list[Any], *, limit: int, after: str | None, ascending: bool,
+                missing: Callable[[str], Exception]) -> Page:
+    """``limit`` rows of ``table`` matching ``where`` in ``seq`` order, after the row with id ``after`` (which must
+    match ``where`` too, else ``missing(after)`` is raised), and whether more follow."""
+    query = select(table).where(*where)
+    if after:
+        anchor = s.exec(select(table.seq).where(*where, table.id == after)).first()
+        if anchor is None:
+            raise missing(after)
+        query = query.where(col(table.seq) > anchor if ascending else col(table.seq) < anchor)
+    order = col(table.seq) if ascending else col(table.seq).desc()
+    rows = s.exec(query.order_by(order).limit(limit + 1)).all()
+    return Page(list(rows[:limit]), len(rows) > limit)
 
 
 class Files:

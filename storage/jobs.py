@@ -16,7 +16,7 @@ from sqlmodel import col, delete, select
 
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
-from storage.files import Page
+from storage.files import Page, keyset_page
 from storage.leases import claim_oldest
 from storage.ids import new_id, now
 from storage.tables import FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent
@@ -200,15 +200,12 @@ class JobStore:
             s.add(model)
 
     def _page(self, table: type, job_id: str, limit: int, after: str | None, param: str) -> Page:
+        def missing(after: str) -> NotFound:
+            return NotFound(f"No such object in this job: {after}", param=param)
+
         with self.db.session() as s:
-            query = select(table).where(table.job_id == job_id)
-            if after:
-                anchor = s.exec(select(table.seq).where(table.job_id == job_id, table.id == after)).first()
-                if anchor is None:
-                    raise NotFound(f"No such object in this job: {after}", param=param)
-                query = query.where(col(table.seq) < anchor)
-            rows = s.exec(query.order_by(col(table.seq).desc()).limit(limit + 1)).all()
-        return Page(list(rows[:limit]), len(rows) > limit)
+            return keyset_page(s, table, [table.job_id == job_id], limit=limit, after=after, ascending=False,
+                               missing=missing)
 
 
 def _event(job_id: str, message: str, *, level: str = "info", type: str = "message",  # noqa: A002

@@ -42,20 +42,6 @@ def samples_from(normalized_jsonl: Path, limit: int) -> list[Sample]:
     return out
 
 
-async def _complete_all(url: str, model: str, samples: list[Sample], max_tokens: int, timeout: float) -> list[str]:
-    limit = asyncio.Semaphore(CONCURRENCY)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
-        async def one(sample: Sample) -> str:
-            budget = min(max_tokens, 16 + 2 * len(sample.reference))
-            async with limit:
-                response = await http.post("/v1/chat/completions", json={
-                    "model": model, "messages": sample.messages, "max_tokens": budget, "temperature": 0})
-            response.raise_for_status()
-            return response.json()["choices"][0]["message"]["content"] or ""
-
-        return list(await asyncio.gather(*(one(s) for s in samples)))
-
-
 def load_adapter(url: str, name: str, path: str, timeout: float = 120) -> None:
     response = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}, timeout=timeout)
     if response.status_code != 200 and "already been loaded" not in response.text:
@@ -64,18 +50,25 @@ def load_adapter(url: str, name: str, path: str, timeout: float = 120) -> None:
 
 def generate(urls: list[str], model: str, samples: list[Sample], *, max_tokens: int = 512,
              timeout: float = 600) -> list[str]:
+    """Greedy answers, each with a budget of min(max_tokens, 16 + 2 × its reference's length)."""
     if not urls:
         raise NoEngine("no serving engine for this base model is running")
-    return asyncio.run(_complete_all(urls[0], model, samples, max_tokens, timeout))
+    params = [{"max_tokens": min(max_tokens, 16 + 2 * len(s.reference)), "temperature": 0} for s in samples]
+    answers = chat_all(urls[0], model, [s.messages for s in samples], params, timeout)
+    failed = next((a["error"]["message"] for a in answers if "error" in a), None)
+    if failed is not None:
+        raise RuntimeError(f"generation failed: {failed}")
+    return [a["choices"][0]["message"]["content"] or "" for a in answers]
 
 
-async def _chat_all(url: str, model: str, conversations: list[list[dict]], params: dict, timeout: float) -> list[dict]:
+async def _chat_all(url: str, model: str, conversations: list[list[dict]], params: list[dict],
+                    timeout: float) -> list[dict]:
     limit = asyncio.Semaphore(CONCURRENCY)
     async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
-        async def one(messages: list[dict]) -> dict:
+        async def one(messages: list[dict], extra: dict) -> dict:
             async with limit:
                 try:
-                    response = await http.post("/v1/chat/completions", json={"model": model, "messages": messages, **params})
+                    response = await http.post("/v1/chat/completions", json={"model": model, "messages": messages, **extra})
                 except httpx.HTTPError as exc:
                     return {"error": {"code": "engine_error", "message": f"{type(exc).__name__}: {exc}"}}
             if response.status_code != 200:
@@ -86,9 +79,12 @@ async def _chat_all(url: str, model: str, conversations: list[list[dict]], param
                 return {"error": {"code": "generation_failed", "message": str(message)}}
             return response.json()
 
-        return list(await asyncio.gather(*(one(m) for m in conversations)))
+        return list(await asyncio.gather(*(one(m, p) for m, p in zip(conversations, params, strict=True))))
 
 
-def chat_all(url: str, model: str, conversations: list[list[dict]], params: dict, timeout: float = 600) -> list[dict]:
-    """The engine's chat.completion (or ``{"error": …}``) for each conversation, sent concurrently."""
-    return asyncio.run(_chat_all(url, model, conversations, params, timeout))
+def chat_all(url: str, model: str, conversations: list[list[dict]], params: dict | list[dict],
+             timeout: float = 600) -> list[dict]:
+    """The engine's chat.completion (or ``{"error": …}``) for each conversation, sent concurrently; ``params`` are
+    sampling parameters for all of them, or one dict per conversation."""
+    per = params if isinstance(params, list) else [params] * len(conversations)
+    return asyncio.run(_chat_all(url, model, conversations, per, timeout))
