@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import uuid
-from pathlib import Path
 
 from finetune import validation
+from finetune.process import death, last_error, supervise
 from storage.errors import TunegateError
 from storage.files import Files
 from storage.jobs import JobStore
@@ -26,7 +24,6 @@ from storage.settings import Settings
 from storage.tables import FineTuningJob
 
 log = logging.getLogger("tunegate.worker")
-KILL_GRACE_S = 10.0
 
 
 class Worker:
@@ -96,56 +93,18 @@ class Worker:
     def _supervise(self, job_id: str) -> None:
         log.info("worker %s running job %s", self.id, job_id)
         log_path = (self.settings.data_dir / "run" / f"{job_id}.log").resolve()
-        with open(log_path, "ab") as log_file:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "finetune.child", job_id, self.id, str(self._settings_file)],
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-            code = self._watch(job_id, child)
-        if code != 0:
-            tail = _last_error(log_path)
-            why = "was killed (out of memory?)" if code in (-signal.SIGKILL, 137) else f"exited with code {code}"
-            self.jobs.fail(job_id, self.id, "training_process_died", f"The training process {why}. {tail}".strip())
+        code = supervise([sys.executable, "-m", "finetune.child", job_id, self.id, str(self._settings_file)],
+                         log_path, lambda: self._keep_going(job_id), min(self.lease_s / 3, 2.0))
+        if code:
+            tail = last_error(log_path)
+            self.jobs.fail(job_id, self.id, "training_process_died", f"The training process {death(code)}. {tail}".strip())
 
-    def _watch(self, job_id: str, child: subprocess.Popen[bytes]) -> int:
-        """Renew the lease while the child runs; stop it if the job was cancelled or the lease lost."""
-        interval = min(self.lease_s / 3, 2.0)
-        while True:
-            try:
-                return child.wait(timeout=interval)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                ours = self.jobs.heartbeat(job_id, self.id, self.lease_s)
-                status = self.jobs.get(None, job_id).status
-            except Exception:  # database hiccup: keep the child, try again next beat
-                log.exception("heartbeat failed for %s", job_id)
-                continue
-            if not ours or status == "cancelled" or self._stop.is_set():
-                # cancelled: done; lease lost: another worker owns it; shutting down: the next worker resumes it
-                _terminate(child)
-                return 0
-
-
-def _terminate(child: subprocess.Popen[bytes]) -> None:
-    child.terminate()
-    try:
-        child.wait(timeout=KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-
-
-def _last_error(log_path: Path) -> str:
-    """The last meaningful line the child wrote (a Python exception, usually)."""
-    try:
-        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        if "Error" in line or "Exception" in line:
-            return line[:500]
-    return lines[-1][:500] if lines else ""
+    def _keep_going(self, job_id: str) -> bool:
+        """Renew the lease; stop the child when the job was cancelled, the lease lost (another worker owns it) or
+        this worker is shutting down (the next worker resumes the job)."""
+        ours = self.jobs.heartbeat(job_id, self.id, self.lease_s)
+        status = self.jobs.get(None, job_id).status
+        return ours and status != "cancelled" and not self._stop.is_set()
 
 
 def start_in_thread(worker: Worker) -> threading.Thread:

@@ -21,6 +21,7 @@ from gateway.errors import EXCEPTION_HANDLERS
 from gateway.middleware import add_request_id
 from gateway.openai.chat.api_router import CompletionsController
 from gateway.openai.evals.api_router import EvalsController
+from gateway.openai.exports.api_router import ExportsController
 from gateway.openai.files.api_router import FilesController
 from gateway.openai.fine_tuning.api_router import FineTuningJobsController
 from gateway.openai.models.api_router import ModelsController
@@ -73,7 +74,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
     v1 = Router(
         path="/v1",
         route_handlers=[FilesController, FineTuningJobsController, ModelsController, CompletionsController,
-                        EvalsController],
+                        EvalsController, ExportsController],
         guards=[require_api_key],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
     )
@@ -95,17 +96,21 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
 
 
 def _start_worker(services: Services):  # noqa: ANN202 - finetune.worker imported only when used
-    """The embedded default: a fine-tuning worker thread (jobs still run in children) and an eval-run worker
-    thread in the gateway process."""
+    """The embedded default: a fine-tuning worker thread and an export worker thread (jobs and exports still run
+    in children), and an eval-run worker thread, in the gateway process."""
     from finetune.evals.runner import EvalWorker
     from finetune.evals.runner import start_in_thread as start_evals
+    from finetune.export.runner import ExportWorker
+    from finetune.export.runner import start_in_thread as start_exports
     from finetune.worker import Worker, start_in_thread
 
     worker = Worker(services.settings, services.jobs, services.files)
     evals = EvalWorker(services.settings, services.db, services.blobs)
+    exports = ExportWorker(services.settings, services.exports)
     start_in_thread(worker)
     start_evals(evals)
-    return _Both(worker, evals)
+    start_exports(exports)
+    return _Both(worker, evals, exports)
 
 
 class _Both:

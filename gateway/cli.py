@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -47,12 +48,16 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
 
     from finetune.evals.runner import EvalWorker
     from finetune.evals.runner import start_in_thread as start_evals
+    from finetune.export.runner import ExportWorker
+    from finetune.export.runner import start_in_thread as start_exports
     from finetune.worker import Worker
 
     services = _services(settings)
     worker = Worker(settings, services.jobs, services.files)
     evals = EvalWorker(settings, services.db, services.blobs)
+    exports = ExportWorker(settings, services.exports)
     start_evals(evals)  # eval runs use the engines, not the training device: they run beside a training job
+    start_exports(exports)  # exports run on CPU: beside a training job too
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     print(f"tunegate worker {worker.id} waiting for jobs and eval runs", file=sys.stderr, flush=True)
     try:
@@ -61,7 +66,21 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
         worker.stop()
     finally:
         evals.stop()
+        exports.stop()
     return 0
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    """Export through a running gateway's API, wait for it, download the bundle into a folder."""
+    from gateway.export_client import run_export
+
+    base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or f"http://127.0.0.1:{settings.port}/v1"
+    api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        print("error: an API key is needed: --api-key or OPENAI_API_KEY", file=sys.stderr)
+        return 2
+    return run_export(base_url, api_key, model=args.model, fmt=args.format, quant=args.quant, system=args.system,
+                      output=args.output)
 
 
 def cmd_db_upgrade(settings: Settings, _: argparse.Namespace) -> int:
@@ -134,7 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", default="info")
-    add(["worker"], cmd_worker, "run a fine-tuning worker (claims queued jobs from the database)")
+    add(["worker"], cmd_worker, "run a worker (claims queued fine-tuning jobs, eval runs and exports)")
+    export = add(["export"], cmd_export, "export a model (GGUF + Modelfile, GGUF adapter, merged safetensors) "
+                                         "through a running gateway and download the files")
+    export.add_argument("model", help="a base model or a fine-tuned model id (ft:…)")
+    export.add_argument("--format", default="gguf", choices=["gguf", "gguf_adapter", "safetensors"])
+    export.add_argument("--quant", help="GGUF type: f16, bf16, f32, q8_0, q6_k, q5_k_m, q4_k_m (default), q4_0, "
+                                        "q3_k_m, q2_k")
+    export.add_argument("--system", help="the Modelfile's SYSTEM prompt")
+    export.add_argument("--output", "-o", help="folder for the files (default: ./<model>-<quant>)")
+    export.add_argument("--base-url", help="the gateway's /v1 URL (default: OPENAI_BASE_URL or this config's port)")
+    export.add_argument("--api-key", help="default: OPENAI_API_KEY")
     add(["db", "upgrade"], cmd_db_upgrade, "apply schema migrations")
     add(["orgs", "create"], cmd_orgs_create, "create an organization").add_argument("name")
     add(["orgs", "list"], cmd_orgs_list, "list organizations")

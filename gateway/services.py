@@ -15,6 +15,7 @@ from storage.blobs import LocalBlobStore
 from storage.db import Database
 from storage.engines import EngineRegistry
 from storage.evals import EvalStore
+from storage.exports import ExportStore
 from storage.files import Files
 from storage.jobs import JobStore
 from storage.settings import Settings
@@ -36,6 +37,7 @@ class Services:
     engines: EnginePool
     completions: Completions
     evals: EvalStore
+    exports: ExportStore
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -46,7 +48,7 @@ class Services:
         engines = EnginePool(settings, catalog, blobs, EngineRegistry(db))
         completions = Completions(engines, UsageRecorder(usage))
         return cls(settings, db, blobs, Accounts(db), Files(db, blobs), catalog, JobStore(db), usage, engines, completions,
-                   EvalStore(db))
+                   EvalStore(db), ExportStore(db))
 
     def prepare(self) -> str | None:
         """Migrate the schema, register base models, tidy after crashes. Returns a newly generated admin key."""

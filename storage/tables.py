@@ -229,3 +229,31 @@ class EvalOutputItem(SQLModel, table=True):
     results: list = Field(default_factory=list, sa_type=JSON)
     sample: dict = Field(default_factory=dict, sa_type=JSON)
     created_at: int
+
+
+class Export(SQLModel, table=True):
+    """An export of a model to files for the edge (merged safetensors, GGUF, GGUF LoRA adapter + Modelfile).
+
+    ``status``: queued → running → succeeded | failed | cancelled. Run by a worker in a child process under a lease;
+    the outputs are ordinary files (``/v1/files/{id}/content``), listed in ``output_files``.
+    """
+
+    __tablename__ = "exports"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=64)
+    model: str = Field(max_length=512)
+    format: str = Field(max_length=32, description="gguf | gguf_adapter | safetensors")
+    quant: str | None = Field(default=None, max_length=16)
+    system: str | None = Field(default=None, description="Modelfile SYSTEM prompt")
+    status: str = Field(default="queued", index=True, max_length=32)
+    progress: float = 0.0
+    stage: str = Field(default="", max_length=512, description="What the export is doing now")
+    output_files: list = Field(default_factory=list, sa_type=JSON)
+    warnings: list = Field(default_factory=list, sa_type=JSON)
+    error: dict | None = Field(default=None, sa_type=JSON)
+    created_at: int
+    finished_at: int | None = None
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: float | None = Field(default=None, index=True)

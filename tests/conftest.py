@@ -24,6 +24,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-chat", DATA))
 
 
+@pytest.fixture(scope="session")
+def edge_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A model llama.cpp's converter and K-quants accept (tests/edge_support.py)."""
+    from tests.edge_support import build_edge_model
+
+    return str(build_edge_model(tmp_path_factory.mktemp("edge-model") / "edge-chat"))
+
+
 @pytest.fixture
 def recorder(spec: SpecValidator) -> Iterator[SpecRecorder]:
     rec = SpecRecorder(spec)

@@ -7,6 +7,7 @@ import ctypes
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from storage.errors import InvalidRequest
@@ -68,7 +69,8 @@ def quantize(src: str | Path, dst: str | Path, quant: str, threads: int = 0) -> 
     return Path(dst)
 
 
-def export_gguf(model_dir: str | Path, out_dir: str | Path, quant: str = "f16", name: str = "model") -> Path:
+def export_gguf(model_dir: str | Path, out_dir: str | Path, quant: str = "f16", name: str = "model", *,
+                threads: int = 0, on_quantize: Callable[[], None] | None = None) -> Path:
     """``<out_dir>/<name>-<quant>.gguf``: converted at f16 (or bf16/f32), quantized from f16 otherwise."""
     if quant not in SUPPORTED:
         raise InvalidRequest(f"Unsupported quantization {quant!r}; one of {', '.join(SUPPORTED)}.", param="quant",
@@ -79,6 +81,8 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, quant: str = "f16", 
         return convert(model_dir, out / f"{name}-{quant}.gguf", quant)
     f16 = convert(model_dir, out / f".{name}-f16.for-{quant}.gguf", "f16")  # an intermediate, removed below
     try:
-        return quantize(f16, out / f"{name}-{quant}.gguf", quant)
+        if on_quantize:
+            on_quantize()
+        return quantize(f16, out / f"{name}-{quant}.gguf", quant, threads)
     finally:
         f16.unlink(missing_ok=True)

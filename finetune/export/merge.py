@@ -4,32 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage.errors import InvalidRequest
 
+def merge(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | Path, *,
+          chat_template: str | None = None) -> Path:
+    """Fold the adapter's weights into the base (peft ``merge_and_unload``: exact for LoRA, rsLoRA, DoRA and
+    ``modules_to_save``) and save model + tokenizer; without an adapter, the base as it is served.
 
-def merge(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *, chat_template: str | None = None) -> Path:
-    """Fold the adapter's weights into the base (peft ``merge_and_unload``) and save model + tokenizer.
-
-    The tokenizer keeps (or gets) the chat template the model was trained with, so every later format — GGUF with
-    its embedded template, an Ollama Modelfile — renders the prompt the model saw.
+    The tokenizer gets the chat template the model was trained with (``chat_template``: a name from
+    ``finetune.recipe.templates`` or Jinja, else the tokenizer's own), so every later format — GGUF with its embedded
+    template, an Ollama Modelfile — renders the prompt the model saw.
     """
-    import json
-
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    if config.get("use_dora"):
-        raise InvalidRequest("DoRA adapters are merged by peft but not supported by tunegate's export yet.",
-                             param="model", code="unsupported_adapter")
+    from finetune.recipe import templates
+
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    if chat_template:
-        tokenizer.chat_template = chat_template
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    tokenizer.chat_template = templates.resolve(chat_template, tokenizer.chat_template)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        dtype = model.dtype
+        model = PeftModel.from_pretrained(model.to(torch.float32), str(adapter_dir)).merge_and_unload().to(dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out)
+    model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

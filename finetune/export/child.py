@@ -1,0 +1,141 @@
+"""An export's child process: ``python -m finetune.export.child <export id> <worker id> <settings.json>``.
+
+merge (fine-tuned models) → convert / quantize with llama.cpp's tools → Modelfile + README → output files. The
+work happens in a scratch directory inside the blob store's staging area (same filesystem), so finished outputs
+become files by a rename, without copying gigabytes. Any exception fails the export with a readable error.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+from finetune.export import pipeline
+from storage.blobs import LocalBlobStore, StagedBlob
+from storage.db import Database
+from storage.errors import TunegateError
+from storage.exports import ExportStore
+from storage.files import Files, NewFile
+from storage.jobs import JobStore
+from storage.model_sources import local_dir
+from storage.settings import Settings
+from storage.tables import Export, FineTunedModel
+
+log = logging.getLogger("tunegate.exports")
+
+
+class Cancelled(Exception):
+    pass
+
+
+class Context:
+    def __init__(self, export_id: str, worker: str, settings: Settings) -> None:
+        self.settings, self.worker = settings, worker
+        self.db = Database(settings.resolved_database_url)
+        self.blobs = LocalBlobStore(settings.resolved_blob_dir)
+        self.files = Files(self.db, self.blobs)
+        self.exports = ExportStore(self.db)
+        self.export: Export = self.exports.get(None, export_id)
+        self.work = self.blobs.staging / f"{export_id}.work"
+
+    def step(self, progress: float, stage: str) -> None:
+        log.info("%s: %.0f%% %s", self.export.id, progress * 100, stage)
+        if not self.exports.progress(self.export.id, self.worker, progress, stage):
+            raise Cancelled(stage)
+
+
+def run(ctx: Context) -> list[dict]:
+    export, settings = ctx.export, ctx.settings
+    tuned = _tuned_model(ctx)
+    base_id = tuned.base_model if tuned else export.model
+    spec = settings.base_models.get(base_id)
+    if spec is None:
+        raise TunegateError(f"The base model '{base_id}' is no longer configured on this server.", param="model",
+                            code="model_not_found")
+    shutil.rmtree(ctx.work, ignore_errors=True)
+    ctx.step(0.02, f"preparing {base_id}")
+    request = pipeline.Request(
+        model=export.model, format=export.format, quant=export.quant, base_id=base_id,
+        base_dir=Path(local_dir(base_id, spec, settings)),
+        adapter_dir=ctx.blobs.local_path(tuned.adapter_key) if tuned and tuned.adapter_key else None,
+        chat_template=spec.chat_template, system=export.system, num_ctx=_cutoff_len(ctx, tuned),
+        threads=settings.worker.cpu_threads or 0)
+    made = pipeline.run(request, ctx.work, ctx.step)
+    for warning in made.warnings:
+        ctx.exports.warn(export.id, ctx.worker, warning)
+    ctx.step(0.95, "storing the files")
+    return _store(ctx, made.files)
+
+
+def _tuned_model(ctx: Context) -> FineTunedModel | None:
+    from sqlmodel import select
+
+    with ctx.db.session() as s:
+        return s.exec(select(FineTunedModel).where(FineTunedModel.id == ctx.export.model,
+                                                   FineTunedModel.organization_id == ctx.export.organization_id)).first()
+
+
+def _cutoff_len(ctx: Context, tuned: FineTunedModel | None) -> int:
+    """``num_ctx`` = the training cutoff (what the model learned to attend over); 4096 for base models."""
+    if tuned and tuned.job_id:
+        job = JobStore(ctx.db).get(None, tuned.job_id)
+        resolved = job.resolved or job.hyperparameters or {}
+        if resolved.get("cutoff_len"):
+            return int(resolved["cutoff_len"])
+    return 4096
+
+
+def _store(ctx: Context, paths: list[Path]) -> list[dict]:
+    stored = []
+    try:
+        for path in paths:
+            row = ctx.files.create(NewFile(organization_id=ctx.export.organization_id, filename=path.name,
+                                           purpose="fine-tune-results", original=StagedBlob.adopt(path)))
+            stored.append({"id": row.id, "filename": row.filename, "bytes": row.bytes})
+    except BaseException:
+        _drop(ctx, stored)
+        raise
+    return stored
+
+
+def _drop(ctx: Context, stored: list[dict]) -> None:
+    for item in stored:
+        try:
+            ctx.files.delete(ctx.export.organization_id, item["id"])
+        except Exception:
+            log.exception("could not remove %s", item["id"])
+
+
+def _error_of(exc: BaseException) -> dict:
+    if isinstance(exc, TunegateError):
+        return {"code": exc.code or "export_failed", "message": exc.message, "param": exc.param}
+    return {"code": "export_failed", "message": f"Export failed: {type(exc).__name__}: {exc}", "param": None}
+
+
+def main(argv: list[str]) -> int:
+    from finetune.child import _exit_with_parent
+
+    export_id, worker, settings_path = argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _exit_with_parent()
+    ctx = Context(export_id, worker, Settings.model_validate_json(Path(settings_path).read_text()))
+    try:
+        outputs = run(ctx)
+        if not ctx.exports.finish(export_id, worker, status="succeeded", progress=1.0, stage="done",
+                                  output_files=outputs):
+            _drop(ctx, outputs)  # cancelled at the last moment: nobody will list these files
+    except Cancelled:
+        log.info("%s was cancelled or taken over", export_id)
+    except BaseException as exc:  # noqa: BLE001 - every failure ends the export readably
+        traceback.print_exc()
+        ctx.exports.finish(export_id, worker, status="failed", stage="failed", error=_error_of(exc))
+    finally:
+        shutil.rmtree(ctx.work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

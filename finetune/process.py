@@ -1,0 +1,68 @@
+"""Running a unit of work (a fine-tuning job, an export) in a child process that a worker watches.
+
+The child gets its own session (process group), so stopping it also stops whatever it started (llama.cpp's
+converter, dataloader workers). Its output goes to a log file whose last error line explains a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("tunegate.worker")
+KILL_GRACE_S = 10.0
+
+
+def supervise(argv: list[str], log_path: Path, keep_going: Callable[[], bool], interval: float) -> int | None:
+    """Run ``argv``; every ``interval`` seconds ask ``keep_going()`` (renew a lease, check for cancel). Returns the
+    exit code, or None when ``keep_going`` said stop and the child was stopped. A ``keep_going`` that raises (a
+    database hiccup) keeps the child and asks again next time."""
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        while True:
+            try:
+                return child.wait(timeout=interval)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                go_on = keep_going()
+            except Exception:
+                log.exception("supervision check failed for %s", argv)
+                continue
+            if not go_on:
+                terminate(child)
+                return None
+
+
+def terminate(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the child's process group, SIGKILL after a grace period."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            child.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def death(code: int) -> str:
+    return "was killed (out of memory?)" if code in (-signal.SIGKILL, 137) else f"exited with code {code}"
+
+
+def last_error(log_path: Path) -> str:
+    """The last meaningful line the child wrote (a Python exception, usually)."""
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line[:500]
+    return lines[-1][:500] if lines else ""
