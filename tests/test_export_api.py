@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.finetune_support import chat_jsonl, qa_pairs, upload, wait_for
+from tests.finetune_support import qa_pairs, upload, wait_for
 from tests.test_modelfile import GO, go_render
 from tests.serving_support import TARGETS, register_adapter
 from tests.support import LiveGateway, SpecRecorder
@@ -26,6 +26,7 @@ from tests.support import LiveGateway, SpecRecorder
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed")
 EDGE = "edge-chat"
 SYSTEM = "You answer in one short sentence."
+TRAINED_SYSTEM = "You are the edge assistant."  # in every training example: the Modelfile's default SYSTEM
 
 
 def env(edge_model: str, **models: dict[str, Any]) -> dict[str, str]:
@@ -56,7 +57,9 @@ def org(gw: LiveGateway) -> tuple[str, str]:
 def tuned(gw: LiveGateway, org: tuple[str, str]) -> str:
     """A model fine-tuned through the API (cutoff_len 384: the Modelfile's num_ctx must say so)."""
     client = gw.client(org[1])
-    file_id = upload(client, chat_jsonl(qa_pairs(12)))
+    rows = [{"messages": [{"role": "system", "content": TRAINED_SYSTEM}, {"role": "user", "content": q},
+                          {"role": "assistant", "content": a}]} for q, a in qa_pairs(12)]
+    file_id = upload(client, "".join(json.dumps(r) + "\n" for r in rows).encode())
     job = client.fine_tuning.jobs.create(model=EDGE, training_file=file_id, suffix="edge", method={
         "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "cutoff_len": 384,
                                                                  "learning_rate": 0.002}}})
@@ -200,6 +203,7 @@ def test_gguf_adapter_and_safetensors_exports(gw: LiveGateway, org: tuple[str, s
     lora = next(p for n, p in files.items() if "-lora-" in n)
     modelfile = files["Modelfile"].read_text()
     assert f"FROM ./{base.name}\nADAPTER ./{lora.name}\n" in modelfile
+    assert f'SYSTEM """{TRAINED_SYSTEM}"""' in modelfile  # none asked for: the one it was trained with
     logits, _ = llama_logits(base, ids, lora)
     assert np.abs(logits - reference).max() / np.abs(reference).max() < 5e-3
 

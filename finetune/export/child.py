@@ -16,7 +16,7 @@ from pathlib import Path
 from finetune.export import pipeline
 from storage.blobs import LocalBlobStore, StagedBlob
 from storage.db import Database
-from storage.errors import TunegateError
+from storage.errors import NotFound, TunegateError
 from storage.exports import ExportStore
 from storage.files import Files, NewFile
 from storage.jobs import JobStore
@@ -61,7 +61,8 @@ def run(ctx: Context) -> list[dict]:
         model=export.model, format=export.format, quant=export.quant, base_id=base_id,
         base_dir=Path(local_dir(base_id, spec, settings)),
         adapter_dir=ctx.blobs.local_path(tuned.adapter_key) if tuned and tuned.adapter_key else None,
-        chat_template=spec.chat_template, system=export.system, num_ctx=_cutoff_len(ctx, tuned),
+        chat_template=spec.chat_template, system=export.system or _trained_system(ctx, tuned),
+        num_ctx=_cutoff_len(ctx, tuned),
         threads=settings.worker.cpu_threads or 0)
     made = pipeline.run(request, ctx.work, ctx.step)
     for warning in made.warnings:
@@ -76,6 +77,32 @@ def _tuned_model(ctx: Context) -> FineTunedModel | None:
     with ctx.db.session() as s:
         return s.exec(select(FineTunedModel).where(FineTunedModel.id == ctx.export.model,
                                                    FineTunedModel.organization_id == ctx.export.organization_id)).first()
+
+
+def _trained_system(ctx: Context, tuned: FineTunedModel | None) -> str | None:
+    """The system prompt every training example started with, when they all share one: the Modelfile's default
+    SYSTEM, so Ollama prompts the model the way it was trained."""
+    import json
+
+    if not (tuned and tuned.job_id):
+        return None
+    job = JobStore(ctx.db).get(None, tuned.job_id)
+    try:
+        training = ctx.files.get(job.organization_id, job.training_file)
+    except NotFound:  # deleted since: no default then
+        return None
+    if not training.normalized_blob_key:
+        return None
+    common: str | None = None
+    with open(ctx.blobs.local_path(training.normalized_blob_key), encoding="utf-8") as fh:
+        for line in fh:
+            messages = json.loads(line).get("messages") or [{}]
+            first = messages[0]
+            system = first.get("content") if first.get("role") == "system" else None
+            if not isinstance(system, str) or (common is not None and system != common):
+                return None
+            common = system
+    return common if common and '"""' not in common else None
 
 
 def _cutoff_len(ctx: Context, tuned: FineTunedModel | None) -> int:
