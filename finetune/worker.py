@@ -16,7 +16,7 @@ import threading
 import uuid
 
 from finetune import validation
-from finetune.process import death, last_error, supervise
+from finetune.process import death, last_error, poll_forever, supervise
 from storage.errors import TunegateError
 from storage.files import Files
 from storage.jobs import JobStore
@@ -38,14 +38,7 @@ class Worker:
     def run_forever(self) -> None:
         log.info("worker %s started", self.id)
         try:
-            while not self._stop.is_set():
-                try:
-                    worked = self.run_once()
-                except Exception:  # the loop outlives any one job's bookkeeping failure (e.g. database restart)
-                    log.exception("worker iteration failed")
-                    worked = False
-                if not worked:
-                    self._stop.wait(self.settings.worker.poll_seconds)
+            poll_forever(self.run_once, self._stop, self.settings.worker.poll_seconds, "worker")
         finally:
             self._settings_file.unlink(missing_ok=True)
 

@@ -48,7 +48,7 @@ def llama_cpp_command(model_id: str, gguf: Path, port: int, spec: BaseModelSpec,
     ]
     if on_gpu:
         args += ["--n_gpu_layers", "-1"]
-    return args + serving.engine_args + spec.engine_args
+    return args + spec.engine_args  # serving.engine_args are vLLM's
 
 
 def gguf_path(model_id: str, spec: BaseModelSpec) -> Path:

@@ -49,7 +49,7 @@ class BaseModelSpec(BaseModel):
     tool_call_parser: str | None = Field(
         default=None, description="vLLM tool-call parser for `tool_choice: auto` (e.g. hermes, llama3_json)."
     )
-    engine_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments for this model's local engine.")
+    engine_args: list[str] = Field(default_factory=list, description="Extra arguments for this model's local engine (vLLM's, or llama_cpp.server's).")
 
     @model_validator(mode="after")
     def _gguf_is_served_only(self) -> "BaseModelSpec":

@@ -19,6 +19,7 @@ from typing import Any
 from finetune.evals.generation import chat_all, load_adapter
 from finetune.evals.metrics import similarity
 from finetune.evals.submit import TEMPLATE_VAR
+from finetune.process import poll_forever
 from storage.blobs import LocalBlobStore
 from storage.db import Database
 from storage.engines import EngineRegistry, engine_adapter_path
@@ -48,14 +49,7 @@ class EvalWorker:
         self._stop = threading.Event()
 
     def run_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:
-                log.exception("eval worker iteration failed")
-                worked = False
-            if not worked:
-                self._stop.wait(self.settings.worker.poll_seconds)
+        poll_forever(self.run_once, self._stop, self.settings.worker.poll_seconds, "eval worker")
 
     def stop(self) -> None:
         self._stop.set()

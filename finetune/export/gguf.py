@@ -14,6 +14,7 @@ from storage.errors import InvalidRequest
 
 # what convert_hf_to_gguf writes directly, and what llama_model_quantize makes from an f16 file
 CONVERTER_TYPES = ("f16", "bf16", "f32", "q8_0")
+FLOAT_TYPES = ("f16", "bf16", "f32")  # exported straight from the converter; the rest via an f16 file
 QUANT_TYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
                "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
                "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
@@ -77,7 +78,7 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, quant: str = "f16", 
                              code="unsupported_quantization")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if quant in ("f16", "bf16", "f32"):
+    if quant in FLOAT_TYPES:
         return convert(model_dir, out / f"{name}-{quant}.gguf", quant)
     f16 = convert(model_dir, out / f".{name}-f16.for-{quant}.gguf", "f16")  # an intermediate, removed below
     try:

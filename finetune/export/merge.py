@@ -14,7 +14,6 @@ def merge(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | P
     ``finetune.recipe.templates`` or Jinja, else the tokenizer's own), so every later format — GGUF with its embedded
     template, an Ollama Modelfile — renders the prompt the model saw.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from finetune.recipe import templates
@@ -25,8 +24,9 @@ def merge(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | P
     if adapter_dir is not None:
         from peft import PeftModel
 
-        dtype = model.dtype
-        model = PeftModel.from_pretrained(model.to(torch.float32), str(adapter_dir)).merge_and_unload().to(dtype)
+        # in the model's own dtype: one copy of the weights in memory (a bf16 7B model merges in ~15 GB, not 30);
+        # peft computes each B·A delta in fp32 on CPU for fp16/bf16 weights and rounds once when adding it
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -67,7 +67,7 @@ def run(req: Request, work: Path, step: Step = lambda p, s: None) -> bundle.Bund
             archive.add(merged, arcname=f"{name}-merged")
         return bundle.Bundle([tar, *bundle.write_safetensors_readme(out, f"{name}-merged", model=req.model)])
     quant = req.quant or "f16"
-    step(0.35, f"converting to GGUF {quant if quant in gguf.CONVERTER_TYPES else 'f16'}")
+    step(0.35, f"converting to GGUF {quant if quant in gguf.FLOAT_TYPES else 'f16'}")
     model_gguf = gguf.export_gguf(merged, out, quant, name, threads=req.threads,
                                   on_quantize=lambda: step(0.7, f"quantizing to {quant}"))
     step(0.9, "writing the Modelfile")

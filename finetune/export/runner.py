@@ -14,7 +14,7 @@ import sys
 import threading
 import uuid
 
-from finetune.process import death, last_error, supervise
+from finetune.process import death, last_error, poll_forever, supervise
 from storage.exports import ExportStore
 from storage.settings import Settings
 
@@ -31,14 +31,7 @@ class ExportWorker:
 
     def run_forever(self) -> None:
         try:
-            while not self._stop.is_set():
-                try:
-                    worked = self.run_once()
-                except Exception:  # the loop outlives any one export's bookkeeping failure
-                    log.exception("export worker iteration failed")
-                    worked = False
-                if not worked:
-                    self._stop.wait(self.settings.worker.poll_seconds)
+            poll_forever(self.run_once, self._stop, self.settings.worker.poll_seconds, "export worker")
         finally:
             self._settings_file.unlink(missing_ok=True)
 

@@ -8,13 +8,14 @@ Body: ``model`` (a base model id or one of the organization's fine-tuned models 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from finetune.export.gguf import SUPPORTED
 from storage.errors import InvalidRequest, NotFound
 from storage.ids import new_id, now
+from storage.settings import BaseModelSpec
 from storage.tables import Export
 
 FORMATS = ("gguf", "gguf_adapter", "safetensors")
@@ -25,9 +26,10 @@ def _bad(message: str, param: str, code: str = "invalid_value") -> InvalidReques
     return InvalidRequest(message, param=param, code=code)
 
 
-def new_export(org_id: str, body: Any, model_of: Callable[[str, str], Any],
-               adapter_dir: Callable[[str], Path]) -> Export:
-    """``model_of(org, id)`` is the catalog's lookup (raises "not found"); ``adapter_dir(key)`` the adapter's folder."""
+def new_export(org_id: str, body: Any, model_of: Callable[[str, str], Any], adapter_dir: Callable[[str], Path],
+               base_models: Mapping[str, BaseModelSpec]) -> Export:
+    """``model_of(org, id)`` is the catalog's lookup (raises "not found"); ``adapter_dir(key)`` the adapter's folder;
+    ``base_models`` the configured ones."""
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.", "body", "invalid_type")
     unknown = sorted(set(body) - {"model", "format", "quant", "system"})
@@ -56,6 +58,10 @@ def new_export(org_id: str, body: Any, model_of: Callable[[str, str], Any],
         entry = model_of(org_id, model_id)
     except NotFound as exc:  # a body field that names nothing is a bad request (like a fine-tuning job's model)
         raise _bad(exc.message, "model", "model_not_found") from None
+    spec = base_models.get(entry.base_model)
+    if spec is not None and spec.engine == "llama.cpp":
+        raise _bad(f"'{model_id}' is served from a GGUF file already ({spec.source}); there is nothing to export.",
+                   "model", "unsupported_model")
     if entry.kind == "base" and fmt == "gguf_adapter":
         raise _bad(f"'{model_id}' is a base model: it has no adapter to export; use format 'gguf'.", "format")
     if entry.kind != "base":

@@ -29,7 +29,8 @@ class ExportsController(Controller):
         body = await read_json(request)
 
         def create() -> Any:
-            row = new_export(principal.organization_id, body, services.catalog.get, services.blobs.local_path)
+            row = new_export(principal.organization_id, body, services.catalog.get, services.blobs.local_path,
+                             services.settings.base_models)
             return services.exports.add(row)
 
         return export_object(await sync_to_thread(create))
