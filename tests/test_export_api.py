@@ -328,3 +328,28 @@ def test_cli_export_then_tunegate_serves_the_gguf_with_llama_cpp(gw: LiveGateway
     with pytest.raises(openai.BadRequestError) as bad:  # a GGUF-served model is exported already
         create(client, model="edge-gguf")
     assert bad.value.body["code"] == "unsupported_model"
+
+
+@pytest.mark.postgres
+def test_exports_on_postgres_newest_first_paginated(edge_model: str, tmp_path: Path) -> None:
+    """The same job machinery on the real Postgres (claims with FOR UPDATE SKIP LOCKED), and list pagination."""
+    from tests.conftest import _fresh_postgres_database
+
+    url, drop = _fresh_postgres_database()
+    gateway = LiveGateway(tmp_path / "pg", url, **env(edge_model))
+    gateway.start()
+    try:
+        client = gateway.client(gateway.new_org_key("pg")[2])
+        ids = [create(client, model=EDGE, format="gguf", quant=quant)["id"] for quant in ("q8_0", "f16")]
+        for export_id in ids:
+            done, _ = wait_export(client, export_id)
+            assert done["status"] == "succeeded", done["error"]
+            gguf = next(f for f in done["output_files"] if f["filename"].endswith(".gguf"))
+            assert client.files.content(gguf["id"]).content[:4] == b"GGUF"
+        first = client.get("/exports", options={"params": {"limit": 1}}, cast_to=object)
+        assert [e["id"] for e in first["data"]] == [ids[1]] and first["has_more"]
+        rest = client.get("/exports", options={"params": {"limit": 5, "after": first["last_id"]}}, cast_to=object)
+        assert [e["id"] for e in rest["data"]] == [ids[0]] and not rest["has_more"]
+    finally:
+        gateway.stop()
+        drop()
