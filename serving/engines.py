@@ -24,7 +24,7 @@ from typing import Literal
 
 import httpx
 
-from storage.settings import BaseModelSpec, Settings
+from storage.settings import Settings
 
 log = logging.getLogger("tunegate.serving")
 
@@ -32,17 +32,13 @@ State = Literal["starting", "ready", "down"]
 FAILED_CHECKS_BEFORE_DOWN = 3
 
 
-def health_path(spec: BaseModelSpec) -> str:
-    """vLLM answers ``/health``; llama-cpp-python's server has no such route, its ``/v1/models`` serves instead."""
-    return "/v1/models" if spec.engine == "llama.cpp" else "/health"
-
-
 class Replica:
     """One engine (vLLM or llama.cpp OpenAI server) for one base model, as the router sees it."""
 
-    def __init__(self, base_model: str, url: str, *, local: bool, health_path: str = "/health") -> None:
-        self.base_model, self.url, self.local = base_model, url.rstrip("/"), local
-        self.health_path = health_path
+    def __init__(self, base_model: str, url: str, *, local: bool, kind: str = "vllm") -> None:
+        self.base_model, self.url, self.local, self.kind = base_model, url.rstrip("/"), local, kind
+        # vLLM answers /health; llama-cpp-python's server has no such route, its /v1/models serves instead
+        self.health_path = "/v1/models" if kind == "llama.cpp" else "/health"
         self.state: State = "starting"
         self.detail = "starting"
         self.since = time.monotonic()
@@ -63,7 +59,7 @@ class Replica:
 
     def describe(self) -> dict[str, object]:
         return {
-            "base_model": self.base_model, "url": self.url, "local": self.local, "state": self.state,
+            "base_model": self.base_model, "engine": self.kind, "url": self.url, "local": self.local, "state": self.state,
             "detail": self.detail, "pid": self.pid, "restarts": self.restarts, "in_flight": self.in_flight,
             "adapters": list(self.loaded),
         }

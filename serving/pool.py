@@ -18,7 +18,7 @@ import httpx
 
 from serving.adapters import Adapter, adapter_for
 from serving.catalog import Catalog, ModelEntry
-from serving.engines import ExternalEngine, LocalEngine, Replica, health_path
+from serving.engines import ExternalEngine, LocalEngine, Replica
 from storage.blobs import LocalBlobStore
 from storage.engines import EngineRegistry
 from storage.errors import InvalidRequest, NotFound, TunegateError, Unavailable, UpstreamFailed
@@ -59,12 +59,12 @@ class EnginePool:
         settings_file = None
         for model_id, spec in self.settings.base_models.items():
             if spec.engine_urls:
-                replicas = [Replica(model_id, url, local=False, health_path=health_path(spec)) for url in spec.engine_urls]
+                replicas = [Replica(model_id, url, local=False, kind=spec.engine) for url in spec.engine_urls]
                 for replica in replicas:
                     self._spawn(ExternalEngine(replica, self.http, serving.health_interval_seconds).run())
             elif serving.local_engines:
                 settings_file = settings_file or self.settings.write_for_child(f"engines-{id(self):x}")
-                replica = Replica(model_id, "http://127.0.0.1:0", local=True, health_path=health_path(spec))
+                replica = Replica(model_id, "http://127.0.0.1:0", local=True, kind=spec.engine)
                 replicas = [replica]
                 self._spawn(LocalEngine(replica, self.http, self.settings, settings_file).run())
             else:

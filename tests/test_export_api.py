@@ -325,6 +325,9 @@ def test_cli_export_then_tunegate_serves_the_gguf_with_llama_cpp(gw: LiveGateway
     assert all(c.model == "edge-gguf" for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.choices[0].message.content
     assert "edge-gguf" in {m.id for m in client.models.list().data}
+    with gw.admin() as admin:
+        [engine] = admin.get("/admin/engines").raise_for_status().json()["data"]
+    assert (engine["base_model"], engine["engine"], engine["state"]) == ("edge-gguf", "llama.cpp", "ready")
     with pytest.raises(openai.BadRequestError) as bad:  # a GGUF-served model is exported already
         create(client, model="edge-gguf")
     assert bad.value.body["code"] == "unsupported_model"
