@@ -120,7 +120,7 @@ def llama_logits(gguf: Path, ids: list[int], lora: Path | None = None):  # noqa:
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), lora_path=str(lora) if lora else None, n_ctx=256, n_threads=1,
-                logits_all=True, verbose=False)
+                logits_all=True, verbose=False, type_k=0, type_v=0)  # f32 KV cache: measure the export only
     llm.eval(ids)
     return np.array(llm.scores[len(ids) - 1]), llm.metadata
 
@@ -182,7 +182,7 @@ def test_gguf_export_job_files_modelfile_and_logits(gw: LiveGateway, org: tuple[
         ids = prompt_ids(edge_model, text)
         reference = peft_logits(edge_model, adapter, ids)
         logits, metadata = llama_logits(gguf, ids)
-        assert np.abs(logits - reference).max() / np.abs(reference).max() < 5e-3
+        assert np.abs(logits - reference).max() / np.abs(reference).max() < 1e-3  # measured ~3e-4
     from transformers import AutoTokenizer
 
     assert metadata["tokenizer.chat_template"] == AutoTokenizer.from_pretrained(edge_model).chat_template
@@ -205,7 +205,7 @@ def test_gguf_adapter_and_safetensors_exports(gw: LiveGateway, org: tuple[str, s
     assert f"FROM ./{base.name}\nADAPTER ./{lora.name}\n" in modelfile
     assert f'SYSTEM """{TRAINED_SYSTEM}"""' in modelfile  # none asked for: the one it was trained with
     logits, _ = llama_logits(base, ids, lora)
-    assert np.abs(logits - reference).max() / np.abs(reference).max() < 5e-3
+    assert np.abs(logits - reference).max() / np.abs(reference).max() < 2e-3  # measured ~3e-4
 
     done, _ = wait_export(client, create(client, model=tuned, format="safetensors")["id"])
     assert done["status"] == "succeeded", done["error"]
