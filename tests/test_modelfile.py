@@ -55,14 +55,28 @@ def tokenizer_with(template: str, bos: str | None = None):  # noqa: ANN201
 
 needs_go = pytest.mark.skipif(GO is None, reason="Go (golang-go) is not installed")
 
+# The behaviour of DeepSeek-R1-Distill-Qwen's own tokenizer template for system/user/assistant turns (its tool-call
+# branches left out): the system prompt first, reasoning cut from earlier replies, the reply opened with <think>.
+DEEPSEEK_R1_DISTILL = (
+    "{% set ns = namespace(system_prompt='') %}{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{% set ns.system_prompt = m['content'] %}{% endif %}{% endfor %}{{ bos_token }}{{ ns.system_prompt }}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}{% set content = m['content'] %}"
+    "{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
+    "{{ '<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}"
+)
+TEMPLATES = {**templates.NAMED, "deepseek-r1-distill": DEEPSEEK_R1_DISTILL}
+
 
 @needs_go
 @pytest.mark.parametrize(("name", "bos", "expected"), [
     ("chatml", None, mf.CHATML), ("deepseek-r1", "<｜begin▁of▁sentence｜>", mf.DEEPSEEK_R1),
+    ("deepseek-r1-distill", "<｜begin▁of▁sentence｜>", mf.DEEPSEEK_R1_THINK),
     ("llama3", "<|begin_of_text|>", mf.LLAMA3)])
 def test_go_template_renders_what_the_trained_template_renders(name: str, bos: str | None,
                                                                  expected: mf.TurnFormat) -> None:
-    tokenizer = tokenizer_with(templates.NAMED[name], bos)
+    tokenizer = tokenizer_with(TEMPLATES[name], bos)
     fmt = mf.identify(mf.hf_renderer(tokenizer), bos or "")
     assert fmt.name == expected.name and not fmt.default_system
     chats = conversations()

@@ -75,14 +75,21 @@ def collate(messages: list[Message]) -> list[Message]:
 
 
 CHATML = TurnFormat("chatml", ("<|im_start|>system\n", "<|im_end|>\n"), ("<|im_start|>user\n", "<|im_end|>\n"),
-                    ("<|im_start|>assistant\n", "<|im_end|>\n"), "<|im_start|>assistant\n", ("<|im_end|>",))
+                    ("<|im_start|>assistant\n", "<|im_end|>\n"), "<|im_start|>assistant\n",
+                    ("<|im_end|>", "<|im_start|>"))
 LLAMA3 = TurnFormat("llama3", ("<|start_header_id|>system<|end_header_id|>\n\n", "<|eot_id|>"),
                     ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>"),
                     ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
-                    "<|start_header_id|>assistant<|end_header_id|>\n\n", ("<|eot_id|>",))
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n", ("<|eot_id|>", "<|start_header_id|>"))
+_DEEPSEEK_STOPS = ("<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>")
+# tunegate's prefix-stable deepseek-r1 template (finetune/recipe/templates.py)
 DEEPSEEK_R1 = TurnFormat("deepseek-r1", ("", ""), ("<｜User｜>", ""), ("<｜Assistant｜>", "<｜end▁of▁sentence｜>"),
-                         "<｜Assistant｜>", ("<｜end▁of▁sentence｜>",))
-FORMATS = (CHATML, LLAMA3, DEEPSEEK_R1)
+                         "<｜Assistant｜>", _DEEPSEEK_STOPS)
+# DeepSeek-R1-Distill's own tokenizer template: the reply opens with "<think>\n". (It also drops the reasoning of
+# earlier assistant turns; Ollama keeps reasoning apart from `content` in its messages, so .Content matches.)
+DEEPSEEK_R1_THINK = TurnFormat("deepseek-r1-distill", ("", ""), ("<｜User｜>", ""),
+                               ("<｜Assistant｜>", "<｜end▁of▁sentence｜>"), "<｜Assistant｜><think>\n", _DEEPSEEK_STOPS)
+FORMATS = (CHATML, LLAMA3, DEEPSEEK_R1, DEEPSEEK_R1_THINK)
 
 PROBE_SYSTEM = "You are a careful assistant."
 PROBES: list[list[Message]] = [
