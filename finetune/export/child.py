@@ -50,6 +50,9 @@ class Context:
 def run(ctx: Context) -> list[dict]:
     export, settings = ctx.export, ctx.settings
     tuned = _tuned_model(ctx)
+    if tuned is None and export.model not in settings.base_models:
+        raise TunegateError(f"The model '{export.model}' was deleted after this export was created.", param="model",
+                            code="model_not_found")
     base_id = tuned.base_model if tuned else export.model
     spec = settings.base_models.get(base_id)
     if spec is None:
