@@ -356,3 +356,13 @@ def test_exports_on_postgres_newest_first_paginated(edge_model: str, tmp_path: P
     finally:
         gateway.stop()
         drop()
+
+
+def test_cli_export_says_clearly_when_no_gateway_answers() -> None:
+    from tests.support import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "export", "some-model", "--base-url", url],
+                          env={**os.environ, "OPENAI_API_KEY": "sk-none"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "is `tunegate serve` running there?" in done.stderr
+    assert "Traceback" not in done.stderr
