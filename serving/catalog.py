@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 from storage.db import Database
 from storage.errors import NotFound, PermissionDenied
 from storage.ids import now
+from storage.jobs import owned_model
 from storage.settings import Settings
 from storage.tables import BaseModelRecord, FineTunedModel
 
@@ -84,9 +85,7 @@ class Catalog:
 
 def _owned(s: Session, org_id: str, model_id: str) -> FineTunedModel:
     """The organization's fine-tuned model, or "not found" (also when another organization owns it)."""
-    row = s.exec(
-        select(FineTunedModel).where(FineTunedModel.id == model_id, FineTunedModel.organization_id == org_id)
-    ).first()
+    row = owned_model(s, org_id, model_id)
     if row is None:
         raise _not_found(model_id)
     return row

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from storage.hardware import resolve_device
-from storage.model_sources import local_dir
+from storage.model_sources import gguf_file, local_dir
 from storage.settings import BaseModelSpec, ServingSettings, Settings
 
 
@@ -51,25 +51,6 @@ def llama_cpp_command(model_id: str, gguf: Path, port: int, spec: BaseModelSpec,
     return args + spec.engine_args  # serving.engine_args are vLLM's
 
 
-def gguf_path(model_id: str, spec: BaseModelSpec) -> Path:
-    """The GGUF a llama.cpp base model serves: the file, the only/first .gguf of a folder or of a ``pypi:`` wheel."""
-    if spec.source.startswith("pypi:"):
-        import importlib.util
-
-        found = importlib.util.find_spec(spec.source.removeprefix("pypi:").replace("-", "_"))
-        if found is None or not found.submodule_search_locations:
-            raise FileNotFoundError(f"{model_id}: the wheel {spec.source} is not installed")
-        folder = Path(next(iter(found.submodule_search_locations)))
-    else:
-        folder = Path(spec.source).expanduser()
-        if folder.is_file():
-            return folder
-    files = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"{model_id}: no .gguf file at {spec.source}")
-    return files[0]
-
-
 def engine_env(serving: ServingSettings) -> dict[str, str]:
     env = dict(os.environ)
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"  # /v1/load_lora_adapter
@@ -94,7 +75,7 @@ def main(settings_path: str, model_id: str, port: str) -> None:
         os.sched_setaffinity(0, _cpu_list(settings.serving.engine_cpus))  # inherited by vLLM's own processes
     if spec.engine == "llama.cpp":
         threads = len(os.sched_getaffinity(0))
-        argv = llama_cpp_command(model_id, gguf_path(model_id, spec), int(port), spec, settings.serving, on_gpu, threads)
+        argv = llama_cpp_command(model_id, gguf_file(spec), int(port), spec, settings.serving, on_gpu, threads)
     else:
         argv = engine_command(model_id, local_dir(model_id, spec, settings), int(port), spec, settings.serving, on_gpu)
     print(f"tunegate engine for {model_id}: {' '.join(argv[1:])}", flush=True)

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from sqlalchemy import and_, update
-from sqlmodel import col, delete, select
+from sqlmodel import Session, col, delete, select
 
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
@@ -214,4 +214,7 @@ def _event(job_id: str, message: str, *, level: str = "info", type: str = "messa
                     type=type, data=data, step=step)
 
 
-
+def owned_model(s: Session, org_id: str, model_id: str) -> FineTunedModel | None:
+    """The organization's fine-tuned model or checkpoint ``model_id`` (None for another organization's)."""
+    return s.exec(select(FineTunedModel).where(FineTunedModel.id == model_id,
+                                               FineTunedModel.organization_id == org_id)).first()

