@@ -14,7 +14,7 @@ is a known way to make a GGUF "talk nonsense".
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 Message = dict[str, str]
@@ -31,7 +31,6 @@ class TurnFormat:
     generation: str  # what opens the assistant's turn at inference
     stop: tuple[str, ...]
     default_system: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def render(self, messages: list[Message]) -> str:
         """What the Go template renders for ``messages`` (ending with a user turn), Ollama's collation applied."""
@@ -117,9 +116,9 @@ def identify(render: Callable[[list[Message]], str], bos: str = "") -> TurnForma
         start, end = fmt.system
         if start and bare.startswith(start) and end in bare[len(start):]:
             implied = bare[len(start):bare.index(end, len(start))]
-            candidates.append(TurnFormat(**{**fmt.__dict__, "default_system": implied}))
+            candidates.append(replace(fmt, default_system=implied))
         elif not start and not end and fmt.user[0] in bare and bare.index(fmt.user[0]) > 0:
-            candidates.append(TurnFormat(**{**fmt.__dict__, "default_system": bare[:bare.index(fmt.user[0])]}))
+            candidates.append(replace(fmt, default_system=bare[:bare.index(fmt.user[0])]))
         for candidate in candidates:
             if all(candidate.render(p) == r for p, r in zip(PROBES, rendered, strict=True)):
                 return candidate
