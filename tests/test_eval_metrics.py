@@ -100,3 +100,41 @@ def test_thoughts_are_stripped_and_reported_both_ways() -> None:
     assert result["predict_rouge-1"] == 100.0
     assert result["predict_rouge-1_with_think"] < 100.0
     assert "predict_rouge-1_with_think" not in score(["答案是四。"], ["答案是四。"])
+
+
+def _reasoning_pairs(n: int) -> list[tuple[str, str, str, str]]:
+    """(prediction, reference, bare prediction, bare label): a DeepSeek-R1-style validation set whose answers
+    carry a long thought before a short label, and generations that think differently (or, as R1 templates leave
+    it, without the opening tag) before the same or another label."""
+    outputs = [e["output"] for e in json.loads((DATA / "alpaca_zh_demo.json").read_text())[:n]]
+    labels = [o.split("。")[0][:40] or o[:40] for o in outputs]
+    pairs = []
+    for i, (output, label) in enumerate(zip(outputs, labels, strict=True)):
+        reference = f"<think>\n{output[:400]}\n</think>\n\n{label}"
+        answer = label if i % 3 else labels[(i + 1) % len(labels)]  # two in three right
+        prediction = f"好的，我想一想。{answer}\n</think>\n\n{answer}" if i % 2 else f"<think>\n嗯。\n</think>\n\n{answer}"
+        pairs.append((prediction, reference, answer, label))
+    return pairs
+
+
+def test_reasoning_references_are_stripped_like_predictions() -> None:
+    """The bug the issue reports: stripped predictions were scored against references that kept their thoughts
+    (a correct short label scored ~5 against a thought-plus-label reference)."""
+    pairs = _reasoning_pairs(30)
+    result = score([p for p, _, _, _ in pairs], [r for _, r, _, _ in pairs])
+    bare = score([a for _, _, a, _ in pairs], [label for _, _, _, label in pairs])
+    assert {k: result[k] for k in bare} == bare  # the same as scoring the bare labels
+    right = [(p, r) for p, r, a, label in pairs if a == label]
+    assert score([p for p, _ in right], [r for _, r in right])["predict_rouge-1"] == 100.0
+    assert result["predict_rouge-1"] > 60 > result["predict_rouge-1_with_think"]  # raw pairs: thoughts dominate
+    raw = score([p for p, _, _, _ in pairs], [r for _, r, _, _ in pairs])
+    assert raw["predict_bleu-4_with_think"] == mean_of_raw(pairs)
+
+
+def mean_of_raw(pairs: list[tuple[str, str, str, str]]) -> float:
+    return round(sum(sample_scores(p, r)["bleu-4"] for p, r, _, _ in pairs) / len(pairs), 4)
+
+
+def test_a_thought_only_in_the_reference_is_reported_with_think() -> None:
+    result = score(["答案是四。"], ["<think>二加二等于四</think>答案是四。"])
+    assert result["predict_rouge-1"] == 100.0 and result["predict_rouge-1_with_think"] < 100.0

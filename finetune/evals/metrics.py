@@ -9,8 +9,10 @@ values. ``rouge_chinese`` differs from plain ROUGE in two ways we keep, so numbe
 - F = 2PR / (P + R + 1e-8).
 
 Counting and LCS are rouge-score's (fed the jieba words directly); only the set/epsilon conventions are ours.
-``<think>…</think>`` is removed from predictions before scoring (reasoning models); ``score`` also reports the
-unstripped scores with a ``_with_think`` suffix when any prediction had a thought.
+``<think>…</think>`` is removed from predictions *and* references before scoring (reasoning models: a validation
+file's answers carry their thoughts just as the generated ones do; stripping one side only compares a bare label
+with a long thought). ``score`` also reports the raw pair's scores with a ``_with_think`` suffix when any
+prediction or reference had a thought.
 """
 
 from __future__ import annotations
@@ -104,12 +106,13 @@ def mean_scores(samples: list[dict[str, float]], prefix: str = "predict_") -> di
 
 
 def score(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """``predict_rouge-1`` … ``predict_bleu-4`` over the pairs, thoughts stripped (+ ``…_with_think`` if any)."""
+    """``predict_rouge-1`` … ``predict_bleu-4`` over the pairs, thoughts stripped from both sides (+ ``…_with_think``,
+    the raw pairs, if either side had a thought)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    stripped = [strip_think(p) for p in predictions]
-    result = mean_scores([sample_scores(p, r) for p, r in zip(stripped, references, strict=True)])
-    if stripped != predictions:
+    bare_predictions, bare_references = [strip_think(p) for p in predictions], [strip_think(r) for r in references]
+    result = mean_scores([sample_scores(p, r) for p, r in zip(bare_predictions, bare_references, strict=True)])
+    if bare_predictions != predictions or bare_references != references:
         raw = mean_scores([sample_scores(p, r) for p, r in zip(predictions, references, strict=True)])
         result.update({f"{k}_with_think": v for k, v in raw.items()})
     return result
@@ -120,7 +123,7 @@ SIMILARITY_METRICS = ("rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5", "ro
 
 def similarity(metric: str, text: str, reference: str) -> float:
     """An OpenAI ``text_similarity`` grader's score in [0, 1], on the same words and conventions as above."""
-    text = strip_think(text)
+    text, reference = strip_think(text), strip_think(reference)
     if metric == "bleu":
         return _bleu4(text, reference)
     hyp, ref = words(text), words(reference)
