@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from finetune import hyperparams
-from finetune.device import native_bf16
+from finetune.device import model_footprint, native_bf16
 from finetune.recipe.callbacks import Stop
 from finetune.submit import fine_tuned_model_name
 from storage.blobs import LocalBlobStore
@@ -97,11 +97,12 @@ def run(ctx: Context) -> None:
     job, jobs = ctx.job, ctx.jobs
     device = "cuda" if ctx.settings.worker.device != "cpu" and torch.cuda.is_available() else "cpu"
     training = ctx.files.get(job.organization_id, job.training_file)
+    spec_model = ctx.settings.base_models[job.model]
+    base_path = local_dir(job.model, spec_model, ctx.settings)
     hp = hyperparams.resolve(hyperparams.Hyperparameters.model_validate(job.hyperparameters),
                              n_examples=training.n_examples or 0, method=job.method, device=device,
-                             bf16_ok=native_bf16(device))
+                             bf16_ok=native_bf16(device), footprint=model_footprint(device, base_path))
     jobs.advance(job.id, ctx.worker, ("running",), resolved=hp.model_dump(mode="json"))
-    spec_model = ctx.settings.base_models[job.model]
     work_dir = ctx.blobs.local_path(f"jobs/{job.id}/work")
     resume_from, resumed_step = last_checkpoint(work_dir)
     jobs.forget_steps_after(job.id, resumed_step)
@@ -109,7 +110,7 @@ def run(ctx: Context) -> None:
         jobs.add_event(job.id, f"Resuming from the checkpoint at step {resumed_step}")
     validation = ctx.files.get(job.organization_id, job.validation_file) if job.validation_file else None
     spec = TrainSpec(
-        method=job.method, base_path=local_dir(job.model, spec_model, ctx.settings),
+        method=job.method, base_path=base_path,
         chat_template=spec_model.chat_template, hp=hp, seed=job.seed,
         train_file=ctx.blobs.local_path(training.normalized_blob_key),
         valid_file=ctx.blobs.local_path(validation.normalized_blob_key) if validation else None,

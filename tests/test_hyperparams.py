@@ -52,3 +52,33 @@ def test_device_checks() -> None:
     with pytest.raises(InvalidRequest):
         parse({"packing": True}, "dpo", P)
     assert resolve(parse({"quantization_bit": 4}, "supervised", P), n_examples=20, method="supervised", device="cuda").quantization_bit == 4
+
+
+def test_gradient_checkpointing_auto_rule() -> None:
+    from finetune.hyperparams import Footprint
+
+    gib = 2**30
+    # SmolLM2-135M-shaped (30 layers, hidden 576, intermediate 1536, 135M parameters)
+    smollm = Footprint(layers=30, hidden=576, intermediate=1536, parameters=135_000_000, free_bytes=21 * gib)
+    hp = parse({"batch_size": 4, "cutoff_len": 256}, "supervised", P)
+    # 4 × 256 tokens keep ~1.4 GiB of fp32 activations: far from a third of 21 GiB → off
+    assert smollm.activation_bytes(1024, "fp32") == pytest.approx(1.36 * gib, rel=0.05)
+    assert resolve(hp, n_examples=200, method="supervised", device="cpu", footprint=smollm).gradient_checkpointing is False
+    # the defaults' 2048-token cutoff at batch 8: ~22 GiB → on
+    big = parse({"batch_size": 8}, "supervised", P)
+    assert resolve(big, n_examples=200, method="supervised", device="cpu", footprint=smollm).gradient_checkpointing is True
+    # Qwen2.5-7B-shaped on a 141 GB GPU in bf16: batch 4 × 2048 tokens keep ~48 GiB, over a third of the
+    # ~126 GiB the weights leave; at cutoff 1024, ~24 GiB → off
+    qwen7b = Footprint(layers=28, hidden=3584, intermediate=18944, parameters=7_600_000_000, free_bytes=140 * gib)
+    on = resolve(parse({"batch_size": 4}, "supervised", P), n_examples=200, method="supervised", device="cuda",
+                 footprint=qwen7b)
+    assert on.gradient_checkpointing is True
+    short = resolve(parse({"batch_size": 4, "cutoff_len": 1024}, "supervised", P), n_examples=200,
+                    method="supervised", device="cuda", footprint=qwen7b)
+    assert short.gradient_checkpointing is False
+    # explicit values win; without a footprint (the gateway) auto is off until the worker re-resolves
+    assert resolve(parse({"gradient_checkpointing": True}, "supervised", P), n_examples=20, method="supervised",
+                   device="cpu", footprint=smollm).gradient_checkpointing is True
+    assert resolve(hp, n_examples=20, method="supervised", device="cpu").gradient_checkpointing is False
+    with pytest.raises(InvalidRequest):
+        parse({"gradient_checkpointing": "sometimes"}, "supervised", P)

@@ -75,3 +75,87 @@ def test_selective_head_loss_equals_full_loss(tiny_model: str, tokenizer, tmp_pa
     assert fast.item() == pytest.approx(reference.item(), rel=1e-5)
     assert standard.item() == pytest.approx(reference.item(), rel=1e-5)
     assert fast_packed.item() == pytest.approx(reference.item(), rel=1e-4)  # packing: no attention across examples
+
+
+class Recorder:
+    """A Reporter that keeps the metrics events (the recipe's only output besides the adapter)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def event(self, message: str, level: str = "info") -> None: ...
+    def checkpoint(self, step, directory, metrics) -> None: ...  # noqa: ANN001
+    def progress(self, trained_tokens: int, estimated_finish: int | None) -> None: ...
+    def stop_requested(self) -> None:
+        return None
+
+    def metrics(self, step: int, total_steps: int, data: dict[str, float]) -> None:
+        self.losses.append(data["train_loss"])
+
+
+def train_losses(tiny_model: str, tmp_path, **hyperparameters) -> list[float]:  # noqa: ANN001
+    import json
+
+    from finetune import hyperparams
+    from finetune.recipe.run import TrainSpec, train
+    from tests.finetune_support import chat_jsonl, qa_pairs
+
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(chat_jsonl(qa_pairs(12)))
+    hp = hyperparams.resolve(hyperparams.Hyperparameters(n_epochs=1, batch_size=4, learning_rate=5e-3, lora_rank=16,
+                                                         precision="fp32", **hyperparameters),
+                             n_examples=12, method="supervised", device="cpu")
+    recorder = Recorder()
+    train(TrainSpec("supervised", tiny_model, None, hp, 7, data, None, tmp_path / json.dumps(hyperparameters),
+                    "cpu", log_every=1, cpu_threads=2), recorder)
+    return recorder.losses
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_checkpointing_trains_the_same_losses(tiny_model: str, tmp_path, packing: bool) -> None:  # noqa: ANN001
+    plain = train_losses(tiny_model, tmp_path, packing=packing, gradient_checkpointing=False)
+    checkpointed = train_losses(tiny_model, tmp_path, packing=packing, gradient_checkpointing=True)
+    assert len(plain) == 3 and plain[-1] < plain[0]  # three steps, and LoRA learned something
+    assert checkpointed == pytest.approx(plain, rel=1e-4)
+
+
+def saved_activation_bytes(model, batch) -> int:  # noqa: ANN001
+    """Bytes autograd keeps for the backward pass (distinct storages), through the recipe's loss."""
+    import torch
+    from transformers import TrainingArguments
+
+    from finetune.recipe.trainer import SFTTrainer
+
+    storages: dict[int, int] = {}
+
+    def pack(t):  # noqa: ANN001, ANN202
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    trainer = SFTTrainer(model=model, args=TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to=[]))
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    return sum(n for ptr, n in storages.items() if ptr not in params)
+
+
+def test_checkpointing_keeps_less_activation_memory(tiny_model: str, tokenizer) -> None:  # noqa: ANN001
+    from finetune import hyperparams
+    from finetune.device import model_footprint
+    from finetune.recipe.model import add_lora, load_model
+
+    encoder = ChatEncoder(tokenizer, CHATML, 512)
+    rows = [encoder.encode({"messages": [{"role": "user", "content": "Tell me about rivers. " * 12},
+                                         {"role": "assistant", "content": "Rivers flow to the sea. " * 8}]})] * 4
+    batch = PadCollator(tokenizer.pad_token_id)([{"input_ids": r.input_ids, "labels": r.labels} for r in rows])
+    saved = {}
+    for on in (False, True):
+        hp = hyperparams.resolve(hyperparams.Hyperparameters(precision="fp32", gradient_checkpointing=on),
+                                 n_examples=20, method="supervised", device="cpu")
+        saved[on] = saved_activation_bytes(add_lora(load_model(tiny_model, hp, "cpu"), hp), batch)
+    assert saved[True] < saved[False] / 2
+    # the estimate behind gradient_checkpointing="auto" is within a factor of two of what autograd keeps
+    estimate = model_footprint("cpu", tiny_model).activation_bytes(batch["input_ids"].numel(), "fp32")
+    assert estimate / 2 < saved[False] < estimate * 2

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from finetune.hyperparams import Resolved
 from finetune.recipe import templates
+
+if TYPE_CHECKING:
+    from finetune.hyperparams import Resolved
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -33,16 +35,28 @@ def load_model(path: str, hp: Resolved, device: str) -> Any:
             bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=getattr(torch, DTYPES[hp.precision if hp.precision != "fp32" else "bf16"]),
         )
-        kwargs["device_map"] = {"": 0}
+    if device == "cuda":  # straight onto the GPU: no full copy of the weights in host memory first
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if hp.quantization_bit:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    elif device == "cuda":
-        model = model.to("cuda")
     model.config.use_cache = False
+    if hp.gradient_checkpointing:
+        enable_checkpointing(model)
     return model
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer in the backward pass instead of keeping its activations.
+
+    Non-reentrant checkpointing (``torch.utils.checkpoint`` with ``use_reentrant=False``): it needs no input that
+    requires grad, so the frozen base's embeddings stay frozen under LoRA, and it works when the recipe calls the
+    decoder itself (the selective LM head). transformers still hooks the embeddings' output to require grad
+    (``enable_input_require_grads``), which PEFT expects; that costs one hidden-sized gradient per token.
+    """
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def add_lora(model: Any, hp: Resolved) -> Any:

@@ -11,10 +11,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from finetune.hyperparams import Resolved
 from finetune.recipe.callbacks import JobCallback, Reporter
+
+if TYPE_CHECKING:
+    from finetune.hyperparams import Resolved
 
 
 @dataclass
@@ -120,7 +122,8 @@ def _setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, 
         logging_steps=spec.log_every or max(1, steps // 100), save_strategy="epoch", save_total_limit=3,
         eval_strategy="epoch" if valid_set is not None else "no", seed=spec.seed, data_seed=spec.seed,
         bf16=hp.precision == "bf16", fp16=hp.precision == "fp16", use_cpu=spec.device == "cpu",
-        report_to=[], disable_tqdm=True, dataloader_pin_memory=False, include_num_input_tokens_seen="non_padding",
+        report_to=[], disable_tqdm=True, dataloader_pin_memory=spec.device == "cuda",
+        include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False, save_only_model=False,
     )
     optimizers = (None, None)

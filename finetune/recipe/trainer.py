@@ -4,6 +4,9 @@
 Skipping the LM head on prompt and padding positions is exact (those positions carry no loss) and saves the
 largest matrix multiply of a small model (hidden × vocabulary) plus its logits' memory. It is used for decoder
 families whose head is a plain linear layer (no logit soft-capping or scaling); others take the standard path.
+A frozen head (always, under LoRA, unless ``lora_target`` names it) goes through ``loss.frozen_head_cross_entropy``:
+chunked, no logits kept for the backward pass. Accuracy counts stay on the device until a log line needs them
+(no host sync per step on CUDA).
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from transformers import Trainer
 
 from finetune.recipe.data import IGNORE
+from finetune.recipe.loss import frozen_head_cross_entropy
 
 PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "phi3", "olmo2", "smollm3"}
 
@@ -21,35 +27,37 @@ PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3
 class SFTTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._accuracy: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        self._accuracy: dict[str, list[tuple[torch.Tensor, int]]] = defaultdict(list)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         causal = model.get_base_model() if hasattr(model, "get_base_model") else model
         if causal.config.model_type not in PLAIN_HEAD_FAMILIES:
             return self._standard_loss(model, inputs, return_outputs, num_items_in_batch)
-        import torch.nn.functional as F
-
         inputs = dict(inputs)
         labels = inputs.pop("labels")[:, 1:]
         hidden = causal.get_decoder()(**inputs).last_hidden_state[:, :-1]
         mask = labels != IGNORE
-        logits = causal.get_output_embeddings()(hidden[mask]).float()
-        targets = labels[mask]
-        loss = F.cross_entropy(logits, targets, reduction="sum")
+        hidden, targets = hidden[mask], labels[mask]
+        head = causal.get_output_embeddings()
+        if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
+            loss, correct = frozen_head_cross_entropy(hidden, head.weight, targets)
+        else:  # a trained head (e.g. lora_target names lm_head): autograd through the logits
+            logits = head(hidden).float()
+            loss, correct = F.cross_entropy(logits, targets, reduction="sum"), (logits.argmax(-1) == targets).sum()
         loss = loss / num_items_in_batch if num_items_in_batch is not None else loss / max(1, targets.numel())
-        self._record(model, int((logits.argmax(-1) == targets).sum()), targets.numel())
+        self._record(model, correct.detach(), targets.numel())
         return (loss, {}) if return_outputs else loss  # eval with prediction_loss_only needs no logits
 
     def _standard_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool, num_items_in_batch: Any) -> Any:
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         labels = inputs["labels"][:, 1:]
         mask = labels != IGNORE
-        correct = int(((outputs.logits[:, :-1].argmax(dim=-1) == labels) & mask).sum())
-        self._record(model, correct, int(mask.sum()))
+        correct = ((outputs.logits[:, :-1].argmax(dim=-1) == labels) & mask).sum()
+        self._record(model, correct.detach(), int(mask.sum()))
         return (loss, outputs) if return_outputs else loss
 
-    def _record(self, model: Any, correct: int, total: int) -> None:
+    def _record(self, model: Any, correct: Any, total: int) -> None:  # correct: a 0-d tensor on the device
         self._accuracy["train" if model.training else "eval"].append((correct, total))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -58,5 +66,5 @@ class SFTTrainer(Trainer):
         total = sum(n for _, n in counts)
         if total:
             key = "eval_mean_token_accuracy" if mode == "eval" else "mean_token_accuracy"
-            logs[key] = sum(c for c, _ in counts) / total
+            logs[key] = int(sum(c for c, _ in counts)) / total
         super().log(logs, start_time)
