@@ -17,8 +17,9 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from gateway.admin.api_router import AdminController
 from gateway.auth import provide_principal, provide_services, require_api_key
+from gateway.console import console_routes
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.middleware import add_request_id
+from gateway.middleware import add_request_id, rate_limited
 from gateway.openai.chat.api_router import CompletionsController
 from gateway.openai.evals.api_router import EvalsController
 from gateway.openai.exports.api_router import ExportsController
@@ -67,6 +68,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
             usage.cancel()
             await asyncio.gather(usage, return_exceptions=True)
             await services.engines.stop()
+            await services.limiter.close()
             if worker is not None:
                 worker.stop()
             services.close()
@@ -76,10 +78,11 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         route_handlers=[FilesController, FineTuningJobsController, ModelsController, CompletionsController,
                         EvalsController, ExportsController],
         guards=[require_api_key],
+        middleware=[rate_limited],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
     )
     app = Litestar(
-        route_handlers=[v1, AdminController, health],
+        route_handlers=[v1, AdminController, health, *console_routes()],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[add_request_id],
