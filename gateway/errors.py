@@ -11,6 +11,8 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from storage.errors import (
     AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied, RateLimited,
@@ -73,6 +75,18 @@ def on_http_error(request: Request, exc: HTTPException) -> Response[Any]:
     return _respond(status, envelope(str(exc.detail), _HTTP_TYPES.get(status, "invalid_request_error")), dict(exc.headers or {}))
 
 
+DATABASE_RETRY_AFTER_S = 2
+
+
+def on_database_down(request: Request, exc: Exception) -> Response[Any]:
+    """The database cannot be reached (restarting, network blip, pool exhausted, SQLite busy past its timeout): a
+    503 the openai client retries on its own, never a 500. The pool pre-pings, so the next request after the
+    database is back reconnects without a gateway restart."""
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, str(exc).splitlines()[0][:300])
+    return _respond(503, envelope("The database is temporarily unavailable; retry shortly.", "service_unavailable_error",
+                                  None, "database_unavailable"), {"retry-after": str(DATABASE_RETRY_AFTER_S)})
+
+
 def on_unexpected(request: Request, exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _respond(500, envelope("The server had an error while processing your request.", "server_error"))
@@ -87,4 +101,8 @@ def _validation_detail(exc: ValidationException) -> tuple[str | None, str]:
     return None, str(exc.detail)
 
 
-EXCEPTION_HANDLERS = {TunegateError: on_domain_error, HTTPException: on_http_error, Exception: on_unexpected}
+EXCEPTION_HANDLERS = {
+    TunegateError: on_domain_error, HTTPException: on_http_error,
+    OperationalError: on_database_down, InterfaceError: on_database_down, DisconnectionError: on_database_down,
+    PoolTimeout: on_database_down, Exception: on_unexpected,
+}
