@@ -6,12 +6,13 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from sqlmodel import select
+from sqlmodel import Session, col, select
 
 from storage.db import Database
 from storage.errors import AuthenticationFailed, InvalidRequest, NotFound
 from storage.ids import new_id, now, random_token
-from storage.tables import AdminCredential, ApiKey, Organization
+from storage.settings import ORG_LIMIT_FIELDS, LimitSettings
+from storage.tables import AdminCredential, ApiKey, Organization, OrganizationLimits
 
 KEY_PREFIX = "sk-tg-"
 ADMIN_PREFIX = "sk-tgadmin-"
@@ -59,6 +60,26 @@ class Accounts:
         if org is None:
             raise NotFound(f"No such organization: {org_id}", param="organization_id")
         return org
+
+    # limits: overrides of the settings defaults ---------------------------------------------------------
+    def limit_overrides(self, org_id: str) -> dict[str, int]:
+        self.get_org(org_id)
+        with self.db.session() as s:
+            return limit_overrides(s, [org_id]).get(org_id, {})
+
+    def set_limit_overrides(self, org_id: str, overrides: dict[str, object]) -> dict[str, int]:
+        """Replace the organization's overrides; a field absent or null takes the settings default again."""
+        self.get_org(org_id)
+        clean = valid_overrides(overrides)
+        with self.db.session() as s:
+            row = s.get(OrganizationLimits, org_id) or OrganizationLimits(organization_id=org_id, updated_at=now())
+            row.limits, row.updated_at = clean, now()
+            s.add(row)
+        return clean
+
+    def effective_limits(self, org_id: str, defaults: LimitSettings) -> LimitSettings:
+        with self.db.session() as s:
+            return defaults.model_copy(update=limit_overrides(s, [org_id]).get(org_id, {}))
 
     # API keys ------------------------------------------------------------------------------------
     def create_key(self, org_id: str, name: str = "") -> IssuedKey:
@@ -134,3 +155,25 @@ class Accounts:
 
 def _redact(secret: str) -> str:
     return secret[:6] + "*" * 4 + secret[-4:] if len(secret) > 12 else "****"
+
+
+def limit_overrides(s: Session, org_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Each listed organization's stored overrides (organizations without any are absent)."""
+    rows = s.exec(select(OrganizationLimits).where(col(OrganizationLimits.organization_id).in_(org_ids)))
+    return {row.organization_id: dict(row.limits) for row in rows}
+
+
+def valid_overrides(overrides: dict[str, object]) -> dict[str, int]:
+    """Only known limit fields, each a non-negative integer (null: drop the override)."""
+    clean: dict[str, int] = {}
+    for name, value in overrides.items():
+        if name not in ORG_LIMIT_FIELDS:
+            raise InvalidRequest(f"Unknown limit '{name}'; known: {', '.join(ORG_LIMIT_FIELDS)}.", param=name,
+                                 code="unknown_parameter")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidRequest(f"Limit '{name}' must be a non-negative integer or null.", param=name,
+                                 code="invalid_value")
+        clean[name] = value
+    return clean

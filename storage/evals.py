@@ -11,15 +11,16 @@ from sqlmodel import Session, col, select
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page, keyset_page
-from storage.leases import claim_oldest
+from storage.leases import OrgCap, claim_oldest
 from storage.tables import Eval, EvalOutputItem, EvalRun
 
 ACTIVE = ("queued", "in_progress")
 
 
 class EvalStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, running_cap: int | None = None) -> None:
         self.db = db
+        self.cap = OrgCap("running_eval_runs", running_cap)  # per organization; its override wins
 
     # --- evals -------------------------------------------------------------------------------------------
     def add(self, row: Eval | EvalRun) -> None:
@@ -88,7 +89,7 @@ class EvalStore:
     def claim(self, worker: str, lease_s: float) -> EvalRun | None:
         """A queued run, or one in progress whose worker stopped renewing its lease."""
         t = time.time()
-        run_id = claim_oldest(self.db, EvalRun, col(EvalRun.status).in_(ACTIVE), t, lease_owner=worker,
+        run_id = claim_oldest(self.db, EvalRun, col(EvalRun.status).in_(ACTIVE), t, self.cap, lease_owner=worker,
                               lease_expires_at=t + lease_s, status="in_progress")
         return self.get_run(None, None, run_id) if run_id else None
 

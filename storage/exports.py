@@ -12,15 +12,16 @@ from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page, keyset_page
 from storage.ids import now
-from storage.leases import claim_oldest
+from storage.leases import OrgCap, claim_oldest
 from storage.tables import Export
 
 ACTIVE = ("queued", "running")
 
 
 class ExportStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, running_cap: int | None = None) -> None:
         self.db = db
+        self.cap = OrgCap("running_exports", running_cap)  # per organization; its override wins
 
     def add(self, row: Export) -> Export:
         with self.db.session() as s:
@@ -56,7 +57,7 @@ class ExportStore:
     def claim(self, worker: str, lease_s: float) -> Export | None:
         """A queued export, or a running one whose worker stopped renewing its lease (it starts over)."""
         t = time.time()
-        export_id = claim_oldest(self.db, Export, col(Export.status).in_(ACTIVE), t, lease_owner=worker,
+        export_id = claim_oldest(self.db, Export, col(Export.status).in_(ACTIVE), t, self.cap, lease_owner=worker,
                                  lease_expires_at=t + lease_s, status="running", progress=0.0, stage="starting")
         return self.get(None, export_id) if export_id else None
 

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, delete, select
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page, keyset_page
-from storage.leases import claim_oldest
+from storage.leases import OrgCap, claim_oldest
 from storage.ids import new_id, now
 from storage.tables import FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent
 
@@ -27,8 +27,9 @@ KEEP_CHECKPOINTS = 3
 
 
 class JobStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, running_cap: int | None = None) -> None:
         self.db = db
+        self.cap = OrgCap("running_jobs", running_cap)  # per organization; its override wins
 
     # --- rows -------------------------------------------------------------------------------------------
     def insert(self, job: FineTuningJob, first_event: str) -> FineTuningJob:
@@ -94,8 +95,8 @@ class JobStore:
         """Take one job that needs a worker: validating or queued, or running with an expired lease."""
         t = time.time()
         claimable = col(FineTuningJob.status).in_(("validating_files", "queued", "running"))
-        job_id = claim_oldest(self.db, FineTuningJob, claimable, t, lease_owner=worker, lease_expires_at=t + lease_s,
-                              attempts=FineTuningJob.attempts + 1)
+        job_id = claim_oldest(self.db, FineTuningJob, claimable, t, self.cap, lease_owner=worker,
+                              lease_expires_at=t + lease_s, attempts=FineTuningJob.attempts + 1)
         return self.get(None, job_id) if job_id else None
 
     def heartbeat(self, job_id: str, worker: str, lease_s: float) -> bool:

@@ -1,29 +1,87 @@
-"""Claiming work under a lease: fine-tuning jobs and eval runs share one way to take the oldest free row."""
+"""Claiming work under a lease, fairly across organizations: the one claim of jobs, eval runs and exports.
+
+An item is *running* while its lease is held (``lease_owner`` set, ``lease_expires_at`` not past); it is *free* when
+nobody holds its lease or the lease lapsed. A claim takes, among the organizations with free claimable items and
+below their cap on running items, the one with the fewest running, then the longest waiting (its oldest item first
+in line) — so one organization's 50 queued jobs do not starve another's one — and claims that organization's
+oldest item.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, update
-from sqlmodel import col, select
+from sqlalchemy import ColumnElement, and_, func, or_, select as sa_select, update
+from sqlmodel import Session, col, select
 
+from storage.accounts import limit_overrides
 from storage.db import Database
 
 
-def claim_oldest(db: Database, table: Any, claimable: ColumnElement[bool], now: float, **values: Any) -> str | None:
-    """Set ``values`` on the oldest claimable row whose lease is free or lapsed; its id, or None.
+@dataclass(frozen=True)
+class OrgCap:
+    """A cap on one organization's running items: the ``LimitSettings`` field that names it, and its default."""
 
-    Postgres: ``FOR UPDATE SKIP LOCKED`` lets concurrent workers pass each other; SQLite: the conditional update
-    (status unchanged, lease still free) makes a race lose cleanly.
+    field: str
+    default: int | None = None
+
+    def of(self, overrides: dict[str, int]) -> int | None:
+        return overrides.get(self.field, self.default)
+
+
+def claim_oldest(db: Database, table: Any, claimable: ColumnElement[bool], now: float, cap: OrgCap | None = None,
+                 **values: Any) -> str | None:
+    """Set ``values`` on the next claimable free row (fair order, module docstring); its id, or None.
+
+    The cap holds under concurrent workers: the claiming UPDATE re-counts the organization's running rows in its
+    WHERE (SQLite runs it under its single write lock); Postgres first takes a transaction-scoped advisory lock per
+    (table, organization), and ``FOR UPDATE SKIP LOCKED`` lets workers pass each other's candidate rows.
     """
     free = or_(col(table.lease_owner).is_(None), col(table.lease_expires_at) < now)
     with db.session() as s:
-        query = select(table).where(claimable, free).order_by(col(table.seq)).limit(1)
-        if db.dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        row = s.exec(query).first()
-        if row is None:
-            return None
-        result = s.exec(update(table).where(  # type: ignore[call-overload]
-            table.id == row.id, table.status == row.status, claimable, free).values(**values))
-        return row.id if result.rowcount == 1 else None
+        for org_id, cap_value in _fair_order(s, table, and_(claimable, free), now, cap):
+            if db.dialect == "postgresql":
+                s.exec(sa_select(func.pg_advisory_xact_lock(func.hashtext(f"{table.__tablename__}:{org_id}"))))
+            query = select(table).where(table.organization_id == org_id, claimable, free).order_by(col(table.seq)).limit(1)
+            if db.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            row = s.exec(query).first()
+            if row is None:
+                continue
+            where = [table.id == row.id, table.status == row.status, claimable, free]
+            if cap_value is not None:
+                where.append(_running_count(table, org_id, now) < cap_value)
+            result = s.exec(update(table).where(*where).values(**values))  # type: ignore[call-overload]
+            if result.rowcount == 1:
+                return row.id
+        return None
+
+
+def _held(columns: Any, now: float) -> ColumnElement[bool]:
+    return and_(columns.lease_owner.is_not(None), columns.lease_expires_at >= now)
+
+
+def _running_count(table: Any, org_id: str, now: float) -> Any:
+    other = table.__table__.alias("other")
+    return (sa_select(func.count()).select_from(other)
+            .where(other.c.organization_id == org_id, _held(other.c, now)).scalar_subquery())
+
+
+def _fair_order(s: Session, table: Any, waiting: ColumnElement[bool], now: float,
+                cap: OrgCap | None) -> list[tuple[str, int | None]]:
+    """Organizations with waiting items, below their cap: fewest running first, then oldest waiting; with the cap."""
+    firsts = dict(s.exec(select(table.organization_id, func.min(table.seq)).where(waiting)
+                         .group_by(table.organization_id)).all())
+    if not firsts:
+        return []
+    running = dict(s.exec(select(table.organization_id, func.count()).where(
+        col(table.organization_id).in_(firsts), _held(table, now)).group_by(table.organization_id)).all())
+    overrides = limit_overrides(s, list(firsts)) if cap is not None else {}
+    order = []
+    for org_id in sorted(firsts, key=lambda o: (running.get(o, 0), firsts[o])):
+        cap_value = cap.of(overrides.get(org_id, {})) if cap is not None else None
+        if cap_value is None or running.get(org_id, 0) < cap_value:
+            order.append((org_id, cap_value))
+    return order
+

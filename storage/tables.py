@@ -257,3 +257,13 @@ class Export(SQLModel, table=True):
     finished_at: int | None = None
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_expires_at: float | None = Field(default=None, index=True)
+
+
+class OrganizationLimits(SQLModel, table=True):
+    """An organization's overrides of the limit defaults in settings (``LimitSettings`` fields; absent: the default)."""
+
+    __tablename__ = "organization_limits"
+
+    organization_id: str = Field(primary_key=True, foreign_key="organizations.id", max_length=64)
+    limits: dict = Field(default_factory=dict, sa_type=JSON)
+    updated_at: int

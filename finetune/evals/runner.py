@@ -44,7 +44,8 @@ class RunFailed(Exception):
 class EvalWorker:
     def __init__(self, settings: Settings, db: Database, blobs: LocalBlobStore) -> None:
         self.settings, self.db, self.blobs = settings, db, blobs
-        self.store, self.files, self.registry = EvalStore(db), Files(db, blobs), EngineRegistry(db)
+        self.store = EvalStore(db, settings.limits.running_eval_runs)
+        self.files, self.registry = Files(db, blobs), EngineRegistry(db)
         self.id = f"{socket.gethostname()}:{os.getpid()}:evals:{uuid.uuid4().hex[:8]}"
         self.lease_s = settings.worker.lease_seconds
         self._stop = threading.Event()
