@@ -64,7 +64,7 @@ def _f(precision: float, recall: float) -> float:
     return 2.0 * precision * recall / (precision + recall + 1e-8)
 
 
-def _rouge_n(hyp: list[str], ref: list[str], n: int) -> float:
+def rouge_n(hyp: list[str], ref: list[str], n: int) -> float:
     from rouge_score import rouge_scorer
 
     as_set = lambda tokens: Counter(set(rouge_scorer._create_ngrams(tokens, n)))  # noqa: E731
@@ -72,14 +72,14 @@ def _rouge_n(hyp: list[str], ref: list[str], n: int) -> float:
     return _f(score.precision, score.recall)
 
 
-def _rouge_l(hyp: list[str], ref: list[str]) -> float:
+def rouge_l(hyp: list[str], ref: list[str]) -> float:
     from rouge_score import rouge_scorer
 
     score = rouge_scorer._score_lcs(ref, hyp)
     return _f(score.precision, score.recall)
 
 
-def _bleu4(prediction: str, reference: str) -> float:
+def bleu4(prediction: str, reference: str) -> float:
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
     if not prediction:
@@ -93,9 +93,9 @@ def sample_scores(prediction: str, reference: str) -> dict[str, float]:
     if not " ".join(hyp).split() or not " ".join(ref).split():
         rouge = {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
     else:
-        rouge = {"rouge-1": _rouge_n(hyp, ref, 1), "rouge-2": _rouge_n(hyp, ref, 2), "rouge-l": _rouge_l(hyp, ref)}
+        rouge = {"rouge-1": rouge_n(hyp, ref, 1), "rouge-2": rouge_n(hyp, ref, 2), "rouge-l": rouge_l(hyp, ref)}
     scores = {k: round(v * 100, 4) for k, v in rouge.items()}
-    scores["bleu-4"] = round(_bleu4(prediction, reference) * 100, 4)
+    scores["bleu-4"] = round(bleu4(prediction, reference) * 100, 4)
     return scores
 
 
@@ -116,21 +116,3 @@ def score(predictions: list[str], references: list[str]) -> dict[str, float]:
         raw = mean_scores([sample_scores(p, r) for p, r in zip(predictions, references, strict=True)])
         result.update({f"{k}_with_think": v for k, v in raw.items()})
     return result
-
-
-SIMILARITY_METRICS = ("rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5", "rouge_l", "bleu")
-
-
-def similarity(metric: str, text: str, reference: str) -> float:
-    """An OpenAI ``text_similarity`` grader's score in [0, 1], on the same words and conventions as above."""
-    text, reference = strip_think(text), strip_think(reference)
-    if metric == "bleu":
-        return _bleu4(text, reference)
-    hyp, ref = words(text), words(reference)
-    if not " ".join(hyp).split() or not " ".join(ref).split():
-        return 0.0
-    if metric == "rouge_l":
-        return _rouge_l(hyp, ref)
-    if metric in SIMILARITY_METRICS:
-        return _rouge_n(hyp, ref, int(metric[-1]))
-    raise ValueError(f"unsupported evaluation_metric {metric!r}")

@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 from finetune.evals.generation import chat_all, load_adapter
-from finetune.evals.metrics import similarity
+from finetune.graders.similarity import text_similarity
 from finetune.evals.submit import TEMPLATE_VAR
 from finetune.process import poll_forever
 from storage.blobs import LocalBlobStore
@@ -172,7 +172,7 @@ class EvalWorker:
                 graded, reference = render(criterion["input"], item, text), render(criterion["reference"], item, text)
             except RunFailed as exc:
                 return self._errored(run, index, item, f"{criterion['name']}: {exc.message}", messages)
-            score = similarity(criterion["evaluation_metric"], graded, reference)
+            score = text_similarity(criterion["evaluation_metric"], [(graded, reference)])[0]
             results.append({"name": criterion["name"], "type": "text_similarity", "score": round(score, 6),
                             "passed": score >= criterion["pass_threshold"], "sample": None})
         usage = answer.get("usage") or {}

@@ -10,14 +10,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from finetune.evals.metrics import SIMILARITY_METRICS
+from serving.request_body import validate_sampling_params
 from storage.errors import InvalidRequest
 from storage.files import Files
 from storage.ids import new_id, now
+from storage.settings import RequestLimits
 from storage.tables import Eval, EvalRun
 
 TEMPLATE_VAR = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
-SAMPLING = {"temperature": (int, float), "top_p": (int, float), "max_completion_tokens": int, "seed": int}
 
 
 def _bad(message: str, param: str, code: str = "invalid_value") -> InvalidRequest:
@@ -129,11 +129,8 @@ def new_run(org_id: str, evaluation: Eval, body: Any, files: Files, model_exists
     else:
         raise _bad("data_source.input_messages.type must be 'template' or 'item_reference'.",
                    "data_source.input_messages.type")
-    params = source.get("sampling_params") or {}
-    params = _object(params, "data_source.sampling_params")
-    for key, value in params.items():
-        if key in SAMPLING and (not isinstance(value, SAMPLING[key]) or isinstance(value, bool)):
-            raise _bad(f"data_source.sampling_params.{key} has the wrong type.", f"data_source.sampling_params.{key}")
+    # the allow-list of every body sent to an engine: `model`, `lora_request`, … cannot choose what generates
+    validate_sampling_params(source.get("sampling_params"), "data_source.sampling_params", RequestLimits())
     return EvalRun(id=new_id("evalrun_"), eval_id=evaluation.id, organization_id=org_id,
                    name=_name(body.get("name"), f"{model} run"), model=model, data_source=source,
                    metadata_=_metadata(body.get("metadata")), created_at=now(),
