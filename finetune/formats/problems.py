@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MAX_REPORTED = 10
+STOP_AFTER = 1000  # a file this broken is not read on: the gateway's time is not the tenant's to spend
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Problem:
 
 @dataclass
 class Problems:
-    """Collects every problem, keeps the first ``MAX_REPORTED`` for the message."""
+    """Counts problems (up to ``STOP_AFTER``, then ``full``), keeps the first ``MAX_REPORTED`` for the message."""
 
     items: list[Problem] = field(default_factory=list)
     total: int = 0
@@ -42,9 +43,14 @@ class Problems:
     def __bool__(self) -> bool:
         return self.total > 0
 
+    @property
+    def full(self) -> bool:
+        return self.total >= STOP_AFTER
+
     def render(self) -> str:
         shown = len(self.items)
-        head = f"Invalid training file: {self.total} problem(s) found"
+        found = f"{self.total} problem(s) found" if not self.full else f"{STOP_AFTER} problems found, checking stopped"
+        head = f"Invalid training file: {found}"
         head += f" (showing the first {shown})." if self.total > shown else "."
         return "\n".join([head, *("- " + p.render() for p in self.items)])
 
@@ -58,4 +64,5 @@ class ExampleErrors:
         self.found: list[Problem] = []
 
     def __call__(self, category: str, message: str, index: int | None = None) -> None:
-        self.found.append(Problem(category, message, self.line, self.example, index))
+        if len(self.found) < STOP_AFTER:  # one example of a million bad messages is no more than a full list
+            self.found.append(Problem(category, message, self.line, self.example, index))
