@@ -24,6 +24,7 @@ from gateway.openai.chat.api_router import CompletionsController
 from gateway.openai.evals.api_router import EvalsController
 from gateway.openai.exports.api_router import ExportsController
 from gateway.openai.files.api_router import FilesController
+from gateway.openai.graders.api_router import GradersController
 from gateway.openai.fine_tuning.api_router import FineTuningJobsController
 from gateway.openai.models.api_router import ModelsController
 from gateway.services import Services
@@ -76,7 +77,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
     v1 = Router(
         path="/v1",
         route_handlers=[FilesController, FineTuningJobsController, ModelsController, CompletionsController,
-                        EvalsController, ExportsController],
+                        EvalsController, ExportsController, GradersController],
         guards=[require_api_key],
         middleware=[rate_limited],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},

@@ -120,6 +120,11 @@ class EvalStore:
         with self.db.session() as s:
             s.add_all(items)
 
+    def done_ids(self, run_id: str) -> list[int]:
+        """The data-source indices a run has stored items for (one light column)."""
+        with self.db.session() as s:
+            return list(s.exec(select(EvalOutputItem.datasource_item_id).where(EvalOutputItem.run_id == run_id)).all())
+
     def items(self, run_id: str) -> list[EvalOutputItem]:
         with self.db.session() as s:
             return list(s.exec(select(EvalOutputItem).where(EvalOutputItem.run_id == run_id)

@@ -53,6 +53,8 @@ ROUTES: list[tuple[str, re.Pattern[str], str | None]] = [
     ("POST", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+(/cancel)?$"), "EvalRun"),
     ("GET", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+/output_items$"), "EvalRunOutputItemList"),
     ("GET", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+/output_items/[^/]+$"), "EvalRunOutputItem"),
+    ("POST", re.compile(r"^/v1/fine_tuning/alpha/graders/validate$"), "ValidateGraderResponse"),
+    ("POST", re.compile(r"^/v1/fine_tuning/alpha/graders/run$"), "RunGraderResponse"),
 ]
 
 
@@ -89,6 +91,9 @@ class SpecRecorder:
                 continue  # spec bug (CONTRACT.md): FineTuningJob.status lacks "paused"
             if name in ("EvalRun", "EvalRunList") and "data_source" in err and "'template'" in err:
                 continue  # spec bug: a template message {role, content} matches both EasyInputMessage and EvalItem (oneOf)
+            if name == "ValidateGraderResponse" and body["grader"].get("type") == "multi" \
+                    and "type" not in body["grader"].get("graders", {}):
+                continue  # spec bug: GraderMulti.graders is one grader; OpenAI's graders guide (and API) name several
             if name == "ListFilesResponse" and not body["data"] and err.split(":")[0] in ("first_id", "last_id"):
                 continue  # spec bug (CONTRACT.md): first_id/last_id are null only when the list is empty
             self.violations.append(f"{where} {name}: {err}")

@@ -329,7 +329,7 @@ def test_eval_runs_score_the_fine_tuned_model_above_its_base(gw: LiveGateway, or
     with pytest.raises(openai.BadRequestError) as bad:
         client.evals.create(data_source_config={"type": "custom", "item_schema": {}}, testing_criteria=[
             {"type": "text_similarity", "name": "x", "input": "{{sample.output_text}}", "reference": "{{item.a}}",
-             "evaluation_metric": "cosine", "pass_threshold": 0.5}])
+             "evaluation_metric": "wer", "pass_threshold": 0.5}])
     assert bad.value.body["param"] == "testing_criteria[0].evaluation_metric"
     with pytest.raises(openai.NotFoundError):  # another organization's model is not found
         client.evals.runs.create(evaluation.id, data_source={"type": "completions", "model": "ft:nope",

@@ -1,8 +1,12 @@
-"""Executes eval runs in the worker: items → prompts → generation through a serving engine → graders → output items.
+"""Executes eval runs in the worker: items → samples (generated, or given by a jsonl source) → graders → output items.
 
 A run is claimed under a lease and renewed after every batch; a canceled run stops at the next batch; a run whose
-worker died is taken over and continues after the items already stored. No engine for the model's base → the run
-fails with ``engine_unavailable`` (it would otherwise wait forever).
+worker died is taken over and continues after the items already stored. Items are streamed from their file (never
+read whole) in batches of ``BATCH``: a ``completions`` run sends a batch's prompts concurrently to the model's engine
+(vLLM batches them), then every testing criterion grades the batch at once through the grader engine (Python
+graders in the sandbox pool, judges through the engines, usage recorded for the organization). Totals are kept
+incrementally. No engine for a model's base → the run fails with ``engine_unavailable`` (it would otherwise wait
+forever).
 """
 
 from __future__ import annotations
@@ -14,21 +18,27 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
-from finetune.evals.generation import chat_all, load_adapter
-from finetune.graders.similarity import text_similarity
-from finetune.evals.submit import TEMPLATE_VAR
+from finetune.evals.generation import UsageSink, chat_all, load_adapter
+from finetune.evals.results import Totals, output_item, result, sample_record
+from finetune.graders.embeddings import Embedder
+from finetune.graders.engine import GraderEngine
+from finetune.graders.messages import flat, render_messages
+from finetune.graders.sandbox import SandboxPool
+from finetune.graders.templates import TemplateError, lookup, sample_namespace
 from finetune.process import poll_forever
 from storage.blobs import LocalBlobStore
 from storage.db import Database
-from storage.engines import EngineRegistry, engine_adapter_path
+from storage.engines import EngineAddress, EngineRegistry, engine_adapter_path
+from storage.errors import TunegateError
 from storage.evals import EvalStore
 from storage.files import Files
-from storage.ids import new_id, now
 from storage.jobs import owned_model
 from storage.settings import Settings
-from storage.tables import EvalOutputItem, EvalRun
+from storage.tables import EvalRun
 
 log = logging.getLogger("tunegate.evals")
 BATCH = 32
@@ -44,14 +54,18 @@ class RunFailed(Exception):
 class EvalWorker:
     def __init__(self, settings: Settings, db: Database, blobs: LocalBlobStore) -> None:
         self.settings, self.db, self.blobs = settings, db, blobs
-        self.store = EvalStore(db, settings.limits.running_eval_runs)
-        self.files, self.registry = Files(db, blobs), EngineRegistry(db)
+        self.store, self.files, self.registry = EvalStore(db), Files(db, blobs), EngineRegistry(db)
         self.id = f"{socket.gethostname()}:{os.getpid()}:evals:{uuid.uuid4().hex[:8]}"
         self.lease_s = settings.worker.lease_seconds
         self._stop = threading.Event()
+        self.sandbox, self.embed = SandboxPool(), Embedder()  # started on first use
 
     def run_forever(self) -> None:
-        poll_forever(self.run_once, self._stop, self.settings.worker.poll_seconds, "eval worker")
+        try:
+            poll_forever(self.run_once, self._stop, self.settings.worker.poll_seconds, "eval worker")
+        finally:
+            self.sandbox.close()
+            self.embed.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -73,39 +87,44 @@ class EvalWorker:
 
     # --- one run -----------------------------------------------------------------------------------------
     def execute(self, run: EvalRun) -> None:
-        evaluation = self.store.get_eval(run.organization_id, run.eval_id)
-        items = self._items(run)
-        done = {i.datasource_item_id for i in self.store.items(run.id)}
-        url, engine_model = self._engine(run)
-        params = {"temperature": 0, **(run.data_source.get("sampling_params") or {})}
-        if "max_completion_tokens" in params:
-            params["max_tokens"] = params.pop("max_completion_tokens")
-        todo = [(i, item) for i, item in enumerate(items) if i not in done]
-        for start in range(0, len(todo), BATCH):
+        criteria = self.store.get_eval(run.organization_id, run.eval_id).testing_criteria
+        totals = Totals([c["name"] for c in criteria])
+        totals.add(self.store.items(run.id), run.model)  # a run taken over: what its first worker stored
+        done = {int(i) for i in self.store.done_ids(run.id)}
+        models = _Models(self, run)
+        if run.data_source["type"] == "completions":
+            models.target(run.model)  # fails the run at once when the model cannot be served
+        engine = GraderEngine(sandbox=self.sandbox, judge=models.judge, embed=self.embed)
+        todo = ((i, item, sample) for i, item, sample in self._items(run) if i not in done)
+        while batch := list(islice(todo, BATCH)):
             if not self.store.heartbeat(run.id, self.id, self.lease_s):
                 log.info("eval run %s was canceled or taken over; stopping", run.id)
                 return
-            batch = todo[start:start + BATCH]
-            prompts, rows = [], []
-            for index, item in batch:
-                try:
-                    prompts.append(self._messages(run, item))
-                except RunFailed as exc:
-                    rows.append(self._errored(run, index, item, exc.message))
-            answerable = [(i, item) for i, item in batch if i not in {r.datasource_item_id for r in rows}]
-            answers = chat_all(url, engine_model, prompts, params) if prompts else []
-            for (index, item), messages, answer in zip(answerable, prompts, answers, strict=True):
-                rows.append(self._graded(run, evaluation.testing_criteria, index, item, messages, answer, params))
-            self.store.add_items(rows)
-            self.store.progress(run.id, self.id, **self._totals(run, evaluation.testing_criteria))
-        self.store.finish(run.id, self.id, status="completed", **self._totals(run, evaluation.testing_criteria))
+            samples = self._samples(run, models, batch)
+            rows = [(ns, item) for (_, item, _), (ns, _) in zip(batch, samples, strict=True) if ns is not None]
+            graded = [engine.grade(c, rows, run.organization_id) for c in criteria]
+            items, k = [], 0
+            for (index, item, _), (ns, record) in zip(batch, samples, strict=True):
+                results = []
+                if ns is not None:
+                    results, k = [result(c, graded[j][k]) for j, c in enumerate(criteria)], k + 1
+                items.append(output_item(run, index, item, record, results))
+            self.store.add_items(items)
+            totals.add(items, run.model)
+            self.store.progress(run.id, self.id, **totals.fields())
+        if not totals.counts["total"]:
+            raise RunFailed("invalid_file", "The data source has no items.")
+        self.store.finish(run.id, self.id, status="completed", **totals.fields())
 
-    def _items(self, run: EvalRun) -> list[dict[str, Any]]:
+    def _items(self, run: EvalRun) -> Iterator[tuple[int, dict[str, Any], dict[str, Any] | None]]:
+        """(index, item, the row's own sample or None), streamed from the file line by line."""
         source = run.data_source["source"]
         if source["type"] == "file_content":
-            return [c["item"] for c in source["content"]]
+            for i, row in enumerate(source["content"]):
+                yield i, row["item"], row.get("sample")
+            return
         stored = self.files.get(run.organization_id, source["id"])
-        items = []
+        index = 0
         with open(self.blobs.local_path(stored.blob_key), encoding="utf-8") as fh:
             for number, line in enumerate(fh, 1):
                 if not line.strip():
@@ -116,121 +135,128 @@ class EvalWorker:
                     raise RunFailed("invalid_file", f"file {source['id']} line {number}: not JSON ({exc})") from None
                 if not isinstance(row, dict):
                     raise RunFailed("invalid_file", f"file {source['id']} line {number}: not a JSON object")
-                items.append(row["item"] if isinstance(row.get("item"), dict) else row)
-        if not items:
-            raise RunFailed("invalid_file", f"file {source['id']} has no items")
-        return items
+                if isinstance(row.get("item"), dict):
+                    yield index, row["item"], row.get("sample") if isinstance(row.get("sample"), dict) else None
+                else:
+                    yield index, row, None
+                index += 1
 
-    def _engine(self, run: EvalRun) -> tuple[str, str]:
-        """(engine URL, engine-side model name) for the run's model, its adapter loaded there."""
-        base, adapter = run.model, None
-        if run.model not in self.settings.base_models:
-            with self.db.session() as s:
-                row = owned_model(s, run.organization_id, run.model)
-            if row is None or row.adapter_key is None:
-                raise RunFailed("model_not_found", f"The model '{run.model}' no longer exists.")
-            base, adapter = row.base_model, row.adapter_key
-        urls = self._ready_engines(run, base)
-        if adapter is None:
-            return urls[0], base
+    def _samples(self, run: EvalRun, models: "_Models", batch: list) -> list[tuple[dict | None, dict[str, Any]]]:
+        """(sample namespace or None when the sample errored, the output item's sample record) per item."""
+        if run.data_source["type"] == "jsonl":
+            return [_given(run, item, sample) for _, item, sample in batch]
+        params = dict(run.data_source.get("sampling_params") or {})
+        params.setdefault("temperature", 0)
+        out: list[tuple[dict | None, dict[str, Any]] | None] = [None] * len(batch)
+        prompts, where = [], []
+        for k, (_, item, _) in enumerate(batch):
+            try:
+                prompts.append(_messages(run, item))
+                where.append(k)
+            except (TemplateError, RunFailed) as exc:
+                out[k] = (None, sample_record(run, [], None, params, str(exc)))
+        answers = models.chat(run.model, prompts, params, "data_source.sampling_params") if prompts else []
+        for k, messages, answer in zip(where, prompts, answers, strict=True):
+            if "error" in answer:
+                out[k] = (None, sample_record(run, flat(messages), None, params, answer["error"]["message"]))
+                continue
+            message = answer["choices"][0]["message"]
+            ns = sample_namespace(message.get("content") or "", message.get("tool_calls"), answer["choices"])
+            out[k] = (ns, sample_record(run, flat(messages), answer, params))
+        return [o for o in out if o is not None]
+
+
+def _messages(run: EvalRun, item: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = run.data_source["input_messages"]
+    if spec["type"] == "item_reference":
+        value = lookup({"item": item}, spec["item_reference"])
+        if isinstance(value, str):
+            return [{"role": "user", "content": value}]
+        if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m for m in value):
+            raise RunFailed("invalid_item", f"{spec['item_reference']} is not a list of messages")
+        return value
+    return render_messages(spec["template"], {"item": item})
+
+
+def _given(run: EvalRun, item: dict[str, Any], sample: dict[str, Any] | None) -> tuple[dict | None, dict[str, Any]]:
+    """A jsonl row's own sample: graded as it is."""
+    if sample is None:
+        return None, sample_record(run, [], None, {}, "This row has no sample to grade (jsonl runs grade given "
+                                                      "samples: {\"item\": …, \"sample\": {\"output_text\": …}}).")
+    text = sample.get("output_text")
+    if not isinstance(text, str):
+        choices = sample.get("choices") or [{}]
+        text = ((choices[0] or {}).get("message") or {}).get("content") or ""
+    fake = {"choices": [{"message": {"content": text, "tool_calls": sample.get("output_tools")},
+                         "finish_reason": sample.get("finish_reason", "stop")}], "usage": sample.get("usage")}
+    return sample_namespace(text, **{k: v for k, v in sample.items() if k != "output_text"}), \
+        sample_record(run, flat(sample.get("input") or []), fake, {})
+
+
+class _Models:
+    """The engines of the models one run uses (the model under test, judges): resolved for the run's organization
+    (another organization's model does not exist), adapters loaded once, usage recorded for the organization."""
+
+    def __init__(self, worker: EvalWorker, run: EvalRun) -> None:
+        self.worker, self.run = worker, run
+        self._targets: dict[str, tuple[EngineAddress, str] | RunFailed] = {}
+
+    def chat(self, model: str, conversations: list[list[dict]], params: dict | list[dict], prefix: str) -> list[dict]:
+        """Answers, or RunFailed when the model cannot be reached at all (remembered for the rest of the run)."""
+        address, engine_model = self.target(model)
+        usage = UsageSink(self.worker.db, self.run.organization_id, model, "evals.runs", self.run.id)
+        return chat_all(address, engine_model, conversations, params, usage=usage,
+                        limits=self.worker.settings.requests, param_prefix=prefix)
+
+    def judge(self, model: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A judge's answers; a judge that cannot be reached errors the rows it grades, not the run."""
         try:
-            load_adapter(urls[0], adapter, engine_adapter_path(self.settings, adapter, self.blobs.local_path(adapter)))
-        except Exception as exc:
-            raise RunFailed("model_unavailable", f"The engine could not load '{run.model}': {exc}") from None
-        return urls[0], adapter
+            return self.chat(model, [b["messages"] for b in bodies],
+                             [{k: v for k, v in b.items() if k != "messages"} for b in bodies], "grader.sampling_params")
+        except (RunFailed, TunegateError) as exc:  # unreachable, or a judge body the allow-list refuses
+            return [{"error": {"message": exc.message}}] * len(bodies)
 
-    def _ready_engines(self, run: EvalRun, base: str) -> list[str]:
+    def target(self, model: str) -> tuple[EngineAddress, str]:
+        if model not in self._targets:
+            try:
+                self._targets[model] = self._resolve(model)
+            except RunFailed as exc:
+                self._targets[model] = exc
+        found = self._targets[model]
+        if isinstance(found, RunFailed):
+            raise found
+        return found
+
+    def _resolve(self, model: str) -> tuple[EngineAddress, str]:
+        worker, org = self.worker, self.run.organization_id
+        base, adapter = model, None
+        if model not in worker.settings.base_models:
+            with worker.db.session() as s:
+                row = owned_model(s, org, model)
+            if row is None or row.adapter_key is None:
+                raise RunFailed("model_not_found", f"The model '{model}' no longer exists.")
+            base, adapter = row.base_model, row.adapter_key
+        engines = self._ready(base)
+        if adapter is None:
+            return engines[0], base
+        try:
+            load_adapter(engines[0], adapter, engine_adapter_path(worker.settings, adapter,
+                                                                  worker.blobs.local_path(adapter)))
+        except Exception as exc:
+            raise RunFailed("model_unavailable", f"The engine could not load '{model}': {exc}") from None
+        return engines[0], adapter
+
+    def _ready(self, base: str) -> list[EngineAddress]:
         """Ready engines of ``base``, waiting up to ENGINE_WAIT_S for one that is still starting."""
-        deadline = time.monotonic() + ENGINE_WAIT_S
-        while not (urls := self.registry.ready(base)):
-            if time.monotonic() > deadline or self._stop.is_set():
+        worker, deadline = self.worker, time.monotonic() + ENGINE_WAIT_S
+        while not (engines := worker.registry.ready(base)):
+            if time.monotonic() > deadline or worker._stop.is_set():
                 raise RunFailed("engine_unavailable", f"No serving engine for '{base}' became ready in "
                                                       f"{ENGINE_WAIT_S:.0f} s.")
-            if not self.store.heartbeat(run.id, self.id, self.lease_s):
+            if not worker.store.heartbeat(self.run.id, worker.id, worker.lease_s):
                 raise RunFailed("canceled", "The run was canceled while waiting for an engine.")
-            self._stop.wait(1.0)
-        return urls
-
-    def _messages(self, run: EvalRun, item: dict[str, Any]) -> list[dict[str, str]]:
-        spec = run.data_source["input_messages"]
-        if spec["type"] == "item_reference":
-            messages = _lookup({"item": item}, spec["item_reference"])
-            if not isinstance(messages, list):
-                raise RunFailed("invalid_item", f"{spec['item_reference']} is not a list of messages")
-            return messages
-        return [{"role": m["role"], "content": render(m["content"], item, None)} for m in spec["template"]]
-
-    def _graded(self, run: EvalRun, criteria: list[dict], index: int, item: dict, messages: list[dict],
-                answer: dict, params: dict) -> EvalOutputItem:
-        if "error" in answer:
-            return self._errored(run, index, item, answer["error"]["message"], messages)
-        choice = answer["choices"][0]
-        text = choice["message"].get("content") or ""
-        results = []
-        for criterion in criteria:
-            try:
-                graded, reference = render(criterion["input"], item, text), render(criterion["reference"], item, text)
-            except RunFailed as exc:
-                return self._errored(run, index, item, f"{criterion['name']}: {exc.message}", messages)
-            score = text_similarity(criterion["evaluation_metric"], [(graded, reference)])[0]
-            results.append({"name": criterion["name"], "type": "text_similarity", "score": round(score, 6),
-                            "passed": score >= criterion["pass_threshold"], "sample": None})
-        usage = answer.get("usage") or {}
-        sample = {
-            "input": messages, "output": [{"role": "assistant", "content": text}],
-            "finish_reason": choice.get("finish_reason") or "stop", "model": run.model,
-            "usage": {"total_tokens": usage.get("total_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0),
-                      "prompt_tokens": usage.get("prompt_tokens", 0), "cached_tokens": 0},
-            "error": None, "temperature": float(params.get("temperature", 0)),
-            "max_completion_tokens": int(params.get("max_tokens") or 0), "top_p": float(params.get("top_p", 1.0)),
-            "seed": int(params.get("seed") or 0),
-        }
-        status = "pass" if all(r["passed"] for r in results) else "fail"
-        return EvalOutputItem(id=new_id("outputitem_"), run_id=run.id, eval_id=run.eval_id, datasource_item_id=index,
-                              datasource_item=item, status=status, results=results, sample=sample, created_at=now())
-
-    def _errored(self, run: EvalRun, index: int, item: dict, message: str, messages: list | None = None) -> EvalOutputItem:
-        sample = {"input": messages or [], "output": [], "finish_reason": "error", "model": run.model,
-                  "usage": {"total_tokens": 0, "completion_tokens": 0, "prompt_tokens": 0, "cached_tokens": 0},
-                  "error": {"code": "sample_error", "message": message}, "temperature": 0.0,
-                  "max_completion_tokens": 0, "top_p": 1.0, "seed": 0}
-        return EvalOutputItem(id=new_id("outputitem_"), run_id=run.id, eval_id=run.eval_id, datasource_item_id=index,
-                              datasource_item=item, status="error", results=[], sample=sample, created_at=now())
-
-    def _totals(self, run: EvalRun, criteria: list[dict]) -> dict[str, Any]:
-        items = self.store.items(run.id)
-        counts = {"total": len(items), "errored": sum(i.status == "error" for i in items),
-                  "failed": sum(i.status == "fail" for i in items), "passed": sum(i.status == "pass" for i in items)}
-        per = []
-        for criterion in criteria:
-            outcomes = [r["passed"] for i in items for r in i.results if r["name"] == criterion["name"]]
-            per.append({"testing_criteria": criterion["name"], "passed": sum(outcomes),
-                        "failed": len(outcomes) - sum(outcomes)})
-        usage = [i.sample.get("usage") or {} for i in items if i.status != "error"]
-        prompt, completion = sum(u.get("prompt_tokens", 0) for u in usage), sum(u.get("completion_tokens", 0) for u in usage)
-        per_model = [{"model_name": run.model, "invocation_count": len(usage), "prompt_tokens": prompt,
-                      "completion_tokens": completion, "total_tokens": prompt + completion, "cached_tokens": 0}]
-        return {"result_counts": counts, "per_testing_criteria_results": per, "per_model_usage": per_model}
-
-
-def _lookup(namespace: dict[str, Any], path: str) -> Any:
-    value: Any = namespace
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise RunFailed("invalid_item", f"the item has no '{path}'")
-        value = value[part]
-    return value
-
-
-def render(template: str, item: dict[str, Any], output_text: str | None) -> str:
-    """``{{item.x.y}}`` and ``{{sample.output_text}}`` substituted (non-strings as JSON)."""
-    namespace = {"item": item, "sample": {"output_text": output_text or ""}}
-
-    def value(match: Any) -> str:
-        found = _lookup(namespace, match.group(1))
-        return found if isinstance(found, str) else json.dumps(found, ensure_ascii=False)
-
-    return TEMPLATE_VAR.sub(value, template)
+            worker._stop.wait(1.0)
+        return engines
 
 
 def start_in_thread(worker: EvalWorker) -> threading.Thread:

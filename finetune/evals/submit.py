@@ -1,23 +1,31 @@
 """``/v1/evals`` requests checked and turned into rows: every problem is a 400 naming the field, nothing stored.
 
-The subset: ``custom`` data source configs; ``text_similarity`` graders (rouge_1 … rouge_5, rouge_l, bleu, with
-``pass_threshold``); runs with ``data_source.type = "completions"`` over a file (``file_id``) or inline items
-(``file_content``), prompts from a ``template`` or an ``item_reference``.
+Evals: a ``custom`` data source config (``logs`` / ``stored_completions`` are refused with a clear 400 until
+tunegate stores chat completions — ``_stored_completions_config`` is where they plug in) and testing criteria of
+every grader type an eval takes (string_check, text_similarity, python, score_model, label_model), each checked by
+``finetune.graders.validate`` (a judge model must be one the organization can use).
+
+Runs: ``jsonl`` (items that already carry their ``sample``: graded without generating) and ``completions`` (a model
+tunegate serves generates each sample; prompts from a ``template`` of messages or an ``item_reference``; sampling
+parameters checked by ``check_params``, the allow-list for upstream bodies); items from a file (``file_id``) or
+inline (``file_content``). ``responses`` runs and ``stored_completions`` sources are refused with a 400 until the
+Responses API and stored completions exist.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from typing import Any
 
-from serving.request_body import validate_sampling_params
+from finetune.graders import templates, validate
+from finetune.graders.messages import MessageError, templates_in
 from storage.errors import InvalidRequest
 from storage.files import Files
 from storage.ids import new_id, now
-from storage.settings import RequestLimits
 from storage.tables import Eval, EvalRun
 
-TEMPLATE_VAR = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
+ModelExists = Callable[[str, str], Any]  # (organization, model) → raises NotFound for a model it cannot use
+CheckParams = Callable[[Any], dict[str, Any]]  # sampling_params → the checked copy (400 naming the field)
 
 
 def _bad(message: str, param: str, code: str = "invalid_value") -> InvalidRequest:
@@ -47,96 +55,48 @@ def _name(value: Any, default: str) -> str:
     return value
 
 
-def new_eval(org_id: str, body: Any) -> Eval:
+# --- evals ---------------------------------------------------------------------------------------------------------
+def new_eval(org_id: str, body: Any, model_exists: ModelExists) -> Eval:
     body = _object(body, "body")
-    config = _object(body.get("data_source_config"), "data_source_config")
-    if config.get("type") != "custom":
-        raise _bad(f"data_source_config.type {config.get('type')!r} is not supported here; use 'custom'.",
-                   "data_source_config.type", "unsupported_value")
+    config = _data_source_config(_object(body.get("data_source_config"), "data_source_config"))
+    criteria = body.get("testing_criteria")
+    if not isinstance(criteria, list) or not criteria:
+        raise _bad("'testing_criteria' must be a non-empty array of graders.", "testing_criteria")
+    graders, names = [], set()
+    for i, criterion in enumerate(criteria):
+        grader = validate.check(criterion, f"testing_criteria[{i}]", lambda model: model_exists(org_id, model),
+                                types=validate.EVAL_TYPES, eval_criterion=True)
+        if grader["name"] in names:
+            raise _bad(f"testing_criteria[{i}].name '{grader['name']}' is used twice; names must be unique.",
+                       f"testing_criteria[{i}].name")
+        names.add(grader["name"])
+        graders.append(grader)
+    return Eval(id=new_id("eval_"), organization_id=org_id, name=_name(body.get("name"), "eval"),
+                data_source_config=config, testing_criteria=graders, metadata_=_metadata(body.get("metadata")),
+                created_at=now())
+
+
+def _data_source_config(config: dict[str, Any]) -> dict[str, Any]:
+    kind = config.get("type")
+    if kind in ("logs", "stored_completions"):
+        return _stored_completions_config(config)
+    if kind != "custom":
+        raise _bad(f"data_source_config.type {kind!r} is not supported; use 'custom'.", "data_source_config.type",
+                   "unsupported_value")
     item_schema = _object(config.get("item_schema"), "data_source_config.item_schema")
     schema: dict[str, Any] = {"type": "object", "properties": {"item": item_schema}, "required": ["item"]}
     if config.get("include_sample_schema"):
         schema["properties"]["sample"] = {"type": "object", "properties": {"output_text": {"type": "string"}}}
         schema["required"].append("sample")
-    criteria = body.get("testing_criteria")
-    if not isinstance(criteria, list) or not criteria:
-        raise _bad("'testing_criteria' must be a non-empty array of graders.", "testing_criteria")
-    graders = [_grader(c, f"testing_criteria[{i}]") for i, c in enumerate(criteria)]
-    return Eval(id=new_id("eval_"), organization_id=org_id, name=_name(body.get("name"), "eval"),
-                data_source_config={"type": "custom", "schema": schema}, testing_criteria=graders,
-                metadata_=_metadata(body.get("metadata")), created_at=now())
+    return {"type": "custom", "schema": schema}
 
 
-def _grader(value: Any, param: str) -> dict[str, Any]:
-    grader = _object(value, param)
-    if grader.get("type") != "text_similarity":
-        raise _bad(f"{param}.type {grader.get('type')!r} is not supported here; use 'text_similarity'.",
-                   f"{param}.type", "unsupported_value")
-    metric = grader.get("evaluation_metric")
-    if metric not in SIMILARITY_METRICS:
-        raise _bad(f"{param}.evaluation_metric {metric!r} is not supported; one of {', '.join(SIMILARITY_METRICS)}.",
-                   f"{param}.evaluation_metric", "unsupported_value")
-    for key in ("input", "reference"):
-        if not isinstance(grader.get(key), str) or not grader[key]:
-            raise _bad(f"{param}.{key} must be a template string such as '{{{{sample.output_text}}}}'.", f"{param}.{key}")
-        for var in TEMPLATE_VAR.findall(grader[key]):
-            if not (var.startswith("item.") or var == "sample.output_text"):
-                raise _bad(f"{param}.{key}: unknown variable '{var}' (use item.<field> or sample.output_text).",
-                           f"{param}.{key}")
-    threshold = grader.get("pass_threshold")
-    if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
-        raise _bad(f"{param}.pass_threshold must be a number between 0 and 1.", f"{param}.pass_threshold")
-    name = grader.get("name") or f"{metric} similarity"
-    return {"type": "text_similarity", "name": _name(name, name), "input": grader["input"],
-            "reference": grader["reference"], "evaluation_metric": metric, "pass_threshold": float(threshold)}
-
-
-def new_run(org_id: str, evaluation: Eval, body: Any, files: Files, model_exists: Any) -> EvalRun:
-    """``model_exists(org, model)`` raises NotFound for an unknown or foreign model."""
-    body = _object(body, "body")
-    source = _object(body.get("data_source"), "data_source")
-    if source.get("type") != "completions":
-        raise _bad(f"data_source.type {source.get('type')!r} is not supported here; use 'completions'.",
-                   "data_source.type", "unsupported_value")
-    model = source.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("data_source.model is required.", "data_source.model", "missing_required_parameter")
-    model_exists(org_id, model)
-    items = _object(source.get("source"), "data_source.source")
-    if items.get("type") == "file_id":
-        if not isinstance(items.get("id"), str):
-            raise _bad("data_source.source.id must be a file id.", "data_source.source.id")
-        files.get(org_id, items["id"])  # 404 for an unknown or foreign file
-    elif items.get("type") == "file_content":
-        content = items.get("content")
-        if not isinstance(content, list) or not content or not all(isinstance(c, dict) and isinstance(c.get("item"), dict)
-                                                                   for c in content):
-            raise _bad("data_source.source.content must be a non-empty array of {\"item\": {...}}.",
-                       "data_source.source.content")
-    else:
-        raise _bad("data_source.source.type must be 'file_id' or 'file_content'.", "data_source.source.type")
-    messages = _object(source.get("input_messages"), "data_source.input_messages")
-    if messages.get("type") == "template":
-        template = messages.get("template")
-        if not isinstance(template, list) or not template or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in template):
-            raise _bad("data_source.input_messages.template must be a non-empty array of {role, content} with text "
-                       "content.", "data_source.input_messages.template")
-    elif messages.get("type") == "item_reference":
-        if not str(messages.get("item_reference", "")).startswith("item."):
-            raise _bad("data_source.input_messages.item_reference must look like 'item.messages'.",
-                       "data_source.input_messages.item_reference")
-    else:
-        raise _bad("data_source.input_messages.type must be 'template' or 'item_reference'.",
-                   "data_source.input_messages.type")
-    # the allow-list of every body sent to an engine: `model`, `lora_request`, … cannot choose what generates
-    validate_sampling_params(source.get("sampling_params"), "data_source.sampling_params", RequestLimits())
-    return EvalRun(id=new_id("evalrun_"), eval_id=evaluation.id, organization_id=org_id,
-                   name=_name(body.get("name"), f"{model} run"), model=model, data_source=source,
-                   metadata_=_metadata(body.get("metadata")), created_at=now(),
-                   result_counts={"total": 0, "errored": 0, "failed": 0, "passed": 0},
-                   per_testing_criteria_results=[{"testing_criteria": c["name"], "passed": 0, "failed": 0}
-                                                 for c in evaluation.testing_criteria])
+def _stored_completions_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The seam for ``logs`` / ``stored_completions``: their items would be the organization's stored chat
+    completions matching ``metadata`` (schema: item = the request, sample = the response)."""
+    raise _bad(f"data_source_config.type '{config['type']}' needs stored chat completions, which tunegate does not "
+               "keep yet; use a 'custom' config with jsonl or completions runs.", "data_source_config.type",
+               "unsupported_value")
 
 
 def eval_updates(body: Any) -> dict[str, Any]:
@@ -148,3 +108,75 @@ def eval_updates(body: Any) -> dict[str, Any]:
     if "metadata" in body:
         values["metadata_"] = _metadata(body["metadata"])
     return values
+
+
+# --- runs ----------------------------------------------------------------------------------------------------------
+def new_run(org_id: str, evaluation: Eval, body: Any, files: Files, model_exists: ModelExists,
+            check_params: CheckParams) -> EvalRun:
+    body = _object(body, "body")
+    source = dict(_object(body.get("data_source"), "data_source"))
+    kind = source.get("type")
+    if kind == "responses":
+        raise _bad("data_source.type 'responses' needs the Responses API, which tunegate does not serve yet; use "
+                   "'completions' (chat completions) or 'jsonl'.", "data_source.type", "unsupported_value")
+    if kind not in ("jsonl", "completions"):
+        raise _bad(f"data_source.type {kind!r} is not supported; use 'completions' or 'jsonl'.", "data_source.type",
+                   "unsupported_value")
+    _items_source(org_id, _object(source.get("source"), "data_source.source"), files, with_samples=kind == "jsonl")
+    model = ""
+    if kind == "completions":
+        model = source.get("model")
+        if not isinstance(model, str) or not model:
+            raise _bad("data_source.model is required.", "data_source.model", "missing_required_parameter")
+        model_exists(org_id, model)
+        _input_messages(_object(source.get("input_messages"), "data_source.input_messages"))
+        source["sampling_params"] = check_params(source.get("sampling_params"))
+    return EvalRun(id=new_id("evalrun_"), eval_id=evaluation.id, organization_id=org_id,
+                   name=_name(body.get("name"), f"{model or 'jsonl'} run"), model=model, data_source=source,
+                   metadata_=_metadata(body.get("metadata")), created_at=now(),
+                   result_counts={"total": 0, "errored": 0, "failed": 0, "passed": 0},
+                   per_testing_criteria_results=[{"testing_criteria": c["name"], "passed": 0, "failed": 0}
+                                                 for c in evaluation.testing_criteria])
+
+
+def _items_source(org_id: str, items: dict[str, Any], files: Files, *, with_samples: bool) -> None:
+    kind = items.get("type")
+    if kind == "file_id":
+        if not isinstance(items.get("id"), str):
+            raise _bad("data_source.source.id must be a file id.", "data_source.source.id")
+        files.get(org_id, items["id"])  # 404 for an unknown or foreign file
+    elif kind == "file_content":
+        content = items.get("content")
+        if not isinstance(content, list) or not content:
+            raise _bad("data_source.source.content must be a non-empty array of {\"item\": {...}}.",
+                       "data_source.source.content")
+        for i, row in enumerate(content):
+            if not isinstance(row, dict) or not isinstance(row.get("item"), dict) or (
+                    "sample" in row and not isinstance(row["sample"], dict)):
+                raise _bad("Each row must be {\"item\": {...}} (and, for jsonl runs, \"sample\": {...}).",
+                           f"data_source.source.content[{i}]")
+    elif kind == "stored_completions":
+        raise _bad("data_source.source.type 'stored_completions' needs stored chat completions, which tunegate "
+                   "does not keep yet; use 'file_id' or 'file_content'.", "data_source.source.type",
+                   "unsupported_value")
+    else:
+        raise _bad("data_source.source.type must be 'file_id' or 'file_content'.", "data_source.source.type")
+
+
+def _input_messages(messages: dict[str, Any]) -> None:
+    param = "data_source.input_messages"
+    if messages.get("type") == "template":
+        try:
+            found = templates_in(messages.get("template"))
+        except MessageError as exc:
+            raise _bad(f"{param}.template{exc.where} {exc}.", f"{param}.template{exc.where}") from None
+        for where, text in found:
+            problem = templates.problem(text, ("item",))
+            if problem:
+                raise _bad(f"{param}.template{where}: {problem}.", f"{param}.template{where}")
+    elif messages.get("type") == "item_reference":
+        reference = messages.get("item_reference")
+        if not isinstance(reference, str) or templates.problem("{{" + reference + "}}", ("item",)):
+            raise _bad(f"{param}.item_reference must look like 'item.messages'.", f"{param}.item_reference")
+    else:
+        raise _bad(f"{param}.type must be 'template' or 'item_reference'.", f"{param}.type")

@@ -1,4 +1,4 @@
-"""``/v1/evals`` controllers (subset: text-similarity graders over completions runs)."""
+"""``/v1/evals`` controllers: evals, their runs (jsonl and completions) and output items."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from finetune.evals.submit import eval_updates, new_eval, new_run
 from gateway.auth import PrincipalDep, ServicesDep
 from gateway.openai.common import list_page, read_json
-from gateway.openai.evals.protocol import eval_object, item_object, run_object
+from gateway.openai.evals.protocol import console_base, eval_object, item_object, run_object
+from serving.request_body import validate_sampling_params
 
 Limit = Annotated[int, QueryParameter(ge=1, le=100)]
 Order = Literal["asc", "desc"]
@@ -23,9 +24,14 @@ class EvalsController(Controller):
 
     @post("/", status_code=200)
     async def create_eval(self, request: Request, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
-        row = new_eval(principal.organization_id, await read_json(request))
-        await sync_to_thread(services.evals.add, row)
-        return eval_object(row)
+        body = await read_json(request)
+
+        def create() -> Any:
+            row = new_eval(principal.organization_id, body, services.catalog.get)
+            services.evals.add(row)
+            return row
+
+        return eval_object(await sync_to_thread(create))
 
     @get("/", sync_to_thread=True)
     def list_evals(self, services: ServicesDep, principal: PrincipalDep, limit: Limit = 20,
@@ -57,31 +63,34 @@ class EvalsController(Controller):
 
         def create() -> Any:
             evaluation = services.evals.get_eval(principal.organization_id, eval_id)
-            run = new_run(principal.organization_id, evaluation, body, services.files, services.catalog.get)
+            run = new_run(principal.organization_id, evaluation, body, services.files, services.catalog.get,
+                          lambda params: validate_sampling_params(params, "data_source.sampling_params",
+                                                                  services.settings.requests))
             services.evals.add(run)
             return run
 
-        return run_object(await sync_to_thread(create))
+        return run_object(await sync_to_thread(create), console_base(request))
 
     @get("/{eval_id:str}/runs", sync_to_thread=True)
-    def list_runs(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str], limit: Limit = 20,
+    def list_runs(self, request: Request, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
+                  limit: Limit = 20,
                   after: FromQuery[str | None] = None, order: Order = "asc",
                   status: FromQuery[str | None] = None) -> dict[str, Any]:
         page = services.evals.list_runs(principal.organization_id, eval_id, limit=limit, after=after,
                                         ascending=order == "asc", status=status)
-        return list_page([run_object(r) for r in page.items], has_more=page.has_more, ids=True)
+        return list_page([run_object(r, console_base(request)) for r in page.items], has_more=page.has_more, ids=True)
 
     @get("/{eval_id:str}/runs/{run_id:str}", sync_to_thread=True)
-    def retrieve_run(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
+    def retrieve_run(self, request: Request, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
                      run_id: FromPath[str]) -> dict[str, Any]:
-        return run_object(services.evals.get_run(principal.organization_id, eval_id, run_id))
+        return run_object(services.evals.get_run(principal.organization_id, eval_id, run_id), console_base(request))
 
     @post(["/{eval_id:str}/runs/{run_id:str}", "/{eval_id:str}/runs/{run_id:str}/cancel"], status_code=200,
           sync_to_thread=True)
-    def cancel_run(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
+    def cancel_run(self, request: Request, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
                    run_id: FromPath[str]) -> dict[str, Any]:
         """The spec's path is POST …/runs/{run_id}; the openai client posts to …/runs/{run_id}/cancel."""
-        return run_object(services.evals.cancel_run(principal.organization_id, eval_id, run_id))
+        return run_object(services.evals.cancel_run(principal.organization_id, eval_id, run_id), console_base(request))
 
     @delete("/{eval_id:str}/runs/{run_id:str}", status_code=200, sync_to_thread=True)
     def delete_run(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],

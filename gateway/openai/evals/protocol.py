@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar import Request
+
 from storage.tables import Eval, EvalOutputItem, EvalRun
+
+
+def console_base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
 
 
 def eval_object(row: Eval) -> dict[str, Any]:
@@ -12,11 +18,12 @@ def eval_object(row: Eval) -> dict[str, Any]:
             "testing_criteria": row.testing_criteria, "created_at": row.created_at, "metadata": row.metadata_ or {}}
 
 
-def run_object(row: EvalRun) -> dict[str, Any]:
+def run_object(row: EvalRun, base: str) -> dict[str, Any]:
+    """``report_url``: the run's page in the console (``{base}/console/``, hash-routed)."""
     error = row.error or {"code": "", "message": ""}
     return {
         "object": "eval.run", "id": row.id, "eval_id": row.eval_id, "status": row.status, "model": row.model,
-        "name": row.name, "created_at": row.created_at, "report_url": f"/v1/evals/{row.eval_id}/runs/{row.id}",
+        "name": row.name, "created_at": row.created_at, "report_url": f"{base}/console/#/evals/{row.eval_id}/runs/{row.id}",
         "result_counts": row.result_counts, "per_model_usage": row.per_model_usage,
         "per_testing_criteria_results": row.per_testing_criteria_results, "data_source": row.data_source,
         "metadata": row.metadata_ or {}, "error": error,
