@@ -75,7 +75,9 @@ class JobCallback(TrainerCallback):
             self._flush(state)
             self.pending_step = state.global_step
         if "loss" in logs:
-            self.pending.update(train_loss=_num(logs, "loss"), train_mean_token_accuracy=_num(logs, "mean_token_accuracy"))
+            lr = logs.get("learning_rate")  # for the console's learning-rate curve; 6 significant digits (1e-7 stays)
+            self.pending.update(train_loss=_num(logs, "loss"), train_mean_token_accuracy=_num(logs, "mean_token_accuracy"),
+                                learning_rate=None if lr is None else float(f"{float(lr):.6g}"))
         if "eval_loss" in logs:
             valid = {"valid_loss": _num(logs, "eval_loss"),
                      "valid_mean_token_accuracy": _num(logs, "eval_mean_token_accuracy")}

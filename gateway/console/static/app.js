@@ -22,7 +22,8 @@ const ROUTES = [
   { path: /^\/jobs$/, page: jobs, role: "org", nav: "nav.jobs", href: "#/jobs" },
   { path: /^\/jobs\/([^/]+)$/, page: job, role: "org" },
   { path: /^\/playground$/, page: playground, role: "org", nav: "nav.playground", href: "#/playground" },
-  { path: /^\/evals$/, page: evals, role: "org", nav: "nav.evals", href: "#/evals" },
+  // #/evals/<eval>/runs/<run>: an eval run's report_url (gateway/openai/evals/protocol.py)
+  { path: /^\/evals(?:\/([^/]+)(?:\/runs\/([^/]+))?)?$/, page: evals, role: "org", nav: "nav.evals", href: "#/evals" },
   { path: /^\/export$/, page: exports, role: "org", nav: "nav.export", href: "#/export" },
 ];
 const HOME = { admin: "#/admin", org: "#/data" };

@@ -28,6 +28,7 @@ export function lineChart(container, { title, series, height = 220, xLabel = "st
     title, height,
     scales: { x: { time: false } },
     axes: [{ label: xLabel }, { size: 60 }],
+    legend: { live: false },
     series: [{ label: xLabel }, ...series.map((s, i) => ({
       label: s.label, stroke: s.color || COLORS[i], width: 2, spanGaps: true, points: { show: true, size: 4 },
     }))],
@@ -64,7 +65,7 @@ export function barChart(container, { title, labels, series, height = 240 }) {
       label: s.label, fill: `${s.color || COLORS[i]}cc`, stroke: s.color || COLORS[i], width: 1,
       paths: groupedBar(offset(i), groupWidth / n), points: { show: false },
     }))],
-    legend: { show: n > 1 },
+    legend: { show: n > 1, live: false },
     cursor: { show: false },
   };
   holder.build(opts, [xs, ...series.map((s) => s.values)]);

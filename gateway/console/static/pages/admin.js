@@ -12,7 +12,6 @@ function section(title, ...body) {
 async function organizations(box) {
   const orgs = (await get("/admin/organizations")).data;
   const name = h("input", { name: "org-name", required: true });
-  const created = h("div", { role: "status" });
   const rows = orgs.map((org) => {
     const keys = h("td", {}, h("button", { type: "button", class: "small", onclick: () => showKeys(org, keys) }, t("admin.show_keys")));
     return h("tr", {}, h("td", {}, org.name), h("td", { class: "mono" }, org.id), h("td", {}, formatTime(org.created_at)), keys);
@@ -24,13 +23,11 @@ async function organizations(box) {
       e.preventDefault();
       await post("/admin/organizations", { name: name.value.trim() });
       organizations(box);
-    } }, field(t("admin.new_org"), name), h("button", { type: "submit" }, t("admin.create"))),
-    created);
+    } }, field(t("admin.new_org"), name), h("button", { type: "submit" }, t("admin.create"))));
 }
 
 async function showKeys(org, cell) {
   const keys = (await get(`/admin/organizations/${org.id}/keys`)).data;
-  const secret = h("div", { role: "status" });
   const list = h("ul", { class: "keys" }, keys.map((k) => h("li", {},
     h("span", { class: "mono" }, `${k.prefix}…`), ` ${k.name || ""} `,
     k.revoked_at ? h("span", { class: "badge failed" }, t("admin.revoked"))
@@ -42,7 +39,7 @@ async function showKeys(org, cell) {
     const made = await post(`/admin/organizations/${org.id}/keys`, { name: "console" });
     await showKeys(org, cell);
     cell.append(h("p", { class: "secret", role: "status" }, t("admin.secret_once"), " ", h("code", {}, made.secret)));
-  } }, t("admin.new_key")), secret);
+  } }, t("admin.new_key")));
 }
 
 function engines(box, data) {

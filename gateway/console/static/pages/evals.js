@@ -45,12 +45,13 @@ function createForm(onCreated) {
 function runForm(ev, files, models, onRun) {
   const file = h("select", { name: "eval-file", required: true }, files.map((f) => h("option", { value: f.id }, `${f.filename} (${f.id})`)));
   const maxTokens = h("input", { type: "number", name: "eval-max-tokens", min: 1, value: 64 });
-  const boxes = models.map((m, i) => h("label", { class: "check" }, h("input", { type: "checkbox", name: "run-model", value: m, checked: i === 0 }), h("span", { class: "mono" }, m)));
+  const boxes = models.map((m) => h("label", { class: "check" }, h("input", { type: "checkbox", name: "run-model", value: m }), h("span", { class: "mono" }, m)));
   const status = h("div", { role: "alert" });
   const q = ev.metadata?.question_field || "question";
   return h("form", { class: "card", onsubmit: async (e) => {
     e.preventDefault();
     const chosen = boxes.map((b) => b.querySelector("input")).filter((c) => c.checked).map((c) => c.value);
+    if (!chosen.length) return clear(status, h("p", { class: "error" }, t("evals.pick_models")));
     try {
       for (const model of chosen) {
         await post(`/v1/evals/${ev.id}/runs`, { name: model, data_source: {
@@ -117,7 +118,7 @@ async function itemsView(box, ev, run, failuresOnly) {
 
 export default {
   title: "evals.title",
-  async render(main) {
+  async render(main, { params: [evalId, runId] }) {
     const [files, models] = await Promise.all([listAll("/v1/files?purpose=evals&order=desc"), get("/v1/models")]);
     const modelIds = models.data.map((m) => m.id);
     const listBox = h("div"), runBox = h("div"), runsBox = h("section", { class: "card", id: "runs" }), itemsBox = h("section", { class: "card", id: "items" });
@@ -148,7 +149,8 @@ export default {
     };
     clear(main, h("h1", {}, t("evals.title")),
       h("div", { class: "grid two" }, createForm((ev) => refreshList(ev)), listBox), runBox, runsBox, itemsBox);
-    await refreshList();
+    await refreshList(evalId ? await get(`/v1/evals/${evalId}`) : null);
+    if (evalId && runId) await itemsView(itemsBox, current, await get(`/v1/evals/${evalId}/runs/${runId}`), false);
     return () => { stopped = true; clearTimeout(timer); chart?.destroy(); };
   },
 };

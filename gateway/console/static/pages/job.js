@@ -104,16 +104,16 @@ function checkpointTable(checkpoints) {
       h("td", {}, h("a", { class: "button small ghost", href: `#/playground?models=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, t("job.chat")))))));
 }
 
-function scores(box, metrics) {
-  const last = [...metrics].reverse().find((m) => SCORES.some((k) => k in m));
+function scores(box, data) {
+  const last = [...data].reverse().find((m) => SCORES.some((k) => k in m));
   if (!last) return null;
   const figure = chartBox(t("job.scores"));
   figure.id = "chart-scores";
   clear(box, h("h2", {}, t("job.scores")), figure,
-    h("table", { class: "table scores" }, h("thead", {}, h("tr", {}, h("th", {}), SCORES.map((k) => h("th", {}, k.replace("predict_", ""))))),
+    h("table", { class: "table scores" }, h("thead", {}, h("tr", {}, h("th", {}), SCORES.map((k) => h("th", { class: "num" }, k.replace("predict_", ""))))),
       h("tbody", {}, [["job.tuned", ""], ["job.base", "base_"]].map(([label, prefix]) =>
         h("tr", {}, h("th", {}, t(label)), SCORES.map((k) => h("td", { class: "num" }, last[prefix + k] ?? "–")))))));
-  return barChart(figure, { title: t("job.scores"), labels: SCORES.map((k) => k.replace("predict_", "")),
+  return barChart(figure, { labels: SCORES.map((k) => k.replace("predict_", "")),
     series: [{ label: t("job.tuned"), values: SCORES.map((k) => last[k] ?? null) },
              { label: t("job.base"), values: SCORES.map((k) => last[`base_${k}`] ?? null) }] });
 }
@@ -146,7 +146,7 @@ export default {
         if (fresh || lastStatus === null) {
           plot.update(log.metrics);
           clear(eventsBox, eventList(log.events));
-          if (!scoreChart) scoreChart = scores(scoreBox, log.metrics);
+          if (!scoreChart) scoreChart = scores(scoreBox, log.events.map((e) => e.data || {}));
         }
         const ckptSeen = JSON.stringify(ckpts.data);
         if (ckptSeen !== lastCkpts) clear(ckptBox, checkpointTable(ckpts.data));
