@@ -1,4 +1,4 @@
-"""Guards: an organization API key for ``/v1``, the admin credential for ``/admin``."""
+"""Guards: an organization API key for ``/v1`` (then its rate limits), the admin credential for ``/admin``."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ def services_of(connection: ASGIConnection) -> Services:
 
 
 async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    accounts = services_of(connection).accounts
-    connection.state.principal = await sync_to_thread(accounts.authenticate, bearer(connection))
+    services = services_of(connection)
+    principal = await sync_to_thread(services.accounts.authenticate, bearer(connection))
+    connection.state.principal = principal
+    await services.limiter.admit(connection, principal)
 
 
 async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:

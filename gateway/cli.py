@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from storage.errors import TunegateError
-from storage.settings import Settings
+from storage.settings import ORG_LIMIT_FIELDS, LimitSettings, Settings
 
 
 def _services(settings: Settings):  # noqa: ANN202 - lazy import keeps `tunegate --help` fast
@@ -105,6 +105,33 @@ def cmd_orgs_list(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_orgs_limits(settings: Settings, args: argparse.Namespace) -> int:
+    """Show, set (merged into the stored overrides) or reset (all, or the named) limit overrides of an organization.
+    A running gateway applies a change within seconds."""
+    from gateway.admin.protocol import LimitsObject
+
+    services = _services(settings)
+    accounts = services.accounts
+    overrides = accounts.limit_overrides(args.org)
+    if args.limits_command == "set":
+        changes = {f: getattr(args, f) for f in ORG_LIMIT_FIELDS if getattr(args, f) is not None}
+        if not changes:
+            print("error: name at least one limit, e.g. --requests-per-minute 600", file=sys.stderr)
+            return 2
+        overrides = accounts.set_limit_overrides(args.org, {**overrides, **changes})
+    elif args.limits_command == "reset":
+        unknown = set(args.fields) - set(ORG_LIMIT_FIELDS)
+        if unknown:
+            print(f"error: unknown limit(s) {', '.join(sorted(unknown))}; known: {', '.join(ORG_LIMIT_FIELDS)}",
+                  file=sys.stderr)
+            return 2
+        kept = {f: v for f, v in overrides.items() if args.fields and f not in args.fields}
+        overrides = accounts.set_limit_overrides(args.org, kept)
+    effective = accounts.effective_limits(args.org, settings.limits)
+    _emit(LimitsObject.of(args.org, overrides, effective, services.quota.used(args.org)))
+    return 0
+
+
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.admin.protocol import KeyObject
 
@@ -143,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(path: list[str], func: Callable[[Settings, argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
         parent = sub
-        for group in path[:-1]:
-            parent = _group(sub, group)
+        for depth in range(1, len(path)):
+            parent = _group(parent, path[:depth])
         p = parent.add_parser(path[-1], help=help_)
         p.set_defaults(func=func)
         return p
@@ -167,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     add(["db", "upgrade"], cmd_db_upgrade, "apply schema migrations")
     add(["orgs", "create"], cmd_orgs_create, "create an organization").add_argument("name")
     add(["orgs", "list"], cmd_orgs_list, "list organizations")
+    add(["orgs", "limits", "show"], cmd_orgs_limits, "an organization's limits: overrides, in force, storage used"
+        ).add_argument("org")
+    limits_set = add(["orgs", "limits", "set"], cmd_orgs_limits, "override some of an organization's limits")
+    limits_set.add_argument("org")
+    for name in ORG_LIMIT_FIELDS:
+        limits_set.add_argument("--" + name.replace("_", "-"), dest=name, type=int, metavar="N",
+                                help=LimitSettings.model_fields[name].description)
+    limits_reset = add(["orgs", "limits", "reset"], cmd_orgs_limits, "back to the settings defaults (all, or the named)")
+    limits_reset.add_argument("org")
+    limits_reset.add_argument("fields", nargs="*", metavar="LIMIT")
     keys_create = add(["keys", "create"], cmd_keys_create, "issue an API key (shown once)")
     keys_create.add_argument("--org", required=True)
     keys_create.add_argument("--name", default="")
@@ -179,10 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
 _groups: dict[str, Any] = {}
 
 
-def _group(sub: Any, name: str) -> Any:
-    if name not in _groups:
-        _groups[name] = sub.add_parser(name, help=f"{name} commands").add_subparsers(dest=f"{name}_command", required=True)
-    return _groups[name]
+def _group(sub: Any, path: list[str]) -> Any:
+    key, name = " ".join(path), path[-1]
+    if key not in _groups:
+        _groups[key] = sub.add_parser(name, help=f"{key} commands").add_subparsers(dest=f"{name}_command", required=True)
+    return _groups[key]
 
 
 def main(argv: list[str] | None = None) -> int:

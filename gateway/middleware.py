@@ -1,7 +1,7 @@
-"""``x-request-id`` on every response — router 404/405s and errors included: the caller's, or a new one.
+"""``x-request-id`` on every response; the rate-limit headers and settlement of every /v1 answer.
 
-A ``before_send`` hook rather than a middleware: Litestar runs middleware per route handler, so a
-request that matches no route would miss it.
+``x-request-id`` is a ``before_send`` hook rather than a middleware: Litestar runs middleware per route handler, so a
+request that matches no route would miss it (it is no /v1 answer either: no rate-limit headers).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 import uuid
 
 from litestar.datastructures import MutableScopeHeaders
-from litestar.types import Message, Scope
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
@@ -26,3 +26,25 @@ def request_id(scope: Scope) -> str:
 async def add_request_id(message: Message, scope: Scope) -> None:
     if message["type"] == "http.response.start":
         MutableScopeHeaders.from_message(message)["x-request-id"] = request_id(scope)
+
+
+def rate_limited(app: ASGIApp) -> ASGIApp:
+    """Give every answer the ``x-ratelimit-*`` headers of its admission (``gateway.ratelimit``); once the answer is
+    over — sent, failed or abandoned by the client — settle its tokens and free its stream slot."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                admission = scope["state"].get("rate_limit")
+                if admission is not None:
+                    headers = MutableScopeHeaders.from_message(message)
+                    for name, value in admission.headers:
+                        headers.add(name, value)
+            await send(message)
+
+        try:
+            await app(scope, receive, send_with_headers)
+        finally:
+            scope["app"].state.services.limiter.finish(scope.get("state", {}).get("rate_limit"))
+
+    return middleware

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from gateway.ratelimit.limiter import Limiter, MeteredUsage
 from serving.catalog import Catalog
 from serving.pool import EnginePool
 from serving.proxy import Completions
-from serving.usage import UsageRecorder
 from storage import migrate
 from storage.accounts import Accounts
 from storage.blobs import LocalBlobStore
@@ -18,6 +18,7 @@ from storage.evals import EvalStore
 from storage.exports import ExportStore
 from storage.files import Files
 from storage.jobs import JobStore
+from storage.quotas import StorageQuota
 from storage.settings import Settings
 from storage.usage import UsageStore
 
@@ -38,6 +39,8 @@ class Services:
     completions: Completions
     evals: EvalStore
     exports: ExportStore
+    limiter: Limiter
+    quota: StorageQuota
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -46,9 +49,13 @@ class Services:
         catalog = Catalog(db, settings)
         usage = UsageStore(db)
         engines = EnginePool(settings, catalog, blobs, EngineRegistry(db))
-        completions = Completions(engines, UsageRecorder(usage))
-        return cls(settings, db, blobs, Accounts(db), Files(db, blobs), catalog, JobStore(db), usage, engines, completions,
-                   EvalStore(db), ExportStore(db))
+        completions = Completions(engines, MeteredUsage(usage))
+        accounts, limits = Accounts(db), settings.limits
+        quota = StorageQuota(db, blobs, limits)
+        return cls(settings, db, blobs, accounts, Files(db, blobs, quota=quota.check), catalog,
+                   JobStore(db, limits.running_jobs), usage, engines, completions,
+                   EvalStore(db, limits.running_eval_runs), ExportStore(db, limits.running_exports),
+                   Limiter(settings, accounts), quota)
 
     def prepare(self) -> str | None:
         """Migrate the schema, register base models, tidy after crashes. Returns a newly generated admin key."""

@@ -5,6 +5,7 @@
     │   └── InvalidFile           an uploaded file's content is unusable                 (400)
     ├── AuthenticationFailed      no key, unknown key, revoked key                        (401)
     ├── PermissionDenied          authenticated, but not allowed (e.g. delete a base)     (403)
+    │   └── QuotaExceeded         the organization's storage quota is used up             (403)
     ├── NotFound                  no such object *for this organization*                  (404)
     ├── PayloadTooLarge           body over a configured limit                            (413)
     ├── RateLimited               try again later                                         (429)
@@ -44,6 +45,10 @@ class AuthenticationFailed(TunegateError):
 
 class PermissionDenied(TunegateError):
     default_code = "permission_denied"
+
+
+class QuotaExceeded(PermissionDenied):
+    default_code = "storage_quota_exceeded"
 
 
 class NotFound(TunegateError):

@@ -61,11 +61,14 @@ def keyset_page(s: Session, table: Any, where: list[Any], *, limit: int, after: 
 
 
 class Files:
-    def __init__(self, db: Database, blobs: BlobStore) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, quota: Callable[[str, int], None] | None = None) -> None:
         self.db = db
         self.blobs = blobs
+        self.quota = quota  # the API's files: refuse one that would exceed its organization's storage quota
 
     def create(self, new: NewFile) -> StoredFile:
+        if self.quota is not None:
+            self.quota(new.organization_id, new.original.size)
         file_id = new_id("file-")
         created = now()
         row = StoredFile(

@@ -4,11 +4,22 @@ across a restart; the storage quota."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
+import math
+import os
+import re
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
+from gateway.ratelimit.counters import Bucket, Counters, MemoryCounters, RedisCounters, Slot, duration
 from storage import migrate
 from storage.accounts import Accounts
 from storage.db import Database
@@ -17,6 +28,12 @@ from storage.exports import ExportStore
 from storage.ids import new_id, now
 from storage.jobs import JobStore
 from storage.tables import Export, FineTuningJob
+from tests.finetune_support import TINY, wait_until
+from tests.serving_support import serving_env, wait_engines_ready
+from tests.support import LiveGateway, SpecRecorder
+
+HELLO = [{"role": "user", "content": "What is the capital of France?"}]
+REDIS_URL = os.environ.get("TUNEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # --- fair share and caps, at the storage level -------------------------------------------------------------------
 
@@ -90,3 +107,263 @@ def test_eval_runs_share_the_same_fair_claim(db: Database) -> None:
         evals.add(EvalRun(id=new_id("evalrun_"), eval_id=eval_id, organization_id=org, model="m", created_at=now()))
     order = [evals.claim(f"w{i}", 60).organization_id for i in range(3)]  # type: ignore[union-attr]
     assert order == [org_a, org_b, org_a]
+
+
+# --- the counters: the same answers in the process and in Redis ----------------------------------------------------
+
+
+Scenario = Callable[[Counters, str], Awaitable[None]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def with_counters(request: pytest.FixtureRequest, redis_prefix: str) -> Callable[[Scenario], None]:
+    def run(scenario: Scenario) -> None:
+        async def main() -> None:  # redis.asyncio binds its connections to the loop that made them
+            made: Counters = MemoryCounters() if request.param == "memory" else RedisCounters(REDIS_URL)
+            try:
+                await scenario(made, redis_prefix)
+            finally:
+                await made.close()
+
+        asyncio.run(main())
+
+    return run
+
+
+def test_buckets_are_all_or_nothing_and_refill(with_counters: Callable[[Scenario], None]) -> None:
+    async def scenario(made: Counters, prefix: str) -> None:
+        roomy, tight = Bucket(f"{prefix}:roomy", 600, 1), Bucket(f"{prefix}:tight", 2, 1)
+        for left in (1, 0):
+            verdict = await made.admit([roomy, tight], [], "m")
+            assert verdict.refused is None and math.floor(verdict.levels[1]) == left
+        refused = await made.admit([roomy, tight], [], "m")
+        assert refused.refused == 1 and 25 < refused.retry_after <= 30  # 1 request at 2/minute: ≤ 30 s
+        assert 597 < refused.levels[0] < 599, "a refusal takes nothing from the other buckets"
+        await made.settle([Bucket(tight.key, 2, -1)], [], "m")  # give one back
+        assert (await made.admit([tight], [], "m")).refused is None
+        assert (await made.admit([tight], [], "m")).refused == 0
+        assert (await made.admit([Bucket(tight.key, 4, 1)], [], "m")).refused is None  # a raised limit: at once
+
+    with_counters(scenario)
+
+
+def test_slots_are_held_until_settled(with_counters: Callable[[Scenario], None]) -> None:
+    async def scenario(made: Counters, prefix: str) -> None:
+        slot = Slot(f"{prefix}:streams", 1)
+        assert (await made.admit([], [slot], "a")).refused is None
+        assert (await made.admit([], [slot], "b")).refused == 0
+        await made.settle([], [slot], "a")
+        assert (await made.admit([], [slot], "b")).refused is None
+
+    with_counters(scenario)
+
+
+def test_reset_durations_read_like_openai() -> None:
+    assert [duration(s) for s in (0, 0.0171, 1, 59.95, 360, 61.5)] == ["0s", "18ms", "1s", "59.95s", "6m0s", "1m1.5s"]
+
+
+# --- rate limits through the real client (no engine: any /v1 route counts one request) ---------------------------
+
+RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+                "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+
+
+def _set_limits(gw: LiveGateway, org_id: str, **limits: int | None) -> dict:
+    with gw.admin() as admin:
+        return admin.put(f"/admin/organizations/{org_id}/limits", json=limits).raise_for_status().json()
+
+
+def test_429_with_openai_headers_and_retry_after(gateway: LiveGateway, recorder: SpecRecorder) -> None:
+    org_id, _, secret = gateway.new_org_key("rpm")
+    limits = _set_limits(gateway, org_id, requests_per_minute=3, tokens_per_minute=1000)
+    assert limits["overrides"] == {"requests_per_minute": 3, "tokens_per_minute": 1000}
+    assert limits["effective"]["requests_per_minute"] == 3 and limits["effective"]["concurrent_streams"] == 64
+    client = gateway.client(secret, recorder)
+    remaining = []
+    for _ in range(3):
+        raw = client.models.with_raw_response.list()
+        assert all(h in raw.headers for h in RATE_HEADERS), dict(raw.headers)
+        assert raw.headers["x-ratelimit-limit-requests"] == "3"
+        assert raw.headers["x-ratelimit-limit-tokens"] == "1000"
+        remaining.append(int(raw.headers["x-ratelimit-remaining-requests"]))
+    assert remaining == [2, 1, 0]
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.models.list()
+    response = refused.value.response
+    assert response.status_code == 429 and 1 <= int(response.headers["retry-after"]) <= 21
+    assert response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert re.fullmatch(r"\d+(\.\d+)?s", response.headers["x-ratelimit-reset-requests"])
+    error = response.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+    assert f"organization {org_id}" in error["message"] and "requests per min" in error["message"]
+    # an error answer to an authenticated key carries the headers too
+    missing = httpx.get(f"{gateway.url}/v1/files/file-nope", headers={"authorization": f"Bearer {secret}"})
+    assert missing.status_code == 429 and "x-ratelimit-limit-requests" in missing.headers
+    # raising the limit applies at once (the bucket gains the difference)
+    _set_limits(gateway, org_id, requests_per_minute=100)
+    assert client.models.with_raw_response.list().headers["x-ratelimit-limit-requests"] == "100"
+
+
+def test_per_key_limits_leave_the_other_keys_alone(gateway: LiveGateway) -> None:
+    org_id, key_id, secret = gateway.new_org_key("keys")
+    with gateway.admin() as admin:
+        other = admin.post(f"/admin/organizations/{org_id}/keys", json={"name": "b"}).raise_for_status().json()
+    _set_limits(gateway, org_id, key_requests_per_minute=2)
+    first, second = gateway.client(secret), gateway.client(other["secret"])
+    first.models.list()
+    first.models.list()
+    with pytest.raises(openai.RateLimitError) as refused:
+        first.files.list()
+    assert f"API key {key_id}" in refused.value.response.json()["error"]["message"]
+    assert second.models.with_raw_response.list().headers["x-ratelimit-remaining-requests"] == "1"
+
+
+def test_token_estimate_is_refused_or_given_back(gateway: LiveGateway) -> None:
+    """No engine here: a completion too large for the budget is refused before any engine; one that fails (unknown
+    model) gives its whole estimate back."""
+    org_id, _, secret = gateway.new_org_key("tpm")
+    _set_limits(gateway, org_id, tokens_per_minute=600)
+    client = gateway.client(secret)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=700)
+    assert "Request too large" in refused.value.message and "Requested 7" in refused.value.message
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=500)
+    assert int(missing.value.response.headers["x-ratelimit-remaining-tokens"]) < 100  # the estimate was taken
+    after = wait_until(lambda: int(client.models.with_raw_response.list().headers["x-ratelimit-remaining-tokens"])
+                       >= 590 or None, 10, "the estimate to come back")
+    assert after <= 600
+
+
+# --- Redis: one budget for several gateways, kept across a restart; fail open when it is down ---------------------
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    import redis
+
+    prefix = f"tgtest-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def test_two_gateways_share_one_redis_budget_across_a_restart(tmp_path: Path, redis_prefix: str) -> None:
+    env = {"TUNEGATE_REDIS_URL": REDIS_URL, "TUNEGATE_LIMITS__REDIS_PREFIX": redis_prefix}
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = LiveGateway(tmp_path / "a", url, **env)
+    second = LiveGateway(tmp_path / "b", url, TUNEGATE_WORKER__EMBEDDED="false", **env)
+    first.start()
+    second.start()
+    try:
+        org_id, _, secret = first.new_org_key("shared")
+        _set_limits(first, org_id, requests_per_minute=4)
+        one, two = first.client(secret), second.client(secret)
+        seen = [int(c.models.with_raw_response.list().headers["x-ratelimit-remaining-requests"])
+                for c in (one, two, one, two)]
+        assert seen == [3, 2, 1, 0], "both gateways count against one budget"
+        for client in (one, two):
+            with pytest.raises(openai.RateLimitError):
+                client.models.list()
+        second.restart()
+        with pytest.raises(openai.RateLimitError):
+            second.client(secret).models.list()  # the budget outlived the process
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_redis_down_fails_open_with_a_warning(tmp_path: Path) -> None:
+    gw = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 't.db'}", TUNEGATE_REDIS_URL="redis://127.0.0.1:1/0",
+                     TUNEGATE_LIMITS__REQUESTS_PER_MINUTE="1")
+    gw.start()
+    try:
+        _, _, secret = gw.new_org_key("open")
+        for _ in range(3):  # over the limit of 1, but nobody can count: they pass, without headers
+            raw = gw.client(secret).models.with_raw_response.list()
+            assert "x-ratelimit-limit-requests" not in raw.headers
+    finally:
+        gw.stop()
+    assert "rate-limit counters unavailable" in gw.log.read_text()
+
+
+# --- the storage quota --------------------------------------------------------------------------------------------
+
+
+def test_storage_quota_refuses_uploads_jobs_and_exports(gateway: LiveGateway) -> None:
+    org_id, _, secret = gateway.new_org_key("quota")
+    _set_limits(gateway, org_id, storage_bytes=100)
+    client = gateway.client(secret)
+    client.files.create(file=("a.jsonl", io.BytesIO(b"x" * 60)), purpose="batch")
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.files.create(file=("b.jsonl", io.BytesIO(b"y" * 60)), purpose="batch")
+    error = refused.value.response.json()["error"]
+    assert error["code"] == "storage_quota_exceeded" and error["param"] == "storage_bytes"
+    assert "quota 100 bytes, 60 used, 60 more" in error["message"]
+    assert [f.filename for f in client.files.list().data] == ["a.jsonl"]  # nothing of the refused upload stays
+    with gateway.admin() as admin:
+        assert admin.get(f"/admin/organizations/{org_id}/limits").json()["storage_used_bytes"] == 60
+    _set_limits(gateway, org_id, storage_bytes=60)  # exactly full: nothing more may be written
+    with pytest.raises(openai.PermissionDeniedError, match="storage_quota_exceeded|Storage quota"):
+        client.fine_tuning.jobs.create(model="any", training_file="file-any")
+    export = httpx.post(f"{gateway.url}/v1/exports", json={"model": "any", "format": "gguf"},
+                        headers={"authorization": f"Bearer {secret}"})
+    assert export.status_code == 403 and export.json()["error"]["code"] == "storage_quota_exceeded"
+
+
+# --- tokens and streams, through a real engine --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    data_dir = tmp_path_factory.mktemp("limits-serving")
+    gw = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **serving_env(tiny_model))
+    gw.start()
+    wait_engines_ready(gw)
+    yield gw
+    gw.stop()
+
+
+def test_tokens_are_settled_with_the_real_usage(engine_gw: LiveGateway) -> None:
+    """JSON whitespace inflates the admission estimate (bytes / 4) but not the prompt: once the answer is over, the
+    bucket holds capacity − real usage, not capacity − estimate."""
+    org_id, _, secret = engine_gw.new_org_key("settle")
+    capacity = 6000
+    _set_limits(engine_gw, org_id, tokens_per_minute=capacity)
+    body = json.dumps({"model": TINY, "messages": HELLO, "max_tokens": 5, "ignore_eos": True}) + " " * 8000
+    auth = {"authorization": f"Bearer {secret}", "content-type": "application/json"}
+    started = time.monotonic()
+    chat = httpx.post(f"{engine_gw.url}/v1/chat/completions", content=body, headers=auth, timeout=120)
+    assert chat.status_code == 200, chat.text
+    used = chat.json()["usage"]["total_tokens"]
+    assert int(chat.headers["x-ratelimit-remaining-tokens"]) <= capacity - 2000  # the estimate: ≥ 8000 / 4
+    after = int(engine_gw.client(secret).models.with_raw_response.list().headers["x-ratelimit-remaining-tokens"])
+    refilled = (time.monotonic() - started) * capacity / 60
+    assert capacity - used - 1 <= after <= capacity - used + refilled + 1, (after, used, refilled)
+
+
+def test_concurrent_streams_are_capped_and_freed(engine_gw: LiveGateway) -> None:
+    org_id, _, secret = engine_gw.new_org_key("streams")
+    _set_limits(engine_gw, org_id, key_concurrent_streams=1)
+    client = engine_gw.client(secret)
+    long = dict(model=TINY, messages=HELLO, max_tokens=1500, extra_body={"ignore_eos": True})
+    stream = client.chat.completions.create(stream=True, **long)
+    next(iter(stream))  # it is open
+    with pytest.raises(openai.RateLimitError, match="concurrent streams"):
+        client.chat.completions.create(stream=True, **long)
+    client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=2)  # non-streaming: not a stream slot
+    stream.close()  # the client leaves: the slot is freed once the gateway has noticed
+    again = wait_until(lambda: _try_stream(client), 30, "the stream slot to be freed")
+    assert again
+
+
+def _try_stream(client: openai.OpenAI) -> bool:
+    try:
+        chunks = list(client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=2, stream=True))
+    except openai.RateLimitError:
+        return False
+    return bool(chunks)

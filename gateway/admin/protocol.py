@@ -1,4 +1,4 @@
-"""Admin API wire schemas: organizations and API keys (the secret appears only in the creation answer)."""
+"""Admin API wire schemas: organizations, API keys (the secret appears only in the creation answer), limits."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 
+from storage.settings import ORG_LIMIT_FIELDS, LimitSettings
 from storage.tables import ApiKey, Organization
 
 
@@ -44,3 +45,19 @@ class KeyObject(msgspec.Struct):
             id=key.id, organization_id=key.organization_id, name=key.name, prefix=key.prefix,
             created_at=key.created_at, revoked_at=key.revoked_at, secret=secret,
         )
+
+
+class LimitsObject(msgspec.Struct):
+    """An organization's limit overrides, the limits in force (overrides over the settings defaults; null: none),
+    and the storage it uses now."""
+
+    organization_id: str
+    overrides: dict[str, int]
+    effective: dict[str, int | None]
+    storage_used_bytes: int
+    object: Literal["organization.limits"] = "organization.limits"
+
+    @classmethod
+    def of(cls, org_id: str, overrides: dict[str, int], effective: LimitSettings, used: int) -> "LimitsObject":
+        return cls(organization_id=org_id, overrides=overrides,
+                   effective={f: getattr(effective, f) for f in ORG_LIMIT_FIELDS}, storage_used_bytes=used)

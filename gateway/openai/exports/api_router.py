@@ -29,6 +29,7 @@ class ExportsController(Controller):
         body = await read_json(request)
 
         def create() -> Any:
+            services.quota.check(principal.organization_id)
             row = new_export(principal.organization_id, body, services.catalog.get, services.blobs.local_path,
                              services.settings.base_models)
             return services.exports.add(row)

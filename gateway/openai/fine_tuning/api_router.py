@@ -23,6 +23,7 @@ class FineTuningJobsController(Controller):
     @post("/", status_code=200)
     async def create(self, request: Request, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
         body = await read_json(request)
+        await sync_to_thread(services.quota.check, principal.organization_id)
         job = await sync_to_thread(create_job, services.settings, services.files, services.jobs,
                                  principal.organization_id, body)
         return job_object(job)

@@ -1,0 +1,1 @@
+"""Rate limits of /v1 (``limiter``) over counters in the process or in Redis (``counters``)."""

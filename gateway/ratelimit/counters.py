@@ -1,0 +1,205 @@
+"""Rate-limit counters: token buckets and concurrency slots, in the process or in Redis — the same semantics.
+
+A bucket of capacity ``C`` (a per-minute limit) refills continuously at ``C / 60`` per second up to ``C``. Taking
+``cost`` from it succeeds when its level is at least ``cost``; a settlement may push the level below zero (a request
+that used more than it was estimated at), which delays the next ones. A bucket whose limit changed (an admin's
+override) moves its level by the difference: a raised limit applies at once. A slot set holds the members (request ids)
+using a concurrency slot; a member expires after ``SLOT_TTL_S`` so that a crashed gateway cannot leak slots.
+
+An admission is all-or-nothing over several buckets and slots (key and organization): a refused request takes
+nothing. In Redis it is one Lua script, with Redis's clock, so gateways on several hosts agree; keys expire once
+their bucket would be full again, and carry the organization as hash tag (``{org}``) for Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+SLOT_TTL_S = 600.0  # a stream open longer than this stops counting against the concurrency limit
+
+
+@dataclass(frozen=True)
+class Bucket:
+    key: str
+    capacity: int  # per minute
+    cost: float  # taken at admission; at settlement, the correction (negative: given back)
+
+
+@dataclass(frozen=True)
+class Slot:
+    key: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of an admission: ``refused`` is the index of the first bucket (then slot) that said no, or None;
+    ``levels`` are the buckets' levels afterwards, ``retry_after`` how long until the refusal would pass."""
+
+    refused: int | None
+    retry_after: float
+    levels: list[float]
+
+
+class Counters(Protocol):
+    async def admit(self, buckets: list[Bucket], slots: list[Slot], member: str) -> Verdict: ...
+    async def settle(self, buckets: list[Bucket], slots: list[Slot], member: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+def refill(state: tuple[float, float, int] | None, capacity: int, now: float) -> float:
+    """A bucket's level now, from its stored (level, when, capacity then)."""
+    if state is None:
+        return float(capacity)
+    level, at, was = state
+    return min(float(capacity), level + capacity - was + max(0.0, now - at) * capacity / 60.0)
+
+
+def wait_for(level: float, cost: float, capacity: int) -> float:
+    return (cost - level) * 60.0 / capacity if capacity > 0 else 60.0
+
+
+class MemoryCounters:
+    """Counters of this process only (the embedded default): one gateway, forgotten on restart."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, tuple[float, float, int]] = {}  # key → (level, when, capacity)
+        self.slots: dict[str, dict[str, float]] = {}  # key → member → expires
+
+    async def admit(self, buckets: list[Bucket], slots: list[Slot], member: str) -> Verdict:
+        now = time.monotonic()
+        levels = [refill(self.buckets.get(b.key), b.capacity, now) for b in buckets]
+        for i, (b, level) in enumerate(zip(buckets, levels)):
+            if b.cost > 0 and level < b.cost:
+                return Verdict(i, wait_for(level, b.cost, b.capacity), levels)
+        for j, slot in enumerate(slots):
+            held = {m: t for m, t in self.slots.get(slot.key, {}).items() if t > now}
+            self.slots[slot.key] = held
+            if len(held) >= slot.limit:
+                return Verdict(len(buckets) + j, 1.0, levels)
+        levels = [level - b.cost for b, level in zip(buckets, levels)]
+        for b, level in zip(buckets, levels):
+            self.buckets[b.key] = (level, now, b.capacity)
+        for slot in slots:
+            self.slots[slot.key][member] = now + SLOT_TTL_S
+        return Verdict(None, 0.0, levels)
+
+    async def settle(self, buckets: list[Bucket], slots: list[Slot], member: str) -> None:
+        now = time.monotonic()
+        for b in buckets:
+            level = refill(self.buckets.get(b.key), b.capacity, now)
+            self.buckets[b.key] = (min(float(b.capacity), level - b.cost), now, b.capacity)
+        for slot in slots:
+            self.slots.get(slot.key, {}).pop(member, None)
+
+    async def close(self) -> None:
+        pass
+
+
+_REFILL = """
+local function refill(key, cap, now)
+  local v = redis.call('HMGET', key, 'l', 't', 'c')
+  local level, at, was = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
+  if level == nil or at == nil or was == nil then return cap end
+  return math.min(cap, level + cap - was + math.max(0, now - at) * cap / 60)
+end
+local function store(key, cap, level, now)
+  redis.call('HSET', key, 'l', tostring(level), 't', tostring(now), 'c', tostring(cap))
+  local full_in = cap > 0 and (cap - level) * 60 / cap or 0
+  redis.call('PEXPIRE', key, math.ceil(full_in * 1000) + 1000)
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local nb, member = tonumber(ARGV[1]), ARGV[2]
+"""
+
+# KEYS: buckets, then slots. ARGV: n buckets, member, slot ttl, (capacity, cost) per bucket, limit per slot.
+_ADMIT = _REFILL + """
+local ttl = tonumber(ARGV[3])
+local levels, refused, wait = {}, 0, 0
+for i = 1, nb do
+  local cap, cost = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  levels[i] = refill(KEYS[i], cap, now)
+  if refused == 0 and cost > 0 and levels[i] < cost then
+    refused = i
+    wait = cap > 0 and (cost - levels[i]) * 60 / cap or 60
+  end
+end
+for j = 1, #KEYS - nb do
+  local key, limit = KEYS[nb + j], tonumber(ARGV[3 + 2 * nb + j])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if refused == 0 and redis.call('ZCARD', key) >= limit then refused, wait = nb + j, 1 end
+end
+if refused == 0 then
+  for i = 1, nb do
+    local cap, cost = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+    levels[i] = levels[i] - cost
+    store(KEYS[i], cap, levels[i], now)
+  end
+  for j = 1, #KEYS - nb do
+    redis.call('ZADD', KEYS[nb + j], now + ttl, member)
+    redis.call('EXPIRE', KEYS[nb + j], math.ceil(ttl) + 1)
+  end
+end
+local out = {refused, tostring(wait)}
+for i = 1, nb do out[#out + 1] = tostring(levels[i]) end
+return out
+"""
+
+# KEYS: buckets, then slots. ARGV: n buckets, member, (capacity, correction) per bucket.
+_SETTLE = _REFILL + """
+for i = 1, nb do
+  local cap, delta = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  store(KEYS[i], cap, math.min(cap, refill(KEYS[i], cap, now) - delta), now)
+end
+for j = nb + 1, #KEYS do redis.call('ZREM', KEYS[j], member) end
+return 1
+"""
+
+
+class RedisCounters:
+    """Counters in Redis (``redis_url``): shared by every gateway process using it, kept across restarts."""
+
+    def __init__(self, url: str, timeout_s: float = 0.25) -> None:
+        import redis.asyncio as aioredis  # only when configured
+
+        self.client: Any = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._admit = self.client.register_script(_ADMIT)
+        self._settle = self.client.register_script(_SETTLE)
+
+    async def admit(self, buckets: list[Bucket], slots: list[Slot], member: str) -> Verdict:
+        args: list[Any] = [len(buckets), member, SLOT_TTL_S]
+        for b in buckets:
+            args += [b.capacity, b.cost]
+        args += [s.limit for s in slots]
+        out = await self._admit(keys=[b.key for b in buckets] + [s.key for s in slots], args=args)
+        refused = int(out[0])
+        return Verdict(refused - 1 if refused else None, float(out[1]), [float(v) for v in out[2:]])
+
+    async def settle(self, buckets: list[Bucket], slots: list[Slot], member: str) -> None:
+        args: list[Any] = [len(buckets), member]
+        for b in buckets:
+            args += [b.capacity, b.cost]
+        await self._settle(keys=[b.key for b in buckets] + [s.key for s in slots], args=args)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def reset_seconds(level: float, capacity: int) -> float:
+    """How long until a bucket is full again (OpenAI's ``x-ratelimit-reset-*``)."""
+    return max(0.0, (capacity - level) * 60.0 / capacity) if capacity > 0 else 0.0
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: ``17ms``, ``1s``, ``6m0s``."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
