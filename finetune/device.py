@@ -20,8 +20,8 @@ def native_bf16(device: Device) -> bool:
     """Whether bf16 math is native here (imports torch: for the job's child process only)."""
     import torch
 
-    if device == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device == "cuda":  # emulated bf16 (pre-Ampere GPUs, which torch reports as supported by default) is slow
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)

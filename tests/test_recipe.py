@@ -159,3 +159,52 @@ def test_checkpointing_keeps_less_activation_memory(tiny_model: str, tokenizer) 
     # the estimate behind gradient_checkpointing="auto" is within a factor of two of what autograd keeps
     estimate = model_footprint("cpu", tiny_model).activation_bytes(batch["input_ids"].numel(), "fp32")
     assert estimate / 2 < saved[False] < estimate * 2
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), scale=None, enable_gqa=False):  # noqa: ANN001, ANN201
+    """torch's varlen_attn (CUDA only) computed per example with sdpa: the kernel contract on CPU."""
+    import torch
+    import torch.nn.functional as F
+
+    assert tuple(window_size) == (-1, 0)  # causal
+    bounds = cu_q.tolist()
+    return torch.cat([F.scaled_dot_product_attention(*(t[s:e].transpose(0, 1) for t in (q, k, v)), is_causal=True,
+                                                     scale=scale, enable_gqa=enable_gqa).transpose(0, 1)
+                      for s, e in zip(bounds[:-1], bounds[1:])])
+
+
+def reference_varlen_no_gqa(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False):  # noqa: ANN001, ANN201
+    """The older signature (is_causal, no enable_gqa / scale): the wrapper repeats the KV heads itself."""
+    assert is_causal and q.shape[1] == k.shape[1]
+    return reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, window_size=(-1, 0))
+
+
+@pytest.mark.parametrize("kernel", [reference_varlen, reference_varlen_no_gqa])
+def test_varlen_attention_packed_loss_equals_padded(tokenizer, tmp_path, kernel) -> None:  # noqa: ANN001
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments
+
+    from finetune.recipe import attention
+    from finetune.recipe.trainer import SFTTrainer
+
+    spec = json.loads(open("bench/configs/tiny.json").read())  # a Qwen2 shape with grouped KV heads (2 q, 1 kv)
+    name = f"test_varlen_{kernel.__name__}"
+    assert attention.register(name, kernel)
+    torch.manual_seed(0)
+    shape = {**spec, "vocab_size": len(tokenizer)}
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**shape), attn_implementation=name)
+    reference = AutoModelForCausalLM.from_config(AutoConfig.for_model(**shape), attn_implementation="sdpa")
+    reference.load_state_dict(model.state_dict())
+    encoder = ChatEncoder(tokenizer, CHATML, 512)
+    features = [{"input_ids": r.input_ids, "labels": r.labels} for r in (
+        encoder.encode({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+        for q, a in [("Why? " * 3, "Because."), ("Name a colour. ", "Blue, or green. " * 4), ("Hi", "Hello!")])]
+    trainer = SFTTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]))
+    with torch.no_grad():
+        packed = trainer.compute_loss(model, packing_collator(boundaries=True)(features))
+        padded = reference(**PadCollator(tokenizer.pad_token_id)(features)).loss
+    assert packed.item() == pytest.approx(padded.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="packed rows"):  # a padded batch never reaches the varlen kernel
+        trainer.compute_loss(model, PadCollator(tokenizer.pad_token_id)(features))

@@ -130,9 +130,11 @@ class PadCollator:
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
 
 
-def packing_collator() -> Any:
+def packing_collator(boundaries: bool = False) -> Any:
     """Padding-free packing: one row per batch, ``position_ids`` restart per example, so attention never
-    crosses examples (flash-attention varlen on GPU; transformers builds a block-diagonal mask for sdpa)."""
+    crosses examples (flash-attention varlen on GPU; transformers builds a block-diagonal mask for sdpa).
+    ``boundaries`` adds the examples' cumulative lengths (``cu_seq_lens_*``, ``max_length_*``) that varlen
+    attention takes (``attention.NAME``)."""
     from transformers import DataCollatorWithFlattening
 
-    return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
+    return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE, return_flash_attn_kwargs=boundaries)

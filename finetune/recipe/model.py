@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from finetune.recipe import templates
+from finetune.recipe import attention, templates
 
 if TYPE_CHECKING:
     from finetune.hyperparams import Resolved
@@ -27,6 +27,8 @@ def load_model(path: str, hp: Resolved, device: str) -> Any:
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": getattr(torch, DTYPES[hp.precision])}
+    if hp.packing and device == "cuda" and attention.register():  # varlen flash attention for packed rows
+        kwargs["attn_implementation"] = attention.NAME
     if hp.quantization_bit:
         from transformers import BitsAndBytesConfig
 
@@ -57,6 +59,11 @@ def enable_checkpointing(model: Any) -> None:
     (``enable_input_require_grads``), which PEFT expects; that costs one hidden-sized gradient per token.
     """
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def uses_varlen_attention(model: Any) -> bool:
+    """Whether the model attends through ``attention.NAME`` (its packed batches then carry the boundaries)."""
+    return getattr(model.config, "_attn_implementation", None) == attention.NAME
 
 
 def add_lora(model: Any, hp: Resolved) -> Any:

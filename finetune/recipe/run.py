@@ -140,11 +140,12 @@ def _setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, 
     from transformers import TrainingArguments
 
     from finetune.recipe.data import PadCollator, packing_collator
+    from finetune.recipe.model import uses_varlen_attention
     from finetune.recipe.trainer import SFTTrainer
 
     sampling = "group_by_length" if hp.group_by_length else "random"
     args = TrainingArguments(**common, train_sampling_strategy=sampling, prediction_loss_only=True)
-    collator = packing_collator() if hp.packing else PadCollator(tokenizer.pad_token_id)
+    collator = packing_collator(uses_varlen_attention(model)) if hp.packing else PadCollator(tokenizer.pad_token_id)
     return SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=valid_set,
                       data_collator=collator, callbacks=[callback], optimizers=optimizers)
 
