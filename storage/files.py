@@ -21,6 +21,7 @@ from storage.ids import new_id, now
 from storage.tables import StoredFile
 
 Order = Literal["asc", "desc"]
+MAX_PAGE = 10000  # OpenAI's default and largest files.list page
 T = TypeVar("T")
 
 
@@ -46,12 +47,13 @@ class Page(Generic[T]):
 
 
 def keyset_page(s: Session, table: Any, where: list[Any], *, limit: int, after: str | None, ascending: bool,
-                missing: Callable[[str], Exception]) -> Page:
+                missing: Callable[[str], Exception], anchor_where: list[Any] | None = None) -> Page:
     """``limit`` rows of ``table`` matching ``where`` in ``seq`` order, after the row with id ``after`` (which must
-    match ``where`` too, else ``missing(after)`` is raised), and whether more follow."""
+    match ``anchor_where``, by default ``where``, else ``missing(after)`` is raised), and whether more follow."""
     query = select(table).where(*where)
     if after:
-        anchor = s.exec(select(table.seq).where(*where, table.id == after)).first()
+        anchor = s.exec(select(table.seq).where(*(where if anchor_where is None else anchor_where),
+                                                table.id == after)).first()
         if anchor is None:
             raise missing(after)
         query = query.where(col(table.seq) > anchor if ascending else col(table.seq) < anchor)
@@ -95,27 +97,22 @@ class Files:
             return _visible(s, org_id, file_id)
 
     def list(
-        self, org_id: str, *, purpose: str | None = None, order: Order = "desc", limit: int = 10000,
+        self, org_id: str, *, purpose: str | None = None, order: Order = "desc", limit: int = MAX_PAGE,
         after: str | None = None,
     ) -> Page[StoredFile]:
         if order not in ("asc", "desc"):
             raise InvalidRequest("order must be 'asc' or 'desc'.", param="order")
-        if not 1 <= limit <= 10000:
-            raise InvalidRequest("limit must be between 1 and 10000.", param="limit")
-        stmt = select(StoredFile).where(StoredFile.organization_id == org_id, _not_expired(now()))
-        if purpose:
-            stmt = stmt.where(StoredFile.purpose == purpose)
-        with self.db.session() as s:
-            if after:
-                cursor = s.exec(
-                    select(StoredFile.seq).where(StoredFile.id == after, StoredFile.organization_id == org_id)
-                ).first()
-                if cursor is None:
-                    raise InvalidRequest(f"after: no such File object: {after}", param="after")
-                stmt = stmt.where(col(StoredFile.seq) < cursor if order == "desc" else col(StoredFile.seq) > cursor)
-            ordering = col(StoredFile.seq).desc() if order == "desc" else col(StoredFile.seq).asc()
-            rows = list(s.exec(stmt.order_by(ordering).limit(limit + 1)))
-        return Page(items=rows[:limit], has_more=len(rows) > limit)
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}.", param="limit")
+        mine = StoredFile.organization_id == org_id
+        where = [mine, _not_expired(now())] + ([StoredFile.purpose == purpose] if purpose else [])
+
+        def missing(after: str) -> InvalidRequest:
+            return InvalidRequest(f"after: no such File object: {after}", param="after")
+
+        with self.db.session() as s:  # the anchor may have expired since the last page: paging goes on past it
+            return keyset_page(s, StoredFile, where, limit=limit, after=after, ascending=order == "asc",
+                               missing=missing, anchor_where=[mine])
 
     def open_content(self, org_id: str, file_id: str, *, normalized: bool = False) -> tuple[StoredFile, BinaryIO]:
         row = self.get(org_id, file_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import and_, update
+from sqlalchemy import and_, exists, func, update
 from sqlmodel import Session, col, delete, select
 
 from storage.db import Database
@@ -24,6 +24,7 @@ from storage.tables import FineTunedModel, FineTuningJob, JobCheckpoint, JobEven
 ACTIVE = ("validating_files", "queued", "running", "paused")
 FINAL = ("succeeded", "failed", "cancelled")
 KEEP_CHECKPOINTS = 3
+MAX_METADATA = 16  # pairs a job may carry (finetune/submit.py), so no filter with more can match
 
 
 class JobStore:
@@ -49,18 +50,18 @@ class JobStore:
         return job
 
     def list(self, org_id: str, *, limit: int, after: str | None, metadata: dict[str, str]) -> Page[FineTuningJob]:
+        """A page of the organization's jobs, newest first, whose metadata holds every ``metadata`` pair (in SQL)."""
+        if len(metadata) > MAX_METADATA:
+            raise InvalidRequest(f"Filter on at most {MAX_METADATA} metadata pairs.", param="metadata")
+        mine = FineTuningJob.organization_id == org_id
+        where = [mine, *(_metadata_is(self.db.dialect, k, v) for k, v in metadata.items())]
+
+        def missing(after: str) -> NotFound:
+            return NotFound(f"No such fine-tuning job: {after}", param="after", code="job_not_found")
+
         with self.db.session() as s:
-            query = select(FineTuningJob).where(FineTuningJob.organization_id == org_id)
-            if after:
-                anchor = s.exec(select(FineTuningJob.seq).where(
-                    FineTuningJob.organization_id == org_id, FineTuningJob.id == after)).first()
-                if anchor is None:
-                    raise NotFound(f"No such fine-tuning job: {after}", param="after", code="job_not_found")
-                query = query.where(col(FineTuningJob.seq) < anchor)
-            rows = s.exec(query.order_by(col(FineTuningJob.seq).desc())).all()
-        # metadata is a small JSON map: filtered here, portable across SQLite and Postgres
-        rows = [r for r in rows if all((r.metadata_ or {}).get(k) == v for k, v in metadata.items())]
-        return Page(rows[:limit], len(rows) > limit)
+            return keyset_page(s, FineTuningJob, where, limit=limit, after=after, ascending=False, missing=missing,
+                               anchor_where=[mine])
 
     # --- user actions -----------------------------------------------------------------------------------
     def cancel(self, org_id: str, job_id: str) -> FineTuningJob:
@@ -207,6 +208,16 @@ class JobStore:
         with self.db.session() as s:
             return keyset_page(s, table, [table.job_id == job_id], limit=limit, after=after, ascending=False,
                                missing=missing)
+
+
+def _metadata_is(dialect: str, key: str, value: str) -> Any:
+    """SQL for ``metadata[key] == value``. SQLite's JSON paths cannot spell every key (quotes, backslashes,
+    non-ASCII), so there the pairs are looked up through ``json_each``; Postgres' ``->>`` takes any key."""
+    column = col(FineTuningJob.metadata_)
+    if dialect != "sqlite":
+        return column[key].as_string() == value
+    pairs = func.json_each(column).table_valued("key", "value")
+    return exists(select(1).select_from(pairs).where(pairs.c.key == key, pairs.c.value == value))
 
 
 def _event(job_id: str, message: str, *, level: str = "info", type: str = "message",  # noqa: A002

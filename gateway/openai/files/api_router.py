@@ -12,6 +12,7 @@ from gateway.auth import PrincipalDep, ServicesDep
 from gateway.openai.common import DeletedObject
 from gateway.openai.files import serving
 from gateway.openai.files.protocol import FileObject
+from storage.files import MAX_PAGE
 
 
 class FilesController(Controller):
@@ -26,7 +27,7 @@ class FilesController(Controller):
     @get("/", sync_to_thread=True)
     def list_files(
         self, services: ServicesDep, principal: PrincipalDep, purpose: FromQuery[str | None] = None,
-        order: FromQuery[Literal["asc", "desc"]] = "desc", limit: Annotated[int, QueryParameter(ge=1, le=10000)] = 10000,
+        order: FromQuery[Literal["asc", "desc"]] = "desc", limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = MAX_PAGE,
         after: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         return serving.list_files(services, principal, purpose=purpose, order=order, limit=limit, after=after)

@@ -8,7 +8,7 @@ from typing import Any
 
 from litestar.concurrency import sync_to_thread
 
-from finetune.formats import normalize
+from finetune.formats.check import check_in_child, memory_limit
 from gateway.openai.common import list_page
 from gateway.openai.files.protocol import (
     BATCH_DEFAULT_EXPIRY_S, MAX_EXPIRY_S, MIN_EXPIRY_S, UPLOAD_PURPOSES, FileObject,
@@ -19,6 +19,7 @@ from storage.accounts import Principal
 from storage.blobs import StagedBlob
 from storage.errors import InvalidFile, InvalidRequest
 from storage.files import NewFile
+from storage.settings import Settings
 
 _BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 CHUNK = 1 << 16
@@ -26,26 +27,35 @@ CHUNK = 1 << 16
 
 async def create(services: Services, who: Principal, content_type: str, body: AsyncIterator[bytes]) -> FileObject:
     with services.blobs.stage() as original:
-        form = await read_upload(content_type, body, original, services.settings.max_upload_bytes)
+        form = await read_upload(content_type, body, original, services.settings.max_upload_bytes,
+                                 services.settings.upload_stall_seconds)
         new = NewFile(
             organization_id=who.organization_id, filename=_filename(form), purpose=_purpose(form),
             original=original, expires_after_s=_expiry(form),
         )
         if new.purpose == "fine-tune":
             with services.blobs.stage() as normalized:
-                await sync_to_thread(_normalize, new, normalized)
+                await _normalize(new, normalized, services.settings.max_example_bytes)
                 row = await sync_to_thread(services.files.create, new)
         else:
             row = await sync_to_thread(services.files.create, new)
     return FileObject.of(row)
 
 
-def _normalize(new: NewFile, staged: StagedBlob) -> None:
-    new.original.close()
-    result = normalize(new.original.path, staged.write)
+async def _normalize(new: NewFile, staged: StagedBlob, max_example_bytes: int) -> None:
+    """Check the upload and write its normalized form to ``staged``, in a memory-capped child (check.py)."""
+    await sync_to_thread(new.original.close)
+    staged.close()  # the child writes the path
+    limit = memory_limit(max_example_bytes)
+    result = await check_in_child(new.original.path, staged.path, max_example_bytes, limit,
+                                  Settings.child_environ(database=False))
+    if result is None:
+        raise InvalidFile(f"The file could not be checked within {limit >> 20} MiB of memory; "
+                          "send smaller examples.", param="file")
     if result.problems:
-        raise InvalidFile(result.problems.render(), param="file")
-    new.normalized, new.data_format, new.data_kind, new.n_examples = staged, result.format, result.kind, result.n_examples
+        raise InvalidFile(result.problems, param="file")
+    new.normalized = await sync_to_thread(StagedBlob.adopt, staged.path)
+    new.data_format, new.data_kind, new.n_examples = result.format, result.kind, result.n_examples
 
 
 def _filename(form: UploadForm) -> str:

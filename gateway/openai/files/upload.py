@@ -2,11 +2,12 @@
 
 python-multipart's push parser is fed the request body chunk by chunk; small form fields are kept
 (capped), the one file part is written to disk as it arrives, and the size limit is enforced while
-streaming (the first byte over it ends the upload).
+streaming (the first byte over it ends the upload), as is a stall limit (no bytes for that long ends it).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -100,14 +101,15 @@ class _Collector:
             self.staged.write(chunk)
 
 
-async def read_upload(content_type: str, body: AsyncIterator[bytes], staged: StagedBlob, max_bytes: int) -> UploadForm:
+async def read_upload(content_type: str, body: AsyncIterator[bytes], staged: StagedBlob, max_bytes: int,
+                      stall_s: float) -> UploadForm:
     kind, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise InvalidRequest("Uploads must be multipart/form-data with a 'file' part and a 'purpose' field.")
     collector = _Collector(staged, max_bytes)
     parser = MultipartParser(boundary, collector.callbacks())
-    async for chunk in body:
+    async for chunk in _until_stalled(body, stall_s):
         try:
             parser.write(chunk)
         except (InvalidRequest, PayloadTooLarge):
@@ -119,3 +121,18 @@ async def read_upload(content_type: str, body: AsyncIterator[bytes], staged: Sta
     parser.finalize()
     collector.flush()
     return collector.form
+
+
+async def _until_stalled(body: AsyncIterator[bytes], stall_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks; an upload that sends nothing for ``stall_s`` seconds is ended (its staged bytes go)."""
+    chunks = aiter(body)
+    while True:
+        try:
+            async with asyncio.timeout(stall_s):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise InvalidRequest(f"The upload stalled: no bytes arrived for {stall_s:g} seconds.", param="file",
+                                 code="upload_stalled") from None
+        yield chunk
