@@ -4,6 +4,12 @@ It resolves the job's settings for the real device, runs the recipe (resuming fr
 checkpoint when there is one), and records everything through the job store: events, checkpoints as
 servable models, the final model, the results CSV. Any exception fails the job with a readable error.
 It exits by itself when its worker disappears (the lease then moves the job to another worker).
+
+Exactly once: every durable write is fenced by the claim's lease token (``storage.leases.fence``), so a child
+whose lease was taken over writes nothing more and stops at its next poll; what it writes to files goes under
+its own claim's folders (``jobs/<id>/work/<claim>``, ``models/<id>/<claim>/…``), never the successor's; the
+model row, the results file and ``succeeded`` commit together (``JobStore.succeed``). Database calls are retried
+through transient outages (``storage.db.Retrying``): only a lost lease ends the work.
 """
 
 from __future__ import annotations
@@ -12,26 +18,28 @@ import csv
 import io
 import logging
 import os
+import signal
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
 
 from finetune import hyperparams
 from finetune.device import model_footprint, native_bf16
+from finetune.process import exit_with_parent
 from finetune.recipe.callbacks import Stop
 from finetune.submit import fine_tuned_model_name
 from storage.blobs import LocalBlobStore
-from storage.db import Database
+from storage.db import Database, Retrying
 from storage.engines import EngineRegistry, engine_adapter_path
 from storage.errors import TunegateError
 from storage.files import Files, NewFile
 from storage.ids import now
 from storage.jobs import JobStore
+from storage.leases import LeaseLost
 from storage.model_sources import local_dir
 from storage.settings import Settings
-from storage.tables import FineTunedModel, FineTuningJob
+from storage.tables import FineTunedModel, FineTuningJob, StoredFile
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 CSV_HEADER = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
@@ -45,22 +53,25 @@ class JobReporter:
         self._progress_at = 0.0
 
     def event(self, message: str, level: str = "info") -> None:
-        self.ctx.jobs.add_event(self.ctx.job.id, message, level=level)
+        self.ctx.jobs.add_event(self.ctx.job.id, message, level=level, lease=self.ctx.worker)
 
     def metrics(self, step: int, total_steps: int, data: dict[str, float]) -> None:
         parts = [f"training loss={data['train_loss']:.4f}"] if "train_loss" in data else []
         if "valid_loss" in data:
             parts.append(f"validation loss={data['valid_loss']:.4f}")
         self.ctx.jobs.add_event(self.ctx.job.id, f"Step {step}/{total_steps}: {', '.join(parts)}", type="metrics",
-                                data={"step": step, "total_steps": total_steps, **data}, step=step)
+                                data={"step": step, "total_steps": total_steps, **data}, step=step,
+                                lease=self.ctx.worker)
+        fault_point(self.ctx, "training")
 
     def checkpoint(self, step: int, directory: Path, metrics: dict[str, float]) -> None:
         ctx = self.ctx
         model_id = f"{ctx.model_name}:ckpt-step-{step}"
-        key = f"models/{ctx.job.id}/ckpt-step-{step}"
-        ctx.blobs.delete_prefix(key)  # a resumed job may save the same step again
+        key = f"{ctx.artifacts}/ckpt-step-{step}"  # this claim's own: a resumed job saving the step again writes anew
+        ctx.blobs.delete_prefix(key)
         ctx.blobs.commit_dir(directory, key, ADAPTER_FILES)
-        for pruned in ctx.jobs.add_checkpoint(ctx.job, step, metrics, model_id, ctx.job.model, key):
+        fault_point(ctx, "checkpoint")
+        for pruned in ctx.jobs.add_checkpoint(ctx.job, step, metrics, model_id, ctx.job.model, key, lease=ctx.worker):
             if pruned.adapter_key:
                 ctx.blobs.delete_prefix(pruned.adapter_key)
         self.event(f"Checkpoint created at step {step}")
@@ -79,20 +90,47 @@ class JobReporter:
 
 
 class Context:
+    """``worker`` is the claim's lease token (``storage.leases.claim_token``): it fences every write."""
+
     def __init__(self, job_id: str, worker: str, settings: Settings) -> None:
         self.settings, self.worker = settings, worker
         self.db = Database(settings.resolved_database_url)
         self.blobs = LocalBlobStore(settings.resolved_blob_dir)
-        self.files = Files(self.db, self.blobs)
-        self.jobs = JobStore(self.db)
+        self.files = Retrying(Files(self.db, self.blobs))
+        self.jobs = Retrying(JobStore(self.db))
         self.job: FineTuningJob = self.jobs.get(None, job_id)
         self.model_name = fine_tuned_model_name(self.job)
+        claim = worker.rsplit("/", 1)[-1]
+        self.work_dir = self.blobs.local_path(f"jobs/{job_id}/work/{claim}")
+        self.artifacts = f"models/{job_id}/{claim}"  # adapters this claim writes (immutable, never shared)
+
+
+def fault_point(ctx: Context, phase: str) -> None:
+    """Fault injection for the exactly-once tests (``worker.fault_phase`` / ``fault_job``): on reaching ``phase`` the
+    child kills its worker with SIGKILL and dies with it, as if the worker machine had gone down at that moment."""
+    fault = ctx.settings.worker
+    if fault.fault_job not in (None, ctx.job.id):
+        return
+    if fault.fault_phase == "segfault" and phase == "training":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if fault.fault_phase == phase:
+        os.kill(os.getppid(), signal.SIGKILL)
+        os._exit(75)
+
+
+def resume_point(job_work: Path) -> tuple[Path | None, int]:
+    """The newest complete trainer checkpoint any earlier claim of the job left (``jobs/<id>/work/<claim>``, or
+    the folder itself as jobs before claim folders kept it)."""
+    from finetune.recipe.run import last_checkpoint
+
+    candidates = [job_work, *(p for p in job_work.iterdir() if p.is_dir())] if job_work.is_dir() else []
+    return max((last_checkpoint(p) for p in candidates), key=lambda found: found[1], default=(None, 0))
 
 
 def run(ctx: Context) -> None:
     import torch
 
-    from finetune.recipe.run import TrainSpec, last_checkpoint, train
+    from finetune.recipe.run import TrainSpec, train
 
     job, jobs = ctx.job, ctx.jobs
     device = "cuda" if ctx.settings.worker.device != "cpu" and torch.cuda.is_available() else "cpu"
@@ -103,18 +141,17 @@ def run(ctx: Context) -> None:
                              n_examples=training.n_examples or 0, method=job.method, device=device,
                              bf16_ok=native_bf16(device), footprint=model_footprint(device, base_path))
     jobs.advance(job.id, ctx.worker, ("running",), resolved=hp.model_dump(mode="json"))
-    work_dir = ctx.blobs.local_path(f"jobs/{job.id}/work")
-    resume_from, resumed_step = last_checkpoint(work_dir)
-    jobs.forget_steps_after(job.id, resumed_step)
+    resume_from, resumed_step = resume_point(ctx.work_dir.parent)
+    jobs.forget_steps_after(job.id, resumed_step, lease=ctx.worker)
     if resume_from:
-        jobs.add_event(job.id, f"Resuming from the checkpoint at step {resumed_step}")
+        jobs.add_event(job.id, f"Resuming from the checkpoint at step {resumed_step}", lease=ctx.worker)
     validation = ctx.files.get(job.organization_id, job.validation_file) if job.validation_file else None
     spec = TrainSpec(
         method=job.method, base_path=base_path,
         chat_template=spec_model.chat_template, hp=hp, seed=job.seed,
         train_file=ctx.blobs.local_path(training.normalized_blob_key),
         valid_file=ctx.blobs.local_path(validation.normalized_blob_key) if validation else None,
-        work_dir=work_dir, device=device, resume_from=resume_from, log_every=ctx.settings.worker.log_every_steps,
+        work_dir=ctx.work_dir, device=device, resume_from=resume_from, log_every=ctx.settings.worker.log_every_steps,
         cpu_threads=ctx.settings.worker.cpu_threads,
     )
     outcome = train(spec, JobReporter(ctx))
@@ -130,26 +167,27 @@ EVAL_SAMPLES = 200  # validation examples scored by generation at the end of a j
 
 
 def _finish(ctx: Context, adapter_dir: Path, trained_tokens: int) -> None:
+    """Store the adapter, score it, then commit model + results + ``succeeded`` at once (idempotent, fenced)."""
     job = ctx.job
-    key = f"models/{job.id}/final"
+    key = f"{ctx.artifacts}/final"
     ctx.blobs.delete_prefix(key)
     ctx.blobs.commit_dir(adapter_dir, key)
-    ctx.jobs.add_model(FineTunedModel(id=ctx.model_name, organization_id=job.organization_id, base_model=job.model,
-                                      kind="fine-tuned", job_id=job.id, adapter_key=key, created_at=now()))
+    fault_point(ctx, "evaluating")
     _evaluate(ctx, key)
     results = _results_file(ctx)
-    ctx.jobs.add_event(job.id, f"New fine-tuned model created: {ctx.model_name}")
-    if ctx.jobs.advance(job.id, ctx.worker, ("running",), status="succeeded", fine_tuned_model=ctx.model_name,
-                        result_files=[results], trained_tokens=trained_tokens, finished_at=now(),
-                        estimated_finish=None):
-        ctx.jobs.add_event(job.id, "The job has successfully completed")
+    fault_point(ctx, "registering")
+    model = FineTunedModel(id=ctx.model_name, organization_id=job.organization_id, base_model=job.model,
+                           kind="fine-tuned", job_id=job.id, adapter_key=key, created_at=now())
+    ctx.jobs.succeed(job.id, ctx.worker, model, results, trained_tokens=trained_tokens, finished_at=now(),
+                     estimated_finish=None)
+    fault_point(ctx, "succeeded")
 
 
 def _evaluate(ctx: Context, adapter_key: str) -> None:
     """ROUGE/BLEU of the fine-tuned model and of its base on the validation file, generated through a serving
     engine; merged into the final metrics event and the newest checkpoint's metrics. Never fails the job."""
     from finetune.evals import metrics
-    from finetune.evals.generation import NoEngine, generate, load_adapter, samples_from
+    from finetune.evals.generation import NoEngine, UsageSink, generate, load_adapter, samples_from
 
     job = ctx.job
     if not job.validation_file or job.method != "supervised":
@@ -164,18 +202,22 @@ def _evaluate(ctx: Context, adapter_key: str) -> None:
             raise NoEngine(f"no serving engine for {job.model} is running")
         load_adapter(urls[0], adapter_key, engine_adapter_path(ctx.settings, adapter_key, ctx.blobs.local_path(adapter_key)))
         references = [sample.reference for sample in samples]
-        tuned = metrics.score(generate(urls, adapter_key, samples), references)
-        base = metrics.score(generate(urls, job.model, samples), references)
+        usage = {model: UsageSink(ctx.db, job.organization_id, model, "fine_tuning.jobs", job.id)
+                 for model in (ctx.model_name, job.model)}  # accounted to the organization that trained
+        tuned = metrics.score(generate(urls, adapter_key, samples, usage=usage[ctx.model_name]), references)
+        base = metrics.score(generate(urls, job.model, samples, usage=usage[job.model]), references)
     except Exception as exc:  # scores are a bonus: the trained model stands without them
-        ctx.jobs.add_event(job.id, f"Generation metrics skipped: {exc}", level="warn")
+        ctx.jobs.add_event(job.id, f"Generation metrics skipped: {exc}", level="warn", lease=ctx.worker)
         return
     values = {**tuned, **{f"base_{k}": v for k, v in base.items()}}
     summary = ", ".join(f"{k}={tuned[k]:.4f} (base {base[k]:.4f})" for k in tuned if not k.endswith("_with_think"))
-    ctx.jobs.add_final_metrics(job.id, values, summary)
-    ctx.jobs.add_event(job.id, f"Evaluated on {len(samples)} validation examples: {summary}", data=values)
+    ctx.jobs.add_final_metrics(job.id, values, summary, lease=ctx.worker)
+    ctx.jobs.add_event(job.id, f"Evaluated on {len(samples)} validation examples: {summary}", data=values,
+                       lease=ctx.worker)
 
 
-def _results_file(ctx: Context) -> str:
+def _results_file(ctx: Context) -> StoredFile:
+    """The results CSV's blobs and row; the row is inserted with the job's end (``JobStore.succeed``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
@@ -185,22 +227,10 @@ def _results_file(ctx: Context) -> str:
                          d.get("valid_loss", ""), d.get("valid_mean_token_accuracy", "")])
     with ctx.blobs.stage() as staged:
         staged.write(out.getvalue().encode())
-        row = ctx.files.create(NewFile(organization_id=ctx.job.organization_id, filename="step_metrics.csv",
-                                       purpose="fine-tune-results", original=staged))
-    return row.id
-
-
-def _exit_with_parent() -> None:
-    """If the worker dies (even kill -9), stop too: the job's lease will hand it to another worker."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(75)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+        row = ctx.files.store_blobs(NewFile(organization_id=ctx.job.organization_id, filename="step_metrics.csv",
+                                            purpose="fine-tune-results", original=staged))
+    fault_point(ctx, "results")
+    return row
 
 
 def _error_of(exc: BaseException) -> tuple[str, str, str | None]:
@@ -215,10 +245,12 @@ def _error_of(exc: BaseException) -> tuple[str, str, str | None]:
 def main(argv: list[str]) -> int:
     job_id, worker, settings_path = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _exit_with_parent()
+    exit_with_parent()
     ctx = Context(job_id, worker, Settings.model_validate_json(Path(settings_path).read_text()))
     try:
         run(ctx)
+    except LeaseLost as exc:  # another claim owns the job now: it carries on; this one writes nothing more
+        print(f"stopping: {exc}", file=sys.stderr)
     except BaseException as exc:  # noqa: BLE001 - every failure ends the job readably
         traceback.print_exc()
         code, message, param = _error_of(exc)

@@ -1,7 +1,8 @@
 """Running a unit of work (a fine-tuning job, an export) in a child process that a worker watches.
 
 The child gets its own session (process group), so stopping it also stops whatever it started (llama.cpp's
-converter, dataloader workers). Its output goes to a log file whose last error line explains a crash.
+converter, dataloader workers). Its output goes to a log file whose last error line explains a crash. Its
+environment has none of tunegate's variables (no admin key; its settings come from ``Settings.write_for_child``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+from storage.settings import Settings
 
 log = logging.getLogger("tunegate.worker")
 KILL_GRACE_S = 10.0
@@ -36,7 +40,8 @@ def supervise(argv: list[str], log_path: Path, keep_going: Callable[[], bool], i
     exit code, or None when ``keep_going`` said stop and the child was stopped. A ``keep_going`` that raises (a
     database hiccup) keeps the child and asks again next time."""
     with open(log_path, "ab") as log_file:
-        child = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        child = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                 env=Settings.child_environ(database=True))  # training and exports write to the database
         while True:
             try:
                 return child.wait(timeout=interval)
@@ -50,6 +55,19 @@ def supervise(argv: list[str], log_path: Path, keep_going: Callable[[], bool], i
             if not go_on:
                 terminate(child)
                 return None
+
+
+def exit_with_parent() -> None:
+    """In a child: if the worker dies (even kill -9), stop too — its lease will hand the work to another worker."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(75)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def terminate(child: subprocess.Popen[bytes]) -> None:
@@ -67,7 +85,14 @@ def terminate(child: subprocess.Popen[bytes]) -> None:
 
 
 def death(code: int) -> str:
-    return "was killed (out of memory?)" if code in (-signal.SIGKILL, 137) else f"exited with code {code}"
+    if code in (-signal.SIGKILL, 137):
+        return "was killed (out of memory?)"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exited with code {code}"
 
 
 def last_error(log_path: Path) -> str:

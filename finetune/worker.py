@@ -4,19 +4,20 @@ It never imports torch: training happens in ``python -m finetune.child``, one pr
 CUDA error or a segfault there fails that job and nothing else. While the child runs, the worker renews the
 job's lease; if the worker dies (kill -9) the child notices its parent is gone and exits, the lease runs out,
 and the next worker to look takes the job over and resumes it from its last checkpoint.
+
+Each claim gets its own lease token, which the child fences every write with. When the lease cannot be renewed
+for a whole lease period (database unreachable, the worker frozen) or another claim took it, the child is stopped:
+two processes never train one job. A job whose run is interrupted ``worker.max_attempts`` times (its worker or
+training process died each time) fails with the cause.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import sys
-import threading
-import uuid
 
 from finetune import validation
-from finetune.process import death, last_error, poll_forever, supervise
+from finetune.leased import LeasedWorker
+from finetune.process import death, last_error
 from storage.errors import TunegateError
 from storage.files import Files
 from storage.jobs import JobStore
@@ -24,83 +25,68 @@ from storage.settings import Settings
 from storage.tables import FineTuningJob
 
 log = logging.getLogger("tunegate.worker")
+CRASH = "The training process"  # how a crash event begins: the cause a job that gives up names
 
 
-class Worker:
+class Worker(LeasedWorker):
+    kind = "jobs"
+
     def __init__(self, settings: Settings, jobs: JobStore, files: Files) -> None:
-        self.settings, self.jobs, self.files = settings, jobs, files
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.lease_s = settings.worker.lease_seconds
-        self._stop = threading.Event()
-        self._settings_file = settings.write_for_child(f"worker-{os.getpid()}-{self.id.rsplit(':', 1)[1]}")
+        super().__init__(settings)
+        self.jobs, self.files = jobs, files
 
-    # --- loop -------------------------------------------------------------------------------------------
-    def run_forever(self) -> None:
-        log.info("worker %s started", self.id)
-        try:
-            poll_forever(self.run_once, self._stop, self.settings.worker.poll_seconds, "worker")
-        finally:
-            self._settings_file.unlink(missing_ok=True)
+    def claim(self, lease: str) -> FineTuningJob | None:
+        return self.jobs.claim(lease, self.lease_s)
 
-    def stop(self) -> None:
-        self._stop.set()
+    def heartbeat(self, item_id: str, lease: str) -> bool:
+        return self.jobs.heartbeat(item_id, lease, self.lease_s)
 
-    def run_once(self) -> bool:
-        job = self.jobs.claim(self.id, self.lease_s)
-        if job is None:
-            return False
-        try:
-            self._handle(job)
-        finally:
-            self.jobs.release(job.id, self.id)
-        return True
+    def release(self, item: FineTuningJob, lease: str) -> None:
+        self.jobs.release(item.id, lease)
 
     # --- one job ----------------------------------------------------------------------------------------
-    def _handle(self, job: FineTuningJob) -> None:
+    def work(self, job: FineTuningJob, lease: str) -> None:
         if job.status == "validating_files":
-            if not self._validate(job):
+            if not self._validate(job, lease):
                 return
         if job.status == "running":
-            self.jobs.add_event(job.id, "The worker running this job stopped responding; resuming on another worker.",
-                                level="warn")
-        elif not self.jobs.advance(job.id, self.id, ("queued",), status="running"):
+            if job.attempts >= self.settings.worker.max_attempts:
+                self._give_up(job, lease)
+                return
+            self.jobs.add_event(job.id, f"The run of this job was interrupted; resuming (attempt {job.attempts + 1} "
+                                f"of {self.settings.worker.max_attempts}).", level="warn", lease=lease)
+        elif not self.jobs.advance(job.id, lease, ("queued",), status="running"):
             return  # cancelled or paused meanwhile
         else:
-            self.jobs.add_event(job.id, "Fine-tuning job started")
-        self._supervise(job.id)
+            self.jobs.add_event(job.id, "Fine-tuning job started", lease=lease)
+        self._train(job.id, lease)
 
-    def _validate(self, job: FineTuningJob) -> bool:
+    def _give_up(self, job: FineTuningJob, lease: str) -> None:
+        cause = self.jobs.last_message(job.id, CRASH) or "its worker stopped responding (killed, or lost its lease)"
+        self.jobs.fail(job.id, lease, "training_process_died",
+                       f"The job was interrupted {job.attempts} times (worker.max_attempts = "
+                       f"{self.settings.worker.max_attempts}); the last cause: {cause}")
+
+    def _validate(self, job: FineTuningJob, lease: str) -> bool:
         self.jobs.add_event(job.id, f"Validating training file: {job.training_file}"
                             + (f" and validation file: {job.validation_file}" if job.validation_file else ""))
         try:
             validation.validate(job, self.files)
         except TunegateError as exc:
-            self.jobs.fail(job.id, self.id, exc.code or "invalid_training_file", exc.message, exc.param)
+            self.jobs.fail(job.id, lease, exc.code or "invalid_training_file", exc.message, exc.param)
             return False
-        if not self.jobs.advance(job.id, self.id, ("validating_files",), status="queued"):
+        if not self.jobs.advance(job.id, lease, ("validating_files",), status="queued"):
             return False
         self.jobs.add_event(job.id, "Files validated, moving job to queued state")
         job.status = "queued"
         return True
 
-    def _supervise(self, job_id: str) -> None:
+    def _train(self, job_id: str, lease: str) -> None:
+        """The child trains; it is stopped when the job is cancelled or the lease is lost (``LeasedWorker``)."""
         log.info("worker %s running job %s", self.id, job_id)
-        log_path = (self.settings.data_dir / "run" / f"{job_id}.log").resolve()
-        code = supervise([sys.executable, "-m", "finetune.child", job_id, self.id, str(self._settings_file)],
-                         log_path, lambda: self._keep_going(job_id), min(self.lease_s / 3, 2.0))
-        if code:
-            tail = last_error(log_path)
-            self.jobs.fail(job_id, self.id, "training_process_died", f"The training process {death(code)}. {tail}".strip())
-
-    def _keep_going(self, job_id: str) -> bool:
-        """Renew the lease; stop the child when the job was cancelled, the lease lost (another worker owns it) or
-        this worker is shutting down (the next worker resumes the job)."""
-        ours = self.jobs.heartbeat(job_id, self.id, self.lease_s)
-        status = self.jobs.get(None, job_id).status
-        return ours and status != "cancelled" and not self._stop.is_set()
-
-
-def start_in_thread(worker: Worker) -> threading.Thread:
-    thread = threading.Thread(target=worker.run_forever, name="tunegate-worker", daemon=True)
-    thread.start()
-    return thread
+        code = self.supervise_child("finetune.child", job_id, lease,
+                                    cancelled=lambda: self.jobs.get(None, job_id).status == "cancelled")
+        if code:  # the training process died (a crash, the OOM killer): the next claim retries it, up to the limit
+            cause = f"{CRASH} {death(code)}. {last_error(self.log_path(job_id))}".strip()
+            log.warning("job %s: %s", job_id, cause)
+            self.jobs.add_event(job_id, cause, level="warn", lease=lease)

@@ -15,8 +15,10 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
+from finetune.leased import start_workers
 from gateway.admin.api_router import AdminController
 from gateway.auth import provide_principal, provide_services, require_api_key
+from gateway.body_limits import limit_json_body
 from gateway.console import console_routes
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.middleware import add_request_id, rate_limited
@@ -61,7 +63,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         sweeper = asyncio.create_task(_sweep_expired(services))
         await services.engines.start()
         usage = asyncio.create_task(services.completions.usage.run())
-        worker = _start_worker(services) if settings.worker.embedded else None
+        worker = start_workers(settings, services) if settings.worker.embedded else None
         try:
             yield
         finally:
@@ -86,6 +88,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         route_handlers=[v1, AdminController, health, *console_routes()],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=limit_json_body,
         before_send=[add_request_id],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
@@ -97,33 +100,6 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
     )
     app.state.services = services
     return app
-
-
-def _start_worker(services: Services):  # noqa: ANN202 - finetune.worker imported only when used
-    """The embedded default: a fine-tuning worker thread and an export worker thread (jobs and exports still run
-    in children), and an eval-run worker thread, in the gateway process."""
-    from finetune.evals.runner import EvalWorker
-    from finetune.evals.runner import start_in_thread as start_evals
-    from finetune.export.runner import ExportWorker
-    from finetune.export.runner import start_in_thread as start_exports
-    from finetune.worker import Worker, start_in_thread
-
-    worker = Worker(services.settings, services.jobs, services.files)
-    evals = EvalWorker(services.settings, services.db, services.blobs)
-    exports = ExportWorker(services.settings, services.exports)
-    start_in_thread(worker)
-    start_evals(evals)
-    start_exports(exports)
-    return _Both(worker, evals, exports)
-
-
-class _Both:
-    def __init__(self, *workers: Any) -> None:
-        self.workers = workers
-
-    def stop(self) -> None:
-        for worker in self.workers:
-            worker.stop()
 
 
 async def _sweep_expired(services: Services) -> None:

@@ -46,27 +46,25 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     """A standalone fine-tuning worker (several may run, on several hosts, against one Postgres)."""
     import signal
 
-    from finetune.evals.runner import EvalWorker
-    from finetune.evals.runner import start_in_thread as start_evals
-    from finetune.export.runner import ExportWorker
-    from finetune.export.runner import start_in_thread as start_exports
-    from finetune.worker import Worker
+    import threading
 
-    services = _services(settings)
-    worker = Worker(settings, services.jobs, services.files)
-    evals = EvalWorker(settings, services.db, services.blobs)
-    exports = ExportWorker(settings, services.exports)
-    start_evals(evals)  # eval runs use the engines, not the training device: they run beside a training job
-    start_exports(exports)  # exports run on CPU: beside a training job too
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-    print(f"tunegate worker {worker.id} waiting for jobs and eval runs", file=sys.stderr, flush=True)
+    from finetune.leased import start_workers
+
+    # jobs, eval runs and exports each in a thread: eval runs use the engines and exports the CPU, so both run
+    # beside a training job
+    workers = start_workers(settings, _services(settings))
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    print(f"tunegate worker {workers.workers[0].id} waiting for jobs, eval runs and exports", file=sys.stderr,
+          flush=True)
     try:
-        worker.run_forever()
+        while not stopped.wait(1.0):
+            pass
     except KeyboardInterrupt:
-        worker.stop()
+        pass
     finally:
-        evals.stop()
-        exports.stop()
+        workers.stop()
+        workers.join(timeout=30)
     return 0
 
 

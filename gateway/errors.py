@@ -11,9 +11,8 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from storage.db import TRANSIENT_DB_ERRORS
 from storage.errors import (
     AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied, RateLimited,
     TunegateError, Unavailable, UpstreamFailed,
@@ -101,8 +100,7 @@ def _validation_detail(exc: ValidationException) -> tuple[str | None, str]:
     return None, str(exc.detail)
 
 
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
     TunegateError: on_domain_error, HTTPException: on_http_error,
-    OperationalError: on_database_down, InterfaceError: on_database_down, DisconnectionError: on_database_down,
-    PoolTimeout: on_database_down, Exception: on_unexpected,
+    **{error: on_database_down for error in TRANSIENT_DB_ERRORS}, Exception: on_unexpected,
 }

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -41,10 +43,13 @@ class Target:
 
 
 class EnginePool:
-    def __init__(self, settings: Settings, catalog: Catalog, blobs: LocalBlobStore, registry: EngineRegistry) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, blobs: LocalBlobStore, registry: EngineRegistry,
+                 http: httpx.AsyncClient | None = None) -> None:
+        """``http``: the client for every engine call (health, adapter loads, requests); by default one is built at
+        ``start`` from the serving settings — tests pass one over ``httpx.MockTransport``."""
         self.settings, self.catalog, self.blobs, self.registry = settings, catalog, blobs, registry
         self.replicas: dict[str, list[Replica]] = {}
-        self.http: httpx.AsyncClient | None = None
+        self.http: httpx.AsyncClient | None = http
         self._tasks: list[asyncio.Task[None]] = []
         self._resolved: dict[tuple[str, str], tuple[float, Target]] = {}
         self._warming: set[asyncio.Task[None]] = set()
@@ -52,26 +57,29 @@ class EnginePool:
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         serving = self.settings.serving
-        self.http = httpx.AsyncClient(
+        self.http = self.http or httpx.AsyncClient(
             timeout=httpx.Timeout(serving.request_timeout_seconds, connect=serving.connect_timeout_seconds),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
         settings_file = None
         for model_id, spec in self.settings.base_models.items():
             if spec.engine_urls:
-                replicas = [Replica(model_id, url, local=False, kind=spec.engine) for url in spec.engine_urls]
+                key = spec.engine_api_key.get_secret_value() if spec.engine_api_key else None
+                replicas = [Replica(model_id, url, local=False, kind=spec.engine, api_key=key) for url in spec.engine_urls]
                 for replica in replicas:
-                    self._spawn(ExternalEngine(replica, self.http, serving.health_interval_seconds).run())
+                    self._spawn(f"health of {replica.url}",
+                                lambda r=replica: ExternalEngine(r, self.http, serving.health_interval_seconds).run())
             elif serving.local_engines:
-                settings_file = settings_file or self.settings.write_for_child(f"engines-{id(self):x}")
+                settings_file = settings_file or self.settings.write_for_child(f"engines-{id(self):x}", database=False)
                 replica = Replica(model_id, "http://127.0.0.1:0", local=True, kind=spec.engine)
                 replicas = [replica]
-                self._spawn(LocalEngine(replica, self.http, self.settings, settings_file).run())
+                self._spawn(f"engine of {model_id}",
+                            lambda r=replica, f=settings_file: LocalEngine(r, self.http, self.settings, f).run())
             else:
                 replicas = []
             self.replicas[model_id] = replicas
-        self._spawn(self._warm_new_models())
-        self._spawn(self._publish())
+        self._spawn("adapter warm-up", self._warm_new_models)
+        self._spawn("engine registry", self._publish)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -81,8 +89,8 @@ class EnginePool:
         if self.http is not None:
             await self.http.aclose()
 
-    def _spawn(self, coro) -> None:  # noqa: ANN001
-        self._tasks.append(asyncio.create_task(coro))
+    def _spawn(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._tasks.append(asyncio.create_task(_supervised(name, run), name=name))
 
     def status(self) -> list[dict[str, object]]:
         return [r.describe() for replicas in self.replicas.values() for r in replicas]
@@ -153,7 +161,7 @@ class EnginePool:
                 await self._unload(replica, next(iter(replica.loaded)))
             started = time.perf_counter()
             try:
-                response = await self.http.post(f"{replica.url}/v1/load_lora_adapter",
+                response = await self.http.post(f"{replica.url}/v1/load_lora_adapter", headers=replica.auth,
                                                  json={"lora_name": adapter.name, "lora_path": adapter.path})
             except httpx.TransportError as exc:
                 replica.set_state("down", f"load_lora_adapter failed: {exc!r}")
@@ -169,7 +177,7 @@ class EnginePool:
         replica.loaded.pop(name, None)
         replica.locks.pop(name, None)
         try:
-            await self.http.post(f"{replica.url}/v1/unload_lora_adapter", json={"lora_name": name})
+            await self.http.post(f"{replica.url}/v1/unload_lora_adapter", headers=replica.auth, json={"lora_name": name})
         except httpx.HTTPError as exc:
             log.warning("unloading %s from %s failed: %r", name, replica.url, exc)
 
@@ -192,7 +200,7 @@ class EnginePool:
     async def _publish(self) -> None:
         """Tell workers where the engines are (they generate through them for job-end evaluations)."""
         while True:
-            replicas = [(r.url, r.base_model, r.state) for rs in self.replicas.values() for r in rs]
+            replicas = [(r.url, r.base_model, r.state, r.api_key) for rs in self.replicas.values() for r in rs]
             if replicas:
                 try:
                     await asyncio.to_thread(self.registry.publish, replicas)
@@ -203,13 +211,17 @@ class EnginePool:
     # --- warm-up -----------------------------------------------------------------------------------------
     async def _warm_new_models(self) -> None:
         """Load each newly registered fine-tuned model at once, so its first request does not wait for it."""
-        seen = await asyncio.to_thread(self.catalog.newest_seq)
+        seen: int | None = None
         while True:
-            await asyncio.sleep(self.settings.serving.warm_poll_seconds)
             try:
+                if seen is None:  # inside the try: a database away at start-up must not end the loop
+                    seen = await asyncio.to_thread(self.catalog.newest_seq)
+                    continue
+                await asyncio.sleep(self.settings.serving.warm_poll_seconds)
                 entries = await asyncio.to_thread(self.catalog.added_since, seen)
             except Exception:  # a database hiccup must not end the loop
                 log.exception("warm-up: listing new models failed")
+                await asyncio.sleep(self.settings.serving.warm_poll_seconds)
                 continue
             for entry in entries:
                 seen = max(seen, entry.seq)
@@ -226,6 +238,23 @@ class EnginePool:
             log.info("warm-up of %s skipped: %s", entry.id, exc.message)
         except Exception:
             log.exception("warm-up of %s failed", entry.id)
+
+
+async def _supervised(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a background task for the pool's lifetime: one that dies of an unexpected error (not a cancel) is
+    logged and started again with backoff, so a replica never stays "starting" forever behind a dead watcher."""
+    backoff = 1.0
+    while True:
+        started = time.monotonic()
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
+            log.exception("background task '%s' died; restarting it in %.0f s", name, backoff)
+            await asyncio.sleep(backoff)
 
 
 def _load_error(target: Target, response: httpx.Response) -> TunegateError:

@@ -2,13 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
+
+
+log = logging.getLogger("tunegate.db")
+T = TypeVar("T")
+
+# The database is unreachable for now (restart, failover, network blip, pool exhausted, SQLite busy past its
+# timeout): worth a retry, and a 503 at the edge — never a failed job or a 500.
+TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+
+
+def retry_transient(call: Callable[[], T], what: str, give_up_after_s: float = 600.0) -> T:
+    """``call()``, retried with backoff (0.25 s doubling to 10 s) while it fails with a transient database error,
+    for up to ``give_up_after_s``; any other error (and the last transient one) is raised."""
+    started, wait = time.monotonic(), 0.25
+    while True:
+        try:
+            return call()
+        except TRANSIENT_DB_ERRORS as exc:
+            if time.monotonic() - started > give_up_after_s:
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.2f s", what, str(exc).splitlines()[0][:200], wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 10.0)
+
+
+class Retrying(Generic[T]):
+    """``Retrying(store)`` behaves like ``store`` with every method call under ``retry_transient``: what a long
+    child process (training, export) uses, so that a database restart during a six-hour job costs a pause, not
+    the job. Only idempotent or fenced writes belong behind it (a retried commit may have landed)."""
+
+    def __init__(self, target: T) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return retry_transient(lambda: attr(*args, **kwargs), what=name)
+
+        return call
 
 
 def make_engine(url: str) -> Engine:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import update
@@ -13,7 +14,7 @@ from storage.errors import InvalidRequest, NotFound
 from storage.files import Page, keyset_page
 from storage.ids import now
 from storage.leases import OrgCap, claim_oldest
-from storage.tables import Export
+from storage.tables import Export, StoredFile
 
 ACTIVE = ("queued", "running")
 
@@ -72,15 +73,19 @@ class ExportStore:
         row = self.get(None, export_id)
         self._update(export_id, worker, warnings=[*row.warnings, message])
 
-    def finish(self, export_id: str, worker: str | None, **values: Any) -> bool:
-        """End an export (succeeded / failed / cancelled) and drop its lease; a worker only ends its own."""
+    def finish(self, export_id: str, worker: str | None, files: Sequence[StoredFile] = (), **values: Any) -> bool:
+        """End an export (succeeded / failed / cancelled) and drop its lease; a worker only ends its own claim.
+        ``files`` (output rows whose blobs are stored) become visible in the same commit, or not at all."""
         with self.db.session() as s:
             query = update(Export).where(Export.id == export_id, col(Export.status).in_(ACTIVE))
             if worker is not None:
                 query = query.where(Export.lease_owner == worker)
             result = s.exec(query.values(lease_owner=None, lease_expires_at=None,  # type: ignore[call-overload]
                                          finished_at=now(), **values))
-            return result.rowcount == 1
+            if result.rowcount != 1:
+                return False
+            s.add_all(files)
+            return True
 
     def _update(self, export_id: str, worker: str, **values: Any) -> bool:
         with self.db.session() as s:

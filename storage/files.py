@@ -69,6 +69,18 @@ class Files:
         self.quota = quota  # the API's files: refuse one that would exceed its organization's storage quota
 
     def create(self, new: NewFile) -> StoredFile:
+        row = self.store_blobs(new)
+        try:
+            with self.db.session() as s:
+                s.add(row)
+        except BaseException:
+            self.blobs.delete_prefix(f"files/{row.id}")
+            raise
+        return row
+
+    def store_blobs(self, new: NewFile) -> StoredFile:
+        """The blobs of ``new`` committed and its row built but not inserted: for a caller that inserts the row in
+        its own transaction (a job's results file commits with the job's end). Until then the file is invisible."""
         if self.quota is not None:
             self.quota(new.organization_id, new.original.size)
         file_id = new_id("file-")
@@ -85,8 +97,6 @@ class Files:
             self.blobs.commit(new.original, row.blob_key)
             if new.normalized is not None:
                 self.blobs.commit(new.normalized, row.normalized_blob_key)
-            with self.db.session() as s:
-                s.add(row)
         except BaseException:
             self.blobs.delete_prefix(f"files/{file_id}")
             raise

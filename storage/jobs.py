@@ -11,15 +11,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import and_, exists, func, update
+from sqlalchemy import and_, case, exists, func, update
 from sqlmodel import Session, col, delete, select
 
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page, keyset_page
-from storage.leases import OrgCap, claim_oldest
+from storage.leases import OrgCap, claim_oldest, fence
 from storage.ids import new_id, now
-from storage.tables import FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent
+from storage.tables import FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent, StoredFile
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
 FINAL = ("succeeded", "failed", "cancelled")
@@ -93,11 +93,14 @@ class JobStore:
 
     # --- worker side ------------------------------------------------------------------------------------
     def claim(self, worker: str, lease_s: float) -> FineTuningJob | None:
-        """Take one job that needs a worker: validating or queued, or running with an expired lease."""
+        """Take one job that needs a worker: validating or queued, or running with an expired lease. ``worker`` is
+        this claim's lease token (``storage.leases.claim_token``)."""
         t = time.time()
         claimable = col(FineTuningJob.status).in_(("validating_files", "queued", "running"))
+        # attempts counts take-overs of a *running* job (its worker or training process died), not pause/resume
+        interrupted = case((FineTuningJob.status == "running", 1), else_=0)
         job_id = claim_oldest(self.db, FineTuningJob, claimable, t, self.cap, lease_owner=worker,
-                              lease_expires_at=t + lease_s, attempts=FineTuningJob.attempts + 1)
+                              lease_expires_at=t + lease_s, attempts=FineTuningJob.attempts + interrupted)
         return self.get(None, job_id) if job_id else None
 
     def heartbeat(self, job_id: str, worker: str, lease_s: float) -> bool:
@@ -137,9 +140,19 @@ class JobStore:
 
     # --- events -----------------------------------------------------------------------------------------
     def add_event(self, job_id: str, message: str, *, level: str = "info", type: str = "message",  # noqa: A002
-                  data: dict | None = None, step: int | None = None) -> None:
+                  data: dict | None = None, step: int | None = None, lease: str | None = None) -> None:
+        """``lease``: the writer's claim token — the event is written only while that claim holds the job."""
         with self.db.session() as s:
+            if lease is not None:
+                fence(s, FineTuningJob, job_id, lease)
             s.add(_event(job_id, message, level=level, type=type, data=data, step=step))
+
+    def last_message(self, job_id: str, prefix: str) -> str | None:
+        """The newest event message of the job that starts with ``prefix``."""
+        with self.db.session() as s:
+            return s.exec(select(JobEvent.message).where(JobEvent.job_id == job_id,
+                                                         col(JobEvent.message).startswith(prefix))
+                          .order_by(col(JobEvent.seq).desc())).first()
 
     def events(self, org_id: str, job_id: str, *, limit: int, after: str | None) -> Page[JobEvent]:
         self.get(org_id, job_id)
@@ -150,9 +163,11 @@ class JobStore:
             return list(s.exec(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
                                .order_by(col(JobEvent.seq))).all())
 
-    def add_final_metrics(self, job_id: str, values: dict, message: str) -> None:
+    def add_final_metrics(self, job_id: str, values: dict, message: str, lease: str | None = None) -> None:
         """Merge ``values`` into the job's last metrics event and its newest checkpoint's metrics."""
         with self.db.session() as s:
+            if lease is not None:
+                fence(s, FineTuningJob, job_id, lease)
             event = s.exec(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
                            .order_by(col(JobEvent.seq).desc())).first()
             if event is not None:
@@ -165,18 +180,30 @@ class JobStore:
                 checkpoint.metrics = {**(checkpoint.metrics or {}), **values}
                 s.add(checkpoint)
 
-    def forget_steps_after(self, job_id: str, step: int) -> int:
+    def forget_steps_after(self, job_id: str, step: int, lease: str | None = None) -> int:
         """Resuming from step N discards the metrics of steps after N (they will be trained again)."""
         with self.db.session() as s:
+            if lease is not None:
+                fence(s, FineTuningJob, job_id, lease)
             result = s.exec(delete(JobEvent).where(  # type: ignore[call-overload]
                 JobEvent.job_id == job_id, JobEvent.type == "metrics", col(JobEvent.step) > step))
             return result.rowcount
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def add_checkpoint(self, job: FineTuningJob, step: int, metrics: dict, model_id: str, base_model: str,
-                       adapter_key: str) -> list[FineTunedModel]:
-        """Record a checkpoint (and its servable model); returns the models pruned beyond the last 3."""
+                       adapter_key: str, lease: str | None = None) -> list[FineTunedModel]:
+        """Record a checkpoint (and its servable model); returns the models pruned beyond the last 3. A step
+        recorded before (a resumed job saving it again) is replaced, never doubled."""
         with self.db.session() as s:
+            if lease is not None:
+                fence(s, FineTuningJob, job.id, lease)
+            for again in s.exec(select(JobCheckpoint).where(JobCheckpoint.job_id == job.id,
+                                                            JobCheckpoint.step_number == step)).all():
+                s.delete(again)
+            replaced = _model(s, model_id)
+            if replaced is not None:
+                s.delete(replaced)
+            s.flush()
             s.add(JobCheckpoint(id=new_id("ftckpt_"), job_id=job.id, organization_id=job.organization_id,
                                 step_number=step, metrics=metrics, fine_tuned_model_checkpoint=model_id, created_at=now()))
             s.add(FineTunedModel(id=model_id, organization_id=job.organization_id, base_model=base_model,
@@ -184,7 +211,7 @@ class JobStore:
             s.flush()
             old = s.exec(select(JobCheckpoint).where(JobCheckpoint.job_id == job.id)
                          .order_by(col(JobCheckpoint.step_number).desc()).offset(KEEP_CHECKPOINTS)).all()
-            pruned = []
+            pruned = [replaced] if replaced is not None and replaced.adapter_key != adapter_key else []
             for ckpt in old:
                 model = s.exec(select(FineTunedModel).where(FineTunedModel.id == ckpt.fine_tuned_model_checkpoint)).first()
                 if model is not None:
@@ -200,6 +227,26 @@ class JobStore:
     def add_model(self, model: FineTunedModel) -> None:
         with self.db.session() as s:
             s.add(model)
+
+    def succeed(self, job_id: str, lease: str, model: FineTunedModel, results: StoredFile, **values: Any) -> bool:
+        """The end of a job, once: the fine-tuned model row and the ``succeeded`` status (with ``values``) commit in
+        one transaction fenced by the lease. A repeat (a worker that died after the commit and a successor that
+        trains nothing new) or a lost lease is a no-op, never a second model or a failed job. ``results`` (the
+        results CSV, blobs already stored) becomes visible in the same commit."""
+        with self.db.session() as s:
+            fence(s, FineTuningJob, job_id, lease)
+            result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
+                FineTuningJob.id == job_id, FineTuningJob.lease_owner == lease, FineTuningJob.status == "running",
+            ).values(status="succeeded", fine_tuned_model=model.id, result_files=[results.id], **values))
+            if result.rowcount != 1:
+                s.rollback()
+                return False
+            if _model(s, model.id) is None:
+                s.add(model)
+            s.add(results)
+            s.add(_event(job_id, f"New fine-tuned model created: {model.id}"))
+            s.add(_event(job_id, "The job has successfully completed"))
+        return True
 
     def _page(self, table: type, job_id: str, limit: int, after: str | None, param: str) -> Page:
         def missing(after: str) -> NotFound:
@@ -224,6 +271,10 @@ def _event(job_id: str, message: str, *, level: str = "info", type: str = "messa
            data: dict | None = None, step: int | None = None) -> JobEvent:
     return JobEvent(id=new_id("ftevent-"), job_id=job_id, created_at=now(), level=level, message=message,
                     type=type, data=data, step=step)
+
+
+def _model(s: Session, model_id: str) -> FineTunedModel | None:
+    return s.exec(select(FineTunedModel).where(FineTunedModel.id == model_id)).first()
 
 
 def owned_model(s: Session, org_id: str, model_id: str) -> FineTunedModel | None:

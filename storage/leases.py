@@ -85,3 +85,32 @@ def _fair_order(s: Session, table: Any, waiting: ColumnElement[bool], now: float
             order.append((org_id, cap_value))
     return order
 
+
+
+# --- fencing ---------------------------------------------------------------------------------------------------
+# Each claim writes a fresh ``lease_owner`` token (the worker's id + a nonce, ``claim_token``): the token is the
+# fencing token. A child whose lease was taken over keeps its old token, so every durable write it makes under
+# ``fence`` fails with LeaseLost instead of landing beside the new owner's.
+
+
+class LeaseLost(Exception):
+    """The item's lease is held under another token now: stop, write nothing more."""
+
+
+def claim_token(worker_id: str) -> str:
+    """The ``lease_owner`` one claim writes: unique per claim, so a re-claim by the same worker fences too."""
+    import uuid
+
+    return f"{worker_id}/{uuid.uuid4().hex[:8]}"
+
+
+def fence(s: Session, table: Any, item_id: str, token: str) -> None:
+    """Go on with this unit of work only while ``token`` holds ``item_id``'s lease.
+
+    The no-op UPDATE takes the row's lock until the session commits (Postgres; SQLite: the database write lock),
+    so no claim can slip in between this check and the commit of the writes that follow it in ``s``.
+    """
+    result = s.exec(update(table).where(table.id == item_id, table.lease_owner == token)  # type: ignore[call-overload]
+                    .values(lease_owner=token))
+    if result.rowcount != 1:
+        raise LeaseLost(f"{table.__tablename__} {item_id}: the lease {token} is no longer held")

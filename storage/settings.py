@@ -71,6 +71,15 @@ class WorkerSettings(BaseModel):
     poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for jobs.")
     cpu_threads: int | None = Field(default=None, ge=1, description="torch threads for CPU training (default: all).")
     log_every_steps: int | None = Field(default=None, ge=1, description="Metrics event interval (default: ~100 per job).")
+    max_attempts: int = Field(default=3, ge=1, description="Runs a job gets: one whose worker or training process "
+                              "dies this many times fails with the cause instead of being retried forever.")
+    export_timeout_seconds: float = Field(default=3600.0, gt=0, description="An export (merge, GGUF conversion, "
+                                          "quantization) still running after this long is stopped and failed.")
+    fault_phase: Literal["training", "checkpoint", "evaluating", "results", "registering", "succeeded",
+                         "segfault"] | None = Field(
+        default=None, description="Testing only (fault injection): on reaching this phase the job's child kills its "
+        "worker with SIGKILL; 'segfault' makes the child itself die of SIGSEGV when training starts.")
+    fault_job: str | None = Field(default=None, description="Testing only: limit fault_phase to this job id.")
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

@@ -96,4 +96,9 @@ def results_csv(client: openai.OpenAI, job: Any) -> list[dict[str, str]]:
 
 
 def adapter_dir(gw: LiveGateway, job_id: str, name: str = "final") -> Path:
-    return gw.data_dir / "blobs" / "objects" / "models" / job_id / name
+    """The job's stored adapter ``name`` (``final`` or ``ckpt-step-N``); each claim of a job writes its own folder
+    (``models/<job>/<claim>/…``), so the newest one is the one its model row points at."""
+    found = sorted((gw.data_dir / "blobs" / "objects" / "models" / job_id).glob(f"*/{name}"),
+                   key=lambda p: p.stat().st_mtime)
+    assert found, f"no stored adapter {name} for {job_id}"
+    return found[-1]

@@ -6,75 +6,27 @@ and starts again under a live gateway — the shared server on 5432 is never tou
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import LiveGateway, free_port
+from tests.pg_support import PrivateCluster, private_cluster
+from tests.support import LiveGateway
 
 pytestmark = pytest.mark.postgres
 
 
-def _pg_bin() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    if not found:
-        pytest.fail("PostgreSQL server binaries (/usr/lib/postgresql/*/bin) are required (CI installs postgres)")
-    return found[-1].parent
-
-
-class PrivateCluster:
-    """A throwaway PostgreSQL cluster owned by the ``postgres`` user (initdb refuses root)."""
-
-    def __init__(self, root: Path) -> None:
-        self.bin, self.root, self.port = _pg_bin(), root, free_port()
-        self.data = root / "pgdata"
-
-    def _as_postgres(self, *argv: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, *argv], check=True, capture_output=True, timeout=120)
-
-    def init(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres", "postgres")
-        self._as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
-
-    def start(self) -> None:
-        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(self.root / "pg.log"),
-                          "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1", "start")
-
-    def stop(self) -> None:
-        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-m", "immediate", "stop")
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-
 @pytest.fixture(scope="module")
 def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivateCluster, LiveGateway]]:
-    root = tmp_path_factory.mktemp("pg-outage")
-    # pytest's temporary folders are private to root: the postgres user needs a folder of its own it can reach.
-    cluster = PrivateCluster(Path(tempfile.mkdtemp(prefix="tunegate-pg-")))
-    cluster.init()
-    cluster.start()
-    gw = LiveGateway(root / "gw", cluster.url)
-    gw.start()
-    try:
-        yield cluster, gw
-    finally:
-        gw.stop()
-        with contextlib.suppress(subprocess.CalledProcessError):
-            cluster.stop()
-        shutil.rmtree(cluster.root, ignore_errors=True)
+    with private_cluster() as cluster:
+        gw = LiveGateway(tmp_path_factory.mktemp("pg-outage") / "gw", cluster.url)
+        gw.start()
+        try:
+            yield cluster, gw
+        finally:
+            gw.stop()
 
 
 ROUTES = [

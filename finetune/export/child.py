@@ -22,7 +22,7 @@ from storage.files import Files, NewFile
 from storage.jobs import JobStore, owned_model
 from storage.model_sources import local_dir
 from storage.settings import Settings
-from storage.tables import Export, FineTuningJob
+from storage.tables import Export, FineTuningJob, StoredFile
 
 log = logging.getLogger("tunegate.exports")
 
@@ -39,7 +39,7 @@ class Context:
         self.files = Files(self.db, self.blobs)
         self.exports = ExportStore(self.db)
         self.export: Export = self.exports.get(None, export_id)
-        self.work = self.blobs.staging / f"{export_id}.work"
+        self.work = self.blobs.staging / f"{export_id}.{worker.rsplit('/', 1)[-1]}.work"  # this claim's own
 
     def step(self, progress: float, stage: str) -> None:
         log.info("%s: %.0f%% %s", self.export.id, progress * 100, stage)
@@ -47,7 +47,7 @@ class Context:
             raise Cancelled(stage)
 
 
-def run(ctx: Context) -> list[dict]:
+def run(ctx: Context) -> list[StoredFile]:
     export, settings = ctx.export, ctx.settings
     with ctx.db.session() as s:
         tuned = owned_model(s, export.organization_id, export.model)
@@ -106,25 +106,23 @@ def _cutoff_len(job: FineTuningJob | None) -> int:
     return int(resolved["cutoff_len"]) if resolved.get("cutoff_len") else 4096
 
 
-def _store(ctx: Context, paths: list[Path]) -> list[dict]:
-    stored = []
+def _store(ctx: Context, paths: list[Path]) -> list[StoredFile]:
+    """The outputs' blobs stored and their rows built; the rows commit with the export's end (``finish``)."""
+    rows: list[StoredFile] = []
     try:
         for path in paths:
-            row = ctx.files.create(NewFile(organization_id=ctx.export.organization_id, filename=path.name,
-                                           purpose="fine-tune-results", original=StagedBlob.adopt(path)))
-            stored.append({"id": row.id, "filename": row.filename, "bytes": row.bytes})
+            rows.append(ctx.files.store_blobs(NewFile(organization_id=ctx.export.organization_id, filename=path.name,
+                                                      purpose="fine-tune-results", original=StagedBlob.adopt(path))))
     except BaseException:
-        _drop(ctx, stored)
+        _drop(ctx, rows)
         raise
-    return stored
+    return rows
 
 
-def _drop(ctx: Context, stored: list[dict]) -> None:
-    for item in stored:
-        try:
-            ctx.files.delete(ctx.export.organization_id, item["id"])
-        except Exception:
-            log.exception("could not remove %s", item["id"])
+def _drop(ctx: Context, rows: list[StoredFile]) -> None:
+    """Blobs of outputs that will never be listed (the export failed, was cancelled or taken over)."""
+    for row in rows:
+        ctx.blobs.delete_prefix(f"files/{row.id}")
 
 
 def _error_of(exc: BaseException) -> dict:
@@ -134,17 +132,18 @@ def _error_of(exc: BaseException) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from finetune.child import _exit_with_parent
+    from finetune.process import exit_with_parent
 
     export_id, worker, settings_path = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _exit_with_parent()
+    exit_with_parent()
     ctx = Context(export_id, worker, Settings.model_validate_json(Path(settings_path).read_text()))
     try:
         outputs = run(ctx)
-        if not ctx.exports.finish(export_id, worker, status="succeeded", progress=1.0, stage="done",
-                                  output_files=outputs):
-            _drop(ctx, outputs)  # cancelled at the last moment: nobody will list these files
+        listed = [{"id": row.id, "filename": row.filename, "bytes": row.bytes} for row in outputs]
+        if not ctx.exports.finish(export_id, worker, files=outputs, status="succeeded", progress=1.0, stage="done",
+                                  output_files=listed):
+            _drop(ctx, outputs)  # cancelled or taken over at the last moment: nobody will list these files
     except Cancelled:
         log.info("%s was cancelled or taken over", export_id)
     except BaseException as exc:  # noqa: BLE001 - every failure ends the export readably

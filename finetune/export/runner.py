@@ -2,62 +2,48 @@
 
 Like fine-tuning jobs, the heavy work (torch, llama.cpp) happens in a child process: a crash or an OOM fails that
 export only. An export whose worker died is taken over by the next worker and starts over (exports are
-idempotent; partial outputs live in a scratch directory that is replaced).
+idempotent; partial outputs live in a scratch directory of that claim's own, so a stale child's cleanup never
+touches its successor's). Each claim has its own lease token (the child fences its writes with it), and an export
+that runs past ``worker.export_timeout_seconds`` is stopped and failed with ``export_timeout``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import sys
-import threading
-import uuid
+import time
 
-from finetune.process import death, last_error, poll_forever, supervise
+from finetune.leased import LeasedWorker
+from finetune.process import death, last_error
 from storage.exports import ExportStore
 from storage.settings import Settings
+from storage.tables import Export
 
 log = logging.getLogger("tunegate.exports")
 
 
-class ExportWorker:
+class ExportWorker(LeasedWorker):
+    kind = "exports"
+
     def __init__(self, settings: Settings, exports: ExportStore) -> None:
-        self.settings, self.exports = settings, exports
-        self.id = f"{socket.gethostname()}:{os.getpid()}:exports:{uuid.uuid4().hex[:8]}"
-        self.lease_s = settings.worker.lease_seconds
-        self._stop = threading.Event()
-        self._settings_file = settings.write_for_child(f"exports-{os.getpid()}-{self.id.rsplit(':', 1)[1]}")
+        super().__init__(settings)
+        self.exports = exports
 
-    def run_forever(self) -> None:
-        try:
-            poll_forever(self.run_once, self._stop, self.settings.worker.poll_seconds, "export worker")
-        finally:
-            self._settings_file.unlink(missing_ok=True)
+    def claim(self, lease: str) -> Export | None:
+        return self.exports.claim(lease, self.lease_s)
 
-    def stop(self) -> None:
-        self._stop.set()
+    def heartbeat(self, item_id: str, lease: str) -> bool:
+        return self.exports.heartbeat(item_id, lease, self.lease_s)
 
-    def run_once(self) -> bool:
-        export = self.exports.claim(self.id, self.lease_s)
-        if export is None:
-            return False
+    def work(self, export: Export, lease: str) -> None:
         log.info("export worker %s running %s", self.id, export.id)
-        log_path = (self.settings.data_dir / "run" / f"{export.id}.log").resolve()
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        code = supervise([sys.executable, "-m", "finetune.export.child", export.id, self.id, str(self._settings_file)],
-                         log_path, lambda: self._keep_going(export.id), min(self.lease_s / 3, 2.0))
-        if code:
-            tail = last_error(log_path)
-            self.exports.finish(export.id, self.id, status="failed", stage="failed",
+        timeout = self.settings.worker.export_timeout_seconds
+        deadline = time.monotonic() + timeout
+        code = self.supervise_child("finetune.export.child", export.id, lease, deadline=deadline)
+        if code is None and time.monotonic() >= deadline:
+            self.exports.finish(export.id, lease, status="failed", stage="failed", error={
+                "code": "export_timeout", "message": f"The export ran longer than worker.export_timeout_seconds "
+                f"({timeout:g} s) and was stopped."})
+        elif code:
+            tail = last_error(self.log_path(export.id))
+            self.exports.finish(export.id, lease, status="failed", stage="failed",
                                 error={"code": "export_process_died", "message": f"The export process {death(code)}. {tail}".strip()})
-        return True
-
-    def _keep_going(self, export_id: str) -> bool:
-        return self.exports.heartbeat(export_id, self.id, self.lease_s) and not self._stop.is_set()
-
-
-def start_in_thread(worker: ExportWorker) -> threading.Thread:
-    thread = threading.Thread(target=worker.run_forever, name="tunegate-exports", daemon=True)
-    thread.start()
-    return thread
