@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import sys
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ class Checked:
 async def check_in_child(source: Path, target: Path, max_example_bytes: int, memory_limit: int,
                          env: dict[str, str]) -> Checked | None:
     """Normalize ``source`` into ``target`` in a child; None when the child ran out of its memory."""
+    root = str(Path(__file__).resolve().parents[2])  # this checkout, installed or not
+    env = env | {"PYTHONPATH": os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)}
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "finetune.formats.check", str(source), str(target), str(max_example_bytes),
         str(memory_limit), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
