@@ -75,6 +75,10 @@ class LeasedWorker(ABC):
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def idle(self, seconds: float) -> bool:
+        """Wait ``seconds`` or until the worker stops (True then)."""
+        return self._stop.wait(seconds)
+
     def run_once(self) -> bool:
         lease = claim_token(self.id)
         item = self.claim(lease)

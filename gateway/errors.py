@@ -12,7 +12,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
-from storage.db import TRANSIENT_DB_ERRORS
+from storage.db import TRANSIENT_DB_ERRORS, is_transient
 from storage.errors import (
     AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied, RateLimited,
     TunegateError, Unavailable, UpstreamFailed,
@@ -77,10 +77,12 @@ def on_http_error(request: Request, exc: HTTPException) -> Response[Any]:
 DATABASE_RETRY_AFTER_S = 2
 
 
-def on_database_down(request: Request, exc: Exception) -> Response[Any]:
+def on_database_error(request: Request, exc: Exception) -> Response[Any]:
     """The database cannot be reached (restarting, network blip, pool exhausted, SQLite busy past its timeout): a
     503 the openai client retries on its own, never a 500. The pool pre-pings, so the next request after the
-    database is back reconnects without a gateway restart."""
+    database is back reconnects without a gateway restart. The same exception classes raised by a bug are 500s."""
+    if not is_transient(exc):
+        return on_unexpected(request, exc)
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, str(exc).splitlines()[0][:300])
     return _respond(503, envelope("The database is temporarily unavailable; retry shortly.", "service_unavailable_error",
                                   None, "database_unavailable"), {"retry-after": str(DATABASE_RETRY_AFTER_S)})
@@ -102,5 +104,5 @@ def _validation_detail(exc: ValidationException) -> tuple[str | None, str]:
 
 EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
     TunegateError: on_domain_error, HTTPException: on_http_error,
-    **{error: on_database_down for error in TRANSIENT_DB_ERRORS}, Exception: on_unexpected,
+    **{error: on_database_error for error in TRANSIENT_DB_ERRORS}, Exception: on_unexpected,
 }

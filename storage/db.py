@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
@@ -20,9 +20,27 @@ from sqlmodel import Session, create_engine
 log = logging.getLogger("tunegate.db")
 T = TypeVar("T")
 
-# The database is unreachable for now (restart, failover, network blip, pool exhausted, SQLite busy past its
-# timeout): worth a retry, and a 503 at the edge — never a failed job or a 500.
+# The classes a database outage is raised as; ``is_transient`` tells an outage (restart, failover, network blip,
+# pool exhausted, SQLite busy past its timeout: worth a retry, a 503 at the edge) from a bug raised as the same
+# class (SQLite's "no such table" is an OperationalError too: a 500).
 TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+# Postgres SQLSTATE classes of an unavailable server: connection exception, operator intervention (shutdown,
+# restart), insufficient resources (too many connections)
+_UNAVAILABLE_SQLSTATES = ("08", "57P", "53")
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (DisconnectionError, PoolTimeout)):
+        return True
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return False
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = getattr(exc, "orig", None)
+    if type(orig).__module__.startswith("sqlite3"):
+        return any(word in str(orig).lower() for word in ("locked", "busy"))
+    sqlstate = getattr(orig, "sqlstate", None)  # psycopg: None when no connection could be made at all
+    return sqlstate is None or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
 def retry_transient(call: Callable[[], T], what: str, give_up_after_s: float = 600.0) -> T:
@@ -33,7 +51,7 @@ def retry_transient(call: Callable[[], T], what: str, give_up_after_s: float = 6
         try:
             return call()
         except TRANSIENT_DB_ERRORS as exc:
-            if time.monotonic() - started > give_up_after_s:
+            if not is_transient(exc) or time.monotonic() - started > give_up_after_s:
                 raise
             log.warning("%s: database unavailable (%s); retrying in %.2f s", what, str(exc).splitlines()[0][:200], wait)
             time.sleep(wait)

@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page, keyset_page
-from storage.leases import OrgCap, claim_oldest
+from storage.leases import OrgCap, claim_oldest, fence
 from storage.tables import Eval, EvalOutputItem, EvalRun
 
 ACTIVE = ("queued", "in_progress")
@@ -116,8 +116,12 @@ class EvalStore:
             return result.rowcount == 1
 
     # --- output items ------------------------------------------------------------------------------------
-    def add_items(self, items: list[EvalOutputItem]) -> None:
+    def add_items(self, items: list[EvalOutputItem], lease: str | None = None) -> None:
+        """Store a batch's items; with ``lease`` (the claim's token) only while that claim holds the run, so a
+        worker whose run was taken over stores nothing more (and (run, item) is unique besides)."""
         with self.db.session() as s:
+            if lease is not None and items:
+                fence(s, EvalRun, items[0].run_id, lease)
             s.add_all(items)
 
     def done_ids(self, run_id: str) -> list[int]:

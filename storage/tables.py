@@ -6,7 +6,7 @@ total order (``created_at`` has one-second resolution and collides).
 
 from __future__ import annotations
 
-from sqlalchemy import JSON
+from sqlalchemy import JSON, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -174,6 +174,7 @@ class EngineRecord(SQLModel, table=True):
     base_model: str = Field(index=True, max_length=256)
     state: str = Field(max_length=16)
     updated_at: float
+    api_key: str | None = Field(default=None, max_length=256, description="The key the engine requires (workers read it)")
 
 
 class Eval(SQLModel, table=True):
@@ -218,6 +219,7 @@ class EvalOutputItem(SQLModel, table=True):
     """One data-source item of a run: the model's sample and each grader's result."""
 
     __tablename__ = "eval_output_items"
+    __table_args__ = (UniqueConstraint("run_id", "datasource_item_id", name="uq_eval_output_items_run_item"),)
 
     seq: int | None = Field(default=None, primary_key=True)
     id: str = Field(unique=True, max_length=64)

@@ -165,7 +165,7 @@ def test_a_child_that_segfaults_every_time_fails_after_max_attempts(gw: LiveGate
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_a_database_restart_during_training_costs_a_pause_not_the_job(tiny_model: str, tmp_path: Path) -> None:
+def test_a_database_restart_during_training_and_an_eval_run_costs_a_pause(tiny_model: str, tmp_path: Path) -> None:
     with private_cluster() as cluster:
         gateway = LiveGateway(tmp_path / "gw", cluster.url,
                               **gateway_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false",
@@ -177,12 +177,14 @@ def test_a_database_restart_during_training_costs_a_pause_not_the_job(tiny_model
             train = upload(cl, shared_subset("alpaca_en_demo.json", 300), name="alpaca_en.json")
             job = cl.fine_tuning.jobs.create(model=TINY, training_file=train,
                                              method=supervised({**LONG, "n_epochs": 1}))
+            eval_id, run_id = _slow_eval_run(cl, 160)  # ~32 s of grading: under way when the database goes
             proc = gateway.spawn_worker("pg-restart")
             wait_until(lambda: latest_step(cl, job.id) >= 5, timeout=120, what="training to start")
             cluster.stop()
-            time.sleep(4)  # the child's writes and the worker's renewals fail meanwhile, and are retried
+            time.sleep(4)  # the child's writes and the workers' renewals fail meanwhile, and are retried
             cluster.start()
             assert_done_once(cl, cluster.url, job.id)
+            _assert_run_once(cl, eval_id, run_id, 160)
             messages = [e.message for e in all_events(cl, job.id)]
             assert not any("interrupted" in m for m in messages), "a short outage must not restart the run"
             assert proc.poll() is None
@@ -191,6 +193,44 @@ def test_a_database_restart_during_training_costs_a_pause_not_the_job(tiny_model
                 proc.kill()
                 proc.wait()
             gateway.stop()
+
+
+SLOW_GRADER = "import time\ndef grade(sample, item):\n    time.sleep(0.2)\n    return 1.0 if sample['output_text'] == item['want'] else 0.0\n"
+
+
+def _slow_eval_run(client: openai.OpenAI, n: int) -> tuple[str, str]:
+    """A jsonl run (samples given: no engine) whose batches of 32 take ~6 s, longer than the 4 s lease."""
+    evaluation = client.evals.create(data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+                                     testing_criteria=[{"type": "python", "name": "slow", "source": SLOW_GRADER}])
+    rows = [{"item": {"want": str(i)}, "sample": {"output_text": str(i if i % 3 else -1)}} for i in range(n)]
+    run = client.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {
+        "type": "file_content", "content": rows}})
+    return evaluation.id, run.id
+
+
+def _assert_run_once(client: openai.OpenAI, eval_id: str, run_id: str, n: int) -> None:
+    def finished():  # noqa: ANN202
+        run = client.evals.runs.retrieve(run_id, eval_id=eval_id)
+        return run if run.status in ("completed", "failed", "canceled") else None
+
+    run = wait_until(finished, timeout=300, what="the eval run to finish")
+    assert run.status == "completed", run.error
+    assert run.result_counts.total == n and run.result_counts.passed == n - len(range(0, n, 3))
+    ids = [i.datasource_item_id for i in client.evals.runs.output_items.list(run_id, eval_id=eval_id, limit=100)]
+    assert sorted(ids) == list(range(n)), "items lost or stored twice"
+
+
+@pytest.mark.slow
+def test_two_workers_and_batches_longer_than_the_lease_grade_every_item_once(gw: LiveGateway,
+                                                                            client: openai.OpenAI) -> None:
+    eval_id, run_id = _slow_eval_run(client, 80)
+    workers = [worker(gw, f"evals-{i}") for i in range(2)]
+    try:
+        _assert_run_once(client, eval_id, run_id, 80)
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
 
 
 def test_fault_settings_are_typed() -> None:

@@ -1,7 +1,9 @@
 """Executes eval runs in the worker: items → samples (generated, or given by a jsonl source) → graders → output items.
 
-A run is claimed under a lease and renewed after every batch; a canceled run stops at the next batch; a run whose
-worker died is taken over and continues after the items already stored. Items are streamed from their file (never
+A run is claimed under a lease (``finetune.leased.LeasedWorker``) that a thread of its own renews while the run
+works, so a slow batch never outlives it unnoticed; a canceled run, or one whose lease was lost, stops at the next
+batch, and a batch's items are stored only while the claim holds the lease (fenced; (run, item) is unique). A
+run whose worker died is taken over and continues after the items already stored. Items are streamed from their file (never
 read whole) in batches of ``BATCH``: a ``completions`` run sends a batch's prompts concurrently to the model's engine
 (vLLM batches them), then every testing criterion grades the batch at once through the grader engine (Python
 graders in the sandbox pool, judges through the engines, usage recorded for the organization). Totals are kept
@@ -13,11 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
@@ -29,14 +28,15 @@ from finetune.graders.engine import GraderEngine
 from finetune.graders.messages import flat, render_messages
 from finetune.graders.sandbox import SandboxPool
 from finetune.graders.templates import TemplateError, lookup, sample_namespace
-from finetune.process import poll_forever
+from finetune.leased import LeasedWorker
 from storage.blobs import LocalBlobStore
-from storage.db import Database
+from storage.db import Database, Retrying
 from storage.engines import EngineAddress, EngineRegistry, engine_adapter_path
 from storage.errors import TunegateError
 from storage.evals import EvalStore
 from storage.files import Files
 from storage.jobs import owned_model
+from storage.leases import LeaseLost
 from storage.settings import Settings
 from storage.tables import EvalRun
 
@@ -51,54 +51,58 @@ class RunFailed(Exception):
         self.code, self.message = code, message
 
 
-class EvalWorker:
+class EvalWorker(LeasedWorker):
+    kind = "evals"
+
     def __init__(self, settings: Settings, db: Database, blobs: LocalBlobStore) -> None:
-        self.settings, self.db, self.blobs = settings, db, blobs
-        self.store, self.files, self.registry = EvalStore(db), Files(db, blobs), EngineRegistry(db)
-        self.id = f"{socket.gethostname()}:{os.getpid()}:evals:{uuid.uuid4().hex[:8]}"
-        self.lease_s = settings.worker.lease_seconds
-        self._stop = threading.Event()
+        super().__init__(settings)
+        self.db, self.blobs = db, blobs
+        self.store, self.registry = EvalStore(db), EngineRegistry(db)  # claim and renew: errors must surface
+        # the run's own reads and writes ride out a database restart (retried with backoff; writes are fenced)
+        self.durable, self.files = Retrying(self.store), Retrying(Files(db, blobs))
         self.sandbox, self.embed = SandboxPool(), Embedder()  # started on first use
 
     def run_forever(self) -> None:
         try:
-            poll_forever(self.run_once, self._stop, self.settings.worker.poll_seconds, "eval worker")
+            super().run_forever()
         finally:
             self.sandbox.close()
             self.embed.close()
 
-    def stop(self) -> None:
-        self._stop.set()
+    def claim(self, lease: str) -> EvalRun | None:
+        return self.store.claim(lease, self.lease_s)
 
-    def run_once(self) -> bool:
-        run = self.store.claim(self.id, self.lease_s)
-        if run is None:
-            return False
+    def heartbeat(self, item_id: str, lease: str) -> bool:
+        return self.store.heartbeat(item_id, lease, self.lease_s)
+
+    def work(self, run: EvalRun, lease: str) -> None:
         log.info("eval worker %s running %s", self.id, run.id)
         try:
-            self.execute(run)
+            with self.heartbeat_thread(run.id, lease) as lost:
+                self.execute(run, lease, lost)
+        except LeaseLost:
+            log.info("eval run %s was canceled or taken over; stopping", run.id)
         except RunFailed as exc:
-            self.store.finish(run.id, self.id, status="failed", error={"code": exc.code, "message": exc.message})
+            self.durable.finish(run.id, lease, status="failed", error={"code": exc.code, "message": exc.message})
         except Exception as exc:  # one bad run never stops the worker
             log.exception("eval run %s failed", run.id)
-            self.store.finish(run.id, self.id, status="failed",
-                              error={"code": "eval_failed", "message": f"{type(exc).__name__}: {exc}"})
-        return True
+            self.durable.finish(run.id, lease, status="failed",
+                                error={"code": "eval_failed", "message": f"{type(exc).__name__}: {exc}"})
 
     # --- one run -----------------------------------------------------------------------------------------
-    def execute(self, run: EvalRun) -> None:
-        criteria = self.store.get_eval(run.organization_id, run.eval_id).testing_criteria
+    def execute(self, run: EvalRun, lease: str, lost: threading.Event) -> None:
+        criteria = self.durable.get_eval(run.organization_id, run.eval_id).testing_criteria
         totals = Totals([c["name"] for c in criteria])
-        totals.add(self.store.items(run.id), run.model)  # a run taken over: what its first worker stored
-        done = {int(i) for i in self.store.done_ids(run.id)}
-        models = _Models(self, run)
+        totals.add(self.durable.items(run.id), run.model)  # a run taken over: what its first worker stored
+        done = {int(i) for i in self.durable.done_ids(run.id)}
+        models = _Models(self, run, lost)
         if run.data_source["type"] == "completions":
             models.target(run.model)  # fails the run at once when the model cannot be served
         engine = GraderEngine(sandbox=self.sandbox, judge=models.judge, embed=self.embed)
         todo = ((i, item, sample) for i, item, sample in self._items(run) if i not in done)
         while batch := list(islice(todo, BATCH)):
-            if not self.store.heartbeat(run.id, self.id, self.lease_s):
-                log.info("eval run %s was canceled or taken over; stopping", run.id)
+            if lost.is_set() or self.stopping:
+                log.info("eval run %s was canceled, taken over or its worker is stopping; stopping", run.id)
                 return
             samples = self._samples(run, models, batch)
             rows = [(ns, item) for (_, item, _), (ns, _) in zip(batch, samples, strict=True) if ns is not None]
@@ -109,12 +113,12 @@ class EvalWorker:
                 if ns is not None:
                     results, k = [result(c, graded[j][k]) for j, c in enumerate(criteria)], k + 1
                 items.append(output_item(run, index, item, record, results))
-            self.store.add_items(items)
+            self.durable.add_items(items, lease)  # fenced: nothing once another claim holds the run
             totals.add(items, run.model)
-            self.store.progress(run.id, self.id, **totals.fields())
+            self.durable.progress(run.id, lease, **totals.fields())
         if not totals.counts["total"]:
             raise RunFailed("invalid_file", "The data source has no items.")
-        self.store.finish(run.id, self.id, status="completed", **totals.fields())
+        self.durable.finish(run.id, lease, status="completed", **totals.fields())
 
     def _items(self, run: EvalRun) -> Iterator[tuple[int, dict[str, Any], dict[str, Any] | None]]:
         """(index, item, the row's own sample or None), streamed from the file line by line."""
@@ -197,8 +201,8 @@ class _Models:
     """The engines of the models one run uses (the model under test, judges): resolved for the run's organization
     (another organization's model does not exist), adapters loaded once, usage recorded for the organization."""
 
-    def __init__(self, worker: EvalWorker, run: EvalRun) -> None:
-        self.worker, self.run = worker, run
+    def __init__(self, worker: EvalWorker, run: EvalRun, lost: threading.Event) -> None:
+        self.worker, self.run, self.lost = worker, run, lost
         self._targets: dict[str, tuple[EngineAddress, str] | RunFailed] = {}
 
     def chat(self, model: str, conversations: list[list[dict]], params: dict | list[dict], prefix: str) -> list[dict]:
@@ -250,16 +254,10 @@ class _Models:
         """Ready engines of ``base``, waiting up to ENGINE_WAIT_S for one that is still starting."""
         worker, deadline = self.worker, time.monotonic() + ENGINE_WAIT_S
         while not (engines := worker.registry.ready(base)):
-            if time.monotonic() > deadline or worker._stop.is_set():
+            if time.monotonic() > deadline or worker.stopping:
                 raise RunFailed("engine_unavailable", f"No serving engine for '{base}' became ready in "
                                                       f"{ENGINE_WAIT_S:.0f} s.")
-            if not worker.store.heartbeat(self.run.id, worker.id, worker.lease_s):
-                raise RunFailed("canceled", "The run was canceled while waiting for an engine.")
-            worker._stop.wait(1.0)
+            if self.lost.is_set():  # canceled or taken over meanwhile (the lease's own thread noticed)
+                raise LeaseLost(f"eval run {self.run.id}: canceled or taken over while waiting for an engine")
+            worker.idle(1.0)
         return engines
-
-
-def start_in_thread(worker: EvalWorker) -> threading.Thread:
-    thread = threading.Thread(target=worker.run_forever, name="eval-worker", daemon=True)
-    thread.start()
-    return thread
