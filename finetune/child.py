@@ -2,7 +2,7 @@
 
 It resolves the job's settings for the real device, runs the recipe (resuming from the last trainer
 checkpoint when there is one), and records everything through the job store: events, checkpoints as
-servable models, the final model, the results CSV. Any exception fails the job with a readable error.
+servable models, the final model; the job-end evaluation and the results CSV are ``finetune.evals.job_end``'s. Any exception fails the job with a readable error.
 It exits by itself when its worker disappears (the lease then moves the job to another worker).
 
 Exactly once: every durable write is fenced by the claim's lease token (``storage.leases.fence``), so a child
@@ -14,8 +14,6 @@ through transient outages (``storage.db.Retrying``): only a lost lease ends the 
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import signal
@@ -26,23 +24,22 @@ from pathlib import Path
 
 from finetune import hyperparams
 from finetune.device import model_footprint, native_bf16
+from finetune.evals import job_end
 from finetune.process import exit_with_parent
 from finetune.recipe.callbacks import Stop
 from finetune.submit import fine_tuned_model_name
 from storage.blobs import LocalBlobStore
 from storage.db import Database, Retrying
-from storage.engines import EngineRegistry, engine_adapter_path
 from storage.errors import TunegateError
-from storage.files import Files, NewFile
+from storage.files import Files
 from storage.ids import now
 from storage.jobs import JobStore
 from storage.leases import LeaseLost
 from storage.model_sources import local_dir
 from storage.settings import Settings
-from storage.tables import FineTunedModel, FineTuningJob, StoredFile
+from storage.tables import FineTunedModel, FineTuningJob
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-CSV_HEADER = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 
 
 class JobReporter:
@@ -163,9 +160,6 @@ def run(ctx: Context) -> None:
     _finish(ctx, outcome.adapter_dir, outcome.trained_tokens)
 
 
-EVAL_SAMPLES = 200  # validation examples scored by generation at the end of a job
-
-
 def _finish(ctx: Context, adapter_dir: Path, trained_tokens: int) -> None:
     """Store the adapter, score it, then commit model + results + ``succeeded`` at once (idempotent, fenced)."""
     job = ctx.job
@@ -173,64 +167,15 @@ def _finish(ctx: Context, adapter_dir: Path, trained_tokens: int) -> None:
     ctx.blobs.delete_prefix(key)
     ctx.blobs.commit_dir(adapter_dir, key)
     fault_point(ctx, "evaluating")
-    _evaluate(ctx, key)
-    results = _results_file(ctx)
+    job_end.evaluate(ctx, key)
+    results = job_end.results_file(ctx)
+    fault_point(ctx, "results")
     fault_point(ctx, "registering")
     model = FineTunedModel(id=ctx.model_name, organization_id=job.organization_id, base_model=job.model,
                            kind="fine-tuned", job_id=job.id, adapter_key=key, created_at=now())
     ctx.jobs.succeed(job.id, ctx.worker, model, results, trained_tokens=trained_tokens, finished_at=now(),
                      estimated_finish=None)
     fault_point(ctx, "succeeded")
-
-
-def _evaluate(ctx: Context, adapter_key: str) -> None:
-    """ROUGE/BLEU of the fine-tuned model and of its base on the validation file, generated through a serving
-    engine; merged into the final metrics event and the newest checkpoint's metrics. Never fails the job."""
-    from finetune.evals import metrics
-    from finetune.evals.generation import NoEngine, UsageSink, generate, load_adapter, samples_from
-
-    job = ctx.job
-    if not job.validation_file or job.method != "supervised":
-        return
-    validation = ctx.files.get(job.organization_id, job.validation_file)
-    samples = samples_from(ctx.blobs.local_path(validation.normalized_blob_key), EVAL_SAMPLES)
-    if not samples:
-        return
-    urls = EngineRegistry(ctx.db).ready(job.model)
-    try:
-        if not urls:
-            raise NoEngine(f"no serving engine for {job.model} is running")
-        load_adapter(urls[0], adapter_key, engine_adapter_path(ctx.settings, adapter_key, ctx.blobs.local_path(adapter_key)))
-        references = [sample.reference for sample in samples]
-        usage = {model: UsageSink(ctx.db, job.organization_id, model, "fine_tuning.jobs", job.id)
-                 for model in (ctx.model_name, job.model)}  # accounted to the organization that trained
-        tuned = metrics.score(generate(urls, adapter_key, samples, usage=usage[ctx.model_name]), references)
-        base = metrics.score(generate(urls, job.model, samples, usage=usage[job.model]), references)
-    except Exception as exc:  # scores are a bonus: the trained model stands without them
-        ctx.jobs.add_event(job.id, f"Generation metrics skipped: {exc}", level="warn", lease=ctx.worker)
-        return
-    values = {**tuned, **{f"base_{k}": v for k, v in base.items()}}
-    summary = ", ".join(f"{k}={tuned[k]:.4f} (base {base[k]:.4f})" for k in tuned if not k.endswith("_with_think"))
-    ctx.jobs.add_final_metrics(job.id, values, summary, lease=ctx.worker)
-    ctx.jobs.add_event(job.id, f"Evaluated on {len(samples)} validation examples: {summary}", data=values,
-                       lease=ctx.worker)
-
-
-def _results_file(ctx: Context) -> StoredFile:
-    """The results CSV's blobs and row; the row is inserted with the job's end (``JobStore.succeed``)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
-    for event in ctx.jobs.metrics(ctx.job.id):
-        d = event.data or {}
-        writer.writerow([d.get("step"), d.get("train_loss", ""), d.get("train_mean_token_accuracy", ""),
-                         d.get("valid_loss", ""), d.get("valid_mean_token_accuracy", "")])
-    with ctx.blobs.stage() as staged:
-        staged.write(out.getvalue().encode())
-        row = ctx.files.store_blobs(NewFile(organization_id=ctx.job.organization_id, filename="step_metrics.csv",
-                                            purpose="fine-tune-results", original=staged))
-    fault_point(ctx, "results")
-    return row
 
 
 def _error_of(exc: BaseException) -> tuple[str, str, str | None]:
