@@ -157,8 +157,7 @@ ROUND_TRIP = """async (job) => {
 
 def test_a_wrong_key_is_refused_and_an_org_key_signs_in(board: Board, org: tuple[str, str], state: dict) -> None:
     board.sign_in("sk-tg-not-a-key")
-    alert = board.page.get_by_role("alert")
-    assert "not accepted" in alert.inner_text(timeout=10_000)
+    board.page.get_by_role("alert").filter(has_text="This key was not accepted").wait_for()
     assert "#/signin" in board.page.url
     board.shoot("signin-wrong-key")
     board.sign_in(org[1])
@@ -203,6 +202,7 @@ def test_data_page_names_line_3_of_a_bad_file_and_previews_good_ones(board: Boar
     drop_file(page, "train.jsonl", jsonl(chat_rows(qa_pairs(20))))
     page.get_by_role("status").filter(has_text="train.jsonl was accepted").wait_for()
     state["train"] = page.get_by_role("status").inner_text().split(" as ")[-1].rstrip(".")
+    page.get_by_role("heading", name="train.jsonl: the first 5 example(s)").wait_for()
     assert page.locator("#preview .example").count() == 5
     assert ANSWER in page.locator("#preview .turn.assistant").first.inner_text()
 
@@ -210,7 +210,7 @@ def test_data_page_names_line_3_of_a_bad_file_and_previews_good_ones(board: Boar
                              {"role": "assistant", "content": "<think>two and two make four</think>It is 4."}]}]
     page.locator("#file-input").set_input_files({"name": "reasoning.jsonl", "mimeType": "application/jsonl",
                                                  "buffer": jsonl(thought).encode()})
-    page.get_by_role("status").filter(has_text="reasoning.jsonl was accepted").wait_for()
+    page.get_by_role("heading", name="reasoning.jsonl: the first 1 example(s)").wait_for()
     fold = page.locator("#preview details.think")
     assert fold.count() == 1 and fold.get_attribute("open") is None  # folded
     assert not page.get_by_text("two and two make four").is_visible()
@@ -221,7 +221,7 @@ def test_data_page_names_line_3_of_a_bad_file_and_previews_good_ones(board: Boar
     evals = [{"item": {"question": q, "answer": a}} for q, a in qa_pairs(6)]
     page.locator("#file-input").set_input_files({"name": "qa-eval.jsonl", "mimeType": "application/jsonl",
                                                  "buffer": jsonl(evals).encode()})
-    page.get_by_role("status").filter(has_text="qa-eval.jsonl was accepted").wait_for()
+    page.get_by_role("heading", name="qa-eval.jsonl: the first 5 example(s)").wait_for()
     files = page.locator("table.files tbody tr")
     assert files.count() == 3
     assert "evals" in files.filter(has_text="qa-eval.jsonl").inner_text()
@@ -378,7 +378,7 @@ def test_admin_view_lists_organizations_engines_with_adapters_and_usage_charts(b
         admin.sign_in(ADMIN_KEY)
         page = admin.page
         page.get_by_role("heading", name="Administration").wait_for()
-        assert page.get_by_role("cell", name="board-org").is_visible()
+        page.get_by_role("cell", name="board-org").wait_for()
         engine = page.locator("#engines article").first
         engine.get_by_text("ready").wait_for()
         assert MODEL in engine.inner_text() and state["tuned"] in engine.locator("ul.adapters").inner_text()

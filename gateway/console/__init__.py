@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from litestar import Router, get
+from litestar import get
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
 
 STATIC = Path(__file__).parent / "static"
 
@@ -22,7 +23,7 @@ def to_console() -> Redirect:
     return Redirect("/console/")
 
 
-def console_routes() -> list[Router | object]:
+def console_routes() -> list[ControllerRouterHandler]:
     """The console's files (``/console/`` → index.html) and ``/`` pointing at it."""
     files = create_static_files_router(path="/console", directories=[STATIC], html_mode=True, name="console",
                                        include_in_schema=False)
