@@ -35,13 +35,13 @@ def default_model() -> str:
     return local_dir(DEFAULT_BASE_MODEL, settings.base_models[DEFAULT_BASE_MODEL], settings)
 
 
-def examples_file(n: int, folder: Path) -> Path:
+def examples_file(n: int, folder: Path, source: Path = DATA) -> Path:
     """The first n alpaca_zh examples, normalized to OpenAI chat JSONL as tunegate stores them."""
     from finetune.formats import normalize
 
     out = folder / "train.jsonl"
     with open(out, "wb") as fh:
-        result = normalize(DATA, fh.write)
+        result = normalize(source, fh.write)
     lines = out.read_bytes().splitlines(keepends=True)[:n]
     out.write_bytes(b"".join(lines))
     assert not result.problems
@@ -86,7 +86,8 @@ def run_tunegate(model: str, data: Path, batch: int, work: Path, device: str, pa
     return timer
 
 
-def run_baseline(model_dir: str, data: Path, batch: int, work: Path, device: str) -> object:
+def run_baseline(model_dir: str, data: Path, batch: int, work: Path, device: str, cutoff_len: int = 1024,
+                 timer: object | None = None, logging_steps: int = 10) -> object:
     """What the tutorials do: tokenize the rendered chat, mask the prompt, pad every batch, HF Trainer + PEFT."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -100,15 +101,16 @@ def run_baseline(model_dir: str, data: Path, batch: int, work: Path, device: str
         prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(messages, tokenize=False)
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:1024]
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:cutoff_len]
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids),
                      "labels": ([-100] * len(p_ids) + ids[len(p_ids):])[: len(ids)]})
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
+                                                 device_map={"": 0} if device == "cuda" else None)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
-    timer = Timer()
+    timer = timer or Timer()
     args = TrainingArguments(output_dir=str(work), num_train_epochs=1, per_device_train_batch_size=batch,
-                             learning_rate=1e-4, logging_steps=10, save_strategy="no", report_to=[], seed=42,
+                             learning_rate=1e-4, logging_steps=logging_steps, save_strategy="no", report_to=[], seed=42,
                              use_cpu=device == "cpu", bf16=device == "cuda", disable_tqdm=True,
                              include_num_input_tokens_seen="non_padding", remove_unused_columns=False)
     Trainer(model=model, args=args, train_dataset=rows, callbacks=[timer],
