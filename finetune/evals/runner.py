@@ -22,6 +22,7 @@ from itertools import islice
 from typing import Any
 
 from finetune.evals.generation import UsageSink, chat_all, load_adapter
+from finetune.evals.metrics import strip_think
 from finetune.evals.results import Totals, output_item, result, sample_record
 from finetune.graders.embeddings import Embedder
 from finetune.graders.engine import GraderEngine
@@ -165,7 +166,10 @@ class EvalWorker(LeasedWorker):
                 out[k] = (None, sample_record(run, flat(messages), None, params, answer["error"]["message"]))
                 continue
             message = answer["choices"][0]["message"]
-            ns = sample_namespace(message.get("content") or "", message.get("tool_calls"), answer["choices"])
+            text = message.get("content") or ""
+            if models.reasoning(run.model):  # as the chat API answers a reasoning model: the thought apart
+                text = strip_think(text)
+            ns = sample_namespace(text, message.get("tool_calls"), answer["choices"])
             out[k] = (ns, sample_record(run, flat(messages), answer, params))
         return [o for o in out if o is not None]
 
@@ -204,6 +208,12 @@ class _Models:
     def __init__(self, worker: EvalWorker, run: EvalRun, lost: threading.Event) -> None:
         self.worker, self.run, self.lost = worker, run, lost
         self._targets: dict[str, tuple[EngineAddress, str] | RunFailed] = {}
+        self._bases: dict[str, str] = {}
+
+    def reasoning(self, model: str) -> bool:
+        """Whether ``model``'s base is a reasoning model (its samples' output_text leaves out ``<think>…</think>``)."""
+        spec = self.worker.settings.base_models.get(self._bases.get(model, model))
+        return bool(spec and spec.reasoning)
 
     def chat(self, model: str, conversations: list[list[dict]], params: dict | list[dict], prefix: str) -> list[dict]:
         """Answers, or RunFailed when the model cannot be reached at all (remembered for the rest of the run)."""
@@ -240,6 +250,7 @@ class _Models:
             if row is None or row.adapter_key is None:
                 raise RunFailed("model_not_found", f"The model '{model}' no longer exists.")
             base, adapter = row.base_model, row.adapter_key
+        self._bases[model] = base
         engines = self._ready(base)
         if adapter is None:
             return engines[0], base

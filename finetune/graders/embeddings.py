@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-BATCH = 64
+BATCH = 16  # texts per forward pass (sorted by length first)
 
 
 def model_dir() -> Path:
@@ -63,20 +63,23 @@ def _serve() -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    torch.set_num_threads(1)
+    torch.set_num_threads(min(4, torch.get_num_threads()))
     path = model_dir()
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     for line in sys.stdin.buffer:
         texts = json.loads(line)
-        vectors: list[list[float]] = []
-        for start in range(0, len(texts), BATCH):
-            batch = tokenizer(texts[start:start + BATCH], padding=True, truncation=True, max_length=256,
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # batches of similar length: little padding
+        vectors: list[list[float]] = [[] for _ in texts]
+        for start in range(0, len(order), BATCH):
+            picked = order[start:start + BATCH]
+            batch = tokenizer([texts[i] for i in picked], padding=True, truncation=True, max_length=256,
                               return_tensors="pt")
             with torch.inference_mode():
                 hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            vectors += torch.nn.functional.normalize(pooled, dim=-1).tolist()
+            for i, vector in zip(picked, torch.nn.functional.normalize(pooled, dim=-1).tolist(), strict=True):
+                vectors[i] = vector
         sys.stdout.write(json.dumps(vectors) + "\n")
         sys.stdout.flush()
 
