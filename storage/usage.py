@@ -1,4 +1,5 @@
-"""Token usage per organization and API key: written in batches, summed on demand."""
+"""Token usage per organization and API key: written in batches, summed on demand. Strings are cut to their
+column's width (``fit``): a caller-shaped id or model name never makes a row unwritable."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ class UsageTotal:
     completion_tokens: int
 
 
+def fit(record: UsageRecord) -> UsageRecord:
+    """``record`` with each string cut to its column's ``max_length``."""
+    for column in UsageRecord.__table__.columns:  # type: ignore[attr-defined]
+        value, width = getattr(record, column.name), getattr(column.type, "length", None)
+        if isinstance(value, str) and width and len(value) > width:
+            setattr(record, column.name, value[:width])
+    return record
+
+
 class UsageStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -28,7 +38,7 @@ class UsageStore:
     def add_many(self, records: list[UsageRecord]) -> None:
         if records:
             with self.db.session() as s:
-                s.add_all(records)
+                s.add_all([fit(r) for r in records])
 
     def totals(self, organization_id: str | None = None) -> list[UsageTotal]:
         keys = (UsageRecord.organization_id, UsageRecord.api_key_id, UsageRecord.model)

@@ -50,6 +50,19 @@ def wait_engines_ready(gw: LiveGateway, timeout: float = 600) -> dict[str, Any]:
     return wait_until(ready, timeout, "the engine to be ready")
 
 
+def engine_address(gw: LiveGateway, base: str = TINY):  # noqa: ANN201 - storage.engines.EngineAddress
+    """Where ``gw``'s ready engine of ``base`` listens and the key it requires, as workers read them (the engines
+    table: no API shows the key)."""
+    from storage.db import Database
+    from storage.engines import EngineRegistry
+
+    db = Database(gw.database_url)
+    try:
+        return wait_until(lambda: next(iter(EngineRegistry(db).ready(base)), None), 30, "the engine in the registry")
+    finally:
+        db.dispose()
+
+
 def make_adapter(tiny_model: str, target: Path, *, rank: int = 8, seed: int = 0) -> Path:
     """A LoRA adapter with random (non-zero) weights: each seed answers differently from the base."""
     import torch
@@ -114,9 +127,10 @@ def greedy_tokens(tiny_model: str, adapter: Path | None, messages: list[dict[str
             model.unload()  # give the shared base back without the adapter's layers
 
 
-def engine_metric(url: str, name: str, **labels: str) -> float:
-    """A metric from the engine's Prometheus /metrics, summed over the label sets that have ``labels``."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
+def engine_metric(url: str, name: str, auth: dict[str, str] | None = None, **labels: str) -> float:
+    """A metric from the engine's Prometheus /metrics (``auth``: the engine's key header), summed over the label
+    sets that have ``labels``."""
+    text = httpx.get(f"{url}/metrics", headers=auth or {}, timeout=30).text
     wanted = [f'{k}="{v}"' for k, v in labels.items()]
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + "{") and all(w in line for w in wanted))

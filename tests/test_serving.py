@@ -22,7 +22,8 @@ import pytest
 
 from tests.finetune_support import MEMORIZE, TINY, adapter_dir, chat_jsonl, qa_pairs, upload, wait_for, wait_until
 from tests.serving_support import (
-    engine_metric, engines, greedy_tokens, make_adapter, register_adapter, serving_env, wait_engines_ready,
+    engine_address, engine_metric, engines, greedy_tokens, make_adapter, register_adapter, serving_env,
+    wait_engines_ready,
 )
 from tests.support import LiveGateway, SpecRecorder
 
@@ -158,7 +159,7 @@ def memorized(client: openai.OpenAI) -> tuple[object, float]:
     return wait_for(client, job.id, ("succeeded",), timeout=600), time.monotonic()
 
 
-def test_finished_job_answers_within_two_seconds_with_its_adapter(gw: LiveGateway, client: openai.OpenAI,
+def test_finished_job_answers_within_a_second_with_its_adapter(gw: LiveGateway, client: openai.OpenAI,
                                                                   tiny_model: str, memorized) -> None:
     pairs = qa_pairs(20)
     done, seen = memorized
@@ -166,7 +167,8 @@ def test_finished_job_answers_within_two_seconds_with_its_adapter(gw: LiveGatewa
     question = [{"role": "user", "content": pairs[3][0]}]
     answer = client.chat.completions.create(model=done.fine_tuned_model, messages=question, max_tokens=12,
                                             temperature=0, extra_body={"return_token_ids": True})
-    assert time.monotonic() - seen < 2.0, "a finished job must be chat-able within 2 s"
+    elapsed = time.monotonic() - seen
+    assert elapsed < 1.0, f"a finished job must answer within 1 s of reading succeeded (took {elapsed:.2f} s)"
     assert answer.model == done.fine_tuned_model and pairs[3][1] in answer.choices[0].message.content
     reference = greedy_tokens(tiny_model, adapter_dir(gw, job.id), question, 12)
     assert answer.choices[0].token_ids == reference[: len(answer.choices[0].token_ids)]
@@ -222,7 +224,8 @@ def test_twenty_adapters_three_organizations(gw: LiveGateway, tiny_model: str, t
     owner, model_id, _ = adapters[0]
     loaded_before = engines(gw)[0]["adapters"]
     assert clients[owner].models.delete(model_id).deleted
-    engine_models = {m["id"] for m in httpx.get(f"{engines(gw)[0]['url']}/v1/models").json()["data"]}
+    engine = engine_address(gw)
+    engine_models = {m["id"] for m in httpx.get(f"{engine.url}/v1/models", headers=engine.auth).json()["data"]}
     assert len(engines(gw)[0]["adapters"]) == len(loaded_before) - 1
     assert not any(name in engine_models for name in set(loaded_before) - set(engines(gw)[0]["adapters"]))
     with pytest.raises(openai.NotFoundError):
@@ -244,8 +247,9 @@ def test_client_disconnect_aborts_the_engine_request(gw: LiveGateway, org) -> No
 
     (A stream read to the end does add its 1900 tokens to ``generation_tokens_total``; other requests finishing
     meanwhile add a handful.)"""
-    engine_url = engines(gw)[0]["url"]
-    generated = engine_metric(engine_url, "vllm:generation_tokens_total")
+    engine = engine_address(gw)
+    engine_url, auth = engine.url, engine.auth
+    generated = engine_metric(engine_url, "vllm:generation_tokens_total", auth)
     # 8 × 1900 tokens take the engine ~10 s; on 2 busy cores this client may itself wait seconds for the CPU
     body = json.dumps({"model": TINY, "messages": HELLO, "max_tokens": 1900, "ignore_eos": True, "stream": True,
                        "n": 8})
@@ -254,9 +258,9 @@ def test_client_disconnect_aborts_the_engine_request(gw: LiveGateway, org) -> No
                      f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
         time.sleep(0.5)
         assert raw.recv(65536).startswith(b"HTTP/1.1 200")
-    wait_until(lambda: engine_metric(engine_url, "vllm:num_requests_running") == 0, 60, "the request to stop")
+    wait_until(lambda: engine_metric(engine_url, "vllm:num_requests_running", auth) == 0, 60, "the request to stop")
     time.sleep(1)
-    assert engine_metric(engine_url, "vllm:generation_tokens_total") - generated < 8 * 1900 - 1000, "it ran on"
+    assert engine_metric(engine_url, "vllm:generation_tokens_total", auth) - generated < 8 * 1900 - 1000, "it ran on"
 
 
 def test_usage_is_recorded_per_organization_and_key(gw: LiveGateway, org) -> None:
@@ -271,9 +275,11 @@ def test_usage_is_recorded_per_organization_and_key(gw: LiveGateway, org) -> Non
 
 def test_external_replica_url(gw: LiveGateway, tiny_model: str, tmp_path: Path) -> None:
     """A second gateway that uses the first one's engine by URL (the scale-out configuration)."""
-    url = engines(gw)[0]["url"]
+    engine = engine_address(gw)
+    url = engine.url
     other = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", **serving_env(
-        tiny_model, TUNEGATE_BASE_MODELS=json.dumps({TINY: {"source": tiny_model, "engine_urls": [url]}}),
+        tiny_model, TUNEGATE_BASE_MODELS=json.dumps({TINY: {"source": tiny_model, "engine_urls": [url],
+                                                            "engine_api_key": engine.api_key}}),
         TUNEGATE_WORKER__EMBEDDED="false"))
     other.start()
     try:
@@ -357,9 +363,10 @@ def test_eval_runs_score_the_fine_tuned_model_above_its_base(gw: LiveGateway, or
 def test_eval_run_survives_its_gateway_being_killed(gw: LiveGateway, tiny_model: str, tmp_path: Path) -> None:
     """A second gateway (sharing the first one's engine by URL) runs an eval; kill -9 it mid-run and restart:
     the run is taken over when its lease lapses and ends with every item exactly once."""
-    url = engines(gw)[0]["url"]
+    engine = engine_address(gw)
     other = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", **serving_env(
-        tiny_model, TUNEGATE_BASE_MODELS=json.dumps({TINY: {"source": tiny_model, "engine_urls": [url]}})))
+        tiny_model, TUNEGATE_BASE_MODELS=json.dumps({TINY: {"source": tiny_model, "engine_urls": [engine.url],
+                                                            "engine_api_key": engine.api_key}})))
     other.start()
     try:
         wait_engines_ready(other, 30)

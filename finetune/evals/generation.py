@@ -1,8 +1,11 @@
 """Generation for evaluations, through a serving engine (vLLM): batched by the engine, concurrent from here.
 
-The worker finds a ready engine of the base model in the engine registry the gateways publish, loads the adapter
-there (the same runtime-LoRA call the gateway makes; "already loaded" is fine) and sends the prompts concurrently,
-greedy. No engine running → ``NoEngine`` (the caller reports that the scores were skipped).
+The worker finds a ready engine of the base model in the engine registry the gateways publish (its address and
+key: ``storage.engines.EngineAddress``), loads the adapter there (the same runtime-LoRA call the gateway makes;
+"already loaded" is fine) and sends the prompts concurrently, greedy. No engine running → ``NoEngine`` (the caller
+reports that the scores were skipped). Each body is built by ``serving.request_body`` from the same allow-list as
+a caller's chat request: sampling parameters cannot choose the model (``model``, ``lora_request``, … are refused
+before anything is sent). A ``UsageSink`` records the tokens against the organization that asked.
 """
 
 from __future__ import annotations
@@ -11,8 +14,17 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+from serving import request_body
+from storage.db import Database
+from storage.engines import EngineAddress
+from storage.ids import now
+from storage.settings import RequestLimits
+from storage.tables import UsageRecord
+from storage.usage import UsageStore
 
 CONCURRENCY = 32
 
@@ -42,33 +54,54 @@ def samples_from(normalized_jsonl: Path, limit: int) -> list[Sample]:
     return out
 
 
-def load_adapter(url: str, name: str, path: str, timeout: float = 120) -> None:
-    response = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}, timeout=timeout)
+@dataclass(frozen=True)
+class UsageSink:
+    """Where generation done for an organization is accounted: one ``usage_records`` row per answer, under
+    ``endpoint`` (``evals.runs``, ``fine_tuning.jobs``) and the run's or job's id; ``api_key_id`` names the source,
+    as no API key made these requests."""
+
+    db: Database
+    organization_id: str
+    model: str  # the caller's id (a fine-tuned model's ft:… name, or a base model)
+    endpoint: str
+    reference: str  # the eval run's or job's id
+
+    def __call__(self, answers: list[dict]) -> None:
+        rows = [UsageRecord(organization_id=self.organization_id, api_key_id=self.endpoint, model=self.model,
+                            endpoint=self.endpoint, prompt_tokens=int(u.get("prompt_tokens") or 0),
+                            completion_tokens=int(u.get("completion_tokens") or 0), request_id=self.reference,
+                            created_at=now())
+                for a in answers if isinstance(u := a.get("usage"), dict)]
+        UsageStore(self.db).add_many(rows)
+
+
+def load_adapter(engine: EngineAddress, name: str, path: str, timeout: float = 120) -> None:
+    response = httpx.post(f"{engine.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
+                          headers=engine.auth, timeout=timeout)
     if response.status_code != 200 and "already been loaded" not in response.text:
         raise RuntimeError(f"the engine refused the adapter: {response.text[:300]}")
 
 
-def generate(urls: list[str], model: str, samples: list[Sample], *, max_tokens: int = 512,
-             timeout: float = 600) -> list[str]:
+def generate(engines: list[EngineAddress], model: str, samples: list[Sample], *, max_tokens: int = 512,
+             timeout: float = 600, usage: UsageSink | None = None) -> list[str]:
     """Greedy answers, each with a budget of min(max_tokens, 16 + 2 × its reference's length)."""
-    if not urls:
+    if not engines:
         raise NoEngine("no serving engine for this base model is running")
     params = [{"max_tokens": min(max_tokens, 16 + 2 * len(s.reference)), "temperature": 0} for s in samples]
-    answers = chat_all(urls[0], model, [s.messages for s in samples], params, timeout)
+    answers = chat_all(engines[0], model, [s.messages for s in samples], params, timeout, usage=usage)
     failed = next((a["error"]["message"] for a in answers if "error" in a), None)
     if failed is not None:
         raise RuntimeError(f"generation failed: {failed}")
     return [a["choices"][0]["message"]["content"] or "" for a in answers]
 
 
-async def _chat_all(url: str, model: str, conversations: list[list[dict]], params: list[dict],
-                    timeout: float) -> list[dict]:
+async def _chat_all(engine: EngineAddress, bodies: list[dict[str, Any]], timeout: float) -> list[dict]:
     limit = asyncio.Semaphore(CONCURRENCY)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
-        async def one(messages: list[dict], extra: dict) -> dict:
+    async with httpx.AsyncClient(base_url=engine.url, headers=engine.auth, timeout=timeout) as http:
+        async def one(body: dict[str, Any]) -> dict:
             async with limit:
                 try:
-                    response = await http.post("/v1/chat/completions", json={"model": model, "messages": messages, **extra})
+                    response = await http.post("/v1/chat/completions", json=body)
                 except httpx.HTTPError as exc:
                     return {"error": {"code": "engine_error", "message": f"{type(exc).__name__}: {exc}"}}
             if response.status_code != 200:
@@ -79,12 +112,21 @@ async def _chat_all(url: str, model: str, conversations: list[list[dict]], param
                 return {"error": {"code": "generation_failed", "message": str(message)}}
             return response.json()
 
-        return list(await asyncio.gather(*(one(m, p) for m, p in zip(conversations, params, strict=True))))
+        return list(await asyncio.gather(*(one(body) for body in bodies)))
 
 
-def chat_all(url: str, model: str, conversations: list[list[dict]], params: dict | list[dict],
-             timeout: float = 600) -> list[dict]:
+def chat_all(engine: EngineAddress, model: str, conversations: list[list[dict]], params: dict | list[dict],
+             timeout: float = 600, *, usage: UsageSink | None = None, limits: RequestLimits | None = None,
+             param_prefix: str = "sampling_params") -> list[dict]:
     """The engine's chat.completion (or ``{"error": …}``) for each conversation, sent concurrently; ``params`` are
-    sampling parameters for all of them, or one dict per conversation."""
+    sampling parameters for all of them, or one dict per conversation, checked first (a field outside the allow-list
+    raises ``InvalidRequest`` naming ``<param_prefix>.<field>``, and nothing is sent). ``model`` is the engine-side
+    name; ``usage`` (optional) records what the answers used."""
     per = params if isinstance(params, list) else [params] * len(conversations)
-    return asyncio.run(_chat_all(url, model, conversations, per, timeout))
+    limits = limits or RequestLimits()
+    bodies = [request_body.generation(messages, extra, limits, param_prefix).body(model)
+              for messages, extra in zip(conversations, per, strict=True)]
+    answers = asyncio.run(_chat_all(engine, bodies, timeout))
+    if usage is not None:
+        usage(answers)
+    return answers

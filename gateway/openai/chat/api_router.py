@@ -1,4 +1,5 @@
-"""``/v1/chat/completions`` and ``/v1/completions``: parse, hand to the serving proxy, answer JSON or SSE."""
+"""``/v1/chat/completions`` and ``/v1/completions``: parse, hand to the serving proxy (which checks the body against
+its allow-list, ``serving.request_body``), answer JSON or SSE."""
 
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ from litestar import Controller, Request, Response, post
 from litestar.response import Stream
 
 from gateway.auth import PrincipalDep, ServicesDep
-from gateway.middleware import request_id
 from gateway.openai.common import read_json
-from serving.proxy import Endpoint
-from storage.errors import InvalidRequest
+from serving.request_body import Endpoint
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -32,10 +31,7 @@ class CompletionsController(Controller):
 
 
 async def _complete(request: Request, services: ServicesDep, principal: PrincipalDep, endpoint: Endpoint) -> Response[Any]:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_value")
-    result = await services.completions.create(principal, endpoint, body, request_id(request.scope))
+    result = await services.completions.create(principal, endpoint, await read_json(request))
     if isinstance(result, bytes):
         return Response(content=result, media_type="application/json")
     return Stream(_closing(result), media_type="text/event-stream", headers=SSE_HEADERS)

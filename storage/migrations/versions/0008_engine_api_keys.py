@@ -1,0 +1,26 @@
+"""engine api keys: the key each engine replica requires, read by workers (never shown by the API)
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-01 23:30:00
+"""
+
+from alembic import op
+import sqlalchemy as sa
+import sqlmodel
+
+
+revision = '0008'
+down_revision = '0007'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('engines', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('api_key', sqlmodel.sql.sqltypes.AutoString(length=256), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('engines', schema=None) as batch_op:
+        batch_op.drop_column('api_key')
