@@ -58,7 +58,8 @@ class EvalWorker(LeasedWorker):
     def __init__(self, settings: Settings, db: Database, blobs: LocalBlobStore) -> None:
         super().__init__(settings)
         self.db, self.blobs = db, blobs
-        self.store, self.registry = EvalStore(db), EngineRegistry(db)  # claim and renew: errors must surface
+        # claim and renew: errors must surface; at most limits.running_eval_runs per organization (its override wins)
+        self.store, self.registry = EvalStore(db, settings.limits.running_eval_runs), EngineRegistry(db)
         # the run's own reads and writes ride out a database restart (retried with backoff; writes are fenced)
         self.durable, self.files = Retrying(self.store), Retrying(Files(db, blobs))
         self.sandbox, self.embed = SandboxPool(), Embedder()  # started on first use

@@ -23,6 +23,7 @@ import contextvars
 import logging
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +117,7 @@ class Limiter:
         buckets, slots = self._buckets(principal, limits, estimate, streams)
         if not buckets and not slots:
             return
-        member = connection.scope["state"].get("request_id") or f"{id(connection):x}{time.monotonic_ns()}"
+        member = uuid.uuid4().hex  # never the client's x-request-id: two streams under one id would hold one slot
         verdict = await self._ask(self.counters.admit, buckets, slots, member)
         if verdict is None:
             return  # fail open
