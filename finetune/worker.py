@@ -26,6 +26,7 @@ from storage.tables import FineTuningJob
 
 log = logging.getLogger("tunegate.worker")
 CRASH = "The training process"  # how a crash event begins: the cause a job that gives up names
+TAKEN_OVER = "The worker running this job stopped responding"  # how a take-over event begins
 
 
 class Worker(LeasedWorker):
@@ -53,8 +54,8 @@ class Worker(LeasedWorker):
             if job.attempts >= self.settings.worker.max_attempts:
                 self._give_up(job, lease)
                 return
-            self.jobs.add_event(job.id, f"The run of this job was interrupted; resuming (attempt {job.attempts + 1} "
-                                f"of {self.settings.worker.max_attempts}).", level="warn", lease=lease)
+            self.jobs.add_event(job.id, f"{TAKEN_OVER} or its training process died; resuming (attempt "
+                                f"{job.attempts + 1} of {self.settings.worker.max_attempts}).", level="warn", lease=lease)
         elif not self.jobs.advance(job.id, lease, ("queued",), status="running"):
             return  # cancelled or paused meanwhile
         else:

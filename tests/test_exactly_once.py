@@ -125,7 +125,7 @@ def test_a_frozen_worker_whose_lease_lapses_writes_nothing_more(gw: LiveGateway,
         wait_until(lambda: latest_step(client, job.id) >= 5, timeout=120, what="training to start")
         frozen.send_signal(signal.SIGSTOP)  # its child trains on, unaware, until the lease (4 s) lapses
         successor = worker(gw, "successor")
-        wait_until(lambda: any("interrupted" in e.message for e in all_events(client, job.id)), timeout=60,
+        wait_until(lambda: any("stopped responding" in e.message for e in all_events(client, job.id)), timeout=60,
                    what="the successor to take the job over")
         wait_until(lambda: latest_step(client, job.id) >= 20, timeout=120, what="the successor to train")
         frozen.send_signal(signal.SIGCONT)  # it finds its lease gone and stops its (already stopped) child
@@ -186,7 +186,7 @@ def test_a_database_restart_during_training_and_an_eval_run_costs_a_pause(tiny_m
             assert_done_once(cl, cluster.url, job.id)
             _assert_run_once(cl, eval_id, run_id, 160)
             messages = [e.message for e in all_events(cl, job.id)]
-            assert not any("interrupted" in m for m in messages), "a short outage must not restart the run"
+            assert not any("stopped responding" in m for m in messages), "a short outage must not restart the run"
             assert proc.poll() is None
         finally:
             if proc is not None:
