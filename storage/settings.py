@@ -1,4 +1,5 @@
-"""The one typed Settings object. Built once (``Settings.load()``) and passed in; nothing else reads ``os.environ``.
+"""The one typed Settings object. Built once (``Settings.load()``) and passed in; tunegate's configuration is read
+here only (the few other ``os.environ`` reads are listed, with their reasons, in tests/test_settings_cli.py).
 
 Sources, highest priority first: constructor arguments (tests), ``TUNEGATE_*`` environment variables
 (nested with ``__``, e.g. ``TUNEGATE_BASE_MODELS__mymodel__SOURCE``), the TOML file named by

@@ -66,3 +66,31 @@ def test_cli_keys_work_against_the_gateway(tmp_path: Path, spec) -> None:  # noq
             client.models.list()
     finally:
         gateway.stop()
+
+
+# Every read of the process environment outside storage/settings.py, and why it is not a setting.
+ENVIRONMENT_READS = {
+    "gateway/cli.py": "the export client takes OPENAI_BASE_URL / OPENAI_API_KEY as the openai tools do",
+    "serving/engine_main.py": "the engine hands its (already scrubbed) environment and its key variable to vLLM",
+    "finetune/export/gguf.py": "the converter subprocess gets PYTHONPATH; TUNEGATE_LLAMA_CPP_DIR locates the install",
+    "finetune/recipe/run.py": "sets TOKENIZERS_PARALLELISM for the tokenizers library",
+}
+
+
+def test_only_settings_reads_the_environment() -> None:
+    """storage/settings.py is the one place tunegate's configuration comes from (STYLE.md 6); the exceptions are
+    listed above with their reason, so a new ``os.environ`` read fails here until it is a setting or listed."""
+    import ast
+
+    from tests.support import REPO
+
+    found = set()
+    for path in sorted(REPO.glob("*/**/*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel.split("/")[0] not in ("gateway", "serving", "finetune", "storage") or rel == "storage/settings.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
+                    and isinstance(node.value, ast.Name) and node.value.id == "os"):
+                found.add(rel)
+    assert found == set(ENVIRONMENT_READS), f"environment read outside settings: {sorted(found ^ set(ENVIRONMENT_READS))}"
