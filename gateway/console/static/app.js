@@ -61,7 +61,7 @@ async function route() {
   let match = null, params = [];
   for (const r of ROUTES) {
     const m = path.match(r.path);
-    if (m) { match = r; params = m.slice(1).map(decodeURIComponent); break; }
+    if (m) { match = r; params = m.slice(1).map((p) => p && decodeURIComponent(p)); break; }
   }
   const role = session.role;
   if (!role && match?.page !== signin) return go("#/signin");
