@@ -10,6 +10,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -234,6 +236,26 @@ def test_token_estimate_is_refused_or_given_back(gateway: LiveGateway) -> None:
     after = wait_until(lambda: int(client.models.with_raw_response.list().headers["x-ratelimit-remaining-tokens"])
                        >= 590 or None, 10, "the estimate to come back")
     assert after <= 600
+
+
+def test_cli_sets_shows_and_resets_overrides(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEGATE_")}
+    env.update(TUNEGATE_DATA_DIR=str(tmp_path), TUNEGATE_LIMITS__RUNNING_JOBS="3")
+
+    def cli(*args: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    org_id = cli("orgs", "create", "cli")["id"]
+    shown = cli("orgs", "limits", "set", org_id, "--requests-per-minute", "60", "--storage-bytes", "1000")
+    assert shown["overrides"] == {"requests_per_minute": 60, "storage_bytes": 1000}
+    assert shown["effective"]["running_jobs"] == 3 and shown["storage_used_bytes"] == 0
+    assert cli("orgs", "limits", "set", org_id, "--running-jobs", "1")["overrides"]["requests_per_minute"] == 60
+    assert cli("orgs", "limits", "reset", org_id, "storage_bytes")["overrides"] == {"requests_per_minute": 60,
+                                                                                   "running_jobs": 1}
+    assert cli("orgs", "limits", "reset", org_id)["overrides"] == {}
+    assert cli("orgs", "limits", "show", org_id)["effective"]["running_jobs"] == 3
 
 
 # --- Redis: one budget for several gateways, kept across a restart; fail open when it is down ---------------------
