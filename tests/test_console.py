@@ -274,9 +274,10 @@ def test_new_job_from_the_form_draws_its_loss_curve_while_it_trains(board: Board
     assert state["tuned"].startswith(f"ft:{MODEL}:") and ":board:" in state["tuned"]
     page.locator("#chart-lr").wait_for()
     assert int(page.locator("#chart-lr").get_attribute("data-points")) >= 100  # learning rate every step
-    checkpoints = page.locator("table tbody tr").filter(has_text=":ckpt-step-")
+    checkpoints = page.locator("table tbody tr[data-model]")
     assert checkpoints.count() >= 1
-    state["checkpoint"] = checkpoints.first.locator("td.mono").inner_text()
+    state["checkpoint"] = checkpoints.first.get_attribute("data-model")
+    assert state["checkpoint"].startswith(state["tuned"] + ":ckpt-step-")
     with page.expect_download() as download:
         page.get_by_role("button", name="Results CSV").click()
     csv = Path(download.value.path()).read_text()

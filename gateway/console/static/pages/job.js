@@ -98,8 +98,8 @@ function checkpointTable(checkpoints) {
   const keys = ["train_loss", "valid_loss", "valid_mean_token_accuracy", "predict_rouge-l", "predict_bleu-4"];
   return h("table", { class: "table" },
     h("thead", {}, h("tr", {}, h("th", {}, t("job.step")), h("th", {}, t("job.checkpoint")), keys.map((k) => h("th", {}, t(`metric.${k}`))), h("th", {}))),
-    h("tbody", {}, checkpoints.map((c) => h("tr", {}, h("td", { class: "num" }, c.step_number),
-      h("td", { class: "mono" }, c.fine_tuned_model_checkpoint),
+    h("tbody", {}, checkpoints.map((c) => h("tr", { dataset: { model: c.fine_tuned_model_checkpoint } }, h("td", { class: "num" }, c.step_number),
+      h("td", { class: "mono", title: c.fine_tuned_model_checkpoint }, `…:${c.fine_tuned_model_checkpoint.split(":").pop()}`),
       keys.map((k) => h("td", { class: "num" }, c.metrics?.[k] != null ? Number(c.metrics[k]).toFixed(4) : "–")),
       h("td", {}, h("a", { class: "button small ghost", href: `#/playground?models=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, t("job.chat")))))));
 }

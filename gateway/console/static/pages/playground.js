@@ -21,11 +21,18 @@ function requestCode(model, body) {
   ].join("\n");
 }
 
+// ft:{base}:{org}:{suffix}:{id}[:ckpt-step-N] → "{base} · {suffix}:{id} · ckpt-step-N": the parts that differ.
+export function shortName(id) {
+  if (!id.startsWith("ft:")) return id;
+  const [, base, , suffix, tag, ckpt] = id.split(":");
+  return [base, `${suffix}:${tag}`, ckpt].filter(Boolean).join(" · ");
+}
+
 class Column {
   constructor(models, initial, onRemove) {
     this.history = [];
     const names = initial && !models.includes(initial) ? [...models, initial] : models;
-    this.select = h("select", { class: "model" }, names.map((m) => h("option", { value: m }, m)));
+    this.select = h("select", { class: "model" }, names.map((m) => h("option", { value: m, title: m }, shortName(m))));
     if (initial) this.select.value = initial;
     this.log = h("div", { class: "chat log", "aria-live": "polite" });
     this.el = h("section", { class: "card column" },
