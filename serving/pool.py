@@ -57,7 +57,7 @@ class EnginePool:
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         serving = self.settings.serving
-        self.http = self.http or httpx.AsyncClient(
+        self.http = http = self.http or httpx.AsyncClient(
             timeout=httpx.Timeout(serving.request_timeout_seconds, connect=serving.connect_timeout_seconds),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
@@ -68,13 +68,12 @@ class EnginePool:
                 replicas = [Replica(model_id, url, local=False, kind=spec.engine, api_key=key) for url in spec.engine_urls]
                 for replica in replicas:
                     self._spawn(f"health of {replica.url}",
-                                lambda r=replica: ExternalEngine(r, self.http, serving.health_interval_seconds).run())
+                                ExternalEngine(replica, http, serving.health_interval_seconds).run)
             elif serving.local_engines:
                 settings_file = settings_file or self.settings.write_for_child(f"engines-{id(self):x}", database=False)
                 replica = Replica(model_id, "http://127.0.0.1:0", local=True, kind=spec.engine)
                 replicas = [replica]
-                self._spawn(f"engine of {model_id}",
-                            lambda r=replica, f=settings_file: LocalEngine(r, self.http, self.settings, f).run())
+                self._spawn(f"engine of {model_id}", LocalEngine(replica, http, self.settings, settings_file).run)
             else:
                 replicas = []
             self.replicas[model_id] = replicas

@@ -4,6 +4,7 @@ ready one. The key is for tunegate's own processes: no API shows a row of this t
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ class EngineRegistry:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def publish(self, replicas: list[tuple[str, str, str, str | None]]) -> None:
+    def publish(self, replicas: Sequence[tuple[str, str, str, str | None]]) -> None:
         """(url, base model, state, api key) of each replica, stamped now."""
         stamp = time.time()
         with self.db.session() as s:

@@ -42,7 +42,7 @@ def claim_oldest(db: Database, table: Any, claimable: ColumnElement[bool], now: 
     with db.session() as s:
         for org_id, cap_value in _fair_order(s, table, and_(claimable, free), now, cap):
             if db.dialect == "postgresql":
-                s.exec(sa_select(func.pg_advisory_xact_lock(func.hashtext(f"{table.__tablename__}:{org_id}"))))
+                s.execute(sa_select(func.pg_advisory_xact_lock(func.hashtext(f"{table.__tablename__}:{org_id}"))))
             query = select(table).where(table.organization_id == org_id, claimable, free).order_by(col(table.seq)).limit(1)
             if db.dialect == "postgresql":
                 query = query.with_for_update(skip_locked=True)
