@@ -70,6 +70,9 @@ def test_graders_validate_and_run(gateway: LiveGateway, org, recorder: SpecRecor
     assert "Permission denied" in ran.metadata.errors.python_grader_runtime_error_details
     missing = graders.run(grader=CRITERIA[0], model_sample="x", item={})
     assert missing.metadata.errors.invalid_variable_error
+    unserved = graders.run(grader=score, model_sample="x", item={"label": "y"})  # no engine runs here
+    assert unserved.reward == 0.0 and unserved.metadata.errors.model_grader_server_error
+    assert unserved.metadata.errors.model_grader_server_error_details
 
 
 BAD_GRADERS = [

@@ -15,7 +15,6 @@ import json
 import time
 from typing import Any
 
-import anyio.from_thread
 from litestar.concurrency import sync_to_thread
 
 from finetune.graders import validate
@@ -55,8 +54,10 @@ class GraderRuns:
         if not isinstance(item, dict):
             raise InvalidRequest("item must be an object.", param="item", code="invalid_type")
 
-        def judge(model: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return anyio.from_thread.run(self._judge, principal, model, bodies)
+        loop = asyncio.get_running_loop()
+
+        def judge(model: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:  # runs in the worker thread
+            return asyncio.run_coroutine_threadsafe(self._judge(principal, model, bodies), loop).result()
 
         engine = GraderEngine(sandbox=self.sandbox, judge=judge, embed=self.embed)
         started = time.perf_counter()
