@@ -70,7 +70,6 @@ def build_model(shape: str, tokenizer_dir: str, target: Path, device: str) -> Pa
 def run_variant(args: argparse.Namespace) -> dict:
     """The child: one variant on one model (CUDA memory counted from zero in this process)."""
     import torch
-
     from stepstats import step_stats
 
     stats = step_stats(args.warmup_steps)

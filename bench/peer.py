@@ -71,11 +71,12 @@ def measured(cmd: list[str]) -> dict:
 
 def run_tunegate(args: argparse.Namespace) -> None:
     """The child: tunegate's recipe on the peer job (what a job's child process runs, minus the database)."""
+    from stepstats import step_stats
+
     from finetune import hyperparams
     from finetune.device import model_footprint
     from finetune.recipe.callbacks import SilentReporter
     from finetune.recipe.run import TrainSpec, train
-    from stepstats import step_stats
 
     checkpointing = {"on": True, "off": False, "auto": "auto"}[args.checkpointing]
     hp = hyperparams.resolve(

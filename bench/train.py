@@ -5,7 +5,8 @@
 Same model, same examples (the first --examples of ../shared/data/alpaca_zh_demo.json), same LoRA (r=8,
 all linear layers), same batch size, one epoch each, each variant in its own process (clean peak memory).
 Reported: trained (non-padding) tokens per second of the training loop, the ratio, peak memory, and on CUDA
-the model FLOPs utilization (6 · parameters · tokens/s over the GPU's peak bf16 FLOPs).
+the model FLOPs utilization (4 · linear-layer parameters · tokens/s over the GPU's peak bf16 FLOPs: a frozen base
+computes no weight gradients; bench/gpu_check.py states the convention in full).
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 DATA = REPO.parent / "shared" / "data" / "alpaca_zh_demo.json"
 VARIANTS = ("baseline", "tunegate", "tunegate-packed", "tunegate-fp32")
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
 def default_model() -> str:
@@ -48,24 +48,6 @@ def examples_file(n: int, folder: Path, source: Path = DATA) -> Path:
     return out
 
 
-class Timer:
-    """Wall time of the training loop alone (model loading and tokenizing excluded)."""
-
-    def __new__(cls):  # noqa: ANN204 - a TrainerCallback built lazily (transformers imported in the child)
-        from transformers import TrainerCallback
-
-        class _Timer(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201
-                self.start = time.perf_counter()
-
-            def on_train_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
-                self.seconds = time.perf_counter() - self.start
-                self.tokens = int(state.num_input_tokens_seen)
-                self.steps = state.global_step
-
-        return _Timer()
-
-
 def run_tunegate(model: str, data: Path, batch: int, work: Path, device: str, packing: bool = False,
                  precision: str = "auto") -> object:
     """tunegate's defaults (length-grouped batches, LM head on labelled tokens only, bf16 where native), or
@@ -80,7 +62,9 @@ def run_tunegate(model: str, data: Path, batch: int, work: Path, device: str, pa
                                     precision=precision),
         n_examples=1000, method="supervised", device=device, bf16_ok=native_bf16(device),  # as a job's child does
     )
-    timer = Timer()
+    from stepstats import step_stats
+
+    timer = step_stats()
     train(TrainSpec("supervised", model, None, hp, 42, data, None, work, device,
                     extra_callbacks=(timer,)), SilentReporter())
     return timer
@@ -91,8 +75,13 @@ def run_baseline(model_dir: str, data: Path, batch: int, work: Path, device: str
     """What the tutorials do: tokenize the rendered chat, mask the prompt, pad every batch, HF Trainer + PEFT."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = []
@@ -108,7 +97,9 @@ def run_baseline(model_dir: str, data: Path, batch: int, work: Path, device: str
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
                                                  device_map={"": 0} if device == "cuda" else None)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
-    timer = timer or Timer()
+    from stepstats import step_stats
+
+    timer = timer or step_stats()
     args = TrainingArguments(output_dir=str(work), num_train_epochs=1, per_device_train_batch_size=batch,
                              learning_rate=1e-4, logging_steps=logging_steps, save_strategy="no", report_to=[], seed=42,
                              use_cpu=device == "cpu", bf16=device == "cuda", disable_tqdm=True,
@@ -120,6 +111,7 @@ def run_baseline(model_dir: str, data: Path, batch: int, work: Path, device: str
 
 def child(args: argparse.Namespace) -> None:
     import torch
+    from gpu_check import PEAK_BF16_FLOPS, linear_parameters
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,23 +130,11 @@ def child(args: argparse.Namespace) -> None:
         result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-        n_params = _param_count(args.model)
+        n_params = linear_parameters(json.loads((Path(args.model) / "config.json").read_text()))
         if peak:
-            result["mfu"] = round(6 * n_params * result["tokens_per_s"] / peak, 4)
+            result["mfu"] = round(4 * n_params * result["tokens_per_s"] / peak, 4)  # bench/gpu_check.py's convention
         result["gpu"] = name
     print("RESULT " + json.dumps(result), flush=True)
-
-
-def _param_count(model_dir: str) -> int:
-    import math
-
-    from safetensors import safe_open
-
-    total = 0
-    for path in Path(model_dir).glob("*.safetensors"):
-        with safe_open(str(path), "pt") as st:
-            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
-    return total
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def model_footprint(device: Device, model_dir: str) -> Footprint | None:
     hidden = int(config["hidden_size"])
     return Footprint(layers=int(config["num_hidden_layers"]), hidden=hidden,
                      intermediate=int(config.get("intermediate_size") or 4 * hidden),
-                     parameters=_parameter_count(Path(model_dir)), free_bytes=free_memory(device))
+                     parameters=parameter_count(Path(model_dir)), free_bytes=free_memory(device))
 
 
 def free_memory(device: Device) -> int:
@@ -54,7 +54,7 @@ def free_memory(device: Device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _parameter_count(model_dir: Path) -> int:
+def parameter_count(model_dir: Path) -> int:
     """Parameters in the model's safetensors files (their headers only: nothing is loaded)."""
     from safetensors import safe_open
 

@@ -45,9 +45,8 @@ def test_recipe_imports_without_the_gateway_stack() -> None:
 @pytest.mark.parametrize("shape", ["tiny", "qwen2.5-1.5b", "qwen2.5-7b"])
 def test_mfu_counts_every_linear_parameter(shape: str) -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from gpu_check import linear_parameters
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     spec = json.loads((REPO / "bench" / "configs" / f"{shape}.json").read_text())
     with torch.device("meta"):

@@ -163,6 +163,8 @@ def test_checkpointing_keeps_less_activation_memory(tiny_model: str, tokenizer) 
 
 def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), scale=None, enable_gqa=False):  # noqa: ANN001, ANN201
     """torch's varlen_attn (CUDA only) computed per example with sdpa: the kernel contract on CPU."""
+    import itertools
+
     import torch
     import torch.nn.functional as F
 
@@ -170,7 +172,7 @@ def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1),
     bounds = cu_q.tolist()
     return torch.cat([F.scaled_dot_product_attention(*(t[s:e].transpose(0, 1) for t in (q, k, v)), is_causal=True,
                                                      scale=scale, enable_gqa=enable_gqa).transpose(0, 1)
-                      for s, e in zip(bounds[:-1], bounds[1:])])
+                      for s, e in itertools.pairwise(bounds)])
 
 
 def reference_varlen_no_gqa(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False):  # noqa: ANN001, ANN201
@@ -182,6 +184,7 @@ def reference_varlen_no_gqa(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False):
 @pytest.mark.parametrize("kernel", [reference_varlen, reference_varlen_no_gqa])
 def test_varlen_attention_packed_loss_equals_padded(tokenizer, tmp_path, kernel) -> None:  # noqa: ANN001
     import json
+    from pathlib import Path
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments
@@ -189,7 +192,8 @@ def test_varlen_attention_packed_loss_equals_padded(tokenizer, tmp_path, kernel)
     from finetune.recipe import attention
     from finetune.recipe.trainer import SFTTrainer
 
-    spec = json.loads(open("bench/configs/tiny.json").read())  # a Qwen2 shape with grouped KV heads (2 q, 1 kv)
+    # a Qwen2 shape with grouped KV heads (2 query heads, 1 KV head)
+    spec = json.loads((Path(__file__).parents[1] / "bench/configs/tiny.json").read_text())
     name = f"test_varlen_{kernel.__name__}"
     assert attention.register(name, kernel)
     torch.manual_seed(0)
