@@ -15,6 +15,12 @@ local HF dir), then:
 
 --stub replaces the engine with bench/stub_engine.py (instant vLLM-shaped chunks) and runs (a) only: what the
 gateway itself adds per request and per chunk, without an engine competing for the same CPU cores.
+
+--stub --limiter: what the rate limiter adds. Three gateways on the stub — limits off, in-process counters, Redis
+counters (--redis-url) — with every limit of a key and its organization on (requests, tokens, streams; high enough
+never to refuse); streamed chat completions one at a time, to each gateway in turn (--requests × --rounds each);
+p50/p99 of the time to first token and of the whole request, each one's difference from "off", and the counters'
+own cost per request (admission + settlement, µs).
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.finetune_support import chat_jsonl, qa_pairs, upload, wait_for  # noqa: E402
-from tests.serving_support import engines, make_adapter, register_adapter, wait_engines_ready  # noqa: E402
+from tests.serving_support import (  # noqa: E402
+    engine_address, engines, make_adapter, register_adapter, wait_engines_ready,
+)
 from tests.support import LiveGateway  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
@@ -110,16 +118,16 @@ async def load(url: str, headers: dict[str, str], models: list[str], concurrency
 
 
 def overhead(gw_url: str, key: str, engine_url: str, model: str, levels: list[int], max_tokens: int,
-             rounds: int) -> list[dict]:
-    auth = {"authorization": f"Bearer {key}"}
+             rounds: int, engine_auth: dict[str, str] | None = None) -> list[dict]:
+    auth, engine_auth = {"authorization": f"Bearer {key}"}, engine_auth or {}
     rows = []
     for c in levels:
         requests = max(2 * c, 16)
         direct, gateway = Run(), Run()
-        asyncio.run(load(engine_url, {}, [model], c, min(c, 8), max_tokens))  # warm both paths
+        asyncio.run(load(engine_url, engine_auth, [model], c, min(c, 8), max_tokens))  # warm both paths
         asyncio.run(load(gw_url, auth, [model], c, min(c, 8), max_tokens))
         for _ in range(rounds):
-            direct.merge(asyncio.run(load(engine_url, {}, [model], c, requests, max_tokens)))
+            direct.merge(asyncio.run(load(engine_url, engine_auth, [model], c, requests, max_tokens)))
             gateway.merge(asyncio.run(load(gw_url, auth, [model], c, requests, max_tokens)))
         row = {
             "concurrency": c, "requests": rounds * requests,
@@ -194,9 +202,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--engine-args", default="", help="extra vLLM args, JSON list")
     parser.add_argument("--stub", action="store_true", help="measure (a) against bench/stub_engine.py")
+    parser.add_argument("--limiter", action="store_true", help="with --stub: limiter off vs in-process vs Redis")
+    parser.add_argument("--requests", type=int, default=200, help="with --limiter: requests per round and mode")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --limiter")
     args = parser.parse_args()
     if args.stub:
-        return stub_overhead(args)
+        return limiter_overhead(args) if args.limiter else stub_overhead(args)
 
     from storage.settings import DEFAULT_BASE_MODEL
 
@@ -220,7 +231,7 @@ def main() -> None:
         report = {
             "model": base,
             "overhead": overhead(gw.url, key, engine["url"], base, [int(c) for c in args.concurrency.split(",")],
-                                 args.max_tokens, args.rounds),
+                                 args.max_tokens, args.rounds, engine_address(gw, base).auth),
             "multi_lora": multi_lora(gw, org, key, base, model_dir, counts, args.max_tokens, work, args.rounds),
             "succeeded_to_first_token_ms": [t * 1e3 for t in succeeded_to_first_token(gw, key, base, args.jobs)],
             "engines": engines(gw),
@@ -252,6 +263,84 @@ def stub_overhead(args: argparse.Namespace) -> None:
         gw.stop()
         stub.terminate()
     print(json.dumps({"engine": "stub", "overhead": rows}, indent=2))
+
+
+LIMITS_OFF = {f: None for f in ("requests_per_minute", "tokens_per_minute", "concurrent_streams")}
+LIMITS_ON = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12, "concurrent_streams": 10**6,
+             "key_requests_per_minute": 10**9, "key_tokens_per_minute": 10**12, "key_concurrent_streams": 10**6}
+
+
+def limiter_overhead(args: argparse.Namespace) -> None:
+    import subprocess
+    import uuid
+
+    from tests.support import free_port
+
+    port = free_port()
+    stub = subprocess.Popen([sys.executable, str(REPO / "bench" / "stub_engine.py"), str(port)])
+    url = f"http://127.0.0.1:{port}"
+    models = json.dumps({"stub": {"source": "unused", "engine_urls": [url]}})
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    modes = {"off": {"TUNEGATE_LIMITS": json.dumps(LIMITS_OFF)},
+             "memory": {"TUNEGATE_LIMITS": json.dumps(LIMITS_ON)},
+             "redis": {"TUNEGATE_LIMITS": json.dumps({**LIMITS_ON, "redis_prefix": prefix}),
+                       "TUNEGATE_REDIS_URL": args.redis_url}}
+    gateways: dict[str, tuple[LiveGateway, str]] = {}
+    runs = {mode: Run() for mode in modes}
+    try:
+        for mode, env in modes.items():
+            work = Path(tempfile.mkdtemp(prefix=f"tunegate-bench-limiter-{mode}-"))
+            gw = LiveGateway(work, f"sqlite:///{work / 'tunegate.db'}", TUNEGATE_BASE_MODELS=models,
+                             TUNEGATE_WORKER__EMBEDDED="false", **env)
+            gw.start()
+            wait_engines_ready(gw, 60)
+            gateways[mode] = (gw, gw.new_org_key("bench")[2])
+        asyncio.run(interleaved(gateways, runs, 50, args.max_tokens))  # warm-up, thrown away
+        runs = {mode: Run() for mode in modes}
+        for _ in range(args.rounds):
+            asyncio.run(interleaved(gateways, runs, args.requests, args.max_tokens))
+        counter_us = asyncio.run(counter_calls(args.redis_url, prefix))
+    finally:
+        for gw, _ in gateways.values():
+            gw.stop()
+        stub.terminate()
+    off = runs["off"]
+    rows = []
+    for mode, run in runs.items():
+        row = {"limiter": mode, "requests": len(run.latency), "errors": run.errors,
+               "ttft_p50_ms": run.pct(run.ttft, 0.5), "ttft_p99_ms": run.pct(run.ttft, 0.99),
+               "latency_p50_ms": run.pct(run.latency, 0.5), "latency_p99_ms": run.pct(run.latency, 0.99),
+               "added_ttft_p50_ms": run.pct(run.ttft, 0.5) - off.pct(off.ttft, 0.5),
+               "added_latency_p50_ms": run.pct(run.latency, 0.5) - off.pct(off.latency, 0.5)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(json.dumps({"engine": "stub", "limiter": rows, "counter_call_us": counter_us}, indent=2))
+
+
+async def interleaved(gateways: dict[str, tuple[LiveGateway, str]], runs: dict[str, Run], requests: int,
+                      max_tokens: int) -> None:
+    """One request to each gateway in turn, one at a time: drift on a shared machine hits every mode alike."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        for _ in range(requests):
+            for mode, (gw, key) in gateways.items():
+                await one(http, gw.url, {"authorization": f"Bearer {key}"}, "stub", max_tokens, runs[mode])
+
+
+async def counter_calls(redis_url: str, prefix: str, n: int = 2000) -> dict[str, float]:
+    """The limiter's counters alone: µs per admission + settlement of a streamed completion (4 buckets, 2 slots)."""
+    from gateway.ratelimit.counters import Bucket, MemoryCounters, RedisCounters, Slot
+
+    out = {}
+    for name, counters in (("memory", MemoryCounters()), ("redis", RedisCounters(redis_url))):
+        buckets = [Bucket(f"{prefix}:{{o}}:{k}", 10**9, 100) for k in ("or", "ot", "kr", "kt")]
+        slots = [Slot(f"{prefix}:{{o}}:{k}", 10**6) for k in ("os", "ks")]
+        start = time.perf_counter()
+        for i in range(n):
+            await counters.admit(buckets, slots, str(i))
+            await counters.settle(buckets[1::2], slots, str(i))
+        out[name] = (time.perf_counter() - start) / n * 1e6
+        await counters.close()
+    return out
 
 
 def _weights_dir(gw: LiveGateway, base: str, model: str | None) -> str:
