@@ -295,6 +295,7 @@ def test_playground_side_by_side_only_the_tuned_model_gives_the_trained_answer(b
     page.locator(".job-head").get_by_role("link", name="Chat").click()
     page.wait_for_url("**/#/playground?models=*")
     columns = page.locator(".column")
+    columns.nth(1).wait_for()
     assert columns.count() == 2
     assert columns.nth(0).locator("select").input_value() == MODEL
     assert columns.nth(1).locator("select").input_value() == state["tuned"]
@@ -396,6 +397,7 @@ def test_admin_view_lists_organizations_engines_with_adapters_and_usage_charts(b
 
 def test_keyboard_reaches_the_navigation_with_a_visible_focus(board: Board) -> None:
     page = board.open("#/data")
+    page.reload()  # focus navigation starts at the top of a freshly loaded document
     page.get_by_role("heading", name="Upload a dataset").wait_for()
     page.keyboard.press("Tab")  # the skip link first
     assert page.evaluate("document.activeElement.className") == "skip"
