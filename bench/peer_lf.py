@@ -61,7 +61,8 @@ def main() -> None:
             "output_dir": str(Path(tmp) / "out"), "logging_steps": 1, "save_strategy": "no", "plot_loss": False,
             "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": 1,
             "learning_rate": 1e-4, "num_train_epochs": 1.0, "lr_scheduler_type": "cosine", "warmup_ratio": 0.0,
-            "bf16": args.precision == "bf16", "seed": 42, "report_to": "none", "disable_tqdm": True,
+            "bf16": args.precision == "bf16", "use_cpu": not torch.cuda.is_available(),  # bf16 on CPU needs it
+            "seed": 42, "report_to": "none", "disable_tqdm": True,
             "include_num_input_tokens_seen": "non_padding",
         }, callbacks=[stats])
     print("RESULT " + json.dumps({"stack": "llamafactory", "precision": args.precision, **stats.result()}), flush=True)
