@@ -52,7 +52,7 @@ def claim_oldest(db: Database, table: Any, claimable: ColumnElement[bool], now: 
             where = [table.id == row.id, table.status == row.status, claimable, free]
             if cap_value is not None:
                 where.append(_running_count(table, org_id, now) < cap_value)
-            result = s.exec(update(table).where(*where).values(**values))  # type: ignore[call-overload]
+            result = s.exec(update(table).where(*where).values(**values))
             if result.rowcount == 1:
                 return row.id
         return None
@@ -110,7 +110,6 @@ def fence(s: Session, table: Any, item_id: str, token: str) -> None:
     The no-op UPDATE takes the row's lock until the session commits (Postgres; SQLite: the database write lock),
     so no claim can slip in between this check and the commit of the writes that follow it in ``s``.
     """
-    result = s.exec(update(table).where(table.id == item_id, table.lease_owner == token)  # type: ignore[call-overload]
-                    .values(lease_owner=token))
+    result = s.exec(update(table).where(table.id == item_id, table.lease_owner == token).values(lease_owner=token))
     if result.rowcount != 1:
         raise LeaseLost(f"{table.__tablename__} {item_id}: the lease {token} is no longer held")
