@@ -268,9 +268,12 @@ def test_usage_is_recorded_per_organization_and_key(gw: LiveGateway, org) -> Non
         with gw.admin() as admin:
             return admin.get("/admin/usage", params={"organization_id": org[0]}).raise_for_status().json()["data"]
 
-    rows = wait_until(lambda: [r for r in totals() if r["model"] == TINY], 10, "usage rows")
-    assert rows[0]["api_key_id"] == org[1] and rows[0]["requests"] >= 5
-    assert rows[0]["completion_tokens"] > 0 and rows[0]["prompt_tokens"] > 0
+    rows = wait_until(lambda: [r for r in totals() if r["model"] == TINY and r["api_key_id"] == org[1]], 10,
+                      "usage rows")
+    assert rows[0]["requests"] >= 5 and rows[0]["completion_tokens"] > 0 and rows[0]["prompt_tokens"] > 0
+    # the job-end scoring of the memorized job (fine-tuned model and base) is the organization's usage too
+    job_end = [r for r in totals() if r["api_key_id"] == "fine_tuning.jobs"]
+    assert {r["model"] for r in job_end} >= {TINY} and len(job_end) == 2 and all(r["requests"] == 20 for r in job_end)
 
 
 def test_external_replica_url(gw: LiveGateway, tiny_model: str, tmp_path: Path) -> None:
