@@ -29,6 +29,7 @@ from gateway.openai.files.api_router import FilesController
 from gateway.openai.graders.api_router import GradersController
 from gateway.openai.fine_tuning.api_router import FineTuningJobsController
 from gateway.openai.models.api_router import ModelsController
+from gateway.openai.uploads.api_router import UploadsController
 from gateway.services import Services
 from storage.settings import Settings
 
@@ -79,7 +80,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
     v1 = Router(
         path="/v1",
         route_handlers=[FilesController, FineTuningJobsController, ModelsController, CompletionsController,
-                        EvalsController, ExportsController, GradersController],
+                        EvalsController, ExportsController, GradersController, UploadsController],
         guards=[require_api_key],
         middleware=[rate_limited],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
@@ -109,5 +110,7 @@ async def _sweep_expired(services: Services) -> None:
             removed = await sync_to_thread(services.files.sweep_expired)
             if removed:
                 log.info("purged %d expired file(s)", removed)
+            if expired := await sync_to_thread(services.uploads.sweep_expired):
+                log.info("expired %d upload(s)", expired)
         except Exception:  # a failed sweep must not end the loop; the next one retries
             log.exception("expiry sweep failed")

@@ -20,6 +20,7 @@ from storage.files import Files
 from storage.jobs import JobStore
 from storage.quotas import StorageQuota
 from storage.settings import Settings
+from storage.uploads import UploadStore
 from storage.usage import UsageStore
 
 log = logging.getLogger("tunegate")
@@ -41,6 +42,7 @@ class Services:
     exports: ExportStore
     limiter: Limiter
     quota: StorageQuota
+    uploads: UploadStore
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -55,7 +57,7 @@ class Services:
         return cls(settings, db, blobs, accounts, Files(db, blobs, quota=quota.check), catalog,
                    JobStore(db, limits.running_jobs), usage, engines, completions,
                    EvalStore(db, limits.running_eval_runs), ExportStore(db, limits.running_exports),
-                   Limiter(settings, accounts), quota)
+                   Limiter(settings, accounts), quota, UploadStore(db, blobs, settings.uploads))
 
     def prepare(self) -> str | None:
         """Migrate the schema, register base models, tidy after crashes. Returns a newly generated admin key."""
@@ -64,6 +66,7 @@ class Services:
         self.blobs.sweep_staging()
         self.files.reap_orphans()
         self.files.sweep_expired()
+        self.uploads.sweep_expired()
         admin = self.settings.admin_key.get_secret_value() if self.settings.admin_key else None
         return self.accounts.ensure_admin_credential(admin)
 

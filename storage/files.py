@@ -68,11 +68,14 @@ class Files:
         self.blobs = blobs
         self.quota = quota  # the API's files: refuse one that would exceed its organization's storage quota
 
-    def create(self, new: NewFile) -> StoredFile:
+    def create(self, new: NewFile, within: Callable[[Session, StoredFile], None] | None = None) -> StoredFile:
+        """Store ``new``; ``within`` runs in the row's transaction (an Upload marked completed with its File)."""
         row = self.store_blobs(new)
         try:
             with self.db.session() as s:
                 s.add(row)
+                if within is not None:
+                    within(s, row)
         except BaseException:
             self.blobs.delete_prefix(f"files/{row.id}")
             raise

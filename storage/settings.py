@@ -166,6 +166,14 @@ class RequestLimits(BaseModel):
     max_stop: int = Field(default=4, ge=0, description="Most stop strings (and most stop_token_ids: 16 × this).")
 
 
+class UploadSettings(BaseModel):
+    """``/v1/uploads``: a file sent in parts (OpenAI's limits by default), assembled and checked like any upload."""
+
+    max_bytes: int = Field(default=8 * 1024**3, gt=0, description="Largest file an Upload may assemble (its `bytes`).")
+    max_part_bytes: int = Field(default=64 * 1024**2, gt=0, description="Largest Part.")
+    expires_after_seconds: int = Field(default=3600, gt=0, description="A pending Upload expires this long after creation.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEGATE_", env_nested_delimiter="__", extra="forbid")
 
@@ -189,6 +197,7 @@ class Settings(BaseSettings):
     )
     upload_stall_seconds: float = Field(default=30.0, gt=0, description="An upload that sends no bytes this long is ended.")
     expiry_sweep_seconds: float = Field(default=60.0, gt=0, description="How often expired files are purged.")
+    uploads: UploadSettings = Field(default_factory=UploadSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     requests: RequestLimits = Field(default_factory=RequestLimits)

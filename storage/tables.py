@@ -6,7 +6,7 @@ total order (``created_at`` has one-second resolution and collides).
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -48,7 +48,7 @@ class StoredFile(SQLModel, table=True):
     organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=64)
     filename: str = Field(max_length=512)
     purpose: str = Field(index=True, max_length=64)
-    bytes: int
+    bytes: int = Field(sa_type=BigInteger)  # an Upload assembles files up to 8 GiB
     created_at: int
     expires_at: int | None = Field(default=None, index=True)
     status: str = Field(default="processed", max_length=32)
@@ -269,3 +269,34 @@ class OrganizationLimits(SQLModel, table=True):
     organization_id: str = Field(primary_key=True, foreign_key="organizations.id", max_length=64)
     limits: dict = Field(default_factory=dict, sa_type=JSON)
     updated_at: int
+
+
+class Upload(SQLModel, table=True):
+    """A file sent in parts (``/v1/uploads``): pending → completed (``file_id`` set) | cancelled | expired."""
+
+    __tablename__ = "uploads"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=64)
+    filename: str = Field(max_length=512)
+    purpose: str = Field(max_length=64)
+    mime_type: str = Field(max_length=255)
+    bytes: int = Field(sa_type=BigInteger, description="Declared at creation; the parts must add up to it.")
+    status: str = Field(default="pending", index=True, max_length=32)
+    created_at: int
+    expires_at: int = Field(index=True)
+    file_expires_after_s: int | None = Field(default=None, description="The File's expires_after[seconds].")
+    file_id: str | None = Field(default=None, max_length=64)
+
+
+class UploadPart(SQLModel, table=True):
+    """One Part's bytes, staged in the blob store under ``uploads/<upload id>/<part id>`` until the Upload ends."""
+
+    __tablename__ = "upload_parts"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    upload_id: str = Field(foreign_key="uploads.id", index=True, max_length=64)
+    bytes: int = Field(sa_type=BigInteger)
+    created_at: int

@@ -55,6 +55,9 @@ ROUTES: list[tuple[str, re.Pattern[str], str | None]] = [
     ("GET", re.compile(r"^/v1/evals/[^/]+/runs/[^/]+/output_items/[^/]+$"), "EvalRunOutputItem"),
     ("POST", re.compile(r"^/v1/fine_tuning/alpha/graders/validate$"), "ValidateGraderResponse"),
     ("POST", re.compile(r"^/v1/fine_tuning/alpha/graders/run$"), "RunGraderResponse"),
+    ("POST", re.compile(r"^/v1/uploads$"), "Upload"),
+    ("POST", re.compile(r"^/v1/uploads/[^/]+/parts$"), "UploadPart"),
+    ("POST", re.compile(r"^/v1/uploads/[^/]+/(complete|cancel)$"), "Upload"),
 ]
 
 

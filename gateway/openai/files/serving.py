@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from litestar.concurrency import sync_to_thread
+from sqlmodel import Session
 
 from finetune.formats.check import check_in_child, memory_limit
 from gateway.openai.common import list_page
@@ -20,6 +21,7 @@ from storage.blobs import StagedBlob
 from storage.errors import InvalidFile, InvalidRequest
 from storage.files import NewFile
 from storage.settings import Settings
+from storage.tables import StoredFile
 
 _BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 CHUNK = 1 << 16
@@ -33,13 +35,18 @@ async def create(services: Services, who: Principal, content_type: str, body: As
             organization_id=who.organization_id, filename=_filename(form), purpose=_purpose(form),
             original=original, expires_after_s=_expiry(form),
         )
-        if new.purpose == "fine-tune":
-            with services.blobs.stage() as normalized:
-                await _normalize(new, normalized, services.settings.max_example_bytes)
-                row = await sync_to_thread(services.files.create, new)
-        else:
-            row = await sync_to_thread(services.files.create, new)
+        row = await store(services, new)
     return FileObject.of(row)
+
+
+async def store(services: Services, new: NewFile, within: Callable[[Session, StoredFile], None] | None = None) -> StoredFile:
+    """The one way from a staged blob to a File (``POST /v1/files`` and a completed Upload): a fine-tune file is
+    checked and normalized first (a 400 naming the problem lines), then blobs and row are stored (``Files.create``)."""
+    if new.purpose != "fine-tune":
+        return await sync_to_thread(services.files.create, new, within)
+    with services.blobs.stage() as normalized:
+        await _normalize(new, normalized, services.settings.max_example_bytes)
+        return await sync_to_thread(services.files.create, new, within)
 
 
 async def _normalize(new: NewFile, staged: StagedBlob, max_example_bytes: int) -> None:
@@ -63,17 +70,23 @@ def _filename(form: UploadForm) -> str:
         raise InvalidRequest("Missing the 'file' part: send the file as multipart field 'file'.", param="file")
     if form.file_field != "file":
         raise InvalidRequest(f"The file must be sent in the 'file' field, not '{form.file_field}'.", param="file")
-    name = form.filename or ""
+    return check_filename(form.filename or "", "file")
+
+
+def check_filename(name: str, param: str) -> str:
     if not name or name in (".", "..") or _BAD_NAME.search(name) or len(name) > 255:
         raise InvalidRequest(
             f"Invalid filename {name!r}: a filename is a plain name (1-255 characters, no '/', '\\' or control "
-            "characters), never a path.", param="file", code="invalid_filename",
+            "characters), never a path.", param=param, code="invalid_filename",
         )
     return name
 
 
 def _purpose(form: UploadForm) -> str:
-    purpose = form.fields.get("purpose")
+    return check_purpose(form.fields.get("purpose"))
+
+
+def check_purpose(purpose: str | None) -> str:
     if not purpose:
         raise InvalidRequest("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
     if purpose not in UPLOAD_PURPOSES:
@@ -94,12 +107,16 @@ def _expiry(form: UploadForm) -> int | None:
         value = int(seconds or "")
     except ValueError:
         value = -1
-    if not MIN_EXPIRY_S <= value <= MAX_EXPIRY_S:
+    return check_expiry(value)
+
+
+def check_expiry(seconds: int) -> int:
+    if not MIN_EXPIRY_S <= seconds <= MAX_EXPIRY_S:
         raise InvalidRequest(
             f"expires_after[seconds] must be an integer between {MIN_EXPIRY_S} and {MAX_EXPIRY_S}.",
             param="expires_after.seconds", code="invalid_value",
         )
-    return value
+    return seconds
 
 
 def list_files(services: Services, who: Principal, **query: Any) -> dict[str, Any]:
