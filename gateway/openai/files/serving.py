@@ -12,7 +12,11 @@ from sqlmodel import Session
 from finetune.formats.check import check_in_child, memory_limit
 from gateway.openai.common import list_page
 from gateway.openai.files.protocol import (
-    BATCH_DEFAULT_EXPIRY_S, MAX_EXPIRY_S, MIN_EXPIRY_S, UPLOAD_PURPOSES, FileObject,
+    BATCH_DEFAULT_EXPIRY_S,
+    MAX_EXPIRY_S,
+    MIN_EXPIRY_S,
+    UPLOAD_PURPOSES,
+    FileObject,
 )
 from gateway.openai.files.upload import UploadForm, read_upload
 from gateway.services import Services

@@ -75,7 +75,7 @@ class UploadObject(msgspec.Struct):
     file: FileObject | None = None  # the File, once completed
 
     @classmethod
-    def of(cls, row: Upload, file: StoredFile | None = None) -> "UploadObject":
+    def of(cls, row: Upload, file: StoredFile | None = None) -> UploadObject:
         return cls(object="upload", id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename,
                    purpose=row.purpose, status=status_now(row), expires_at=row.expires_at,
                    file=FileObject.of(file) if file is not None else None)
@@ -88,5 +88,5 @@ class UploadPartObject(msgspec.Struct):
     upload_id: str
 
     @classmethod
-    def of(cls, row: UploadPart) -> "UploadPartObject":
+    def of(cls, row: UploadPart) -> UploadPartObject:
         return cls(object="upload.part", id=row.id, created_at=row.created_at, upload_id=row.upload_id)

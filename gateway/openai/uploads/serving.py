@@ -15,7 +15,12 @@ from gateway.openai.files import serving as files
 from gateway.openai.files.protocol import BATCH_DEFAULT_EXPIRY_S
 from gateway.openai.files.upload import read_upload
 from gateway.openai.uploads.protocol import (
-    MIME_TYPES, CompleteUploadRequest, CreateUploadRequest, UploadObject, UploadPartObject, parse,
+    MIME_TYPES,
+    CompleteUploadRequest,
+    CreateUploadRequest,
+    UploadObject,
+    UploadPartObject,
+    parse,
 )
 from gateway.services import Services
 from storage.accounts import Principal
