@@ -35,7 +35,7 @@ from gateway.ratelimit.counters import Bucket, Counters, MemoryCounters, RedisCo
 from serving.usage import UsageRecorder
 from storage.accounts import Accounts, Principal
 from storage.errors import RateLimited
-from storage.settings import LimitSettings, Settings
+from storage.settings import LimitSettings, RequestLimits, Settings
 
 log = logging.getLogger("tunegate.ratelimit")
 
@@ -69,14 +69,16 @@ class Admission:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-def estimate_tokens(body: bytes) -> tuple[int, bool]:
-    """(tokens a completion request may use at most, by a cheap heuristic; whether it streams)."""
+def estimate_tokens(body: bytes, caps: RequestLimits) -> tuple[int, bool]:
+    """(tokens a completion request may use at most, by a cheap heuristic; whether it streams). ``n`` and
+    ``max_tokens`` are taken at most at their caps: above those, the handler's 400 says what is wrong, not a 429."""
     try:
         sizing = msgspec.json.decode(body, type=_Sizing)
     except Exception:  # malformed or hostile: the handler answers its 400; size it by its bytes
         sizing = _Sizing()
     completion = sizing.max_completion_tokens or sizing.max_tokens or DEFAULT_COMPLETION_TOKENS
-    return math.ceil(len(body) / 4) + max(1, sizing.n or 1) * max(0, completion), sizing.stream is True
+    n = min(max(1, sizing.n or 1), caps.max_n)
+    return math.ceil(len(body) / 4) + n * min(max(0, completion), caps.max_tokens), sizing.stream is True
 
 
 def report_usage(usage: Any) -> None:
@@ -88,7 +90,7 @@ def report_usage(usage: Any) -> None:
 
 class Limiter:
     def __init__(self, settings: Settings, accounts: Accounts) -> None:
-        self.defaults, self.accounts = settings.limits, accounts
+        self.defaults, self.accounts, self.caps = settings.limits, accounts, settings.requests
         self.prefix = settings.limits.redis_prefix
         self.counters: Counters = RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters()
         self._limits: dict[str, tuple[float, LimitSettings]] = {}
@@ -113,7 +115,7 @@ class Limiter:
         limits = await self.limits_of(principal.organization_id)
         estimate, streams = 0, False
         if connection.scope.get("method") == "POST" and connection.scope["path"] in METERED_PATHS:
-            estimate, streams = estimate_tokens(await connection.body())
+            estimate, streams = estimate_tokens(await connection.body(), self.caps)
         buckets, slots = self._buckets(principal, limits, estimate, streams)
         if not buckets and not slots:
             return
