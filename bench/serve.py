@@ -41,7 +41,11 @@ sys.path.insert(0, str(REPO))
 
 from tests.finetune_support import chat_jsonl, qa_pairs, upload, wait_for  # noqa: E402
 from tests.serving_support import (  # noqa: E402
-    engine_address, engines, make_adapter, register_adapter, wait_engines_ready,
+    engine_address,
+    engines,
+    make_adapter,
+    register_adapter,
+    wait_engines_ready,
 )
 from tests.support import LiveGateway  # noqa: E402
 
@@ -64,7 +68,7 @@ class Run:
     def tok_s(self) -> float:
         return self.tokens / self.wall if self.wall else 0.0
 
-    def merge(self, other: "Run") -> None:
+    def merge(self, other: Run) -> None:
         self.ttft += other.ttft
         self.latency += other.latency
         self.tokens += other.tokens

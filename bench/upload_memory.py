@@ -59,7 +59,7 @@ def in_process(before: str, mib: int, tmp: Path) -> None:
     archive = subprocess.run(["git", "-C", str(REPO), "archive", before, "finetune/__init__.py", "finetune/formats"],
                              check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-    print(f"\n| normalize alone | file MiB | examples | seconds | peak RSS MiB |\n|---|---:|---:|---:|---:|")
+    print("\n| normalize alone | file MiB | examples | seconds | peak RSS MiB |\n|---|---:|---:|---:|---:|")
     for name, body in (("jsonl", jsonl_body(mib * MIB)), ("array", array_body(mib * MIB))):
         source = tmp / f"{name}.data"
         with open(source, "wb") as fh:

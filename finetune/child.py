@@ -45,7 +45,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 class JobReporter:
     """The recipe's Reporter over the job store."""
 
-    def __init__(self, ctx: "Context") -> None:
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._progress_at = 0.0
 

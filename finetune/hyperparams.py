@@ -54,7 +54,7 @@ class Hyperparameters(BaseModel):
     quantization_bit: Literal[4, 8] | None = Field(None, description="quantization_bit: QLoRA, CUDA only")
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Hyperparameters":
+    def _cross_checks(self) -> Hyperparameters:
         if self.lora_target != "all" and any(not t or not t.replace("_", "").replace(".", "").isalnum() for t in self.lora_target):
             raise ValueError("lora_target entries must be module names such as 'q_proj'")
         return self

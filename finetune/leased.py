@@ -56,7 +56,7 @@ class LeasedWorker(ABC):
     def heartbeat(self, item_id: str, lease: str) -> bool:
         """Renew the lease; False when it is no longer held under ``lease``."""
 
-    def release(self, item: Any, lease: str) -> None:
+    def release(self, item: Any, lease: str) -> None:  # noqa: B027 - a default hook: most kinds release by finishing
         """After ``work``: give the lease back if the item is not finished (default: finishing released it)."""
 
     # --- the loop ----------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ class Workers:
         self.workers = workers
         self.threads: list[threading.Thread] = []
 
-    def start(self) -> "Workers":
+    def start(self) -> Workers:
         for worker in self.workers:
             thread = threading.Thread(target=worker.run_forever, name=f"tunegate-{getattr(worker, 'kind', 'worker')}",
                                       daemon=True)

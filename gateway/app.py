@@ -26,8 +26,8 @@ from gateway.openai.chat.api_router import CompletionsController
 from gateway.openai.evals.api_router import EvalsController
 from gateway.openai.exports.api_router import ExportsController
 from gateway.openai.files.api_router import FilesController
-from gateway.openai.graders.api_router import GradersController
 from gateway.openai.fine_tuning.api_router import FineTuningJobsController
+from gateway.openai.graders.api_router import GradersController
 from gateway.openai.models.api_router import ModelsController
 from gateway.openai.uploads.api_router import UploadsController
 from gateway.services import Services

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from litestar.connection import ASGIConnection
-from litestar.handlers import BaseRouteHandler
 from litestar.concurrency import sync_to_thread
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
+from litestar.handlers import BaseRouteHandler
 
 from gateway.services import Services
 from storage.accounts import Principal

@@ -45,7 +45,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     """A standalone fine-tuning worker (several may run, on several hosts, against one Postgres)."""
     import signal
-
     import threading
 
     from finetune.leased import start_workers

@@ -14,8 +14,15 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 
 from storage.db import TRANSIENT_DB_ERRORS, is_transient
 from storage.errors import (
-    AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied, RateLimited,
-    TunegateError, Unavailable, UpstreamFailed,
+    AuthenticationFailed,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    TunegateError,
+    Unavailable,
+    UpstreamFailed,
 )
 
 log = logging.getLogger("tunegate.gateway")

@@ -45,7 +45,7 @@ class Services:
     uploads: UploadStore
 
     @classmethod
-    def build(cls, settings: Settings) -> "Services":
+    def build(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
         blobs = LocalBlobStore(settings.resolved_blob_dir)
         catalog = Catalog(db, settings)

@@ -191,7 +191,7 @@ class LocalEngine:
                 os.killpg(proc.pid, signal.SIGTERM)  # vLLM's own engine-core children are in the group
             try:
                 await asyncio.wait_for(proc.wait(), 15)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await asyncio.shield(proc.wait())
@@ -204,7 +204,7 @@ class LocalEngine:
 async def _exited(proc: asyncio.subprocess.Process, wait: float) -> bool:
     try:
         await asyncio.wait_for(asyncio.shield(proc.wait()), wait)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     return True
 

@@ -110,7 +110,7 @@ class Completions:
             raise _translate(response.status_code, message, target, request)
         raise Unavailable(f"No engine for '{target.base_model}' answered; retry shortly.", code="engine_unavailable")
 
-    async def _relay(self, call: "Call", replica: Replica, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def _relay(self, call: Call, replica: Replica, response: httpx.Response) -> AsyncIterator[bytes]:
         done = False
         try:
             buffer = b""

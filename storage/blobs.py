@@ -46,7 +46,7 @@ class StagedBlob:
         self.path.unlink(missing_ok=True)
 
     @classmethod
-    def adopt(cls, path: Path) -> "StagedBlob":
+    def adopt(cls, path: Path) -> StagedBlob:
         """A finished file already in the staging area (written by a tool, not through ``write``)."""
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -57,7 +57,7 @@ class StagedBlob:
         blob.path, blob.size, blob._fh = Path(path), Path(path).stat().st_size, None
         return blob
 
-    def __enter__(self) -> "StagedBlob":
+    def __enter__(self) -> StagedBlob:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
-
 
 log = logging.getLogger("tunegate.db")
 T = TypeVar("T")

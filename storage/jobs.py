@@ -17,8 +17,8 @@ from sqlmodel import Session, col, delete, select
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page, keyset_page
-from storage.leases import OrgCap, claim_oldest, fence
 from storage.ids import new_id, now
+from storage.leases import OrgCap, claim_oldest, fence
 from storage.tables import FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent, StoredFile
 
 ACTIVE = ("validating_files", "queued", "running", "paused")

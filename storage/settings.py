@@ -57,7 +57,7 @@ class BaseModelSpec(BaseModel):
         "VLLM_API_KEY); local engines get a random key of their own each start.")
 
     @model_validator(mode="after")
-    def _gguf_is_served_only(self) -> "BaseModelSpec":
+    def _gguf_is_served_only(self) -> BaseModelSpec:
         if self.engine == "llama.cpp":
             self.tunable = False  # training needs the HF weights; a GGUF is the end of the line
         return self
@@ -230,7 +230,7 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     @classmethod
-    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> "Settings":
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
         """Build the settings once for a process. ``config_file`` wins over ``TUNEGATE_CONFIG``."""
         path = Path(config_file) if config_file is not None else None
         if path is not None and not path.is_file():

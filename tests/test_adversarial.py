@@ -23,7 +23,13 @@ import pytest
 from tests.conftest import _fresh_postgres_database
 from tests.finetune_support import TINY, wait_until
 from tests.serving_support import (
-    engine_address, engines, greedy_tokens, make_adapter, register_adapter, serving_env, wait_engines_ready,
+    engine_address,
+    engines,
+    greedy_tokens,
+    make_adapter,
+    register_adapter,
+    serving_env,
+    wait_engines_ready,
 )
 from tests.support import ADMIN_KEY, LiveGateway
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.finetune_support import MEMORIZE, qa_pairs, wait_until
+from tests.finetune_support import qa_pairs, wait_until
 from tests.serving_support import serving_env, wait_engines_ready
 from tests.support import ADMIN_KEY, REPO, LiveGateway
 

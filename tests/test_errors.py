@@ -11,8 +11,15 @@ from sqlalchemy import text
 from gateway.app import create_app
 from gateway.errors import status_of
 from storage.errors import (
-    AuthenticationFailed, InvalidFile, InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied, RateLimited,
-    TunegateError, Unavailable,
+    AuthenticationFailed,
+    InvalidFile,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    TunegateError,
+    Unavailable,
 )
 from storage.settings import Settings
 from tests.support import ADMIN_KEY, SpecValidator

@@ -7,7 +7,7 @@ from itertools import pairwise
 
 import pytest
 
-from finetune.evals.metrics import score, sample_scores, strip_think, words
+from finetune.evals.metrics import sample_scores, score, strip_think, words
 from tests.support import DATA
 
 

@@ -19,7 +19,16 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.finetune_support import (
-    TINY, all_events, chat_jsonl, gateway_env, latest_step, qa_pairs, results_csv, shared_subset, upload, wait_for,
+    TINY,
+    all_events,
+    chat_jsonl,
+    gateway_env,
+    latest_step,
+    qa_pairs,
+    results_csv,
+    shared_subset,
+    upload,
+    wait_for,
     wait_until,
 )
 from tests.pg_support import private_cluster

@@ -19,9 +19,9 @@ import openai
 import pytest
 
 from tests.finetune_support import qa_pairs, upload, wait_for
-from tests.test_modelfile import GO, go_render
 from tests.serving_support import TARGETS, register_adapter
 from tests.support import LiveGateway, SpecRecorder
+from tests.test_modelfile import GO, go_render
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed")
 EDGE = "edge-chat"

@@ -7,7 +7,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.finetune_support import (
-    MEMORIZE, TINY, adapter_dir, all_events, chat_jsonl, gateway_env, qa_pairs, results_csv, shared_subset, upload,
+    MEMORIZE,
+    TINY,
+    adapter_dir,
+    all_events,
+    chat_jsonl,
+    gateway_env,
+    qa_pairs,
+    results_csv,
+    shared_subset,
+    upload,
     wait_for,
 )
 from tests.support import LiveGateway, SpecRecorder

@@ -130,7 +130,7 @@ def test_cosine_is_numpy_over_minilm_embeddings() -> None:
         hidden = model(**batch).last_hidden_state.numpy()
     mask = batch["attention_mask"].numpy()[..., None]
     vectors = (hidden * mask).sum(1) / mask.sum(1)
-    expected = [float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))) for a, b in zip(vectors[::2], vectors[1::2])]
+    expected = [float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))) for a, b in zip(vectors[::2], vectors[1::2], strict=True)]
     embedder = Embedder()
     try:
         got = _similarity("cosine", engine=GraderEngine(embed=embedder))

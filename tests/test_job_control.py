@@ -11,8 +11,18 @@ import pytest
 
 from tests.conftest import _fresh_postgres_database
 from tests.finetune_support import (
-    TINY, chat_jsonl, gateway_env, latest_step, metric_steps, qa_pairs, results_csv, shared_subset, upload, wait_for, wait_until,
+    TINY,
     all_events,
+    chat_jsonl,
+    gateway_env,
+    latest_step,
+    metric_steps,
+    qa_pairs,
+    results_csv,
+    shared_subset,
+    upload,
+    wait_for,
+    wait_until,
 )
 from tests.support import LiveGateway, SpecRecorder
 

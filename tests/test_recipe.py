@@ -16,7 +16,7 @@ def tokenizer(tiny_model: str):  # noqa: ANN201
 
 
 def trained_text(tokenizer, encoded) -> str:  # noqa: ANN001
-    return tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE])
+    return tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE])
 
 
 def test_labels_cover_assistant_turns_only(tokenizer) -> None:  # noqa: ANN001

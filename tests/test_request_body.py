@@ -136,7 +136,6 @@ def test_a_usage_row_that_cannot_be_written_does_not_block_the_others(database_u
     from storage import migrate
     from storage.accounts import Principal
     from storage.db import Database
-    from storage.ids import now
     from storage.tables import UsageRecord
     from storage.usage import UsageStore
 

@@ -22,7 +22,13 @@ import pytest
 
 from tests.finetune_support import MEMORIZE, TINY, adapter_dir, chat_jsonl, qa_pairs, upload, wait_for, wait_until
 from tests.serving_support import (
-    engine_address, engine_metric, engines, greedy_tokens, make_adapter, register_adapter, serving_env,
+    engine_address,
+    engine_metric,
+    engines,
+    greedy_tokens,
+    make_adapter,
+    register_adapter,
+    serving_env,
     wait_engines_ready,
 )
 from tests.support import LiveGateway, SpecRecorder
@@ -207,7 +213,7 @@ def test_twenty_adapters_three_organizations(gw: LiveGateway, tiny_model: str, t
 
     with ThreadPoolExecutor(20) as pool:
         served = list(pool.map(ask, adapters))
-    for (owner, model_id, _), tokens, reference in zip(adapters, served, references, strict=True):
+    for (_owner, model_id, _), tokens, reference in zip(adapters, served, references, strict=True):
         assert tokens == reference[: len(tokens)], f"{model_id} did not answer with its own adapter"
 
     for owner, model_id, _ in adapters[:3]:

@@ -121,7 +121,7 @@ class RssSampler:
         self._peak = 0
         self.result: Peak | None = None
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         try:  # "5" resets the kernel's peak-RSS mark (VmHWM) to the current RSS
             Path(f"/proc/{self.pid}/clear_refs").write_text("5")
         except OSError:

@@ -147,7 +147,7 @@ class EvalWorker(LeasedWorker):
                     yield index, row, None
                 index += 1
 
-    def _samples(self, run: EvalRun, models: "_Models", batch: list) -> list[tuple[dict | None, dict[str, Any]]]:
+    def _samples(self, run: EvalRun, models: _Models, batch: list) -> list[tuple[dict | None, dict[str, Any]]]:
         """(sample namespace or None when the sample errored, the output item's sample record) per item."""
         if run.data_source["type"] == "jsonl":
             return [_given(run, item, sample) for _, item, sample in batch]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from litestar.params import FromPath, FromQuery, JSONBody
 from litestar import Controller, get, post, put
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from gateway.admin.protocol import CreateKey, CreateOrganization, KeyObject, LimitsObject, OrganizationObject
 from gateway.auth import ServicesDep, require_admin

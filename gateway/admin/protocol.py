@@ -25,7 +25,7 @@ class OrganizationObject(msgspec.Struct):
     object: Literal["organization"] = "organization"
 
     @classmethod
-    def of(cls, org: Organization) -> "OrganizationObject":
+    def of(cls, org: Organization) -> OrganizationObject:
         return cls(id=org.id, name=org.name, created_at=org.created_at)
 
 
@@ -40,7 +40,7 @@ class KeyObject(msgspec.Struct):
     secret: str | None = None  # only when just created
 
     @classmethod
-    def of(cls, key: ApiKey, secret: str | None = None) -> "KeyObject":
+    def of(cls, key: ApiKey, secret: str | None = None) -> KeyObject:
         return cls(
             id=key.id, organization_id=key.organization_id, name=key.name, prefix=key.prefix,
             created_at=key.created_at, revoked_at=key.revoked_at, secret=secret,
@@ -58,6 +58,6 @@ class LimitsObject(msgspec.Struct):
     object: Literal["organization.limits"] = "organization.limits"
 
     @classmethod
-    def of(cls, org_id: str, overrides: dict[str, int], effective: LimitSettings, used: int) -> "LimitsObject":
+    def of(cls, org_id: str, overrides: dict[str, int], effective: LimitSettings, used: int) -> LimitsObject:
         return cls(organization_id=org_id, overrides=overrides,
                    effective={f: getattr(effective, f) for f in ORG_LIMIT_FIELDS}, storage_used_bytes=used)

@@ -72,7 +72,7 @@ class MemoryCounters:
     async def admit(self, buckets: list[Bucket], slots: list[Slot], member: str) -> Verdict:
         now = time.monotonic()
         levels = [refill(self.buckets.get(b.key), b.capacity, now) for b in buckets]
-        for i, (b, level) in enumerate(zip(buckets, levels)):
+        for i, (b, level) in enumerate(zip(buckets, levels, strict=True)):
             if b.cost > 0 and level < b.cost:
                 return Verdict(i, wait_for(level, b.cost, b.capacity), levels)
         for j, slot in enumerate(slots):
@@ -80,8 +80,8 @@ class MemoryCounters:
             self.slots[slot.key] = held
             if len(held) >= slot.limit:
                 return Verdict(len(buckets) + j, 1.0, levels)
-        levels = [level - b.cost for b, level in zip(buckets, levels)]
-        for b, level in zip(buckets, levels):
+        levels = [level - b.cost for b, level in zip(buckets, levels, strict=True)]
+        for b, level in zip(buckets, levels, strict=True):
             self.buckets[b.key] = (level, now, b.capacity)
         for slot in slots:
             self.slots[slot.key][member] = now + SLOT_TTL_S

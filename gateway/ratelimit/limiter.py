@@ -28,10 +28,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from litestar.connection import ASGIConnection
 from litestar.concurrency import sync_to_thread
+from litestar.connection import ASGIConnection
 
-from gateway.ratelimit.counters import Bucket, Counters, MemoryCounters, RedisCounters, Slot, Verdict, duration, reset_seconds
+from gateway.ratelimit.counters import (
+    Bucket,
+    Counters,
+    MemoryCounters,
+    RedisCounters,
+    Slot,
+    Verdict,
+    duration,
+    reset_seconds,
+)
 from serving.usage import UsageRecorder
 from storage.accounts import Accounts, Principal
 from storage.errors import RateLimited
@@ -44,7 +53,7 @@ DEFAULT_COMPLETION_TOKENS = 256
 LIMITS_TTL_S = 5.0
 WARN_EVERY_S = 30.0
 BACKOFF_S = 5.0
-_current: contextvars.ContextVar["Admission | None"] = contextvars.ContextVar("tunegate_admission", default=None)
+_current: contextvars.ContextVar[Admission | None] = contextvars.ContextVar("tunegate_admission", default=None)
 
 
 class _Sizing(msgspec.Struct):
@@ -187,7 +196,7 @@ class Limiter:
 
 
 def _tightest(buckets: list[Bucket], levels: list[float], kind: str) -> tuple[Bucket, float] | None:
-    pairs = [(b, level) for b, level in zip(buckets, levels) if b.key.endswith(kind)]
+    pairs = [(b, level) for b, level in zip(buckets, levels, strict=False) if b.key.endswith(kind)]  # levels as given
     return min(pairs, key=lambda p: p[1]) if pairs else None
 
 

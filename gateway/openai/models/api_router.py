@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar.params import FromPath
 from litestar import Controller, delete, get
 from litestar.concurrency import sync_to_thread
+from litestar.params import FromPath
 
 from gateway.auth import PrincipalDep, ServicesDep
 from gateway.openai.common import DeletedObject, list_page

@@ -16,5 +16,5 @@ class ModelObject(msgspec.Struct):
     object: Literal["model"] = "model"
 
     @classmethod
-    def of(cls, entry: ModelEntry) -> "ModelObject":
+    def of(cls, entry: ModelEntry) -> ModelObject:
         return cls(id=entry.id, created=entry.created, owned_by=entry.owned_by)

@@ -5,10 +5,9 @@ Revises: 0007
 Create Date: 2026-12-01 23:30:00
 """
 
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-
+from alembic import op
 
 revision = '0008'
 down_revision = '0007'
