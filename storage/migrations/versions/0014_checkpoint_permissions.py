@@ -1,0 +1,25 @@
+"""checkpoint permissions (share a fine-tuned model or checkpoint with other organizations)
+
+Revision ID: 0014
+Revises: 0013
+Create Date: 2026-12-02 02:40:00
+
+Reserved in the chain so that parallel work can fill it in; until then it changes nothing.
+"""
+
+import sqlalchemy as sa  # noqa: F401  (used once the revision is filled in)
+import sqlmodel  # noqa: F401
+from alembic import op  # noqa: F401
+
+revision = '0014'
+down_revision = '0013'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
