@@ -21,6 +21,7 @@ from gateway.auth import provide_principal, provide_services, require_api_key
 from gateway.body_limits import limit_json_body
 from gateway.console import console_routes
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.metrics import metrics_routes, observe_requests
 from gateway.middleware import add_request_id, rate_limited
 from gateway.openai.chat.api_router import CompletionsController
 from gateway.openai.evals.api_router import EvalsController
@@ -86,7 +87,8 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
     )
     app = Litestar(
-        route_handlers=[v1, AdminController, health, *console_routes()],
+        route_handlers=[v1, AdminController, health, *console_routes(), *metrics_routes(settings.metrics)],
+        middleware=[observe_requests],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=limit_json_body,

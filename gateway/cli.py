@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -36,10 +37,66 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
+    if args.workers > 1:
+        return _serve_workers(settings, args, host, port)
     app = create_app(settings)
     print(f"tunegate listening on http://{host}:{port}/v1  (docs: http://{host}:{port}/docs)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, timeout_graceful_shutdown=10)
     return 0
+
+
+def _serve_workers(settings: Settings, args: argparse.Namespace, host: str, port: int) -> int:
+    """``serve --workers N``: N gateway processes on one listening socket (uvicorn's supervisor restarts one that
+    dies). This process first migrates and makes the admin key (once, not N times at once), runs the embedded
+    worker if there is one (one, not N), and points prometheus_client's multiprocess mode at a fresh directory so
+    that /metrics, answered by any process, sums all of them (gateway/metrics.py). Engines must be external
+    (engine_urls): N processes would otherwise each spawn their own."""
+    import shutil
+
+    import uvicorn
+
+    local = [m for m, spec in settings.base_models.items() if not spec.engine_urls and settings.serving.local_engines]
+    if local:
+        print(f"error: --workers {args.workers} needs external engines: base model(s) {', '.join(local)} have no "
+              "engine_urls (start engines with `python -m serving.engine_main`, or set serving.local_engines=false)",
+              file=sys.stderr)
+        return 2
+    metrics_dir = (settings.data_dir / "run" / f"prometheus-{port}").resolve()
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # counters of an earlier run must not be summed in
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # before anything imports prometheus_client
+    from gateway.app import print_admin_key
+
+    services = _services(settings)
+    secret = services.prepare()
+    if secret:
+        print_admin_key(secret)
+    workers = None
+    if settings.worker.embedded:
+        from finetune.leased import start_workers
+
+        workers = start_workers(settings, services)
+    os.environ["TUNEGATE_WORKER__EMBEDDED"] = "false"  # the gateway processes read their settings again
+    if args.config:
+        os.environ["TUNEGATE_CONFIG"] = str(Path(args.config).resolve())
+    print(f"tunegate listening on http://{host}:{port}/v1 with {args.workers} processes", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run("gateway.cli:worker_app", factory=True, host=host, port=port, workers=args.workers,
+                    log_level=args.log_level, timeout_graceful_shutdown=10)
+    finally:
+        if workers is not None:
+            workers.stop()
+            workers.join(timeout=30)
+        services.close()
+    return 0
+
+
+def worker_app():  # noqa: ANN201 - a Litestar app; the factory each ``serve --workers`` process calls
+    from gateway.app import create_app
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # as main() does for one process
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return create_app(Settings.load())
 
 
 def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
@@ -177,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="gateway processes behind the one port (engines must be external: engine_urls)")
     add(["worker"], cmd_worker, "run a worker (claims queued fine-tuning jobs, eval runs and exports)")
     export = add(["export"], cmd_export, "export a model (GGUF + Modelfile, GGUF adapter, merged safetensors) "
                                          "through a running gateway and download the files")

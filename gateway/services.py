@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from gateway.ratelimit.limiter import Limiter, MeteredUsage
+from gateway.metrics import CountedUsage
+from gateway.ratelimit.limiter import Limiter
 from serving.catalog import Catalog
 from serving.pool import EnginePool
 from serving.proxy import Completions
@@ -51,7 +52,7 @@ class Services:
         catalog = Catalog(db, settings)
         usage = UsageStore(db)
         engines = EnginePool(settings, catalog, blobs, EngineRegistry(db))
-        completions = Completions(engines, MeteredUsage(usage))
+        completions = Completions(engines, CountedUsage(usage))
         accounts, limits = Accounts(db), settings.limits
         quota = StorageQuota(db, blobs, limits)
         return cls(settings, db, blobs, accounts, Files(db, blobs, quota=quota.check), catalog,

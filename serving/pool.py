@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from serving import metrics
 from serving.adapters import Adapter, adapter_for
 from serving.catalog import Catalog, ModelEntry
 from serving.engines import ExternalEngine, LocalEngine, Replica
@@ -158,6 +159,7 @@ class EnginePool:
                 return
             while len(replica.loaded) >= self.settings.serving.max_adapters_per_engine:
                 await self._unload(replica, next(iter(replica.loaded)))
+                metrics.ADAPTER_UNLOADS.labels(replica.base_model, "evicted").inc()
             started = time.perf_counter()
             try:
                 response = await self.http.post(f"{replica.url}/v1/load_lora_adapter", headers=replica.auth,
@@ -167,7 +169,9 @@ class EnginePool:
                 raise Unavailable(f"The engine for '{target.base_model}' is not reachable; retry shortly.",
                                   code="engine_unavailable") from exc
             if response.status_code != 200 and "already been loaded" not in response.text:
+                metrics.ADAPTER_LOADS.labels(replica.base_model, "failed").inc()
                 raise _load_error(target, response)
+            metrics.ADAPTER_LOADS.labels(replica.base_model, "loaded").inc()
             replica.loaded[adapter.name] = adapter.path
             log.info("loaded %s on %s in %.0f ms", target.model, replica.url, (time.perf_counter() - started) * 1e3)
 
@@ -190,6 +194,7 @@ class EnginePool:
             for replica in replicas:
                 if entry.adapter_key in replica.loaded:
                     await self._unload(replica, entry.adapter_key)
+                    metrics.ADAPTER_UNLOADS.labels(replica.base_model, "deleted").inc()
 
     def lost_adapter(self, replica: Replica, target: Target) -> None:
         """The engine no longer knows the adapter (it restarted behind our back): load it again next time."""

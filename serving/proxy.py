@@ -23,6 +23,7 @@ import msgspec
 
 from serving import request_body
 from serving.engines import Replica
+from serving.metrics import note_model
 from serving.pool import EnginePool, Target
 from serving.reasoning import ThinkSplitter, split
 from serving.request_body import Endpoint
@@ -63,6 +64,7 @@ class Completions:
         """The JSON body of the answer, or (``stream: true``) an iterator of SSE events."""
         request = request_body.parse(endpoint, body, self.limits)
         target = await self.pool.resolve(principal.organization_id, request.model)
+        note_model(target.model)
         engine_id = uuid4().hex
         upstream = request.body(target.engine_model, engine=target.spec.engine, request_id=engine_id)
         replica, response = await self._send(target, request, _encode(upstream))

@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = Field(
         default=None, description="Admin bearer credential. If unset, one is generated and printed on first start."
     )
+    metrics: Literal["off", "open", "admin"] = Field(
+        default="admin", description="Prometheus /metrics: 'off' (no route), 'open' (no credential), 'admin' (the admin "
+        "bearer key).")
     redis_url: str | None = Field(
         default=None, description="Redis for rate-limit counters shared by several gateway processes (and kept across "
         "restarts), e.g. redis://127.0.0.1:6379/0. Unset: counters live in the gateway process.")
@@ -261,7 +264,8 @@ class Settings(BaseSettings):
         ``PG*`` credentials. ``extra`` is added."""
         env = {k: v for k, v in os.environ.items()
                if not (k.startswith("TUNEGATE_") and k not in _CHILD_TUNEGATE_VARS)
-               and not (not database and (k.startswith("PG") or k in ("DATABASE_URL", "REDIS_URL")))}
+               and not (not database and (k.startswith("PG") or k in ("DATABASE_URL", "REDIS_URL")))
+               and k != "PROMETHEUS_MULTIPROC_DIR"}  # the gateways' metrics files: vLLM would write its own there
         return env | extra
 
     @property

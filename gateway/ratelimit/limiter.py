@@ -41,6 +41,7 @@ from gateway.ratelimit.counters import (
     duration,
     reset_seconds,
 )
+from serving import metrics
 from serving.usage import UsageRecorder
 from storage.accounts import Accounts, Principal
 from storage.errors import RateLimited
@@ -137,6 +138,8 @@ class Limiter:
         connection.scope["state"]["rate_limit"] = admission
         if verdict.refused is not None:
             admission.slots = []  # nothing was taken: nothing to give back
+            refused = (buckets + slots)[verdict.refused].key  # type: ignore[operator]
+            metrics.RATE_LIMITED.labels("key" if ":key:" in refused else "org", refused.rsplit(":", 1)[1]).inc()
             raise RateLimited(_refusal(principal, buckets, slots, verdict), retry_after=max(1.0, verdict.retry_after),
                               code="rate_limit_exceeded")
         if estimate or slots:
