@@ -14,7 +14,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
 
 _KEY = re.compile(r"^[A-Za-z0-9_\-.]+(/[A-Za-z0-9_\-.:]+)*$")
 
@@ -65,15 +68,37 @@ class StagedBlob:
 
 
 class BlobStore(Protocol):
-    def stage(self) -> StagedBlob: ...
-    def commit(self, staged: StagedBlob, key: str) -> None: ...
+    """What every store does. ``local_path`` is the one way to a filesystem path (training, export, the format
+    checker need files): the local store's own file; S3's copy in this host's cache, fetched once per immutable key."""
+
+    scratch: Path  # local files a child writes before they are staged (``adopt``)
+
+    def stage(self) -> Any: ...
+    def adopt(self, path: Path) -> Any: ...
+    def commit(self, staged: Any, key: str) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
+    def open_range(self, key: str, start: int, end: int) -> BinaryIO: ...
+    def read_bytes(self, key: str) -> bytes | None: ...
+    def size(self, key: str) -> int: ...
     def local_path(self, key: str) -> Path: ...
+    def staged_path(self, staged: Any) -> Path: ...
+    def work_dir(self, key: str) -> Path: ...
+    def engine_path(self, key: str) -> str | None: ...
     def commit_dir(self, source: Path, key: str, files: tuple[str, ...] | None = None) -> None: ...
     def exists(self, key: str) -> bool: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def prefixes(self, top: str) -> Iterator[str]: ...
     def age_seconds(self, key: str) -> float: ...
+    def sweep_staging(self, older_than_s: float = 3600.0) -> int: ...
+
+
+def make_blob_store(settings: Settings) -> BlobStore:
+    """The store the settings name: S3 for ``blob_url = "s3://…"``, else the local directory."""
+    if settings.blob_url:
+        from storage.s3blobs import S3BlobStore  # boto3 only where S3 is used
+
+        return S3BlobStore(settings.blob_url, settings.s3, settings.blob_cache_dir)
+    return LocalBlobStore(settings.resolved_blob_dir)
 
 
 class LocalBlobStore:
@@ -83,6 +108,7 @@ class LocalBlobStore:
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.staging = self.root / "staging"
+        self.scratch = self.staging
         self.objects.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
 
@@ -118,8 +144,43 @@ class LocalBlobStore:
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")  # noqa: SIM115 - caller owns it
 
+    def open_range(self, key: str, start: int, end: int) -> BinaryIO:
+        """Bytes ``start``..``end`` (inclusive, as HTTP ranges count) of a blob."""
+        fh = open(self._path(key), "rb")  # noqa: SIM115 - caller owns it
+        fh.seek(start)
+        return _Bounded(fh, end - start + 1)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except OSError:
+            return None
+
+    def size(self, key: str) -> int:
+        """Bytes of one blob or of a whole tree (an adapter directory)."""
+        root = self._path(key)
+        if root.is_file():
+            return root.stat().st_size
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+
+    def adopt(self, path: Path) -> StagedBlob:
+        return StagedBlob.adopt(path)
+
     def local_path(self, key: str) -> Path:
         return self._path(key)
+
+    def staged_path(self, staged: StagedBlob) -> Path:
+        """A closed staged blob as a file (the format checker reads it)."""
+        staged.close()
+        return staged.path
+
+    def work_dir(self, key: str) -> Path:
+        """A claim's working directory (trainer checkpoints): inside the store, so a resuming worker sees it."""
+        return self._path(key)
+
+    def engine_path(self, key: str) -> str | None:
+        """What an engine is told to load: None here (the engine reads the file path, see engine_adapter_path)."""
+        return None
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
@@ -154,6 +215,28 @@ class LocalBlobStore:
             except FileNotFoundError:
                 pass
         return removed
+
+
+class _Bounded:
+    """At most ``left`` bytes of an open file (a range read)."""
+
+    def __init__(self, fh: BinaryIO, left: int) -> None:
+        self.fh, self.left = fh, left
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.fh.read(n) if n > 0 else b""
+        self.left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.fh.close()
+
+    def __enter__(self) -> _Bounded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _fsync_dir(path: Path) -> None:

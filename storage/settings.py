@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -174,6 +174,26 @@ class UploadSettings(BaseModel):
     expires_after_seconds: int = Field(default=3600, gt=0, description="A pending Upload expires this long after creation.")
 
 
+class S3Settings(BaseModel):
+    """The S3-compatible object store named by ``blob_url = "s3://bucket/prefix"`` (AWS, MinIO, SeaweedFS, …).
+    Credentials left unset come from boto3's own chain (AWS_* variables, ~/.aws, an instance role)."""
+
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint, e.g. http://127.0.0.1:8333; unset: AWS.")
+    region: str = Field(default="us-east-1", description="Region the bucket lives in (signing).")
+    access_key_id: str | None = Field(default=None, description="Access key id; unset: boto3's credential chain.")
+    secret_access_key: SecretStr | None = Field(default=None, description="Secret key (never logged or shown).")
+    addressing_style: Literal["path", "virtual", "auto"] = Field(
+        default="path", description="'path' for MinIO/SeaweedFS/most self-hosted stores; 'virtual' for AWS.")
+    part_bytes: int = Field(default=16 * 1024**2, ge=5 * 1024**2, description="Multipart part size (S3's minimum: 5 MiB).")
+
+    @field_serializer("secret_access_key", when_used="json")
+    def _secret_for_child(self, value: SecretStr | None, info: Any) -> str | None:
+        """Masked in every dump but the child-settings file (``write_for_child``, mode 0600)."""
+        if value is None:
+            return None
+        return value.get_secret_value() if (info.context or {}).get("secrets") else "**********"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEGATE_", env_nested_delimiter="__", extra="forbid")
 
@@ -182,6 +202,11 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/tunegate.db. Postgres: postgresql+psycopg://…"
     )
     blob_dir: Path | None = Field(default=None, description="Local blob store root; default <data_dir>/blobs.")
+    blob_url: str | None = Field(
+        default=None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_\-./]*)?$",
+        description="Blobs in an S3-compatible store instead of blob_dir: s3://bucket/prefix (see [s3]); each host "
+        "keeps what it needs as files (training data, adapters) in <data_dir>/blob-cache.")
+    s3: S3Settings = Field(default_factory=S3Settings)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     admin_key: SecretStr | None = Field(
@@ -253,7 +278,8 @@ class Settings(BaseSettings):
         path = run_dir / f"{name}.json"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(self.model_dump_json(exclude={"admin_key"} if database else {"admin_key", "database_url"}))
+            fh.write(self.model_dump_json(exclude={"admin_key"} if database else {"admin_key", "database_url"},
+                                          context={"secrets": True}))  # the S3 secret: children read blobs
         return path
 
     @staticmethod
@@ -276,6 +302,11 @@ class Settings(BaseSettings):
     def model_cache_dir(self) -> Path:
         """Base models materialized from GGUF wheels (``pypi:`` sources), converted once."""
         return (self.data_dir / "models").resolve()
+
+    @property
+    def blob_cache_dir(self) -> Path:
+        """This host's copies of blobs kept in S3 (``blob_url``), by immutable key."""
+        return (self.data_dir / "blob-cache").resolve()
 
     @property
     def resolved_blob_dir(self) -> Path:

@@ -1,0 +1,179 @@
+"""The S3 blob store (storage/s3blobs.py) against a real S3-compatible server process (SeaweedFS, tests/s3_support.py):
+streamed multipart staging, atomic visibility, aborts and sweeps, range reads, local copies by immutable key, the
+engine-side fetch; then the gateway with ``blob_url = s3://…``: uploads, content ranges, tenant isolation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from storage.s3blobs import S3BlobStore
+from storage.settings import S3Settings
+from tests.s3_support import BUCKET, S3Server
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    server = S3Server.start(tmp_path_factory.mktemp("weed"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def store(s3: S3Server, tmp_path: Path) -> S3BlobStore:
+    prefix = f"unit-{os.urandom(4).hex()}"
+    return S3BlobStore(f"s3://{BUCKET}/{prefix}", S3Settings(**s3.s3_settings()), tmp_path / "cache")
+
+
+def _keys(s3: S3Server, prefix: str) -> list[str]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def _uploads(s3: S3Server, prefix: str) -> list[str]:
+    return [u["Key"] for u in s3.client().list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])]
+
+
+def test_small_blob_is_one_put_straight_onto_its_key(s3: S3Server, store: S3BlobStore) -> None:
+    with store.stage() as staged:
+        staged.write(b"hello ")
+        staged.write(b"world")
+        assert not staged.streamed and _keys(s3, store.prefix) == []  # nothing visible before commit
+        store.commit(staged, "files/file-1/original")
+    assert _keys(s3, store.prefix) == [f"{store.prefix}/files/file-1/original"]  # no staging object left
+    with store.open("files/file-1/original") as fh:
+        assert fh.read() == b"hello world"
+    assert store.exists("files/file-1/original") and store.size("files/file-1/original") == 11
+    assert store.read_bytes("files/missing") is None
+
+
+def test_large_blob_streams_in_parts_and_appears_whole_at_commit(s3: S3Server, store: S3BlobStore) -> None:
+    chunk = os.urandom(MIB)
+    digest = hashlib.sha256()
+    with store.stage() as staged:
+        for _ in range(12):  # 12 MiB: two 5 MiB parts go up while writing, the rest with the commit
+            staged.write(chunk)
+            digest.update(chunk)
+        assert staged.streamed and len(staged._parts) == 2  # streamed as it came, not buffered whole
+        assert len(staged._buffer) < 5 * MIB
+        assert _uploads(s3, store.prefix) and not store.exists("files/big/original")
+        store.commit(staged, "files/big/original")
+    assert _keys(s3, store.prefix) == [f"{store.prefix}/files/big/original"]
+    assert _uploads(s3, store.prefix) == []
+    got = hashlib.sha256()
+    with store.open("files/big/original") as fh:
+        while block := fh.read(MIB):
+            got.update(block)
+    assert got.hexdigest() == digest.hexdigest() and store.size("files/big/original") == 12 * MIB
+
+
+def test_discard_aborts_the_multipart_upload_and_leaves_nothing(s3: S3Server, store: S3BlobStore) -> None:
+    with store.stage() as staged:
+        staged.write(os.urandom(6 * MIB))
+        assert _uploads(s3, store.prefix)
+    assert _uploads(s3, store.prefix) == [] and _keys(s3, store.prefix) == []
+    with store.stage() as staged:  # completed under staging, then dropped: the staged object goes
+        staged.write(os.urandom(6 * MIB))
+        staged.close()
+        assert len(_keys(s3, f"{store.prefix}/staging/")) == 1
+    assert _keys(s3, store.prefix) == []
+
+
+def test_sweep_removes_what_a_crash_left_in_staging(s3: S3Server, store: S3BlobStore) -> None:
+    crashed = store.stage()
+    crashed.write(os.urandom(6 * MIB))  # a multipart upload begun, never finished nor aborted
+    done = store.stage()
+    done.write(os.urandom(6 * MIB))
+    done.close()  # a completed staging object nobody committed
+    (store.scratch / "left.check").write_bytes(b"x")
+    assert store.sweep_staging(older_than_s=3600) == 0  # young: may belong to a live upload
+    time.sleep(1.1)
+    assert store.sweep_staging(older_than_s=1) == 3
+    assert _uploads(s3, store.prefix) == [] and _keys(s3, store.prefix) == []
+    assert list(store.scratch.iterdir()) == []
+
+
+def test_range_reads_fetch_only_the_range(store: S3BlobStore) -> None:
+    data = bytes(range(256)) * 40
+    with store.stage() as staged:
+        staged.write(data)
+        store.commit(staged, "files/r/original")
+    with store.open_range("files/r/original", 100, 199) as fh:
+        assert fh.read() == data[100:200]
+    with store.open_range("files/r/original", len(data) - 5, len(data) - 1) as fh:
+        assert fh.read() == data[-5:]
+
+
+def test_trees_prefixes_ages_and_delete(store: S3BlobStore, tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    (adapter / "adapter_model.safetensors").write_bytes(os.urandom(1000))
+    (adapter / "junk.txt").write_text("not listed")
+    store.commit_dir(adapter, "models/job-1/c1/final", ("adapter_config.json", "adapter_model.safetensors"))
+    store.commit_dir(adapter, "models/job-2/c1/final")
+    assert sorted(store.prefixes("models")) == ["models/job-1", "models/job-2"]
+    assert store.size("models/job-1/c1/final") == 1000 + len(json.dumps({"r": 8}))
+    assert 0 <= store.age_seconds("models/job-1") < 60
+    assert json.loads(store.read_bytes("models/job-1/c1/final/adapter_config.json") or b"") == {"r": 8}
+    store.delete_prefix("models/job-1")
+    assert list(store.prefixes("models")) == ["models/job-2"] and not store.exists("models/job-1/c1/final")
+    with pytest.raises(ValueError):
+        store.local_path("../etc")
+
+
+def test_local_copies_are_fetched_once_by_immutable_key(s3: S3Server, store: S3BlobStore, tmp_path: Path) -> None:
+    adapter = tmp_path / "a"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"w" * 100)
+    store.commit_dir(adapter, "models/j/c/final")
+    with store.stage() as staged:
+        staged.write(b'{"messages": []}\n')
+        store.commit(staged, "files/f/normalized.jsonl")
+    tree = store.local_path("models/j/c/final")
+    assert sorted(p.name for p in tree.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    one = store.local_path("files/f/normalized.jsonl")
+    assert one.read_bytes() == b'{"messages": []}\n'
+    s3.client().delete_object(Bucket=BUCKET, Key=f"{store.prefix}/files/f/normalized.jsonl")
+    assert store.local_path("files/f/normalized.jsonl") == one  # from the cache: no second fetch
+    with pytest.raises(FileNotFoundError):
+        store.local_path("files/none")
+    assert store.engine_path("models/j/c/final") == f"s3://{BUCKET}/{store.prefix}/models/j/c/final"
+
+
+def test_staged_path_gives_the_checker_a_scratch_copy_removed_with_the_blob(store: S3BlobStore) -> None:
+    for size in (100, 6 * MIB):  # in memory still, and streamed
+        with store.stage() as staged:
+            data = os.urandom(size)
+            staged.write(data)
+            path = store.staged_path(staged)
+            assert path.read_bytes() == data and path.parent == store.scratch
+        assert not path.exists()
+
+
+def test_adopted_file_is_uploaded_at_commit_and_removed(store: S3BlobStore) -> None:
+    path = store.scratch / "normalized.part"
+    path.write_bytes(b"line\n" * 1000)
+    staged = store.adopt(path)
+    assert staged.size == 5000
+    store.commit(staged, "files/a/normalized.jsonl")
+    assert not path.exists() and store.read_bytes("files/a/normalized.jsonl") == b"line\n" * 1000
+
+
+def test_the_secret_stays_out_of_dumps_but_reaches_child_settings(s3: S3Server, tmp_path: Path) -> None:
+    from storage.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, **s3.settings())
+    assert "tunegate-test-secret" not in repr(settings) and "tunegate-test-secret" not in settings.model_dump_json()
+    child = Settings.model_validate_json(settings.write_for_child("t", database=False).read_text())
+    assert child.s3.secret_access_key is not None
+    assert child.s3.secret_access_key.get_secret_value() == s3.s3_settings()["secret_access_key"]
+    assert oct(settings.write_for_child("t").stat().st_mode & 0o777) == "0o600"
