@@ -175,11 +175,13 @@ class Workers:
 
 
 def start_workers(settings: Settings, services: Any) -> Workers:
-    """Every kind of worker over one ``Services``, started: fine-tuning jobs, eval runs, exports."""
+    """Every kind of worker over one ``Services``, started: fine-tuning jobs, eval runs, exports, batches."""
+    from finetune.batches.runner import BatchWorker
     from finetune.evals.runner import EvalWorker
     from finetune.export.runner import ExportWorker
     from finetune.worker import Worker
 
     return Workers([Worker(settings, services.jobs, services.files),
                     EvalWorker(settings, services.db, services.blobs),
-                    ExportWorker(settings, services.exports)]).start()
+                    ExportWorker(settings, services.exports),
+                    BatchWorker(settings, services.db, services.blobs)]).start()

@@ -23,6 +23,7 @@ from gateway.console import console_routes
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.metrics import metrics_routes, observe_requests
 from gateway.middleware import add_request_id, rate_limited
+from gateway.openai.batches.api_router import BatchesController
 from gateway.openai.chat.api_router import CompletionsController
 from gateway.openai.evals.api_router import EvalsController
 from gateway.openai.exports.api_router import ExportsController
@@ -81,7 +82,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
     v1 = Router(
         path="/v1",
         route_handlers=[FilesController, FineTuningJobsController, ModelsController, CompletionsController,
-                        EvalsController, ExportsController, GradersController, UploadsController],
+                        EvalsController, ExportsController, GradersController, UploadsController, BatchesController],
         guards=[require_api_key],
         middleware=[rate_limited],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},

@@ -194,6 +194,18 @@ class S3Settings(BaseModel):
         return value.get_secret_value() if (info.context or {}).get("secrets") else "**********"
 
 
+class BatchSettings(BaseModel):
+    """``/v1/batches``: how a worker runs a batch's requests through the engines."""
+
+    concurrency: int = Field(default=48, ge=1, le=1024, description="Requests of one batch in flight at once (vLLM "
+                             "batches them on the replica: the throughput of a batch over one-at-a-time).")
+    chunk_lines: int = Field(default=64, ge=1, description="Results committed together (what a killed worker redoes).")
+    max_lines: int = Field(default=50_000, ge=1, description="Most requests in one input file (OpenAI's limit).")
+    completion_windows: dict[str, int] = Field(
+        default_factory=lambda: {"24h": 86_400}, description="Accepted completion_window values and their seconds; a "
+        "batch not done within its window expires (status expired, with the output it has).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEGATE_", env_nested_delimiter="__", extra="forbid")
 
@@ -226,6 +238,7 @@ class Settings(BaseSettings):
     upload_stall_seconds: float = Field(default=30.0, gt=0, description="An upload that sends no bytes this long is ended.")
     expiry_sweep_seconds: float = Field(default=60.0, gt=0, description="How often expired files are purged.")
     uploads: UploadSettings = Field(default_factory=UploadSettings)
+    batches: BatchSettings = Field(default_factory=BatchSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     requests: RequestLimits = Field(default_factory=RequestLimits)

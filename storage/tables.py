@@ -261,6 +261,58 @@ class Export(SQLModel, table=True):
     lease_expires_at: float | None = Field(default=None, index=True)
 
 
+class Batch(SQLModel, table=True):
+    """A batch of requests from a ``batch`` file (``/v1/batches``), run by a worker under a lease: validating →
+    in_progress → finalizing → completed, or failed | expired | cancelling → cancelled. Each line's result is a
+    ``BatchLine``; the output and error files are assembled from them at the end."""
+
+    __tablename__ = "batches"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=64)
+    api_key_id: str = Field(max_length=64, description="The key that created it: its usage is counted there.")
+    endpoint: str = Field(max_length=64)
+    input_file_id: str = Field(max_length=64)
+    completion_window: str = Field(max_length=16)
+    status: str = Field(default="validating", index=True, max_length=32)
+    model: str | None = Field(default=None, max_length=512, description="The first line's model.")
+    metadata_: dict | None = Field(default=None, sa_type=JSON, sa_column_kwargs={"name": "metadata"})
+    errors: list | None = Field(default=None, sa_type=JSON, description="Why the batch failed (BatchError objects).")
+    output_file_id: str | None = Field(default=None, max_length=64)
+    error_file_id: str | None = Field(default=None, max_length=64)
+    output_expires_after_s: int | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = Field(default=0, sa_type=BigInteger)
+    output_tokens: int = Field(default=0, sa_type=BigInteger)
+    created_at: int
+    expires_at: int
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: float | None = Field(default=None, index=True)
+
+
+class BatchLine(SQLModel, table=True):
+    """One input line's result, stored once: (batch, line) is unique and every write is fenced by the lease."""
+
+    __tablename__ = "batch_lines"
+    __table_args__ = (UniqueConstraint("batch_id", "line", name="uq_batch_lines_batch_line"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    batch_id: str = Field(index=True, max_length=64)
+    line: int = Field(description="1-based line number in the input file.")
+    ok: bool = Field(description="Goes to the output file (2xx), else to the error file.")
+    result: str = Field(description="The output line's JSON, as it will be written.")
+
+
 class OrganizationLimits(SQLModel, table=True):
     """An organization's overrides of the limit defaults in settings (``LimitSettings`` fields; absent: the default)."""
 

@@ -95,22 +95,34 @@ def generate(engines: list[EngineAddress], model: str, samples: list[Sample], *,
     return [a["choices"][0]["message"]["content"] or "" for a in answers]
 
 
+async def post(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[int | None, dict]:
+    """One request to an engine (``http`` has its address and key): (its status, its JSON answer), or an
+    ``{"error": {code, message}}`` of tunegate's (status None: the engine could not be reached). Eval runs and
+    batches send every request through here."""
+    try:
+        response = await http.post(path, json=body)
+    except httpx.HTTPError as exc:
+        return None, {"error": {"code": "engine_error", "message": f"{type(exc).__name__}: {exc}"}}
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:300]
+        return response.status_code, {"error": {"code": "generation_failed", "message": str(message)}}
+    return 200, response.json()
+
+
+def engine_client(engine: EngineAddress, timeout: float, connections: int = CONCURRENCY) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=engine.url, headers=engine.auth, timeout=timeout,
+                             limits=httpx.Limits(max_connections=connections))
+
+
 async def _chat_all(engine: EngineAddress, bodies: list[dict[str, Any]], timeout: float) -> list[dict]:
     limit = asyncio.Semaphore(CONCURRENCY)
-    async with httpx.AsyncClient(base_url=engine.url, headers=engine.auth, timeout=timeout) as http:
+    async with engine_client(engine, timeout) as http:
         async def one(body: dict[str, Any]) -> dict:
             async with limit:
-                try:
-                    response = await http.post("/v1/chat/completions", json=body)
-                except httpx.HTTPError as exc:
-                    return {"error": {"code": "engine_error", "message": f"{type(exc).__name__}: {exc}"}}
-            if response.status_code != 200:
-                try:
-                    message = response.json()["error"]["message"]
-                except (ValueError, KeyError, TypeError):
-                    message = response.text[:300]
-                return {"error": {"code": "generation_failed", "message": str(message)}}
-            return response.json()
+                return (await post(http, "/v1/chat/completions", body))[1]
 
         return list(await asyncio.gather(*(one(body) for body in bodies)))
 

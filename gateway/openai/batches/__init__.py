@@ -1,0 +1,1 @@
+"""``/v1/batches``: many requests from one file, run by the worker through the engines."""
