@@ -28,7 +28,7 @@ from finetune.evals import job_end
 from finetune.process import exit_with_parent
 from finetune.recipe.callbacks import Stop
 from finetune.submit import fine_tuned_model_name
-from storage.blobs import LocalBlobStore
+from storage.blobs import make_blob_store
 from storage.db import Database, Retrying
 from storage.errors import TunegateError
 from storage.files import Files
@@ -92,13 +92,13 @@ class Context:
     def __init__(self, job_id: str, worker: str, settings: Settings) -> None:
         self.settings, self.worker = settings, worker
         self.db = Database(settings.resolved_database_url)
-        self.blobs = LocalBlobStore(settings.resolved_blob_dir)
+        self.blobs = make_blob_store(settings)
         self.files = Retrying(Files(self.db, self.blobs))
         self.jobs = Retrying(JobStore(self.db))
         self.job: FineTuningJob = self.jobs.get(None, job_id)
         self.model_name = fine_tuned_model_name(self.job)
         claim = worker.rsplit("/", 1)[-1]
-        self.work_dir = self.blobs.local_path(f"jobs/{job_id}/work/{claim}")
+        self.work_dir = self.blobs.work_dir(f"jobs/{job_id}/work/{claim}")
         self.artifacts = f"models/{job_id}/{claim}"  # adapters this claim writes (immutable, never shared)
 
 

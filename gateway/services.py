@@ -12,7 +12,7 @@ from serving.pool import EnginePool
 from serving.proxy import Completions
 from storage import migrate
 from storage.accounts import Accounts
-from storage.blobs import LocalBlobStore
+from storage.blobs import BlobStore, make_blob_store
 from storage.db import Database
 from storage.engines import EngineRegistry
 from storage.evals import EvalStore
@@ -31,7 +31,7 @@ log = logging.getLogger("tunegate")
 class Services:
     settings: Settings
     db: Database
-    blobs: LocalBlobStore
+    blobs: BlobStore
     accounts: Accounts
     files: Files
     catalog: Catalog
@@ -48,7 +48,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
-        blobs = LocalBlobStore(settings.resolved_blob_dir)
+        blobs = make_blob_store(settings)  # blob_dir, or S3 (blob_url)
         catalog = Catalog(db, settings)
         usage = UsageStore(db)
         engines = EnginePool(settings, catalog, blobs, EngineRegistry(db))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
+from storage.blobs import BlobStore
 from storage.engines import engine_adapter_path
 from storage.errors import InvalidRequest
 from storage.settings import VLLM_LORA_RANKS, Settings
@@ -22,9 +22,9 @@ class Adapter:
     rank: int
 
 
-def adapter_for(model_id: str, adapter_key: str, local_path: Path, settings: Settings) -> Adapter:
+def adapter_for(model_id: str, adapter_key: str, blobs: BlobStore, settings: Settings) -> Adapter:
     serving = settings.serving
-    config = _read_config(str(local_path))
+    config = _read_config(blobs, adapter_key)
     if config is None:
         raise InvalidRequest(f"The files of model '{model_id}' are missing on this server.", param="model",
                              code="model_unavailable")
@@ -38,21 +38,24 @@ def adapter_for(model_id: str, adapter_key: str, local_path: Path, settings: Set
     if config.get("use_dora"):
         raise InvalidRequest(f"The model '{model_id}' is a DoRA adapter, which vLLM cannot serve.", param="model",
                              code="adapter_not_servable")
-    return Adapter(adapter_key, engine_adapter_path(settings, adapter_key, local_path), rank)
+    return Adapter(adapter_key, engine_adapter_path(settings, adapter_key, blobs), rank)
 
 
 _configs: dict[str, dict] = {}
 
 
-def _read_config(path: str) -> dict | None:
-    """Adapter directories are immutable, so a config read once is kept (bounded)."""
-    if path in _configs:
-        return _configs[path]
+def _read_config(blobs: BlobStore, key: str) -> dict | None:
+    """Adapter directories are immutable, so a config read once (one small read, from S3 too) is kept (bounded)."""
+    if key in _configs:
+        return _configs[key]
     try:
-        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        raw = blobs.read_bytes(f"{key}/adapter_config.json")
+        config = json.loads(raw) if raw is not None else None
     except (OSError, ValueError):
+        return None
+    if config is None:
         return None
     if len(_configs) > 4096:
         _configs.clear()
-    _configs[path] = config
+    _configs[key] = config
     return config

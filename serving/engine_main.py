@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from serving.adapter_fetch import SETTINGS_VAR
 from storage.hardware import resolve_device
 from storage.model_sources import gguf_file, local_dir
 from storage.settings import BaseModelSpec, ServingSettings, Settings
@@ -121,8 +122,13 @@ def main(settings_path: str, model_id: str, port: str) -> None:
         argv = llama_cpp_command(model_id, gguf_file(spec), int(port), spec, settings.serving, on_gpu, threads)
     else:
         argv = engine_command(model_id, local_dir(model_id, spec, settings), int(port), spec, settings.serving, on_gpu)
+    env = engine_env(settings.serving, spec.engine)
+    if settings.blob_url and spec.engine == "vllm":  # adapters come from the store (serving/adapter_fetch.py)
+        first = argv.index("--middleware")  # before RequireKey, which so stays the outermost
+        argv[first:first] = ["--middleware", "serving.adapter_fetch.FetchAdapters"]
+        env[SETTINGS_VAR] = str(Path(settings_path).resolve())
     print(f"tunegate engine for {model_id}: {' '.join(argv[1:])}", flush=True)
-    os.execve(argv[0], argv, engine_env(settings.serving, spec.engine))
+    os.execve(argv[0], argv, env)
 
 
 def _cpu_list(spec: str) -> set[int]:

@@ -22,7 +22,7 @@ from serving import metrics
 from serving.adapters import Adapter, adapter_for
 from serving.catalog import Catalog, ModelEntry
 from serving.engines import ExternalEngine, LocalEngine, Replica
-from storage.blobs import LocalBlobStore
+from storage.blobs import BlobStore
 from storage.engines import EngineRegistry
 from storage.errors import InvalidRequest, NotFound, TunegateError, Unavailable, UpstreamFailed
 from storage.settings import BaseModelSpec, Settings
@@ -44,7 +44,7 @@ class Target:
 
 
 class EnginePool:
-    def __init__(self, settings: Settings, catalog: Catalog, blobs: LocalBlobStore, registry: EngineRegistry,
+    def __init__(self, settings: Settings, catalog: Catalog, blobs: BlobStore, registry: EngineRegistry,
                  http: httpx.AsyncClient | None = None) -> None:
         """``http``: the client for every engine call (health, adapter loads, requests); by default one is built at
         ``start`` from the serving settings — tests pass one over ``httpx.MockTransport``."""
@@ -115,7 +115,7 @@ class EnginePool:
         if spec is None or entry.adapter_key is None:
             raise NotFound(f"The model '{entry.id}' is not served here: its base model '{entry.base_model}' is not "
                            "configured.", param="model", code="model_not_found")
-        adapter = adapter_for(entry.id, entry.adapter_key, self.blobs.local_path(entry.adapter_key), self.settings)
+        adapter = adapter_for(entry.id, entry.adapter_key, self.blobs, self.settings)
         return Target(entry.id, entry.base_model, spec, adapter)
 
     async def acquire(self, target: Target) -> Replica:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlmodel import col, select
 
+from storage.blobs import BlobStore
 from storage.db import Database
 from storage.settings import Settings
 from storage.tables import EngineRecord
@@ -48,8 +48,12 @@ class EngineRegistry:
             return [EngineAddress(r.url, r.api_key) for r in rows]
 
 
-def engine_adapter_path(settings: Settings, key: str, local: Path) -> str:
-    """Where an engine reads the adapter stored at blob ``key`` (same path, unless serving.engine_blob_dir)."""
+def engine_adapter_path(settings: Settings, key: str, blobs: BlobStore) -> str:
+    """Where an engine reads the adapter stored at blob ``key``: its S3 URL (the engine fetches it into its own
+    cache, ``serving.engine_main.FetchAdapters``), or the same path, unless serving.engine_blob_dir."""
+    remote = blobs.engine_path(key)
+    if remote is not None:
+        return remote
     if settings.serving.engine_blob_dir:
         return settings.serving.engine_blob_dir.rstrip("/") + "/objects/" + key
-    return str(local)
+    return str(blobs.local_path(key))

@@ -127,13 +127,17 @@ class Files:
             return keyset_page(s, StoredFile, where, limit=limit, after=after, ascending=order == "asc",
                                missing=missing, anchor_where=[mine])
 
-    def open_content(self, org_id: str, file_id: str, *, normalized: bool = False) -> tuple[StoredFile, BinaryIO]:
+    def content_key(self, org_id: str, file_id: str, *, normalized: bool = False) -> tuple[StoredFile, str]:
         row = self.get(org_id, file_id)
         key = row.blob_key
         if normalized:
             if row.normalized_blob_key is None:
                 raise InvalidRequest(f"File {file_id} has no normalized form (purpose {row.purpose}).", param="format")
             key = row.normalized_blob_key
+        return row, key
+
+    def open_content(self, org_id: str, file_id: str, *, normalized: bool = False) -> tuple[StoredFile, BinaryIO]:
+        row, key = self.content_key(org_id, file_id, normalized=normalized)
         return row, self.blobs.open(key)
 
     def delete(self, org_id: str, file_id: str) -> None:

@@ -30,7 +30,7 @@ class StorageQuota:
                            .where(StoredFile.organization_id == org_id)).one()
             adapters = s.exec(select(FineTunedModel.adapter_key).where(
                 FineTunedModel.organization_id == org_id, col(FineTunedModel.adapter_key).is_not(None))).all()
-        return int(files) + sum(self._tree_bytes(key) for key in set(adapters))
+        return int(files) + sum(self.blobs.size(key) for key in set(adapters))
 
     def check(self, org_id: str, adding: int = 1) -> None:
         """Refuse when ``adding`` more bytes would take the organization over its quota."""
@@ -45,8 +45,3 @@ class StorageQuota:
                 f"{adding} more requested. Delete files or models, or ask an administrator for a larger quota "
                 "(storage_bytes).", param="storage_bytes")
 
-    def _tree_bytes(self, key: str) -> int:
-        root = self.blobs.local_path(key)
-        if root.is_file():
-            return root.stat().st_size
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0

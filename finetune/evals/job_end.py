@@ -39,7 +39,7 @@ def evaluate(ctx: JobContext, adapter_key: str) -> None:
     try:
         if not urls:
             raise NoEngine(f"no serving engine for {job.model} is running")
-        load_adapter(urls[0], adapter_key, engine_adapter_path(ctx.settings, adapter_key, ctx.blobs.local_path(adapter_key)))
+        load_adapter(urls[0], adapter_key, engine_adapter_path(ctx.settings, adapter_key, ctx.blobs))
         references = [sample.reference for sample in samples]
         usage = {model: UsageSink(ctx.db, job.organization_id, model, "fine_tuning.jobs", job.id)
                  for model in (ctx.model_name, job.model)}  # accounted to the organization that trained

@@ -30,7 +30,7 @@ from finetune.graders.messages import flat, render_messages
 from finetune.graders.sandbox import SandboxPool
 from finetune.graders.templates import TemplateError, lookup, sample_namespace
 from finetune.leased import LeasedWorker
-from storage.blobs import LocalBlobStore
+from storage.blobs import BlobStore
 from storage.db import Database, Retrying
 from storage.engines import EngineAddress, EngineRegistry, engine_adapter_path
 from storage.errors import TunegateError
@@ -55,7 +55,7 @@ class RunFailed(Exception):
 class EvalWorker(LeasedWorker):
     kind = "evals"
 
-    def __init__(self, settings: Settings, db: Database, blobs: LocalBlobStore) -> None:
+    def __init__(self, settings: Settings, db: Database, blobs: BlobStore) -> None:
         super().__init__(settings)
         self.db, self.blobs = db, blobs
         # claim and renew: errors must surface; at most limits.running_eval_runs per organization (its override wins)
@@ -256,8 +256,7 @@ class _Models:
         if adapter is None:
             return engines[0], base
         try:
-            load_adapter(engines[0], adapter, engine_adapter_path(worker.settings, adapter,
-                                                                  worker.blobs.local_path(adapter)))
+            load_adapter(engines[0], adapter, engine_adapter_path(worker.settings, adapter, worker.blobs))
         except Exception as exc:
             raise RunFailed("model_unavailable", f"The engine could not load '{model}': {exc}") from None
         return engines[0], adapter

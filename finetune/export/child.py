@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from finetune.export import pipeline
-from storage.blobs import LocalBlobStore, StagedBlob
+from storage.blobs import make_blob_store
 from storage.db import Database
 from storage.errors import NotFound, TunegateError
 from storage.exports import ExportStore
@@ -35,11 +35,11 @@ class Context:
     def __init__(self, export_id: str, worker: str, settings: Settings) -> None:
         self.settings, self.worker = settings, worker
         self.db = Database(settings.resolved_database_url)
-        self.blobs = LocalBlobStore(settings.resolved_blob_dir)
+        self.blobs = make_blob_store(settings)
         self.files = Files(self.db, self.blobs)
         self.exports = ExportStore(self.db)
         self.export: Export = self.exports.get(None, export_id)
-        self.work = self.blobs.staging / f"{export_id}.{worker.rsplit('/', 1)[-1]}.work"  # this claim's own
+        self.work = self.blobs.scratch / f"{export_id}.{worker.rsplit('/', 1)[-1]}.work"  # this claim's own
 
     def step(self, progress: float, stage: str) -> None:
         log.info("%s: %.0f%% %s", self.export.id, progress * 100, stage)
@@ -112,7 +112,7 @@ def _store(ctx: Context, paths: list[Path]) -> list[StoredFile]:
     try:
         for path in paths:
             rows.append(ctx.files.store_blobs(NewFile(organization_id=ctx.export.organization_id, filename=path.name,
-                                                      purpose="fine-tune-results", original=StagedBlob.adopt(path))))
+                                                      purpose="fine-tune-results", original=ctx.blobs.adopt(path))))
     except BaseException:
         _drop(ctx, rows)
         raise

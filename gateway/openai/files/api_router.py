@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
 from gateway.auth import PrincipalDep, ServicesDep
+from gateway.errors import envelope
 from gateway.openai.common import DeletedObject
 from gateway.openai.files import serving
 from gateway.openai.files.protocol import FileObject
@@ -43,9 +44,15 @@ class FilesController(Controller):
 
     @get("/{file_id:str}/content", sync_to_thread=True)
     def file_content(
-        self, services: ServicesDep, principal: PrincipalDep, file_id: FromPath[str],
+        self, request: Request, services: ServicesDep, principal: PrincipalDep, file_id: FromPath[str],
         format: FromQuery[Literal["original", "normalized"]] = "original",  # noqa: A002 - the query parameter's name
-    ) -> Stream:
-        """The bytes as uploaded; ``?format=normalized`` gives a fine-tune file as OpenAI JSONL."""
-        chunks = serving.content(services, principal, file_id, normalized=format == "normalized")
-        return Stream(chunks, media_type="application/octet-stream")
+    ) -> Stream | Response:
+        """The bytes as uploaded; ``?format=normalized`` gives a fine-tune file as OpenAI JSONL. ``Range: bytes=…``
+        gives one range (206)."""
+        try:
+            chunks, status, headers = serving.content(services, principal, file_id, normalized=format == "normalized",
+                                                      byte_range=request.headers.get("range"))
+        except serving.RangeNotSatisfiable as exc:
+            return Response(envelope(str(exc), "invalid_request_error", "range", "range_not_satisfiable"),
+                            status_code=416, headers={"content-range": f"bytes */{exc.size}"})
+        return Stream(chunks, media_type="application/octet-stream", status_code=status, headers=headers)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from litestar.concurrency import sync_to_thread
@@ -21,7 +23,7 @@ from gateway.openai.files.protocol import (
 from gateway.openai.files.upload import UploadForm, read_upload
 from gateway.services import Services
 from storage.accounts import Principal
-from storage.blobs import StagedBlob
+from storage.blobs import BlobStore
 from storage.errors import InvalidFile, InvalidRequest
 from storage.files import NewFile
 from storage.settings import Settings
@@ -48,24 +50,28 @@ async def store(services: Services, new: NewFile, within: Callable[[Session, Sto
     checked and normalized first (a 400 naming the problem lines), then blobs and row are stored (``Files.create``)."""
     if new.purpose != "fine-tune":
         return await sync_to_thread(services.files.create, new, within)
-    with services.blobs.stage() as normalized:
-        await _normalize(new, normalized, services.settings.max_example_bytes)
+    target = services.blobs.scratch / f"{uuid.uuid4().hex}.part"  # the child writes it; swept like staging if lost
+    try:
+        await _normalize(services.blobs, new, target, services.settings.max_example_bytes)
         return await sync_to_thread(services.files.create, new, within)
+    finally:
+        if new.normalized is not None:
+            await sync_to_thread(new.normalized.discard)  # a no-op once committed
+        target.unlink(missing_ok=True)
 
 
-async def _normalize(new: NewFile, staged: StagedBlob, max_example_bytes: int) -> None:
-    """Check the upload and write its normalized form to ``staged``, in a memory-capped child (check.py)."""
-    await sync_to_thread(new.original.close)
-    staged.close()  # the child writes the path
+async def _normalize(blobs: BlobStore, new: NewFile, target: Path, max_example_bytes: int) -> None:
+    """Check the upload and write its normalized form to ``target``, in a memory-capped child (check.py). The child
+    reads a file: the staged blob's own (local store), or a scratch copy of it (S3), removed with the staged blob."""
+    source = await sync_to_thread(blobs.staged_path, new.original)
     limit = memory_limit(max_example_bytes)
-    result = await check_in_child(new.original.path, staged.path, max_example_bytes, limit,
-                                  Settings.child_environ(database=False))
+    result = await check_in_child(source, target, max_example_bytes, limit, Settings.child_environ(database=False))
     if result is None:
         raise InvalidFile(f"The file could not be checked within {limit >> 20} MiB of memory; "
                           "send smaller examples.", param="file")
     if result.problems:
         raise InvalidFile(result.problems, param="file")
-    new.normalized = await sync_to_thread(StagedBlob.adopt, staged.path)
+    new.normalized = await sync_to_thread(blobs.adopt, target)
     new.data_format, new.data_kind, new.n_examples = result.format, result.kind, result.n_examples
 
 
@@ -132,9 +138,54 @@ def retrieve(services: Services, who: Principal, file_id: str) -> FileObject:
     return FileObject.of(services.files.get(who.organization_id, file_id))
 
 
-def content(services: Services, who: Principal, file_id: str, normalized: bool) -> Iterator[bytes]:
-    _, fh = services.files.open_content(who.organization_id, file_id, normalized=normalized)
+def content(services: Services, who: Principal, file_id: str, normalized: bool,
+            byte_range: str | None = None) -> tuple[Iterator[bytes], int, dict[str, str]]:
+    """The file's bytes as (chunks, status, headers): all of them (200), or the one range a ``Range: bytes=…``
+    header names (206; 416 when it lies outside the file), read by the store itself (an S3 ranged GET)."""
+    row, key = services.files.content_key(who.organization_id, file_id, normalized=normalized)
+    size = row.bytes if not normalized else services.blobs.size(key)
+    headers = {"accept-ranges": "bytes"}
+    span = _byte_range(byte_range, size) if byte_range else None
+    if span is None:
+        return _chunks(services.blobs.open(key)), 200, headers
+    start, end = span
+    if start > end:
+        raise RangeNotSatisfiable(size)
+    headers["content-range"] = f"bytes {start}-{end}/{size}"
+    return _chunks(services.blobs.open_range(key, start, end)), 206, headers
 
+
+class RangeNotSatisfiable(Exception):
+    """Answered 416 by the route, with ``Content-Range: bytes */<size>`` (RFC 9110) and the OpenAI error body."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"The Range header names no bytes of this {size}-byte file.")
+        self.size = size
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` → (start, end) inclusive, clamped to the file; start > end when
+    nothing of the file is named. Several ranges, or another unit: None (the whole file, as RFC 9110 allows)."""
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    try:
+        if not dash:
+            return None
+        if not first:  # the last n bytes
+            n = int(last)
+            return (max(size - n, 0), size - 1) if n > 0 else (1, 0)
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    except ValueError:
+        return None
+    if start < 0 or (last and int(last) < start):
+        return None
+    return start, end
+
+
+def _chunks(fh: Any) -> Iterator[bytes]:
     def chunks() -> Iterator[bytes]:
         with fh:
             while block := fh.read(CHUNK):

@@ -1,0 +1,113 @@
+"""Engines on other hosts: an adapter is fetched from the blob store into the engine host's own cache before vLLM
+loads it, so an engine never needs the gateway's filesystem.
+
+``FetchAdapters`` is an ASGI middleware loaded into vLLM's OpenAI server (``--middleware``, beside ``RequireKey``,
+which stays outermost: an unauthenticated caller makes it fetch nothing). A ``POST /v1/load_lora_adapter`` whose
+``lora_path`` is a blob URL of this engine's store (``s3://bucket/prefix/<key>``, what gateways and workers send
+when ``blob_url`` is set, see ``storage.engines.engine_adapter_path``) is answered by fetching ``<key>`` into
+``<data_dir>/blob-cache/objects/<key>`` (``S3BlobStore.local_path``: once per key and host, under a file lock) and
+handing vLLM that directory instead. Adapter keys are immutable (``models/<job>/<claim>/final``, written once
+before any row names them) and the engine-side name *is* the key, so a cached copy is never stale and two
+versions of a model never share a name.
+
+The engine's settings come from the file ``serving.engine_main`` was started with (``TUNEGATE_ENGINE_SETTINGS``):
+``blob_url`` and ``[s3]`` as on the gateway (the secret is in that mode-0600 file, never on a command line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+SETTINGS_VAR = "TUNEGATE_ENGINE_SETTINGS"
+LOAD_PATH = "/v1/load_lora_adapter"
+MAX_BODY = 64 * 1024
+log = logging.getLogger("tunegate.engine")
+
+
+def _store() -> Any:
+    from storage.blobs import make_blob_store
+    from storage.settings import Settings
+
+    settings = Settings.model_validate_json(Path(os.environ[SETTINGS_VAR]).read_text())
+    return make_blob_store(settings) if settings.blob_url else None
+
+
+class FetchAdapters:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.store = _store() if os.environ.get(SETTINGS_VAR) else None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if self.store is None or scope["type"] != "http" or scope.get("path") != LOAD_PATH or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        try:
+            request = json.loads(body)
+            path = request.get("lora_path") if isinstance(request, dict) else None
+        except ValueError:
+            path = None
+        prefix = self.store.url + "/"
+        if isinstance(path, str) and path.startswith(prefix):
+            key = path[len(prefix):]
+            try:
+                local = await asyncio.to_thread(self.store.local_path, key)
+            except (FileNotFoundError, ValueError) as exc:
+                await _error(send, 404, f"The adapter {key!r} is not in the blob store: {exc}")
+                return
+            except Exception as exc:  # the store is unreachable or refused us: the gateway retries another replica
+                log.exception("fetching adapter %s failed", key)
+                await _error(send, 503, f"Fetching the adapter {key!r} from the blob store failed: {exc!r}")
+                return
+            request["lora_path"] = str(local)
+            body = json.dumps(request).encode()
+        await self.app(_with_length(scope, len(body)), _replay(body, receive), send)
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            break  # not a load request of ours: vLLM gets what arrived and refuses it
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """The (rewritten) body once, then the connection's own messages (its disconnect)."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _with_length(scope: dict, length: int) -> dict:
+    headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() != b"content-length"]
+    return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
+
+
+async def _error(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": "NotFoundError" if status == 404 else "ServiceUnavailable",
+                                 "code": status}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
