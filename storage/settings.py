@@ -149,9 +149,13 @@ class LimitSettings(BaseModel):
         default=100 * 1024**3, ge=0, description="Files (uploads, job results, export outputs) plus adapters, in bytes.")
     redis_prefix: str = Field(default="tunegate", min_length=1, max_length=64,
                               description="Prefix of the rate-limit keys in Redis (redis_url).")
+    redis_reserve: bool = Field(
+        default=True, description="With redis_url: each gateway takes budget from Redis in blocks of 1/20 of a limit "
+        "and admits from it without a round trip (gateway/ratelimit/reserve.py); false: one Redis call per request, "
+        "exact across gateways.")
 
 
-ORG_LIMIT_FIELDS = tuple(f for f in LimitSettings.model_fields if f != "redis_prefix")
+ORG_LIMIT_FIELDS = tuple(f for f in LimitSettings.model_fields if f not in ("redis_prefix", "redis_reserve"))
 
 
 class RequestLimits(BaseModel):

@@ -22,6 +22,7 @@ import openai
 import pytest
 
 from gateway.ratelimit.counters import Bucket, Counters, MemoryCounters, RedisCounters, Slot, duration
+from gateway.ratelimit.reserve import ReservedCounters
 from storage import migrate
 from storage.accounts import Accounts
 from storage.db import Database
@@ -117,11 +118,12 @@ def test_eval_runs_share_the_same_fair_claim(db: Database) -> None:
 Scenario = Callable[[Counters, str], Awaitable[None]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "reserved"])
 def with_counters(request: pytest.FixtureRequest, redis_prefix: str) -> Callable[[Scenario], None]:
     def run(scenario: Scenario) -> None:
         async def main() -> None:  # redis.asyncio binds its connections to the loop that made them
-            made: Counters = MemoryCounters() if request.param == "memory" else RedisCounters(REDIS_URL)
+            made: Counters = {"memory": MemoryCounters, "redis": lambda: RedisCounters(REDIS_URL),
+                              "reserved": lambda: ReservedCounters(RedisCounters(REDIS_URL))}[request.param]()
             try:
                 await scenario(made, redis_prefix)
             finally:

@@ -159,6 +159,78 @@ for j = nb + 1, #KEYS do redis.call('ZREM', KEYS[j], member) end
 return 1
 """
 
+# The reserving admission (``reserve.py``): the same checks, and when the request passes, each bucket also grants
+# its block (only while at least two blocks are left: never the last of a budget) and each slot set its wanted
+# members (named ``prefix:j:k``), all under one clock. KEYS: buckets, then slots. ARGV: n buckets, member, member
+# ttl, grant prefix, (capacity, cost, block) per bucket, (limit, wanted) per slot. Returns refused, wait, the
+# levels, then (passed) the grant of each bucket and slot.
+_ADMIT_RESERVING = _REFILL + """
+local ttl, prefix, base = tonumber(ARGV[3]), ARGV[4], 4
+local levels, grants, cards, refused, wait = {}, {}, {}, 0, 0
+local ns = #KEYS - nb
+for i = 1, nb do
+  local cap, cost = tonumber(ARGV[base + 3 * i - 2]), tonumber(ARGV[base + 3 * i - 1])
+  levels[i] = refill(KEYS[i], cap, now)
+  if refused == 0 and cost > 0 and levels[i] < cost then
+    refused = i
+    wait = cap > 0 and (cost - levels[i]) * 60 / cap or 60
+  end
+end
+for j = 1, ns do
+  local key, limit = KEYS[nb + j], tonumber(ARGV[base + 3 * nb + 2 * j - 1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  cards[j] = redis.call('ZCARD', key)
+  if refused == 0 and cards[j] >= limit then refused, wait = nb + j, 1 end
+end
+if refused == 0 then
+  for i = 1, nb do
+    local cap, cost, block = tonumber(ARGV[base + 3 * i - 2]), tonumber(ARGV[base + 3 * i - 1]), tonumber(ARGV[base + 3 * i])
+    local level = levels[i] - cost
+    grants[i] = (block > 0 and level >= 2 * block) and block or 0
+    levels[i] = level - grants[i]
+    store(KEYS[i], cap, levels[i], now)
+  end
+  for j = 1, ns do
+    local key = KEYS[nb + j]
+    local limit, want = tonumber(ARGV[base + 3 * nb + 2 * j - 1]), tonumber(ARGV[base + 3 * nb + 2 * j])
+    redis.call('ZADD', key, now + ttl, member)
+    grants[nb + j] = (want > 0 and limit - cards[j] - 1 >= 2 * want) and want or 0
+    for k = 1, grants[nb + j] do redis.call('ZADD', key, now + ttl, prefix .. ':' .. j .. ':' .. k) end
+    redis.call('EXPIRE', key, math.ceil(ttl) + 1)
+  end
+end
+local out = {refused, tostring(wait)}
+for i = 1, nb do out[#out + 1] = tostring(levels[i]) end
+if refused == 0 then for k = 1, nb + ns do out[#out + 1] = tostring(grants[k]) end end
+return out
+"""
+
+# Giving reserves back and keeping held slot members alive. KEYS: buckets, then slots. ARGV: n buckets, '', (capacity,
+# correction) per bucket, member ttl, then per slot: n removed, n kept, the removed members, the kept members.
+_GIVE_BACK = _REFILL + """
+for i = 1, nb do
+  local cap, delta = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  if delta ~= 0 then store(KEYS[i], cap, math.min(cap, refill(KEYS[i], cap, now) - delta), now) end
+end
+local ttl, c = tonumber(ARGV[3 + 2 * nb]), 4 + 2 * nb
+for j = nb + 1, #KEYS do
+  local nrem, nkeep = tonumber(ARGV[c]), tonumber(ARGV[c + 1])
+  c = c + 2
+  for k = 1, nrem do redis.call('ZREM', KEYS[j], ARGV[c]); c = c + 1 end
+  for k = 1, nkeep do redis.call('ZADD', KEYS[j], now + ttl, ARGV[c]); c = c + 1 end
+  if nkeep > 0 then redis.call('EXPIRE', KEYS[j], math.ceil(ttl) + 1) end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a reserving admission handed this gateway besides the request's own costs."""
+
+    buckets: list[float]  # per bucket: budget now held locally
+    members: list[list[str]]  # per slot: slot members now held locally
+
 
 class RedisCounters:
     """Counters in Redis (``redis_url``): shared by every gateway process using it, kept across restarts."""
@@ -169,6 +241,8 @@ class RedisCounters:
         self.client: Any = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._admit = self.client.register_script(_ADMIT)
         self._settle = self.client.register_script(_SETTLE)
+        self._admit_reserving = self.client.register_script(_ADMIT_RESERVING)
+        self._give_back = self.client.register_script(_GIVE_BACK)
 
     async def admit(self, buckets: list[Bucket], slots: list[Slot], member: str) -> Verdict:
         args: list[Any] = [len(buckets), member, SLOT_TTL_S]
@@ -184,6 +258,37 @@ class RedisCounters:
         for b in buckets:
             args += [b.capacity, b.cost]
         await self._settle(keys=[b.key for b in buckets] + [s.key for s in slots], args=args)
+
+    async def admit_reserving(self, buckets: list[Bucket], slots: list[Slot], member: str, blocks: list[float],
+                              wanted: list[int], prefix: str, ttl_s: float) -> tuple[Verdict, Grant | None]:
+        """``admit``, and on success take ``blocks[i]`` more from each bucket and ``wanted[j]`` members of each slot
+        set for this gateway to hand out (each only while two such blocks are left). Members expire after ``ttl_s``
+        unless kept alive by ``give_back``."""
+        args: list[Any] = [len(buckets), member, ttl_s, prefix]
+        for b, block in zip(buckets, blocks, strict=True):
+            args += [b.capacity, b.cost, block]
+        for s, want in zip(slots, wanted, strict=True):
+            args += [s.limit, want]
+        out = await self._admit_reserving(keys=[b.key for b in buckets] + [s.key for s in slots], args=args)
+        refused, nb = int(out[0]), len(buckets)
+        verdict = Verdict(refused - 1 if refused else None, float(out[1]), [float(v) for v in out[2:2 + nb]])
+        if refused:
+            return verdict, None
+        granted = [float(v) for v in out[2 + nb:]]
+        members = [[f"{prefix}:{j + 1}:{k + 1}" for k in range(int(n))] for j, n in enumerate(granted[nb:])]
+        return verdict, Grant(granted[:nb], members)
+
+    async def give_back(self, buckets: list[Bucket], slots: list[tuple[str, list[str], list[str]]],
+                        ttl_s: float) -> None:
+        """Settle ``buckets`` (their cost is the correction: negative gives back) and, per slot set
+        ``(key, removed members, kept members)``, remove the first and extend the second's lease by ``ttl_s``."""
+        args: list[Any] = [len(buckets), ""]
+        for b in buckets:
+            args += [b.capacity, b.cost]
+        args.append(ttl_s)
+        for _, removed, kept in slots:
+            args += [len(removed), len(kept), *removed, *kept]
+        await self._give_back(keys=[b.key for b in buckets] + [key for key, _, _ in slots], args=args)
 
     async def close(self) -> None:
         await self.client.aclose()

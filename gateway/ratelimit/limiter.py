@@ -11,7 +11,8 @@
    stream slot is freed.
 
 The limits are an organization's effective ``LimitSettings`` (settings defaults, its stored overrides), cached for
-``LIMITS_TTL_S``. Counters (``counters.py``) are in the process, or in Redis with ``redis_url``. Redis failing or
+``LIMITS_TTL_S``. Counters (``counters.py``) are in the process, or in Redis with ``redis_url`` — spent from a
+local reserve taken in blocks (``reserve.py``) unless ``limits.redis_reserve`` is off. Redis failing or
 slower than its timeout → fail open: the request passes without limits or headers, a warning is logged (at most
 every ``WARN_EVERY_S``), and Redis is not asked again for ``BACKOFF_S``.
 """
@@ -41,6 +42,7 @@ from gateway.ratelimit.counters import (
     duration,
     reset_seconds,
 )
+from gateway.ratelimit.reserve import ReservedCounters
 from serving import metrics
 from serving.usage import UsageRecorder
 from storage.accounts import Accounts, Principal
@@ -49,7 +51,7 @@ from storage.settings import LimitSettings, RequestLimits, Settings
 
 log = logging.getLogger("tunegate.ratelimit")
 
-METERED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})  # the routes whose tokens count
+METERED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})  # the routes whose tokens count
 DEFAULT_COMPLETION_TOKENS = 256
 LIMITS_TTL_S = 5.0
 WARN_EVERY_S = 30.0
@@ -62,6 +64,7 @@ class _Sizing(msgspec.Struct):
 
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    max_output_tokens: int | None = None  # /v1/responses
     n: int | None = None
     stream: bool | None = None
 
@@ -86,7 +89,7 @@ def estimate_tokens(body: bytes, caps: RequestLimits) -> tuple[int, bool]:
         sizing = msgspec.json.decode(body, type=_Sizing)
     except Exception:  # malformed or hostile: the handler answers its 400; size it by its bytes
         sizing = _Sizing()
-    completion = sizing.max_completion_tokens or sizing.max_tokens or DEFAULT_COMPLETION_TOKENS
+    completion = sizing.max_completion_tokens or sizing.max_tokens or sizing.max_output_tokens or DEFAULT_COMPLETION_TOKENS
     n = min(max(1, sizing.n or 1), caps.max_n)
     return math.ceil(len(body) / 4) + n * min(max(0, completion), caps.max_tokens), sizing.stream is True
 
@@ -102,7 +105,10 @@ class Limiter:
     def __init__(self, settings: Settings, accounts: Accounts) -> None:
         self.defaults, self.accounts, self.caps = settings.limits, accounts, settings.requests
         self.prefix = settings.limits.redis_prefix
-        self.counters: Counters = RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters()
+        self.counters: Counters = MemoryCounters()
+        if settings.redis_url:
+            redis = RedisCounters(settings.redis_url)
+            self.counters = ReservedCounters(redis) if settings.limits.redis_reserve else redis
         self._limits: dict[str, tuple[float, LimitSettings]] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._down_until = self._warned_at = 0.0
