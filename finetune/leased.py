@@ -102,22 +102,33 @@ class LeasedWorker(ABC):
         it was stopped (lease lost or unrenewable, ``cancelled()``, ``deadline`` (monotonic) passed, stopping)."""
         if self._settings_file is None:
             self._settings_file = self.settings.write_for_child(f"{self.kind}-{self.id.rsplit(':', 1)[1]}")
-        renewed = [time.monotonic()]
+        still_ours = self._renewal(item_id, lambda: self.heartbeat(item_id, lease) and not cancelled())
 
         def keep_going() -> bool:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            try:
-                ours = self.heartbeat(item_id, lease)
-                stop = cancelled()
-            except Exception:  # the database is away: keep the child while the lease may still be ours
-                log.exception("%s %s: lease renewal failed", self.kind, item_id)
-                return time.monotonic() - renewed[0] < self.lease_s
-            renewed[0] = time.monotonic()
-            return ours and not stop and not self._stop.is_set()
+            return still_ours() and not self._stop.is_set()
 
         return supervise([sys.executable, "-m", module, item_id, lease, str(self._settings_file)],
                          self.log_path(item_id), keep_going, min(self.lease_s / 3, 2.0))
+
+    def _renewal(self, item_id: str, renew: Callable[[], bool]) -> Callable[[], bool]:
+        """The one renewal rule: ``renew()`` says whether the work is still ours; when it fails (the database is
+        away), the work goes on while the last success is less than a lease period ago — until then no other claim
+        can have taken the item."""
+        renewed = time.monotonic()
+
+        def still_ours() -> bool:
+            nonlocal renewed
+            try:
+                ours = renew()
+            except Exception:
+                log.exception("%s %s: lease renewal failed", self.kind, item_id)
+                return time.monotonic() - renewed < self.lease_s
+            renewed = time.monotonic()
+            return ours
+
+        return still_ours
 
     @contextlib.contextmanager
     def heartbeat_thread(self, item_id: str, lease: str) -> Iterator[threading.Event]:
@@ -126,19 +137,13 @@ class LeasedWorker(ABC):
         fenced anyway)."""
         lost, done = threading.Event(), threading.Event()
 
+        still_ours = self._renewal(item_id, lambda: self.heartbeat(item_id, lease))
+
         def renew() -> None:
-            renewed = time.monotonic()
             while not done.wait(min(self.lease_s / 3, 2.0)):
-                try:
-                    if not self.heartbeat(item_id, lease):
-                        lost.set()
-                        return
-                    renewed = time.monotonic()
-                except Exception:
-                    log.exception("%s %s: lease renewal failed", self.kind, item_id)
-                    if time.monotonic() - renewed >= self.lease_s:
-                        lost.set()
-                        return
+                if not still_ours():
+                    lost.set()
+                    return
 
         thread = threading.Thread(target=renew, name=f"{self.kind}-lease-{item_id}", daemon=True)
         thread.start()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page, keyset_page
-from storage.leases import OrgCap, claim_oldest, fence
+from storage.leases import OrgCap, claim_oldest, fence, held_update, renew
 from storage.tables import Eval, EvalOutputItem, EvalRun
 
 ACTIVE = ("queued", "in_progress")
@@ -95,25 +95,17 @@ class EvalStore:
 
     def heartbeat(self, run_id: str, worker: str, lease_s: float) -> bool:
         """Extend the lease; False when the run was canceled, deleted or taken over."""
-        with self.db.session() as s:
-            result = s.exec(update(EvalRun).where(  # type: ignore[call-overload]
-                EvalRun.id == run_id, EvalRun.lease_owner == worker, EvalRun.status == "in_progress",
-            ).values(lease_expires_at=time.time() + lease_s))
-            return result.rowcount == 1
+        return renew(self.db, EvalRun, run_id, worker, lease_s, EvalRun.status == "in_progress")
 
     def progress(self, run_id: str, worker: str, **values: Any) -> None:
         with self.db.session() as s:
-            s.exec(update(EvalRun).where(EvalRun.id == run_id, EvalRun.lease_owner == worker,  # type: ignore[call-overload]
-                                         EvalRun.status == "in_progress").values(**values))
+            held_update(s, EvalRun, run_id, worker, EvalRun.status == "in_progress", **values)
 
     def finish(self, run_id: str, worker: str | None, **values: Any) -> bool:
         """End a run (completed / failed / canceled) and drop its lease; a worker only ends its own run."""
         with self.db.session() as s:
-            query = update(EvalRun).where(EvalRun.id == run_id, col(EvalRun.status).in_(ACTIVE))
-            if worker is not None:
-                query = query.where(EvalRun.lease_owner == worker)
-            result = s.exec(query.values(lease_owner=None, lease_expires_at=None, **values))  # type: ignore[call-overload]
-            return result.rowcount == 1
+            return held_update(s, EvalRun, run_id, worker, col(EvalRun.status).in_(ACTIVE), lease_owner=None,
+                               lease_expires_at=None, **values)
 
     # --- output items ------------------------------------------------------------------------------------
     def add_items(self, items: list[EvalOutputItem], lease: str | None = None) -> None:

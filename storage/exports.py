@@ -6,14 +6,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import update
 from sqlmodel import col, select
 
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page, keyset_page
 from storage.ids import now
-from storage.leases import OrgCap, claim_oldest
+from storage.leases import OrgCap, claim_oldest, held_update, renew
 from storage.tables import Export, StoredFile
 
 ACTIVE = ("queued", "running")
@@ -64,7 +63,7 @@ class ExportStore:
 
     def heartbeat(self, export_id: str, worker: str, lease_s: float) -> bool:
         """Extend the lease; False when the export was cancelled or taken over."""
-        return self._update(export_id, worker, lease_expires_at=time.time() + lease_s)
+        return renew(self.db, Export, export_id, worker, lease_s, Export.status == "running")
 
     def progress(self, export_id: str, worker: str, progress: float, stage: str) -> bool:
         return self._update(export_id, worker, progress=progress, stage=stage[:512])
@@ -77,18 +76,12 @@ class ExportStore:
         """End an export (succeeded / failed / cancelled) and drop its lease; a worker only ends its own claim.
         ``files`` (output rows whose blobs are stored) become visible in the same commit, or not at all."""
         with self.db.session() as s:
-            query = update(Export).where(Export.id == export_id, col(Export.status).in_(ACTIVE))
-            if worker is not None:
-                query = query.where(Export.lease_owner == worker)
-            result = s.exec(query.values(lease_owner=None, lease_expires_at=None,  # type: ignore[call-overload]
-                                         finished_at=now(), **values))
-            if result.rowcount != 1:
+            if not held_update(s, Export, export_id, worker, col(Export.status).in_(ACTIVE), lease_owner=None,
+                               lease_expires_at=None, finished_at=now(), **values):
                 return False
             s.add_all(files)
             return True
 
     def _update(self, export_id: str, worker: str, **values: Any) -> bool:
         with self.db.session() as s:
-            result = s.exec(update(Export).where(  # type: ignore[call-overload]
-                Export.id == export_id, Export.lease_owner == worker, Export.status == "running").values(**values))
-            return result.rowcount == 1
+            return held_update(s, Export, export_id, worker, Export.status == "running", **values)

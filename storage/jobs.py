@@ -11,14 +11,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, update
+from sqlalchemy import case, exists, func, update
 from sqlmodel import Session, col, delete, select
 
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page, keyset_page
 from storage.ids import new_id, now
-from storage.leases import OrgCap, claim_oldest, fence
+from storage.leases import OrgCap, claim_oldest, fence, held_update, renew
 from storage.tables import FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent, StoredFile
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
@@ -105,35 +105,23 @@ class JobStore:
 
     def heartbeat(self, job_id: str, worker: str, lease_s: float) -> bool:
         """Extend the lease; False when it is no longer ours (another worker took the job)."""
-        with self.db.session() as s:
-            result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
-                FineTuningJob.id == job_id, FineTuningJob.lease_owner == worker,
-            ).values(lease_expires_at=time.time() + lease_s))
-            return result.rowcount == 1
+        return renew(self.db, FineTuningJob, job_id, worker, lease_s)
 
     def release(self, job_id: str, worker: str) -> None:
         with self.db.session() as s:
-            s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
-                FineTuningJob.id == job_id, FineTuningJob.lease_owner == worker,
-            ).values(lease_owner=None, lease_expires_at=None))
+            held_update(s, FineTuningJob, job_id, worker, lease_owner=None, lease_expires_at=None)
 
     def advance(self, job_id: str, worker: str, from_: tuple[str, ...], **values: Any) -> bool:
         """A worker's transition: only while it holds the lease and the job is in one of ``from_``."""
         with self.db.session() as s:
-            result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
-                FineTuningJob.id == job_id, FineTuningJob.lease_owner == worker, col(FineTuningJob.status).in_(from_),
-            ).values(**values))
-            return result.rowcount == 1
+            return held_update(s, FineTuningJob, job_id, worker, col(FineTuningJob.status).in_(from_), **values)
 
     def fail(self, job_id: str, worker: str | None, code: str, message: str, param: str | None = None) -> bool:
-        where = [FineTuningJob.id == job_id, col(FineTuningJob.status).in_(("validating_files", "queued", "running"))]
-        if worker is not None:
-            where.append(FineTuningJob.lease_owner == worker)
         with self.db.session() as s:
-            result = s.exec(update(FineTuningJob).where(and_(*where)).values(  # type: ignore[call-overload]
+            failed = held_update(
+                s, FineTuningJob, job_id, worker, col(FineTuningJob.status).in_(("validating_files", "queued", "running")),
                 status="failed", finished_at=now(), error={"code": code, "message": message, "param": param},
-                lease_owner=None, lease_expires_at=None))
-            failed = result.rowcount == 1
+                lease_owner=None, lease_expires_at=None)
             if failed:
                 s.add(_event(job_id, message, level="error"))
         return failed

@@ -9,6 +9,7 @@ oldest item.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,3 +115,20 @@ def fence(s: Session, table: Any, item_id: str, token: str) -> None:
     result = s.exec(update(table).where(table.id == item_id, table.lease_owner == token).values(lease_owner=token))
     if result.rowcount != 1:
         raise LeaseLost(f"{table.__tablename__} {item_id}: the lease {token} is no longer held")
+
+
+def held_update(s: Session, table: Any, item_id: str, token: str | None, *where: Any, **values: Any) -> bool:
+    """Set ``values`` on ``item_id`` while ``token`` holds its lease (None: whoever holds it, e.g. a user's cancel)
+    and every condition of ``where`` holds; True when the row was updated. The one shape of every worker write:
+    heartbeat, progress, transition, finish, release."""
+    query = update(table).where(table.id == item_id, *where)
+    if token is not None:
+        query = query.where(table.lease_owner == token)
+    return bool(s.exec(query.values(**values)).rowcount == 1)
+
+
+def renew(db: Database, table: Any, item_id: str, token: str, lease_s: float, *where: Any) -> bool:
+    """Extend ``token``'s lease on ``item_id`` by ``lease_s`` from now; False when the lease is no longer held under
+    it (taken over) or ``where`` no longer holds (e.g. the item was cancelled)."""
+    with db.session() as s:
+        return held_update(s, table, item_id, token, *where, lease_expires_at=time.time() + lease_s)
