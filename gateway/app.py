@@ -31,6 +31,7 @@ from gateway.openai.files.api_router import FilesController
 from gateway.openai.fine_tuning.api_router import FineTuningJobsController
 from gateway.openai.graders.api_router import GradersController
 from gateway.openai.models.api_router import ModelsController
+from gateway.openai.stored_completions.api_router import StoredCompletionsController
 from gateway.openai.uploads.api_router import UploadsController
 from gateway.services import Services
 from storage.settings import Settings
@@ -66,13 +67,16 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         sweeper = asyncio.create_task(_sweep_expired(services))
         await services.engines.start()
         usage = asyncio.create_task(services.completions.usage.run())
+        stored = asyncio.create_task(services.completions.stored.run()) if services.completions.stored else None
         worker = start_workers(settings, services) if settings.worker.embedded else None
         try:
             yield
         finally:
             sweeper.cancel()
             usage.cancel()
-            await asyncio.gather(usage, return_exceptions=True)
+            if stored is not None:
+                stored.cancel()
+            await asyncio.gather(usage, *([stored] if stored else []), return_exceptions=True)
             await services.engines.stop()
             await services.limiter.close()
             if worker is not None:
@@ -82,7 +86,8 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
     v1 = Router(
         path="/v1",
         route_handlers=[FilesController, FineTuningJobsController, ModelsController, CompletionsController,
-                        EvalsController, ExportsController, GradersController, UploadsController, BatchesController],
+                        EvalsController, ExportsController, GradersController, UploadsController,
+                        StoredCompletionsController, BatchesController],
         guards=[require_api_key],
         middleware=[rate_limited],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},

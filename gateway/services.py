@@ -10,6 +10,7 @@ from gateway.ratelimit.limiter import Limiter
 from serving.catalog import Catalog
 from serving.pool import EnginePool
 from serving.proxy import Completions
+from serving.stored import StoredCompletionWriter
 from storage import migrate
 from storage.accounts import Accounts
 from storage.blobs import BlobStore, make_blob_store
@@ -21,6 +22,7 @@ from storage.files import Files
 from storage.jobs import JobStore
 from storage.quotas import StorageQuota
 from storage.settings import Settings
+from storage.stored_completions import StoredCompletions
 from storage.uploads import UploadStore
 from storage.usage import UsageStore
 
@@ -44,6 +46,7 @@ class Services:
     limiter: Limiter
     quota: StorageQuota
     uploads: UploadStore
+    stored_completions: StoredCompletions | None = None  # chat completions made with store: true (set by build)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -52,13 +55,15 @@ class Services:
         catalog = Catalog(db, settings)
         usage = UsageStore(db)
         engines = EnginePool(settings, catalog, blobs, EngineRegistry(db))
-        completions = Completions(engines, CountedUsage(usage))
+        stored = StoredCompletions(db)
+        completions = Completions(engines, CountedUsage(usage), StoredCompletionWriter(stored))
         accounts, limits = Accounts(db), settings.limits
         quota = StorageQuota(db, blobs, limits)
         return cls(settings, db, blobs, accounts, Files(db, blobs, quota=quota.check), catalog,
                    JobStore(db, limits.running_jobs), usage, engines, completions,
                    EvalStore(db, limits.running_eval_runs), ExportStore(db, limits.running_exports),
-                   Limiter(settings, accounts), quota, UploadStore(db, blobs, settings.uploads))
+                   Limiter(settings, accounts), quota, UploadStore(db, blobs, settings.uploads),
+                   stored_completions=stored)
 
     def prepare(self) -> str | None:
         """Migrate the schema, register base models, tidy after crashes. Returns a newly generated admin key."""

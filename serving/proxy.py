@@ -27,6 +27,7 @@ from serving.metrics import note_model
 from serving.pool import EnginePool, Target
 from serving.reasoning import ThinkSplitter, split
 from serving.request_body import Endpoint
+from serving.stored import Capture, StoredCompletionWriter, capture
 from serving.usage import UsageRecorder
 from storage.accounts import Principal
 from storage.errors import InvalidRequest, NotFound, TunegateError, Unavailable, UpstreamFailed
@@ -56,13 +57,14 @@ def error_event(message: str, type_: str = "server_error", code: str | None = No
 
 
 class Completions:
-    def __init__(self, pool: EnginePool, usage: UsageRecorder) -> None:
-        self.pool, self.usage = pool, usage
+    def __init__(self, pool: EnginePool, usage: UsageRecorder, stored: StoredCompletionWriter | None = None) -> None:
+        self.pool, self.usage, self.stored = pool, usage, stored  # stored: where ``store: true`` answers go
         self.limits: RequestLimits = pool.settings.requests
 
     async def create(self, principal: Principal, endpoint: Endpoint, body: Any) -> bytes | AsyncIterator[bytes]:
         """The JSON body of the answer, or (``stream: true``) an iterator of SSE events."""
         request = request_body.parse(endpoint, body, self.limits)
+        kept = capture(principal, body, request) if self.stored is not None else None
         target = await self.pool.resolve(principal.organization_id, request.model)
         note_model(target.model)
         engine_id = uuid4().hex
@@ -78,8 +80,10 @@ class Completions:
                 await response.aclose()
             call.rewrite(data)
             self.usage.add(principal, target.model, endpoint, data.get("usage"), call.id)
+            if kept is not None and self.stored is not None:
+                self.stored.queue(kept.row(data))
             return _encode(data)
-        return self._relay(call, replica, response)
+        return self._relay(call, replica, response, kept)
 
     async def _send(self, target: Target, request: request_body.EngineRequest,
                     content: bytes) -> tuple[Replica, httpx.Response]:
@@ -112,7 +116,8 @@ class Completions:
             raise _translate(response.status_code, message, target, request)
         raise Unavailable(f"No engine for '{target.base_model}' answered; retry shortly.", code="engine_unavailable")
 
-    async def _relay(self, call: Call, replica: Replica, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def _relay(self, call: Call, replica: Replica, response: httpx.Response,
+                     kept: Capture | None = None) -> AsyncIterator[bytes]:
         done = False
         try:
             buffer = b""
@@ -131,6 +136,8 @@ class Completions:
                         continue
                     out = call.chunk(_decode(payload))
                     if out is not None:
+                        if kept is not None:
+                            kept.feed(out)
                         yield sse(out)
             if not done:
                 yield error_event("The engine ended the stream early.", code="engine_error")
@@ -142,6 +149,9 @@ class Completions:
             with anyio.CancelScope(shield=True):  # a client that left cancels us; the engine must still hear of it
                 await response.aclose()
             self.usage.add(call.principal, call.target.model, call.endpoint, call.usage, call.id)
+            if kept is not None and done and self.stored is not None:  # a stream cut short is not stored
+                kept.usage = call.usage
+                self.stored.queue(kept.row(kept.streamed()))
 
 
 @dataclass

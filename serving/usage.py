@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -22,24 +23,38 @@ from storage.usage import UsageStore, fit
 log = logging.getLogger("tunegate.serving")
 MAX_PENDING = 100_000  # rows held while the database is away; beyond, the oldest are set aside
 DATABASE_AWAY = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+Row = TypeVar("Row")
 
 
-class UsageRecorder:
-    def __init__(self, store: UsageStore, interval: float = 1.0) -> None:
-        self.store, self.interval = store, interval
-        self._pending: list[UsageRecord] = []
+class RowStore(Protocol[Row]):
+    def add_many(self, rows: list[Row]) -> None: ...
+
+
+class BatchedWriter(Generic[Row]):
+    """Rows queued by the request path, written once every ``interval`` by ``run`` (one task per process).
+    ``flush`` is serialized: a reader that flushes first sees every row queued before it (read-your-writes within
+    one gateway). What waits is bounded by ``max_pending`` units of ``size`` (a row each, unless a subclass
+    weighs them)."""
+
+    what = "rows"
+
+    def __init__(self, store: RowStore[Row], interval: float = 1.0, max_pending: int = MAX_PENDING) -> None:
+        self.store, self.interval, self.max_pending = store, interval, max_pending
+        self._pending: list[Row] = []
+        self._held = 0  # the size of the rows queued or being written
+        self._flushing: asyncio.Lock | None = None  # made in the running loop
         self.set_aside = 0  # rows given up on (each logged)
 
-    def add(self, principal: Principal, model: str, endpoint: str, usage: dict | None, request_id: str | None) -> None:
-        if not isinstance(usage, dict):
-            return
-        self._pending.append(fit(UsageRecord(
-            organization_id=principal.organization_id, api_key_id=principal.key_id, model=model, endpoint=endpoint,
-            prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
-            request_id=request_id, created_at=now(),
-        )))
-        if len(self._pending) > MAX_PENDING:
-            self._give_up(self._pending.pop(0), "too many rows waiting for the database")
+    def size(self, row: Row) -> int:
+        return 1
+
+    def queue(self, row: Row) -> None:
+        self._pending.append(row)
+        self._held += self.size(row)
+        while self._held > self.max_pending and len(self._pending) > 1:
+            oldest = self._pending.pop(0)
+            self._held -= self.size(oldest)
+            self._give_up(oldest, "too many rows waiting for the database")
 
     async def run(self) -> None:
         try:
@@ -50,21 +65,32 @@ class UsageRecorder:
             await self.flush()
 
     async def flush(self) -> None:
-        batch, self._pending = self._pending, []
-        if batch:
-            self._pending[:0] = await asyncio.to_thread(self._write, batch)
+        if self._flushing is None:
+            self._flushing = asyncio.Lock()
+        async with self._flushing:
+            batch, self._pending = self._pending, []
+            if batch:
+                again, done = await asyncio.to_thread(self._write_sized, batch)
+                self._held -= done
+                self._pending[:0] = again
 
-    def _write(self, batch: list[UsageRecord]) -> list[UsageRecord]:
+    def _write_sized(self, batch: list[Row]) -> tuple[list[Row], int]:
+        """``_write``, and the size of the rows that left the queue (written or set aside)."""
+        again = self._write(batch)
+        kept = {id(row) for row in again}
+        return again, sum(self.size(row) for row in batch if id(row) not in kept)
+
+    def _write(self, batch: list[Row]) -> list[Row]:
         """Write ``batch``; return the rows to try again (the database is away)."""
         try:
             self.store.add_many(batch)
             return []
         except DATABASE_AWAY as exc:
-            log.warning("usage: the database is unavailable (%s); %d row(s) wait", str(exc).splitlines()[0][:200],
-                        len(batch))
+            log.warning("%s: the database is unavailable (%s); %d row(s) wait", self.what,
+                        str(exc).splitlines()[0][:200], len(batch))
             return batch
         except Exception as exc:  # a row at fault: find it, write the others
-            log.warning("usage: writing %d row(s) failed (%r); writing them one by one", len(batch), exc)
+            log.warning("%s: writing %d row(s) failed (%r); writing them one by one", self.what, len(batch), exc)
         for i, row in enumerate(batch):
             try:
                 self.store.add_many([row])
@@ -74,9 +100,29 @@ class UsageRecorder:
                 self._give_up(row, repr(exc))
         return []
 
-    def _give_up(self, row: UsageRecord, why: str) -> None:
+    def _give_up(self, row: Row, why: str) -> None:
         self.set_aside += 1
-        log.error("usage record set aside (%s): %s", why, row.model_dump())
+        log.error("%s: a row set aside (%s): %s", self.what, why, self.describe(row))
+
+    def describe(self, row: Row) -> Any:
+        """What the log shows of a row set aside."""
+        return row.model_dump() if hasattr(row, "model_dump") else row
+
+
+class UsageRecorder(BatchedWriter[UsageRecord]):
+    what = "usage"
+
+    def __init__(self, store: UsageStore, interval: float = 1.0) -> None:
+        super().__init__(store, interval)
+
+    def add(self, principal: Principal, model: str, endpoint: str, usage: dict | None, request_id: str | None) -> None:
+        if not isinstance(usage, dict):
+            return
+        self.queue(fit(UsageRecord(
+            organization_id=principal.organization_id, api_key_id=principal.key_id, model=model, endpoint=endpoint,
+            prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
+            request_id=request_id, created_at=now(),
+        )))
 
 
 def _count(value: object) -> int:

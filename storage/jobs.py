@@ -9,6 +9,7 @@ the conditional UPDATE alone decides (a single writer at a time).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import case, exists, func, update
@@ -54,7 +55,7 @@ class JobStore:
         if len(metadata) > MAX_METADATA:
             raise InvalidRequest(f"Filter on at most {MAX_METADATA} metadata pairs.", param="metadata")
         mine = FineTuningJob.organization_id == org_id
-        where = [mine, *(_metadata_is(self.db.dialect, k, v) for k, v in metadata.items())]
+        where = [mine, *(metadata_is(self.db.dialect, col(FineTuningJob.metadata_), k, v) for k, v in metadata.items())]
 
         def missing(after: str) -> NotFound:
             return NotFound(f"No such fine-tuning job: {after}", param="after", code="job_not_found")
@@ -216,22 +217,26 @@ class JobStore:
         with self.db.session() as s:
             s.add(model)
 
-    def succeed(self, job_id: str, lease: str, model: FineTunedModel, results: StoredFile, **values: Any) -> bool:
+    def succeed(self, job_id: str, lease: str, model: FineTunedModel, results: StoredFile,
+                more_results: Sequence[StoredFile] = (), **values: Any) -> bool:
         """The end of a job, once: the fine-tuned model row and the ``succeeded`` status (with ``values``) commit in
         one transaction fenced by the lease. A repeat (a worker that died after the commit and a successor that
         trains nothing new) or a lost lease is a no-op, never a second model or a failed job. ``results`` (the
-        results CSV, blobs already stored) becomes visible in the same commit."""
+        results CSV, blobs already stored) and ``more_results`` (TensorBoard, W&B archives) become visible in the
+        same commit."""
         with self.db.session() as s:
             fence(s, FineTuningJob, job_id, lease)
             result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
                 FineTuningJob.id == job_id, FineTuningJob.lease_owner == lease, FineTuningJob.status == "running",
-            ).values(status="succeeded", fine_tuned_model=model.id, result_files=[results.id], **values))
+            ).values(status="succeeded", fine_tuned_model=model.id,
+                     result_files=[results.id, *(f.id for f in more_results)], **values))
             if result.rowcount != 1:
                 s.rollback()
                 return False
             if _model(s, model.id) is None:
                 s.add(model)
             s.add(results)
+            s.add_all(more_results)
             s.add(_event(job_id, f"New fine-tuned model created: {model.id}"))
             s.add(_event(job_id, "The job has successfully completed"))
         return True
@@ -245,10 +250,9 @@ class JobStore:
                                missing=missing)
 
 
-def _metadata_is(dialect: str, key: str, value: str) -> Any:
-    """SQL for ``metadata[key] == value``. SQLite's JSON paths cannot spell every key (quotes, backslashes,
-    non-ASCII), so there the pairs are looked up through ``json_each``; Postgres' ``->>`` takes any key."""
-    column = col(FineTuningJob.metadata_)
+def metadata_is(dialect: str, column: Any, key: str, value: str) -> Any:
+    """SQL for ``column[key] == value`` (a JSON metadata column). SQLite's JSON paths cannot spell every key (quotes,
+    backslashes, non-ASCII), so there the pairs are looked up through ``json_each``; Postgres' ``->>`` takes any key."""
     if dialect != "sqlite":
         return column[key].as_string() == value
     pairs = func.json_each(column).table_valued("key", "value")

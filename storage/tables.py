@@ -352,3 +352,20 @@ class UploadPart(SQLModel, table=True):
     upload_id: str = Field(foreign_key="uploads.id", index=True, max_length=64)
     bytes: int = Field(sa_type=BigInteger)
     created_at: int
+
+
+class StoredCompletion(SQLModel, table=True):
+    """A chat completion created with ``store: true`` (``/v1/chat/completions`` list/retrieve/update/delete), written
+    off the response path in batches (``serving.stored``)."""
+
+    __tablename__ = "chat_completions"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=64)
+    model: str = Field(index=True, max_length=512, description="The model as the caller named it.")
+    created_at: int = Field(index=True)
+    metadata_: dict | None = Field(default=None, sa_type=JSON, sa_column_kwargs={"name": "metadata"})
+    messages: list = Field(default_factory=list, sa_type=JSON, description="The request's messages, as checked.")
+    request: dict = Field(default_factory=dict, sa_type=JSON, description="The request's other forwarded fields.")
+    response: dict = Field(default_factory=dict, sa_type=JSON, description="The chat.completion as answered.")

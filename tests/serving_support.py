@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,18 @@ def serving_env(tiny_model: str, **extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+@contextmanager
+def engine_gateway(tiny_model: str, data_dir: Path, **extra: str) -> Iterator[LiveGateway]:
+    """A live gateway (SQLite) whose local vLLM engine for the tiny model is ready; ``extra``: more settings."""
+    gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **serving_env(tiny_model, **extra))
+    gateway.start()
+    try:
+        wait_engines_ready(gateway)
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 def engines(gw: LiveGateway) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from storage.files import Files
 from storage.jobs import owned_model
 from storage.leases import LeaseLost
 from storage.settings import Settings
+from storage.stored_completions import Selection, StoredCompletions, eval_item
 from storage.tables import EvalRun
 
 log = logging.getLogger("tunegate.evals")
@@ -128,6 +129,13 @@ class EvalWorker(LeasedWorker):
         if source["type"] == "file_content":
             for i, row in enumerate(source["content"]):
                 yield i, row["item"], row.get("sample")
+            return
+        if source["type"] == "stored_completions":  # read a page at a time, oldest first
+            selection = Selection(source.get("metadata") or {}, source.get("model"), source.get("created_after"),
+                                  source.get("created_before"))
+            for i, stored in enumerate(StoredCompletions(self.db).select(run.organization_id, selection,
+                                                                         source.get("limit"))):
+                yield i, *eval_item(stored)
             return
         stored = self.files.get(run.organization_id, source["id"])
         index = 0

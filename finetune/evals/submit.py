@@ -1,15 +1,16 @@
 """``/v1/evals`` requests checked and turned into rows: every problem is a 400 naming the field, nothing stored.
 
-Evals: a ``custom`` data source config (``logs`` / ``stored_completions`` are refused with a clear 400 until
-tunegate stores chat completions — ``_stored_completions_config`` is where they plug in) and testing criteria of
+Evals: a ``custom`` data source config, or ``logs`` / ``stored_completions`` (items: the organization's stored chat
+completions, ``storage.stored_completions.eval_item``), and testing criteria of
 every grader type an eval takes (string_check, text_similarity, python, score_model, label_model), each checked by
 ``finetune.graders.validate`` (a judge model must be one the organization can use).
 
 Runs: ``jsonl`` (items that already carry their ``sample``: graded without generating) and ``completions`` (a model
 tunegate serves generates each sample; prompts from a ``template`` of messages or an ``item_reference``; sampling
 parameters checked by ``check_params``, the allow-list for upstream bodies); items from a file (``file_id``) or
-inline (``file_content``). ``responses`` runs and ``stored_completions`` sources are refused with a 400 until the
-Responses API and stored completions exist.
+inline (``file_content``) or the organization's stored chat completions (``stored_completions``: metadata, model,
+created_after, created_before, limit; a ``jsonl`` run grades their stored answers as they are). ``responses`` runs
+are refused with a 400 until the Responses API exists.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from finetune.graders.messages import MessageError, templates_in
 from storage.errors import InvalidRequest
 from storage.files import Files
 from storage.ids import new_id, now
+from storage.stored_completions import STORED_ITEM_SCHEMA, check_metadata
 from storage.tables import Eval, EvalRun
 
 ModelExists = Callable[[str, str], Any]  # (organization, model) → raises NotFound for a model it cannot use
@@ -39,12 +41,7 @@ def _object(body: Any, param: str) -> dict[str, Any]:
 
 
 def _metadata(value: Any) -> dict[str, str] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or len(value) > 16 or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in value.items()):
-        raise _bad("'metadata' must map at most 16 keys (≤ 64 chars) to strings (≤ 512 chars).", "metadata")
-    return value
+    return check_metadata(value)
 
 
 def _name(value: Any, default: str) -> str:
@@ -92,11 +89,10 @@ def _data_source_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stored_completions_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The seam for ``logs`` / ``stored_completions``: their items would be the organization's stored chat
-    completions matching ``metadata`` (schema: item = the request, sample = the response)."""
-    raise _bad(f"data_source_config.type '{config['type']}' needs stored chat completions, which tunegate does not "
-               "keep yet; use a 'custom' config with jsonl or completions runs.", "data_source_config.type",
-               "unsupported_value")
+    """``logs`` / ``stored_completions``: items are the organization's stored chat completions matching ``metadata``
+    (``storage.stored_completions.eval_item``: item = the request and its stored answer, sample = the answer)."""
+    metadata = check_metadata(config.get("metadata"), "data_source_config.metadata") or {}
+    return {"type": config["type"], "metadata": metadata, "schema": STORED_ITEM_SCHEMA}
 
 
 def eval_updates(body: Any) -> dict[str, Any]:
@@ -156,11 +152,23 @@ def _items_source(org_id: str, items: dict[str, Any], files: Files, *, with_samp
                 raise _bad("Each row must be {\"item\": {...}} (and, for jsonl runs, \"sample\": {...}).",
                            f"data_source.source.content[{i}]")
     elif kind == "stored_completions":
-        raise _bad("data_source.source.type 'stored_completions' needs stored chat completions, which tunegate "
-                   "does not keep yet; use 'file_id' or 'file_content'.", "data_source.source.type",
-                   "unsupported_value")
+        _stored_source(items)
     else:
-        raise _bad("data_source.source.type must be 'file_id' or 'file_content'.", "data_source.source.type")
+        raise _bad("data_source.source.type must be 'file_id', 'file_content' or 'stored_completions'.",
+                   "data_source.source.type")
+
+
+def _stored_source(items: dict[str, Any]) -> None:
+    """``EvalStoredCompletionsSource``: filters over the organization's stored chat completions (each optional)."""
+    param = "data_source.source"
+    check_metadata(items.get("metadata"), f"{param}.metadata")
+    if items.get("model") is not None and not isinstance(items["model"], str):
+        raise _bad(f"{param}.model must be a string.", f"{param}.model")
+    for key in ("created_after", "created_before", "limit"):
+        value = items.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < (key == "limit")):
+            raise _bad(f"{param}.{key} must be a" + (" positive" if key == "limit" else "") + " integer.",
+                       f"{param}.{key}")
 
 
 def _input_messages(messages: dict[str, Any]) -> None:

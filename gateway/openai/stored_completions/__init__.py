@@ -1,0 +1,1 @@
+"""Stored chat completions (``store: true``): list, retrieve, update, delete, messages, and distillation."""
