@@ -20,7 +20,7 @@ from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page, keyset_page
 from storage.ids import now
-from storage.leases import claim_oldest, fence
+from storage.leases import claim_oldest, fence, held_update, renew
 from storage.tables import Batch, BatchLine, UsageRecord
 from storage.usage import fit
 
@@ -76,10 +76,9 @@ class BatchStore:
         """validating | in_progress → cancelling (the worker that holds it, or the next to claim it, writes the
         partial output and ends it cancelled); cancelling again is a no-op; a finished batch is a 400."""
         with self.db.session() as s:
-            result = s.exec(update(Batch).where(  # type: ignore[call-overload]
-                Batch.id == batch_id, Batch.organization_id == org_id,
-                col(Batch.status).in_(("validating", "in_progress"))).values(status="cancelling", cancelling_at=now()))
-            changed = result.rowcount == 1
+            changed = held_update(s, Batch, batch_id, None, Batch.organization_id == org_id,
+                                  col(Batch.status).in_(("validating", "in_progress")),
+                                  status="cancelling", cancelling_at=now())
         row = self.get(org_id, batch_id)
         if not changed and row.status not in ("cancelling", "cancelled"):
             raise InvalidRequest(f"Batch {batch_id} is {row.status} and can no longer be cancelled.",
@@ -96,26 +95,20 @@ class BatchStore:
 
     def heartbeat(self, batch_id: str, lease: str, lease_s: float) -> str | None:
         """Extend the lease; the batch's status, or None when the lease is no longer held under ``lease``."""
+        if not renew(self.db, Batch, batch_id, lease, lease_s, col(Batch.status).in_(ACTIVE)):
+            return None
         with self.db.session() as s:
-            result = s.exec(update(Batch).where(  # type: ignore[call-overload]
-                Batch.id == batch_id, Batch.lease_owner == lease, col(Batch.status).in_(ACTIVE),
-            ).values(lease_expires_at=time.time() + lease_s))
-            if result.rowcount != 1:
-                return None
             return s.exec(select(Batch.status).where(Batch.id == batch_id)).first()
 
     def release(self, batch_id: str, lease: str) -> None:
         """Give the lease back without finishing (the worker stops): the next claim goes on at once."""
         with self.db.session() as s:
-            s.exec(update(Batch).where(Batch.id == batch_id, Batch.lease_owner == lease)  # type: ignore[call-overload]
-                   .values(lease_owner=None, lease_expires_at=None))
+            held_update(s, Batch, batch_id, lease, lease_owner=None, lease_expires_at=None)
 
     def advance(self, batch_id: str, lease: str, *, from_: tuple[str, ...], **values: Any) -> bool:
         """A fenced status change (or any column) while the batch is in one of ``from_``; False if it was not."""
         with self.db.session() as s:
-            result = s.exec(update(Batch).where(  # type: ignore[call-overload]
-                Batch.id == batch_id, Batch.lease_owner == lease, col(Batch.status).in_(from_)).values(**values))
-            return result.rowcount == 1
+            return held_update(s, Batch, batch_id, lease, col(Batch.status).in_(from_), **values)
 
     def commit(self, batch: Batch, lease: str, chunk: Chunk) -> str:
         """Store ``chunk`` (fenced: LeaseLost once another claim holds the batch) and add it to the counters; the
@@ -145,7 +138,7 @@ class BatchStore:
                     .order_by(col(BatchLine.line)).limit(page)).all()
             if not rows:
                 return
-            for line, result in rows:
+            for _, result in rows:
                 yield result
             last = rows[-1][0]
 

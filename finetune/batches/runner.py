@@ -44,10 +44,10 @@ from serving.pool import Target
 from serving.proxy import PATHS, Call
 from storage.accounts import Principal
 from storage.batches import BatchStore, Chunk
-from storage.blobs import LocalBlobStore
+from storage.blobs import BlobStore
 from storage.db import Database, Retrying
 from storage.engines import EngineAddress, EngineRegistry
-from storage.errors import InvalidRequest, NotFound, TunegateError
+from storage.errors import NotFound, TunegateError
 from storage.files import Files, NewFile
 from storage.ids import now
 from storage.leases import LeaseLost
@@ -65,7 +65,7 @@ RESOLVE_STATUS = {"model_not_found": (404, "invalid_request_error"), "engine_una
 class BatchWorker(LeasedWorker):
     kind = "batches"
 
-    def __init__(self, settings: Settings, db: Database, blobs: LocalBlobStore) -> None:
+    def __init__(self, settings: Settings, db: Database, blobs: BlobStore) -> None:
         super().__init__(settings)
         self.db, self.blobs, self.registry = db, blobs, EngineRegistry(db)
         self.store = BatchStore(db)  # claim and renew: errors must surface
@@ -123,6 +123,10 @@ class BatchRun:
         self.targets = EngineTargets(worker, batch, _Stop(self))  # type: ignore[arg-type]
         self.resolved: dict[str, tuple[EngineAddress, str, Target] | TunegateError | RunFailed] = {}
         self.clients: dict[str, httpx.AsyncClient] = {}
+        if self.endpoint == "responses":  # only these need the Responses translation
+            from finetune.batches.responses import ResponseLines
+
+            self.responses = ResponseLines(worker.db, batch, worker.settings.requests)
 
     # --- steps -------------------------------------------------------------------------------------------
     def execute(self) -> None:
@@ -279,7 +283,7 @@ class BatchRun:
     async def _one(self, request: Request, resolving: asyncio.Lock) -> Result:
         engine_id = uuid4().hex
         try:
-            checked = request_body.parse(self.endpoint, request.body, self.worker.settings.requests)  # type: ignore[arg-type]
+            asked, checked = await self.check(request.body)
             async with resolving:
                 address, engine_model, target = await self.target(checked.model)
         except TunegateError as exc:
@@ -291,23 +295,39 @@ class BatchRun:
             return lines.answered(request, self.batch.id, status, engine_id,
                                   lines.error_body(exc.message, type_, "model" if status == 404 else None, exc.code))
         upstream = checked.body(engine_model, engine=target.spec.engine, request_id=engine_id)
+        sent, answer = await self.send(address, PATHS[checked.endpoint], upstream)
+        prefix = "chatcmpl-" if checked.endpoint == "chat.completions" else "cmpl-"
+        if sent == 200:
+            Call(self.principal, checked.endpoint, target, prefix + engine_id, False).rewrite(answer)
+            usage = answer.get("usage")
+            if asked is not None:
+                answer = await self.responses.answer(asked, answer, request.line)
+            return lines.answered(request, self.batch.id, 200, engine_id, answer), checked.model, usage
+        message = str(answer["error"]["message"]).replace(engine_model, checked.model)
+        if sent in (400, 422):
+            status, body = 400, lines.error_body(message, "invalid_request_error", None, "invalid_request")
+        else:
+            status = 503 if sent in (None, 503) else 500
+            body = lines.error_body(f"The engine failed: {message}", "server_error", None, "engine_error")
+        return lines.answered(request, self.batch.id, status, engine_id, body)
+
+    async def check(self, body: dict[str, Any]) -> tuple[Any, request_body.EngineRequest]:
+        """The line's body through the allow-list (``/v1/responses``: translated onto chat first, as the API does;
+        with the checked Responses request)."""
+        if self.endpoint == "responses":
+            asked, chat = await self.responses.check(body)
+            return asked, request_body.parse("chat.completions", chat, self.worker.settings.requests)
+        return None, request_body.parse(self.endpoint, body, self.worker.settings.requests)  # type: ignore[arg-type]
+
+    async def send(self, address: EngineAddress, path: str, body: dict[str, Any]) -> tuple[int | None, dict]:
+        """The engine's answer; an engine that cannot be reached (restarting) or answers 503 is tried again."""
         http = await self.client(address)
         for attempt in range(ATTEMPTS):
-            status, answer = await post(http, PATHS[checked.endpoint], upstream)
+            status, answer = await post(http, path, body)
             if status not in (None, 503) or attempt + 1 == ATTEMPTS:
                 break
             await asyncio.sleep(1.0 + attempt)
-        prefix = "chatcmpl-" if checked.endpoint == "chat.completions" else "cmpl-"
-        if status == 200:
-            Call(self.principal, checked.endpoint, target, prefix + engine_id, False).rewrite(answer)
-            return lines.answered(request, self.batch.id, 200, engine_id, answer), checked.model, answer.get("usage")
-        message = str(answer["error"]["message"]).replace(engine_model, checked.model)
-        if status in (400, 422):
-            body = lines.error_body(message, "invalid_request_error", None, "invalid_request")
-        else:
-            status = 503 if status in (None, 503) else 500
-            body = lines.error_body(f"The engine failed: {message}", "server_error", None, "engine_error")
-        return lines.answered(request, self.batch.id, status, engine_id, body)
+        return status, answer
 
     async def target(self, model: str) -> tuple[EngineAddress, str, Target]:
         """The engine and engine-side name of ``model`` for the batch's organization (resolved once per model:

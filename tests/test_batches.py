@@ -1,0 +1,320 @@
+"""``/v1/batches`` through the official client, against one gateway with a real vLLM engine (tiny model) on
+Postgres and a standalone worker process: the objects validate against the spec, bad lines land in the error file
+while the rest succeed, organizations are isolated, cancel and the completion window end a batch with its partial
+output, and a 2 000-request batch survives kill -9 of its worker with every custom_id answered exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from storage.errors import NotFound
+from tests.finetune_support import TINY, wait_until
+from tests.serving_support import serving_env, wait_engines_ready
+from tests.support import LiveGateway, SpecRecorder, SpecValidator
+
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+FINAL = ("completed", "failed", "expired", "cancelled")
+# long answers (the model never stops before max_tokens): a batch of these is still running when the test acts
+LONG = {"max_tokens": 200, "ignore_eos": True}
+
+
+def chat_line(custom_id: str, content: str, **params: Any) -> dict[str, Any]:
+    body = {"model": TINY, "messages": [{"role": "user", "content": content}], "max_tokens": 8, "temperature": 0}
+    return {"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body | params}
+
+
+def jsonl(rows: list[Any]) -> bytes:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+
+
+def upload_batch_file(client: openai.OpenAI, rows: list[Any], purpose: str = "batch") -> str:
+    return client.files.create(file=("requests.jsonl", io.BytesIO(jsonl(rows))), purpose=purpose).id  # type: ignore[arg-type]
+
+
+def finished(client: openai.OpenAI, batch_id: str, timeout: float = 240) -> Any:
+    return wait_until(lambda: (b := client.batches.retrieve(batch_id)).status in FINAL and b, timeout,
+                      f"batch {batch_id} to finish")
+
+
+def read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+
+
+class WorkerProcess:
+    """The module's ``tunegate worker``: one at a time, killable."""
+
+    def __init__(self, gw: LiveGateway) -> None:
+        self.gw, self.proc, self.n = gw, None, 0
+
+    def start(self) -> subprocess.Popen[bytes]:
+        self.n += 1
+        self.proc = self.gw.spawn_worker(f"batch-worker-{self.n}")
+        return self.proc
+
+    def kill9(self) -> None:
+        assert self.proc is not None and self.proc.poll() is None, "the worker is not running"
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.wait(timeout=30) == -signal.SIGKILL
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    """Postgres, one engine, no embedded worker (the module's worker is a process of its own, to be killed)."""
+    from tests.conftest import _fresh_postgres_database
+
+    url, drop = _fresh_postgres_database()
+    gateway = LiveGateway(tmp_path_factory.mktemp("batches"), url, **serving_env(
+        tiny_model, TUNEGATE_WORKER__EMBEDDED="false", TUNEGATE_BATCHES__CHUNK_LINES="32",
+        TUNEGATE_BATCHES__COMPLETION_WINDOWS=json.dumps({"24h": 86400, "3s": 3})))
+    gateway.start()
+    try:
+        wait_engines_ready(gateway)
+        yield gateway
+    finally:
+        gateway.stop()
+        drop()
+
+
+@pytest.fixture(scope="module")
+def worker(gw: LiveGateway) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(gw)
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def org(gw: LiveGateway) -> tuple[str, str]:
+    org_id, _, key = gw.new_org_key("batcher")
+    return org_id, key
+
+
+@pytest.fixture
+def client(gw: LiveGateway, org: tuple[str, str], recorder: SpecRecorder) -> openai.OpenAI:
+    return gw.client(org[1], recorder)
+
+
+def test_a_chat_batch_answers_good_lines_and_reports_bad_ones(gw: LiveGateway, worker: WorkerProcess,
+                                                             spec: SpecValidator, recorder: SpecRecorder) -> None:
+    org_id, _, key = gw.new_org_key("lines")
+    client = gw.client(key, recorder)
+    good = [chat_line(f"good-{i}", f"Say something about number {i}.") for i in range(6)]
+    rows: list[Any] = [
+        *good[:3],
+        "this is not json",
+        {"method": "POST", "url": CHAT, "body": good[0]["body"]},  # no custom_id
+        chat_line("wrong-url", "hi") | {"url": COMPLETIONS},
+        chat_line("good-1", "the same custom_id again"),
+        chat_line("unknown-param", "hi", lora_request={"x": 1}),  # refused by the allow-list: a 400 in its line
+        chat_line("no-such-model", "hi", model="ft:tiny-chat:someone-else:x:12345678"),
+        *good[3:],
+    ]
+    file_id = upload_batch_file(client, rows)
+    batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h",
+                                  metadata={"run": "nightly"})
+    assert batch.status == "validating" and batch.metadata == {"run": "nightly"}
+    assert batch.request_counts.total == 0 and batch.expires_at >= batch.created_at + 86400 - 1
+    done = finished(client, batch.id)
+    assert done.status == "completed", done.errors
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (12, 6, 6)
+    assert done.in_progress_at and done.finalizing_at and done.completed_at and done.model == TINY
+    assert done.created_at <= done.in_progress_at <= done.finalizing_at <= done.completed_at
+
+    output = read_lines(client, done.output_file_id)
+    assert [o["custom_id"] for o in output] == [f"good-{i}" for i in range(6)]  # input order
+    for o in output:
+        assert o["error"] is None and o["id"].startswith("batch_req_") and o["response"]["status_code"] == 200
+        body = o["response"]["body"]
+        assert body["model"] == TINY and body["choices"][0]["message"]["content"]
+        assert not spec.errors("CreateChatCompletionResponse", body), spec.errors("CreateChatCompletionResponse", body)
+
+    error_lines = read_lines(client, done.error_file_id)
+    assert len(error_lines) == 6
+    nameless = [e["error"]["code"] for e in error_lines if e["custom_id"] is None]
+    assert nameless == ["invalid_json", "missing_custom_id"]
+    errors = {e["custom_id"]: e for e in error_lines if e["custom_id"] is not None}
+    assert errors["wrong-url"]["error"]["code"] == "mismatched_url" and errors["wrong-url"]["response"] is None
+    assert errors["good-1"]["error"]["code"] == "duplicate_custom_id"
+    refused = errors["unknown-param"]["response"]
+    assert refused["status_code"] == 400 and refused["body"]["error"]["param"] == "lora_request"
+    assert not spec.errors("ErrorResponse", refused["body"])
+    assert errors["no-such-model"]["response"]["status_code"] == 404
+    files = {f.id: f for f in client.files.list(purpose="batch_output")}
+    assert {done.output_file_id, done.error_file_id} <= set(files)
+
+    with gw.admin() as admin:  # usage is counted for the organization (and the key that created the batch)
+        totals = admin.get("/admin/usage", params={"organization_id": org_id}).raise_for_status().json()["data"]
+    assert sum(t["requests"] for t in totals) == 6
+    assert sum(t["prompt_tokens"] for t in totals) == done.usage.input_tokens > 0
+    assert sum(t["completion_tokens"] for t in totals) == done.usage.output_tokens > 0
+
+
+def test_a_completions_batch(gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI,
+                             spec: SpecValidator) -> None:
+    rows = [{"custom_id": f"c{i}", "method": "POST", "url": COMPLETIONS,
+             "body": {"model": TINY, "prompt": f"Once upon a time {i}", "max_tokens": 5}} for i in range(3)]
+    done = finished(client, client.batches.create(input_file_id=upload_batch_file(client, rows), endpoint=COMPLETIONS,
+                                                  completion_window="24h").id)
+    assert done.status == "completed" and done.request_counts.completed == 3 and done.error_file_id is None
+    for o in read_lines(client, done.output_file_id):
+        assert o["response"]["body"]["object"] == "text_completion"
+        assert not spec.errors("CreateCompletionResponse", o["response"]["body"])
+
+
+def test_create_checks_its_fields_and_list_pages(gw: LiveGateway, worker: WorkerProcess, org: tuple[str, str],
+                                                client: openai.OpenAI) -> None:
+    file_id = upload_batch_file(client, [chat_line("x", "hi")])
+    for kwargs, param in [({"endpoint": "/v1/embeddings"}, "endpoint"), ({"completion_window": "1h"},
+                          "completion_window"), ({"metadata": {"k": "v" * 600}}, "metadata.k")]:
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.batches.create(**({"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h"} | kwargs))
+        assert bad.value.body["param"] == param, bad.value.body
+    tuning = upload_batch_file(client, [{"messages": [{"role": "user", "content": "q"},
+                                                      {"role": "assistant", "content": "a"}]}] * 10, "fine-tune")
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.batches.create(input_file_id=tuning, endpoint=CHAT, completion_window="24h")
+    assert bad.value.body["code"] == "invalid_file_purpose"
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(input_file_id="file-nope", endpoint=CHAT, completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        client.batches.retrieve("batch_nope")
+
+    made = [client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h").id for _ in range(3)]
+    first = client.batches.list(limit=2)
+    assert [b.id for b in first.data] == made[::-1][:2] and first.has_more
+    second = client.batches.list(limit=2, after=first.data[-1].id)
+    assert second.data[0].id == made[0]
+    listed = [b.id for b in client.batches.list(limit=1)]  # the client pages through all of them
+    assert listed[:3] == made[::-1] and len(listed) == len(set(listed))
+    for batch_id in made:
+        assert finished(client, batch_id).status == "completed"
+    with pytest.raises(openai.BadRequestError):  # a finished batch cannot be cancelled
+        client.batches.cancel(made[0])
+
+
+def test_another_organization_sees_nothing(gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI,
+                                           recorder: SpecRecorder) -> None:
+    mine = finished(client, client.batches.create(input_file_id=upload_batch_file(client, [chat_line("a", "hi")]),
+                                                  endpoint=CHAT, completion_window="24h").id)
+    other = gw.client(gw.new_org_key("other")[2], recorder)
+    for call in (lambda: other.batches.retrieve(mine.id), lambda: other.batches.cancel(mine.id),
+                 lambda: other.files.content(mine.output_file_id),
+                 lambda: other.batches.create(input_file_id=mine.input_file_id, endpoint=CHAT,
+                                              completion_window="24h")):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert other.batches.list().data == []
+    with pytest.raises(openai.NotFoundError):
+        other.batches.list(after=mine.id)
+
+
+def test_cancel_ends_with_the_partial_output(gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI) -> None:
+    rows = [chat_line(f"r{i}", f"Tell a long story {i}.", **(LONG | {"max_tokens": 48})) for i in range(400)]
+    batch = client.batches.create(input_file_id=upload_batch_file(client, rows), endpoint=CHAT,
+                                  completion_window="24h")
+    wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed > 0, 120, "some answers")
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at
+    done = finished(client, batch.id, 60)
+    assert done.status == "cancelled" and done.cancelled_at and done.completed_at is None
+    output = read_lines(client, done.output_file_id)
+    ids = [o["custom_id"] for o in output]
+    assert 0 < len(ids) == done.request_counts.completed < 400 and len(set(ids)) == len(ids)
+    assert client.batches.cancel(batch.id).status == "cancelled"  # again: no change, no error
+
+
+def test_the_completion_window_expires_a_batch_with_its_partial_output(gw: LiveGateway, worker: WorkerProcess,
+                                                                       client: openai.OpenAI) -> None:
+    rows = [chat_line(f"r{i}", f"Tell a long story {i}.", **LONG) for i in range(300)]
+    batch = client.batches.create(input_file_id=upload_batch_file(client, rows), endpoint=CHAT,
+                                  completion_window="3s")  # a window allowed by this gateway's settings
+    done = finished(client, batch.id, 60)
+    assert done.status == "expired" and done.expired_at and done.expired_at >= batch.expires_at
+    answered = [o["custom_id"] for o in read_lines(client, done.output_file_id)]
+    expired = [e["custom_id"] for e in read_lines(client, done.error_file_id) if e["error"]["code"] == "batch_expired"]
+    assert len(expired) > 0 and sorted(answered + expired) == sorted(r["custom_id"] for r in rows)
+    assert done.request_counts.completed == len(answered) and done.request_counts.failed == len(expired)
+
+
+@pytest.mark.slow
+def test_2000_requests_survive_kill_9_of_the_worker_each_answered_once(gw: LiveGateway, worker: WorkerProcess,
+                                                                      client: openai.OpenAI) -> None:
+    n = 2000
+    rows = [chat_line(f"req-{i:04d}", f"Question {i}: what comes after {i}?") for i in range(n)]
+    batch = client.batches.create(input_file_id=upload_batch_file(client, rows), endpoint=CHAT,
+                                  completion_window="24h")
+    wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 300, 180, "300 answers")
+    worker.kill9()  # mid-batch: committed chunks stay, the lines in flight are lost with it
+    at_kill = client.batches.retrieve(batch.id)
+    assert at_kill.status == "in_progress" and at_kill.request_counts.completed < n
+    worker.start()  # takes the batch over once the dead worker's lease (4 s) lapses
+    done = finished(client, batch.id, 300)
+    assert done.status == "completed", done.errors
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (n, n, 0)
+    output = read_lines(client, done.output_file_id)
+    ids = [o["custom_id"] for o in output]
+    assert len(ids) == n and sorted(ids) == [r["custom_id"] for r in rows], "a custom_id lost or answered twice"
+    assert all(o["response"]["status_code"] == 200 and o["response"]["body"]["choices"] for o in output)
+    assert done.error_file_id is None
+
+
+# --- the store alone (no gateway): SQLite and Postgres -------------------------------------------------------------
+def test_the_store_fences_commits_and_keeps_each_line_once(database_url: str) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from storage import migrate
+    from storage.accounts import Accounts
+    from storage.batches import BatchStore, Chunk
+    from storage.db import Database
+    from storage.leases import LeaseLost
+    from storage.tables import Batch, BatchLine
+
+    db = Database(database_url)
+    try:
+        migrate.upgrade(db)
+        org, other = Accounts(db).create_org("a").id, Accounts(db).create_org("b").id
+        store = BatchStore(db)
+        store.add(Batch(id="batch_1", organization_id=org, api_key_id="k", endpoint=CHAT, input_file_id="file-1",
+                        completion_window="24h", created_at=1, expires_at=2))
+        first = store.claim("w1/a", lease_s=0.5)
+        assert first is not None and first.id == "batch_1" and store.claim("w2/b", 30) is None  # held
+        assert store.commit(first, "w1/a", Chunk([BatchLine(batch_id="batch_1", line=1, ok=True, result="{}")],
+                                                 completed=1)) == "validating"
+        time.sleep(0.6)  # the first claim's lease lapses: another worker takes the batch over
+        second = store.claim("w2/b", 30)
+        assert second is not None and store.heartbeat("batch_1", "w1/a", 30) is None
+        with pytest.raises(LeaseLost):  # the first worker's late chunk is refused
+            store.commit(first, "w1/a", Chunk([BatchLine(batch_id="batch_1", line=2, ok=True, result="{}")]))
+        with pytest.raises(IntegrityError):  # and a line is stored once, whoever commits it
+            store.commit(second, "w2/b", Chunk([BatchLine(batch_id="batch_1", line=1, ok=True, result="{}")]))
+        assert store.done_lines("batch_1") == {1} and store.get(org, "batch_1").completed == 1
+        assert store.cancel(org, "batch_1").status == "cancelling" and store.heartbeat("batch_1", "w2/b", 30) == \
+            "cancelling"
+        with pytest.raises(NotFound):
+            store.get(other, "batch_1")
+        with pytest.raises(NotFound):
+            store.cancel(other, "batch_1")
+        assert store.list(other, limit=10, after=None).items == []
+    finally:
+        db.dispose()
