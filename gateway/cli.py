@@ -111,7 +111,7 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     workers = start_workers(settings, _services(settings))
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    print(f"tunegate worker {workers.workers[0].id} waiting for jobs, eval runs and exports", file=sys.stderr,
+    print(f"tunegate worker {workers.workers[0].id} waiting for jobs, eval runs, exports and batches", file=sys.stderr,
           flush=True)
     try:
         while not stopped.wait(1.0):
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="gateway processes behind the one port (engines must be external: engine_urls)")
-    add(["worker"], cmd_worker, "run a worker (claims queued fine-tuning jobs, eval runs and exports)")
+    add(["worker"], cmd_worker, "run a worker (claims queued fine-tuning jobs, eval runs, exports and batches)")
     export = add(["export"], cmd_export, "export a model (GGUF + Modelfile, GGUF adapter, merged safetensors) "
                                          "through a running gateway and download the files")
     export.add_argument("model", help="a base model or a fine-tuned model id (ft:…)")
