@@ -6,7 +6,7 @@ Each gateway takes budget from Redis in blocks and spends it without a round tri
 1. A request is admitted locally when this gateway already holds enough of every bucket it costs (its ``reserve``)
    and a free member of every slot set it needs. Nothing is awaited.
 2. Otherwise it goes to Redis as before (one Lua script), and the same script grants this gateway a block of each
-   bucket (``BLOCK_FRACTION`` of the limit) and of each slot set — only while at least two blocks are left, so the
+   bucket (``BLOCK_FRACTION`` of the limit) and of each slot set (the same, at most ``MAX_SLOT_BLOCK``) — only while at least two blocks are left, so the
    last of a budget is never parked in one gateway. A request that cannot be admitted locally is therefore exact.
 3. Settlement is local: a token correction moves the reserve (a give-back grows it; usage above the estimate is
    a debt it owes), a stream slot goes back to the local free list. No round trip after the answer either.
@@ -35,6 +35,7 @@ from gateway.ratelimit.counters import Bucket, RedisCounters, Slot, Verdict, ref
 log = logging.getLogger("tunegate.ratelimit")
 
 BLOCK_FRACTION = 0.05  # a block is 1/20 of a limit: 20 gateways can hold one each and still leave room
+MAX_SLOT_BLOCK = 8  # slot members are Redis set entries: a handful per grant covers a gateway's burst of streams
 FLUSH_S = 1.0
 IDLE_S = 1.0
 MEMBER_TTL_S = 30.0
@@ -43,6 +44,10 @@ KEEP_ALIVE_S = MEMBER_TTL_S / 3  # how often held slot members have their lease 
 
 def block_of(capacity: int) -> int:
     return math.floor(capacity * BLOCK_FRACTION)
+
+
+def slot_block_of(limit: int) -> int:
+    return min(block_of(limit), MAX_SLOT_BLOCK)
 
 
 @dataclass
@@ -93,7 +98,7 @@ class ReservedCounters:
         spent = self._spend_held(buckets)  # what is held counts first: Redis is asked only for the rest
         remote = [Bucket(b.key, b.capacity, b.cost - use) for b, use in zip(buckets, spent, strict=True)]
         blocks = [block_of(b.capacity) if b.cost > 0 else 0 for b in buckets]
-        wanted = [block_of(s.limit) for s in slots]
+        wanted = [slot_block_of(s.limit) for s in slots]
         try:
             verdict, grant = await self.redis.admit_reserving(remote, slots, member, blocks, wanted,
                                                               uuid.uuid4().hex, MEMBER_TTL_S)
@@ -180,7 +185,7 @@ class ReservedCounters:
         slots: list[tuple[str, list[str], list[str]]] = []
         for key, p in list(self.pools.items()):
             idle = everything or now - p.used_at >= IDLE_S
-            keep = 0 if idle else 2 * block_of(p.limit)
+            keep = 0 if idle else 2 * slot_block_of(p.limit)
             removed, p.free = p.free[keep:], p.free[:keep]
             kept = [*p.free, *p.busy.values()] if keep_alive else []
             if removed or kept:
