@@ -238,7 +238,9 @@ class BatchRun:
             for result in self.worker.store.results(batch.id, ok=False):
                 errors.write(result.encode() + b"\n")
             if expire_rest:
-                extra_failed = self.write_expired(errors)
+                extra_failed, done = self.write_expired(errors)
+                if self.status == "validating":  # expired before it was counted
+                    end["total"] = done + extra_failed
             ids: dict[str, str] = {}
             try:
                 for staged, kind in ((output, "output"), (errors, "error")):
@@ -257,8 +259,9 @@ class BatchRun:
                 raise
         log.info("batch %s %s", batch.id, end["status"])
 
-    def write_expired(self, errors: Any) -> int:
-        """A ``batch_expired`` error line for each request that was never answered; how many."""
+    def write_expired(self, errors: Any) -> tuple[int, int]:
+        """A ``batch_expired`` error line for each request that was never answered; how many, and how many lines
+        have a result."""
         done, count = self.worker.durable.done_lines(self.batch.id), 0
         for number, raw in self.input_lines():
             parsed = lines.parse(number, raw, self.batch.endpoint)
@@ -268,7 +271,7 @@ class BatchRun:
                               "This request could not be executed before the completion window expired.")
             errors.write(lines.unanswered(problem, self.batch.id).result.encode() + b"\n")
             count += 1
-        return count
+        return count, len(done)
 
     # --- one request -------------------------------------------------------------------------------------
     async def one(self, request: Request, resolving: asyncio.Lock) -> Result:
