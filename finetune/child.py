@@ -22,7 +22,7 @@ import time
 import traceback
 from pathlib import Path
 
-from finetune import hyperparams
+from finetune import hyperparams, reinforcement
 from finetune.device import model_footprint, native_bf16
 from finetune.evals import job_end
 from finetune.process import exit_with_parent
@@ -56,6 +56,9 @@ class JobReporter:
         parts = [f"training loss={data['train_loss']:.4f}"] if "train_loss" in data else []
         if "valid_loss" in data:
             parts.append(f"validation loss={data['valid_loss']:.4f}")
+        for key, label in (("train_reward_mean", "train reward"), ("valid_reward_mean", "validation reward")):
+            if key in data:  # reinforcement jobs
+                parts.append(f"{label}={data[key]:.4f}")
         self.ctx.jobs.add_event(self.ctx.job.id, f"Step {step}/{total_steps}: {', '.join(parts)}", type="metrics",
                                 data={"step": step, "total_steps": total_steps, **data}, step=step,
                                 lease=self.ctx.worker)
@@ -136,7 +139,8 @@ def run(ctx: Context) -> None:
     base_path = local_dir(job.model, spec_model, ctx.settings)
     hp = hyperparams.resolve(hyperparams.Hyperparameters.model_validate(job.hyperparameters),
                              n_examples=training.n_examples or 0, method=job.method, device=device,
-                             bf16_ok=native_bf16(device), footprint=model_footprint(device, base_path))
+                             bf16_ok=native_bf16(device), footprint=model_footprint(device, base_path),
+                             reasoning=spec_model.reasoning)
     jobs.advance(job.id, ctx.worker, ("running",), resolved=hp.model_dump(mode="json"))
     resume_from, resumed_step = resume_point(ctx.work_dir.parent)
     jobs.forget_steps_after(job.id, resumed_step, lease=ctx.worker)
@@ -150,6 +154,8 @@ def run(ctx: Context) -> None:
         valid_file=ctx.blobs.local_path(validation.normalized_blob_key) if validation else None,
         work_dir=ctx.work_dir, device=device, resume_from=resume_from, log_every=ctx.settings.worker.log_every_steps,
         cpu_threads=ctx.settings.worker.cpu_threads,
+        grader=(job.method_config or {}).get("grader"), owner=job.organization_id, reasoning=spec_model.reasoning,
+        judge=reinforcement.judge(ctx.settings, ctx.db, job.organization_id, job.id),
     )
     outcome = train(spec, JobReporter(ctx))
     if outcome.stopped == "pause":

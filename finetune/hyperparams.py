@@ -17,7 +17,13 @@ from storage.errors import InvalidRequest
 
 Auto = Literal["auto"]
 BASE_LEARNING_RATE = 1e-4  # learning_rate_multiplier=1.0; LLaMA-Factory's LoRA examples use 1e-4
-Method = Literal["supervised", "dpo"]
+Method = Literal["supervised", "dpo", "reinforcement"]
+ReasoningEffort = Literal["default", "low", "medium", "high"]
+RFT_ONLY = ("compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort", "max_completion_length")
+BASE_GENERATIONS = 8  # completions per prompt at compute_multiplier 1.0 (TRL's GRPO default)
+# reasoning_effort → tokens a completion may take (max_completion_length): reasoning models think first
+COMPLETION_BUDGET = {False: {"low": 128, "default": 256, "medium": 256, "high": 512},
+                     True: {"low": 1024, "default": 2048, "medium": 2048, "high": 4096}}
 
 
 class Hyperparameters(BaseModel):
@@ -28,7 +34,18 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = Field(
         "auto", description=f"× {BASE_LEARNING_RATE} (ignored when learning_rate is set)"
     )
-    beta: Auto | Annotated[float, Field(gt=0, le=2)] = Field("auto", description="DPO only: pref_beta")
+    beta: Auto | Annotated[float, Field(ge=0, le=2)] = Field(
+        "auto", description="DPO: pref_beta; reinforcement: the KL coefficient to the LoRA-disabled model")
+    compute_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = Field(
+        "auto", description=f"reinforcement: × {BASE_GENERATIONS} sampled completions per prompt (num_generations)")
+    eval_interval: Auto | Annotated[int, Field(ge=1)] = Field(
+        "auto", description="reinforcement: training steps between evaluations (and checkpoints)")
+    eval_samples: Auto | Annotated[int, Field(ge=1)] = Field(
+        "auto", description="reinforcement: validation prompts graded at each evaluation")
+    reasoning_effort: ReasoningEffort = Field(
+        "default", description="reinforcement: the completion token budget (max_completion_length)")
+    max_completion_length: Annotated[int, Field(ge=1, le=32768)] | None = Field(
+        None, description="reinforcement: tokens per sampled completion (overrides reasoning_effort's budget)")
     learning_rate: Annotated[float, Field(gt=0, le=1)] | None = Field(None, description="learning_rate (absolute)")
     lora_rank: Annotated[int, Field(ge=1, le=256)] = Field(8, description="lora_rank")
     lora_alpha: Annotated[int, Field(ge=1, le=1024)] | None = Field(None, description="lora_alpha (default 2 × rank)")
@@ -83,6 +100,13 @@ class Resolved(BaseModel):
     precision: Literal["bf16", "fp16", "fp32"]
     gradient_checkpointing: bool
     quantization_bit: Literal[4, 8] | None
+    # reinforcement only (None otherwise)
+    compute_multiplier: float | None = None
+    num_generations: int | None = None
+    eval_interval: int | None = None
+    eval_samples: int | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    max_completion_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -123,16 +147,25 @@ def parse(raw: dict | None, method: Method, param: str) -> Hyperparameters:
         field = str(first["loc"][0]) if first["loc"] else ""  # a union adds its branch after the field name
         where = f"{param}.{field}" if field else param
         raise InvalidRequest(f"Invalid hyperparameter {where}: {first['msg']}.", param=where, code="invalid_hyperparameter") from None
-    if method != "dpo" and hp.beta != "auto":
-        raise InvalidRequest("beta is a DPO hyperparameter.", param=f"{param}.beta", code="invalid_hyperparameter")
-    if method == "dpo" and hp.packing:
-        raise InvalidRequest("packing is not supported with DPO.", param=f"{param}.packing", code="invalid_hyperparameter")
+    if method == "supervised" and hp.beta != "auto":
+        raise InvalidRequest("beta is a DPO or reinforcement hyperparameter.", param=f"{param}.beta",
+                             code="invalid_hyperparameter")
+    if method == "dpo" and hp.beta == 0:
+        raise InvalidRequest("DPO needs beta > 0.", param=f"{param}.beta", code="invalid_hyperparameter")
+    if method != "supervised" and hp.packing:
+        raise InvalidRequest(f"packing is not supported with {method}.", param=f"{param}.packing",
+                             code="invalid_hyperparameter")
+    if method != "reinforcement":
+        given = next((f for f in RFT_ONLY if f in hp.model_fields_set), None)
+        if given:
+            raise InvalidRequest(f"{given} is a reinforcement hyperparameter.", param=f"{param}.{given}",
+                                 code="invalid_hyperparameter")
     return hp
 
 
 def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Literal["cuda", "cpu"],
             bf16_ok: bool | None = None, footprint: Footprint | None = None,
-            param: str = "hyperparameters") -> Resolved:
+            param: str = "hyperparameters", reasoning: bool = False) -> Resolved:
     """Fill in every ``"auto"`` from the data size and device; refuse what the device cannot do."""
     if hp.quantization_bit and device != "cuda":
         raise InvalidRequest(
@@ -153,18 +186,36 @@ def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Lit
     checkpointing = hp.gradient_checkpointing
     if checkpointing == "auto":
         checkpointing = auto_checkpointing(footprint, batch_size * hp.cutoff_len, precision)
+    n_epochs = auto_epochs(n_examples) if hp.n_epochs == "auto" else hp.n_epochs
+    rl = _reinforcement(hp, n_epochs * math.ceil(n_examples / batch_size), reasoning) if method == "reinforcement" else {}
     return Resolved(
-        n_epochs=auto_epochs(n_examples) if hp.n_epochs == "auto" else hp.n_epochs,
+        n_epochs=n_epochs,
         batch_size=batch_size,
         learning_rate_multiplier=multiplier,
         learning_rate=hp.learning_rate or BASE_LEARNING_RATE * multiplier,
-        beta=(0.1 if hp.beta == "auto" else hp.beta) if method == "dpo" else None,
+        beta=(DEFAULT_BETA[method] if hp.beta == "auto" else hp.beta) if method in DEFAULT_BETA else None,
         lora_rank=hp.lora_rank, lora_alpha=hp.lora_alpha or 2 * hp.lora_rank, lora_dropout=hp.lora_dropout,
         lora_target=hp.lora_target, loraplus_lr_ratio=hp.loraplus_lr_ratio, cutoff_len=hp.cutoff_len,
         gradient_accumulation_steps=hp.gradient_accumulation_steps, max_grad_norm=hp.max_grad_norm,
         lr_scheduler_type=hp.lr_scheduler_type, warmup_ratio=hp.warmup_ratio, packing=hp.packing,
         group_by_length=hp.group_by_length and not hp.packing,
-        precision=precision, gradient_checkpointing=checkpointing, quantization_bit=hp.quantization_bit,
+        precision=precision, gradient_checkpointing=checkpointing, quantization_bit=hp.quantization_bit, **rl,
+    )
+
+
+DEFAULT_BETA = {"dpo": 0.1, "reinforcement": 0.04}  # reinforcement: DeepSeekMath's GRPO KL coefficient
+
+
+def _reinforcement(hp: Hyperparameters, total_steps: int, reasoning: bool) -> dict[str, object]:
+    """GRPO's knobs from OpenAI's: completions per prompt, evaluation cadence, the completion budget."""
+    multiplier = 1.0 if hp.compute_multiplier == "auto" else float(hp.compute_multiplier)
+    return dict(
+        compute_multiplier=multiplier,
+        num_generations=max(2, min(64, round(BASE_GENERATIONS * multiplier))),  # GRPO needs ≥ 2 to compare
+        eval_interval=max(1, total_steps // 10) if hp.eval_interval == "auto" else hp.eval_interval,
+        eval_samples=32 if hp.eval_samples == "auto" else hp.eval_samples,
+        reasoning_effort=hp.reasoning_effort,
+        max_completion_length=hp.max_completion_length or COMPLETION_BUDGET[reasoning][hp.reasoning_effort],
     )
 
 

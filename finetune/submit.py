@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from finetune import hyperparams
+from finetune import hyperparams, reinforcement
 from finetune.device import training_device
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Files
@@ -61,10 +62,16 @@ def parse_request(body: Any) -> JobRequest:
         raise InvalidRequest(f"Invalid {where}: {first['msg']}.", param=where, code=code) from None
 
 
-def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, body: Any) -> FineTuningJob:
+def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, body: Any,
+               model_exists: Callable[[str], None] | None = None) -> FineTuningJob:
+    """``model_exists`` raises NotFound for a model the organization cannot use (a reinforcement grader's judge)."""
     request = parse_request(body)
     method, raw_hp = _method(request)
     hp = hyperparams.parse(raw_hp, method, param=f"method.{method}.hyperparameters")
+    method_config = None
+    if method == "reinforcement":  # grader and response_format (finetune/reinforcement.py)
+        method_config = reinforcement.check(request.method.reinforcement or {},  # type: ignore[union-attr]
+                                            model_exists or (lambda _: None), settings.requests)
     _check_model(settings, request.model)
     training = _check_file(files, org_id, request.training_file, "training_file")
     if request.validation_file:
@@ -76,13 +83,14 @@ def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, bo
     # resolved now (the file's size is known), so bad device combinations are a 400 and the job shows real values
     where = f"method.{method}.hyperparameters"
     resolved = hyperparams.resolve(hp, n_examples=max(1, training.n_examples or 0), method=method,
-                                   device=training_device(settings.worker.device), param=where)
+                                   device=training_device(settings.worker.device), param=where,
+                                   reasoning=_reasoning(settings, request.model))
     job = FineTuningJob(
         id=new_id("ftjob-"), organization_id=org_id, model=request.model, training_file=training.id,
         validation_file=request.validation_file, method=method, hyperparameters=hp.model_dump(mode="json"),
         resolved=resolved.model_dump(mode="json"),
         suffix=request.suffix, seed=request.seed if request.seed is not None else random.randint(0, 2**31 - 1),
-        metadata_=request.metadata, created_at=now(),
+        metadata_=request.metadata, created_at=now(), method_config=method_config,
     )
     return jobs.insert(job, f"Created fine-tuning job: {job.id}")
 
@@ -91,20 +99,25 @@ def _method(request: JobRequest) -> tuple[hyperparams.Method, dict[str, Any] | N
     if request.method is None:
         return "supervised", request.hyperparameters
     kind = request.method.type
-    if kind == "reinforcement":
-        raise InvalidRequest("Reinforcement fine-tuning is not supported; use supervised or dpo.",
+    if kind not in ("supervised", "dpo", "reinforcement"):
+        raise InvalidRequest(f"Unknown method type {kind!r}: expected supervised, dpo or reinforcement.",
                              param="method.type", code="invalid_value")
-    if kind not in ("supervised", "dpo"):
-        raise InvalidRequest(f"Unknown method type {kind!r}: expected supervised or dpo.", param="method.type",
-                             code="invalid_value")
     section = getattr(request.method, kind) or {}
-    if not isinstance(section, dict) or set(section) - {"hyperparameters"}:
-        raise InvalidRequest(f"method.{kind} takes only 'hyperparameters'.", param=f"method.{kind}", code="invalid_value")
+    keys = reinforcement.KEYS if kind == "reinforcement" else ("hyperparameters",)
+    if not isinstance(section, dict) or set(section) - set(keys):
+        unknown = sorted(set(section) - set(keys)) if isinstance(section, dict) else []
+        raise InvalidRequest(f"method.{kind} takes only {', '.join(map(repr, keys))}.",
+                             param=f"method.{kind}.{unknown[0]}" if unknown else f"method.{kind}", code="invalid_value")
     raw = section.get("hyperparameters")
     if request.hyperparameters and raw:
         raise InvalidRequest("Give hyperparameters in method only, not also at the top level.",
                              param="hyperparameters", code="invalid_value")
     return kind, raw if raw is not None else request.hyperparameters  # type: ignore[return-value]
+
+
+def _reasoning(settings: Settings, model: str) -> bool:
+    spec = settings.base_models.get(model)  # the worker re-resolves with the base an alias names
+    return bool(spec and spec.reasoning)
 
 
 def _check_model(settings: Settings, model: str) -> None:

@@ -11,7 +11,7 @@ from storage.files import Files
 from storage.tables import FineTuningJob, StoredFile
 
 MIN_EXAMPLES = 10
-KIND_OF_METHOD = {"supervised": "supervised", "dpo": "preference"}
+KIND_OF_METHOD = {"supervised": "supervised", "dpo": "preference", "reinforcement": "reinforcement"}
 
 
 def validate(job: FineTuningJob, files: Files) -> None:

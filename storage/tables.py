@@ -103,7 +103,9 @@ class FineTuningJob(SQLModel, table=True):
     model: str = Field(max_length=256)
     training_file: str = Field(max_length=64)
     validation_file: str | None = Field(default=None, max_length=64)
-    method: str = Field(default="supervised", max_length=32, description="supervised | dpo")
+    method: str = Field(default="supervised", max_length=32, description="supervised | dpo | reinforcement")
+    method_config: dict | None = Field(default=None, sa_type=JSON,
+                                       description="reinforcement: grader and response_format, as checked.")
     hyperparameters: dict = Field(default_factory=dict, sa_type=JSON, description="As requested (validated).")
     resolved: dict | None = Field(default=None, sa_type=JSON, description="Concrete values, once resolved.")
     suffix: str | None = Field(default=None, max_length=64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,17 @@ def gateway_env(tiny_model: str, **extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+def worker(gw: LiveGateway, name: str, **env: str) -> subprocess.Popen[bytes]:
+    """A standalone ``tunegate worker`` with ``env`` added (e.g. fault injection), the gateway's own env kept."""
+    saved = dict(gw.extra_env)
+    gw.extra_env.update(env)
+    try:
+        return gw.spawn_worker(name)
+    finally:
+        gw.extra_env.clear()
+        gw.extra_env.update(saved)
 
 
 def wait_for(client: openai.OpenAI, job_id: str, statuses: tuple[str, ...], timeout: float = 300) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.finetune_support import (
     upload,
     wait_for,
     wait_until,
+    worker,
 )
 from tests.pg_support import private_cluster
 from tests.support import LiveGateway
@@ -92,16 +92,6 @@ def client(gw: LiveGateway) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def small_file(client: openai.OpenAI) -> str:
     return upload(client, chat_jsonl(qa_pairs(20)))
-
-
-def worker(gw: LiveGateway, name: str, **env: str) -> subprocess.Popen[bytes]:
-    saved = dict(gw.extra_env)
-    gw.extra_env.update(env)
-    try:
-        return gw.spawn_worker(name)
-    finally:
-        gw.extra_env.clear()
-        gw.extra_env.update(saved)
 
 
 @pytest.mark.slow

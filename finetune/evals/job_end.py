@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 EVAL_SAMPLES = 200  # validation examples scored by generation at the end of a job
 CSV_HEADER = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+RFT_CSV_HEADER = ("step", "train_loss", "train_reward_mean", "valid_reward_mean", "train_completion_tokens_mean")
 
 
 def evaluate(ctx: JobContext, adapter_key: str) -> None:
@@ -59,9 +60,13 @@ def results_file(ctx: JobContext) -> StoredFile:
     """The results CSV's blobs and row; the row is inserted with the job's end (``JobStore.succeed``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
+    rft = ctx.job.method == "reinforcement"
+    writer.writerow(RFT_CSV_HEADER if rft else CSV_HEADER)
     for event in ctx.jobs.metrics(ctx.job.id):
         d = event.data or {}
+        if rft:  # the metrics event's keys, named as the header
+            writer.writerow([d.get(k, "") for k in RFT_CSV_HEADER])
+            continue
         writer.writerow([d.get("step"), d.get("train_loss", ""), d.get("train_mean_token_accuracy", ""),
                          d.get("valid_loss", ""), d.get("valid_mean_token_accuracy", "")])
     with ctx.blobs.stage() as staged:

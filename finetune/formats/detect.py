@@ -15,7 +15,7 @@ Convert = Callable[[dict[str, Any], ExampleErrors], "dict[str, Any] | None"]
 @dataclass(frozen=True)
 class Format:
     name: str
-    kind: str  # "supervised" | "preference": the fine-tuning method it feeds
+    kind: str  # "supervised" | "preference" | "reinforcement": the fine-tuning method it feeds
     convert: Convert
     check: Callable[[Any, ExampleErrors], None]
 
@@ -28,6 +28,7 @@ FORMATS = {
     f.name: f
     for f in (
         Format("openai_chat", "supervised", _as_is, openai_chat.check_chat),
+        Format("openai_reinforcement", "reinforcement", _as_is, openai_chat.check_prompt),
         Format("openai_preference", "preference", lambda e, _: openai_chat.normalize_preference(e), openai_chat.check_preference),
         Format("sharegpt", "supervised", sharegpt.to_chat, openai_chat.check_chat),
         Format("sharegpt_preference", "preference", sharegpt.to_preference, openai_chat.check_preference),
@@ -48,7 +49,7 @@ def classify(example: Any) -> Format | None:
         first = messages[0] if isinstance(messages, list) and messages else None
         if isinstance(first, dict) and "from" in first and "role" not in first:
             return FORMATS["sharegpt"]
-        return FORMATS["openai_chat"]
+        return FORMATS["openai_reinforcement" if openai_chat.is_prompt(example) else "openai_chat"]
     if "input" in example and _PREFERENCE_KEYS & set(example):
         return FORMATS["openai_preference"]
     ranked = "chosen" in example or "rejected" in example

@@ -1,4 +1,5 @@
-"""OpenAI fine-tuning examples: supervised chat and DPO preference. The normalized form of every format.
+"""OpenAI fine-tuning examples: supervised chat, DPO preference, reinforcement prompts. The normalized form of
+every format.
 
 The checks and their categories follow OpenAI's data-format checker (data_type, missing_messages_list,
 message_missing_key, message_unrecognized_key, unrecognized_role, missing_content,
@@ -12,6 +13,7 @@ from typing import Any
 from finetune.formats.problems import ExampleErrors
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+MISSING_ANSWER = "Example has no assistant message to train on (weight 0 excluded)."
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
 
 
@@ -26,7 +28,22 @@ def check_chat(example: Any, err: ExampleErrors) -> None:
         return
     check_messages(messages, err)
     if not any(isinstance(m, dict) and m.get("role") == "assistant" and m.get("weight", 1) != 0 for m in messages):
-        err("example_missing_assistant_message", "Example has no assistant message to train on (weight 0 excluded).")
+        err("example_missing_assistant_message", MISSING_ANSWER)
+    check_tools(example.get("tools"), err)
+
+
+def is_prompt(example: Any) -> bool:
+    """A reinforcement (RFT) example: ``messages`` with no assistant turn, ending with a user turn; the line's
+    other fields are the grader's ``item``. (A supervised file's example that lacks its answer looks the same:
+    ``formats.normalize`` decides by the file.)"""
+    messages = example.get("messages") if isinstance(example, dict) else None
+    return (isinstance(messages, list) and bool(messages) and all(isinstance(m, dict) for m in messages)
+            and messages[-1].get("role") == "user" and not any(m.get("role") == "assistant" for m in messages))
+
+
+def check_prompt(example: Any, err: ExampleErrors) -> None:
+    """Reinforcement example: ``{"messages": [..., {"role": "user", ...}], "tools"?: [...], <item fields>}``."""
+    check_messages(example["messages"], err)
     check_tools(example.get("tools"), err)
 
 

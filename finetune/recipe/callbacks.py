@@ -42,7 +42,10 @@ class JobCallback(TrainerCallback):
 
     A step's train log, eval log and save arrive one after another; the step's metrics event is written once
     all are in (at the next step, a save, or the end), so a checkpoint carries the validation numbers too.
+    Job checkpoints come from epoch-end saves (``checkpoint_every_save``: from every save but a pause's).
     """
+
+    checkpoint_every_save = False
 
     def __init__(self, reporter: Reporter, poll_seconds: float = 1.0) -> None:
         self.reporter, self.poll_seconds = reporter, poll_seconds
@@ -86,7 +89,7 @@ class JobCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._flush(state)
         at_epoch_end = state.epoch is not None and abs(state.epoch - round(state.epoch)) < 1e-6
-        if at_epoch_end and self.stopped is None:
+        if (at_epoch_end or self.checkpoint_every_save) and self.stopped is None:
             directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             self.reporter.checkpoint(state.global_step, directory, {"step": state.global_step, **self.last_metrics})
 

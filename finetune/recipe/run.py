@@ -2,13 +2,16 @@
 
 Supervised jobs use ``SFTTrainer`` (the HF Trainer + token accuracy) on tokenized, assistant-masked examples,
 padded per batch or packed padding-free. DPO jobs use TRL's ``DPOTrainer`` with the LoRA-disabled model as
-the reference. Both report through the same ``JobCallback``.
+the reference. Reinforcement jobs use TRL's ``GRPOTrainer`` with the job's grader as the reward (``rft``). All
+report through the same ``JobCallback``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainSpec:
-    method: Literal["supervised", "dpo"]
+    method: Literal["supervised", "dpo", "reinforcement"]
     base_path: str
     chat_template: str | None
     hp: Resolved
@@ -34,6 +37,10 @@ class TrainSpec:
     log_every: int | None = None
     cpu_threads: int | None = None
     extra_callbacks: tuple[Any, ...] = ()  # e.g. the benchmark's timer
+    grader: dict[str, Any] | None = None  # reinforcement: the reward
+    owner: str = ""  # reinforcement: the organization (its Python graders get their own sandboxes)
+    reasoning: bool = False  # reinforcement: grade the answer after a reasoning model's </think>
+    judge: Any = None  # reinforcement: model graders' judge (graders.engine.Judge), None: they score 0
 
 
 @dataclass
@@ -49,11 +56,12 @@ def train(spec: TrainSpec, reporter: Reporter) -> Outcome:
     tokenizer, model = _setup_model(spec)
     train_set, valid_set, n_rows = _setup_data(spec, tokenizer, reporter)
     steps = _total_steps(n_rows, spec.hp)
-    callback = JobCallback(reporter)
-    trainer = _setup_trainer(spec, model, tokenizer, train_set, valid_set, steps, callback)
-    for extra in spec.extra_callbacks:
-        trainer.add_callback(extra)
-    trainer.train(resume_from_checkpoint=str(spec.resume_from) if spec.resume_from else None)
+    callback = _setup_callback(spec, reporter)
+    with _setup_graders(spec) as engine:
+        trainer = _setup_trainer(spec, model, tokenizer, train_set, valid_set, steps, callback, engine)
+        for extra in spec.extra_callbacks:
+            trainer.add_callback(extra)
+        trainer.train(resume_from_checkpoint=str(spec.resume_from) if spec.resume_from else None)
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     if callback.stopped:
         return Outcome(callback.stopped, None, trainer.state.global_step, tokens)
@@ -81,8 +89,46 @@ def _setup_model(spec: TrainSpec) -> tuple[Any, Any]:
     return tokenizer, model
 
 
+def _setup_callback(spec: TrainSpec, reporter: Reporter) -> JobCallback:
+    if spec.method == "reinforcement":
+        from finetune.recipe.rft import RewardCallback
+
+        return RewardCallback(reporter)
+    return JobCallback(reporter)
+
+
+@contextmanager
+def _setup_graders(spec: TrainSpec) -> Iterator[Any]:
+    """Reinforcement: the grader engine with its Python sandbox pool (stopped when training ends)."""
+    if spec.method != "reinforcement":
+        yield None
+        return
+    from finetune.graders.embeddings import Embedder
+    from finetune.graders.engine import GraderEngine
+    from finetune.graders.sandbox import SandboxPool
+
+    sandbox, embed = SandboxPool(), Embedder()  # both start on first use
+    try:
+        yield GraderEngine(sandbox=sandbox, embed=embed, judge=spec.judge)
+    finally:
+        sandbox.close()
+        embed.close()
+
+
 def _setup_data(spec: TrainSpec, tokenizer: Any, reporter: Reporter) -> tuple[Any, Any, int]:
     from finetune.recipe import data
+
+    if spec.method == "reinforcement":
+        from datasets import Dataset
+
+        from finetune.recipe.rft import prompt_rows
+
+        rows = prompt_rows(spec.train_file)
+        valid = prompt_rows(spec.valid_file, spec.hp.eval_samples) if spec.valid_file else None
+        reporter.event(f"{len(rows)} training prompt(s); {spec.hp.num_generations} completions sampled per prompt"
+                       + (f", {len(valid)} validation prompt(s) graded every {spec.hp.eval_interval} steps" if valid
+                          else ""))
+        return Dataset.from_list(rows), Dataset.from_list(valid) if valid else None, len(rows)
 
     if spec.method == "dpo":
         from datasets import Dataset
@@ -112,7 +158,7 @@ def _total_steps(n_rows: int, hp: Resolved) -> int:
 
 
 def _setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, valid_set: Any, steps: int,
-                   callback: JobCallback) -> Any:
+                   callback: JobCallback, engine: Any = None) -> Any:
     hp = spec.hp
     common = dict(
         output_dir=str(spec.work_dir / "trainer"), num_train_epochs=hp.n_epochs,
@@ -131,6 +177,10 @@ def _setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, 
         from finetune.recipe.model import loraplus_optimizer
 
         optimizers = (loraplus_optimizer(model, hp), None)
+    if spec.method == "reinforcement":
+        from finetune.recipe.rft import setup_trainer
+
+        return setup_trainer(spec, model, tokenizer, train_set, valid_set, callback, engine, common, optimizers)
     if spec.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 

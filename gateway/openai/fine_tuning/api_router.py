@@ -25,7 +25,8 @@ class FineTuningJobsController(Controller):
         body = await read_json(request)
         await sync_to_thread(services.quota.check, principal.organization_id)
         job = await sync_to_thread(create_job, services.settings, services.files, services.jobs,
-                                 principal.organization_id, body)
+                                   principal.organization_id, body,
+                                   lambda model: services.catalog.get(principal.organization_id, model))
         return job_object(job)
 
     @get("/", sync_to_thread=True)

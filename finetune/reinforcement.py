@@ -1,0 +1,60 @@
+"""A reinforcement fine-tuning request's method section: ``method.reinforcement`` as the spec's
+``FineTuneReinforcementMethod`` has it — ``grader`` (required, any grader type), ``response_format`` and
+``hyperparameters`` (``finetune.hyperparams``). Checked at create, so each problem is a 400 whose ``param`` points
+into the request (``method.reinforcement.grader.source``); what is stored is echoed on the job and read by the
+training child (``finetune.recipe.rft``), which reaches model graders' judges through ``judge``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from finetune.graders import validate
+from serving.request_body import validate_sampling_params
+from storage.errors import InvalidRequest, TunegateError
+from storage.settings import RequestLimits, Settings
+
+if TYPE_CHECKING:
+    from finetune.graders.engine import Judge
+    from storage.db import Database
+
+PARAM = "method.reinforcement"
+KEYS = ("grader", "response_format", "hyperparameters")
+
+
+def check(section: dict[str, Any], model_exists: Callable[[str], None], limits: RequestLimits) -> dict[str, Any]:
+    """``{"grader": …, "response_format"?: …}`` as stored in ``FineTuningJob.method_config``."""
+    if "grader" not in section or section["grader"] is None:
+        raise InvalidRequest("A reinforcement fine-tuning job needs a grader (method.reinforcement.grader).",
+                             param=f"{PARAM}.grader", code="missing_required_parameter")
+    config = {"grader": validate.check(section["grader"], f"{PARAM}.grader", model_exists)}
+    if section.get("response_format") is not None:
+        checked = validate_sampling_params({"response_format": section["response_format"]}, PARAM, limits)
+        config["response_format"] = checked["response_format"]
+    return config
+
+
+def judge(settings: Settings, db: Database, organization_id: str, job_id: str) -> Judge:
+    """Model graders' judge for a training child: a base model (or an alias of one) answered by a ready serving
+    engine of it, the tokens accounted to the organization under ``fine_tuning.jobs``. A judge that cannot be
+    reached errors the rows it grades (they score 0), never the job. Fine-tuned judges are not reachable here yet."""
+
+    def answer(model: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from finetune.evals.generation import UsageSink, chat_all
+        from storage.engines import EngineRegistry
+
+        try:
+            base = model if model in settings.base_models else settings.base_model_id(model) or model  # alias → base
+            engines = EngineRegistry(db).ready(base) if base in settings.base_models else []
+            if not engines:
+                raise TunegateError(f"no serving engine for judge model {model!r} is ready")
+            usage = UsageSink(db, organization_id, model, "fine_tuning.jobs", job_id)
+            return chat_all(engines[0], base, [b["messages"] for b in bodies],
+                            [{k: v for k, v in b.items() if k != "messages"} for b in bodies], usage=usage,
+                            limits=settings.requests, param_prefix="grader.sampling_params")
+        except Exception as exc:  # noqa: BLE001 - a judge that fails errors its rows (score 0), never the job
+            message = exc.message if isinstance(exc, TunegateError) else f"{type(exc).__name__}: {exc}"
+            return [{"error": {"message": message}}] * len(bodies)
+
+    return answer

@@ -1,0 +1,203 @@
+"""Reinforcement fine-tuning through the openai client: a GRPO job on the tiny CPU model whose grader rewards a
+fixed word, its worker killed -9 at the first checkpoint and the job resumed by another; invalid requests.
+
+The reward is learnable in a few dozen steps: ``string_check`` ``like`` "for" (the word appears inside many
+English subwords, so a random model already writes it in a few percent of its 8-token completions, and GRPO's
+group-relative advantage pushes those up; measured 0 → 1.0 train reward in ~17 steps, docs/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from tests.finetune_support import (
+    TINY,
+    all_events,
+    chat_jsonl,
+    gateway_env,
+    qa_pairs,
+    results_csv,
+    upload,
+    wait_for,
+    worker,
+)
+from tests.support import DATA, LiveGateway, SpecRecorder
+
+GRADER = {"type": "string_check", "name": "says_for", "input": "{{sample.output_text}}",
+          "reference": "{{item.word}}", "operation": "like"}
+# 32 prompts, batch 8: 4 steps an epoch; 5 epochs = 20 steps, an evaluation (and a checkpoint) every 5
+HP = {"n_epochs": 5, "batch_size": 8, "learning_rate": 0.02, "lora_rank": 16,
+      "compute_multiplier": 0.5, "eval_interval": 5, "eval_samples": 8, "max_completion_length": 8}
+
+
+def prompts(start: int, n: int) -> bytes:
+    questions = [e["instruction"] for e in json.loads((DATA / "alpaca_en_demo.json").read_text())][start:start + n]
+    lines = [json.dumps({"messages": [{"role": "user", "content": q}], "word": "for", "id": i})
+             for i, q in enumerate(questions)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def rft(grader: Any = GRADER, **hp: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {"hyperparameters": {**HP, **hp}}
+    if grader is not None:
+        section["grader"] = grader
+    return {"type": "reinforcement", "reinforcement": section}
+
+
+@pytest.fixture(scope="module")
+def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    """Postgres, no embedded worker: the test starts (and kills) `tunegate worker` processes itself."""
+    from tests.conftest import _fresh_postgres_database
+
+    url, drop = _fresh_postgres_database()
+    gateway = LiveGateway(tmp_path_factory.mktemp("rft"), url, **gateway_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false"))
+    gateway.start()
+    yield gateway
+    gateway.stop()
+    drop()
+
+
+@pytest.fixture(scope="module")
+def key(gw: LiveGateway) -> str:
+    return gw.new_org_key("rft")[2]
+
+
+@pytest.fixture(scope="module")
+def files(gw: LiveGateway, key: str) -> dict[str, str]:
+    client = gw.client(key)
+    return {"train": upload(client, prompts(0, 32), "rft_train.jsonl"),
+            "valid": upload(client, prompts(100, 8), "rft_valid.jsonl"),
+            "chat": upload(client, chat_jsonl(qa_pairs(12)))}
+
+
+def test_an_rft_file_is_a_reinforcement_file(gw: LiveGateway, key: str, files: dict[str, str],
+                                             recorder: SpecRecorder) -> None:
+    client = gw.client(key, recorder)
+    assert client.files.retrieve(files["train"]).status == "processed"
+    content = client.files.content(files["train"]).text.splitlines()
+    assert json.loads(content[0])["word"] == "for"  # the item fields are kept for the grader
+
+
+@pytest.mark.slow
+def test_rft_job_learns_the_reward_and_resumes_after_kill_9(gw: LiveGateway, key: str, files: dict[str, str],
+                                                          recorder: SpecRecorder) -> None:
+    client = gw.client(key, recorder)
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], validation_file=files["valid"],
+                                         seed=3, suffix="rft", method=rft())
+    assert job.method.type == "reinforcement" and job.method.reinforcement.grader.name == "says_for"
+    shown = job.method.reinforcement.hyperparameters
+    assert (shown.compute_multiplier, shown.eval_interval, shown.eval_samples, shown.reasoning_effort) == \
+        (0.5, 5, 8, "default")
+    assert shown.model_extra["num_generations"] == 4 and shown.model_extra["beta"] == 0.04
+    assert job.hyperparameters.batch_size == 8 and job.hyperparameters.n_epochs == 5
+    # the worker dies (kill -9) right after the first checkpoint's adapter is stored, before it is recorded
+    doomed = worker(gw, "doomed", TUNEGATE_WORKER__FAULT_PHASE="checkpoint", TUNEGATE_WORKER__FAULT_JOB=job.id)
+    try:
+        assert doomed.wait(timeout=300) == -signal.SIGKILL, "the worker was not killed at the checkpoint"
+    finally:
+        doomed.kill()
+    survivor = worker(gw, "survivor")
+    try:
+        done = wait_for(client, job.id, ("succeeded",), timeout=400)
+        events = all_events(client, job.id)
+        messages = [e.message for e in events]
+        assert any(m == "Resuming from the checkpoint at step 5" for m in messages), messages
+        metrics = [e.data for e in events if e.type == "metrics"]
+        assert [m["step"] for m in metrics] == list(range(1, 21)), "steps repeated, lost or out of order"
+        assert all("train_reward_mean" in m and "train_completion_tokens_mean" in m for m in metrics)
+        evals = [m for m in metrics if "valid_reward_mean" in m]
+        assert [m["step"] for m in evals] == [5, 10, 15, 20]
+        first, last = evals[0]["valid_reward_mean"], evals[-1]["valid_reward_mean"]
+        assert last >= first + 0.3, f"the reward did not rise: {[m['valid_reward_mean'] for m in evals]}"
+        train = [m["train_reward_mean"] for m in metrics]
+        assert sum(train[-5:]) / 5 > sum(train[:5]) / 5 + 0.3, train
+        # checkpoints at each evaluation after the resume (step 5's was never recorded), reward in their metrics
+        ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
+        assert [c.step_number for c in ckpts] == [20, 15, 10]
+        assert ckpts[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-20"
+        assert ckpts[0].metrics.model_extra["valid_reward_mean"] == evals[-1]["valid_reward_mean"]
+        listed = {m.id for m in client.models.list().data}
+        assert done.fine_tuned_model in listed and {c.fine_tuned_model_checkpoint for c in ckpts} <= listed
+        rows = results_csv(client, done)
+        assert [int(r["step"]) for r in rows] == list(range(1, 21))
+        assert float(rows[-1]["valid_reward_mean"]) == pytest.approx(last)
+        # a supervised file for an RFT job: the job fails naming the file (validated by the worker)
+        wrong = client.fine_tuning.jobs.create(model=TINY, training_file=files["chat"], method=rft())
+        failed = wait_for(client, wrong.id, ("failed",), timeout=120)
+        assert failed.error.code == "invalid_training_file" and "reinforcement" in failed.error.message
+        # and an RFT file for a supervised job
+        wrong = client.fine_tuning.jobs.create(model=TINY, training_file=files["train"])
+        failed = wait_for(client, wrong.id, ("failed",), timeout=120)
+        assert failed.error.code == "invalid_training_file" and failed.error.param == "training_file"
+    finally:
+        survivor.kill()
+        survivor.wait()
+    # another organization sees none of it
+    other = gw.client(gw.new_org_key("other")[2])
+    with pytest.raises(openai.NotFoundError):
+        other.fine_tuning.jobs.retrieve(job.id)
+
+
+PY_BAD = {"type": "python", "name": "p", "source": "def grade(sample, item):\n    return (\n"}
+BAD = [
+    ("no-grader", rft(grader=None), "method.reinforcement.grader", "missing_required_parameter"),
+    ("grader-type", rft(grader={**GRADER, "type": "regex"}), "method.reinforcement.grader.type", None),
+    ("grader-operation", rft(grader={**GRADER, "operation": "contains"}), "method.reinforcement.grader.operation",
+     None),
+    ("python-syntax", rft(grader=PY_BAD), "method.reinforcement.grader.source", None),
+    ("multi-formula", rft(grader={"type": "multi", "name": "m", "graders": {"a": GRADER},
+                                  "calculate_output": "a +"}), "method.reinforcement.grader.calculate_output", None),
+    ("compute-multiplier", rft(compute_multiplier=0), "method.reinforcement.hyperparameters.compute_multiplier",
+     "invalid_hyperparameter"),
+    ("reasoning-effort", rft(reasoning_effort="extreme"), "method.reinforcement.hyperparameters.reasoning_effort",
+     "invalid_hyperparameter"),
+    ("eval-interval", rft(eval_interval=0), "method.reinforcement.hyperparameters.eval_interval",
+     "invalid_hyperparameter"),
+    ("packing", rft(packing=True), "method.reinforcement.hyperparameters.packing", "invalid_hyperparameter"),
+    ("unknown-key", {"type": "reinforcement", "reinforcement": {"grader": GRADER, "reward": 1}},
+     "method.reinforcement.reward", None),
+    ("response-format", {"type": "reinforcement", "reinforcement": {"grader": GRADER,
+                                                                    "response_format": {"type": "yaml"}}},
+     "method.reinforcement.response_format.type", None),
+    ("rft-knob-on-supervised", {"type": "supervised", "supervised": {"hyperparameters": {"eval_interval": 3}}},
+     "method.supervised.hyperparameters.eval_interval", "invalid_hyperparameter"),
+]
+
+
+@pytest.mark.parametrize(("case", "method", "param", "code"), BAD, ids=[c[0] for c in BAD])
+def test_invalid_rft_requests_are_400s_naming_the_field(gw: LiveGateway, key: str, files: dict[str, str],
+                                                        recorder: SpecRecorder, case: str, method: dict,
+                                                        param: str, code: str | None) -> None:
+    client = gw.client(key, recorder)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method=method)  # type: ignore[arg-type]
+    body = err.value.body
+    assert body["param"] == param, (case, body)
+    if code:
+        assert body["code"] == code, (case, body)
+
+
+def test_a_judge_the_organization_cannot_use_is_a_404(gw: LiveGateway, key: str, files: dict[str, str],
+                                                      recorder: SpecRecorder) -> None:
+    client = gw.client(key, recorder)
+    judge = {"type": "score_model", "name": "j", "model": "no-such-model",
+             "input": [{"role": "user", "content": "Rate: {{sample.output_text}}"}]}
+    with pytest.raises(openai.NotFoundError) as err:
+        client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method=rft(grader=judge))
+    assert err.value.body["code"] == "model_not_found"
+
+
+def test_response_format_is_echoed(gw: LiveGateway, key: str, files: dict[str, str], recorder: SpecRecorder) -> None:
+    client = gw.client(key, recorder)
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method={
+        "type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": schema}})  # type: ignore[typeddict-unknown-key]
+    raw = client.fine_tuning.jobs.with_raw_response.retrieve(job.id).http_response.json()
+    assert raw["method"]["reinforcement"]["response_format"] == schema
+    client.fine_tuning.jobs.cancel(job.id)
