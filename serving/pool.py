@@ -22,6 +22,7 @@ from serving import metrics
 from serving.adapters import Adapter, adapter_for
 from serving.catalog import Catalog, ModelEntry
 from serving.engines import ExternalEngine, LocalEngine, Replica
+from serving.placement import choose, homes_of
 from storage.blobs import BlobStore
 from storage.engines import EngineRegistry
 from storage.errors import InvalidRequest, NotFound, TunegateError, Unavailable, UpstreamFailed
@@ -54,6 +55,7 @@ class EnginePool:
         self._tasks: list[asyncio.Task[None]] = []
         self._resolved: dict[tuple[str, str], tuple[float, Target]] = {}
         self._warming: set[asyncio.Task[None]] = set()
+        self._loaded_at: dict[tuple[str, str], float] = {}  # (replica url, adapter) → when this gateway loaded it
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -79,6 +81,7 @@ class EnginePool:
                 replicas = []
             self.replicas[model_id] = replicas
         self._spawn("adapter warm-up", self._warm_new_models)
+        self._spawn("engine adapter lists", self._sync_adapters)
         self._spawn("engine registry", self._publish)
 
     async def stop(self) -> None:
@@ -93,7 +96,20 @@ class EnginePool:
         self._tasks.append(asyncio.create_task(_supervised(name, run), name=name))
 
     def status(self) -> list[dict[str, object]]:
-        return [r.describe() for replicas in self.replicas.values() for r in replicas]
+        """Each replica, with its adapters (the engine's own list, refreshed every health interval) split into
+        those whose home it is (rendezvous placement over the ready replicas) and those spilled onto it."""
+        described = []
+        for replicas in self.replicas.values():
+            ready = [r for r in replicas if r.state == "ready"]
+            for replica in replicas:
+                row = replica.describe()
+                home = [a for a in replica.loaded if replica in self._homes(a, ready)]
+                row["placement"] = {"home": home, "spilled": [a for a in replica.loaded if a not in home]}
+                described.append(row)
+        return described
+
+    def _homes(self, adapter: str, ready: list[Replica]) -> list[Replica]:
+        return homes_of(adapter, ready, _ident, self.settings.serving.adapter_homes)
 
     # --- routing -----------------------------------------------------------------------------------------
     async def resolve(self, organization_id: str, model: str) -> Target:
@@ -129,12 +145,10 @@ class EnginePool:
         ready = [r for r in replicas if r.state == "ready"]
         if not ready:
             raise self._unavailable(target, replicas)
-        if target.adapter is not None:
-            having = [r for r in ready if target.adapter.name in r.loaded]
-            if having:
-                return min(having, key=lambda r: r.in_flight)
-            capacity = self.settings.serving.max_adapters_per_engine
-            return min(ready, key=lambda r: (len(r.loaded) >= capacity, r.in_flight, len(r.loaded)))
+        if target.adapter is not None:  # its home replica(s), the same in every gateway (serving/placement.py)
+            serving = self.settings.serving
+            return choose(target.adapter.name, ready, _ident, _in_flight, homes=serving.adapter_homes,
+                          spill_at=serving.spill_in_flight)
         return min(ready, key=lambda r: r.in_flight)
 
     def _unavailable(self, target: Target, replicas: list[Replica]) -> Unavailable:
@@ -157,6 +171,9 @@ class EnginePool:
         async with lock:
             if adapter.name in replica.loaded:
                 return
+            await self._refresh_adapters(replica)  # what other gateways loaded counts against the limit too
+            if adapter.name in replica.loaded:
+                return
             while len(replica.loaded) >= self.settings.serving.max_adapters_per_engine:
                 await self._unload(replica, next(iter(replica.loaded)))
                 metrics.ADAPTER_UNLOADS.labels(replica.base_model, "evicted").inc()
@@ -173,6 +190,7 @@ class EnginePool:
                 raise _load_error(target, response)
             metrics.ADAPTER_LOADS.labels(replica.base_model, "loaded").inc()
             replica.loaded[adapter.name] = adapter.path
+            self._loaded_at[(replica.url, adapter.name)] = time.monotonic()
             log.info("loaded %s on %s in %.0f ms", target.model, replica.url, (time.perf_counter() - started) * 1e3)
 
     async def _unload(self, replica: Replica, name: str) -> None:
@@ -195,6 +213,39 @@ class EnginePool:
                 if entry.adapter_key in replica.loaded:
                     await self._unload(replica, entry.adapter_key)
                     metrics.ADAPTER_UNLOADS.labels(replica.base_model, "deleted").inc()
+
+    async def _sync_adapters(self) -> None:
+        """Keep each replica's loaded set the engine's own (``/v1/models``), not this gateway's belief: adapters
+        other gateways loaded or unloaded show here within a health interval."""
+        while True:
+            for replicas in list(self.replicas.values()):
+                for replica in replicas:
+                    if replica.state == "ready" and replica.kind == "vllm":
+                        await self._refresh_adapters(replica)
+            await asyncio.sleep(self.settings.serving.health_interval_seconds)
+
+    async def _refresh_adapters(self, replica: Replica) -> None:
+        """Reconcile ``replica.loaded`` with the engine's list: adapters new to us go in as least recently used,
+        adapters gone from the engine go out (unless this gateway loaded them after the list was asked for)."""
+        if self.http is None or replica.kind != "vllm":
+            return
+        asked = time.monotonic()
+        try:
+            response = await self.http.get(f"{replica.url}/v1/models", headers=replica.auth,
+                                           timeout=self.settings.serving.connect_timeout_seconds)
+            cards = response.json()["data"] if response.status_code == 200 else None
+            names = {c["id"] for c in cards if c.get("parent")} if isinstance(cards, list) else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+            return  # the health watcher deals with an engine that does not answer
+        if names is None:
+            return
+        for name in list(replica.loaded):
+            if name not in names and self._loaded_at.get((replica.url, name), 0.0) < asked:
+                replica.loaded.pop(name, None)
+                self._loaded_at.pop((replica.url, name), None)
+        for name in sorted(names - set(replica.loaded)):
+            replica.loaded[name] = ""
+            replica.loaded.move_to_end(name, last=False)
 
     def lost_adapter(self, replica: Replica, target: Target) -> None:
         """The engine no longer knows the adapter (it restarted behind our back): load it again next time."""
@@ -259,6 +310,14 @@ async def _supervised(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -
             backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
             log.exception("background task '%s' died; restarting it in %.0f s", name, backoff)
             await asyncio.sleep(backoff)
+
+
+def _ident(replica: Replica) -> str:
+    return replica.url
+
+
+def _in_flight(replica: Replica) -> int:
+    return replica.in_flight
 
 
 def _load_error(target: Target, response: httpx.Response) -> TunegateError:

@@ -109,6 +109,12 @@ class ServingSettings(BaseModel):
     max_adapters_per_engine: int = Field(
         default=512, ge=1, description="Adapter names registered per engine; the least recently used is unloaded past it."
     )
+    adapter_homes: int = Field(
+        default=1, ge=1, description="Replicas an adapter is loaded on (its homes), chosen by rendezvous hashing over "
+        "the ready replicas of its base: the same in every gateway, without coordination (serving/placement.py).")
+    spill_in_flight: int | None = Field(
+        default=32, ge=1, description="A home replica with this many of this gateway's requests in flight sends the "
+        "adapter's next requests to the next replica of its ranking (loading it there too); None: never spill.")
     startup_timeout_seconds: float = Field(default=900.0, gt=0, description="A local engine not healthy by then is restarted.")
     health_interval_seconds: float = Field(default=2.0, gt=0, description="How often engines are health-checked.")
     connect_timeout_seconds: float = Field(default=3.0, gt=0, description="Connecting to an engine.")

@@ -84,6 +84,11 @@ class S3Server:
 
         return s3_client(S3Settings(**self.s3_settings()))
 
+    def keys(self, prefix: str) -> list[str]:
+        """Every object key under ``prefix`` in the test bucket, sorted."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
     def s3_settings(self) -> dict[str, Any]:
         return {"endpoint_url": self.endpoint, "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY,
                 "part_bytes": 5 * 1024 * 1024}

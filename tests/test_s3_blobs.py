@@ -33,8 +33,7 @@ def store(s3: S3Server, tmp_path: Path) -> S3BlobStore:
 
 
 def _keys(s3: S3Server, prefix: str) -> list[str]:
-    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+    return s3.keys(prefix)
 
 
 def _uploads(s3: S3Server, prefix: str) -> list[str]:
@@ -177,3 +176,85 @@ def test_the_secret_stays_out_of_dumps_but_reaches_child_settings(s3: S3Server, 
     assert child.s3.secret_access_key is not None
     assert child.s3.secret_access_key.get_secret_value() == s3.s3_settings()["secret_access_key"]
     assert oct(settings.write_for_child("t").stat().st_mode & 0o777) == "0o600"
+
+
+# --- the gateway with blob_url = s3://… ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_gateway(s3: S3Server, tmp_path_factory: pytest.TempPathFactory):
+    from tests.support import LiveGateway
+
+    data_dir = tmp_path_factory.mktemp("gw-s3")
+    gw = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", TUNEGATE_WORKER__EMBEDDED="false",
+                     **s3.env("gateway"))
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+def _objects(s3: S3Server, prefix: str) -> list[str]:
+    return [k.removeprefix("gateway/") for k in _keys(s3, f"gateway/{prefix}")]
+
+
+def test_gateway_stores_uploads_in_s3_and_serves_ranges(s3: S3Server, s3_gateway, recorder) -> None:  # noqa: ANN001
+    import httpx
+
+    from tests.finetune_support import chat_jsonl, qa_pairs, upload
+
+    org_a, _, key_a = s3_gateway.new_org_key("s3-a")
+    _, _, key_b = s3_gateway.new_org_key("s3-b")
+    client = s3_gateway.client(key_a, recorder)
+    content = chat_jsonl(qa_pairs(20))
+    file_id = upload(client, content)
+    assert _objects(s3, f"files/{file_id}/") == [f"files/{file_id}/normalized.jsonl", f"files/{file_id}/original"]
+    local = s3_gateway.data_dir / "blobs" / "objects"
+    assert not any(p.is_file() for p in local.rglob("*")) if local.exists() else True  # nothing on local disk
+    assert list((s3_gateway.data_dir / "blob-cache" / "staging").iterdir()) == []  # the checker's copies are gone
+    assert client.files.content(file_id).content == content
+    with httpx.Client(base_url=s3_gateway.url, headers={"authorization": f"Bearer {key_a}"}) as http:
+        part = http.get(f"/v1/files/{file_id}/content", headers={"range": "bytes=10-29"})
+        assert part.status_code == 206 and part.content == content[10:30]
+        assert part.headers["content-range"] == f"bytes 10-29/{len(content)}"
+        tail = http.get(f"/v1/files/{file_id}/content", headers={"range": "bytes=-7"})
+        assert tail.status_code == 206 and tail.content == content[-7:]
+        beyond = http.get(f"/v1/files/{file_id}/content", headers={"range": f"bytes={len(content)}-"})
+        assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(content)}"
+        assert beyond.json()["error"]["code"] == "range_not_satisfiable"
+        assert http.get(f"/v1/files/{file_id}/content").headers["accept-ranges"] == "bytes"
+    other = s3_gateway.client(key_b)
+    with pytest.raises(Exception) as err:  # another organization's file is "not found", in S3 as on disk
+        other.files.content(file_id)
+    assert getattr(err.value, "status_code", None) == 404
+    bad = chat_jsonl(qa_pairs(3)) + b"{not json\n"
+    with pytest.raises(Exception) as err:
+        upload(client, bad)
+    assert getattr(err.value, "status_code", None) == 400
+    client.files.delete(file_id)
+    assert _objects(s3, f"files/{file_id}/") == []
+    assert [k for k in _objects(s3, "staging/")] == [] and _uploads(s3, "gateway/") == []
+    assert org_a
+
+
+def test_uploads_api_parts_live_in_s3_until_completed(s3: S3Server, s3_gateway) -> None:  # noqa: ANN001
+    import io
+
+    from tests.finetune_support import chat_jsonl, qa_pairs
+
+    _, _, key = s3_gateway.new_org_key("s3-uploads")
+    client = s3_gateway.client(key)
+    content = chat_jsonl(qa_pairs(20))
+    upload = client.uploads.create(bytes=len(content), filename="train.jsonl", mime_type="application/jsonl",
+                                   purpose="fine-tune")
+    half = len(content) // 2
+    parts = [client.uploads.parts.create(upload.id, data=io.BytesIO(chunk)).id
+             for chunk in (content[:half], content[half:])]
+    assert len(_objects(s3, f"uploads/{upload.id}/")) == 2
+    done = client.uploads.complete(upload.id, part_ids=parts)
+    assert done.status == "completed" and client.files.content(done.file.id).content == content
+    assert _objects(s3, f"uploads/{upload.id}/") == []  # the parts go once the file is stored
+    cancelled = client.uploads.create(bytes=10, filename="x.jsonl", mime_type="application/jsonl", purpose="fine-tune")
+    client.uploads.parts.create(cancelled.id, data=io.BytesIO(b"0123456789"))
+    assert len(_objects(s3, f"uploads/{cancelled.id}/")) == 1
+    client.uploads.cancel(cancelled.id)
+    assert _objects(s3, f"uploads/{cancelled.id}/") == []
