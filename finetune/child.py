@@ -25,6 +25,7 @@ from pathlib import Path
 from finetune import hyperparams, reinforcement
 from finetune.device import model_footprint, native_bf16
 from finetune.evals import job_end
+from finetune.integrations import Tracker
 from finetune.process import exit_with_parent
 from finetune.recipe.callbacks import Stop
 from finetune.submit import fine_tuned_model_name
@@ -62,6 +63,8 @@ class JobReporter:
         self.ctx.jobs.add_event(self.ctx.job.id, f"Step {step}/{total_steps}: {', '.join(parts)}", type="metrics",
                                 data={"step": step, "total_steps": total_steps, **data}, step=step,
                                 lease=self.ctx.worker)
+        if self.ctx.tracker is not None:  # TensorBoard, W&B (finetune/integrations.py)
+            self.ctx.tracker.metrics(step, data)
         fault_point(self.ctx, "training")
 
     def checkpoint(self, step: int, directory: Path, metrics: dict[str, float]) -> None:
@@ -71,7 +74,7 @@ class JobReporter:
         ctx.blobs.delete_prefix(key)
         ctx.blobs.commit_dir(directory, key, ADAPTER_FILES)
         fault_point(ctx, "checkpoint")
-        for pruned in ctx.jobs.add_checkpoint(ctx.job, step, metrics, model_id, ctx.job.model, key, lease=ctx.worker):
+        for pruned in ctx.jobs.add_checkpoint(ctx.job, step, metrics, model_id, ctx.base_id, key, lease=ctx.worker):
             if pruned.adapter_key:
                 ctx.blobs.delete_prefix(pruned.adapter_key)
         self.event(f"Checkpoint created at step {step}")
@@ -100,6 +103,8 @@ class Context:
         self.jobs = Retrying(JobStore(self.db))
         self.job: FineTuningJob = self.jobs.get(None, job_id)
         self.model_name = fine_tuned_model_name(self.job)
+        self.base_id = settings.base_model_id(self.job.model) or self.job.model  # the job may name a base's alias
+        self.tracker: Tracker | None = None
         claim = worker.rsplit("/", 1)[-1]
         self.work_dir = self.blobs.work_dir(f"jobs/{job_id}/work/{claim}")
         self.artifacts = f"models/{job_id}/{claim}"  # adapters this claim writes (immutable, never shared)
@@ -135,8 +140,8 @@ def run(ctx: Context) -> None:
     job, jobs = ctx.job, ctx.jobs
     device = "cuda" if ctx.settings.worker.device != "cpu" and torch.cuda.is_available() else "cpu"
     training = ctx.files.get(job.organization_id, job.training_file)
-    spec_model = ctx.settings.base_models[job.model]
-    base_path = local_dir(job.model, spec_model, ctx.settings)
+    spec_model = ctx.settings.base_models[ctx.base_id]
+    base_path = local_dir(ctx.base_id, spec_model, ctx.settings)
     hp = hyperparams.resolve(hyperparams.Hyperparameters.model_validate(job.hyperparameters),
                              n_examples=training.n_examples or 0, method=job.method, device=device,
                              bf16_ok=native_bf16(device), footprint=model_footprint(device, base_path),
@@ -157,7 +162,13 @@ def run(ctx: Context) -> None:
         grader=(job.method_config or {}).get("grader"), owner=job.organization_id, reasoning=spec_model.reasoning,
         judge=reinforcement.judge(ctx.settings, ctx.db, job.organization_id, job.id),
     )
-    outcome = train(spec, JobReporter(ctx))
+    ctx.tracker = Tracker(ctx.work_dir.parent.parent / "tracking", job.id, job.model, job.integrations,  # jobs/<id>/
+                          warn=lambda message: jobs.add_event(job.id, message, level="warn", lease=ctx.worker),
+                          config={"model": job.model, "method": job.method, **hp.model_dump(mode="json")})
+    try:
+        outcome = train(spec, JobReporter(ctx))
+    finally:
+        ctx.tracker.close()
     if outcome.stopped == "pause":
         jobs.add_event(job.id, f"Paused at step {outcome.global_step}; a checkpoint was saved to resume from")
         return
@@ -175,12 +186,13 @@ def _finish(ctx: Context, adapter_dir: Path, trained_tokens: int) -> None:
     fault_point(ctx, "evaluating")
     job_end.evaluate(ctx, key)
     results = job_end.results_file(ctx)
+    tracking = job_end.tracking_files(ctx)  # tensorboard.tar.gz, wandb-offline-run.tar.gz
     fault_point(ctx, "results")
     fault_point(ctx, "registering")
-    model = FineTunedModel(id=ctx.model_name, organization_id=job.organization_id, base_model=job.model,
+    model = FineTunedModel(id=ctx.model_name, organization_id=job.organization_id, base_model=ctx.base_id,
                            kind="fine-tuned", job_id=job.id, adapter_key=key, created_at=now())
     ctx.jobs.succeed(job.id, ctx.worker, model, results, trained_tokens=trained_tokens, finished_at=now(),
-                     estimated_finish=None)
+                     estimated_finish=None, more_results=tracking)
     fault_point(ctx, "succeeded")
 
 

@@ -40,8 +40,11 @@ def supervise(argv: list[str], log_path: Path, keep_going: Callable[[], bool], i
     exit code, or None when ``keep_going`` said stop and the child was stopped. A ``keep_going`` that raises (a
     database hiccup) keeps the child and asks again next time."""
     with open(log_path, "ab") as log_file:
+        # training and exports write to the database; W&B's own variables (WANDB_API_KEY, WANDB_BASE_URL, WANDB_MODE…)
+        # are handed on on purpose: the training child logs a job's wandb integration with them (finetune/integrations.py)
+        wandb = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
         child = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                                 env=Settings.child_environ(database=True))  # training and exports write to the database
+                                 env=Settings.child_environ(database=True, **wandb))
         while True:
             try:
                 return child.wait(timeout=interval)

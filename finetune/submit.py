@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from finetune import hyperparams, reinforcement
+from finetune import hyperparams, integrations, reinforcement
 from finetune.device import training_device
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Files
@@ -78,8 +78,7 @@ def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, bo
         _check_file(files, org_id, request.validation_file, "validation_file")
     _check_suffix(request.suffix)
     _check_metadata(request.metadata)
-    if request.integrations:
-        raise InvalidRequest("Integrations (e.g. wandb) are not supported.", param="integrations", code="invalid_value")
+    tracked = integrations.parse(request.integrations)  # wandb (finetune/integrations.py)
     # resolved now (the file's size is known), so bad device combinations are a 400 and the job shows real values
     where = f"method.{method}.hyperparameters"
     resolved = hyperparams.resolve(hp, n_examples=max(1, training.n_examples or 0), method=method,
@@ -90,7 +89,7 @@ def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, bo
         validation_file=request.validation_file, method=method, hyperparameters=hp.model_dump(mode="json"),
         resolved=resolved.model_dump(mode="json"),
         suffix=request.suffix, seed=request.seed if request.seed is not None else random.randint(0, 2**31 - 1),
-        metadata_=request.metadata, created_at=now(), method_config=method_config,
+        metadata_=request.metadata, created_at=now(), method_config=method_config, integrations=tracked,
     )
     return jobs.insert(job, f"Created fine-tuning job: {job.id}")
 
@@ -121,7 +120,8 @@ def _reasoning(settings: Settings, model: str) -> bool:
 
 
 def _check_model(settings: Settings, model: str) -> None:
-    spec = settings.base_models.get(model)
+    base_id = settings.base_model_id(model)  # an alias names its base (the job keeps the name it was given)
+    spec = settings.base_models.get(base_id) if base_id else None
     if spec is None or not spec.tunable:
         known = ", ".join(m for m, s in settings.base_models.items() if s.tunable) or "none"
         raise InvalidRequest(f"Model {model!r} is not available for fine-tuning (available: {known}).",
@@ -154,5 +154,6 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
 
 
 def fine_tuned_model_name(job: FineTuningJob) -> str:
-    """``ft:{base}:{org}:{suffix}:{id8}`` (an empty suffix gives ``::``)."""
+    """``ft:{base}:{org}:{suffix}:{id8}`` (an empty suffix gives ``::``); ``base`` is the model as the job named it
+    (a base model's alias stays the alias, as OpenAI names ``ft:gpt-4o-mini-2024-07-18:…``)."""
     return f"ft:{job.model}:{job.organization_id}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"

@@ -25,6 +25,7 @@ from gateway.metrics import metrics_routes, observe_requests
 from gateway.middleware import add_request_id, rate_limited
 from gateway.openai.batches.api_router import BatchesController
 from gateway.openai.chat.api_router import CompletionsController
+from gateway.openai.checkpoint_permissions.api_router import CheckpointPermissionsController
 from gateway.openai.evals.api_router import EvalsController
 from gateway.openai.exports.api_router import ExportsController
 from gateway.openai.files.api_router import FilesController
@@ -87,7 +88,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         path="/v1",
         route_handlers=[FilesController, FineTuningJobsController, ModelsController, CompletionsController,
                         EvalsController, ExportsController, GradersController, UploadsController,
-                        StoredCompletionsController, BatchesController],
+                        StoredCompletionsController, BatchesController, CheckpointPermissionsController],
         guards=[require_api_key],
         middleware=[rate_limited],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},

@@ -1,6 +1,7 @@
 """The engine pool: model name → (base, adapter) → a ready replica with that adapter loaded.
 
-    resolve(org, model)   the caller's model id → Target (another organization's model is "not found")
+    resolve(org, model)   the caller's model id (a base's alias, a model shared with it) → Target (another
+                          organization's model is "not found")
     acquire(target)       a ready replica of the base, preferring one that has the adapter; loads it there if
                           needed, once, under a per-(replica, adapter) lock
     forget(entry)         a deleted model: unloaded from every replica
@@ -117,12 +118,14 @@ class EnginePool:
         hit = self._resolved.get(key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        spec = self.settings.base_models.get(model)
-        if spec is not None:
-            target = Target(model, model, spec, None)
+        base_id = self.settings.base_model_id(model)
+        if base_id is not None:
+            target = Target(model, base_id, self.settings.base_models[base_id], None)
         else:
             entry = await asyncio.to_thread(self.catalog.get, organization_id, model)
             target = self._target(entry)
+            if entry.owned_by != organization_id:
+                return target  # shared by a permission: looked up each time, so that revoking it ends access at once
         self._resolved[key] = (time.monotonic() + RESOLVE_TTL_SECONDS, target)
         return target
 

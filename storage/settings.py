@@ -35,6 +35,10 @@ class BaseModelSpec(BaseModel):
         "server; served only, not tuned, no adapters).",
     )
     owned_by: str = Field(default="tunegate", description="`owned_by` shown by /v1/models.")
+    aliases: list[str] = Field(
+        default_factory=list, description="Other names of this model (e.g. 'gpt-4o-mini-2024-07-18'), usable wherever "
+        "its id is (jobs, chat, evals, exports) and listed by /v1/models (owned_by 'system'). A job created with an "
+        "alias is named after it: ft:<alias>:<org>:<suffix>:<id>.")
     chat_template: str | None = Field(
         default=None, description="Named template (chatml, qwen, deepseek-r1, llama3) for tokenizers without one."
     )
@@ -263,7 +267,20 @@ class Settings(BaseSettings):
         for model_id in value:
             if not model_id or model_id.startswith("ft:") or model_id != model_id.strip():
                 raise ValueError(f"base model id {model_id!r} is empty, padded or starts with 'ft:'")
+        seen = set(value)
+        for model_id, spec in value.items():
+            for alias in spec.aliases:
+                if not alias or alias.startswith("ft:") or alias != alias.strip() or alias in seen:
+                    raise ValueError(f"alias {alias!r} of base model {model_id!r} is empty, padded, starts with "
+                                     "'ft:' or names another model")
+                seen.add(alias)
         return value
+
+    def base_model_id(self, name: str) -> str | None:
+        """The configured base model that ``name`` (its id or one of its aliases) names, else None."""
+        if name in self.base_models:
+            return name
+        return next((model_id for model_id, spec in self.base_models.items() if name in spec.aliases), None)
 
     @classmethod
     def settings_customise_sources(

@@ -122,6 +122,7 @@ class FineTuningJob(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_expires_at: float | None = Field(default=None, index=True)
     attempts: int = 0
+    integrations: list | None = Field(default=None, sa_type=JSON, description="As requested (validated): wandb.")
 
 
 class JobEvent(SQLModel, table=True):
@@ -371,3 +372,19 @@ class StoredCompletion(SQLModel, table=True):
     messages: list = Field(default_factory=list, sa_type=JSON, description="The request's messages, as checked.")
     request: dict = Field(default_factory=dict, sa_type=JSON, description="The request's other forwarded fields.")
     response: dict = Field(default_factory=dict, sa_type=JSON, description="The chat.completion as answered.")
+
+
+class CheckpointPermission(SQLModel, table=True):
+    """A fine-tuned model or checkpoint shared by its organization with another (``project_id``: tunegate
+    organization ids stand in for OpenAI's project ids). The grantee may list, chat with, evaluate it; only the
+    owner may delete it, export it or manage its permissions (``storage.permissions``)."""
+
+    __tablename__ = "checkpoint_permissions"
+    __table_args__ = (UniqueConstraint("model_id", "project_id", name="uq_checkpoint_permissions_model_project"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=64, description="The owner.")
+    model_id: str = Field(index=True, max_length=512, description="The fine-tuned model or checkpoint id (models.id).")
+    project_id: str = Field(foreign_key="organizations.id", index=True, max_length=64, description="The grantee.")
+    created_at: int

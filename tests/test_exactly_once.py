@@ -65,7 +65,8 @@ def assert_done_once(client: openai.OpenAI, database_url: str, job_id: str) -> N
     total = next(e.data["total_steps"] for e in events if e.type == "metrics")
     assert steps == list(range(1, total + 1)), f"metrics steps repeated, lost or out of order: {steps}"
     assert [int(r["step"]) for r in results_csv(client, job)] == list(range(1, total + 1))
-    assert len(job.result_files) == 1
+    names = [client.files.retrieve(f).filename for f in job.result_files]
+    assert names == ["step_metrics.csv", "tensorboard.tar.gz"], names  # one of each, however often it resumed
     checkpoint_steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job_id)]
     assert len(checkpoint_steps) == len(set(checkpoint_steps)), checkpoint_steps
 

@@ -36,7 +36,7 @@ def evaluate(ctx: JobContext, adapter_key: str) -> None:
     samples = samples_from(ctx.blobs.local_path(validation.normalized_blob_key), EVAL_SAMPLES)
     if not samples:
         return
-    urls = EngineRegistry(ctx.db).ready(job.model)
+    urls = EngineRegistry(ctx.db).ready(ctx.base_id)  # engines serve a base under its id (job.model may be an alias)
     try:
         if not urls:
             raise NoEngine(f"no serving engine for {job.model} is running")
@@ -45,7 +45,7 @@ def evaluate(ctx: JobContext, adapter_key: str) -> None:
         usage = {model: UsageSink(ctx.db, job.organization_id, model, "fine_tuning.jobs", job.id)
                  for model in (ctx.model_name, job.model)}  # accounted to the organization that trained
         tuned = metrics.score(generate(urls, adapter_key, samples, usage=usage[ctx.model_name]), references)
-        base = metrics.score(generate(urls, job.model, samples, usage=usage[job.model]), references)
+        base = metrics.score(generate(urls, ctx.base_id, samples, usage=usage[job.model]), references)
     except Exception as exc:  # scores are a bonus: the trained model stands without them
         ctx.jobs.add_event(job.id, f"Generation metrics skipped: {exc}", level="warn", lease=ctx.worker)
         return
@@ -74,3 +74,18 @@ def results_file(ctx: JobContext) -> StoredFile:
         row = ctx.files.store_blobs(NewFile(organization_id=ctx.job.organization_id, filename="step_metrics.csv",
                                             purpose="fine-tune-results", original=staged))
     return row
+
+
+def tracking_files(ctx: JobContext) -> list[StoredFile]:
+    """The TensorBoard events and a W&B offline run (``finetune.integrations``) as results files: blobs stored,
+    rows inserted with the job's end like the CSV's."""
+    if ctx.tracker is None:
+        return []
+    rows = []
+    for name, path in ctx.tracker.archives(ctx.work_dir / "results"):
+        with ctx.blobs.stage() as staged, open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                staged.write(chunk)
+            rows.append(ctx.files.store_blobs(NewFile(organization_id=ctx.job.organization_id, filename=name,
+                                                      purpose="fine-tune-results", original=staged)))
+    return rows

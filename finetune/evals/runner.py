@@ -36,8 +36,8 @@ from storage.engines import EngineAddress, EngineRegistry, engine_adapter_path
 from storage.errors import TunegateError
 from storage.evals import EvalStore
 from storage.files import Files
-from storage.jobs import owned_model
 from storage.leases import LeaseLost
+from storage.permissions import visible_model
 from storage.settings import Settings
 from storage.stored_completions import Selection, StoredCompletions, eval_item
 from storage.tables import EvalRun
@@ -252,10 +252,10 @@ class _Models:
 
     def _resolve(self, model: str) -> tuple[EngineAddress, str]:
         worker, org = self.worker, self.run.organization_id
-        base, adapter = model, None
-        if model not in worker.settings.base_models:
+        base, adapter = worker.settings.base_model_id(model) or model, None  # a base model's alias: the base
+        if base not in worker.settings.base_models:
             with worker.db.session() as s:
-                row = owned_model(s, org, model)
+                row = visible_model(s, org, model)  # its own, or shared with it (storage.permissions)
             if row is None or row.adapter_key is None:
                 raise RunFailed("model_not_found", f"The model '{model}' no longer exists.")
             base, adapter = row.base_model, row.adapter_key

@@ -51,10 +51,10 @@ def run(ctx: Context) -> list[StoredFile]:
     export, settings = ctx.export, ctx.settings
     with ctx.db.session() as s:
         tuned = owned_model(s, export.organization_id, export.model)
-    if tuned is None and export.model not in settings.base_models:
+    if tuned is None and settings.base_model_id(export.model) is None:
         raise TunegateError(f"The model '{export.model}' was deleted after this export was created.", param="model",
                             code="model_not_found")
-    base_id = tuned.base_model if tuned else export.model
+    base_id = tuned.base_model if tuned else settings.base_model_id(export.model) or export.model
     spec = settings.base_models.get(base_id)
     if spec is None:
         raise TunegateError(f"The base model '{base_id}' is no longer configured on this server.", param="model",

@@ -30,7 +30,7 @@ class ExportsController(Controller):
 
         def create() -> Any:
             services.quota.check(principal.organization_id)
-            row = new_export(principal.organization_id, body, services.catalog.get, services.blobs.local_path,
+            row = new_export(principal.organization_id, body, services.catalog.get_own, services.blobs.local_path,
                              services.settings.base_models)
             return services.exports.add(row)
 

@@ -30,7 +30,7 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
         "validation_file": job.validation_file,
         "seed": job.seed,
         "estimated_finish": job.estimated_finish,
-        "integrations": [],
+        "integrations": list(job.integrations or []),
         "metadata": job.metadata_,
         "method": {"type": job.method, job.method: {**(job.method_config or {}), "hyperparameters": method_hp}},
         "suffix": job.suffix,
