@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 if TYPE_CHECKING:
     from storage.settings import Settings
@@ -148,7 +148,7 @@ class LocalBlobStore:
         """Bytes ``start``..``end`` (inclusive, as HTTP ranges count) of a blob."""
         fh = open(self._path(key), "rb")  # noqa: SIM115 - caller owns it
         fh.seek(start)
-        return _Bounded(fh, end - start + 1)
+        return cast(BinaryIO, _Bounded(fh, end - start + 1))  # read/close/with: all a caller of open() uses
 
     def read_bytes(self, key: str) -> bytes | None:
         try:

@@ -1,20 +1,31 @@
-"""A job trained and served with every blob in S3 (the real SeaweedFS server): the training file uploaded through
-the gateway, the training child reading its local copy, the adapter committed to the store, and the vLLM engine
-fetching it from the store into its own cache (serving/adapter_fetch.py) before loading it — no shared blob
-directory anywhere. One gateway with its engine and embedded worker; the tiny model."""
+"""Blobs in S3 end to end, with the engine on "another host": a vLLM replica started on its own by
+``python -m serving.engine_main`` with its own data directory (no directory shared with the gateways) and two
+gateway processes over one Postgres, all on the real SeaweedFS server. A job is trained (the training child reads
+its local copy of the file from the store, the adapter goes to the store), the engine fetches the adapter from
+the store into its own cache before loading it (serving/adapter_fetch.py), and both gateways chat with it on the
+one replica, where it is loaded once."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.finetune_support import MEMORIZE, TINY, chat_jsonl, qa_pairs, upload, wait_for
 from tests.s3_support import S3Server
-from tests.serving_support import serving_env, wait_engines_ready
-from tests.support import LiveGateway
+from tests.serving_support import serving_env
+from tests.support import LiveGateway, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+ENGINE_KEY = "engine-elsewhere-key"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -25,36 +36,83 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="module")
-def gw(s3: S3Server, tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    data_dir = tmp_path_factory.mktemp("s3-serving")
-    gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}",
-                          **serving_env(tiny_model, TUNEGATE_WORKER__LOG_EVERY_STEPS="10"), **s3.env("serving"))
-    gateway.start()
-    wait_engines_ready(gateway)
-    yield gateway
-    gateway.stop()
+def engine(s3: S3Server, tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """(url, its data directory): an engine host of its own, told only the store (blob_url + [s3])."""
+    from storage.settings import Settings
+
+    data_dir = tmp_path_factory.mktemp("engine-host")
+    env = serving_env(tiny_model)
+    settings = Settings(data_dir=data_dir, base_models={TINY: {"source": tiny_model}},
+                        serving={"dtype": "float32", "max_model_len": 2048, "max_lora_rank": 32, "max_loras": 4,
+                                 "engine_cpus": env["TUNEGATE_SERVING__ENGINE_CPUS"]}, **s3.settings("serving"))
+    path = settings.write_for_child("engine", database=False)
+    port = free_port()
+    log = open(data_dir / "engine.log", "wb")  # noqa: SIM115 - the child's
+    child_env = Settings.child_environ(database=False, VLLM_API_KEY=ENGINE_KEY,
+                                       PYTHONPATH=os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
+    proc = subprocess.Popen([sys.executable, "-m", "serving.engine_main", str(path), TINY, str(port)], env=child_env,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=data_dir)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 900
+    while True:
+        assert proc.poll() is None, (data_dir / "engine.log").read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the engine did not start"
+        time.sleep(1)
+    yield url, data_dir
+    proc.terminate()
+    proc.wait(60)
 
 
-def test_a_job_trained_and_served_with_blobs_in_s3(s3: S3Server, gw: LiveGateway) -> None:
-    _, _, key = gw.new_org_key("s3-train")
-    client = gw.client(key)
+@pytest.fixture(scope="module")
+def gateways(s3: S3Server, engine: tuple[str, Path], tiny_model: str,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LiveGateway]]:
+    from tests.conftest import _fresh_postgres_database
+
+    url, drop = _fresh_postgres_database()
+    models = {TINY: {"source": tiny_model, "engine_urls": [engine[0]], "engine_api_key": ENGINE_KEY}}
+    env = serving_env(tiny_model, TUNEGATE_BASE_MODELS=json.dumps(models), TUNEGATE_SERVING__LOCAL_ENGINES="false",
+                      TUNEGATE_WORKER__LOG_EVERY_STEPS="10", **s3.env("serving"))
+    started = [LiveGateway(tmp_path_factory.mktemp("gw-a"), url, **env),
+               LiveGateway(tmp_path_factory.mktemp("gw-b"), url, **env, TUNEGATE_WORKER__EMBEDDED="false")]
+    try:
+        for gw in started:
+            gw.start()
+        yield started
+    finally:
+        for gw in started:
+            gw.stop()
+        drop()
+
+
+def test_a_job_trained_and_served_with_blobs_in_s3_by_an_engine_elsewhere(
+        s3: S3Server, engine: tuple[str, Path], gateways: list[LiveGateway]) -> None:
+    engine_url, engine_dir = engine
+    _, _, key = gateways[0].new_org_key("s3-train")
+    clients = [gw.client(key) for gw in gateways]
     pairs = qa_pairs(20)
-    file_id = upload(client, chat_jsonl(pairs))
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=file_id, suffix="s3",
-                                         method={"type": "supervised", "supervised": {"hyperparameters": MEMORIZE}})
-    done = wait_for(client, job.id, ("succeeded",), timeout=600)
-    objects = s3.keys("serving/models/")
-    final = [k for k in objects if k.endswith("/final/adapter_config.json")]
-    assert len(final) == 1, objects
+    file_id = upload(clients[0], chat_jsonl(pairs))
+    job = clients[0].fine_tuning.jobs.create(model=TINY, training_file=file_id, suffix="s3", method={
+        "type": "supervised", "supervised": {"hyperparameters": MEMORIZE}})
+    done = wait_for(clients[0], job.id, ("succeeded",), timeout=900)
+    final = [k for k in s3.keys("serving/models/") if k.endswith("/final/adapter_config.json")]
+    assert len(final) == 1, final
     adapter_key = final[0].removeprefix("serving/").removesuffix("/adapter_config.json")
     question = [{"role": "user", "content": pairs[3][0]}]
-    answer = client.chat.completions.create(model=done.fine_tuned_model, messages=question, max_tokens=12,
-                                            temperature=0)
-    assert answer.model == done.fine_tuned_model and pairs[3][1] in answer.choices[0].message.content
-    cached = gw.data_dir / "blob-cache" / "objects" / adapter_key
-    assert (cached / "adapter_model.safetensors").is_file(), "the engine fetched the adapter into its cache"
-    blobs = gw.data_dir / "blobs" / "objects"
-    assert not blobs.exists() or not any(p.is_file() for p in blobs.rglob("*")), "no blob on the local store"
-    results = client.files.content(done.result_files[0]).content
-    assert results.startswith(b"step,")
-
+    for client in clients:  # both gateways, the one replica
+        answer = client.chat.completions.create(model=done.fine_tuned_model, messages=question, max_tokens=12,
+                                                temperature=0)
+        assert answer.model == done.fine_tuned_model and pairs[3][1] in answer.choices[0].message.content
+    assert (engine_dir / "blob-cache" / "objects" / adapter_key / "adapter_model.safetensors").is_file(), \
+        "the engine fetched the adapter from the store into its own cache"
+    cards = httpx.get(f"{engine_url}/v1/models", headers={"authorization": f"Bearer {ENGINE_KEY}"}).json()["data"]
+    assert [c["id"] for c in cards if c.get("parent")] == [adapter_key], "loaded once, under its immutable key"
+    for gw in gateways:  # nothing of the adapter on a gateway's disk; no local blob store in use
+        assert not (gw.data_dir / "blob-cache" / "objects" / adapter_key).exists()
+        blobs = gw.data_dir / "blobs" / "objects"
+        assert not blobs.exists() or not any(p.is_file() for p in blobs.rglob("*"))
+    assert clients[1].files.content(done.result_files[0]).content.startswith(b"step")
