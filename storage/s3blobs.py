@@ -151,6 +151,7 @@ class S3BlobStore:
         self.settings = settings
         self.client = client or s3_client(settings)
         self.cache = Path(cache_dir)
+        self._sizes: dict[str, int] = {}
         self.objects = self.cache / "objects"
         self.scratch = self.cache / "staging"
         self.work = self.cache / "work"
@@ -242,6 +243,8 @@ class S3BlobStore:
             doomed.extend({"Key": o["Key"]} for o in page.get("Contents", []))
         for start in range(0, len(doomed), 1000):
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": doomed[start:start + 1000], "Quiet": True})
+        for known in [k for k in self._sizes if k == key or k.startswith(key + "/")]:
+            del self._sizes[known]
         cached = self.objects / key
         if cached.is_dir():
             shutil.rmtree(cached, ignore_errors=True)
@@ -270,7 +273,15 @@ class S3BlobStore:
         return bool(self._objects_under(key))
 
     def size(self, key: str) -> int:
-        return sum(int(o["Size"]) for o in self._objects_under(key))
+        """Bytes under ``key``; kept once known (keys are immutable: the storage quota asks for every adapter's
+        size on each check, which would otherwise be a listing per adapter per upload)."""
+        key = self._check(key)
+        if key in self._sizes:
+            return self._sizes[key]
+        total = sum(int(o["Size"]) for o in self._objects_under(key))
+        if total and len(self._sizes) < 100_000:
+            self._sizes[key] = total
+        return total
 
     def prefixes(self, top: str) -> Iterator[str]:
         """Immediate children of ``top`` that hold objects. Listed without a delimiter: some stores (SeaweedFS)

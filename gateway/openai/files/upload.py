@@ -119,7 +119,7 @@ async def read_upload(content_type: str, body: AsyncIterator[bytes], staged: Sta
         if collector.pending:
             await sync_to_thread(collector.flush)
     parser.finalize()
-    collector.flush()
+    await sync_to_thread(collector.flush)  # the last bytes: an S3 part upload, off the event loop
     return collector.form
 
 
