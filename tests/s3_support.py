@@ -129,3 +129,64 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+ENGINE_KEY = "engine-elsewhere-key"
+
+
+@dataclass
+class EngineHost:
+    """A vLLM replica on "another host": ``python -m serving.engine_main`` with a data directory of its own, told
+    only the store (blob_url + [s3]) — it shares no directory with any gateway or worker."""
+
+    url: str
+    data_dir: Path
+    process: subprocess.Popen
+
+    @classmethod
+    def start(cls, s3: S3Server, prefix: str, base: str, tiny_model: str, data_dir: Path,
+              cpus: str | None = None) -> EngineHost:
+        from storage.settings import Settings
+
+        settings = Settings(data_dir=data_dir, base_models={base: {"source": tiny_model}},
+                            serving={"dtype": "float32", "max_model_len": 2048, "max_lora_rank": 32, "max_loras": 4,
+                                     "engine_cpus": cpus}, **s3.settings(prefix))
+        path = settings.write_for_child("engine", database=False)
+        port = _free_ports(1)[0]
+        repo = str(Path(__file__).resolve().parents[1])
+        env = Settings.child_environ(database=False, VLLM_API_KEY=ENGINE_KEY,
+                                     PYTHONPATH=os.pathsep.join(filter(None, (repo, os.environ.get("PYTHONPATH")))))
+        log = open(data_dir / "engine.log", "wb")  # noqa: SIM115 - the child's
+        proc = subprocess.Popen([sys.executable, "-m", "serving.engine_main", str(path), base, str(port)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, cwd=data_dir, start_new_session=True)
+        return cls(f"http://127.0.0.1:{port}", data_dir, proc)
+
+    def wait_ready(self, timeout: float = 900) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, (self.data_dir / "engine.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the engine did not start"
+            time.sleep(1)
+
+    def adapters(self) -> list[str]:
+        import httpx
+
+        cards = httpx.get(f"{self.url}/v1/models", headers={"authorization": f"Bearer {ENGINE_KEY}"},
+                          timeout=10).json()["data"]
+        return [c["id"] for c in cards if c.get("parent")]
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()

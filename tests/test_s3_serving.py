@@ -8,10 +8,6 @@ one replica, where it is loaded once."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,13 +15,11 @@ import httpx
 import pytest
 
 from tests.finetune_support import MEMORIZE, TINY, chat_jsonl, qa_pairs, upload, wait_for
-from tests.s3_support import S3Server
+from tests.s3_support import ENGINE_KEY, EngineHost, S3Server
 from tests.serving_support import serving_env
-from tests.support import LiveGateway, free_port
+from tests.support import LiveGateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-ENGINE_KEY = "engine-elsewhere-key"
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,34 +32,11 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="module")
 def engine(s3: S3Server, tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """(url, its data directory): an engine host of its own, told only the store (blob_url + [s3])."""
-    from storage.settings import Settings
-
-    data_dir = tmp_path_factory.mktemp("engine-host")
-    env = serving_env(tiny_model)
-    settings = Settings(data_dir=data_dir, base_models={TINY: {"source": tiny_model}},
-                        serving={"dtype": "float32", "max_model_len": 2048, "max_lora_rank": 32, "max_loras": 4,
-                                 "engine_cpus": env["TUNEGATE_SERVING__ENGINE_CPUS"]}, **s3.settings("serving"))
-    path = settings.write_for_child("engine", database=False)
-    port = free_port()
-    log = open(data_dir / "engine.log", "wb")  # noqa: SIM115 - the child's
-    child_env = Settings.child_environ(database=False, VLLM_API_KEY=ENGINE_KEY,
-                                       PYTHONPATH=os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
-    proc = subprocess.Popen([sys.executable, "-m", "serving.engine_main", str(path), TINY, str(port)], env=child_env,
-                            stdout=log, stderr=subprocess.STDOUT, cwd=data_dir)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
-    while True:
-        assert proc.poll() is None, (data_dir / "engine.log").read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the engine did not start"
-        time.sleep(1)
-    yield url, data_dir
-    proc.terminate()
-    proc.wait(60)
+    host = EngineHost.start(s3, "serving", TINY, tiny_model, tmp_path_factory.mktemp("engine-host"),
+                            serving_env(tiny_model)["TUNEGATE_SERVING__ENGINE_CPUS"])
+    host.wait_ready()
+    yield host.url, host.data_dir
+    host.stop()
 
 
 @pytest.fixture(scope="module")
