@@ -32,6 +32,7 @@ from gateway.openai.files.api_router import FilesController
 from gateway.openai.fine_tuning.api_router import FineTuningJobsController
 from gateway.openai.graders.api_router import GradersController
 from gateway.openai.models.api_router import ModelsController
+from gateway.openai.responses.api_router import ResponsesController
 from gateway.openai.stored_completions.api_router import StoredCompletionsController
 from gateway.openai.uploads.api_router import UploadsController
 from gateway.services import Services
@@ -88,7 +89,8 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         path="/v1",
         route_handlers=[FilesController, FineTuningJobsController, ModelsController, CompletionsController,
                         EvalsController, ExportsController, GradersController, UploadsController,
-                        StoredCompletionsController, BatchesController, CheckpointPermissionsController],
+                        StoredCompletionsController, BatchesController, CheckpointPermissionsController,
+                        ResponsesController],
         guards=[require_api_key],
         middleware=[rate_limited],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},

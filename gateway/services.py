@@ -10,6 +10,7 @@ from gateway.ratelimit.limiter import Limiter
 from serving.catalog import Catalog
 from serving.pool import EnginePool
 from serving.proxy import Completions
+from serving.responses import ResponsesService
 from serving.stored import StoredCompletionWriter
 from storage import migrate
 from storage.accounts import Accounts
@@ -21,6 +22,7 @@ from storage.exports import ExportStore
 from storage.files import Files
 from storage.jobs import JobStore
 from storage.quotas import StorageQuota
+from storage.responses import ResponseStore
 from storage.settings import Settings
 from storage.stored_completions import StoredCompletions
 from storage.uploads import UploadStore
@@ -47,6 +49,7 @@ class Services:
     quota: StorageQuota
     uploads: UploadStore
     stored_completions: StoredCompletions | None = None  # chat completions made with store: true (set by build)
+    responses: ResponsesService | None = None  # /v1/responses over `completions` (set by build)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -63,7 +66,7 @@ class Services:
                    JobStore(db, limits.running_jobs), usage, engines, completions,
                    EvalStore(db, limits.running_eval_runs), ExportStore(db, limits.running_exports),
                    Limiter(settings, accounts), quota, UploadStore(db, blobs, settings.uploads),
-                   stored_completions=stored)
+                   stored_completions=stored, responses=ResponsesService(completions, ResponseStore(db)))
 
     def prepare(self) -> str | None:
         """Migrate the schema, register base models, tidy after crashes. Returns a newly generated admin key."""

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from serving import tools
 from serving.adapter_fetch import SETTINGS_VAR
 from storage.hardware import resolve_device
 from storage.model_sources import gguf_file, local_dir
@@ -43,8 +44,9 @@ def engine_command(model_id: str, weights: str, port: int, spec: BaseModelSpec, 
         "--max-lora-rank", str(serving.max_lora_rank),
         "--disable-uvicorn-access-log", "--middleware", "serving.engine_main.RequireKey",
     ]
-    if spec.tool_call_parser:
-        args += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_call_parser]
+    parser = tools.engine_parser(spec, weights)  # the configured one, else chosen from the model's family
+    if parser:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
     return args + serving.engine_args + spec.engine_args
 
 

@@ -21,7 +21,7 @@ import anyio
 import httpx
 import msgspec
 
-from serving import request_body
+from serving import request_body, tools
 from serving.engines import Replica
 from serving.metrics import note_model
 from serving.pool import EnginePool, Target
@@ -61,17 +61,21 @@ class Completions:
         self.pool, self.usage, self.stored = pool, usage, stored  # stored: where ``store: true`` answers go
         self.limits: RequestLimits = pool.settings.requests
 
-    async def create(self, principal: Principal, endpoint: Endpoint, body: Any) -> bytes | AsyncIterator[bytes]:
-        """The JSON body of the answer, or (``stream: true``) an iterator of SSE events."""
+    async def create(self, principal: Principal, endpoint: Endpoint, body: Any, *,
+                     usage_as: str | None = None) -> bytes | AsyncIterator[bytes]:
+        """The JSON body of the answer, or (``stream: true``) an iterator of SSE events. ``usage_as``: the endpoint
+        usage is recorded under (``responses`` for a Responses request translated onto chat)."""
         request = request_body.parse(endpoint, body, self.limits)
         kept = capture(principal, body, request) if self.stored is not None else None
         target = await self.pool.resolve(principal.organization_id, request.model)
+        tools.require(target.model, target.base_model, tools.support(target.base_model, target.spec,
+                                                                      self.pool.settings), request.params)
         note_model(target.model)
         engine_id = uuid4().hex
         upstream = request.body(target.engine_model, engine=target.spec.engine, request_id=engine_id)
         replica, response = await self._send(target, request, _encode(upstream))
         prefix = "chatcmpl-" if endpoint == "chat.completions" else "cmpl-"
-        call = Call(principal, endpoint, target, prefix + engine_id, request.include_usage)
+        call = Call(principal, usage_as or endpoint, target, prefix + engine_id, request.include_usage)
         if not request.stream:
             try:
                 data = _decode(await response.aread())
@@ -79,7 +83,7 @@ class Completions:
                 replica.in_flight -= 1
                 await response.aclose()
             call.rewrite(data)
-            self.usage.add(principal, target.model, endpoint, data.get("usage"), call.id)
+            self.usage.add(principal, target.model, call.endpoint, data.get("usage"), call.id)
             if kept is not None and self.stored is not None:
                 self.stored.queue(kept.row(data))
             return _encode(data)
@@ -159,7 +163,7 @@ class Call:
     """One request's rewriting state across the chunks of a stream."""
 
     principal: Principal
-    endpoint: Endpoint
+    endpoint: str  # what usage is recorded under
     target: Target
     id: str  # tunegate's response id (never the engine's, which a caller could have shaped)
     client_wants_usage: bool

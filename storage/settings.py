@@ -53,7 +53,8 @@ class BaseModelSpec(BaseModel):
         description="A reasoning model (DeepSeek-R1 style): split `<think>…</think>` into `reasoning_content`.",
     )
     tool_call_parser: str | None = Field(
-        default=None, description="vLLM tool-call parser for `tool_choice: auto` (e.g. hermes, llama3_json)."
+        default=None, description="vLLM tool-call parser for `tool_choice: auto` (e.g. hermes, llama3_json); "
+        "default: chosen from the model's chat template and family (serving/tools.py)."
     )
     engine_args: list[str] = Field(default_factory=list, description="Extra arguments for this model's local engine (vLLM's, or llama_cpp.server's).")
     engine_api_key: SecretStr | None = Field(

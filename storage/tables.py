@@ -316,6 +316,34 @@ class BatchLine(SQLModel, table=True):
     result: str = Field(description="The output line's JSON, as it will be written.")
 
 
+class StoredResponse(SQLModel, table=True):
+    """A Responses API response (``/v1/responses``, ``store`` true): the Response object as last answered, and its
+    place in a ``previous_response_id`` chain. Its own input items are ``ResponseInputItem`` rows."""
+
+    __tablename__ = "responses"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=64)
+    model: str = Field(max_length=512)
+    status: str = Field(index=True, max_length=32)
+    background: bool = False
+    previous_response_id: str | None = Field(default=None, max_length=64)
+    created_at: int
+    body: dict = Field(sa_type=JSON, description="The Response object (output, usage, status...).")
+
+
+class ResponseInputItem(SQLModel, table=True):
+    """One input item of a stored response, in the order sent (``seq``)."""
+
+    __tablename__ = "response_input_items"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(max_length=64)
+    response_id: str = Field(foreign_key="responses.id", index=True, max_length=64)
+    item: dict = Field(sa_type=JSON)
+
+
 class OrganizationLimits(SQLModel, table=True):
     """An organization's overrides of the limit defaults in settings (``LimitSettings`` fields; absent: the default)."""
 

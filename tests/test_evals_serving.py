@@ -110,7 +110,7 @@ def test_item_reference_response_format_and_tools(gw: LiveGateway, tenants, reco
         assert item.results[0].passed == (picked == "red") and picked in ("red", "blue")
     assert parsed >= 3
 
-    tools = [{"type": "function", "function": {"name": "lookup", "description": "Look a word up",
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "Look a word up", "strict": True,
                                                "parameters": {"type": "object", "properties": {
                                                    "word": {"type": "string", "enum": ["sun", "moon"]}},
                                                    "required": ["word"]}}}]
@@ -125,10 +125,10 @@ def test_item_reference_response_format_and_tools(gw: LiveGateway, tenants, reco
                             "tool_choice": {"type": "function", "function": {"name": "lookup"}}}})
     done = _finished(client, tool_eval.id, run.id)
     items = list(client.evals.runs.output_items.list(run.id, eval_id=tool_eval.id))
-    # tools and tool_choice reach the engine; vLLM answers a named tool only with a tool-call parser configured on
-    # the base model (`tool_call_parser`), which the tiny test model has none of: each item errors with its message
-    assert done.status == "completed" and done.result_counts.errored == 3
-    assert all("tool-call-parser" in i.sample.error.message for i in items), [i.sample.error for i in items]
+    # tools and tool_choice reach the engine, which runs the tool-call parser chosen from the tiny model's template
+    # (`<tool_call>` → hermes, serving/tools.py): the named tool is called
+    assert done.status == "completed" and done.result_counts.passed >= 1, done.result_counts
+    assert not any(i.sample.error and "tool-call-parser" in (i.sample.error.message or "") for i in items)
 
 
 def test_score_and_label_judged_by_the_organizations_fine_tuned_model(gw: LiveGateway, tenants,

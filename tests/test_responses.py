@@ -1,0 +1,378 @@
+"""The Responses API (``/v1/responses``) through a real vLLM engine and the official openai client, sync and async.
+
+One gateway with one local engine of the tiny model serves the module. Answers are checked against the chat
+completion of the same conversation (greedy decoding: the translation must give the model the same prompt), every
+object and streamed event is validated against the spec, and organizations never see each other's responses.
+The store itself is also exercised on Postgres (``test_store_on_both_databases``), without an engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Literal
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+from serving.responses import EventStream, from_chat, parse, skeleton, to_chat
+from tests.finetune_support import TINY, wait_until
+from tests.serving_support import serving_env, wait_engines_ready
+from tests.support import LiveGateway, SpecRecorder, SpecValidator
+
+QUESTION = "What is the capital of France?"
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                          "required": ["city"], "additionalProperties": False}, "strict": True}
+
+
+@pytest.fixture(scope="module")
+def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    data_dir = tmp_path_factory.mktemp("responses")
+    gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **serving_env(tiny_model))
+    gateway.start()
+    wait_engines_ready(gateway)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def orgs(gw: LiveGateway) -> dict[str, tuple[str, str, str]]:
+    return {"mine": gw.new_org_key("responders"), "other": gw.new_org_key("strangers")}
+
+
+def async_client(gw: LiveGateway, key: str, recorder: SpecRecorder) -> openai.AsyncOpenAI:
+    async def hook(response) -> None:  # noqa: ANN001 - httpx2.Response
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            await response.aread()
+            name = recorder.schema_for(response.request.method, response.request.url.path, response.status_code)
+            if name is not None and response.content:
+                recorder.check(name, response.json(), f"{response.request.method} {response.request.url.path}")
+
+    http = openai.DefaultAsyncHttpx2Client(event_hooks={"response": [hook]})
+    return openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0, http_client=http, timeout=60)
+
+
+def chat_text(client: openai.OpenAI, messages: list[dict], n: int) -> str:
+    answer = client.chat.completions.create(model=TINY, messages=messages, max_tokens=n, temperature=0)
+    return answer.choices[0].message.content or ""
+
+
+def check_events(recorder: SpecRecorder, events: list[dict]) -> None:
+    for i, event in enumerate(events):
+        recorder.check("ResponseStreamEvent", event, f"event {i} ({event['type']})")
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+def test_create_matches_chat_and_is_stored(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
+    client = gw.client(orgs["mine"][2], recorder)
+    answer = client.responses.create(model=TINY, input=QUESTION, instructions="Answer briefly.", max_output_tokens=10,
+                                     temperature=0, metadata={"topic": "geo"})
+    assert answer.object == "response" and answer.id.startswith("resp_") and answer.model == TINY
+    assert answer.status in ("completed", "incomplete") and answer.output[0].type == "message"
+    expected = chat_text(client, [{"role": "system", "content": "Answer briefly."},
+                                  {"role": "user", "content": QUESTION}], 10)
+    assert answer.output_text == expected and expected
+    assert answer.usage.output_tokens <= 10 and answer.usage.input_tokens > 0
+    assert answer.usage.total_tokens == answer.usage.input_tokens + answer.usage.output_tokens
+    if answer.usage.output_tokens == 10:
+        assert answer.status == "incomplete" and answer.incomplete_details.reason == "max_output_tokens"
+    assert answer.metadata == {"topic": "geo"} and answer.store is True
+
+    again = client.responses.retrieve(answer.id)
+    assert again.output_text == answer.output_text and again.status == answer.status
+    items = client.responses.input_items.list(answer.id)
+    assert [i.type for i in items.data] == ["message"] and items.data[0].content[0].text == QUESTION
+    assert "Response" in recorder.checked and "ResponseItemList" in recorder.checked
+
+    unstored = client.responses.create(model=TINY, input=QUESTION, max_output_tokens=3, store=False)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+
+
+def test_stream_event_sequence(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
+    client = gw.client(orgs["mine"][2], recorder)
+    with client.responses.stream(model=TINY, input=QUESTION, max_output_tokens=8, temperature=0) as stream:
+        events = [e.model_dump(exclude_unset=True) for e in stream]
+        final = stream.get_final_response()
+    check_events(recorder, events)
+    kinds = [e["type"] for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          "response.incomplete" if final.status == "incomplete" else "response.completed"]
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert deltas == final.output_text == chat_text(client, [{"role": "user", "content": QUESTION}], 8)
+    assert final.usage.output_tokens == 8 or final.status == "completed"
+    assert client.responses.retrieve(final.id).output_text == deltas  # stored once it ended
+    assert recorder.violations == []
+
+
+def test_previous_response_id_continues_the_conversation(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
+    client = gw.client(orgs["mine"][2], recorder)
+    first = client.responses.create(model=TINY, input="Name a colour.", max_output_tokens=6, temperature=0)
+    second = client.responses.create(model=TINY, input="And another one?", previous_response_id=first.id,
+                                      max_output_tokens=6, temperature=0)
+    assert second.previous_response_id == first.id
+    history = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": first.output_text},
+               {"role": "user", "content": "And another one?"}]
+    assert second.output_text == chat_text(client, history, 6)
+    counted = client.responses.input_tokens.count(model=TINY, input="And another one?",
+                                                  previous_response_id=first.id)
+    assert counted.object == "response.input_tokens" and counted.input_tokens == second.usage.input_tokens
+    assert client.responses.input_items.list(second.id).data[0].content[0].text == "And another one?"
+
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.responses.create(model=TINY, input="x", previous_response_id=first.id, max_output_tokens=2)
+    assert missing.value.body["param"] == "previous_response_id"
+
+
+def test_input_items_pages_and_tenants(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
+    mine, other = gw.client(orgs["mine"][2], recorder), gw.client(orgs["other"][2], recorder)
+    sent = [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": [{"type": "input_text",
+                                                                                       "text": "Bye"}]}]
+    answer = mine.responses.create(model=TINY, input=sent, max_output_tokens=3)
+    page = mine.responses.input_items.list(answer.id, limit=2, order="asc")
+    assert page.has_more and [i.role for i in page.data] == ["developer", "user"]
+    rest = mine.responses.input_items.list(answer.id, limit=2, order="asc", after=page.data[-1].id)
+    assert not rest.has_more and [i.role for i in rest.data] == ["assistant", "user"]
+    newest = mine.responses.input_items.list(answer.id, limit=1)  # default order: desc
+    assert newest.data[0].id == rest.data[-1].id
+    assert [i.id for i in mine.responses.input_items.list(answer.id)] == [i.id for i in reversed(page.data + rest.data)]
+
+    for call in (lambda: other.responses.retrieve(answer.id), lambda: other.responses.delete(answer.id),
+                 lambda: other.responses.input_items.list(answer.id), lambda: other.responses.cancel(answer.id),
+                 lambda: other.responses.create(model=TINY, input="x", previous_response_id=answer.id)):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    mine.responses.delete(answer.id)
+    with pytest.raises(openai.NotFoundError):
+        mine.responses.retrieve(answer.id)
+    assert recorder.violations == []
+
+
+def test_structured_output_with_parse(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
+    class Color(BaseModel):
+        color: Literal["red", "blue"]
+        sure: bool
+
+    client = gw.client(orgs["mine"][2], recorder)
+    parsed = 0
+    for seed_question in ("Pick a colour.", "Which colour?", "Red or blue?"):
+        answer = client.responses.parse(model=TINY, input=seed_question, text_format=Color, max_output_tokens=40,
+                                        temperature=0)
+        assert answer.text.format.type == "json_schema" and answer.text.format.strict is True
+        if answer.status == "completed":  # a random model may spend its budget on whitespace inside the object
+            assert isinstance(answer.output_parsed, Color)
+            parsed += 1
+    assert parsed >= 1
+    assert recorder.violations == []
+
+
+def test_function_calling_round_trip(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
+    client = gw.client(orgs["mine"][2], recorder)
+    named = client.responses.create(model=TINY, input="Weather in Paris?", tools=[WEATHER], max_output_tokens=40,
+                                    tool_choice={"type": "function", "name": "get_weather"})
+    calls = [o for o in named.output if o.type == "function_call"]
+    assert calls and calls[0].name == "get_weather" and json.loads(calls[0].arguments)["city"] in ("Paris", "Rome")
+    assert named.tools[0].name == "get_weather"
+    follow = client.responses.create(
+        model=TINY, previous_response_id=named.id, max_output_tokens=5, tools=[WEATHER], tool_choice="none",
+        input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": '{"temp": 21}'}])
+    assert follow.output[0].type == "message" and follow.status in ("completed", "incomplete")
+    assert [i.type for i in client.responses.input_items.list(follow.id)] == ["function_call_output"]
+
+    with client.responses.stream(model=TINY, input="Weather?", tools=[WEATHER], tool_choice="required",
+                                 max_output_tokens=60) as stream:
+        events = [e.model_dump(exclude_unset=True) for e in stream]
+        final = stream.get_final_response()
+    check_events(recorder, events)
+    done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    streamed = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
+    assert done and final.output[0].type == "function_call"
+    assert streamed == "".join(e["arguments"] for e in done) and json.loads(done[0]["arguments"])["city"]
+    assert recorder.violations == []
+
+
+def test_background_and_cancel(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
+    client = gw.client(orgs["mine"][2], recorder)
+    queued = client.responses.create(model=TINY, input=QUESTION, background=True, max_output_tokens=6, temperature=0)
+    assert queued.status in ("queued", "in_progress") and queued.background is True
+    done = wait_until(lambda: (r := client.responses.retrieve(queued.id)).status not in ("queued", "in_progress")
+                      and r, 60, "the background response")
+    assert done.status in ("completed", "incomplete") and done.output_text
+    assert client.responses.cancel(queued.id).status == done.status  # a finished one is returned as it is
+
+    long = client.responses.create(model=TINY, input=QUESTION, background=True, max_output_tokens=1500)
+    cancelled = client.responses.cancel(long.id)
+    assert cancelled.status == "cancelled"
+    time.sleep(1)
+    assert client.responses.retrieve(long.id).status == "cancelled"  # the generation's end did not overwrite it
+
+    foreground = client.responses.create(model=TINY, input=QUESTION, max_output_tokens=2)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.cancel(foreground.id)
+    assert refused.value.body["param"] == "response_id"
+    assert recorder.violations == []
+
+
+def test_async_client_every_method(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
+    class Pick(BaseModel):
+        pick: Literal["yes", "no"]
+
+    async def run() -> None:
+        client = async_client(gw, orgs["mine"][2], recorder)
+        created = await client.responses.create(model=TINY, input=QUESTION, max_output_tokens=4, temperature=0)
+        assert (await client.responses.retrieve(created.id)).id == created.id
+        items = await client.responses.input_items.list(created.id)
+        assert items.data[0].type == "message"
+        counted = await client.responses.input_tokens.count(model=TINY, input=QUESTION)
+        assert counted.input_tokens == created.usage.input_tokens
+        async with client.responses.stream(model=TINY, input=QUESTION, max_output_tokens=4, temperature=0) as stream:
+            events = [e.model_dump(exclude_unset=True) async for e in stream]
+            final = await stream.get_final_response()
+        check_events(recorder, events)
+        assert final.output_text == created.output_text
+        raw = await client.responses.create(model=TINY, input=QUESTION, max_output_tokens=4, temperature=0,
+                                            stream=True)
+        assert [e.type async for e in raw][-1] in ("response.completed", "response.incomplete")
+        parsed = await client.responses.parse(model=TINY, input="yes?", text_format=Pick, max_output_tokens=20)
+        assert parsed.output_parsed is None or isinstance(parsed.output_parsed, Pick)
+        background = await client.responses.create(model=TINY, input=QUESTION, background=True, max_output_tokens=1500)
+        assert (await client.responses.cancel(background.id)).status == "cancelled"
+        await client.responses.delete(created.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(created.id)
+        await client.close()
+
+    asyncio.run(run())
+    assert recorder.violations == []
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
+    ({"input": [{"role": "user", "content": [{"type": "input_audio", "data": "x"}]}]}, "input[0].content[0].type"),
+    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+    ({"input": "x", "temperature": 7}, "temperature"),
+    ({"input": "x", "max_output_tokens": 10**9}, "max_output_tokens"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
+    ({"input": "x", "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
+    ({"input": "x", "kv_transfer_params": {}}, "kv_transfer_params"),
+    ({"input": "x", "background": True, "store": False}, "background"),
+    ({}, "input"),
+])
+def test_bad_input_names_the_param(gw: LiveGateway, orgs, recorder: SpecRecorder, body: dict, param: str) -> None:
+    client = gw.client(orgs["mine"][2], recorder)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=TINY, **body)  # type: ignore[call-overload]
+    assert refused.value.body["param"] == param, refused.value.body
+    assert recorder.violations == []
+
+
+def test_unknown_model_and_usage_per_organization(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
+    client = gw.client(orgs["other"][2], recorder)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.responses.create(model="ft:nope:org:x:12345678", input="x")
+    assert missing.value.body["code"] == "model_not_found"
+    answer = client.responses.create(model=TINY, input=QUESTION, max_output_tokens=3)
+
+    from sqlmodel import select
+
+    from storage.db import Database
+    from storage.tables import UsageRecord
+
+    db = Database(gw.database_url)
+    try:
+        def recorded() -> list[UsageRecord]:
+            with db.session() as s:
+                return list(s.exec(select(UsageRecord).where(UsageRecord.organization_id == orgs["other"][0],
+                                                             UsageRecord.endpoint == "responses")))
+        rows = wait_until(recorded, 10, "the usage row")
+    finally:
+        db.dispose()
+    assert sum(r.completion_tokens for r in rows) == answer.usage.output_tokens
+    assert sum(r.prompt_tokens for r in rows) == answer.usage.input_tokens
+
+
+# --- without an engine ---------------------------------------------------------------------------------------------
+def test_reasoning_items_and_summary(spec: SpecValidator) -> None:
+    req = parse({"model": "m", "input": "x", "reasoning": {"effort": "low", "summary": "auto"}})
+    assert to_chat(req, [])["reasoning_effort"] == "low"
+    chat = {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "Paris.", "reasoning_content": "The capital is Paris."}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}}
+    response = from_chat(req, chat, skeleton(req, "resp_x", 1, "in_progress"))
+    assert spec.errors("Response", response) == []
+    assert [o["type"] for o in response["output"]] == ["reasoning", "message"]
+    assert response["output"][0]["summary"] == [{"type": "summary_text", "text": "The capital is Paris."}]
+
+    stream = EventStream(req, skeleton(req, "resp_y", 1, "in_progress"))
+    events = stream.start()
+    for delta in ({"reasoning_content": "Think"}, {"reasoning_content": "ing."}, {"content": "Done."}):
+        events += stream.feed({"choices": [{"index": 0, "delta": delta}]})
+    final, last = stream.end()
+    decoded = [json.loads(e.split(b"data: ", 1)[1]) for e in events + last]
+    assert all(spec.errors("ResponseStreamEvent", e) == [] for e in decoded)
+    kinds = [e["type"] for e in decoded]
+    assert kinds.count("response.reasoning_summary_text.delta") == 2 and "response.reasoning_summary_part.done" in kinds
+    assert final["output"][0]["summary"][0]["text"] == "Thinking." and final["output"][1]["content"][0]["text"] == "Done."
+
+
+def test_items_translate_to_chat_messages() -> None:
+    req = parse({"model": "m", "instructions": "sys", "input": [
+        {"role": "user", "content": "q"},
+        {"type": "function_call", "call_id": "a", "name": "f", "arguments": "{}"},
+        {"type": "function_call", "call_id": "b", "name": "g", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "a", "output": "1"},
+        {"type": "function_call_output", "call_id": "b", "output": "2"},
+        {"type": "reasoning", "summary": []},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "done"}]}]})
+    messages = to_chat(req, [])["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool", "assistant"]
+    assert [c["id"] for c in messages[2]["tool_calls"]] == ["a", "b"] and messages[-1]["content"] == "done"
+
+
+def test_store_on_both_databases(database_url: str) -> None:
+    """The store's tenancy, chain and cancel rules on SQLite and on the real Postgres."""
+    from storage import migrate
+    from storage.accounts import Accounts
+    from storage.db import Database
+    from storage.errors import InvalidRequest, NotFound
+    from storage.responses import ResponseStore
+
+    db = Database(database_url)
+    try:
+        migrate.upgrade(db)
+        accounts = Accounts(db)
+        a, b = accounts.create_org("a").id, accounts.create_org("b").id
+        store = ResponseStore(db)
+        req = parse({"model": "m", "input": "one"})
+        first = {**skeleton(req, "resp_1", 1, "completed"), "output": [{"id": "msg_o", "type": "message"}]}
+        store.add(a, first, req.input)
+        later = parse({"model": "m", "input": "two", "previous_response_id": "resp_1", "background": True})
+        store.add(a, skeleton(later, "resp_2", 2, "queued"), later.input)
+        assert [i["type"] for i in store.conversation(a, "resp_1")] == ["message", "message"]
+        with pytest.raises(InvalidRequest):  # still queued: not a previous response yet
+            store.conversation(a, "resp_2")
+        with pytest.raises(NotFound):
+            store.conversation(b, "resp_1")
+        assert store.cancel(a, "resp_2", {})["status"] == "cancelled"
+        assert not store.finish(a, {**skeleton(later, "resp_2", 2, "completed")})  # the cancel wins
+        assert store.get(a, "resp_2")["status"] == "cancelled"
+        with pytest.raises(InvalidRequest):
+            store.cancel(a, "resp_1", {})
+        with pytest.raises(NotFound):
+            store.get(b, "resp_2")
+        with pytest.raises(NotFound):
+            store.delete(b, "resp_1")
+        store.delete(a, "resp_2")
+        with pytest.raises(NotFound):
+            store.input_items(a, "resp_2", limit=10, after=None, order="asc")
+    finally:
+        db.dispose()
