@@ -16,6 +16,12 @@ local HF dir), then:
 --stub replaces the engine with bench/stub_engine.py (instant vLLM-shaped chunks) and runs (a) only: what the
 gateway itself adds per request and per chunk, without an engine competing for the same CPU cores.
 
+--stub --processes 1,2,4: the stub behind that many gateway processes on one port (`tunegate serve --workers N`),
+each compared with the stub directly: chunks/s and the added p50s.
+
+--stub --metrics: what the metrics middleware and counters add: two gateways, `metrics = "off"` and `"admin"`,
+requests interleaved as for --limiter.
+
 --stub --limiter: what the rate limiter adds. Three gateways on the stub — limits off, in-process counters, Redis
 counters (--redis-url) — with every limit of a key and its organization on (requests, tokens, streams; high enough
 never to refuse); streamed chat completions one at a time, to each gateway in turn (--requests × --rounds each);
@@ -122,11 +128,11 @@ async def load(url: str, headers: dict[str, str], models: list[str], concurrency
 
 
 def overhead(gw_url: str, key: str, engine_url: str, model: str, levels: list[int], max_tokens: int,
-             rounds: int, engine_auth: dict[str, str] | None = None) -> list[dict]:
+             rounds: int, engine_auth: dict[str, str] | None = None, min_requests: int = 16) -> list[dict]:
     auth, engine_auth = {"authorization": f"Bearer {key}"}, engine_auth or {}
     rows = []
     for c in levels:
-        requests = max(2 * c, 16)
+        requests = max(2 * c, min_requests)
         direct, gateway = Run(), Run()
         asyncio.run(load(engine_url, engine_auth, [model], c, min(c, 8), max_tokens))  # warm both paths
         asyncio.run(load(gw_url, auth, [model], c, min(c, 8), max_tokens))
@@ -209,7 +215,14 @@ def main() -> None:
     parser.add_argument("--limiter", action="store_true", help="with --stub: limiter off vs in-process vs Redis")
     parser.add_argument("--requests", type=int, default=200, help="with --limiter: requests per round and mode")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --limiter")
+    parser.add_argument("--metrics", action="store_true", help="with --stub: /metrics on (admin) vs off, interleaved")
+    parser.add_argument("--processes", default="", help="with --stub: gateway process counts to compare, e.g. "
+                        "1,2,4 (`tunegate serve --workers N` behind one port)")
     args = parser.parse_args()
+    if args.stub and args.processes:
+        return processes_overhead(args)
+    if args.stub and args.metrics:
+        return metrics_overhead(args)
     if args.stub:
         return limiter_overhead(args) if args.limiter else stub_overhead(args)
 
@@ -269,14 +282,72 @@ def stub_overhead(args: argparse.Namespace) -> None:
     print(json.dumps({"engine": "stub", "overhead": rows}, indent=2))
 
 
+def processes_overhead(args: argparse.Namespace) -> None:
+    """The stub engine behind 1, 2, 4 … gateway processes on one port (``serve --workers N``): per process count and
+    concurrency, chunks/s and the added TTFT/latency p50 against the stub directly (the same rounds alternate)."""
+    import subprocess
+
+    from tests.support import free_port
+
+    port = free_port()
+    stub = subprocess.Popen([sys.executable, str(REPO / "bench" / "stub_engine.py"), str(port)])
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        for n in [int(p) for p in args.processes.split(",") if p]:
+            work = Path(tempfile.mkdtemp(prefix=f"tunegate-bench-procs{n}-"))
+            gw = LiveGateway(work, f"sqlite:///{work / 'tunegate.db'}", TUNEGATE_BASE_MODELS=json.dumps(
+                {"stub": {"source": "unused", "engine_urls": [url]}}), TUNEGATE_WORKER__EMBEDDED="false")
+            gw.serve_args = ["--workers", str(n)] if n > 1 else []
+            gw.start()
+            try:
+                wait_engines_ready(gw, 60)
+                time.sleep(2)  # every process's first health check
+                key = gw.new_org_key("bench")[2]
+                for row in overhead(gw.url, key, url, "stub", [int(c) for c in args.concurrency.split(",")],
+                                    args.max_tokens, args.rounds, min_requests=args.requests):
+                    row = {"processes": n, **row,
+                           "direct_chunks_s": row["direct_tok_s"], "tunegate_chunks_s": row["tunegate_tok_s"]}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            finally:
+                gw.stop()
+    finally:
+        stub.terminate()
+    print(json.dumps({"engine": "stub", "processes": rows}, indent=2))
+
+
 LIMITS_OFF = {f: None for f in ("requests_per_minute", "tokens_per_minute", "concurrent_streams")}
 LIMITS_ON = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12, "concurrent_streams": 10**6,
              "key_requests_per_minute": 10**9, "key_tokens_per_minute": 10**12, "key_concurrent_streams": 10**6}
 
 
 def limiter_overhead(args: argparse.Namespace) -> None:
-    import subprocess
     import uuid
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    rows = compare_modes(args, "limiter", {
+        "off": {"TUNEGATE_LIMITS": json.dumps(LIMITS_OFF)},
+        "memory": {"TUNEGATE_LIMITS": json.dumps(LIMITS_ON)},
+        "redis": {"TUNEGATE_LIMITS": json.dumps({**LIMITS_ON, "redis_prefix": prefix}),
+                  "TUNEGATE_REDIS_URL": args.redis_url},
+        "redis-exact": {"TUNEGATE_LIMITS": json.dumps({**LIMITS_ON, "redis_prefix": f"{prefix}x",
+                                                       "redis_reserve": False}),
+                        "TUNEGATE_REDIS_URL": args.redis_url}})
+    counter_us = asyncio.run(counter_calls(args.redis_url, prefix))
+    print(json.dumps({"engine": "stub", "limiter": rows, "counter_call_us": counter_us}, indent=2))
+
+
+def metrics_overhead(args: argparse.Namespace) -> None:
+    """What /metrics costs the request path: the middleware and counters on (``metrics: admin``) vs off."""
+    rows = compare_modes(args, "metrics", {"off": {"TUNEGATE_METRICS": "off"}, "on": {"TUNEGATE_METRICS": "admin"}})
+    print(json.dumps({"engine": "stub", "metrics": rows}, indent=2))
+
+
+def compare_modes(args: argparse.Namespace, label: str, modes: dict[str, dict[str, str]]) -> list[dict]:
+    """One gateway per mode (its extra environment) on one stub engine, requests interleaved across them; p50/p99
+    of each and the difference from the first mode."""
+    import subprocess
 
     from tests.support import free_port
 
@@ -284,16 +355,11 @@ def limiter_overhead(args: argparse.Namespace) -> None:
     stub = subprocess.Popen([sys.executable, str(REPO / "bench" / "stub_engine.py"), str(port)])
     url = f"http://127.0.0.1:{port}"
     models = json.dumps({"stub": {"source": "unused", "engine_urls": [url]}})
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    modes = {"off": {"TUNEGATE_LIMITS": json.dumps(LIMITS_OFF)},
-             "memory": {"TUNEGATE_LIMITS": json.dumps(LIMITS_ON)},
-             "redis": {"TUNEGATE_LIMITS": json.dumps({**LIMITS_ON, "redis_prefix": prefix}),
-                       "TUNEGATE_REDIS_URL": args.redis_url}}
     gateways: dict[str, tuple[LiveGateway, str]] = {}
     runs = {mode: Run() for mode in modes}
     try:
         for mode, env in modes.items():
-            work = Path(tempfile.mkdtemp(prefix=f"tunegate-bench-limiter-{mode}-"))
+            work = Path(tempfile.mkdtemp(prefix=f"tunegate-bench-{label}-{mode}-"))
             gw = LiveGateway(work, f"sqlite:///{work / 'tunegate.db'}", TUNEGATE_BASE_MODELS=models,
                              TUNEGATE_WORKER__EMBEDDED="false", **env)
             gw.start()
@@ -303,22 +369,21 @@ def limiter_overhead(args: argparse.Namespace) -> None:
         runs = {mode: Run() for mode in modes}
         for _ in range(args.rounds):
             asyncio.run(interleaved(gateways, runs, args.requests, args.max_tokens))
-        counter_us = asyncio.run(counter_calls(args.redis_url, prefix))
     finally:
         for gw, _ in gateways.values():
             gw.stop()
         stub.terminate()
-    off = runs["off"]
+    first = runs[next(iter(modes))]
     rows = []
     for mode, run in runs.items():
-        row = {"limiter": mode, "requests": len(run.latency), "errors": run.errors,
+        row = {label: mode, "requests": len(run.latency), "errors": run.errors,
                "ttft_p50_ms": run.pct(run.ttft, 0.5), "ttft_p99_ms": run.pct(run.ttft, 0.99),
                "latency_p50_ms": run.pct(run.latency, 0.5), "latency_p99_ms": run.pct(run.latency, 0.99),
-               "added_ttft_p50_ms": run.pct(run.ttft, 0.5) - off.pct(off.ttft, 0.5),
-               "added_latency_p50_ms": run.pct(run.latency, 0.5) - off.pct(off.latency, 0.5)}
+               "added_ttft_p50_ms": run.pct(run.ttft, 0.5) - first.pct(first.ttft, 0.5),
+               "added_latency_p50_ms": run.pct(run.latency, 0.5) - first.pct(first.latency, 0.5)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(json.dumps({"engine": "stub", "limiter": rows, "counter_call_us": counter_us}, indent=2))
+    return rows
 
 
 async def interleaved(gateways: dict[str, tuple[LiveGateway, str]], runs: dict[str, Run], requests: int,
@@ -332,10 +397,14 @@ async def interleaved(gateways: dict[str, tuple[LiveGateway, str]], runs: dict[s
 
 async def counter_calls(redis_url: str, prefix: str, n: int = 2000) -> dict[str, float]:
     """The limiter's counters alone: µs per admission + settlement of a streamed completion (4 buckets, 2 slots)."""
-    from gateway.ratelimit.counters import Bucket, MemoryCounters, RedisCounters, Slot
+    from gateway.ratelimit.counters import Bucket, Counters, MemoryCounters, RedisCounters, Slot
+    from gateway.ratelimit.reserve import ReservedCounters
 
     out = {}
-    for name, counters in (("memory", MemoryCounters()), ("redis", RedisCounters(redis_url))):
+    made: tuple[tuple[str, Counters], ...] = (
+        ("memory", MemoryCounters()), ("redis", RedisCounters(redis_url)),
+        ("redis-reserve", ReservedCounters(RedisCounters(redis_url))))
+    for name, counters in made:
         buckets = [Bucket(f"{prefix}:{{o}}:{k}", 10**9, 100) for k in ("or", "ot", "kr", "kt")]
         slots = [Slot(f"{prefix}:{{o}}:{k}", 10**6) for k in ("os", "ks")]
         start = time.perf_counter()
@@ -343,6 +412,8 @@ async def counter_calls(redis_url: str, prefix: str, n: int = 2000) -> dict[str,
             await counters.admit(buckets, slots, str(i))
             await counters.settle(buckets[1::2], slots, str(i))
         out[name] = (time.perf_counter() - start) / n * 1e6
+        if isinstance(counters, ReservedCounters):
+            out["redis-reserve round trips per admission"] = counters.round_trips / n
         await counters.close()
     return out
 

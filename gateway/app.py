@@ -97,7 +97,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
     )
     app = Litestar(
         route_handlers=[v1, AdminController, health, *console_routes(), *metrics_routes(settings.metrics)],
-        middleware=[observe_requests],
+        middleware=[observe_requests] if settings.metrics != "off" else [],  # off: nothing on the request path
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=limit_json_body,

@@ -138,6 +138,7 @@ class LiveGateway:
         self.data_dir, self.database_url = data_dir, database_url
         self.port = free_port()
         self.extra_env = env
+        self.serve_args: list[str] = []  # more `tunegate serve` arguments, e.g. ["--workers", "2"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "gateway.log"
 
@@ -160,7 +161,8 @@ class LiveGateway:
         self.port = self.port or free_port()
         log = open(self.log, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--log-level", "warning",
+             *self.serve_args],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir,
         )
         deadline = time.monotonic() + 60

@@ -5,8 +5,6 @@ process answers the scrape. The guard: off (404), open, admin key."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import _fresh_postgres_database
 from tests.finetune_support import TINY, chat_jsonl, qa_pairs, upload, wait_until
 from tests.serving_support import engine_address, make_adapter, register_adapter, serving_env, wait_engines_ready
-from tests.support import ADMIN_KEY, LiveGateway, free_port
+from tests.support import ADMIN_KEY, LiveGateway
 
 CHAT = "/v1/chat/completions"
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -99,14 +97,22 @@ def test_requests_tokens_and_time_to_first_token(engine_gw: LiveGateway, org: tu
 def test_adapter_loads_and_evictions(engine_gw: LiveGateway, org: tuple[str, str], tiny_model: str,
                                      tmp_path: Path) -> None:
     org_id, key = org
+    start = scrape(engine_gw.url)
+
+    def loads() -> float:
+        return delta(start, scrape(engine_gw.url), "tunegate_adapter_loads_total", base_model=TINY, outcome="loaded")
+
+    # one at a time, so that no two loads race (the warm-up loads each new model at once)
     a = register_adapter(engine_gw, org_id, make_adapter(tiny_model, tmp_path / "a", seed=1), "ma")
+    wait_until(lambda: loads() >= 1, 60, "the warm-up to load the first adapter")
     b = register_adapter(engine_gw, org_id, make_adapter(tiny_model, tmp_path / "b", seed=2), "mb")
+    wait_until(lambda: loads() >= 2, 60, "the warm-up to load the second adapter")
     client = engine_gw.client(key)
-    for model in (a, b):  # whatever the warm-up loaded, both have been loaded once now
-        client.chat.completions.create(model=model, messages=HELLO, max_tokens=2)
+    client.chat.completions.create(model=b, messages=HELLO, max_tokens=2)  # loaded: no load
     before = scrape(engine_gw.url)
+    assert delta(start, before, "tunegate_adapter_unloads_total", base_model=TINY, reason="evicted") >= 1
     assert value(before, "tunegate_engine_adapters_loaded", base_model=TINY) == 1  # max_adapters_per_engine
-    client.chat.completions.create(model=a, messages=HELLO, max_tokens=2)  # b was the last: a evicts it
+    client.chat.completions.create(model=a, messages=HELLO, max_tokens=2)  # a evicts b
     after = scrape(engine_gw.url)
     assert delta(before, after, "tunegate_adapter_loads_total", base_model=TINY, outcome="loaded") == 1
     assert delta(before, after, "tunegate_adapter_unloads_total", base_model=TINY, reason="evicted") == 1
@@ -174,23 +180,15 @@ def test_workers_behind_one_port_add_up(engine_gw: LiveGateway, org: tuple[str, 
     """``serve --workers 2`` on the first gateway's engine: every scrape, whichever process answers it, counts
     every request any process served (prometheus_client multiprocess mode)."""
     engine = engine_address(engine_gw)
-    port = free_port()
     gw = LiveGateway(tmp_path, engine_gw.database_url, TUNEGATE_WORKER__EMBEDDED="false",
                      TUNEGATE_BASE_MODELS=json.dumps({TINY: {"source": "unused", "engine_urls": [engine.url],
                                                               "engine_api_key": engine.api_key}}))
-    log = open(tmp_path / "workers.log", "ab")  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--workers", "2", "--port", str(port),
-                             "--log-level", "warning"], env=gw.env(), stdout=log, stderr=subprocess.STDOUT,
-                            cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
+    gw.serve_args = ["--workers", "2"]
+    gw.start()
+    url, port = gw.url, gw.port
     try:
-        def up() -> bool:
-            try:
-                health = httpx.get(f"{url}/health", timeout=2).json()
-                return [e["state"] for e in health["engines"]] == ["ready"]
-            except httpx.HTTPError:
-                return False
-        wait_until(up, 60, "the two-process gateway")
+        wait_until(lambda: [e["state"] for e in httpx.get(f"{url}/health").json()["engines"]] == ["ready"], 60,
+                   "both processes' engine to be ready")
         before = scrape(url)
         auth = {"authorization": f"Bearer {org[1]}"}
         body = {"model": TINY, "messages": HELLO, "max_tokens": 2}
@@ -202,9 +200,7 @@ def test_workers_behind_one_port_add_up(engine_gw: LiveGateway, org: tuple[str, 
         pids = {p.stem.rsplit("_", 1)[1] for p in (tmp_path / "run" / f"prometheus-{port}").glob("counter_*.db")}
         assert len(pids) == 2, pids  # both processes served (and counted) requests
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        gw.stop()
 
 
 def test_dashboard_uses_only_exported_metrics(engine_gw: LiveGateway) -> None:

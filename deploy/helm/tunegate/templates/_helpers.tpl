@@ -54,7 +54,7 @@ app.kubernetes.io/component: {{ .component }}
 - name: TUNEGATE_ADMIN_KEY
   valueFrom: {secretKeyRef: {name: {{ include "tunegate.secretName" . }}, key: admin-key}}
 - name: TUNEGATE_BASE_MODELS
-  valueFrom: {secretKeyRef: {name: {{ include "tunegate.secretName" . }}, key: base-models}}
+  valueFrom: {secretKeyRef: {name: {{ include "tunegate.fullname" . }}-engines, key: base-models}}
 - name: TUNEGATE_WORKER__EMBEDDED
   value: "false"
 - name: TUNEGATE_SERVING__LOCAL_ENGINES
