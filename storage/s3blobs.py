@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import boto3
 from botocore.config import Config
@@ -144,6 +145,27 @@ class S3StagedBlob:
         self.discard()  # a no-op once committed
 
 
+class _Raw(io.RawIOBase):
+    """botocore's StreamingBody as a raw file: its own iteration yields 1 KiB chunks, not lines, so callers get
+    it wrapped in a BufferedReader and see an ordinary binary file."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.body.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.body.close()
+        super().close()
+
+
 class S3BlobStore:
     def __init__(self, url: str, settings: S3Settings, cache_dir: Path, client: Any = None) -> None:
         self.bucket, self.prefix = parse_blob_url(url)
@@ -253,12 +275,14 @@ class S3BlobStore:
 
     # --- reading ---------------------------------------------------------------------------------------------
     def open(self, key: str) -> BinaryIO:
-        return self.client.get_object(Bucket=self.bucket, Key=self.full(self._check(key)))["Body"]
+        """The object as a buffered binary file (read(n), readline, iteration by lines, with), streamed."""
+        body = self.client.get_object(Bucket=self.bucket, Key=self.full(self._check(key)))["Body"]
+        return cast(BinaryIO, io.BufferedReader(_Raw(body), buffer_size=1 << 20))
 
     def open_range(self, key: str, start: int, end: int) -> BinaryIO:
         """Bytes ``start``..``end`` inclusive (an HTTP range), read by the store: nothing else crosses the wire."""
-        return self.client.get_object(Bucket=self.bucket, Key=self.full(self._check(key)),
-                                      Range=f"bytes={start}-{end}")["Body"]
+        body = self.client.get_object(Bucket=self.bucket, Key=self.full(self._check(key)), Range=f"bytes={start}-{end}")["Body"]
+        return cast(BinaryIO, io.BufferedReader(_Raw(body), buffer_size=1 << 20))
 
     def read_bytes(self, key: str) -> bytes | None:
         try:

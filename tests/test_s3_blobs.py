@@ -49,6 +49,11 @@ def test_small_blob_is_one_put_straight_onto_its_key(s3: S3Server, store: S3Blob
     assert _keys(s3, store.prefix) == [f"{store.prefix}/files/file-1/original"]  # no staging object left
     with store.open("files/file-1/original") as fh:
         assert fh.read() == b"hello world"
+    with store.stage() as staged:
+        staged.write(b"one\ntwo\n\nthree")
+        store.commit(staged, "files/lines/original")
+    with store.open("files/lines/original") as fh:  # an ordinary binary file: iterated by lines (batch input)
+        assert list(fh) == [b"one\n", b"two\n", b"\n", b"three"]
     assert store.exists("files/file-1/original") and store.size("files/file-1/original") == 11
     assert store.read_bytes("files/missing") is None
 
