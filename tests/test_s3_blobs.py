@@ -263,3 +263,54 @@ def test_uploads_api_parts_live_in_s3_until_completed(s3: S3Server, s3_gateway) 
     assert len(_objects(s3, f"uploads/{cancelled.id}/")) == 1
     client.uploads.cancel(cancelled.id)
     assert _objects(s3, f"uploads/{cancelled.id}/") == []
+
+
+def test_engine_side_fetch_rewrites_the_load_to_its_own_cached_copy(s3: S3Server, tmp_path: Path) -> None:
+    """serving/adapter_fetch.FetchAdapters as vLLM runs it (an ASGI middleware), over a stand-in for vLLM's app."""
+    import asyncio
+
+    from serving.adapter_fetch import SETTINGS_VAR, FetchAdapters
+    from storage.settings import Settings
+
+    engine_dir = tmp_path / "engine-host"
+    settings = Settings(data_dir=engine_dir, **s3.settings("fetch"))
+    writer = S3BlobStore(settings.blob_url or "", settings.s3, tmp_path / "writer-cache")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    writer.commit_dir(adapter, "models/j/c/final")
+    seen: list[dict] = []
+
+    async def vllm(scope: dict, receive, send) -> None:  # noqa: ANN001
+        seen.append(json.loads((await receive())["body"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"Success"})
+
+    async def call(app: FetchAdapters, body: dict) -> int:
+        raw = json.dumps(body).encode()
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await app({"type": "http", "method": "POST", "path": "/v1/load_lora_adapter",
+                   "headers": [(b"content-length", str(len(raw)).encode())]}, receive, send)
+        return sent[0]["status"]
+
+    os.environ[SETTINGS_VAR] = str(settings.write_for_child("engine", database=False))
+    try:
+        app = FetchAdapters(vllm)
+    finally:
+        del os.environ[SETTINGS_VAR]
+    url = f"{settings.blob_url}/models/j/c/final"
+    assert asyncio.run(call(app, {"lora_name": "models/j/c/final", "lora_path": url})) == 200
+    local = engine_dir.resolve() / "blob-cache" / "objects" / "models/j/c/final"
+    assert seen[-1] == {"lora_name": "models/j/c/final", "lora_path": str(local)}
+    assert (local / "adapter_config.json").read_text() == '{"r": 8}'
+    assert asyncio.run(call(app, {"lora_name": "x", "lora_path": f"{settings.blob_url}/models/none"})) == 404
+    assert asyncio.run(call(app, {"lora_name": "y", "lora_path": "/some/local/dir"})) == 200
+    assert seen[-1]["lora_path"] == "/some/local/dir", "a plain path goes to vLLM untouched"
+    assert len(seen) == 2
