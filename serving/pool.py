@@ -327,7 +327,8 @@ def _load_error(target: Target, response: httpx.Response) -> TunegateError:
     message = _upstream_message(response)
     if response.status_code == 404:
         return InvalidRequest(f"The engine for '{target.base_model}' cannot read the adapter of '{target.model}' "
-                              f"({message}). Engines on other hosts need serving.engine_blob_dir.",
+                              f"({message}). Engines on other hosts need blob_url (an S3 store they fetch "
+                              "from) or serving.engine_blob_dir.",
                               param="model", code="model_unavailable")
     if response.status_code == 400:
         return InvalidRequest(f"The engine refused the adapter of '{target.model}': {message}", param="model",

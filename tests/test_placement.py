@@ -181,3 +181,68 @@ def test_two_gateways_load_each_adapter_on_its_home_replica_only(s3: S3Server, t
         for stub in stubs:
             stub.stop()
         drop()
+
+
+def test_two_pools_share_two_replicas_by_placement(tmp_path: Path) -> None:
+    """The same at the pool's seam, in one process: two EnginePools (two gateways' routing) over two stub replicas
+    on real HTTP; one pool's loads count against the other's max_adapters_per_engine, and an adapter unloaded by one
+    disappears from the other's view at the next sync."""
+    import asyncio
+
+    from serving.adapters import Adapter
+    from serving.catalog import Catalog
+    from serving.pool import EnginePool, Target
+    from storage.blobs import LocalBlobStore
+    from storage.db import Database
+    from storage.engines import EngineRegistry
+    from storage.migrate import upgrade
+    from storage.settings import Settings
+
+    stubs = [Stub(tmp_path), Stub(tmp_path)]
+    urls = [s.url for s in stubs]
+
+    def pool(name: str) -> EnginePool:
+        settings = Settings(data_dir=tmp_path / name, base_models={"stub": {"source": "unused", "engine_urls": urls}},
+                            serving={"health_interval_seconds": 0.1, "warm_poll_seconds": 3600,
+                                     "max_adapters_per_engine": 3})
+        db = Database(settings.resolved_database_url)
+        upgrade(db)
+        return EnginePool(settings, Catalog(db, settings), LocalBlobStore(settings.resolved_blob_dir), EngineRegistry(db))
+
+    keys = [f"models/pool-{i}/c/final" for i in range(12)]
+    home = {k: ranking(k, urls, _ident)[0] for k in keys}
+
+    async def scenario() -> None:
+        pools = [pool("a"), pool("b")]
+        for p in pools:
+            await p.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not all(r.state == "ready" for p in pools for r in p.replicas["stub"]):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            spec = pools[0].settings.base_models["stub"]
+            for i, key in enumerate(keys):  # alternate pools: each adapter through both
+                for p in (pools[i % 2], pools[(i + 1) % 2]):
+                    target = Target(f"ft:{key}", "stub", spec, Adapter(key, f"s3://b/{key}", 8))
+                    replica = await p.acquire(target)
+                    assert replica.url == home[key]
+            for stub in stubs:
+                log = stub.log()
+                mine = [k for k in keys if home[k] == stub.url]
+                assert {e["name"] for e in log["loads"]} == set(mine), "home only"
+                assert len(log["loads"]) == len(mine), "each loaded once, whichever pool asked first"
+                assert log["peak"] <= 3 and len(log["loaded"]) == min(3, len(mine))
+            await asyncio.sleep(0.3)  # a sync: both pools see each engine's own list
+            for stub in stubs:
+                views = [sorted(next(r for r in p.replicas["stub"] if r.url == stub.url).loaded) for p in pools]
+                assert views[0] == views[1] == stub.log()["loaded"]
+        finally:
+            for p in pools:
+                await p.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for stub in stubs:
+            stub.stop()
