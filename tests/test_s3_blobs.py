@@ -183,86 +183,104 @@ def test_the_secret_stays_out_of_dumps_but_reaches_child_settings(s3: S3Server, 
     assert oct(settings.write_for_child("t").stat().st_mode & 0o777) == "0o600"
 
 
-# --- the gateway with blob_url = s3://… ------------------------------------------------------------------------
+# --- the gateway with blob_url = s3://… (in process: Litestar's TestClient, real HTTP semantics) ----------------
+
+ADMIN = "sk-admin-s3-test"
 
 
 @pytest.fixture(scope="module")
-def s3_gateway(s3: S3Server, tmp_path_factory: pytest.TempPathFactory):
-    from tests.support import LiveGateway
+def s3_app(s3: S3Server, tmp_path_factory: pytest.TempPathFactory):
+    from litestar.testing import TestClient
+
+    from gateway.app import create_app
+    from storage.settings import Settings
 
     data_dir = tmp_path_factory.mktemp("gw-s3")
-    gw = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", TUNEGATE_WORKER__EMBEDDED="false",
-                     **s3.env("gateway"))
-    gw.start()
-    yield gw
-    gw.stop()
+    settings = Settings(data_dir=data_dir, admin_key=ADMIN, worker={"embedded": False},
+                        serving={"local_engines": False}, **s3.settings("gateway"))
+    with TestClient(create_app(settings, on_admin_key=lambda _: None)) as client:
+        client.data_dir = data_dir  # type: ignore[attr-defined]
+        yield client
+
+
+def _org_key(client, name: str) -> dict[str, str]:  # noqa: ANN001
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    org = client.post("/admin/organizations", json={"name": name}, headers=admin).json()
+    key = client.post(f"/admin/organizations/{org['id']}/keys", json={"name": "t"}, headers=admin).json()
+    return {"authorization": f"Bearer {key['secret']}"}
 
 
 def _objects(s3: S3Server, prefix: str) -> list[str]:
     return [k.removeprefix("gateway/") for k in _keys(s3, f"gateway/{prefix}")]
 
 
-def test_gateway_stores_uploads_in_s3_and_serves_ranges(s3: S3Server, s3_gateway, recorder) -> None:  # noqa: ANN001
-    import httpx
-
-    from tests.finetune_support import chat_jsonl, qa_pairs, upload
-
-    org_a, _, key_a = s3_gateway.new_org_key("s3-a")
-    _, _, key_b = s3_gateway.new_org_key("s3-b")
-    client = s3_gateway.client(key_a, recorder)
-    content = chat_jsonl(qa_pairs(20))
-    file_id = upload(client, content)
-    assert _objects(s3, f"files/{file_id}/") == [f"files/{file_id}/normalized.jsonl", f"files/{file_id}/original"]
-    local = s3_gateway.data_dir / "blobs" / "objects"
-    assert not any(p.is_file() for p in local.rglob("*")) if local.exists() else True  # nothing on local disk
-    assert list((s3_gateway.data_dir / "blob-cache" / "staging").iterdir()) == []  # the checker's copies are gone
-    assert client.files.content(file_id).content == content
-    with httpx.Client(base_url=s3_gateway.url, headers={"authorization": f"Bearer {key_a}"}) as http:
-        part = http.get(f"/v1/files/{file_id}/content", headers={"range": "bytes=10-29"})
-        assert part.status_code == 206 and part.content == content[10:30]
-        assert part.headers["content-range"] == f"bytes 10-29/{len(content)}"
-        tail = http.get(f"/v1/files/{file_id}/content", headers={"range": "bytes=-7"})
-        assert tail.status_code == 206 and tail.content == content[-7:]
-        beyond = http.get(f"/v1/files/{file_id}/content", headers={"range": f"bytes={len(content)}-"})
-        assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(content)}"
-        assert beyond.json()["error"]["code"] == "range_not_satisfiable"
-        assert http.get(f"/v1/files/{file_id}/content").headers["accept-ranges"] == "bytes"
-    other = s3_gateway.client(key_b)
-    with pytest.raises(Exception) as err:  # another organization's file is "not found", in S3 as on disk
-        other.files.content(file_id)
-    assert getattr(err.value, "status_code", None) == 404
-    bad = chat_jsonl(qa_pairs(3)) + b"{not json\n"
-    with pytest.raises(Exception) as err:
-        upload(client, bad)
-    assert getattr(err.value, "status_code", None) == 400
-    client.files.delete(file_id)
-    assert _objects(s3, f"files/{file_id}/") == []
-    assert [k for k in _objects(s3, "staging/")] == [] and _uploads(s3, "gateway/") == []
-    assert org_a
-
-
-def test_uploads_api_parts_live_in_s3_until_completed(s3: S3Server, s3_gateway) -> None:  # noqa: ANN001
-    import io
-
+def test_gateway_stores_uploads_in_s3_and_serves_ranges(s3: S3Server, s3_app, spec) -> None:  # noqa: ANN001
     from tests.finetune_support import chat_jsonl, qa_pairs
 
-    _, _, key = s3_gateway.new_org_key("s3-uploads")
-    client = s3_gateway.client(key)
+    a, b = _org_key(s3_app, "s3-a"), _org_key(s3_app, "s3-b")
     content = chat_jsonl(qa_pairs(20))
-    upload = client.uploads.create(bytes=len(content), filename="train.jsonl", mime_type="application/jsonl",
-                                   purpose="fine-tune")
+    created = s3_app.post("/v1/files", headers=a, data={"purpose": "fine-tune"},
+                          files={"file": ("train.jsonl", content, "application/jsonl")})
+    assert created.status_code == 200, created.text
+    assert spec.errors("OpenAIFile", created.json()) == []
+    file_id = created.json()["id"]
+    assert _objects(s3, f"files/{file_id}/") == [f"files/{file_id}/normalized.jsonl", f"files/{file_id}/original"]
+    local = s3_app.data_dir / "blobs" / "objects"
+    assert not local.exists() or not any(p.is_file() for p in local.rglob("*")), "nothing in a local blob store"
+    assert list((s3_app.data_dir / "blob-cache" / "staging").iterdir()) == [], "the checker's copies are gone"
+    whole = s3_app.get(f"/v1/files/{file_id}/content", headers=a)
+    assert whole.content == content and whole.headers["accept-ranges"] == "bytes"
+    normalized = s3_app.get(f"/v1/files/{file_id}/content", headers=a, params={"format": "normalized"})
+    assert normalized.status_code == 200 and normalized.content.count(b"\n") == 20
+    part = s3_app.get(f"/v1/files/{file_id}/content", headers={**a, "range": "bytes=10-29"})
+    assert part.status_code == 206 and part.content == content[10:30]
+    assert part.headers["content-range"] == f"bytes 10-29/{len(content)}"
+    tail = s3_app.get(f"/v1/files/{file_id}/content", headers={**a, "range": "bytes=-7"})
+    assert tail.status_code == 206 and tail.content == content[-7:]
+    beyond = s3_app.get(f"/v1/files/{file_id}/content", headers={**a, "range": f"bytes={len(content)}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(content)}"
+    assert beyond.json()["error"]["code"] == "range_not_satisfiable"
+    assert s3_app.get(f"/v1/files/{file_id}/content", headers=b).status_code == 404, "another org's: not found"
+    assert s3_app.get(f"/v1/files/{file_id}/content", headers={**b, "range": "bytes=0-3"}).status_code == 404
+    bad = chat_jsonl(qa_pairs(3)) + b"{not json\n"
+    refused = s3_app.post("/v1/files", headers=a, data={"purpose": "fine-tune"},
+                          files={"file": ("bad.jsonl", bad, "application/jsonl")})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "file"
+    big = os.urandom(6 * MIB)  # past one part: streamed in multipart, committed by a server-side copy
+    stored = s3_app.post("/v1/files", headers=a, data={"purpose": "batch"},
+                         files={"file": ("big.bin", big, "application/octet-stream")})
+    assert stored.status_code == 200, stored.text
+    big_id = stored.json()["id"]
+    assert s3_app.get(f"/v1/files/{big_id}/content", headers={**a, "range": "bytes=5242870-5242889"}).content == \
+        big[5242870:5242890]
+    for gone in (file_id, big_id):
+        assert s3_app.delete(f"/v1/files/{gone}", headers=a).json()["deleted"] is True
+        assert _objects(s3, f"files/{gone}/") == []
+    assert _objects(s3, "files/") == [] and _objects(s3, "staging/") == [] and _uploads(s3, "gateway/") == []
+
+
+def test_uploads_api_parts_live_in_s3_until_completed(s3: S3Server, s3_app) -> None:  # noqa: ANN001
+    from tests.finetune_support import chat_jsonl, qa_pairs
+
+    a = _org_key(s3_app, "s3-uploads")
+    content = chat_jsonl(qa_pairs(20))
+    upload = s3_app.post("/v1/uploads", headers=a, json={"bytes": len(content), "filename": "train.jsonl",
+                                                         "mime_type": "application/jsonl", "purpose": "fine-tune"}).json()
     half = len(content) // 2
-    parts = [client.uploads.parts.create(upload.id, data=io.BytesIO(chunk)).id
+    parts = [s3_app.post(f"/v1/uploads/{upload['id']}/parts", headers=a,
+                         files={"data": ("blob", chunk, "application/octet-stream")}).json()["id"]
              for chunk in (content[:half], content[half:])]
-    assert len(_objects(s3, f"uploads/{upload.id}/")) == 2
-    done = client.uploads.complete(upload.id, part_ids=parts)
-    assert done.status == "completed" and client.files.content(done.file.id).content == content
-    assert _objects(s3, f"uploads/{upload.id}/") == []  # the parts go once the file is stored
-    cancelled = client.uploads.create(bytes=10, filename="x.jsonl", mime_type="application/jsonl", purpose="fine-tune")
-    client.uploads.parts.create(cancelled.id, data=io.BytesIO(b"0123456789"))
-    assert len(_objects(s3, f"uploads/{cancelled.id}/")) == 1
-    client.uploads.cancel(cancelled.id)
-    assert _objects(s3, f"uploads/{cancelled.id}/") == []
+    assert len(_objects(s3, f"uploads/{upload['id']}/")) == 2
+    done = s3_app.post(f"/v1/uploads/{upload['id']}/complete", headers=a, json={"part_ids": parts}).json()
+    assert done["status"] == "completed", done
+    assert s3_app.get(f"/v1/files/{done['file']['id']}/content", headers=a).content == content
+    assert _objects(s3, f"uploads/{upload['id']}/") == [], "the parts go once the file is stored"
+    cancelled = s3_app.post("/v1/uploads", headers=a, json={"bytes": 10, "filename": "x.jsonl",
+                                                            "mime_type": "application/jsonl", "purpose": "fine-tune"}).json()
+    s3_app.post(f"/v1/uploads/{cancelled['id']}/parts", headers=a, files={"data": ("blob", b"0123456789", "text/plain")})
+    assert len(_objects(s3, f"uploads/{cancelled['id']}/")) == 1
+    assert s3_app.post(f"/v1/uploads/{cancelled['id']}/cancel", headers=a).json()["status"] == "cancelled"
+    assert _objects(s3, f"uploads/{cancelled['id']}/") == []
 
 
 def test_engine_side_fetch_rewrites_the_load_to_its_own_cached_copy(s3: S3Server, tmp_path: Path) -> None:
