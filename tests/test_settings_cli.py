@@ -74,6 +74,7 @@ ENVIRONMENT_READS = {
     "serving/engine_main.py": "the engine hands its (already scrubbed) environment and its key variable to vLLM",
     "finetune/export/gguf.py": "the converter subprocess gets PYTHONPATH; TUNEGATE_LLAMA_CPP_DIR locates the install",
     "finetune/recipe/run.py": "sets TOKENIZERS_PARALLELISM for the tokenizers library",
+    "serving/adapter_fetch.py": "inside vLLM, the middleware finds the engine's settings file (engine_main sets the path)",
 }
 
 
