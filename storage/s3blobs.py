@@ -385,16 +385,18 @@ class S3BlobStore:
         """What an engine is told to load: the blob's URL, fetched into the engine host's cache before loading."""
         return f"{self.url}/{self._check(key)}"
 
-    def sweep_staging(self, older_than_s: float = 3600.0) -> int:
+    def sweep_staging(self, older_than_s: float = 3600.0, uploads_older_than_s: float = 86400.0) -> int:
         """Abort multipart uploads and delete staged objects a crash left behind, and this host's stale scratch
-        files. Returns how many went."""
+        files. Returns how many went. A multipart upload is judged by when it began (S3 keeps no last-write time
+        for it), so it gets a day: a slow upload still streaming after an hour is not cut off."""
         cutoff = time.time() - older_than_s
+        uploads_cutoff = time.time() - uploads_older_than_s
         removed = 0
         staging = self.full(STAGING) + "/"
         paginator = self.client.get_paginator("list_multipart_uploads")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=staging):
             for upload in page.get("Uploads", []):
-                if upload["Initiated"].timestamp() < cutoff:
+                if upload["Initiated"].timestamp() < uploads_cutoff:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                     removed += 1
         for page in self._list(staging):
