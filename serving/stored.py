@@ -53,6 +53,7 @@ class Capture:
     created: int = field(default_factory=now)
     head: dict[str, Any] = field(default_factory=dict)  # a stream's id, model, created, system_fingerprint
     choices: dict[int, dict[str, Any]] = field(default_factory=dict)
+    texts: dict[tuple[int, str], list[str]] = field(default_factory=dict)  # streamed text pieces, joined at the end
     usage: dict[str, Any] | None = None
 
     def row(self, completion: dict[str, Any]) -> StoredCompletion:
@@ -82,7 +83,7 @@ class Capture:
         message, delta = into["message"], choice.get("delta") or {}
         for key in ("content", "reasoning_content", "refusal"):
             if delta.get(key):
-                message[key] = (message.get(key) or "") + delta[key]
+                self.texts.setdefault((into["index"], key), []).append(delta[key])
         for call in delta.get("tool_calls") or ():
             calls = message.setdefault("tool_calls", [])
             while len(calls) <= call.get("index", 0):
@@ -99,6 +100,8 @@ class Capture:
 
     def streamed(self) -> dict[str, Any]:
         """The stream folded into one ``chat.completion``."""
+        for (index, key), pieces in self.texts.items():
+            self.choices[index]["message"][key] = "".join(pieces)
         completion = {"id": self.head.get("id"), "object": "chat.completion", "created": self.head.get("created"),
                       "model": self.head.get("model"), "choices": [self.choices[i] for i in sorted(self.choices)]}
         if self.head.get("system_fingerprint"):
@@ -113,8 +116,9 @@ class StoredCompletionWriter(BatchedWriter[StoredCompletion]):
 
     what = "stored completions"
 
-    def __init__(self, store: StoredCompletions, interval: float = 1.0) -> None:
-        super().__init__(store, interval, MAX_PENDING_BYTES)
+    def __init__(self, store: StoredCompletions, interval: float = 1.0,
+                 max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
+        super().__init__(store, interval, max_pending_bytes)
 
     def size(self, row: StoredCompletion) -> int:
         return len(_encode(row.messages)) + len(_encode(row.response)) + 512

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+from sqlalchemy.exc import DisconnectionError
 
 from serving.request_body import EngineRequest
-from serving.stored import Capture
+from serving.stored import Capture, StoredCompletionWriter
 from storage import migrate
 from storage.accounts import Accounts
 from storage.db import Database
@@ -273,3 +274,38 @@ def test_a_stream_folds_into_one_completion() -> None:
     assert (row.id, row.model, row.created_at, row.metadata_) == ("chatcmpl-x", TINY, 5, {"k": "v"})
     assert row.request["temperature"] == 0.5 and row.response["usage"]["total_tokens"] == 7
     assert time.time() > row.created_at
+
+
+def test_what_waits_for_the_database_is_bounded_in_bytes(database_url: str) -> None:
+    """While the database is away stored completions wait, the oldest set aside past the byte budget; once it is
+    back, what waited is written."""
+    db = Database(database_url)
+    migrate.upgrade(db)
+    org = Accounts(db).create_org("w").id
+    store = StoredCompletions(db)
+    away = {"yes": True}
+
+    class Flaky:
+        def add_many(self, rows: list[StoredCompletion]) -> None:
+            if away["yes"]:
+                raise DisconnectionError("the database is away")
+            store.add_many(rows)
+
+    writer = StoredCompletionWriter(Flaky(), max_pending_bytes=20_000)  # type: ignore[arg-type]
+
+    def row(n: int) -> StoredCompletion:
+        return StoredCompletion(id=f"chatcmpl-w{n:03d}", organization_id=org, model="m", created_at=n,
+                                messages=[{"role": "user", "content": "x" * 4000}], response={"id": n})
+
+    async def main() -> None:
+        for n in range(10):
+            writer.queue(row(n))
+            await writer.flush()  # fails: the rows wait
+        assert 0 < writer._held <= 20_000 and writer.set_aside == 6
+        away["yes"] = False
+        await writer.flush()
+        assert writer._held == 0 and writer._pending == []
+
+    asyncio.run(main())
+    assert [r.id for r in store.select(org, Selection({}))] == [f"chatcmpl-w{n:03d}" for n in range(6, 10)]
+    db.dispose()
