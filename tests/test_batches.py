@@ -279,6 +279,27 @@ def test_2000_requests_survive_kill_9_of_the_worker_each_answered_once(gw: LiveG
     assert done.error_file_id is None
 
 
+def test_a_responses_batch_stores_its_responses(gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI,
+                                                spec: SpecValidator) -> None:
+    rows = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses",
+             "body": {"model": TINY, "input": f"Hello {i}", "instructions": "Be brief.", "max_output_tokens": 6,
+                      "store": i != 2}} for i in range(3)]
+    rows.append({"custom_id": "bad", "method": "POST", "url": "/v1/responses",
+                 "body": {"model": TINY, "input": "x", "background": True}})
+    done = finished(client, client.batches.create(input_file_id=upload_batch_file(client, rows),
+                                                  endpoint="/v1/responses", completion_window="24h").id)
+    assert done.status == "completed" and (done.request_counts.completed, done.request_counts.failed) == (3, 1)
+    output = {o["custom_id"]: o["response"]["body"] for o in read_lines(client, done.output_file_id)}
+    for body in output.values():
+        assert body["object"] == "response" and body["output"][-1]["type"] == "message"
+        assert not spec.errors("Response", body), spec.errors("Response", body)
+    assert client.responses.retrieve(output["r0"]["id"]).id == output["r0"]["id"]  # stored, for this organization
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(output["r2"]["id"])  # store: false
+    [bad] = read_lines(client, done.error_file_id)
+    assert bad["response"]["status_code"] == 400 and bad["response"]["body"]["error"]["param"] == "background"
+
+
 # --- the store alone (no gateway): SQLite and Postgres -------------------------------------------------------------
 def test_the_store_fences_commits_and_keeps_each_line_once(database_url: str) -> None:
     from sqlalchemy.exc import IntegrityError

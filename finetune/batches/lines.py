@@ -19,7 +19,7 @@ from storage.ids import new_id
 from storage.tables import BatchLine
 
 # the batch endpoint → the allow-list endpoint of serving.request_body
-ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
+ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions", "/v1/responses": "responses"}
 MAX_CUSTOM_ID = 512
 
 
