@@ -193,10 +193,11 @@ def test_grantee_evaluates_the_shared_model(gw: LiveGateway, orgs, recorder: Spe
     gw.client(orgs["owner"][2]).fine_tuning.checkpoints.permissions.create(orgs["model"],
                                                                             project_ids=[orgs["grantee"][0]])
     grantee = gw.client(orgs["grantee"][2], recorder)
+    criteria = [{"type": "string_check", "name": "any", "input": "{{sample.output_text}}", "reference": "never",
+                 "operation": "ne"}]
     evaluation = grantee.evals.create(
         name="shared", data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-        testing_criteria=[{"type": "string_check", "name": "any", "input": "{{sample.output_text}}",
-                           "reference": "never", "operation": "ne"}])
+        testing_criteria=criteria)
     content = [{"item": {"q": f"Say {w}."}} for w in ("one", "two")]
     source = {"type": "completions", "model": orgs["model"], "source": {"type": "file_content", "content": content},
               "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
@@ -207,7 +208,7 @@ def test_grantee_evaluates_the_shared_model(gw: LiveGateway, orgs, recorder: Spe
     assert done.status == "completed" and done.result_counts.total == 2 and done.result_counts.errored == 0, done
     stranger = gw.client(orgs["stranger"][2])
     other_eval = stranger.evals.create(name="x", data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-                                       testing_criteria=evaluation.testing_criteria)
+                                       testing_criteria=criteria)
     with pytest.raises(openai.NotFoundError):  # not shared with the stranger
         stranger.evals.runs.create(other_eval.id, data_source=source)
 
