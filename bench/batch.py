@@ -65,13 +65,14 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=10_000)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=None, help="batches.concurrency (default: the setting's)")
+    ap.add_argument("--engine-cpus", default=None, help="serving.engine_cpus (default: every core)")
     args = ap.parse_args()
 
     from tests.tiny_model import build_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     model_dir = build_tiny_model(tmp / "tiny", DATA)
-    extra = {"TUNEGATE_WORKER__EMBEDDED": "false", "TUNEGATE_SERVING__ENGINE_CPUS": f"0-{(os.cpu_count() or 1) - 1}",
+    extra = {"TUNEGATE_WORKER__EMBEDDED": "false", "TUNEGATE_SERVING__ENGINE_CPUS": args.engine_cpus or f"0-{(os.cpu_count() or 1) - 1}",
              "TUNEGATE_LIMITS__REQUESTS_PER_MINUTE": "1000000"}
     if args.concurrency:
         extra["TUNEGATE_BATCHES__CONCURRENCY"] = str(args.concurrency)
