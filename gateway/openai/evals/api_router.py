@@ -60,6 +60,8 @@ class EvalsController(Controller):
     async def create_run(self, request: Request, services: ServicesDep, principal: PrincipalDep,
                          eval_id: FromPath[str]) -> dict[str, Any]:
         body = await read_json(request)
+        if services.completions.stored is not None:  # a stored_completions source sees this gateway's latest
+            await services.completions.stored.flush()
 
         def create() -> Any:
             evaluation = services.evals.get_eval(principal.organization_id, eval_id)
