@@ -5,7 +5,7 @@ taken down with its volumes.
 
 It needs dockerd and debootstrap and takes minutes (the first image build is the most of it), so it runs only with
 ``TUNEGATE_TEST_COMPOSE=1`` (``.ci/run`` sets it when ``TUNEGATE_CI_COMPOSE=1``); otherwise it is skipped with that
-reason — never silently. Times of each phase are printed (``-s``) and written to ``compose-timings.json``."""
+reason — never silently. Times of each phase are printed (``-s``) and written to ``.cache/compose-timings.json``."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def stack(tiny_model: str) -> Iterator[str]:
         started = time.monotonic()
         compose(env, "down", "-v", "--remove-orphans", check=False)
         timed("down", started)
-        Path("compose-timings.json").write_text(json.dumps(TIMINGS, indent=2))
+        (REPO / ".cache" / "compose-timings.json").write_text(json.dumps(TIMINGS, indent=2))
 
 
 def test_train_through_the_gateway_container_and_chat(stack: str, recorder) -> None:  # noqa: ANN001
