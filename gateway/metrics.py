@@ -39,7 +39,7 @@ from storage.tables import EvalRun, Export, FineTuningJob
 
 _STREAM = b"text/event-stream"
 # work kinds: (table, its queued statuses); every state is reported, these also as queue depth / oldest age
-WORK = {"fine_tuning_job": (FineTuningJob, ("validating_files", "queued")), "eval_run": (EvalRun, ("queued",)),
+WORK: dict[str, tuple[Any, tuple[str, ...]]] = {"fine_tuning_job": (FineTuningJob, ("validating_files", "queued")), "eval_run": (EvalRun, ("queued",)),
         "export": (Export, ("queued",))}
 
 
@@ -49,7 +49,7 @@ def observe_requests(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         started = time.perf_counter()
-        state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+        state = scope.setdefault("state", {})
         m.request_labels.set(state)
         status, first = 500, 0.0
         stream = False
@@ -69,7 +69,7 @@ def observe_requests(app: ASGIApp) -> ASGIApp:
             end = time.perf_counter()
             route = scope.get("path_template") or "unmatched"
             model = state.get("metrics_model", "")
-            m.REQUESTS.labels(route, scope["method"], model, str(status)).inc()
+            m.REQUESTS.labels(route, scope.get("method", ""), model, str(status)).inc()
             m.LATENCY.labels(route, model).observe(end - started)
             if first:
                 m.TTFT.labels(route, model).observe(first - started)
@@ -110,7 +110,7 @@ class StateCollector:
         now = time.time()
         with self.services.db.session() as s:
             for kind, (table, queued) in WORK.items():
-                rows = s.exec(select(table.status, func.count(), func.min(table.created_at))  # type: ignore[call-overload]
+                rows = s.exec(select(table.status, func.count(), func.min(table.created_at))
                               .group_by(table.status)).all()
                 waiting, oldest = 0, None
                 for status, count, created in rows:
