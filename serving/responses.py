@@ -765,9 +765,9 @@ class ResponsesService:
         req = parse(body, need_input=False)
         history = await asyncio.to_thread(self.store.conversation, principal.organization_id,
                                           req.previous_response_id) if req.previous_response_id and self.store else []
-        chat = chat_request(req, history, self.completions.limits)
-        if not chat["messages"]:
+        if not req.input and not history and not req.instructions:
             return {"object": "response.input_tokens", "input_tokens": 0}
+        chat = chat_request(req, history, self.completions.limits)
         checked = request_body.parse("chat.completions", chat, self.completions.limits)
         pool = self.completions.pool
         target = await pool.resolve(principal.organization_id, req.model)
