@@ -185,12 +185,27 @@ class Tracker:
             target = into / "wandb-offline-run.tar.gz"
             with tarfile.open(target, "w:gz") as tar:
                 for run in runs:
-                    tar.add(run, arcname=run.name)
+                    _add_tree(tar, run, run.name)
             found.append(("wandb-offline-run.tar.gz", target))
         return found
 
 
 def _tar(folder: Path, target: Path, arcname: str) -> Path:
     with tarfile.open(target, "w:gz") as tar:
-        tar.add(folder, arcname=arcname)
+        _add_tree(tar, folder, arcname)
     return target
+
+
+def _add_tree(tar: tarfile.TarFile, folder: Path, arcname: str) -> None:
+    """``folder`` as plain files: a symlink (W&B links its run's logs/debug-core.log to the service's log by absolute
+    path) is stored as the file it points to, or left out when that is gone — never as a link into this server."""
+    tar.add(folder, arcname=arcname, recursive=False)
+    for path in sorted(folder.rglob("*")):
+        name = f"{arcname}/{path.relative_to(folder).as_posix()}"
+        if path.is_symlink():
+            if path.resolve().is_file():
+                tar.add(path.resolve(), arcname=name)
+        elif path.is_dir():
+            tar.add(path, arcname=name, recursive=False)
+        elif path.is_file():
+            tar.add(path, arcname=name)
