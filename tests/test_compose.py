@@ -89,7 +89,7 @@ def test_train_through_the_gateway_container_and_chat(stack: str, recorder) -> N
     client = openai.OpenAI(base_url=f"{stack}/v1", api_key=key["secret"], max_retries=0, timeout=120,
                            http_client=openai.DefaultHttpx2Client(event_hooks={"response": [recorder]}))
     started = time.monotonic()
-    file_id = upload(client, chat_jsonl(qa_pairs(8)))
+    file_id = upload(client, chat_jsonl(qa_pairs(10)))  # the minimum a job takes
     job = client.fine_tuning.jobs.create(model=TINY, training_file=file_id, method={
         "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}})
     done = wait_for(client, job.id, ("succeeded",), timeout=900)
