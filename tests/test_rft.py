@@ -201,3 +201,62 @@ def test_response_format_is_echoed(gw: LiveGateway, key: str, files: dict[str, s
     raw = client.fine_tuning.jobs.with_raw_response.retrieve(job.id).http_response.json()
     assert raw["method"]["reinforcement"]["response_format"] == schema
     client.fine_tuning.jobs.cancel(job.id)
+
+
+# --- unit level (no gateway, no training) ------------------------------------------------------------------------
+
+def _normalized(tmp_path: Any, lines: list[dict]) -> Any:
+    from finetune.formats import normalize
+
+    path = tmp_path / "f.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return normalize(path, lambda _: None)
+
+
+def test_prompt_lines_make_a_reinforcement_file_only_when_the_whole_file_is(tmp_path: Any) -> None:
+    prompt = {"messages": [{"role": "user", "content": "2+2?"}], "answer": "4"}
+    chat = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    rft_file = _normalized(tmp_path, [prompt, prompt])
+    assert (rft_file.format, rft_file.kind, rft_file.n_examples, bool(rft_file.problems)) == \
+        ("openai_reinforcement", "reinforcement", 2, False)
+    for lines, line in (([prompt, chat, chat], 1), ([chat, chat, prompt], 3)):  # a supervised file missing answers
+        result = _normalized(tmp_path, lines)
+        assert result.kind == "supervised" and result.problems.total == 1
+        assert f"line {line}" in result.problems.render() and "example_missing_assistant_message" in \
+            result.problems.render()
+
+
+def test_reinforcement_hyperparameters_resolve() -> None:
+    from finetune import hyperparams
+
+    def resolved(reasoning: bool = False, **raw: Any) -> Any:
+        hp = hyperparams.parse(raw, "reinforcement", "hp")
+        return hyperparams.resolve(hp, n_examples=100, method="reinforcement", device="cpu", reasoning=reasoning)
+
+    auto = resolved(batch_size=10)  # 3 epochs × 10 steps
+    assert (auto.num_generations, auto.eval_interval, auto.eval_samples, auto.max_completion_length, auto.beta) == \
+        (8, 3, 32, 256, 0.04)
+    assert resolved(compute_multiplier=0.1).num_generations == 2 and resolved(compute_multiplier=2).num_generations == 16
+    assert resolved(reasoning_effort="high").max_completion_length == 512
+    assert resolved(True, reasoning_effort="low").max_completion_length == 1024
+    assert resolved(max_completion_length=8, reasoning_effort="high").max_completion_length == 8
+    supervised = hyperparams.resolve(hyperparams.parse({}, "supervised", "hp"), n_examples=100, method="supervised",
+                                     device="cpu")
+    assert supervised.num_generations is None and supervised.beta is None
+
+
+def test_the_reward_is_the_grader_engine_and_sub_graders_are_logged() -> None:
+    from finetune.graders.engine import GraderEngine
+    from finetune.recipe.rft import GraderReward, reward_metrics
+
+    multi = {"type": "multi", "name": "m", "graders": {"word": GRADER, "exact": {**GRADER, "operation": "eq"}},
+             "calculate_output": "0.5 * word + 0.5 * exact"}
+    logged: dict[str, float] = {}
+    reward = GraderReward(multi, "org", True, GraderEngine())
+    scores = reward(prompts=[[]] * 3, item=[json.dumps({"word": "for"})] * 3,
+                    completions=[[{"content": "<think>no</think>for"}], [{"content": "before"}], [{"content": "x"}]],
+                    log_metric=lambda k, v: logged.__setitem__(k, v))
+    assert scores == [1.0, 0.5, 0.0]  # the <think> part of a reasoning model's completion is not graded
+    assert logged == {"grader_errors": 0.0, "grader/exact": pytest.approx(1 / 3), "grader/word": pytest.approx(2 / 3)}
+    assert reward_metrics({"reward": 0.5, "eval_reward": 0.25, "grader/word": 0.75, "eval_loss": 3.0}) == \
+        {"train_reward_mean": 0.5, "valid_reward_mean": 0.25, "train_grader_word_mean": 0.75}
