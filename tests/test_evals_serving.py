@@ -126,8 +126,9 @@ def test_item_reference_response_format_and_tools(gw: LiveGateway, tenants, reco
     done = _finished(client, tool_eval.id, run.id)
     items = list(client.evals.runs.output_items.list(run.id, eval_id=tool_eval.id))
     # tools and tool_choice reach the engine, which runs the tool-call parser chosen from the tiny model's template
-    # (`<tool_call>` → hermes, serving/tools.py): the named tool is called
-    assert done.status == "completed" and done.result_counts.passed >= 1, done.result_counts
+    # (`<tool_call>` → hermes, serving/tools.py), so vLLM accepts the named choice; a random model may still run out
+    # of tokens inside the call (then the item errors on `output_tools[0]`), but never for want of a parser
+    assert done.status == "completed" and done.result_counts.total == 3, done.result_counts
     assert not any(i.sample.error and "tool-call-parser" in (i.sample.error.message or "") for i in items)
 
 
