@@ -220,6 +220,13 @@ def test_eval_run_over_stored_completions(gw: LiveGateway, key: str, recorder: S
     assert done.result_counts.total == 2 and done.result_counts.passed == 2, done.result_counts
     items = client.evals.runs.output_items.list(run.id, eval_id=evaluation.id).data
     assert sorted(i.datasource_item["input"][0]["content"] for i in items) == ["Evaluate me 0", "Evaluate me 1"]
+    # tunegate extension: a jsonl run grades the stored answers themselves (no generation); unrecorded, since the
+    # spec's jsonl sources are files only
+    given = gw.client(key).evals.runs.create(evaluation.id, data_source={
+        "type": "jsonl", "source": {"type": "stored_completions", "metadata": {"set": "eval"}}})
+    given = wait_until(lambda: (r := gw.client(key).evals.runs.retrieve(given.id, eval_id=evaluation.id)).status
+                       in ("completed", "failed") and r, 120, "the jsonl run")
+    assert given.status == "completed" and given.result_counts.passed == 3, given.result_counts
     with pytest.raises(openai.BadRequestError) as err:
         client.evals.runs.create(evaluation.id, data_source={
             "type": "completions", "model": TINY, "source": {"type": "stored_completions", "limit": 0},
