@@ -32,7 +32,7 @@ from tests.support import DATA, LiveGateway, SpecRecorder
 GRADER = {"type": "string_check", "name": "says_for", "input": "{{sample.output_text}}",
           "reference": "{{item.word}}", "operation": "like"}
 # 32 prompts, batch 8: 4 steps an epoch; 5 epochs = 20 steps, an evaluation (and a checkpoint) every 5
-HP = {"n_epochs": 5, "batch_size": 8, "learning_rate": 0.02, "lora_rank": 16,
+HP = {"n_epochs": 5, "batch_size": 8, "learning_rate": 0.02, "lr_scheduler_type": "constant", "lora_rank": 16,
       "compute_multiplier": 0.5, "eval_interval": 5, "eval_samples": 8, "max_completion_length": 8}
 
 
