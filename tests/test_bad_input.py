@@ -79,12 +79,15 @@ def test_bad_upload_is_refused_and_stores_nothing(
 
 
 def test_problems_are_capped_at_ten_with_a_total(client: openai.OpenAI) -> None:
-    bad = b"".join(b'{"messages": [{"role": "user", "content": "q"}]}\n' for _ in range(25))
+    # a supervised example first: the 25 prompts after it are supervised examples without an answer (a file of
+    # prompts alone is a reinforcement fine-tuning file)
+    good = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+    bad = good + b"".join(b'{"messages": [{"role": "user", "content": "q"}]}\n' for _ in range(25))
     with pytest.raises(openai.BadRequestError) as err:
         client.files.create(file=("t.jsonl", bad), purpose="fine-tune")
     message = err.value.body["message"]
     assert "25 problem(s) found (showing the first 10)" in message
-    assert message.count("\n- ") == 10 and "line 10 " in message and "line 11 " not in message
+    assert message.count("\n- ") == 10 and "line 11 " in message and "line 12 " not in message
 
 
 def test_missing_invalid_and_revoked_keys(gateway: LiveGateway, recorder: SpecRecorder) -> None:
