@@ -181,7 +181,7 @@ def test_python_graders_that_misbehave_error_their_items(gateway: LiveGateway, o
 
 REFUSED = [  # (create-run data source, the param of the 400)
     ({"type": "responses", "source": {"type": "file_content", "content": [{"item": {}}]}}, "data_source.type"),
-    ({"type": "completions", "model": BASE, "source": {"type": "stored_completions"},
+    ({"type": "completions", "model": BASE, "source": {"type": "traces"},
       "input_messages": {"type": "item_reference", "item_reference": "item.m"}}, "data_source.source.type"),
     ({"type": "completions", "model": BASE, "source": {"type": "file_content", "content": [{"item": {}}]},
       "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{sample.output_text}}"}]}},
@@ -211,8 +211,8 @@ def test_eval_creation_errors_point_into_the_request(gateway: LiveGateway, org) 
         client.evals.create(data_source_config=config, testing_criteria=[CRITERIA[0], CRITERIA[1], broken])
     assert refused.value.body["param"] == "testing_criteria[2].source"
     with pytest.raises(openai.BadRequestError) as refused:
-        client.evals.create(data_source_config={"type": "logs"}, testing_criteria=[CRITERIA[0]])
-    assert refused.value.body["param"] == "data_source_config.type" and "stored" in refused.value.body["message"]
+        client.evals.create(data_source_config={"type": "traces"}, testing_criteria=[CRITERIA[0]])
+    assert refused.value.body["param"] == "data_source_config.type" and "traces" in refused.value.body["message"]
     with pytest.raises(openai.BadRequestError) as refused:
         client.evals.create(data_source_config=config, testing_criteria=[CRITERIA[0], CRITERIA[0]])
     assert refused.value.body["param"] == "testing_criteria[1].name"
