@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from finetune.graders import validate
 from serving.request_body import validate_sampling_params
 from storage.errors import InvalidRequest, TunegateError
-from storage.settings import RequestLimits, Settings
+from storage.settings import Settings
 
 if TYPE_CHECKING:
     from finetune.graders.engine import Judge
@@ -21,24 +21,47 @@ if TYPE_CHECKING:
 
 PARAM = "method.reinforcement"
 KEYS = ("grader", "response_format", "hyperparameters")
+MODEL_GRADERS = ("score_model", "label_model")
 
 
-def check(section: dict[str, Any], model_exists: Callable[[str], None], limits: RequestLimits) -> dict[str, Any]:
+def check(section: dict[str, Any], model_exists: Callable[[str], None], settings: Settings) -> dict[str, Any]:
     """``{"grader": …, "response_format"?: …}`` as stored in ``FineTuningJob.method_config``."""
     if "grader" not in section or section["grader"] is None:
         raise InvalidRequest("A reinforcement fine-tuning job needs a grader (method.reinforcement.grader).",
                              param=f"{PARAM}.grader", code="missing_required_parameter")
     config = {"grader": validate.check(section["grader"], f"{PARAM}.grader", model_exists)}
+    for param, model in judges(config["grader"], f"{PARAM}.grader"):
+        if settings.base_model_id(model) is None:  # the training child reaches base models' engines only (judge)
+            raise InvalidRequest(
+                f"The judge model {model!r} of {param} cannot grade a reinforcement fine-tuning job: a judge must be "
+                "a base model served by this gateway (or an alias of one); fine-tuned judges are not supported yet.",
+                param=param, code="unsupported_value")
     if section.get("response_format") is not None:
-        checked = validate_sampling_params({"response_format": section["response_format"]}, PARAM, limits)
+        checked = validate_sampling_params({"response_format": section["response_format"]}, PARAM, settings.requests)
+        if checked["response_format"].get("type") != "text":  # nothing constrains the rollouts (HF generate) yet
+            raise InvalidRequest(
+                f"{PARAM}.response_format of type {checked['response_format'].get('type')!r} is not supported: the "
+                "rollouts are not constrained to a format yet (only 'text' is accepted). Reward the format with the "
+                "grader instead (e.g. a python grader that parses the output).",
+                param=f"{PARAM}.response_format", code="unsupported_value")
         config["response_format"] = checked["response_format"]
     return config
+
+
+def judges(grader: dict[str, Any], param: str) -> list[tuple[str, str]]:
+    """``(param, model)`` of every model grader in ``grader`` (a multi grader's sub-graders too)."""
+    if grader.get("type") in MODEL_GRADERS:
+        return [(f"{param}.model", grader["model"])]
+    if grader.get("type") == "multi":
+        return [j for _, suffix, sub in validate.named_graders(grader) for j in judges(sub, param + suffix)]
+    return []
 
 
 def judge(settings: Settings, db: Database, organization_id: str, job_id: str) -> Judge:
     """Model graders' judge for a training child: a base model (or an alias of one) answered by a ready serving
     engine of it, the tokens accounted to the organization under ``fine_tuning.jobs``. A judge that cannot be
-    reached errors the rows it grades (they score 0), never the job. Fine-tuned judges are not reachable here yet."""
+    reached errors the rows it grades (they score 0), never the job. Fine-tuned judges are not reachable here:
+    ``check`` refuses them at create."""
 
     def answer(model: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from finetune.evals.generation import UsageSink, chat_all

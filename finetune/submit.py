@@ -71,7 +71,7 @@ def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, bo
     method_config = None
     if method == "reinforcement":  # grader and response_format (finetune/reinforcement.py)
         method_config = reinforcement.check(request.method.reinforcement or {},  # type: ignore[union-attr]
-                                            model_exists or (lambda _: None), settings.requests)
+                                            model_exists or (lambda _: None), settings)
     _check_model(settings, request.model)
     training = _check_file(files, org_id, request.training_file, "training_file")
     if request.validation_file:

