@@ -75,6 +75,10 @@ ENVIRONMENT_READS = {
     "finetune/export/gguf.py": "the converter subprocess gets PYTHONPATH; TUNEGATE_LLAMA_CPP_DIR locates the install",
     "finetune/recipe/run.py": "sets TOKENIZERS_PARALLELISM for the tokenizers library",
     "serving/adapter_fetch.py": "inside vLLM, the middleware finds the engine's settings file (engine_main sets the path)",
+    "finetune/integrations.py": "the training child: W&B's own WANDB_API_KEY/WANDB_MODE decide online or offline, and "
+                                "its WANDB_DIR/… are pointed into the job's folder",
+    "gateway/metrics.py": "prometheus_client's PROMETHEUS_MULTIPROC_DIR (set by `serve --workers`) selects the "
+                          "multiprocess collector",
 }
 
 
