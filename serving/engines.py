@@ -52,6 +52,7 @@ class Replica:
         self.since = time.monotonic()
         self.loaded: OrderedDict[str, str] = OrderedDict()  # engine adapter name → path, least recently used first
         self.locks: dict[str, asyncio.Lock] = {}
+        self.loads = asyncio.Lock()  # one load (and its evictions) at a time: max_adapters_per_engine is shared
         self.in_flight = 0
         self.pid: int | None = None
         self.restarts = 0

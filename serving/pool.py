@@ -177,6 +177,14 @@ class EnginePool:
             await self._refresh_adapters(replica)  # what other gateways loaded counts against the limit too
             if adapter.name in replica.loaded:
                 return
+            await self._load(replica, target)
+
+    async def _load(self, replica: Replica, target: Target) -> None:
+        """Evict past the limit, then load — one adapter at a time per replica: each adapter has its own lock, but
+        the limit is the replica's, so loads of different adapters must not all see the same free room."""
+        adapter = target.adapter
+        assert adapter is not None and self.http is not None
+        async with replica.loads:
             while len(replica.loaded) >= self.settings.serving.max_adapters_per_engine:
                 await self._unload(replica, next(iter(replica.loaded)))
                 metrics.ADAPTER_UNLOADS.labels(replica.base_model, "evicted").inc()

@@ -95,6 +95,43 @@ def test_adapter_loads_keep_bookkeeping_and_the_lru_limit(tmp_path: Path) -> Non
     asyncio.run(scenario())
 
 
+def test_concurrent_loads_of_different_adapters_stay_within_the_limit(tmp_path: Path) -> None:
+    """Each adapter has its own lock: the limit must still count loads in progress, or four requests for four new
+    adapters at once would all see room and load."""
+    engine: set[str] = set()
+    peak = [0]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200)
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": n, "parent": "m"} for n in sorted(engine)]})
+        body = json.loads(request.content or b"{}")
+        if request.url.path == "/v1/load_lora_adapter":
+            await asyncio.sleep(0.05)  # a load takes a while: the others arrive meanwhile
+            engine.add(body["lora_name"])
+            peak[0] = max(peak[0], len(engine))
+        elif request.url.path == "/v1/unload_lora_adapter":
+            engine.discard(body["lora_name"])
+        return httpx.Response(200, text="Success")
+
+    async def scenario() -> None:
+        pool = _pool(tmp_path, handler, max_adapters_per_engine=2)
+        await pool.start()
+        try:
+            replica = pool.replicas["m"][0]
+            await _until(lambda: replica.state == "ready")
+            spec = pool.settings.base_models["m"]
+            await asyncio.gather(*(pool.acquire(Target(f"ft:{n}", "m", spec, Adapter(n, f"/adapters/{n}", 8)))
+                                   for n in "abcd"))
+            assert peak[0] <= 2, f"{peak[0]} adapters were loaded at once on an engine that allows 2"
+            assert len(replica.loaded) <= 2 and set(replica.loaded) == engine
+        finally:
+            await pool.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_refused_adapter_is_a_clear_400(tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/health":
