@@ -12,31 +12,11 @@ Used as the app's ``before_request`` hook: it runs after routing and guards, bef
 
 from __future__ import annotations
 
-import re
-
 from litestar import Request
 
 from storage.errors import InvalidRequest, PayloadTooLarge
+from storage.json_limits import depth_problem  # shared with the workers that read JSON Lines files
 from storage.settings import RequestLimits
-
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
-
-
-def depth_problem(raw: bytes, limit: int) -> str | None:
-    """Why the JSON text ``raw`` must not be decoded: nested deeper than ``limit``, or brackets that do not pair up;
-    None when it may be."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return None
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    for _ in range(limit):  # one round removes every innermost pair, and only those
-        paired = brackets.replace(b"[]", b"\0").replace(b"{}", b"\1").translate(None, b"\0\1")
-        if not paired:
-            return None
-        if len(paired) == len(brackets):
-            return "its brackets do not pair up"
-        brackets = paired
-    return f"it nests arrays or objects more than {limit} levels deep"
 
 
 def check(raw: bytes, limits: RequestLimits) -> None:

@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import and_, or_, update
 from sqlmodel import Session, col, select
 
 from storage.db import Database
 from storage.errors import InvalidRequest, NotFound
 from storage.files import Page, keyset_page
 from storage.ids import now
-from storage.leases import claim_oldest, fence, held_update, renew
+from storage.leases import OrgCap, claim_oldest, fence, held_update, renew
 from storage.tables import Batch, BatchLine, UsageRecord
 from storage.usage import fit
 
@@ -45,8 +45,9 @@ class Chunk:
 
 
 class BatchStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, running_cap: int | None = None) -> None:
         self.db = db
+        self.cap = OrgCap("running_batches", running_cap)  # per organization; its override wins
 
     # --- the API's side ----------------------------------------------------------------------------------
     def add(self, row: Batch) -> Batch:
@@ -86,12 +87,24 @@ class BatchStore:
         return row
 
     # --- the worker's side -------------------------------------------------------------------------------
-    def claim(self, lease: str, lease_s: float) -> Batch | None:
-        """An active batch nobody holds (new, or its worker stopped renewing the lease)."""
+    def claim(self, lease: str, lease_s: float, not_of: str | None = None) -> Batch | None:
+        """An active batch nobody holds (new, given back after its time slice, or its worker stopped renewing the
+        lease), in the fair order, below its organization's cap; ``not_of``: another organization's only."""
         t = time.time()
-        batch_id = claim_oldest(self.db, Batch, col(Batch.status).in_(ACTIVE), t, None, lease_owner=lease,
+        claimable = col(Batch.status).in_(ACTIVE)
+        if not_of is not None:
+            claimable = and_(claimable, Batch.organization_id != not_of)
+        batch_id = claim_oldest(self.db, Batch, claimable, t, self.cap, lease_owner=lease,
                                 lease_expires_at=t + lease_s)
         return self.get(None, batch_id) if batch_id else None
+
+    def others_waiting(self, org_id: str) -> bool:
+        """Whether another organization has an active batch that no worker holds."""
+        t = time.time()
+        with self.db.session() as s:
+            return s.exec(select(Batch.id).where(
+                col(Batch.status).in_(ACTIVE), Batch.organization_id != org_id,
+                or_(col(Batch.lease_owner).is_(None), col(Batch.lease_expires_at) < t)).limit(1)).first() is not None
 
     def heartbeat(self, batch_id: str, lease: str, lease_s: float) -> str | None:
         """Extend the lease; the batch's status, or None when the lease is no longer held under ``lease``."""

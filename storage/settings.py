@@ -156,6 +156,7 @@ class LimitSettings(BaseModel):
     running_jobs: int | None = Field(default=None, ge=0, description="Fine-tuning jobs running at once.")
     running_eval_runs: int | None = Field(default=None, ge=0, description="Eval runs in progress at once.")
     running_exports: int | None = Field(default=None, ge=0, description="Exports running at once.")
+    running_batches: int | None = Field(default=None, ge=0, description="Batches running at once.")
     storage_bytes: int | None = Field(
         default=100 * 1024**3, ge=0, description="Files (uploads, job results, export outputs) plus adapters, in bytes.")
     redis_prefix: str = Field(default="tunegate", min_length=1, max_length=64,
@@ -216,6 +217,9 @@ class BatchSettings(BaseModel):
                              "batches them on the replica: the throughput of a batch over one-at-a-time).")
     chunk_lines: int = Field(default=64, ge=1, description="Results committed together (what a killed worker redoes).")
     max_lines: int = Field(default=50_000, ge=1, description="Most requests in one input file (OpenAI's limit).")
+    slice_seconds: float = Field(default=60.0, ge=0, description="A worker running one batch this long gives it back "
+                                 "(at the next chunk) when another organization's batch waits, and takes that one: "
+                                 "one organization's huge batch never holds a worker for its whole window.")
     completion_windows: dict[str, int] = Field(
         default_factory=lambda: {"24h": 86_400}, description="Accepted completion_window values and their seconds; a "
         "batch not done within its window expires (status expired, with the output it has).")

@@ -339,3 +339,229 @@ def test_the_store_fences_commits_and_keeps_each_line_once(database_url: str) ->
         assert store.list(other, limit=10, after=None).items == []
     finally:
         db.dispose()
+
+
+# --- the worker alone (no gateway, no engine: the engine's answer is faked at BatchRun.send) -----------------------
+ENGINE = "http://engine.test:8000"
+
+
+def _answer(body: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+class _Worker:
+    """A BatchWorker over a fresh database and blob store; base model ``m`` with one ready engine (published as a
+    gateway would), whose answers ``BatchRun.send`` fakes (``sent`` records what reached it)."""
+
+    def __init__(self, url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, engine: bool = True,
+                 **batches: Any) -> None:
+        from finetune.batches.runner import BatchRun, BatchWorker
+        from storage import migrate
+        from storage.accounts import Accounts
+        from storage.batches import BatchStore
+        from storage.blobs import LocalBlobStore
+        from storage.db import Database
+        from storage.engines import EngineRegistry
+        from storage.settings import Settings
+
+        self.settings = Settings(data_dir=tmp_path, database_url=url, base_models={"m": {"source": str(tmp_path)}},
+                                 batches={"chunk_lines": 2, "concurrency": 1} | batches,
+                                 requests={"max_body_bytes": 4096}, worker={"lease_seconds": 3})
+        self.db = Database(url)
+        migrate.upgrade(self.db)
+        self.blobs = LocalBlobStore(tmp_path / "blobs")
+        self.accounts, self.store = Accounts(self.db), BatchStore(self.db)
+        self.worker = BatchWorker(self.settings, self.db, self.blobs)
+        if engine:
+            EngineRegistry(self.db).publish([(ENGINE, "m", "ready", None)])
+        self.sent: list[dict[str, Any]] = []
+        self.on_send: Any = None
+
+        async def send(run: Any, address: Any, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            assert address.url == ENGINE and path == "/v1/chat/completions"
+            self.sent.append(body)
+            if self.on_send is not None:
+                self.on_send(len(self.sent))
+            return 200, _answer(body)
+
+        monkeypatch.setattr(BatchRun, "send", send)
+
+    def org(self, name: str) -> str:
+        return self.accounts.create_org(name).id
+
+    def batch(self, org_id: str, rows: list[Any] | bytes) -> str:
+        from storage.files import Files, NewFile
+        from storage.ids import new_id, now
+        from storage.tables import Batch
+
+        staged = self.blobs.stage()
+        staged.write(rows if isinstance(rows, bytes) else jsonl(rows))
+        file = Files(self.db, self.blobs).create(NewFile(org_id, "in.jsonl", "batch", staged))
+        created = now()
+        return self.store.add(Batch(id=new_id("batch_"), organization_id=org_id, api_key_id="k", endpoint=CHAT,
+                                    input_file_id=file.id, completion_window="24h", created_at=created,
+                                    expires_at=created + 86400)).id
+
+    def lines(self, file_id: str | None) -> list[dict[str, Any]]:
+        from sqlmodel import select
+
+        from storage.tables import StoredFile
+
+        if file_id is None:
+            return []
+        with self.db.session() as s:
+            key = s.exec(select(StoredFile.blob_key).where(StoredFile.id == file_id)).one()
+        with self.blobs.open(key) as fh:
+            return [json.loads(line) for line in fh.read().splitlines()]
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+@pytest.fixture
+def unit(database_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Worker]:
+    w = _Worker(database_url, tmp_path, monkeypatch)
+    yield w
+    w.close()
+
+
+def m_line(custom_id: str, **body: Any) -> dict[str, Any]:
+    return {"custom_id": custom_id, "method": "POST", "url": CHAT,
+            "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2} | body}
+
+
+def test_poison_lines_are_error_lines_never_a_failed_batch(unit: _Worker) -> None:
+    """Too long (past max_body_bytes: skipped without being read whole), nested past max_json_depth or deep enough
+    for a RecursionError, a model longer than Batch.model's column first (Postgres enforces it): each is one error
+    line; the lines around them are answered."""
+    org = unit.org("poison")
+    cap = unit.settings.requests.max_body_bytes
+    huge = json.dumps(m_line("huge", messages=[{"role": "user", "content": "x" * (3 * cap)}]))
+    at_cap = json.dumps(m_line("at-cap", messages=[{"role": "user", "content": ""}]))
+    at_cap = at_cap.replace('"content": ""', '"content": "' + "y" * (cap - len(at_cap)) + '"')
+    assert len(at_cap) == cap
+    rows: list[Any] = [
+        m_line("long-model", model="x" * 600),  # first: before the fix the batch failed on Postgres
+        m_line("a"),
+        huge,
+        '{"custom_id": "deep", "method": "POST", "url": "' + CHAT + '", "body": ' + "[" * 1500 + "]" * 1500 + "}",
+        '{"custom_id": "nested", "method": "POST", "url": "' + CHAT + '", "body": ' + "[" * 70 + "]" * 70 + "}",
+        at_cap,  # exactly the cap: a request
+        m_line("b"),
+    ]
+    batch_id = unit.batch(org, rows)
+    assert unit.worker.run_once()
+    done = unit.store.get(org, batch_id)
+    assert done.status == "completed", done.errors
+    assert (done.total, done.completed, done.failed) == (7, 3, 4) and done.model == "m"
+    assert [o["custom_id"] for o in unit.lines(done.output_file_id)] == ["a", "at-cap", "b"]
+    errors = unit.lines(done.error_file_id)
+    assert [(e["custom_id"], e["error"] and e["error"]["code"]) for e in errors] == [
+        ("long-model", None), (None, "line_too_large"), (None, "invalid_json"), (None, "invalid_json")]
+    assert errors[0]["response"]["status_code"] == 404  # a model the organization cannot use, in its line
+    assert errors[0]["response"]["body"]["error"]["code"] == "model_not_found"
+    assert f"Line 3 is larger than {cap} bytes" in errors[1]["error"]["message"]
+    assert "more than 65 levels deep" in errors[2]["error"]["message"]
+
+
+def test_a_failed_batch_tells_the_tenant_no_internals(unit: _Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune.batches.runner import BatchRun
+
+    def broken(self: Any) -> None:
+        raise RuntimeError("(psycopg.errors.X) value too long [SQL: UPDATE batches SET secret]")
+
+    monkeypatch.setattr(BatchRun, "validate", broken)
+    org = unit.org("broken")
+    batch_id = unit.batch(org, [m_line("a")])
+    assert unit.worker.run_once()
+    done = unit.store.get(org, batch_id)
+    assert done.status == "failed" and done.errors[0]["code"] == "batch_failed"
+    assert "SQL" not in done.errors[0]["message"] and "psycopg" not in done.errors[0]["message"]
+
+
+def test_a_huge_batch_gives_its_worker_up_to_another_organization(unit: _Worker) -> None:
+    """batches.slice_seconds 0: after a chunk, a claim gives the worker back when another organization waits; the
+    next claim takes that organization's batch (though the first is older), and so on in turn; each resumes where it
+    stopped, every line sent once."""
+    unit.worker.settings.batches.slice_seconds = 0
+
+    def rows(name: str, n: int) -> list[Any]:
+        return [m_line(f"{name}-{i}", messages=[{"role": "user", "content": f"{name}-{i}"}]) for i in range(n)]
+
+    big_org, small_org = unit.org("big"), unit.org("small")
+    big, small = unit.batch(big_org, rows("big", 10)), unit.batch(small_org, rows("small", 3))
+    assert unit.worker.run_once()  # the older batch first (fair order), one chunk
+    first = unit.store.get(big_org, big)
+    assert first.status == "in_progress" and first.completed == 2 and first.lease_owner is None
+    assert unit.store.get(small_org, small).status == "validating"
+    for _ in range(4):
+        assert unit.worker.run_once()
+    assert unit.store.get(small_org, small).status == "completed"
+    done = unit.store.get(big_org, big)
+    assert done.status == "completed" and (done.completed, done.failed) == (10, 0)
+    assert [o["custom_id"] for o in unit.lines(done.output_file_id)] == [f"big-{i}" for i in range(10)]
+    assert [b["messages"][0]["content"] for b in unit.sent] == [  # in turn, a chunk each, while both wait
+        "big-0", "big-1", "small-0", "small-1", "big-2", "big-3", "small-2", *(f"big-{i}" for i in range(4, 10))]
+
+
+def test_running_batches_are_capped_per_organization(unit: _Worker) -> None:
+    from storage.batches import BatchStore
+
+    org, other = unit.org("capped"), unit.org("other")
+    store = BatchStore(unit.db, running_cap=1)
+    unit.batch(org, [m_line("a")]), unit.batch(org, [m_line("b")]), unit.batch(other, [m_line("c")])
+    first = store.claim("w1/a", 30)
+    second = store.claim("w2/b", 30)
+    assert first is not None and second is not None and {first.organization_id, second.organization_id} == {org, other}
+    assert store.claim("w3/c", 30) is None  # org's second batch waits for its first
+    assert store.others_waiting(other) and not store.others_waiting(org)
+
+
+def test_revoking_a_permission_ends_access_inside_a_running_batch(unit: _Worker,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model another organization shares: the lines after the revoke are 404 model_not_found in their lines."""
+    import finetune.evals.runner as evals_runner
+    from storage.ids import now
+    from storage.permissions import PermissionStore
+    from storage.tables import FineTunedModel
+
+    monkeypatch.setattr(evals_runner, "load_adapter", lambda *a: None)
+    monkeypatch.setattr(evals_runner.EngineTargets, "recheck_s", 0.0)
+    owner, grantee = unit.org("owner"), unit.org("grantee")
+    model = f"ft:m:{owner}::abcd1234"
+    with unit.db.session() as s:
+        s.add(FineTunedModel(id=model, organization_id=owner, base_model="m", adapter_key="models/x", created_at=now()))
+    permissions = PermissionStore(unit.db)
+    [grant] = permissions.create(owner, model, [grantee])
+    unit.on_send = lambda n: n == 2 and permissions.delete(owner, model, grant.id)
+    done_id = unit.batch(grantee, [m_line(f"r{i}", model=model) for i in range(5)])
+    assert unit.worker.run_once()
+    done = unit.store.get(grantee, done_id)
+    assert done.status == "completed" and (done.completed, done.failed) == (2, 3)
+    assert [o["custom_id"] for o in unit.lines(done.output_file_id)] == ["r0", "r1"]
+    for e in unit.lines(done.error_file_id):
+        assert e["response"]["status_code"] == 404 and e["response"]["body"]["error"]["code"] == "model_not_found"
+    assert all(body["model"] == "models/x" for body in unit.sent)  # the engine-side name, never sent after
+
+
+def test_a_batch_cancelled_while_waiting_for_an_engine_gets_no_500_lines(database_url: str, tmp_path: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    w = _Worker(database_url, tmp_path, monkeypatch, engine=False)  # no engine: the lines wait for one
+    try:
+        org = w.org("waiting")
+        batch_id = w.batch(org, [m_line(f"r{i}") for i in range(3)])
+        runner = threading.Thread(target=w.worker.run_once)
+        runner.start()
+        wait_until(lambda: w.store.get(org, batch_id).status == "in_progress", 30, "the batch to start")
+        w.store.cancel(org, batch_id)
+        runner.join(30)
+        assert not runner.is_alive()
+        done = w.store.get(org, batch_id)
+        assert done.status == "cancelled" and (done.completed, done.failed) == (0, 0), w.lines(done.error_file_id)
+        assert done.error_file_id is None and not w.sent
+    finally:
+        w.close()

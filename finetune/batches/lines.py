@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from storage.ids import new_id
+from storage.json_limits import capped_lines, depth_problem
+from storage.settings import RequestLimits
 from storage.tables import BatchLine
 
 # the batch endpoint → the allow-list endpoint of serving.request_body
 ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions", "/v1/responses": "responses"}
 MAX_CUSTOM_ID = 512
+MAX_MODEL = 512  # Batch.model's column: a longer model is still a line (a 404), never the batch's model
 
 
 @dataclass(frozen=True)
@@ -38,17 +41,23 @@ class Problem:
     message: str
 
 
-def read(fh: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line) of every non-blank line, streamed."""
-    for number, raw in enumerate(fh, 1):
-        if raw.strip():
-            yield number, raw
+def read(fh: IO[bytes], limits: RequestLimits) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, raw line) of every non-blank line, streamed; None for a line over ``limits.max_body_bytes``
+    (the API's own cap on a body), skipped without being read whole."""
+    return capped_lines(fh, limits.max_body_bytes)
 
 
-def parse(number: int, raw: bytes, endpoint: str) -> Request | Problem:
+def parse(number: int, raw: bytes | None, endpoint: str, limits: RequestLimits) -> Request | Problem:
+    """The line's request, or why it is none. Never raises: a bad line is an error line, never a failed batch."""
+    if raw is None:
+        return Problem(number, None, "line_too_large", f"Line {number} is larger than {limits.max_body_bytes} bytes "
+                       "(settings.requests.max_body_bytes).")
+    # the line wraps the body in one object: one level more than a request body may have
+    if (problem := depth_problem(raw, limits.max_json_depth + 1)) is not None:
+        return Problem(number, None, "invalid_json", f"Line {number} is not acceptable JSON: {problem}.")
     try:
         row = json.loads(raw)
-    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
         return Problem(number, None, "invalid_json", f"Line {number} is not valid JSON: {exc}.")
     if not isinstance(row, dict):
         return Problem(number, None, "invalid_request", f"Line {number} must be a JSON object.")

@@ -36,8 +36,7 @@ import httpx
 from finetune.batches import lines
 from finetune.batches.lines import Problem, Request
 from finetune.evals.generation import engine_client, post
-from finetune.evals.runner import RunFailed
-from finetune.evals.runner import _Models as EngineTargets  # the one way from a model id to an engine, for a tenant
+from finetune.evals.runner import EngineTargets, RunFailed
 from finetune.leased import LeasedWorker
 from serving import request_body
 from serving.pool import Target
@@ -68,11 +67,17 @@ class BatchWorker(LeasedWorker):
     def __init__(self, settings: Settings, db: Database, blobs: BlobStore) -> None:
         super().__init__(settings)
         self.db, self.blobs, self.registry = db, blobs, EngineRegistry(db)
-        self.store = BatchStore(db)  # claim and renew: errors must surface
+        # claim and renew: errors must surface; at most limits.running_batches per organization (its override wins)
+        self.store = BatchStore(db, settings.limits.running_batches)
         self.durable, self.files = Retrying(self.store), Retrying(Files(db, blobs))
         self.seen: dict[str, str] = {}  # batch id → the status its last renewal saw (a cancel shows here first)
+        self.passed_over: str | None = None  # the organization whose batch just gave its time slice up
 
     def claim(self, lease: str) -> Batch | None:
+        """The next batch in the fair order; right after a batch gave its slice up, another organization's first."""
+        passed_over, self.passed_over = self.passed_over, None
+        if passed_over is not None and (other := self.store.claim(lease, self.lease_s, not_of=passed_over)):
+            return other
         return self.store.claim(lease, self.lease_s)
 
     def heartbeat(self, item_id: str, lease: str) -> bool:
@@ -93,12 +98,12 @@ class BatchWorker(LeasedWorker):
                 BatchRun(self, batch, lease, lost).execute()
         except LeaseLost:
             log.info("batch %s was taken over; stopping", batch.id)
-        except Exception as exc:  # one bad batch never stops the worker
+        except Exception:  # one bad batch never stops the worker; what failed is logged, never shown to the tenant
             log.exception("batch %s failed", batch.id)
             self.durable.advance(batch.id, lease, from_=("validating", "in_progress", "finalizing", "cancelling"),
                                  status="failed", failed_at=now(), lease_owner=None, lease_expires_at=None,
-                                 errors=[{"code": "batch_failed", "message": f"{type(exc).__name__}: {exc}",
-                                          "param": None, "line": None}])
+                                 errors=[{"code": "batch_failed", "message": f"Batch {batch.id} failed because of an "
+                                          "internal error (logged by the server).", "param": None, "line": None}])
 
 
 class _Stop:
@@ -121,8 +126,10 @@ class BatchRun:
         self.status = batch.status
         self.principal = Principal(batch.organization_id, batch.api_key_id)
         self.targets = EngineTargets(worker, batch, _Stop(self))  # type: ignore[arg-type]
-        self.resolved: dict[str, tuple[EngineAddress, str, Target] | TunegateError | RunFailed] = {}
         self.clients: dict[str, httpx.AsyncClient] = {}
+        self.limits = worker.settings.requests
+        self.started, self.sent, self.next_look = time.monotonic(), 0, 0.0
+        self.yielded = False  # the claim gave its time slice up: another organization's batch was waiting
         if self.endpoint == "responses":  # only these need the Responses translation
             from finetune.batches.responses import ResponseLines
 
@@ -135,7 +142,9 @@ class BatchRun:
         if self.status == "in_progress" and not self.expired():
             if asyncio.run(self.send_all()):
                 self.advance(("in_progress",), status="finalizing", finalizing_at=now())
-        if self.lost.is_set() or self.worker.stopping:
+        if self.yielded:  # the worker's next claim is another organization's batch
+            self.worker.passed_over = self.batch.organization_id
+        if self.lost.is_set() or self.worker.stopping or self.yielded:
             return  # the next claim goes on from the stored results
         if self.status == "finalizing":
             self.finalize(status="completed", completed_at=now())
@@ -153,13 +162,14 @@ class BatchRun:
             if total > self.settings.max_lines:
                 return self.fail("too_many_requests", f"The input file has more than {self.settings.max_lines} "
                                  "requests (batches.max_lines).", number)
-            parsed = lines.parse(number, raw, batch.endpoint)
+            parsed = lines.parse(number, raw, batch.endpoint, self.limits)
             if isinstance(parsed, Request) and parsed.custom_id in seen:
                 parsed = Problem(number, parsed.custom_id, "duplicate_custom_id",
                                  f"Line {number}: custom_id {parsed.custom_id!r} was used by an earlier line.")
             if isinstance(parsed, Request):
                 seen.add(parsed.custom_id)
-                model = model or (parsed.body.get("model") if isinstance(parsed.body.get("model"), str) else None)
+                named = parsed.body.get("model")  # the batch's model: the first that fits its column
+                model = model or (named if isinstance(named, str) and len(named) <= lines.MAX_MODEL else None)
             elif number not in done:
                 chunk.lines.append(lines.unanswered(parsed, batch.id))
                 chunk.failed += 1
@@ -204,7 +214,7 @@ class BatchRun:
             for number, raw in self.input_lines():
                 if number in done:
                     continue
-                parsed = lines.parse(number, raw, self.batch.endpoint)
+                parsed = lines.parse(number, raw, self.batch.endpoint, self.limits)
                 if not isinstance(parsed, Request):
                     continue  # recorded by the validation (it cannot be answered)
                 await limit.acquire()
@@ -214,7 +224,12 @@ class BatchRun:
                     limit.release()
                     stopped = True
                     break
+                if await self.slice_over():  # the lines in flight finish and are stored; the rest wait their turn
+                    limit.release()
+                    self.yielded = True
+                    break
                 task = asyncio.create_task(self.one(parsed, resolving))
+                self.sent += 1
                 in_flight.add(task)
                 task.add_done_callback(result)
             if stopped:
@@ -225,7 +240,18 @@ class BatchRun:
                 await flushing
             if not self.lost.is_set():
                 await flush()
-            return not stopped and not self.stopping()
+            return not stopped and not self.yielded and not self.stopping()
+
+    async def slice_over(self) -> bool:
+        """Whether this claim should give the worker back: it ran ``batches.slice_seconds`` and sent at least a
+        chunk, and another organization's batch waits for a worker (asked at most once a second). One
+        organization's huge batch then never holds a worker while others' wait; resuming is exact (the done set)."""
+        clock = time.monotonic()
+        if self.sent < self.settings.chunk_lines or clock - self.started < self.settings.slice_seconds \
+                or clock < self.next_look:
+            return False
+        self.next_look = clock + 1.0
+        return await asyncio.to_thread(self.worker.store.others_waiting, self.batch.organization_id)
 
     def finalize(self, *, expire_rest: bool = False, **end: Any) -> None:
         """Assemble the output and error files from the stored results; store them with the batch's end."""
@@ -264,8 +290,10 @@ class BatchRun:
         have a result."""
         done, count = self.worker.durable.done_lines(self.batch.id), 0
         for number, raw in self.input_lines():
-            parsed = lines.parse(number, raw, self.batch.endpoint)
-            if number in done or not isinstance(parsed, Request):
+            if number in done:
+                continue
+            parsed = lines.parse(number, raw, self.batch.endpoint, self.limits)
+            if not isinstance(parsed, Request):
                 continue
             problem = Problem(number, parsed.custom_id, "batch_expired",
                               "This request could not be executed before the completion window expired.")
@@ -275,13 +303,18 @@ class BatchRun:
 
     # --- one request -------------------------------------------------------------------------------------
     async def one(self, request: Request, resolving: asyncio.Lock) -> Result:
-        """The request's result line (and, when answered, the usage it cost); never raises but when cancelled."""
+        """The request's result line (and, when answered, the usage it cost); never raises but when cancelled or
+        stopped while it waited for an engine (LeaseLost: the batch was cancelled, expired or taken over — the line
+        stays without a result, as one never sent)."""
         try:
             return await self._one(request, resolving)
-        except Exception as exc:
+        except LeaseLost:
+            raise
+        except Exception:  # logged; the tenant's line says only that it failed
             log.exception("batch %s line %d", self.batch.id, request.line)
             return lines.answered(request, self.batch.id, 500, uuid4().hex, lines.error_body(
-                f"The request failed: {type(exc).__name__}: {exc}", "server_error", None, "server_error"))
+                "The request failed because of an internal error (logged by the server).", "server_error", None,
+                "server_error"))
 
     async def _one(self, request: Request, resolving: asyncio.Lock) -> Result:
         engine_id = uuid4().hex
@@ -333,20 +366,13 @@ class BatchRun:
         return status, answer
 
     async def target(self, model: str) -> tuple[EngineAddress, str, Target]:
-        """The engine and engine-side name of ``model`` for the batch's organization (resolved once per model:
-        another organization's model is not found; a fine-tuned model's adapter is loaded on the engine)."""
-        if model not in self.resolved:
-            try:
-                address, engine_model = await asyncio.to_thread(self.targets.target, model)
-                base = self.targets._bases[model]
-                self.resolved[model] = address, engine_model, Target(model, base, self.worker.settings.base_models[base],
-                                                                     None)
-            except (RunFailed, TunegateError) as exc:
-                self.resolved[model] = exc
-        found = self.resolved[model]
-        if isinstance(found, Exception):
-            raise found
-        return found
+        """The engine and engine-side name of ``model`` for the batch's organization, asked for each line
+        (``EngineTargets`` resolves a model once — another organization's model is not found, a fine-tuned model's
+        adapter is loaded on the engine — and re-checks a route a checkpoint permission opened: revoked, the lines
+        after it are 404s)."""
+        address, engine_model = await asyncio.to_thread(self.targets.target, model)
+        base = self.targets.base(model)
+        return address, engine_model, Target(model, base, self.worker.settings.base_models[base], None)
 
     async def client(self, address: EngineAddress) -> httpx.AsyncClient:
         if address.url not in self.clients:
@@ -397,10 +423,10 @@ class BatchRun:
     def expired(self) -> bool:
         return time.time() >= self.batch.expires_at
 
-    def input_lines(self) -> Iterator[tuple[int, bytes]]:
+    def input_lines(self) -> Iterator[tuple[int, bytes | None]]:
         stored = self.worker.files.get(self.batch.organization_id, self.batch.input_file_id)
         with self.worker.blobs.open(stored.blob_key) as fh:
-            yield from lines.read(fh)
+            yield from lines.read(fh, self.limits)
 
 
 def _count(value: object) -> int:

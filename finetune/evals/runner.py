@@ -36,6 +36,7 @@ from storage.engines import EngineAddress, EngineRegistry, engine_adapter_path
 from storage.errors import TunegateError
 from storage.evals import EvalStore
 from storage.files import Files
+from storage.json_limits import capped_lines, depth_problem
 from storage.leases import LeaseLost
 from storage.permissions import visible_model
 from storage.settings import Settings
@@ -98,7 +99,7 @@ class EvalWorker(LeasedWorker):
         totals = Totals([c["name"] for c in criteria])
         totals.add(self.durable.items(run.id), run.model)  # a run taken over: what its first worker stored
         done = {int(i) for i in self.durable.done_ids(run.id)}
-        models = _Models(self, run, lost)
+        models = EngineTargets(self, run, lost)
         if run.data_source["type"] == "completions":
             models.target(run.model)  # fails the run at once when the model cannot be served
         engine = GraderEngine(sandbox=self.sandbox, judge=models.judge, embed=self.embed)
@@ -139,13 +140,18 @@ class EvalWorker(LeasedWorker):
             return
         stored = self.files.get(run.organization_id, source["id"])
         index = 0
-        with open(self.blobs.local_path(stored.blob_key), encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
+        limits = self.settings.requests  # a line is held to the API's own caps on a body: size, then depth
+        with open(self.blobs.local_path(stored.blob_key), "rb") as fh:
+            for number, line in capped_lines(fh, limits.max_body_bytes):
+                if line is None:
+                    raise RunFailed("invalid_file", f"file {source['id']} line {number}: larger than "
+                                                    f"{limits.max_body_bytes} bytes (settings.requests.max_body_bytes)")
+                if (problem := depth_problem(line, limits.max_json_depth)) is not None:
+                    raise RunFailed("invalid_file", f"file {source['id']} line {number}: not acceptable JSON "
+                                                    f"({problem})")
                 try:
                     row = json.loads(line)
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
                     raise RunFailed("invalid_file", f"file {source['id']} line {number}: not JSON ({exc})") from None
                 if not isinstance(row, dict):
                     raise RunFailed("invalid_file", f"file {source['id']} line {number}: not a JSON object")
@@ -155,7 +161,7 @@ class EvalWorker(LeasedWorker):
                     yield index, row, None
                 index += 1
 
-    def _samples(self, run: EvalRun, models: _Models, batch: list) -> list[tuple[dict | None, dict[str, Any]]]:
+    def _samples(self, run: EvalRun, models: EngineTargets, batch: list) -> list[tuple[dict | None, dict[str, Any]]]:
         """(sample namespace or None when the sample errored, the output item's sample record) per item."""
         if run.data_source["type"] == "jsonl":
             return [_given(run, item, sample) for _, item, sample in batch]
@@ -210,14 +216,22 @@ def _given(run: EvalRun, item: dict[str, Any], sample: dict[str, Any] | None) ->
         sample_record(run, flat(sample.get("input") or []), fake, {})
 
 
-class _Models:
+class EngineTargets:
     """The engines of the models one run uses (the model under test, judges): resolved for the run's organization
-    (another organization's model does not exist), adapters loaded once, usage recorded for the organization."""
+    (another organization's model does not exist), adapters loaded once, usage recorded for the organization. The one
+    way from a tenant's model id to an engine in the workers (eval runs, batches).
+
+    A route that a checkpoint permission opened (another organization's model shared with this one) is checked
+    again every ``recheck_s`` seconds, so revoking the permission ends access within seconds, not at the end of the
+    run: the model is then not found for the rest of the run."""
+
+    recheck_s = 2.0
 
     def __init__(self, worker: EvalWorker, run: EvalRun, lost: threading.Event) -> None:
         self.worker, self.run, self.lost = worker, run, lost
         self._targets: dict[str, tuple[EngineAddress, str] | RunFailed] = {}
         self._bases: dict[str, str] = {}
+        self._granted: dict[str, float] = {}  # a model another organization shares → when its grant was last seen
 
     def reasoning(self, model: str) -> bool:
         """Whether ``model``'s base is a reasoning model (its samples' output_text leaves out ``<think>…</think>``)."""
@@ -239,16 +253,33 @@ class _Models:
         except (RunFailed, TunegateError) as exc:  # unreachable, or a judge body the allow-list refuses
             return [{"error": {"message": exc.message}}] * len(bodies)
 
+    def base(self, model: str) -> str:
+        """The base model of a model ``target`` resolved."""
+        return self._bases[model]
+
     def target(self, model: str) -> tuple[EngineAddress, str]:
+        """The engine and engine-side name of ``model``, or RunFailed (remembered for the rest of the run)."""
         if model not in self._targets:
             try:
                 self._targets[model] = self._resolve(model)
             except RunFailed as exc:
                 self._targets[model] = exc
+        elif model in self._granted and time.monotonic() - self._granted[model] >= self.recheck_s:
+            self._recheck(model)
         found = self._targets[model]
         if isinstance(found, RunFailed):
             raise found
         return found
+
+    def _recheck(self, model: str) -> None:
+        with self.worker.db.session() as s:
+            row = visible_model(s, self.run.organization_id, model)
+        if row is None or row.adapter_key is None:  # the permission was revoked (or the model deleted)
+            self._granted.pop(model)
+            self._targets[model] = RunFailed("model_not_found", f"The model '{model}' does not exist or you do not "
+                                                                "have access to it.")
+        else:
+            self._granted[model] = time.monotonic()
 
     def _resolve(self, model: str) -> tuple[EngineAddress, str]:
         worker, org = self.worker, self.run.organization_id
@@ -259,6 +290,8 @@ class _Models:
             if row is None or row.adapter_key is None:
                 raise RunFailed("model_not_found", f"The model '{model}' no longer exists.")
             base, adapter = row.base_model, row.adapter_key
+            if row.organization_id != org:  # opened by a checkpoint permission: checked again while in use
+                self._granted[model] = time.monotonic()
         self._bases[model] = base
         engines = self._ready(base)
         if adapter is None:

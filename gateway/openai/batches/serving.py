@@ -1,4 +1,5 @@
-"""Batches service: create (the input file checked to exist and be a ``batch`` file), retrieve, list, cancel.
+"""Batches service: create (the input file checked to exist and be a ``batch`` file, the organization below its
+storage quota), retrieve, list, cancel.
 
 The API only records a batch; a worker (``finetune.batches.runner``) validates its lines, runs them and writes the
 output and error files.
@@ -42,6 +43,7 @@ def create(services: Services, who: Principal, body: Any) -> BatchObject:
     if file.purpose != "batch":
         raise InvalidRequest(f"File {file.id} has purpose {file.purpose!r}; a batch's input file must be uploaded with "
                              "purpose 'batch'.", param="input_file_id", code="invalid_file_purpose")
+    services.quota.check(who.organization_id)  # its output files will count: refused while at or over the quota
     created = now()
     row = Batch(id=new_id("batch_"), organization_id=who.organization_id, api_key_id=who.key_id,
                 endpoint=request.endpoint, input_file_id=file.id, completion_window=request.completion_window,
