@@ -229,6 +229,20 @@ def test_another_organization_sees_nothing(gw: LiveGateway, worker: WorkerProces
         other.batches.list(after=mine.id)
 
 
+def test_create_is_refused_over_the_storage_quota(gw: LiveGateway, worker: WorkerProcess,
+                                                  recorder: SpecRecorder) -> None:
+    org_id, _, key = gw.new_org_key("full")
+    client = gw.client(key, recorder)
+    file_id = upload_batch_file(client, [chat_line("a", "hi")])
+    with gw.admin() as admin:  # exactly full: the batch's output could not be stored
+        used = admin.get(f"/admin/organizations/{org_id}/limits").raise_for_status().json()["storage_used_bytes"]
+        admin.put(f"/admin/organizations/{org_id}/limits", json={"storage_bytes": used}).raise_for_status()
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    assert refused.value.body["code"] == "storage_quota_exceeded" and refused.value.body["param"] == "storage_bytes"
+    assert client.batches.list().data == []
+
+
 def test_cancel_ends_with_the_partial_output(gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI) -> None:
     rows = [chat_line(f"r{i}", f"Tell a long story {i}.", **(LONG | {"max_tokens": 48})) for i in range(400)]
     batch = client.batches.create(input_file_id=upload_batch_file(client, rows), endpoint=CHAT,
@@ -565,3 +579,39 @@ def test_a_batch_cancelled_while_waiting_for_an_engine_gets_no_500_lines(databas
         assert done.error_file_id is None and not w.sent
     finally:
         w.close()
+
+
+def test_an_eval_file_line_is_held_to_the_same_caps(database_url: str, tmp_path: Any) -> None:
+    """The eval runner's jsonl reader: a line over max_body_bytes (not read whole) or nested too deep fails the run
+    with invalid_file naming the line, never a RecursionError or an unbounded read."""
+    from finetune.evals.runner import EvalWorker, RunFailed
+    from storage import migrate
+    from storage.accounts import Accounts
+    from storage.blobs import LocalBlobStore
+    from storage.db import Database
+    from storage.files import Files, NewFile
+    from storage.settings import Settings
+    from storage.tables import EvalRun
+
+    settings = Settings(data_dir=tmp_path, database_url=database_url, requests={"max_body_bytes": 4096})
+    db = Database(database_url)
+    try:
+        migrate.upgrade(db)
+        blobs = LocalBlobStore(tmp_path / "blobs")
+        org = Accounts(db).create_org("evals").id
+        worker = EvalWorker(settings, db, blobs)
+        good = json.dumps({"item": {"q": "1"}})
+        for bad, why in [("x" * 10_000, "line 2: larger than 4096 bytes"),
+                         ('{"item": ' + "[" * 2000 + "]" * 2000 + "}", "line 2: not acceptable JSON (it nests")]:
+            staged = blobs.stage()
+            staged.write(jsonl([good, bad, good]))
+            file = Files(db, blobs).create(NewFile(org, "e.jsonl", "evals", staged))
+            run = EvalRun(id="evalrun_1", eval_id="eval_1", organization_id=org, model="m", created_at=1,
+                          data_source={"type": "jsonl", "source": {"type": "file_id", "id": file.id}})
+            items = worker._items(run)
+            assert next(items)[1] == {"q": "1"}
+            with pytest.raises(RunFailed) as failed:
+                next(items)
+            assert failed.value.code == "invalid_file" and why in failed.value.message, failed.value.message
+    finally:
+        db.dispose()
