@@ -235,6 +235,9 @@ def _fix_message(message: dict[str, Any]) -> None:
     _drop_nulls(message, _MESSAGE)
     if message.get("tool_calls") == []:
         del message["tool_calls"]
+    for call in message.get("tool_calls") or ():  # vLLM's streamed calls (guided required/named) send name: null
+        if isinstance(call, dict) and isinstance(call.get("function"), dict):
+            _drop_nulls(call["function"], ("name", "arguments"))
 
 
 def _message(payload: bytes) -> dict[str, Any]:

@@ -18,8 +18,10 @@ streamed, the Responses event sequence (``EventStream``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +33,12 @@ from serving.proxy import Completions
 from storage.accounts import Principal
 from storage.errors import InvalidRequest, NotFound, TunegateError
 from storage.ids import new_id, now
-from storage.responses import ResponseStore
+from storage.responses import ACTIVE, MAX_CONVERSATION_BYTES, ResponseStore
 
 log = logging.getLogger("tunegate.serving")
 _encode = msgspec.json.Encoder().encode
+POLL_S = 2.0  # a background response renews its lease and looks for a cancel from elsewhere this often
+LEASE_S = 30.0  # … and is failed ("the gateway restarted") when nobody renewed it for this long
 _decode = msgspec.json.Decoder().decode
 
 # Accepted and not acted on (nothing the engine does depends on them) / refused as not implemented here.
@@ -111,6 +115,8 @@ def parse(body: Any, *, need_input: bool = True) -> ResponsesRequest:
     req.background = _opt(body, "background", bool, False)
     req.previous_response_id = _opt(body, "previous_response_id", str)
     req.truncation = _opt(body, "truncation", str, "disabled")
+    if req.truncation not in ("auto", "disabled"):
+        raise _bad("'truncation' must be auto or disabled.", "truncation")
     req.user = _opt(body, "user", str)
     if req.background and not req.store:
         raise _bad("background=true requires store=true.", "background")
@@ -158,11 +164,40 @@ def _item(item: Any, param: str) -> dict[str, Any]:
         return {"id": _item_id(item, "fco_"), "type": "function_call_output", "call_id": _field(item, "call_id", param),
                 "output": output, "status": "completed"}
     if kind == "reasoning":  # a previous turn's reasoning sent back: kept with the input, not shown to the model
-        summary = item.get("summary") if isinstance(item.get("summary"), list) else []
-        return {"id": _item_id(item, "rs_"), "type": "reasoning", "summary": summary,
-                **({"content": item["content"]} if isinstance(item.get("content"), list) else {})}
+        return _reasoning_item(item, param)
     raise _bad(f"Input items of type {kind!r} are not supported by this server (message, function_call, "
                "function_call_output, reasoning are).", f"{param}.type", "unsupported_parameter")
+
+
+MAX_REASONING_PARTS = 64
+MAX_REASONING_CHARS = 256 * 1024  # all the text of one reasoning item sent back
+
+
+def _reasoning_item(item: dict[str, Any], param: str) -> dict[str, Any]:
+    """A reasoning item (``ReasoningItem``): ``summary`` of ``summary_text`` parts, optional ``content`` of
+    ``reasoning_text`` parts, bounded in parts and characters (it is stored and loaded again with every response
+    of the chain, but never reaches the model); ``encrypted_content`` is not kept (nothing here can read it)."""
+    out: dict[str, Any] = {"id": _item_id(item, "rs_"), "type": "reasoning"}
+    total = 0
+    for key, kind in (("summary", "summary_text"), ("content", "reasoning_text")):
+        parts = item.get(key)
+        if parts is None and key == "content":
+            continue
+        if not isinstance(parts, list):
+            raise _bad(f"'{param}.{key}' must be an array of {kind} parts.", f"{param}.{key}",
+                       "missing_required_parameter" if parts is None else "invalid_type")
+        if len(parts) > MAX_REASONING_PARTS:
+            raise _bad(f"'{param}.{key}' has more than {MAX_REASONING_PARTS} parts.", f"{param}.{key}")
+        for j, part in enumerate(parts):
+            if not isinstance(part, dict) or part.get("type") != kind or not isinstance(part.get("text"), str) \
+                    or set(part) - {"type", "text"}:
+                raise _bad(f"'{param}.{key}[{j}]' must be {{\"type\": \"{kind}\", \"text\": string}}.",
+                           f"{param}.{key}[{j}]", "invalid_type")
+            total += len(part["text"])
+        if total > MAX_REASONING_CHARS:
+            raise _bad(f"'{param}' holds more than {MAX_REASONING_CHARS} characters of reasoning.", f"{param}.{key}")
+        out[key] = [{"type": kind, "text": p["text"]} for p in parts]
+    return out
 
 
 def _field(item: dict[str, Any], key: str, param: str) -> str:
@@ -201,8 +236,10 @@ def _message_item(item: dict[str, Any], param: str) -> dict[str, Any]:
                 if not isinstance(part.get("image_url"), str):
                     raise _bad(f"'{where}.image_url' must be a string (a URL or a data URL).", f"{where}.image_url",
                                "invalid_type")
-                parts.append({"type": "input_image", "image_url": part["image_url"],
-                              "detail": part.get("detail") or "auto"})
+                detail = part.get("detail") or "auto"
+                if detail not in ("auto", "low", "high"):
+                    raise _bad(f"'{where}.detail' must be auto, low or high.", f"{where}.detail")
+                parts.append({"type": "input_image", "image_url": part["image_url"], "detail": detail})
                 continue
             key = "refusal" if kind == "refusal" else "text"
             if not isinstance(part.get(key), str):
@@ -296,25 +333,40 @@ def _metadata(value: Any) -> dict[str, str]:
 # --- Responses → chat -------------------------------------------------------------------------------------------
 def to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> dict[str, Any]:
     """The chat completions body for ``req`` continued from ``history`` (the previous responses' items)."""
+    return _to_chat(req, history)[0]
+
+
+def _to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> tuple[dict[str, Any], list[list[str]]]:
+    """``to_chat``, and where each chat message came from (``origins[k]``: the Responses param of message k, then
+    of each of its tool calls): ``instructions``, ``previous_response_id`` (history) or ``input[i]``."""
     messages: list[dict[str, Any]] = []
+    origins: list[list[str]] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
-    for item in [*history, *req.input]:
+        origins.append(["instructions"])
+    sources = [("previous_response_id", item) for item in history] + \
+        [(f"input[{i}]", item) for i, item in enumerate(req.input)]
+    for origin, item in sources:
         kind = item.get("type")
         if kind == "message":
             messages.append(_chat_message(item))
+            origins.append([origin])
         elif kind == "function_call":
             call = {"id": item["call_id"], "type": "function",
                     "function": {"name": item["name"], "arguments": item["arguments"]}}
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant" and "tool_calls" in last:
                 last["tool_calls"].append(call)  # parallel calls: one assistant turn
+                origins[-1].append(origin)
             elif last is not None and last["role"] == "assistant" and not last.get("_closed"):
                 last["tool_calls"] = [call]
+                origins[-1].append(origin)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                origins.append([origin, origin])
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]})
+            origins.append([origin + _OUTPUT])
         # reasoning items are not shown to the model again (as DeepSeek's and Qwen's templates drop them)
     for message in messages:
         message.pop("_closed", None)
@@ -340,7 +392,7 @@ def to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> dict[str, A
         body["response_format"] = {"type": "json_schema", "json_schema": {k: v for k, v in fmt.items() if k != "type"}}
     if req.reasoning and req.reasoning.get("effort"):
         body["reasoning_effort"] = req.reasoning["effort"]
-    return body
+    return body, origins
 
 
 def _chat_message(item: dict[str, Any]) -> dict[str, Any]:
@@ -356,16 +408,53 @@ def _chat_message(item: dict[str, Any]) -> dict[str, Any]:
 
 def chat_request(req: ResponsesRequest, history: list[dict[str, Any]], limits: Any) -> dict[str, Any]:
     """``to_chat``, checked by the allow-list now, so that a problem is a 400 naming the Responses field."""
-    body = to_chat(req, history)
+    body, origins = _to_chat(req, history)
     try:
         request_body.parse("chat.completions", body, limits)
     except InvalidRequest as exc:
-        raise _renamed(exc) from None
+        raise _renamed(exc, origins) from None
     return body
 
 
-def _renamed(exc: TunegateError) -> TunegateError:
+_OUTPUT = "#output"  # origins: the message is a function_call_output item
+_MESSAGE_PARAM = re.compile(r"^messages\[(\d+)\](.*)$")
+_CALL_PARAM = re.compile(r"^\.tool_calls\[(\d+)\](.*)$")
+# the rest of a chat message's param → the Responses item's (first match wins)
+_ITEM_FIELDS = ((re.compile(r"^(\.content\[\d+\])\.image_url\.detail"), r"\1.detail"),
+                (re.compile(r"^(\.content\[\d+\])\.image_url\.url"), r"\1.image_url"),
+                (re.compile(r"^\.tool_call_id"), ".call_id"), (re.compile(r"^\.function\."), "."),
+                (re.compile(r"^\.id$"), ".call_id"))
+
+
+def _item_param(param: str, origins: list[list[str]]) -> str | None:
+    """``messages[k]…`` (a chat param) as the Responses param of the item it came from, or None."""
+    matched = _MESSAGE_PARAM.match(param)
+    if matched is None or int(matched[1]) >= len(origins):
+        return None
+    where, rest = origins[int(matched[1])], matched[2]
+    call = _CALL_PARAM.match(rest)
+    if call is not None and int(call[1]) + 1 < len(where):
+        origin, rest = where[int(call[1]) + 1], call[2]
+    else:
+        origin = where[0]
+    output, origin = origin.endswith(_OUTPUT), origin.removesuffix(_OUTPUT)
+    if origin in ("instructions", "previous_response_id"):
+        return origin
+    if output and rest.startswith(".content"):  # a function_call_output item: its chat content is its output
+        rest = ".output" + rest[len(".content"):]
+    for pattern, replacement in _ITEM_FIELDS:
+        if pattern.match(rest):
+            rest = pattern.sub(replacement, rest, count=1)
+            break
+    return origin + rest
+
+
+def _renamed(exc: TunegateError, origins: list[list[str]] | None = None) -> TunegateError:
     param = exc.param or ""
+    item = _item_param(param, origins) if origins is not None else None
+    if item is not None:
+        exc.message, exc.param = exc.message.replace(param, item), item
+        return exc
     for chat, responses in _PARAM_NAMES:
         if param == chat or param.startswith(chat + ".") or param.startswith(chat + "["):
             new = responses + param[len(chat):]
@@ -631,23 +720,33 @@ class ResponsesService:
     def __init__(self, completions: Completions, store: ResponseStore | None) -> None:
         self.completions, self.store = completions, store
         self._background: dict[str, asyncio.Task[None]] = {}
+        # a previous_response_id chain loads at most this much stored JSON: the largest body, twice
+        self.max_conversation_bytes = max(MAX_CONVERSATION_BYTES, 2 * completions.limits.max_body_bytes)
 
-    async def respond(self, principal: Principal, body: Any) -> dict[str, Any] | AsyncIterator[bytes]:
+    async def respond(self, principal: Principal, body: Any, *, background_cap: int | None = None,
+                      hold: Callable[[], Callable[[], None]] | None = None) -> dict[str, Any] | AsyncIterator[bytes]:
         """The Response object, or (``stream: true``) an iterator of SSE events. Problems found before anything is
-        generated (a bad field, an unknown model, an engine that refuses the body) raise, so they are HTTP errors."""
+        generated (a bad field, an unknown model, an engine that refuses the body) raise, so they are HTTP errors.
+
+        A background response is refused (429) past ``background_cap`` active ones of the organization; ``hold``
+        (the gateway's rate-limit admission) is called when one is accepted, and what it returns when it ends."""
         req = parse(body)
         store = self._store_for(req)
-        history = await asyncio.to_thread(store.conversation, principal.organization_id, req.previous_response_id) \
-            if req.previous_response_id and store is not None else []
-        if req.previous_response_id and store is None:
+        if req.previous_response_id and self.store is None:
             raise _bad("previous_response_id needs stored responses.", "previous_response_id")
+        # a stored response can be continued by one that is not stored itself (store: false)
+        history = await self._history(principal.organization_id, req.previous_response_id)
         chat = chat_request(req, history, self.completions.limits)
         response = skeleton(req, new_id("resp_"), now(), "in_progress")
         if req.background:
             assert store is not None
+            # the model is resolved now, as in the foreground: an unknown one is a 404 here, never a later failure
+            await self.completions.pool.resolve(principal.organization_id, req.model)
             response["status"] = "queued"
-            await asyncio.to_thread(store.add, principal.organization_id, response, req.input)
-            task = asyncio.create_task(self._run_background(principal, req, chat, response))
+            await asyncio.to_thread(store.add_background, principal.organization_id, response, req.input,
+                                    cap=background_cap, lease_s=LEASE_S)
+            release = hold() if hold is not None else None
+            task = asyncio.create_task(self._run_background(principal, req, chat, response, release))
             self._background[response["id"]] = task
             task.add_done_callback(lambda _: self._background.pop(response["id"], None))
             return response
@@ -670,6 +769,12 @@ class ResponsesService:
         result = await self.respond(principal, body)
         assert isinstance(result, dict)
         return result
+
+    async def _history(self, org_id: str, previous_response_id: str | None) -> list[dict[str, Any]]:
+        if not previous_response_id or self.store is None:
+            return []
+        return await asyncio.to_thread(self.store.conversation, org_id, previous_response_id,
+                                       self.max_conversation_bytes)
 
     def _store_for(self, req: ResponsesRequest) -> ResponseStore | None:
         if req.store and self.store is None:
@@ -708,22 +813,43 @@ class ResponsesService:
                 await chunks.aclose()  # type: ignore[attr-defined]
 
     async def _run_background(self, principal: Principal, req: ResponsesRequest, chat: dict[str, Any],
-                              response: dict[str, Any]) -> None:
+                              response: dict[str, Any], release: Callable[[], None] | None) -> None:
+        """Generate a background response under its lease: every ``POLL_S`` the lease is renewed and the row read;
+        a cancel or delete from any process (another gateway worker too) aborts the engine request. ``release``
+        settles the rate-limit admission when it ends, however it ends."""
         assert self.store is not None
         org = principal.organization_id
+        work: asyncio.Future[bytes | AsyncIterator[bytes]] | None = None
         try:
             await asyncio.to_thread(self.store.finish, org, {**response, "status": "in_progress"})
-            result = await self._chat(principal, chat)
+            work = asyncio.ensure_future(self._chat(principal, chat))
+            while not work.done():
+                await asyncio.wait({work}, timeout=POLL_S)
+                if work.done():
+                    break
+                status = await asyncio.to_thread(self.store.renew, org, response["id"], LEASE_S)
+                if status not in ACTIVE:  # cancelled or deleted elsewhere: stop the generation
+                    work.cancel()
+                    with contextlib.suppress(BaseException):
+                        await work
+                    return
+            result = work.result()
             assert isinstance(result, bytes)
             done = from_chat(req, _decode(result), {**response, "status": "in_progress"})
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # cancel or delete here: closing the engine request aborts the generation
+            if work is not None:
+                work.cancel()
             raise
         except TunegateError as exc:
-            done = {**response, "status": "failed", "error": {
-                "code": "invalid_prompt" if isinstance(exc, InvalidRequest) else "server_error", "message": exc.message}}
+            code = "invalid_prompt" if isinstance(exc, InvalidRequest) else \
+                "model_not_found" if isinstance(exc, NotFound) else "server_error"
+            done = {**response, "status": "failed", "error": {"code": code, "message": exc.message}}
         except Exception as exc:  # noqa: BLE001 - recorded on the response, which the caller polls
             log.exception("background response %s failed", response["id"])
             done = {**response, "status": "failed", "error": {"code": "server_error", "message": repr(exc)}}
+        finally:
+            if release is not None:
+                release()
         await asyncio.to_thread(self.store.finish, org, done)
 
     # --- stored responses ---------------------------------------------------------------------------------------
@@ -763,8 +889,7 @@ class ResponsesService:
         if isinstance(body, dict):
             body = {k: v for k, v in body.items() if k not in ("stream", "background", "store")}
         req = parse(body, need_input=False)
-        history = await asyncio.to_thread(self.store.conversation, principal.organization_id,
-                                          req.previous_response_id) if req.previous_response_id and self.store else []
+        history = await self._history(principal.organization_id, req.previous_response_id)
         if not req.input and not history and not req.instructions:
             return {"object": "response.input_tokens", "input_tokens": 0}
         chat = chat_request(req, history, self.completions.limits)

@@ -156,6 +156,8 @@ class LimitSettings(BaseModel):
     running_jobs: int | None = Field(default=None, ge=0, description="Fine-tuning jobs running at once.")
     running_eval_runs: int | None = Field(default=None, ge=0, description="Eval runs in progress at once.")
     running_exports: int | None = Field(default=None, ge=0, description="Exports running at once.")
+    background_responses: int | None = Field(default=16, ge=0, description="Background responses (/v1/responses "
+                                             "background: true) queued or in progress at once.")
     running_batches: int | None = Field(default=None, ge=0, description="Batches running at once.")
     storage_bytes: int | None = Field(
         default=100 * 1024**3, ge=0, description="Files (uploads, job results, export outputs) plus adapters, in bytes.")

@@ -39,6 +39,19 @@ def serving_env(tiny_model: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def guided_tools(tiny_model: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the tiny model's base-model spec, the environment) for tests that need a forced tool call to come back.
+
+    A random model never ends a JSON value by itself: under vLLM 0.32's hermes structural tag (the default with
+    ``VLLM_ENFORCE_STRICT_TOOL_CALLING``) the call's arguments allow unbounded whitespace, so it runs out of tokens
+    inside the call. With the structural tags off, a named or ``required`` ``tool_choice`` is generated under plain
+    JSON guided decoding (the tool's parameters, or an array of calls), and ``disable_any_whitespace`` makes that
+    JSON compact: the call then always completes within a few tokens. ``auto`` still goes through hermes."""
+    spec = {"source": tiny_model, "engine_args": [
+        "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]}
+    return spec, {"VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"}
+
+
 @contextmanager
 def engine_gateway(tiny_model: str, data_dir: Path, **extra: str) -> Iterator[LiveGateway]:
     """A live gateway (SQLite) whose local vLLM engine for the tiny model is ready; ``extra``: more settings."""

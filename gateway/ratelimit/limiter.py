@@ -8,7 +8,8 @@
    of its tightest bucket (key or organization), 429s included.
 3. Settlement (once the answer is over): the token buckets are charged the real usage minus the estimate (the
    proxy's usage record reaches ``report_usage``), or given the whole estimate back when no usage came; the
-   stream slot is freed.
+   stream slot is freed. A background response (``/v1/responses`` with ``background: true``) takes a stream slot
+   too and keeps its admission past the HTTP answer (``hold``): it settles when its generation ends.
 
 The limits are an organization's effective ``LimitSettings`` (settings defaults, its stored overrides), cached for
 ``LIMITS_TTL_S``. Counters (``counters.py``) are in the process, or in Redis with ``redis_url`` — spent from a
@@ -25,6 +26,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +69,7 @@ class _Sizing(msgspec.Struct):
     max_output_tokens: int | None = None  # /v1/responses
     n: int | None = None
     stream: bool | None = None
+    background: bool | None = None  # /v1/responses: generates after the answer, holds a stream slot meanwhile
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Admission:
     estimate: int = 0
     used: int | None = None  # tokens really used, once the proxy recorded them
     headers: list[tuple[str, str]] = field(default_factory=list)
+    held: bool = False  # kept past the answer (a background response): settled by the release ``hold`` returned
 
 
 def estimate_tokens(body: bytes, caps: RequestLimits) -> tuple[int, bool]:
@@ -91,7 +95,8 @@ def estimate_tokens(body: bytes, caps: RequestLimits) -> tuple[int, bool]:
         sizing = _Sizing()
     completion = sizing.max_completion_tokens or sizing.max_tokens or sizing.max_output_tokens or DEFAULT_COMPLETION_TOKENS
     n = min(max(1, sizing.n or 1), caps.max_n)
-    return math.ceil(len(body) / 4) + n * min(max(0, completion), caps.max_tokens), sizing.stream is True
+    streams = sizing.stream is True or sizing.background is True
+    return math.ceil(len(body) / 4) + n * min(max(0, completion), caps.max_tokens), streams
 
 
 def report_usage(usage: Any) -> None:
@@ -168,9 +173,22 @@ class Limiter:
         return buckets, slots
 
     # --- 3. settlement -----------------------------------------------------------------------------------
-    def finish(self, admission: Admission | None) -> None:
-        """The answer is over: settle off the request path."""
+    def hold(self, admission: Admission | None) -> Callable[[], None]:
+        """Keep ``admission`` (its estimate and stream slot) past the answer; the returned release settles it (call
+        it once, in the event loop, when the work ends). The usage reported meanwhile in the caller's context
+        (``report_usage``: tasks copy it) counts."""
         if admission is None or admission.verdict.refused is not None:
+            return lambda: None
+        admission.held = True
+
+        def release() -> None:
+            admission.held = False
+            self.finish(admission)
+        return release
+
+    def finish(self, admission: Admission | None) -> None:
+        """The answer is over: settle off the request path (a held admission: when its holder releases it)."""
+        if admission is None or admission.verdict.refused is not None or admission.held:
             return
         used = admission.used if admission.used is not None else 0
         tokens = [Bucket(b.key, b.capacity, used - admission.estimate)

@@ -20,8 +20,13 @@ class ResponsesController(Controller):
 
     @post("/", status_code=200)
     async def create_response(self, request: Request, services: ServicesDep, principal: PrincipalDep) -> Response[Any]:
-        """Create a model response (JSON, or the Responses event stream with ``stream: true``)."""
-        return serving.answer(await serving.service(services).respond(principal, await read_json(request)))
+        """Create a model response (JSON, or the Responses event stream with ``stream: true``). A background one
+        keeps this request's rate-limit admission (token estimate, stream slot) until its generation ends."""
+        limits = await services.limiter.limits_of(principal.organization_id)
+        admission = request.scope.get("state", {}).get("rate_limit")
+        return serving.answer(await serving.service(services).respond(
+            principal, await read_json(request), background_cap=limits.background_responses,
+            hold=lambda: services.limiter.hold(admission)))
 
     @post("/input_tokens", status_code=200)
     async def count_input_tokens(self, request: Request, services: ServicesDep, principal: PrincipalDep) -> InputTokens:
