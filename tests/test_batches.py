@@ -581,7 +581,7 @@ def test_a_batch_cancelled_while_waiting_for_an_engine_gets_no_500_lines(databas
         w.close()
 
 
-def test_an_eval_file_line_is_held_to_the_same_caps(database_url: str, tmp_path: Any) -> None:
+def test_an_eval_file_line_is_held_to_the_same_caps_and_a_failed_run_shows_no_internals(database_url: str, tmp_path: Any) -> None:
     """The eval runner's jsonl reader: a line over max_body_bytes (not read whole) or nested too deep fails the run
     with invalid_file naming the line, never a RecursionError or an unbounded read."""
     from finetune.evals.runner import EvalWorker, RunFailed
@@ -613,5 +613,18 @@ def test_an_eval_file_line_is_held_to_the_same_caps(database_url: str, tmp_path:
             with pytest.raises(RunFailed) as failed:
                 next(items)
             assert failed.value.code == "invalid_file" and why in failed.value.message, failed.value.message
+
+        # and a run that fails for an internal reason tells the tenant no internals (as a batch)
+        def broken(*_: Any) -> None:
+            raise RuntimeError("[SQL: SELECT secret]")
+
+        worker.execute = broken  # type: ignore[method-assign]
+        with db.session() as s:
+            s.add(EvalRun(id="evalrun_2", eval_id="eval_1", organization_id=org, model="m", created_at=1))
+        claimed = worker.store.claim("w/1", 30)
+        assert claimed is not None and claimed.id == "evalrun_2"
+        worker.work(claimed, "w/1")
+        error = worker.store.get_run(org, None, "evalrun_2").error
+        assert error["code"] == "eval_failed" and "SQL" not in error["message"], error
     finally:
         db.dispose()

@@ -88,10 +88,11 @@ class EvalWorker(LeasedWorker):
             log.info("eval run %s was canceled or taken over; stopping", run.id)
         except RunFailed as exc:
             self.durable.finish(run.id, lease, status="failed", error={"code": exc.code, "message": exc.message})
-        except Exception as exc:  # one bad run never stops the worker
+        except Exception:  # one bad run never stops the worker; what failed is logged, never shown to the tenant
             log.exception("eval run %s failed", run.id)
-            self.durable.finish(run.id, lease, status="failed",
-                                error={"code": "eval_failed", "message": f"{type(exc).__name__}: {exc}"})
+            self.durable.finish(run.id, lease, status="failed", error={
+                "code": "eval_failed", "message": f"Eval run {run.id} failed because of an internal error (logged by "
+                                                  "the server)."})
 
     # --- one run -----------------------------------------------------------------------------------------
     def execute(self, run: EvalRun, lease: str, lost: threading.Event) -> None:
@@ -298,8 +299,9 @@ class EngineTargets:
             return engines[0], base
         try:
             load_adapter(engines[0], adapter, engine_adapter_path(worker.settings, adapter, worker.blobs))
-        except Exception as exc:
-            raise RunFailed("model_unavailable", f"The engine could not load '{model}': {exc}") from None
+        except Exception:  # the detail (engine URL, blob path or S3 error) is the operator's: logged
+            log.exception("eval run %s: loading %s on %s", self.run.id, model, engines[0].url)
+            raise RunFailed("model_unavailable", f"The engine could not load '{model}'; try again later.") from None
         return engines[0], adapter
 
     def _ready(self, base: str) -> list[EngineAddress]:
