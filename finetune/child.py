@@ -164,7 +164,8 @@ def run(ctx: Context) -> None:
     )
     ctx.tracker = Tracker(ctx.work_dir.parent.parent / "tracking", job.id, job.model, job.integrations,  # jobs/<id>/
                           warn=lambda message: jobs.add_event(job.id, message, level="warn", lease=ctx.worker),
-                          config={"model": job.model, "method": job.method, **hp.model_dump(mode="json")})
+                          config={"model": job.model, "method": job.method, **hp.model_dump(mode="json")},
+                          org_id=job.organization_id, wandb_entity=ctx.settings.integrations.wandb_entity)
     try:
         outcome = train(spec, JobReporter(ctx))
     finally:

@@ -7,9 +7,15 @@ In the training child (``Tracker``): every metrics event the job records is also
 
 - to TensorBoard event files (``tensorboardX``, always: a tunegate extension), attached to the job's results as
   ``tensorboard.tar.gz`` (``tensorboard --logdir`` on the unpacked folder shows the curves);
-- to a W&B run when the job asked for one: online when the worker's environment has ``WANDB_API_KEY`` (and
-  ``WANDB_BASE_URL`` for a self-hosted server), otherwise in offline mode, the run folder then attached as
-  ``wandb-offline-run.tar.gz`` (unpack it and ``wandb sync <folder>`` uploads it later).
+- to a W&B run when the job asked for one: online when the operator configured ``integrations.wandb_entity`` and
+  the worker's environment has ``WANDB_API_KEY`` (and ``WANDB_BASE_URL`` for a self-hosted server), otherwise in
+  offline mode, the run folder then attached as ``wandb-offline-run.tar.gz`` (unpack it and ``wandb sync <folder>``
+  uploads it later, with the tenant's own key).
+
+The key is the operator's, never the tenant's, so a tenant must not steer where it writes (``wandb_target``): an
+online run always goes to the configured entity, into ``<organization id>-<project>``; a create naming another
+``entity`` is a 400 while one is configured, and a stored job whose ``entity`` no longer matches (the setting
+changed) logs offline. The operator's ``WANDB_ENTITY`` / ``WANDB_PROJECT`` never steer a tenant's run either.
 
 Tracking never fails a job: a library that cannot start or log is a warning event, and training goes on.
 The folders live under the job (``jobs/<id>/tracking``), shared by a resumed job's claims: TensorBoard gets one
@@ -30,22 +36,25 @@ log = logging.getLogger("tunegate.integrations")
 MAX_INTEGRATIONS = 5  # FineTuningJob.integrations maxItems
 MAX_TAGS = 50
 MAX_TEXT = 256
-WANDB_ENV = ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_MODE", "WANDB_DIR")  # read by the child
+MAX_PROJECT = 96  # W&B's 128 less the "<organization id>-" an online run's project is scoped by
+BAD_PROJECT_CHARS = "/\\#?%:"  # W&B refuses these in a project name (wandb.Settings.validate_project)
+NOT_FROM_OPERATOR = ("WANDB_ENTITY", "WANDB_PROJECT")  # the worker's defaults: never a tenant's run's target
 NOT_LOGGED = ("step", "total_steps")  # the step is the x axis; every other number of a metrics event is a curve
 
 
-def parse(raw: Any) -> list[dict[str, Any]] | None:
-    """The request's ``integrations``, checked and normalized (None when absent or empty)."""
+def parse(raw: Any, wandb_entity: str | None = None) -> list[dict[str, Any]] | None:
+    """The request's ``integrations``, checked and normalized (None when absent or empty). ``wandb_entity``: the
+    operator's configured entity (``integrations.wandb_entity``); an ``entity`` naming another one is refused."""
     if raw is None:
         return None
     if not isinstance(raw, list):
         raise _bad("integrations must be an array of integration objects.", "integrations")
     if len(raw) > MAX_INTEGRATIONS:
         raise _bad(f"integrations holds at most {MAX_INTEGRATIONS} entries.", "integrations")
-    return [_one(item, f"integrations[{i}]") for i, item in enumerate(raw)] or None
+    return [_one(item, f"integrations[{i}]", wandb_entity) for i, item in enumerate(raw)] or None
 
 
-def _one(item: Any, where: str) -> dict[str, Any]:
+def _one(item: Any, where: str, wandb_entity: str | None) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise _bad(f"{where} must be an object.", where)
     unknown = sorted(set(item) - {"type", "wandb"})
@@ -63,9 +72,11 @@ def _one(item: Any, where: str) -> dict[str, Any]:
         raise _bad(f"Unknown parameter: '{where}.wandb.{unknown[0]}'.", f"{where}.wandb.{unknown[0]}",
                    "unknown_parameter")
     project = wandb.get("project")
-    if not isinstance(project, str) or not project.strip() or len(project) > MAX_TEXT:
-        raise _bad(f"{where}.wandb.project is required: the W&B project name (1-{MAX_TEXT} characters).",
-                   f"{where}.wandb.project", "missing_required_parameter" if project is None else "invalid_value")
+    if (not isinstance(project, str) or not project.strip() or len(project) > MAX_PROJECT
+            or any(c in project for c in BAD_PROJECT_CHARS)):
+        raise _bad(f"{where}.wandb.project is required: the W&B project name (1-{MAX_PROJECT} characters, none of "
+                   f"{' '.join(BAD_PROJECT_CHARS)}).", f"{where}.wandb.project",
+                   "missing_required_parameter" if project is None else "invalid_value")
     shown: dict[str, Any] = {"project": project}
     for key in ("name", "entity"):
         value = wandb.get(key)
@@ -73,6 +84,10 @@ def _one(item: Any, where: str) -> dict[str, Any]:
             raise _bad(f"{where}.wandb.{key} must be a non-empty string of at most {MAX_TEXT} characters, or null.",
                        f"{where}.wandb.{key}")
         shown[key] = value
+    if wandb_entity is not None and shown["entity"] not in (None, wandb_entity):
+        raise _bad(f"{where}.wandb.entity must be null or {wandb_entity!r}: this server logs W&B runs with its own "
+                   f"key, only to that entity (into the project '<organization id>-<project>').",
+                   f"{where}.wandb.entity")
     tags = wandb.get("tags")
     if tags is not None and (not isinstance(tags, list) or len(tags) > MAX_TAGS
                              or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in tags)):
@@ -91,12 +106,32 @@ def wandb_online(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
     return bool(env.get("WANDB_API_KEY")) and env.get("WANDB_MODE", "online") not in ("offline", "disabled")
 
 
+def wandb_target(wandb: dict[str, Any], org_id: str, wandb_entity: str | None,
+                 env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[str, str | None, str, str | None]:
+    """(mode, entity, project, why offline) of a job's W&B run. Online — with the operator's key — only to the
+    configured entity, into ``<org_id>-<project>``; the tenant's ``entity`` only when it is that one. Offline (no
+    key, no configured entity, or a stored entity that is not it) the run keeps what the tenant asked for: it is
+    theirs to ``wandb sync`` with their own key."""
+    asked = wandb.get("entity")
+    if not wandb_online(env):
+        return "offline", asked, wandb["project"], None
+    if wandb_entity is None:
+        return "offline", asked, wandb["project"], ("this server has no integrations.wandb_entity configured, so "
+                                                    "its W&B key is not used for jobs")
+    if asked not in (None, wandb_entity):
+        return "offline", asked, wandb["project"], (f"entity {asked!r} is not this server's W&B entity "
+                                                    f"({wandb_entity!r})")
+    return "online", wandb_entity, f"{org_id}-{wandb['project']}", None
+
+
 class Tracker:
     """The child's side: TensorBoard always, W&B when asked. Each method swallows the libraries' failures."""
 
     def __init__(self, folder: Path, job_id: str, model: str, integrations: list[dict[str, Any]] | None,
-                 warn: Any = None, config: dict[str, Any] | None = None) -> None:
+                 warn: Any = None, config: dict[str, Any] | None = None, *, org_id: str,
+                 wandb_entity: str | None = None) -> None:
         self.folder, self.job_id, self.model = folder, job_id, model
+        self.org_id, self.wandb_entity = org_id, wandb_entity
         self.warn = warn or (lambda message: log.warning("%s", message))
         self.tb: Any = None
         self.wandb_run: Any = None
@@ -121,7 +156,12 @@ class Tracker:
             self.warn(f"TensorBoard events are not written: {type(exc).__name__}: {exc}")
 
     def _start_wandb(self, settings: dict[str, Any], config: dict[str, Any]) -> None:
-        self.online = wandb_online()
+        for name in NOT_FROM_OPERATOR:
+            os.environ.pop(name, None)  # this process is the job's: wandb.init would fall back on them
+        mode, entity, project, why = wandb_target(settings, self.org_id, self.wandb_entity)
+        self.online = mode == "online"
+        if why:
+            self.warn(f"Weights & Biases logs this job offline (result file wandb-offline-run.tar.gz): {why}.")
         self.wandb_dir = self.folder / "wandb-root"
         self.wandb_dir.mkdir(parents=True, exist_ok=True)
         for name, sub in (("WANDB_CACHE_DIR", "wandb-cache"), ("WANDB_DATA_DIR", "wandb-data")):
@@ -130,7 +170,7 @@ class Tracker:
             import wandb
 
             self.wandb_run = wandb.init(
-                project=settings["project"], name=settings.get("name") or self.job_id, entity=settings.get("entity"),
+                project=project, name=settings.get("name") or self.job_id, entity=entity,
                 tags=["tunegate/finetune", f"tunegate/{self.model}"[:64], f"tunegate/{self.job_id}"[:64],
                       *settings.get("tags", [])],
                 id=self.job_id, resume="allow", dir=str(self.wandb_dir),

@@ -78,7 +78,7 @@ def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, bo
         _check_file(files, org_id, request.validation_file, "validation_file")
     _check_suffix(request.suffix)
     _check_metadata(request.metadata)
-    tracked = integrations.parse(request.integrations)  # wandb (finetune/integrations.py)
+    tracked = integrations.parse(request.integrations, settings.integrations.wandb_entity)  # finetune/integrations.py
     # resolved now (the file's size is known), so bad device combinations are a 400 and the job shows real values
     where = f"method.{method}.hyperparameters"
     resolved = hyperparams.resolve(hp, n_examples=max(1, training.n_examples or 0), method=method,

@@ -227,6 +227,16 @@ class BatchSettings(BaseModel):
         "batch not done within its window expires (status expired, with the output it has).")
 
 
+class IntegrationSettings(BaseModel):
+    """Jobs' ``integrations`` (finetune/integrations.py)."""
+
+    wandb_entity: str | None = Field(
+        default=None, min_length=1, description="The W&B entity (team or user) this server's WANDB_API_KEY logs "
+        "jobs' wandb integrations to, online, each into the project '<organization id>-<project>'; a job naming "
+        "another entity is a 400. Unset: the key is never used for jobs, every W&B run is offline (the job's "
+        "wandb-offline-run.tar.gz result file, for `wandb sync` with the tenant's own key).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEGATE_", env_nested_delimiter="__", extra="forbid")
 
@@ -260,6 +270,7 @@ class Settings(BaseSettings):
     expiry_sweep_seconds: float = Field(default=60.0, gt=0, description="How often expired files are purged.")
     uploads: UploadSettings = Field(default_factory=UploadSettings)
     batches: BatchSettings = Field(default_factory=BatchSettings)
+    integrations: IntegrationSettings = Field(default_factory=IntegrationSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     requests: RequestLimits = Field(default_factory=RequestLimits)

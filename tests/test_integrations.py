@@ -5,7 +5,12 @@ One job trains the tiny model with a ``wandb`` integration on a worker without `
 it, and its results carry, after the CSV, ``tensorboard.tar.gz`` (read back with TensorBoard's own event reader:
 every step's training loss) and ``wandb-offline-run.tar.gz`` (the offline run folder ``wandb sync`` uploads; its
 ``.wandb`` log read back with wandb's datastore: the run's project, name, tags and the logged losses). Invalid
-integrations are 400s naming the field."""
+integrations are 400s naming the field.
+
+The operator's W&B key is never a tenant's to aim: the gateway has ``integrations.wandb_entity`` configured (a
+create naming another entity is a 400) and the worker a ``WANDB_ENTITY`` / ``WANDB_PROJECT`` of its own, which the
+tenant's offline run must not pick up; the unit tests run the Tracker with a key in the environment and
+``wandb.init`` captured: online only to the configured entity, into ``<org id>-<project>``."""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from tests.finetune_support import TINY, chat_jsonl, gateway_env, qa_pairs, uplo
 from tests.support import LiveGateway, SpecRecorder
 
 BLOCK = 32 * 1024
+OPERATOR = "operator-team"  # integrations.wandb_entity of the module's gateway
 WANDB = {"project": "tunegate-tests", "name": "tiny run", "entity": None, "tags": ["ci", "tiny"]}
 
 
@@ -33,7 +39,9 @@ WANDB = {"project": "tunegate-tests", "name": "tiny run", "entity": None, "tags"
 def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     data_dir = tmp_path_factory.mktemp("integrations")
     gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}",
-                          **gateway_env(tiny_model, WANDB_MODE="offline", WANDB_SILENT="true"))
+                          **gateway_env(tiny_model, WANDB_MODE="offline", WANDB_SILENT="true",
+                                        TUNEGATE_INTEGRATIONS__WANDB_ENTITY=OPERATOR,
+                                        WANDB_ENTITY=OPERATOR, WANDB_PROJECT="operator-private"))
     gateway.start()
     yield gateway
     gateway.stop()
@@ -148,6 +156,7 @@ def test_wandb_offline_run_is_readable_and_syncable(finished, tmp_path: Path) ->
             if "train_loss" in items:
                 history[int(items["_step"])] = float(items["train_loss"])
     assert run is not None and run.project == "tunegate-tests" and run.display_name == "tiny run"
+    assert run.entity == ""  # the tenant named none: the worker's WANDB_ENTITY does not fill it in
     assert {"ci", "tiny", "tunegate/finetune", f"tunegate/{finished['done'].id}"} <= set(run.tags)
     expected = _steps(finished["folder"])
     assert sorted(history) == sorted(expected) and all(abs(history[s] - expected[s]) < 1e-4 for s in expected)
@@ -167,6 +176,11 @@ def test_wandb_offline_run_is_readable_and_syncable(finished, tmp_path: Path) ->
     ([{"type": "wandb", "wandb": {"project": "p", "team": "x"}}], "integrations[0].wandb.team"),
     ([{"type": "wandb", "wandb": {"project": "p"}}] * 6, "integrations"),
     (["wandb"], "integrations[0]"),
+    ([{"type": "wandb", "wandb": {"project": "p", "entity": "someone-else"}}], "integrations[0].wandb.entity"),
+    ([{"type": "wandb", "wandb": {"project": "p"}}, {"type": "wandb", "wandb": {"project": "q", "entity": "x"}}],
+     "integrations[1].wandb.entity"),
+    ([{"type": "wandb", "wandb": {"project": "a/b"}}], "integrations[0].wandb.project"),
+    ([{"type": "wandb", "wandb": {"project": "p" * 97}}], "integrations[0].wandb.project"),
 ])
 def test_invalid_integrations_name_their_field(client: openai.OpenAI, training: str, integrations: list,
                                                param: str) -> None:
@@ -184,3 +198,66 @@ def test_integrations_unit() -> None:
     assert integrations.wandb_online({"WANDB_API_KEY": "k"}) is True
     assert integrations.wandb_online({"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}) is False
     assert integrations.wandb_online({}) is False
+
+    assert integrations.parse([{"type": "wandb", "wandb": {"project": "p", "entity": OPERATOR}}], OPERATOR)[0][
+        "wandb"]["entity"] == OPERATOR
+    assert integrations.parse([{"type": "wandb", "wandb": {"project": "p", "entity": "x"}}], None)[0][
+        "wandb"]["entity"] == "x"  # no entity configured: runs are offline, the tenant's to sync with their key
+    with pytest.raises(Exception) as exc:
+        integrations.parse([{"type": "wandb", "wandb": {"project": "p", "entity": "x"}}], OPERATOR)
+    assert exc.value.param == "integrations[0].wandb.entity"  # type: ignore[attr-defined]
+
+
+ORG = "org-" + "A" * 24
+KEY = {"WANDB_API_KEY": "k" * 40}
+
+
+@pytest.mark.parametrize(("asked", "configured", "env", "expected"), [
+    (None, OPERATOR, KEY, ("online", OPERATOR, f"{ORG}-proj")),
+    (OPERATOR, OPERATOR, KEY, ("online", OPERATOR, f"{ORG}-proj")),
+    ("victim-team", OPERATOR, KEY, ("offline", "victim-team", "proj")),  # a job stored before the setting changed
+    ("victim-team", None, KEY, ("offline", "victim-team", "proj")),  # key but no entity: never used for jobs
+    (None, None, KEY, ("offline", None, "proj")),
+    ("mine", OPERATOR, {}, ("offline", "mine", "proj")),  # no key: offline as before
+    (None, OPERATOR, {**KEY, "WANDB_MODE": "offline"}, ("offline", None, "proj")),
+])
+def test_wandb_target_never_aims_the_key_elsewhere(asked, configured, env, expected) -> None:
+    from finetune import integrations
+
+    mode, entity, project, why = integrations.wandb_target({"project": "proj", "entity": asked}, ORG, configured, env)
+    assert (mode, entity, project) == expected
+    assert (why is None) == (mode == "online" or not integrations.wandb_online(env))
+
+
+@pytest.mark.parametrize(("asked", "online"), [(None, True), ("victim-team", False)])
+def test_tracker_writes_with_the_key_only_into_the_org_scoped_project(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, asked: str | None, online: bool) -> None:
+    """The child's Tracker with the operator's key (and WANDB_ENTITY / WANDB_PROJECT) in its environment: what it
+    hands wandb.init — the one place a run's destination is chosen."""
+    import wandb
+
+    from finetune.integrations import Tracker
+
+    seen: list[dict] = []
+
+    class Run:
+        def log(self, *_a, **_k) -> None: ...
+        def finish(self) -> None: ...
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.append(kwargs) or Run())
+    for name, value in (*KEY.items(), ("WANDB_ENTITY", OPERATOR), ("WANDB_PROJECT", "operator-private")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    warnings: list[str] = []
+    tracker = Tracker(tmp_path, "ftjob-x", TINY, [{"type": "wandb", "wandb": {
+        "project": "operator-private", "name": None, "entity": asked, "tags": []}}], warn=warnings.append,
+        org_id=ORG, wandb_entity=OPERATOR)
+    tracker.close()
+    [kwargs] = seen
+    assert "WANDB_ENTITY" not in os.environ and "WANDB_PROJECT" not in os.environ
+    if online:
+        assert (kwargs["mode"], kwargs["entity"], kwargs["project"]) == ("online", OPERATOR, f"{ORG}-operator-private")
+        assert not warnings
+    else:
+        assert (kwargs["mode"], kwargs["entity"], kwargs["project"]) == ("offline", asked, "operator-private")
+        assert any("offline" in w and "victim-team" in w for w in warnings), warnings

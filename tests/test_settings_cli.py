@@ -76,7 +76,8 @@ ENVIRONMENT_READS = {
     "finetune/recipe/run.py": "sets TOKENIZERS_PARALLELISM for the tokenizers library",
     "serving/adapter_fetch.py": "inside vLLM, the middleware finds the engine's settings file (engine_main sets the path)",
     "finetune/integrations.py": "the training child: W&B's own WANDB_API_KEY/WANDB_MODE decide online or offline, and "
-                                "its WANDB_DIR/… are pointed into the job's folder",
+                                "its WANDB_DIR/… are pointed into the job's folder; the worker's WANDB_ENTITY/"
+                                "WANDB_PROJECT are dropped (a tenant's run is aimed by integrations.wandb_entity)",
     "gateway/metrics.py": "prometheus_client's PROMETHEUS_MULTIPROC_DIR (set by `serve --workers`) selects the "
                           "multiprocess collector",
 }
