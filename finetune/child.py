@@ -132,12 +132,32 @@ def resume_point(job_work: Path) -> tuple[Path | None, int]:
     return max((last_checkpoint(p) for p in candidates), key=lambda found: found[1], default=(None, 0))
 
 
+def parent_adapter(ctx: Context) -> Path | None:
+    """A job whose ``model`` is a fine-tuned model or checkpoint (``ft:…``) continues training its adapter on its
+    base: the organization must still own it or hold a grant for it now (it may have been revoked or deleted
+    since the job was created). ``ctx.base_id`` becomes that model's base."""
+    from storage.permissions import visible_model
+
+    if ctx.settings.base_model_id(ctx.job.model) is not None or not ctx.job.model.startswith("ft:"):
+        return None
+    with ctx.db.session() as s:
+        row = visible_model(s, ctx.job.organization_id, ctx.job.model)
+    if row is None or not row.adapter_key:
+        raise TunegateError(f"The model '{ctx.job.model}' is no longer available to this organization (deleted, or "
+                            "its permission revoked).", param="model", code="model_not_available")
+    ctx.base_id = row.base_model
+    ctx.jobs.add_event(ctx.job.id, f"Continuing the training of {ctx.job.model} (base model {row.base_model})",
+                       lease=ctx.worker)
+    return ctx.blobs.local_path(row.adapter_key)
+
+
 def run(ctx: Context) -> None:
     import torch
 
     from finetune.recipe.run import TrainSpec, train
 
     job, jobs = ctx.job, ctx.jobs
+    parent = parent_adapter(ctx)
     device = "cuda" if ctx.settings.worker.device != "cpu" and torch.cuda.is_available() else "cpu"
     training = ctx.files.get(job.organization_id, job.training_file)
     spec_model = ctx.settings.base_models[ctx.base_id]
@@ -160,7 +180,7 @@ def run(ctx: Context) -> None:
         work_dir=ctx.work_dir, device=device, resume_from=resume_from, log_every=ctx.settings.worker.log_every_steps,
         cpu_threads=ctx.settings.worker.cpu_threads,
         grader=(job.method_config or {}).get("grader"), owner=job.organization_id, reasoning=spec_model.reasoning,
-        judge=reinforcement.judge(ctx.settings, ctx.db, job.organization_id, job.id),
+        judge=reinforcement.judge(ctx.settings, ctx.db, job.organization_id, job.id), init_adapter=parent,
     )
     ctx.tracker = Tracker(ctx.work_dir.parent.parent / "tracking", job.id, job.model, job.integrations,  # jobs/<id>/
                           warn=lambda message: jobs.add_event(job.id, message, level="warn", lease=ctx.worker),

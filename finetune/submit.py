@@ -64,7 +64,8 @@ def parse_request(body: Any) -> JobRequest:
 
 def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, body: Any,
                model_exists: Callable[[str], None] | None = None) -> FineTuningJob:
-    """``model_exists`` raises NotFound for a model the organization cannot use (a reinforcement grader's judge)."""
+    """``model_exists`` raises NotFound for a model the organization cannot use (a reinforcement grader's judge), and
+    returns the catalog entry of one it can (a fine-tuned ``model`` to continue training from)."""
     request = parse_request(body)
     method, raw_hp = _method(request)
     hp = hyperparams.parse(raw_hp, method, param=f"method.{method}.hyperparameters")
@@ -72,7 +73,7 @@ def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, bo
     if method == "reinforcement":  # grader and response_format (finetune/reinforcement.py)
         method_config = reinforcement.check(request.method.reinforcement or {},  # type: ignore[union-attr]
                                             model_exists or (lambda _: None), settings)
-    _check_model(settings, request.model)
+    base_id = _check_model(settings, request.model, model_exists)
     training = _check_file(files, org_id, request.training_file, "training_file")
     if request.validation_file:
         _check_file(files, org_id, request.validation_file, "validation_file")
@@ -83,7 +84,7 @@ def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, bo
     where = f"method.{method}.hyperparameters"
     resolved = hyperparams.resolve(hp, n_examples=max(1, training.n_examples or 0), method=method,
                                    device=training_device(settings.worker.device), param=where,
-                                   reasoning=_reasoning(settings, request.model))
+                                   reasoning=_reasoning(settings, base_id))
     job = FineTuningJob(
         id=new_id("ftjob-"), organization_id=org_id, model=request.model, training_file=training.id,
         validation_file=request.validation_file, method=method, hyperparameters=hp.model_dump(mode="json"),
@@ -119,13 +120,24 @@ def _reasoning(settings: Settings, model: str) -> bool:
     return bool(spec and spec.reasoning)
 
 
-def _check_model(settings: Settings, model: str) -> None:
-    base_id = settings.base_model_id(model)  # an alias names its base (the job keeps the name it was given)
+def _check_model(settings: Settings, model: str, model_exists: Callable[[str], Any] | None = None) -> str:
+    """The base model id the job trains on: ``model`` itself, the base an alias names (the job keeps the name it was
+    given), or the base of a fine-tuned model or checkpoint the organization owns or was granted (``ft:…``: the job
+    continues training its adapter, ``finetune.child.parent_adapter``)."""
+    base_id = settings.base_model_id(model)
+    if base_id is None and model.startswith("ft:") and model_exists is not None:
+        try:
+            entry = model_exists(model)
+        except NotFound:
+            entry = None
+        if entry is not None and getattr(entry, "adapter_key", None):
+            base_id = entry.base_model
     spec = settings.base_models.get(base_id) if base_id else None
     if spec is None or not spec.tunable:
         known = ", ".join(m for m, s in settings.base_models.items() if s.tunable) or "none"
         raise InvalidRequest(f"Model {model!r} is not available for fine-tuning (available: {known}).",
                              param="model", code="model_not_available")
+    return base_id  # type: ignore[return-value]  # spec is not None: base_id is
 
 
 def _check_file(files: Files, org_id: str, file_id: str, param: str) -> StoredFile:
@@ -155,5 +167,17 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
 
 def fine_tuned_model_name(job: FineTuningJob) -> str:
     """``ft:{base}:{org}:{suffix}:{id8}`` (an empty suffix gives ``::``); ``base`` is the model as the job named it
-    (a base model's alias stays the alias, as OpenAI names ``ft:gpt-4o-mini-2024-07-18:…``)."""
-    return f"ft:{job.model}:{job.organization_id}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"
+    (a base model's alias stays the alias, as OpenAI names ``ft:gpt-4o-mini-2024-07-18:…``), or, for a job that
+    continues a fine-tuned model (or checkpoint), the base that model is named after."""
+    return f"ft:{base_name(job.model)}:{job.organization_id}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"
+
+
+def base_name(model: str) -> str:
+    """``model`` unless it is a fine-tuned name ``ft:{base}:{org}:{suffix}:{id8}[:ckpt-step-N]``: then ``base`` (org
+    ids, suffixes and ids hold no ':', so a base id with one still comes out whole)."""
+    if not model.startswith("ft:"):
+        return model
+    rest = model.removeprefix("ft:")
+    if re.search(r":ckpt-step-\d+$", rest):
+        rest = rest.rsplit(":", 1)[0]
+    return rest.rsplit(":", 3)[0]

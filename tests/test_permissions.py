@@ -2,7 +2,9 @@
 vLLM engine: the owner shares a fine-tuned model and a checkpoint; a grantee lists, chats with and evaluates them
 (its usage counted to itself, the engine holding one copy of the adapter), cannot delete, export or share them, nor
 see or manage their permissions; a third organization sees nothing; revoking ends access with the very next
-request although the adapter stays loaded. Every body is validated against the spec; errors name their field.
+request although the adapter stays loaded. A grantee fine-tunes from the shared checkpoint (the job starts from
+its adapter and names its model after the base; a stranger cannot). Every body is validated against the spec; errors
+name their field.
 The same rules over SQLite are checked at the storage level (``test_storage_rules_on_sqlite``)."""
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import _fresh_postgres_database
-from tests.finetune_support import TINY, wait_until
+from tests.finetune_support import TINY, adapter_dir, chat_jsonl, qa_pairs, upload, wait_for, wait_until
 from tests.serving_support import engines, make_adapter, register_adapter, serving_env, wait_engines_ready
 from tests.support import LiveGateway, SpecRecorder
 
@@ -286,6 +288,60 @@ def test_deleting_the_model_deletes_its_permissions(gw: LiveGateway, orgs, tmp_p
             assert s.exec(select(CheckpointPermission).where(CheckpointPermission.model_id == model)).all() == []
     finally:
         db.dispose()
+
+
+def test_grantee_fine_tunes_from_the_shared_checkpoint(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
+    """``model: "ft:…:ckpt-step-N"`` shared with the grantee: the job trains on from that adapter (at a learning rate
+    too small to move it, its final weights are the parent's, not a fresh LoRA's zero B), the new model is the
+    grantee's and named after the base; a stranger's create is refused like an unknown model."""
+    from safetensors.torch import load_file
+
+    owner = gw.client(orgs["owner"][2])
+    owner.fine_tuning.checkpoints.permissions.create(orgs["checkpoint"], project_ids=[orgs["grantee"][0]])
+    grantee, stranger = gw.client(orgs["grantee"][2], recorder), gw.client(orgs["stranger"][2])
+    data = chat_jsonl(qa_pairs(10))
+    with pytest.raises(openai.BadRequestError) as exc:
+        stranger.fine_tuning.jobs.create(model=orgs["checkpoint"], training_file=upload(stranger, data))
+    assert (_error(exc)["param"], _error(exc)["code"]) == ("model", "model_not_available")
+    job = grantee.fine_tuning.jobs.create(model=orgs["checkpoint"], training_file=upload(grantee, data), method={
+        "type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": 1, "batch_size": 5, "learning_rate_multiplier": 0.01}}})
+    assert job.model == orgs["checkpoint"] and "FineTuningJob" in recorder.checked
+    done = wait_for(grantee, job.id, ("succeeded", "failed", "cancelled"), timeout=300)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model.startswith(f"ft:{TINY}:{orgs['grantee'][0]}::")
+    assert grantee.models.retrieve(done.fine_tuned_model).owned_by == orgs["grantee"][0]
+    parent = load_file(str(_adapter_path(gw, orgs["checkpoint"]) / "adapter_model.safetensors"))
+    child = load_file(str(adapter_dir(gw, job.id) / "adapter_model.safetensors"))
+    assert set(child) == set(parent)
+    assert max(float(parent[k].abs().max()) for k in parent if "lora_B" in k) > 0.05
+    assert max(float((child[k] - parent[k]).abs().max()) for k in parent) < 1e-3
+    assert _chat(grantee, done.fine_tuned_model)
+    own = grantee.fine_tuning.jobs.create(model=done.fine_tuned_model, training_file=upload(grantee, data))
+    assert own.model == done.fine_tuned_model  # continuing its own model is accepted too (not run here)
+    grantee.fine_tuning.jobs.cancel(own.id)
+
+
+def test_continued_models_are_named_after_the_base() -> None:
+    from finetune.submit import _check_model, base_name
+    from storage.errors import InvalidRequest, NotFound
+    from storage.settings import BaseModelSpec, Settings
+
+    assert base_name(f"ft:{TINY}:org-a:sfx:abcd1234") == TINY
+    assert base_name(f"ft:{TINY}:org-a::abcd1234:ckpt-step-20") == TINY
+    assert base_name("ft:a:b:org-a::abcd1234") == "a:b" and base_name(TINY) == TINY
+    settings = Settings(base_models={TINY: BaseModelSpec(source="x")})
+
+    def lookup(model: str) -> object:
+        if model != "ft:shared":
+            raise NotFound("no", param="model")
+        return type("Entry", (), {"base_model": TINY, "adapter_key": "models/x/final"})()
+
+    assert _check_model(settings, "ft:shared", lookup) == TINY
+    for model, found in (("ft:other", lookup), ("ft:shared", None)):
+        with pytest.raises(InvalidRequest) as exc:
+            _check_model(settings, model, found)
+        assert exc.value.code == "model_not_available"
 
 
 def test_storage_rules_on_sqlite(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 from finetune.recipe import attention, templates
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from finetune.hyperparams import Resolved
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -77,6 +79,14 @@ def add_lora(model: Any, hp: Resolved) -> Any:
         return get_peft_model(model, config)
     except ValueError as exc:  # e.g. a lora_target module the model does not have
         raise ValueError(f"LoRA could not be applied: {exc}") from None
+
+
+def load_lora(model: Any, adapter_dir: Path) -> Any:
+    """A trained PEFT adapter on ``model``, trainable: a job continuing a fine-tuned model starts from its weights
+    (and keeps its rank, alpha and target modules)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
 
 
 def loraplus_optimizer(model: Any, hp: Resolved) -> Any:

@@ -41,6 +41,7 @@ class TrainSpec:
     owner: str = ""  # reinforcement: the organization (its Python graders get their own sandboxes)
     reasoning: bool = False  # reinforcement: grade the answer after a reasoning model's </think>
     judge: Any = None  # reinforcement: model graders' judge (graders.engine.Judge), None: they score 0
+    init_adapter: Path | None = None  # a fine-tuned model's adapter to continue training (its LoRA shape is kept)
 
 
 @dataclass
@@ -85,7 +86,8 @@ def _setup_model(spec: TrainSpec) -> tuple[Any, Any]:
     from finetune.recipe import model as m
 
     tokenizer = m.load_tokenizer(spec.base_path, spec.chat_template)
-    model = m.add_lora(m.load_model(spec.base_path, spec.hp, spec.device), spec.hp)
+    base = m.load_model(spec.base_path, spec.hp, spec.device)
+    model = m.load_lora(base, spec.init_adapter) if spec.init_adapter else m.add_lora(base, spec.hp)
     return tokenizer, model
 
 
