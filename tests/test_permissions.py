@@ -346,14 +346,19 @@ def test_continued_models_are_named_after_the_base() -> None:
 
 def test_storage_rules_on_sqlite(tmp_path: Path) -> None:
     """The same SQL over SQLite: visible to owner and grantee only, listed for the grantee, a grant of another
-    organization's model cannot be made, revoking hides it again."""
+    organization's model cannot be made, revoking hides it again — also from a job continuing it, whose training
+    child asks again when it starts (``finetune.child.parent_adapter``)."""
+    from types import SimpleNamespace
+
+    from finetune.child import parent_adapter
     from storage import migrate
     from storage.accounts import Accounts
     from storage.db import Database
-    from storage.errors import NotFound, PermissionDenied
+    from storage.errors import NotFound, PermissionDenied, TunegateError
     from storage.ids import now
     from storage.jobs import JobStore
     from storage.permissions import PermissionStore, granted_models, visible_model
+    from storage.settings import BaseModelSpec, Settings
     from storage.tables import FineTunedModel
 
     db = Database(f"sqlite:///{tmp_path / 'p.db'}")
@@ -361,12 +366,18 @@ def test_storage_rules_on_sqlite(tmp_path: Path) -> None:
         migrate.upgrade(db)
         accounts = Accounts(db)
         a, b, c = (accounts.create_org(n).id for n in ("a", "b", "c"))
-        JobStore(db).add_model(FineTunedModel(id="ft:m:a::1", organization_id=a, base_model="m", created_at=now()))
+        JobStore(db).add_model(FineTunedModel(id="ft:m:a::1", organization_id=a, base_model="m",
+                                              adapter_key="models/j/final", created_at=now()))
         store = PermissionStore(db)
         grant = store.create(a, "ft:m:a::1", [b])[0]
         with db.session() as s:
             assert [visible_model(s, o, "ft:m:a::1") is not None for o in (a, b, c)] == [True, True, False]
             assert [m.id for m in granted_models(s, b)] == ["ft:m:a::1"] and granted_models(s, a) == []
+        ctx = SimpleNamespace(settings=Settings(base_models={"m": BaseModelSpec(source="x")}), db=db, worker="w",
+                              job=SimpleNamespace(id="ftjob-1", organization_id=b, model="ft:m:a::1"),
+                              jobs=SimpleNamespace(add_event=lambda *_a, **_k: None), base_id="ft:m:a::1",
+                              blobs=SimpleNamespace(local_path=lambda key: tmp_path / key))
+        assert parent_adapter(ctx) == tmp_path / "models/j/final" and ctx.base_id == "m"  # type: ignore[arg-type]
         with pytest.raises(PermissionDenied):
             store.create(b, "ft:m:a::1", [c])
         with pytest.raises(NotFound):
@@ -374,5 +385,8 @@ def test_storage_rules_on_sqlite(tmp_path: Path) -> None:
         store.delete(a, "ft:m:a::1", grant.id)
         with db.session() as s:
             assert visible_model(s, b, "ft:m:a::1") is None
+        with pytest.raises(TunegateError) as exc:
+            parent_adapter(ctx)  # type: ignore[arg-type]
+        assert (exc.value.code, exc.value.param) == ("model_not_available", "model")
     finally:
         db.dispose()
