@@ -39,14 +39,8 @@ class ResponseStore:
 
     def add(self, org_id: str, response: dict[str, Any], items: list[dict[str, Any]]) -> None:
         """Store a Response object (its ``id``, ``status`` …) with its own input items (each with an ``id``)."""
-        row = StoredResponse(id=response["id"], organization_id=org_id, model=response["model"],
-                             status=response["status"], background=bool(response.get("background")),
-                             previous_response_id=response.get("previous_response_id"),
-                             created_at=int(response["created_at"]), body=response)
         with self.db.session() as s:
-            s.add(row)
-            s.flush()  # the response row first: items reference it
-            s.add_all(ResponseInputItem(id=item["id"], response_id=row.id, item=item) for item in items)
+            _add(s, org_id, response, items)
 
     def add_background(self, org_id: str, response: dict[str, Any], items: list[dict[str, Any]], *,
                        cap: int | None, lease_s: float) -> None:
@@ -62,7 +56,7 @@ class ResponseStore:
                     raise RateLimited(f"Too many background responses queued or in progress for organization "
                                       f"{org_id}: limit {cap}. Retry when one ends.", retry_after=5.0,
                                       code="rate_limit_exceeded", param="background")
-        self.add(org_id, {**response, LEASE: time.time() + lease_s}, items)
+            _add(s, org_id, {**response, LEASE: time.time() + lease_s}, items)  # under the same lock
 
     def renew(self, org_id: str, response_id: str, lease_s: float) -> str | None:
         """Extend a running background response's lease; its status now (None: deleted). Not active: untouched."""
@@ -170,6 +164,16 @@ class ResponseStore:
             history += items[response]
             history += rows[response].body.get("output") or []
         return history
+
+
+def _add(s: Session, org_id: str, response: dict[str, Any], items: list[dict[str, Any]]) -> None:
+    row = StoredResponse(id=response["id"], organization_id=org_id, model=response["model"],
+                         status=response["status"], background=bool(response.get("background")),
+                         previous_response_id=response.get("previous_response_id"),
+                         created_at=int(response["created_at"]), body=response)
+    s.add(row)
+    s.flush()  # the response row first: items reference it
+    s.add_all(ResponseInputItem(id=item["id"], response_id=row.id, item=item) for item in items)
 
 
 def _mine(s: Session, org_id: str, response_id: str, *, lock: bool = False) -> StoredResponse:
