@@ -149,7 +149,8 @@ def test_bad_data_fails_the_job_with_documented_codes(client: openai.OpenAI, gw:
      "unsupported_on_device"),
     ({"method": supervised({"precision": "fp16"})}, "method.supervised.hyperparameters.precision", "unsupported_on_device"),
     ({"method": supervised({"beta": 0.1})}, "method.supervised.hyperparameters.beta", "invalid_hyperparameter"),
-    ({"method": {"type": "reinforcement"}}, "method.type", "invalid_value"),
+    ({"method": {"type": "reinforcement"}}, "method.reinforcement.grader", "missing_required_parameter"),
+    ({"method": {"type": "distillation"}}, "method.type", "invalid_value"),
     ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "invalid_value"),
 ])
 def test_bad_requests_are_400s(client: openai.OpenAI, train_file: str, recorder: SpecRecorder, gw: LiveGateway,
