@@ -116,39 +116,6 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local nb, member = tonumber(ARGV[1]), ARGV[2]
 """
 
-# KEYS: buckets, then slots. ARGV: n buckets, member, slot ttl, (capacity, cost) per bucket, limit per slot.
-_ADMIT = _REFILL + """
-local ttl = tonumber(ARGV[3])
-local levels, refused, wait = {}, 0, 0
-for i = 1, nb do
-  local cap, cost = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
-  levels[i] = refill(KEYS[i], cap, now)
-  if refused == 0 and cost > 0 and levels[i] < cost then
-    refused = i
-    wait = cap > 0 and (cost - levels[i]) * 60 / cap or 60
-  end
-end
-for j = 1, #KEYS - nb do
-  local key, limit = KEYS[nb + j], tonumber(ARGV[3 + 2 * nb + j])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if refused == 0 and redis.call('ZCARD', key) >= limit then refused, wait = nb + j, 1 end
-end
-if refused == 0 then
-  for i = 1, nb do
-    local cap, cost = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
-    levels[i] = levels[i] - cost
-    store(KEYS[i], cap, levels[i], now)
-  end
-  for j = 1, #KEYS - nb do
-    redis.call('ZADD', KEYS[nb + j], now + ttl, member)
-    redis.call('EXPIRE', KEYS[nb + j], math.ceil(ttl) + 1)
-  end
-end
-local out = {refused, tostring(wait)}
-for i = 1, nb do out[#out + 1] = tostring(levels[i]) end
-return out
-"""
-
 # KEYS: buckets, then slots. ARGV: n buckets, member, (capacity, correction) per bucket.
 _SETTLE = _REFILL + """
 for i = 1, nb do
@@ -159,8 +126,8 @@ for j = nb + 1, #KEYS do redis.call('ZREM', KEYS[j], member) end
 return 1
 """
 
-# The reserving admission (``reserve.py``): the same checks, and when the request passes, each bucket also grants
-# its block (only while at least two blocks are left: never the last of a budget) and each slot set its wanted
+# The admission (all or nothing). When the request passes, each bucket also grants its block (zero for the exact
+# ``admit``; only while at least two blocks are left: never the last of a budget) and each slot set its wanted
 # members (named ``prefix:j:k``), all under one clock. KEYS: buckets, then slots. ARGV: n buckets, member, member
 # ttl, grant prefix, (capacity, cost, block) per bucket, (limit, wanted) per slot. Returns refused, wait, the
 # levels, then (passed) the grant of each bucket and slot.
@@ -239,19 +206,15 @@ class RedisCounters:
         import redis.asyncio as aioredis  # only when configured
 
         self.client: Any = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self._admit = self.client.register_script(_ADMIT)
         self._settle = self.client.register_script(_SETTLE)
         self._admit_reserving = self.client.register_script(_ADMIT_RESERVING)
         self._give_back = self.client.register_script(_GIVE_BACK)
 
     async def admit(self, buckets: list[Bucket], slots: list[Slot], member: str) -> Verdict:
-        args: list[Any] = [len(buckets), member, SLOT_TTL_S]
-        for b in buckets:
-            args += [b.capacity, b.cost]
-        args += [s.limit for s in slots]
-        out = await self._admit(keys=[b.key for b in buckets] + [s.key for s in slots], args=args)
-        refused = int(out[0])
-        return Verdict(refused - 1 if refused else None, float(out[1]), [float(v) for v in out[2:]])
+        """The exact admission: the reserving one with nothing reserved."""
+        verdict, _ = await self.admit_reserving(buckets, slots, member, [0] * len(buckets), [0] * len(slots), "",
+                                                SLOT_TTL_S)
+        return verdict
 
     async def settle(self, buckets: list[Bucket], slots: list[Slot], member: str) -> None:
         args: list[Any] = [len(buckets), member]
