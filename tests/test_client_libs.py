@@ -6,11 +6,12 @@ the official client gets for the same greedy request, so a library that mangles 
 instructor is not here: every release pins ``jiter<0.15`` while the openai client needs ``jiter>=0.16``. The openai
 3.x package has no CLI (``openai api …`` was removed with 1.x's ``openai.cli``), so there is none to test.
 
-The engine runs the tiny model with ``tool_call_parser: hermes`` configured (vLLM refuses named and ``auto``
-tool choices without one) and compact structured output (``disable_any_whitespace``: a random model under a JSON
-grammar otherwise spends its token budget on whitespace and never closes the object). A random model never writes a
-``<tool_call>`` by itself, so tools are forced by name (the call is then generated under the tool's schema) and
-schemas use enums (NOTES.md: a free string lets a random model emit control characters).
+The engine runs the tiny model the way tests/test_tools.py does (``serving_support.guided_tools``): hermes chosen
+from its template, a named or ``required`` tool choice under plain JSON guided decoding (the structural tags off)
+and compact structured output (``disable_any_whitespace``: a random model under a JSON grammar otherwise spends its
+token budget on whitespace and never closes the object). A random model never writes a ``<tool_call>`` by itself, so
+tools are forced by name (the call is then generated under the tool's schema) and schemas use enums (NOTES.md: a
+free string lets a random model emit control characters).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests.finetune_support import TINY
-from tests.serving_support import engine_gateway
+from tests.serving_support import engine_gateway, guided_tools
 from tests.support import LiveGateway
 
 QUESTION = "What is the capital of France?"
@@ -48,9 +49,9 @@ class Answer(BaseModel):
 
 @pytest.fixture(scope="module")
 def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    models = json.dumps({TINY: {"source": tiny_model, "tool_call_parser": "hermes", "engine_args": [
-        "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]}})
-    with engine_gateway(tiny_model, tmp_path_factory.mktemp("client-libs"), TUNEGATE_BASE_MODELS=models) as gateway:
+    spec, guided = guided_tools(tiny_model)  # a forced call comes back whole (serving_support)
+    with engine_gateway(tiny_model, tmp_path_factory.mktemp("client-libs"), **guided,
+                        TUNEGATE_BASE_MODELS=json.dumps({TINY: spec})) as gateway:
         yield gateway
 
 
@@ -98,12 +99,10 @@ def test_langchain_invoke_and_stream(chat, reference: str) -> None:  # noqa: ANN
     assert asyncio.run(chat.ainvoke(QUESTION)).content == reference
 
 
-@pytest.mark.xfail(reason="a forced (named) tool call on the random tiny model came back with arguments `true` "
-                   "(vLLM 0.32 + hermes did not hold the call to the tool's schema): left for the tool-calling work "
-                   "of issue 15 §4", strict=False)
 def test_langchain_bind_tools_round_trip(roomy, gw: LiveGateway, key: str) -> None:  # noqa: ANN001
     from langchain_core.messages import HumanMessage, ToolMessage
     from langchain_core.tools import tool
+    from langchain_core.utils.function_calling import convert_to_openai_tool
 
     city_tool = tool(lookup_city)
     forced = roomy.bind_tools([city_tool], tool_choice="lookup_city")
@@ -114,7 +113,8 @@ def test_langchain_bind_tools_round_trip(roomy, gw: LiveGateway, key: str) -> No
     assert call["name"] == "lookup_city" and call["args"]["city"] in {c.value for c in City} and call["id"]
     result = city_tool.invoke(call)  # a ToolMessage answering that call id
     assert isinstance(result, ToolMessage) and result.tool_call_id == call["id"]
-    answering = roomy.bind_tools([city_tool]).bind(store=True, metadata={"app": "langchain"})  # tool_choice: the model's
+    # tool_choice left to the model; `metadata` is LangChain's own (tracing) keyword, so it goes in the body
+    answering = roomy.bind_tools([city_tool]).bind(store=True, extra_body={"metadata": {"app": "langchain"}})
     final = answering.invoke([question, first, result])
     assert isinstance(final.content, str) and final.content and not final.tool_calls
     # what the gateway received, read back from the stored completion: one conversation, the call's id carried through
@@ -127,6 +127,14 @@ def test_langchain_bind_tools_round_trip(roomy, gw: LiveGateway, key: str) -> No
     sent_call = messages[1].tool_calls[0]
     assert sent_call.id == call["id"] and json.loads(sent_call.function.arguments) == call["args"]
     assert getattr(messages[2], "tool_call_id") == call["id"]  # noqa: B009 - not a field of the client's type
+    # the answer is the model's to the whole conversation: the official client sent the same one gets the same text
+    again = client.chat.completions.create(model=TINY, max_tokens=ROOM, temperature=0, tools=[
+        convert_to_openai_tool(city_tool)], messages=[
+        {"role": "user", "content": question.content},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": call["id"], "type": "function", "function": {
+            "name": "lookup_city", "arguments": sent_call.function.arguments}}]},
+        {"role": "tool", "tool_call_id": call["id"], "content": result.content}])
+    assert again.choices[0].message.content == final.content
 
 
 def test_langchain_with_structured_output(roomy) -> None:  # noqa: ANN001
