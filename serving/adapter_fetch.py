@@ -23,8 +23,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from serving.engine_api import LOAD_PATH
+
 SETTINGS_VAR = "TUNEGATE_ENGINE_SETTINGS"
-LOAD_PATH = "/v1/load_lora_adapter"
 MAX_BODY = 64 * 1024
 log = logging.getLogger("tunegate.engine")
 

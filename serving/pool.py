@@ -6,6 +6,9 @@
                           needed, once, under a per-(replica, adapter) lock
     forget(entry)         a deleted model: unloaded from every replica
     warm loop             new fine-tuned models are loaded as soon as their job registers them
+
+The engine's adapter endpoints are spoken by ``serving.engine_api`` (the workers' loads use it too); the policy — LRU,
+locks, ``max_adapters_per_engine`` counted from the engine's own list — is here.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import httpx
 from serving import metrics
 from serving.adapters import Adapter, adapter_for
 from serving.catalog import Catalog, ModelEntry
+from serving.engine_api import EngineAPI, EngineAPIError
 from serving.engines import ExternalEngine, LocalEngine, Replica
 from serving.placement import choose, homes_of
 from storage.blobs import BlobStore
@@ -190,15 +194,14 @@ class EnginePool:
                 metrics.ADAPTER_UNLOADS.labels(replica.base_model, "evicted").inc()
             started = time.perf_counter()
             try:
-                response = await self.http.post(f"{replica.url}/v1/load_lora_adapter", headers=replica.auth,
-                                                 json={"lora_name": adapter.name, "lora_path": adapter.path})
-            except httpx.TransportError as exc:
-                replica.set_state("down", f"load_lora_adapter failed: {exc!r}")
-                raise Unavailable(f"The engine for '{target.base_model}' is not reachable; retry shortly.",
-                                  code="engine_unavailable") from exc
-            if response.status_code != 200 and "already been loaded" not in response.text:
+                await EngineAPI(self.http).load(replica.url, replica.auth, adapter.name, adapter.path)
+            except EngineAPIError as exc:
+                if exc.unreachable:
+                    replica.set_state("down", f"load_lora_adapter failed: {exc.message}")
+                    raise Unavailable(f"The engine for '{target.base_model}' is not reachable; retry shortly.",
+                                      code="engine_unavailable") from exc
                 metrics.ADAPTER_LOADS.labels(replica.base_model, "failed").inc()
-                raise _load_error(target, response)
+                raise _load_error(target, exc) from None
             metrics.ADAPTER_LOADS.labels(replica.base_model, "loaded").inc()
             replica.loaded[adapter.name] = adapter.path
             self._loaded_at[(replica.url, adapter.name)] = time.monotonic()
@@ -209,8 +212,8 @@ class EnginePool:
         replica.loaded.pop(name, None)
         replica.locks.pop(name, None)
         try:
-            await self.http.post(f"{replica.url}/v1/unload_lora_adapter", headers=replica.auth, json={"lora_name": name})
-        except httpx.HTTPError as exc:
+            await EngineAPI(self.http).unload(replica.url, replica.auth, name)
+        except (EngineAPIError, httpx.HTTPError) as exc:
             log.warning("unloading %s from %s failed: %r", name, replica.url, exc)
 
     async def forget(self, entry: ModelEntry) -> None:
@@ -242,14 +245,10 @@ class EnginePool:
             return
         asked = time.monotonic()
         try:
-            response = await self.http.get(f"{replica.url}/v1/models", headers=replica.auth,
-                                           timeout=self.settings.serving.connect_timeout_seconds)
-            cards = response.json()["data"] if response.status_code == 200 else None
-            names = {c["id"] for c in cards if c.get("parent")} if isinstance(cards, list) else None
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+            names = set(await EngineAPI(self.http).adapters(replica.url, replica.auth,
+                                                            timeout=self.settings.serving.connect_timeout_seconds))
+        except (EngineAPIError, httpx.HTTPError):
             return  # the health watcher deals with an engine that does not answer
-        if names is None:
-            return
         for name in list(replica.loaded):
             if name not in names and self._loaded_at.get((replica.url, name), 0.0) < asked:
                 replica.loaded.pop(name, None)
@@ -331,21 +330,14 @@ def _in_flight(replica: Replica) -> int:
     return replica.in_flight
 
 
-def _load_error(target: Target, response: httpx.Response) -> TunegateError:
-    message = _upstream_message(response)
-    if response.status_code == 404:
+def _load_error(target: Target, refused: EngineAPIError) -> TunegateError:
+    message = refused.message
+    if refused.status == 404:
         return InvalidRequest(f"The engine for '{target.base_model}' cannot read the adapter of '{target.model}' "
                               f"({message}). Engines on other hosts need blob_url (an S3 store they fetch "
                               "from) or serving.engine_blob_dir.",
                               param="model", code="model_unavailable")
-    if response.status_code == 400:
+    if refused.status == 400:
         return InvalidRequest(f"The engine refused the adapter of '{target.model}': {message}", param="model",
                               code="adapter_not_servable")
     return UpstreamFailed(f"The engine failed to load '{target.model}': {message}", code="engine_error")
-
-
-def _upstream_message(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:500]

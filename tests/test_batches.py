@@ -536,12 +536,21 @@ def test_running_batches_are_capped_per_organization(unit: _Worker) -> None:
 def test_revoking_a_permission_ends_access_inside_a_running_batch(unit: _Worker,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A model another organization shares: the lines after the revoke are 404 model_not_found in their lines."""
+    import httpx
+
     import finetune.evals.runner as evals_runner
     from storage.ids import now
     from storage.permissions import PermissionStore
     from storage.tables import FineTunedModel
 
-    monkeypatch.setattr(evals_runner, "load_adapter", lambda *a: None)
+    adapter_calls: list[tuple[str, str]] = []
+
+    def engine(request: httpx.Request) -> httpx.Response:  # the adapter calls, at the engine's HTTP seam
+        if request.url.path != "/v1/models":
+            adapter_calls.append((request.url.path, json.loads(request.content)["lora_name"]))
+        return httpx.Response(200, json={"data": []} if request.url.path == "/v1/models" else None)
+
+    monkeypatch.setattr(evals_runner.EngineTargets, "transport", httpx.MockTransport(engine))
     monkeypatch.setattr(evals_runner.EngineTargets, "recheck_s", 0.0)
     owner, grantee = unit.org("owner"), unit.org("grantee")
     model = f"ft:m:{owner}::abcd1234"
@@ -558,6 +567,8 @@ def test_revoking_a_permission_ends_access_inside_a_running_batch(unit: _Worker,
     for e in unit.lines(done.error_file_id):
         assert e["response"]["status_code"] == 404 and e["response"]["body"]["error"]["code"] == "model_not_found"
     assert all(body["model"] == "models/x" for body in unit.sent)  # the engine-side name, never sent after
+    # loaded for the batch, unloaded when it ends (no one else had it loaded)
+    assert adapter_calls == [("/v1/load_lora_adapter", "models/x"), ("/v1/unload_lora_adapter", "models/x")]
 
 
 def test_a_batch_cancelled_while_waiting_for_an_engine_gets_no_500_lines(database_url: str, tmp_path: Any,

@@ -95,7 +95,9 @@ class BatchWorker(LeasedWorker):
         log.info("batch worker %s running %s (%s)", self.id, batch.id, batch.status)
         try:
             with self.heartbeat_thread(batch.id, lease) as lost:
-                BatchRun(self, batch, lease, lost).execute()
+                run = BatchRun(self, batch, lease, lost)
+                with run.targets:  # the adapters it loaded are unloaded at the end of the claim
+                    run.execute()
         except LeaseLost:
             log.info("batch %s was taken over; stopping", batch.id)
         except Exception:  # one bad batch never stops the worker; what failed is logged, never shown to the tenant

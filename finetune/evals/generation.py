@@ -1,11 +1,11 @@
 """Generation for evaluations, through a serving engine (vLLM): batched by the engine, concurrent from here.
 
 The worker finds a ready engine of the base model in the engine registry the gateways publish (its address and
-key: ``storage.engines.EngineAddress``), loads the adapter there (the same runtime-LoRA call the gateway makes;
-"already loaded" is fine) and sends the prompts concurrently, greedy. No engine running → ``NoEngine`` (the caller
-reports that the scores were skipped). Each body is built by ``serving.request_body`` from the same allow-list as
-a caller's chat request: sampling parameters cannot choose the model (``model``, ``lora_request``, … are refused
-before anything is sent). A ``UsageSink`` records the tokens against the organization that asked.
+key: ``storage.engines.EngineAddress``), loads the adapter there (``finetune.evals.engine_adapters``: the gateway's
+engine calls and its ``max_adapters_per_engine``) and sends the prompts concurrently, greedy. No engine running →
+``NoEngine`` (the caller reports that the scores were skipped). Each body is built by ``serving.request_body`` from
+the same allow-list as a caller's chat request: sampling parameters cannot choose the model (``model``,
+``lora_request``, … are refused before anything is sent). A ``UsageSink`` records the tokens against the organization that asked.
 """
 
 from __future__ import annotations
@@ -73,13 +73,6 @@ class UsageSink:
                             created_at=now())
                 for a in answers if isinstance(u := a.get("usage"), dict)]
         UsageStore(self.db).add_many(rows)
-
-
-def load_adapter(engine: EngineAddress, name: str, path: str, timeout: float = 120) -> None:
-    response = httpx.post(f"{engine.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
-                          headers=engine.auth, timeout=timeout)
-    if response.status_code != 200 and "already been loaded" not in response.text:
-        raise RuntimeError(f"the engine refused the adapter: {response.text[:300]}")
 
 
 def generate(engines: list[EngineAddress], model: str, samples: list[Sample], *, max_tokens: int = 512,

@@ -12,7 +12,8 @@ import io
 from typing import TYPE_CHECKING
 
 from finetune.evals import metrics
-from finetune.evals.generation import NoEngine, UsageSink, generate, load_adapter, samples_from
+from finetune.evals.engine_adapters import EngineAdapters
+from finetune.evals.generation import NoEngine, UsageSink, generate, samples_from
 from storage.engines import EngineRegistry, engine_adapter_path
 from storage.files import NewFile
 from storage.tables import StoredFile
@@ -40,7 +41,9 @@ def evaluate(ctx: JobContext, adapter_key: str) -> None:
     try:
         if not urls:
             raise NoEngine(f"no serving engine for {job.model} is running")
-        load_adapter(urls[0], adapter_key, engine_adapter_path(ctx.settings, adapter_key, ctx.blobs))
+        # kept loaded afterwards: the model is served next (finetune.evals.engine_adapters, step 3)
+        with EngineAdapters(ctx.settings.serving.max_adapters_per_engine, keep=True) as adapters:
+            adapters.ensure(urls[0], adapter_key, engine_adapter_path(ctx.settings, adapter_key, ctx.blobs))
         references = [sample.reference for sample in samples]
         usage = {model: UsageSink(ctx.db, job.organization_id, model, "fine_tuning.jobs", job.id)
                  for model in (ctx.model_name, job.model)}  # accounted to the organization that trained

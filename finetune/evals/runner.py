@@ -21,7 +21,10 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
-from finetune.evals.generation import UsageSink, chat_all, load_adapter
+import httpx
+
+from finetune.evals.engine_adapters import EngineAdapters
+from finetune.evals.generation import UsageSink, chat_all
 from finetune.evals.metrics import strip_think
 from finetune.evals.results import Totals, output_item, result, sample_record
 from finetune.graders.embeddings import Embedder
@@ -100,7 +103,11 @@ class EvalWorker(LeasedWorker):
         totals = Totals([c["name"] for c in criteria])
         totals.add(self.durable.items(run.id), run.model)  # a run taken over: what its first worker stored
         done = {int(i) for i in self.durable.done_ids(run.id)}
-        models = EngineTargets(self, run, lost)
+        with EngineTargets(self, run, lost) as models:
+            self._execute(run, lease, lost, models, criteria, totals, done)
+
+    def _execute(self, run: EvalRun, lease: str, lost: threading.Event, models: EngineTargets,
+                 criteria: list[dict[str, Any]], totals: Totals, done: set[int]) -> None:
         if run.data_source["type"] == "completions":
             models.target(run.model)  # fails the run at once when the model cannot be served
         engine = GraderEngine(sandbox=self.sandbox, judge=models.judge, embed=self.embed)
@@ -224,15 +231,26 @@ class EngineTargets:
 
     A route that a checkpoint permission opened (another organization's model shared with this one) is checked
     again every ``recheck_s`` seconds, so revoking the permission ends access within seconds, not at the end of the
-    run: the model is then not found for the rest of the run."""
+    run: the model is then not found for the rest of the run.
+
+    Adapters are loaded within ``serving.max_adapters_per_engine`` and unloaded when the run ends unless someone
+    else had them loaded (``finetune.evals.engine_adapters``); use it as a context manager."""
 
     recheck_s = 2.0
+    transport: httpx.AsyncBaseTransport | None = None  # the engines' HTTP transport for adapter loads (tests: a mock)
 
     def __init__(self, worker: EvalWorker, run: EvalRun, lost: threading.Event) -> None:
         self.worker, self.run, self.lost = worker, run, lost
+        self.adapters = EngineAdapters(worker.settings.serving.max_adapters_per_engine, transport=self.transport)
         self._targets: dict[str, tuple[EngineAddress, str] | RunFailed] = {}
         self._bases: dict[str, str] = {}
         self._granted: dict[str, float] = {}  # a model another organization shares → when its grant was last seen
+
+    def __enter__(self) -> EngineTargets:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.adapters.release()
 
     def reasoning(self, model: str) -> bool:
         """Whether ``model``'s base is a reasoning model (its samples' output_text leaves out ``<think>…</think>``)."""
@@ -298,7 +316,7 @@ class EngineTargets:
         if adapter is None:
             return engines[0], base
         try:
-            load_adapter(engines[0], adapter, engine_adapter_path(worker.settings, adapter, worker.blobs))
+            self.adapters.ensure(engines[0], adapter, engine_adapter_path(worker.settings, adapter, worker.blobs))
         except Exception:  # the detail (engine URL, blob path or S3 error) is the operator's: logged
             log.exception("eval run %s: loading %s on %s", self.run.id, model, engines[0].url)
             raise RunFailed("model_unavailable", f"The engine could not load '{model}'; try again later.") from None
