@@ -47,6 +47,8 @@ def engine_command(model_id: str, weights: str, port: int, spec: BaseModelSpec, 
     parser = tools.engine_parser(spec, weights)  # the configured one, else chosen from the model's family
     if parser:
         args += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
+    if parser in tools.PLUGINS:  # a parser tunegate ships (serving.hermes_json): vLLM imports it at start
+        args += ["--tool-parser-plugin", tools.PLUGINS[parser]]
     return args + serving.engine_args + spec.engine_args
 
 

