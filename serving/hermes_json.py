@@ -100,7 +100,6 @@ def bare_calls(text: str, tools: set[str]) -> list[dict[str, Any]] | None:
     return calls or None
 
 
-@ToolParserManager.register_module(NAME)
 class HermesBareJsonToolParser(Hermes2ProToolParser):
     """Hermes, plus a reply that opens with a bare JSON call of a declared tool (module docstring)."""
 
@@ -143,3 +142,6 @@ class HermesBareJsonToolParser(Hermes2ProToolParser):
         # the objects of declared tools (one whose name is not complete yet stays: hermes waits on it)
         return [(body, complete) for body, complete in objects(text, self._start)
                 if self._extract_tool_name(body) in (None, *self._tools)]
+
+
+ToolParserManager.register_module(NAME, module=HermesBareJsonToolParser)  # what --tool-parser-plugin imports this for
