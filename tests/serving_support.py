@@ -64,6 +64,26 @@ def engine_gateway(tiny_model: str, data_dir: Path, **extra: str) -> Iterator[Li
         gateway.stop()
 
 
+@contextmanager
+def postgres_twin(engine_gw: LiveGateway, tiny_model: str, data_dir: Path, **extra: str) -> Iterator[LiveGateway]:
+    """A second live gateway on a fresh Postgres database that serves the tiny model through ``engine_gw``'s engine
+    (by URL and key, as an external replica): a module's API tests run on both databases with one engine."""
+    from tests.conftest import _fresh_postgres_database
+
+    engine = engine_address(engine_gw)
+    url, drop = _fresh_postgres_database()
+    models = {TINY: {"source": tiny_model, "engine_urls": [engine.url], "engine_api_key": engine.api_key}}
+    gateway = LiveGateway(data_dir, url, **serving_env(tiny_model, **{
+        **extra, "TUNEGATE_BASE_MODELS": json.dumps(models)}))
+    gateway.start()
+    try:
+        wait_engines_ready(gateway, 60)
+        yield gateway
+    finally:
+        gateway.stop()
+        drop()
+
+
 def engines(gw: LiveGateway) -> list[dict[str, Any]]:
     with gw.admin() as admin:
         return admin.get("/admin/engines").raise_for_status().json()["data"]

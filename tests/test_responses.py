@@ -1,9 +1,12 @@
 """The Responses API (``/v1/responses``) through a real vLLM engine and the official openai client, sync and async.
 
-One gateway with one local engine of the tiny model serves the module. Answers are checked against the chat
-completion of the same conversation (greedy decoding: the translation must give the model the same prompt), every
-object and streamed event is validated against the spec, and organizations never see each other's responses.
-The store itself is also exercised on Postgres (``test_store_on_both_databases``), without an engine.
+One local engine of the tiny model serves the module: its own gateway on SQLite, and a twin gateway on Postgres
+that uses it by URL, so the stored paths (create/retrieve/delete, streams, chains, input items, background and
+cancel, the per-organization cap, the async client, usage) run on both databases; what depends only on the engine
+(structured output, tool calls, 400s) runs once. Answers are checked against the chat completion of the same
+conversation (greedy decoding: the translation must give the model the same prompt), every object and streamed event
+is validated against the spec, and organizations never see each other's responses. The store alone is exercised on
+both databases too (``test_store_on_both_databases``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pydantic import BaseModel
 
 from serving.responses import EventStream, from_chat, parse, skeleton, to_chat
 from tests.finetune_support import TINY, wait_until
-from tests.serving_support import guided_tools, serving_env, wait_engines_ready
+from tests.serving_support import guided_tools, postgres_twin, serving_env, wait_engines_ready
 from tests.support import LiveGateway, SpecRecorder, SpecValidator
 
 QUESTION = "What is the capital of France?"
@@ -30,7 +33,7 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "The weathe
 
 
 @pytest.fixture(scope="module")
-def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     data_dir = tmp_path_factory.mktemp("responses")
     spec, guided = guided_tools(tiny_model)  # forced tool calls and JSON outputs complete on a random model
     gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}",
@@ -39,6 +42,20 @@ def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
     wait_engines_ready(gateway)
     yield gateway
     gateway.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def gw(request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str,
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    """The module's API on each database: SQLite is the engine's own gateway, Postgres a twin using its engine."""
+    if request.param == "sqlite":
+        yield engine_gw
+        return
+    with postgres_twin(engine_gw, tiny_model, tmp_path_factory.mktemp("responses-pg")) as gateway:
+        yield gateway
+
+
+SQLITE_ONLY = pytest.mark.parametrize("gw", ["sqlite"], indirect=True)  # the engine's behaviour, not the store's
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +177,7 @@ def test_input_items_pages_and_tenants(gw: LiveGateway, orgs, recorder: SpecReco
     assert recorder.violations == []
 
 
+@SQLITE_ONLY
 def test_structured_output_with_parse(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
     class Color(BaseModel):
         color: Literal["red", "blue"]
@@ -178,6 +196,7 @@ def test_structured_output_with_parse(gw: LiveGateway, orgs, recorder: SpecRecor
     assert recorder.violations == []
 
 
+@SQLITE_ONLY
 def test_function_calling_round_trip(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
     client = gw.client(orgs["mine"][2], recorder)
     named = client.responses.create(model=TINY, input="Weather in Paris?", tools=[WEATHER], max_output_tokens=80,
@@ -307,6 +326,7 @@ def test_async_client_every_method(gw: LiveGateway, orgs, recorder: SpecRecorder
     assert recorder.violations == []
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize(("body", "param"), [
     ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
     ({"input": [{"role": "user", "content": [{"type": "input_audio", "data": "x"}]}]}, "input[0].content[0].type"),

@@ -2,7 +2,8 @@
 every stored-completion method, spec-validated; tenant isolation; distillation into a fine-tune file a job accepts;
 an eval run over a ``stored_completions`` source. The store's queries alone also run on Postgres.
 
-One gateway with one engine serves the module (the engine takes ~30 s to start).
+One engine serves the module (it takes ~30 s to start): its own gateway on SQLite, and a twin on Postgres that uses
+it by URL, so the stored-completion methods, tenant isolation and the async client run on both databases.
 """
 
 from __future__ import annotations
@@ -24,16 +25,30 @@ from storage.db import Database
 from storage.stored_completions import Selection, StoredCompletions
 from storage.tables import StoredCompletion
 from tests.finetune_support import TINY, wait_for, wait_until
-from tests.serving_support import engine_gateway
+from tests.serving_support import engine_gateway, postgres_twin
 from tests.support import LiveGateway, SpecRecorder
 
 GREEDY = {"temperature": 0, "max_tokens": 8, "min_tokens": 4}  # min_tokens: never an empty answer to store
 
 
 @pytest.fixture(scope="module")
-def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     with engine_gateway(tiny_model, tmp_path_factory.mktemp("stored")) as gateway:
         yield gateway
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def gw(request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str,
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    """The module's API on each database: SQLite is the engine's own gateway, Postgres a twin using its engine."""
+    if request.param == "sqlite":
+        yield engine_gw
+        return
+    with postgres_twin(engine_gw, tiny_model, tmp_path_factory.mktemp("stored-pg")) as gateway:
+        yield gateway
+
+
+SQLITE_ONLY = pytest.mark.parametrize("gw", ["sqlite"], indirect=True)  # not a storage path: one database is enough
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +149,7 @@ def test_another_organization_sees_nothing(gw: LiveGateway, key: str, recorder: 
     assert gw.client(key).chat.completions.retrieve(mine.id).metadata == {"owner": "a"}  # untouched
 
 
+@SQLITE_ONLY
 def test_bad_store_fields_are_400s_naming_them(gw: LiveGateway, key: str, recorder: SpecRecorder) -> None:
     client = gw.client(key, recorder)
     before = len(client.chat.completions.list(limit=100).data)
@@ -172,6 +188,7 @@ def test_async_client(gw: LiveGateway, key: str) -> None:
     asyncio.run(main())
 
 
+@SQLITE_ONLY
 @pytest.mark.slow
 def test_distill_into_a_file_a_fine_tuning_job_accepts(gw: LiveGateway, key: str, recorder: SpecRecorder) -> None:
     client = gw.client(key, recorder)
@@ -197,6 +214,7 @@ def test_distill_into_a_file_a_fine_tuning_job_accepts(gw: LiveGateway, key: str
     assert done.trained_tokens and done.fine_tuned_model
 
 
+@SQLITE_ONLY
 @pytest.mark.slow
 def test_eval_run_over_stored_completions(gw: LiveGateway, key: str, recorder: SpecRecorder) -> None:
     """Greedy regeneration of stored greedy answers reproduces them: every item passes an exact-match check."""
