@@ -213,7 +213,7 @@ def main() -> None:
     parser.add_argument("--engine-args", default="", help="extra vLLM args, JSON list")
     parser.add_argument("--stub", action="store_true", help="measure (a) against bench/stub_engine.py")
     parser.add_argument("--limiter", action="store_true", help="with --stub: limiter off vs in-process vs Redis")
-    parser.add_argument("--requests", type=int, default=200, help="with --limiter: requests per round and mode")
+    parser.add_argument("--requests", type=int, default=200, help="with --stub: requests per round and mode (at least)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --limiter")
     parser.add_argument("--metrics", action="store_true", help="with --stub: /metrics on (admin) vs off, interleaved")
     parser.add_argument("--processes", default="", help="with --stub: gateway process counts to compare, e.g. "
@@ -275,7 +275,7 @@ def stub_overhead(args: argparse.Namespace) -> None:
         wait_engines_ready(gw, 60)
         key = gw.new_org_key("bench")[2]
         rows = overhead(gw.url, key, url, "stub", [int(c) for c in args.concurrency.split(",")], args.max_tokens,
-                        args.rounds)
+                        args.rounds, min_requests=args.requests)
     finally:
         gw.stop()
         stub.terminate()

@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 
 from finetune import hyperparams, reinforcement
-from finetune.device import model_footprint, native_bf16
+from finetune.device import Device, model_footprint, native_bf16
 from finetune.evals import job_end
 from finetune.integrations import Tracker
 from finetune.process import exit_with_parent
@@ -158,12 +158,13 @@ def run(ctx: Context) -> None:
 
     job, jobs = ctx.job, ctx.jobs
     parent = parent_adapter(ctx)
-    device = "cuda" if ctx.settings.worker.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device: Device = "cuda" if ctx.settings.worker.device != "cpu" and torch.cuda.is_available() else "cpu"
+    method = hyperparams.method_of(job.method)
     training = ctx.files.get(job.organization_id, job.training_file)
     spec_model = ctx.settings.base_models[ctx.base_id]
     base_path = local_dir(ctx.base_id, spec_model, ctx.settings)
     hp = hyperparams.resolve(hyperparams.Hyperparameters.model_validate(job.hyperparameters),
-                             n_examples=training.n_examples or 0, method=job.method, device=device,
+                             n_examples=training.n_examples or 0, method=method, device=device,
                              bf16_ok=native_bf16(device), footprint=model_footprint(device, base_path),
                              reasoning=spec_model.reasoning)
     jobs.advance(job.id, ctx.worker, ("running",), resolved=hp.model_dump(mode="json"))
@@ -173,7 +174,7 @@ def run(ctx: Context) -> None:
         jobs.add_event(job.id, f"Resuming from the checkpoint at step {resumed_step}", lease=ctx.worker)
     validation = ctx.files.get(job.organization_id, job.validation_file) if job.validation_file else None
     spec = TrainSpec(
-        method=job.method, base_path=base_path,
+        method=method, base_path=base_path,
         chat_template=spec_model.chat_template, hp=hp, seed=job.seed,
         train_file=ctx.blobs.local_path(training.normalized_blob_key),
         valid_file=ctx.blobs.local_path(validation.normalized_blob_key) if validation else None,
@@ -195,6 +196,7 @@ def run(ctx: Context) -> None:
         return
     if outcome.stopped == "cancel":
         return
+    assert outcome.adapter_dir is not None  # a run that was not stopped saved its adapter
     _finish(ctx, outcome.adapter_dir, outcome.trained_tokens)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypedDict, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -18,6 +18,7 @@ from storage.errors import InvalidRequest
 Auto = Literal["auto"]
 BASE_LEARNING_RATE = 1e-4  # learning_rate_multiplier=1.0; LLaMA-Factory's LoRA examples use 1e-4
 Method = Literal["supervised", "dpo", "reinforcement"]
+METHODS: tuple[Method, ...] = get_args(Method)
 ReasoningEffort = Literal["default", "low", "medium", "high"]
 RFT_ONLY = ("compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort", "max_completion_length")
 BASE_GENERATIONS = 8  # completions per prompt at compute_multiplier 1.0 (TRL's GRPO default)
@@ -138,6 +139,14 @@ def _bytes_per_value(precision: str) -> int:
     return 4 if precision == "fp32" else 2
 
 
+def method_of(value: str) -> Method:
+    """A stored job's ``method`` column (checked at create: one of ``METHODS``) as the type the recipe takes."""
+    for method in METHODS:
+        if value == method:
+            return method
+    raise ValueError(f"unknown fine-tuning method {value!r}")
+
+
 def parse(raw: dict | None, method: Method, param: str) -> Hyperparameters:
     """Validate a request's hyperparameters; a bad one is a 400 naming the field (``param.field``)."""
     try:
@@ -187,7 +196,8 @@ def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Lit
     if checkpointing == "auto":
         checkpointing = auto_checkpointing(footprint, batch_size * hp.cutoff_len, precision)
     n_epochs = auto_epochs(n_examples) if hp.n_epochs == "auto" else hp.n_epochs
-    rl = _reinforcement(hp, n_epochs * math.ceil(n_examples / batch_size), reasoning) if method == "reinforcement" else {}
+    rl: RLKnobs = (_reinforcement(hp, n_epochs * math.ceil(n_examples / batch_size), reasoning)
+                   if method == "reinforcement" else {})
     return Resolved(
         n_epochs=n_epochs,
         batch_size=batch_size,
@@ -206,10 +216,21 @@ def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Lit
 DEFAULT_BETA = {"dpo": 0.1, "reinforcement": 0.04}  # reinforcement: DeepSeekMath's GRPO KL coefficient
 
 
-def _reinforcement(hp: Hyperparameters, total_steps: int, reasoning: bool) -> dict[str, object]:
+class RLKnobs(TypedDict, total=False):
+    """``Resolved``'s reinforcement-only fields, as ``_reinforcement`` fills them."""
+
+    compute_multiplier: float
+    num_generations: int
+    eval_interval: int
+    eval_samples: int
+    reasoning_effort: ReasoningEffort
+    max_completion_length: int
+
+
+def _reinforcement(hp: Hyperparameters, total_steps: int, reasoning: bool) -> RLKnobs:
     """GRPO's knobs from OpenAI's: completions per prompt, evaluation cadence, the completion budget."""
     multiplier = 1.0 if hp.compute_multiplier == "auto" else float(hp.compute_multiplier)
-    return dict(
+    return RLKnobs(
         compute_multiplier=multiplier,
         num_generations=max(2, min(64, round(BASE_GENERATIONS * multiplier))),  # GRPO needs ≥ 2 to compare
         eval_interval=max(1, total_steps // 10) if hp.eval_interval == "auto" else hp.eval_interval,

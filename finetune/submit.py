@@ -63,7 +63,7 @@ def parse_request(body: Any) -> JobRequest:
 
 
 def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, body: Any,
-               model_exists: Callable[[str], None] | None = None) -> FineTuningJob:
+               model_exists: Callable[[str], Any] | None = None) -> FineTuningJob:
     """``model_exists`` raises NotFound for a model the organization cannot use (a reinforcement grader's judge), and
     returns the catalog entry of one it can (a fine-tuned ``model`` to continue training from)."""
     request = parse_request(body)
@@ -71,8 +71,8 @@ def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, bo
     hp = hyperparams.parse(raw_hp, method, param=f"method.{method}.hyperparameters")
     method_config = None
     if method == "reinforcement":  # grader and response_format (finetune/reinforcement.py)
-        method_config = reinforcement.check(request.method.reinforcement or {},  # type: ignore[union-attr]
-                                            model_exists or (lambda _: None), settings)
+        section = request.method.reinforcement if request.method is not None else None
+        method_config = reinforcement.check(section or {}, model_exists or (lambda _: None), settings)
     base_id = _check_model(settings, request.model, model_exists)
     training = _check_file(files, org_id, request.training_file, "training_file")
     if request.validation_file:
@@ -112,7 +112,7 @@ def _method(request: JobRequest) -> tuple[hyperparams.Method, dict[str, Any] | N
     if request.hyperparameters and raw:
         raise InvalidRequest("Give hyperparameters in method only, not also at the top level.",
                              param="hyperparameters", code="invalid_value")
-    return kind, raw if raw is not None else request.hyperparameters  # type: ignore[return-value]
+    return hyperparams.method_of(kind), raw if raw is not None else request.hyperparameters
 
 
 def _reasoning(settings: Settings, model: str) -> bool:
@@ -133,11 +133,11 @@ def _check_model(settings: Settings, model: str, model_exists: Callable[[str], A
         if entry is not None and getattr(entry, "adapter_key", None):
             base_id = entry.base_model
     spec = settings.base_models.get(base_id) if base_id else None
-    if spec is None or not spec.tunable:
+    if base_id is None or spec is None or not spec.tunable:
         known = ", ".join(m for m, s in settings.base_models.items() if s.tunable) or "none"
         raise InvalidRequest(f"Model {model!r} is not available for fine-tuning (available: {known}).",
                              param="model", code="model_not_available")
-    return base_id  # type: ignore[return-value]  # spec is not None: base_id is
+    return base_id
 
 
 def _check_file(files: Files, org_id: str, file_id: str, param: str) -> StoredFile:

@@ -80,6 +80,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
                 stored.cancel()
             await asyncio.gather(usage, *([stored] if stored else []), return_exceptions=True)
             await services.engines.stop()
+            await services.completions.close()
             await services.limiter.close()
             if worker is not None:
                 worker.stop()

@@ -11,6 +11,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.types import ExceptionHandlersMap
 
 from storage.db import TRANSIENT_DB_ERRORS, is_transient
 from storage.errors import (
@@ -109,7 +110,7 @@ def _validation_detail(exc: ValidationException) -> tuple[str | None, str]:
     return None, str(exc.detail)
 
 
-EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     TunegateError: on_domain_error, HTTPException: on_http_error,
     **{error: on_database_error for error in TRANSIENT_DB_ERRORS}, Exception: on_unexpected,
 }

@@ -7,6 +7,7 @@ is seen, used and evaluated under its own id (one adapter on the engines), but n
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 
 from sqlmodel import col, select
@@ -99,7 +100,7 @@ class Catalog:
         with self.db.session() as s:
             return s.exec(select(FineTunedModel.seq).order_by(col(FineTunedModel.seq).desc())).first() or 0
 
-    def added_since(self, seq: int) -> list[ModelEntry]:
+    def added_since(self, seq: int) -> builtins.list[ModelEntry]:
         """Models registered after ``seq``, oldest first (the serving warm-up loads the fine-tuned ones)."""
         with self.db.session() as s:
             rows = s.exec(select(FineTunedModel).where(col(FineTunedModel.seq) > seq).order_by(col(FineTunedModel.seq)))

@@ -17,7 +17,7 @@ from typing import Any
 try:
     import prometheus_client
 except ImportError:  # the extra is not installed: count nothing
-    prometheus_client = None  # type: ignore[assignment]
+    prometheus_client = None  # type: ignore[assignment]  # mypy types the name as the module; None means absent
 
 AVAILABLE = prometheus_client is not None
 # the labels of the request being served: its scope's state, set by the gateway's metrics middleware

@@ -6,7 +6,11 @@ chunk comes back with the caller's ``model``, tunegate's own ``id``, vLLM's null
 ``<think>`` split into ``reasoning_content`` for reasoning models, and usage recorded. A stream always asks vLLM for
 usage on every chunk (so that a stream the client drops is accounted for what was generated) and shows the caller
 only the final usage chunk, if asked for. Closing the returned iterator (a client that disconnects) closes the
-upstream connection, which aborts the request in vLLM.
+upstream connection, which aborts the request in vLLM. The events that came from the engine in one read go on to
+the client as one write (``joined``): no added wait, and one trip through the ASGI send chain instead of one per
+chunk.
+
+Requests go to engines through ``serving.upstream`` (aiohttp: the hot path), not the pool's httpx client.
 """
 
 from __future__ import annotations
@@ -17,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
 
-import anyio
-import httpx
+import aiohttp
 import msgspec
 
 from serving import request_body, tools
@@ -28,6 +31,7 @@ from serving.pool import EnginePool, Target
 from serving.reasoning import ThinkSplitter, split
 from serving.request_body import Endpoint
 from serving.stored import Capture, StoredCompletionWriter, capture
+from serving.upstream import BROKEN, EngineUnreachable, Upstream, read_body
 from serving.usage import UsageRecorder
 from storage.accounts import Principal
 from storage.errors import InvalidRequest, NotFound, TunegateError, Unavailable, UpstreamFailed
@@ -60,11 +64,17 @@ class Completions:
     def __init__(self, pool: EnginePool, usage: UsageRecorder, stored: StoredCompletionWriter | None = None) -> None:
         self.pool, self.usage, self.stored = pool, usage, stored  # stored: where ``store: true`` answers go
         self.limits: RequestLimits = pool.settings.requests
+        self.upstream = Upstream(pool.settings.serving)
+
+    async def close(self) -> None:
+        await self.upstream.close()
 
     async def create(self, principal: Principal, endpoint: Endpoint, body: Any, *,
-                     usage_as: str | None = None) -> bytes | AsyncIterator[bytes]:
+                     usage_as: str | None = None, joined: bool = False) -> bytes | AsyncIterator[bytes]:
         """The JSON body of the answer, or (``stream: true``) an iterator of SSE events. ``usage_as``: the endpoint
-        usage is recorded under (``responses`` for a Responses request translated onto chat)."""
+        usage is recorded under (``responses`` for a Responses request translated onto chat). ``joined``: each item
+        is the events of one read from the engine, joined (for a client's HTTP stream), not one event (for callers
+        that parse them)."""
         request = request_body.parse(endpoint, body, self.limits)
         kept = capture(principal, body, request) if self.stored is not None else None
         target = await self.pool.resolve(principal.organization_id, request.model)
@@ -78,57 +88,55 @@ class Completions:
         call = Call(principal, usage_as or endpoint, target, prefix + engine_id, request.include_usage)
         if not request.stream:
             try:
-                data = _decode(await response.aread())
+                data = _decode(await read_body(response))
             finally:
                 replica.in_flight -= 1
-                await response.aclose()
             call.rewrite(data)
             self.usage.add(principal, target.model, call.endpoint, data.get("usage"), call.id)
             if kept is not None and self.stored is not None:
                 self.stored.queue(kept.row(data))
             return _encode(data)
-        return self._relay(call, replica, response, kept)
+        return self._relay(call, replica, response, kept, joined)
 
     async def _send(self, target: Target, request: request_body.EngineRequest,
-                    content: bytes) -> tuple[Replica, httpx.Response]:
-        assert self.pool.http is not None
+                    content: bytes) -> tuple[Replica, aiohttp.ClientResponse]:
         for attempt in range(ATTEMPTS):
             replica = await self.pool.acquire(target)
             replica.in_flight += 1
             try:
-                outgoing = self.pool.http.build_request("POST", replica.url + PATHS[request.endpoint], content=content,
-                                                        headers={"content-type": "application/json", **replica.auth})
-                response = await self.pool.http.send(outgoing, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                response = await self.upstream.post(replica.url + PATHS[request.endpoint], content,
+                                                    {"content-type": "application/json", **replica.auth})
+            except EngineUnreachable as exc:  # never sent: another replica may take it
                 replica.in_flight -= 1
-                replica.set_state("down", f"connection failed: {exc!r}")
+                replica.set_state("down", f"connection failed: {exc}")
                 continue
+            except BROKEN as exc:  # sent, then the engine hung up or went silent before answering
+                replica.in_flight -= 1
+                log.warning("request to %s failed: %r", replica.url, exc)
+                raise UpstreamFailed(f"The engine failed: {type(exc).__name__}.", code="engine_error") from exc
             except BaseException:
                 replica.in_flight -= 1
                 raise
-            if response.status_code < 400:
+            if response.status < 400:
                 return replica, response
             replica.in_flight -= 1
-            try:
-                payload = await response.aread()
-            finally:
-                await response.aclose()
-            message = _message(payload)
-            if response.status_code == 404 and target.adapter is not None and attempt + 1 < ATTEMPTS:
+            message = _message(await read_body(response))
+            if response.status == 404 and target.adapter is not None and attempt + 1 < ATTEMPTS:
                 self.pool.lost_adapter(replica, target)  # the engine restarted and forgot it: load again
                 continue
-            raise _translate(response.status_code, message, target, request)
+            raise _translate(response.status, message, target, request)
         raise Unavailable(f"No engine for '{target.base_model}' answered; retry shortly.", code="engine_unavailable")
 
-    async def _relay(self, call: Call, replica: Replica, response: httpx.Response,
-                     kept: Capture | None = None) -> AsyncIterator[bytes]:
-        done = False
+    async def _relay(self, call: Call, replica: Replica, response: aiohttp.ClientResponse,
+                     kept: Capture | None = None, joined: bool = False) -> AsyncIterator[bytes]:
+        done = ended = False
         try:
             buffer = b""
-            async for piece in response.aiter_raw():
+            async for piece in response.content.iter_any():
                 buffer += piece
                 if b"\r" in buffer:  # sse-starlette (llama-cpp-python's server) ends lines with CRLF
                     buffer = buffer.replace(b"\r\n", b"\n")
+                events: list[bytes] = []  # what this read completed
                 while (end := buffer.find(b"\n\n")) >= 0:
                     event, buffer = buffer[:end], buffer[end + 2:]
                     if not event.startswith(b"data: "):
@@ -136,22 +144,32 @@ class Completions:
                     payload = event[6:]
                     if payload == b"[DONE]":
                         done = True
-                        yield b"data: [DONE]\n\n"
+                        events.append(b"data: [DONE]\n\n")
                         continue
                     out = call.chunk(_decode(payload))
                     if out is not None:
                         if kept is not None:
                             kept.feed(out)
-                        yield sse(out)
+                        events.append(sse(out))
+                if joined and events:
+                    yield b"".join(events)  # one write to the client, one trip through the ASGI send chain
+                elif events:
+                    for one in events:
+                        yield one
+            ended = True
             if not done:
                 yield error_event("The engine ended the stream early.", code="engine_error")
-        except httpx.HTTPError as exc:  # the engine died or hung up; its supervisor notices and restarts it
+        except BROKEN as exc:  # the engine died, hung up or went silent; its supervisor notices and restarts it
             log.warning("stream from %s broke: %r", replica.url, exc)
             yield error_event(f"The engine failed mid-stream: {type(exc).__name__}.", code="engine_error")
         finally:
             replica.in_flight -= 1
-            with anyio.CancelScope(shield=True):  # a client that left cancels us; the engine must still hear of it
-                await response.aclose()
+            # read to the end: the connection is kept; else (a client that left cancels us) it is closed, at
+            # once and without awaiting anything, and the engine aborts the generation
+            if ended:
+                response.release()
+            else:
+                response.close()
             self.usage.add(call.principal, call.target.model, call.endpoint, call.usage, call.id)
             if kept is not None and done and self.stored is not None:  # a stream cut short is not stored
                 kept.usage = call.usage

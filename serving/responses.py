@@ -132,7 +132,7 @@ def _opt(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default:
         return default
     if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
         names = {str: "a string", bool: "a boolean", int: "an integer", list: "an array", (int, float): "a number"}
-        raise _bad(f"'{key}' must be {names.get(kind, 'valid')}.", key, "invalid_type")  # type: ignore[call-overload]
+        raise _bad(f"'{key}' must be {names.get(kind, 'valid')}.", key, "invalid_type")
     return value
 
 
@@ -222,6 +222,7 @@ def _message_item(item: dict[str, Any], param: str) -> dict[str, Any]:
         raise _bad(f"'{param}.role' must be one of user, system, developer, assistant.", f"{param}.role")
     content = item.get("content")
     text_type = "output_text" if role == "assistant" else "input_text"
+    parts: list[dict[str, Any]]
     if isinstance(content, str):
         parts = [{"type": text_type, "text": content}]
     elif isinstance(content, list):
@@ -810,6 +811,7 @@ class ResponsesService:
                 yield event
         finally:
             with anyio.CancelScope(shield=True):  # a client that left cancels us; the engine must still hear of it
+                # the proxy's async generator, typed AsyncIterator by Completions.create
                 await chunks.aclose()  # type: ignore[attr-defined]
 
     async def _run_background(self, principal: Principal, req: ResponsesRequest, chat: dict[str, Any],
@@ -898,8 +900,10 @@ class ResponsesService:
         target = await pool.resolve(principal.organization_id, req.model)
         if target.spec.engine != "vllm":
             chat.update(max_tokens=1, stream=False)
-            answer = _decode(await self.completions.create(principal, "chat.completions", chat,  # type: ignore[arg-type]
-                                                           usage_as="responses.input_tokens"))
+            result = await self.completions.create(principal, "chat.completions", chat,
+                                                   usage_as="responses.input_tokens")
+            assert isinstance(result, bytes)  # stream=False: one JSON body
+            answer = _decode(result)
             return {"object": "response.input_tokens", "input_tokens": int(answer["usage"]["prompt_tokens"])}
         replica = pool.pick(target)
         assert pool.http is not None

@@ -52,7 +52,7 @@ class Accounts:
 
     def list_orgs(self) -> list[Organization]:
         with self.db.session() as s:
-            return list(s.exec(select(Organization).order_by(Organization.created_at, Organization.id)))
+            return list(s.exec(select(Organization).order_by(col(Organization.created_at), col(Organization.id))))
 
     def get_org(self, org_id: str) -> Organization:
         with self.db.session() as s:
@@ -96,7 +96,8 @@ class Accounts:
     def list_keys(self, org_id: str) -> list[ApiKey]:
         self.get_org(org_id)
         with self.db.session() as s:
-            stmt = select(ApiKey).where(ApiKey.organization_id == org_id).order_by(ApiKey.created_at, ApiKey.id)
+            stmt = select(ApiKey).where(ApiKey.organization_id == org_id).order_by(col(ApiKey.created_at),
+                                                                                   col(ApiKey.id))
             return list(s.exec(stmt))
 
     def revoke_key(self, key_id: str) -> ApiKey:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import ColumnElement, and_, or_, update
 from sqlmodel import Session, col, select
 
 from storage.db import Database
@@ -91,9 +91,9 @@ class BatchStore:
         """An active batch nobody holds (new, given back after its time slice, or its worker stopped renewing the
         lease), in the fair order, below its organization's cap; ``not_of``: another organization's only."""
         t = time.time()
-        claimable = col(Batch.status).in_(ACTIVE)
+        claimable: ColumnElement[bool] = col(Batch.status).in_(ACTIVE)
         if not_of is not None:
-            claimable = and_(claimable, Batch.organization_id != not_of)
+            claimable = and_(claimable, col(Batch.organization_id) != not_of)
         batch_id = claim_oldest(self.db, Batch, claimable, t, self.cap, lease_owner=lease,
                                 lease_expires_at=t + lease_s)
         return self.get(None, batch_id) if batch_id else None
@@ -130,7 +130,7 @@ class BatchStore:
             fence(s, Batch, batch.id, lease)
             s.add_all(chunk.lines)
             s.add_all([fit(u) for u in chunk.usage])
-            s.exec(update(Batch).where(Batch.id == batch.id).values(  # type: ignore[call-overload]
+            s.exec(update(Batch).where(col(Batch.id) == batch.id).values(
                 completed=Batch.completed + chunk.completed, failed=Batch.failed + chunk.failed,
                 input_tokens=Batch.input_tokens + chunk.input_tokens,
                 output_tokens=Batch.output_tokens + chunk.output_tokens))
@@ -158,5 +158,5 @@ class BatchStore:
     def finish(self, s: Session, batch_id: str, lease: str, **values: Any) -> None:
         """In the transaction that stores the output files: end the batch (fenced) and drop its lease."""
         fence(s, Batch, batch_id, lease)
-        s.exec(update(Batch).where(Batch.id == batch_id).values(  # type: ignore[call-overload]
+        s.exec(update(Batch).where(col(Batch.id) == batch_id).values(
             lease_owner=None, lease_expires_at=None, **values))

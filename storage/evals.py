@@ -47,8 +47,8 @@ class EvalStore:
     def delete_eval(self, org_id: str, eval_id: str) -> None:
         with self.db.session() as s:
             row = _eval(s, org_id, eval_id)
-            s.exec(delete(EvalOutputItem).where(EvalOutputItem.eval_id == eval_id))  # type: ignore[call-overload]
-            s.exec(delete(EvalRun).where(EvalRun.eval_id == eval_id))  # type: ignore[call-overload]
+            s.exec(delete(EvalOutputItem).where(col(EvalOutputItem.eval_id) == eval_id))
+            s.exec(delete(EvalRun).where(col(EvalRun.eval_id) == eval_id))
             s.delete(row)
 
     # --- runs --------------------------------------------------------------------------------------------
@@ -83,8 +83,8 @@ class EvalStore:
     def delete_run(self, org_id: str, eval_id: str, run_id: str) -> None:
         self.get_run(org_id, eval_id, run_id)
         with self.db.session() as s:
-            s.exec(delete(EvalOutputItem).where(EvalOutputItem.run_id == run_id))  # type: ignore[call-overload]
-            s.exec(delete(EvalRun).where(EvalRun.id == run_id))  # type: ignore[call-overload]
+            s.exec(delete(EvalOutputItem).where(col(EvalOutputItem.run_id) == run_id))
+            s.exec(delete(EvalRun).where(col(EvalRun.id) == run_id))
 
     def claim(self, worker: str, lease_s: float) -> EvalRun | None:
         """A queued run, or one in progress whose worker stopped renewing its lease."""

@@ -88,18 +88,19 @@ class Files:
             self.quota(new.organization_id, new.original.size)
         file_id = new_id("file-")
         created = now()
+        normalized_key = f"files/{file_id}/normalized.jsonl" if new.normalized is not None else None
         row = StoredFile(
             id=file_id, organization_id=new.organization_id, filename=new.filename, purpose=new.purpose,
             bytes=new.original.size, created_at=created,
             expires_at=created + new.expires_after_s if new.expires_after_s else None,
             blob_key=f"files/{file_id}/original",
-            normalized_blob_key=f"files/{file_id}/normalized.jsonl" if new.normalized else None,
+            normalized_blob_key=normalized_key,
             data_format=new.data_format, data_kind=new.data_kind, n_examples=new.n_examples,
         )
         try:
             self.blobs.commit(new.original, row.blob_key)
-            if new.normalized is not None:
-                self.blobs.commit(new.normalized, row.normalized_blob_key)
+            if new.normalized is not None and normalized_key is not None:
+                self.blobs.commit(new.normalized, normalized_key)
         except BaseException:
             self.blobs.delete_prefix(f"files/{file_id}")
             raise

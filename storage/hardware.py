@@ -11,8 +11,10 @@ Device = Literal["cuda", "cpu"]
 
 
 def resolve_device(setting: str) -> Device:
-    if setting in ("cuda", "cpu"):
-        return setting  # type: ignore[return-value]
+    if setting == "cuda":
+        return "cuda"
+    if setting == "cpu":
+        return "cpu"
     return "cuda" if nvidia_gpu_present() else "cpu"
 
 

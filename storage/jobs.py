@@ -8,6 +8,7 @@ the conditional UPDATE alone decides (a single writer at a time).
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -81,8 +82,8 @@ class JobStore:
         """One conditional UPDATE on the caller's job; a job in another state is a 400 naming that state."""
         self.get(org_id, job_id)  # 404 for a missing or foreign job
         with self.db.session() as s:
-            result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
-                FineTuningJob.id == job_id, col(FineTuningJob.status).in_(from_)).values(**values))
+            result = s.exec(update(FineTuningJob).where(
+                col(FineTuningJob.id) == job_id, col(FineTuningJob.status).in_(from_)).values(**values))
             moved = result.rowcount == 1
             if moved:
                 s.add(_event(job_id, f"Fine-tuning job {done}"))
@@ -99,7 +100,7 @@ class JobStore:
         t = time.time()
         claimable = col(FineTuningJob.status).in_(("validating_files", "queued", "running"))
         # attempts counts take-overs of a *running* job (its worker or training process died), not pause/resume
-        interrupted = case((FineTuningJob.status == "running", 1), else_=0)
+        interrupted = case((col(FineTuningJob.status) == "running", 1), else_=0)
         job_id = claim_oldest(self.db, FineTuningJob, claimable, t, self.cap, lease_owner=worker,
                               lease_expires_at=t + lease_s, attempts=FineTuningJob.attempts + interrupted)
         return self.get(None, job_id) if job_id else None
@@ -147,7 +148,7 @@ class JobStore:
         self.get(org_id, job_id)
         return self._page(JobEvent, job_id, limit, after, "after")
 
-    def metrics(self, job_id: str) -> list[JobEvent]:
+    def metrics(self, job_id: str) -> builtins.list[JobEvent]:
         with self.db.session() as s:
             return list(s.exec(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
                                .order_by(col(JobEvent.seq))).all())
@@ -174,13 +175,13 @@ class JobStore:
         with self.db.session() as s:
             if lease is not None:
                 fence(s, FineTuningJob, job_id, lease)
-            result = s.exec(delete(JobEvent).where(  # type: ignore[call-overload]
-                JobEvent.job_id == job_id, JobEvent.type == "metrics", col(JobEvent.step) > step))
+            result = s.exec(delete(JobEvent).where(
+                col(JobEvent.job_id) == job_id, col(JobEvent.type) == "metrics", col(JobEvent.step) > step))
             return result.rowcount
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def add_checkpoint(self, job: FineTuningJob, step: int, metrics: dict, model_id: str, base_model: str,
-                       adapter_key: str, lease: str | None = None) -> list[FineTunedModel]:
+                       adapter_key: str, lease: str | None = None) -> builtins.list[FineTunedModel]:
         """Record a checkpoint (and its servable model); returns the models pruned beyond the last 3. A step
         recorded before (a resumed job saving it again) is replaced, never doubled."""
         with self.db.session() as s:
@@ -226,8 +227,9 @@ class JobStore:
         same commit."""
         with self.db.session() as s:
             fence(s, FineTuningJob, job_id, lease)
-            result = s.exec(update(FineTuningJob).where(  # type: ignore[call-overload]
-                FineTuningJob.id == job_id, FineTuningJob.lease_owner == lease, FineTuningJob.status == "running",
+            result = s.exec(update(FineTuningJob).where(
+                col(FineTuningJob.id) == job_id, col(FineTuningJob.lease_owner) == lease,
+                col(FineTuningJob.status) == "running",
             ).values(status="succeeded", fine_tuned_model=model.id,
                      result_files=[results.id, *(f.id for f in more_results)], **values))
             if result.rowcount != 1:
@@ -241,7 +243,8 @@ class JobStore:
             s.add(_event(job_id, "The job has successfully completed"))
         return True
 
-    def _page(self, table: type, job_id: str, limit: int, after: str | None, param: str) -> Page:
+    def _page(self, table: type[JobEvent] | type[JobCheckpoint], job_id: str, limit: int, after: str | None,
+              param: str) -> Page:
         def missing(after: str) -> NotFound:
             return NotFound(f"No such object in this job: {after}", param=param)
 

@@ -58,8 +58,9 @@ def materialize_gguf(gguf: Path, target: Path) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # GGUF loads come back flagged as quantized (GgufHfQuantizer): clear it, or save_pretrained refuses.
-    model.hf_quantizer, model.is_quantized, model.quantization_method = None, False, None
+    # GGUF loads come back flagged as quantized (GgufHfQuantizer): clear it, or save_pretrained refuses. (torch types
+    # Module.__setattr__ for tensors and modules only; plain attributes like these are set the same way.)
+    model.hf_quantizer, model.is_quantized, model.quantization_method = None, False, None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")

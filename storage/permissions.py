@@ -27,16 +27,16 @@ MAX_PROJECTS = 100  # project ids in one create request
 
 def _granted_to(org_id: str) -> Any:
     """SQL: a permission of the model's owner grants it to ``org_id``."""
-    return exists().where(CheckpointPermission.model_id == FineTunedModel.id,
-                          CheckpointPermission.organization_id == FineTunedModel.organization_id,
-                          CheckpointPermission.project_id == org_id)
+    return exists().where(col(CheckpointPermission.model_id) == FineTunedModel.id,
+                          col(CheckpointPermission.organization_id) == FineTunedModel.organization_id,
+                          col(CheckpointPermission.project_id) == org_id)
 
 
 def visible_model(s: Session, org_id: str, model_id: str) -> FineTunedModel | None:
     """The fine-tuned model or checkpoint ``model_id`` if ``org_id`` owns it or was granted it, else None."""
     return s.exec(select(FineTunedModel).where(
         FineTunedModel.id == model_id,
-        or_(FineTunedModel.organization_id == org_id, _granted_to(org_id)))).first()
+        or_(col(FineTunedModel.organization_id) == org_id, _granted_to(org_id)))).first()
 
 
 def granted_models(s: Session, org_id: str) -> list[FineTunedModel]:
@@ -47,7 +47,7 @@ def granted_models(s: Session, org_id: str) -> list[FineTunedModel]:
 
 def forget_model(s: Session, model_id: str) -> None:
     """A deleted model takes its permissions with it (a model later registered under the same id starts unshared)."""
-    s.exec(delete(CheckpointPermission).where(CheckpointPermission.model_id == model_id))  # type: ignore[call-overload]
+    s.exec(delete(CheckpointPermission).where(col(CheckpointPermission.model_id) == model_id))
 
 
 class PermissionStore:

@@ -30,7 +30,7 @@ class StorageQuota:
                            .where(StoredFile.organization_id == org_id)).one()
             adapters = s.exec(select(FineTunedModel.adapter_key).where(
                 FineTunedModel.organization_id == org_id, col(FineTunedModel.adapter_key).is_not(None))).all()
-        return int(files) + sum(self.blobs.size(key) for key in set(adapters))
+        return int(files) + sum(self.blobs.size(key) for key in set(adapters) if key is not None)
 
     def check(self, org_id: str, adding: int = 1) -> None:
         """Refuse when ``adding`` more bytes would take the organization over its quota."""

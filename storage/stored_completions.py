@@ -58,7 +58,7 @@ class StoredCompletions:
     def _where(self, org_id: str, selection: Selection) -> list[Any]:
         if len(selection.metadata) > MAX_METADATA:
             raise InvalidRequest(f"Filter on at most {MAX_METADATA} metadata pairs.", param="metadata")
-        where = [StoredCompletion.organization_id == org_id]
+        where: list[Any] = [StoredCompletion.organization_id == org_id]
         where += [metadata_is(self.db.dialect, col(StoredCompletion.metadata_), k, v)
                   for k, v in selection.metadata.items()]
         if selection.model:

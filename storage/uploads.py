@@ -96,7 +96,7 @@ class UploadStore:
                     target.write(block)
                     if digest is not None:
                         digest.update(block)
-        if digest is not None and digest.hexdigest() != md5.strip().lower():
+        if digest is not None and md5 and digest.hexdigest() != md5.strip().lower():
             raise InvalidRequest(f"md5 mismatch: the assembled file's md5 is {digest.hexdigest()}, not {md5}.",
                                  param="md5", code="md5_mismatch")
         return upload

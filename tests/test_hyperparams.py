@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune.hyperparams import BASE_LEARNING_RATE, auto_batch_size, auto_epochs, parse, resolve
+from finetune.hyperparams import BASE_LEARNING_RATE, METHODS, auto_batch_size, auto_epochs, method_of, parse, resolve
 from storage.errors import InvalidRequest
 
 P = "method.supervised.hyperparameters"
@@ -82,3 +82,9 @@ def test_gradient_checkpointing_auto_rule() -> None:
     assert resolve(hp, n_examples=20, method="supervised", device="cpu").gradient_checkpointing is False
     with pytest.raises(InvalidRequest):
         parse({"gradient_checkpointing": "sometimes"}, "supervised", P)
+
+
+def test_a_stored_method_reads_back_as_the_recipe_type() -> None:
+    assert [method_of(m) for m in ("supervised", "dpo", "reinforcement")] == list(METHODS)
+    with pytest.raises(ValueError, match="unknown fine-tuning method 'sft'"):
+        method_of("sft")

@@ -13,15 +13,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Literal
 
+from serving.request_body import Endpoint
 from storage.ids import new_id
 from storage.json_limits import capped_lines, depth_problem
 from storage.settings import RequestLimits
 from storage.tables import BatchLine
 
 # the batch endpoint → the allow-list endpoint of serving.request_body
-ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions", "/v1/responses": "responses"}
+ENDPOINTS: dict[str, Endpoint | Literal["responses"]] = {
+    "/v1/chat/completions": "chat.completions", "/v1/completions": "completions", "/v1/responses": "responses",
+}
 MAX_CUSTOM_ID = 512
 MAX_MODEL = 512  # Batch.model's column: a longer model is still a line (a 404), never the batch's model
 

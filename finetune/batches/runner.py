@@ -127,7 +127,7 @@ class BatchRun:
         self.endpoint = lines.ENDPOINTS[batch.endpoint]
         self.status = batch.status
         self.principal = Principal(batch.organization_id, batch.api_key_id)
-        self.targets = EngineTargets(worker, batch, _Stop(self))  # type: ignore[arg-type]
+        self.targets = EngineTargets(worker, batch, _Stop(self))
         self.clients: dict[str, httpx.AsyncClient] = {}
         self.limits = worker.settings.requests
         self.started, self.sent, self.next_look = time.monotonic(), 0, 0.0
@@ -355,7 +355,7 @@ class BatchRun:
         if self.endpoint == "responses":
             asked, chat = await self.responses.check(body)
             return asked, request_body.parse("chat.completions", chat, self.worker.settings.requests)
-        return None, request_body.parse(self.endpoint, body, self.worker.settings.requests)  # type: ignore[arg-type]
+        return None, request_body.parse(self.endpoint, body, self.worker.settings.requests)
 
     async def send(self, address: EngineAddress, path: str, body: dict[str, Any]) -> tuple[int | None, dict]:
         """The engine's answer; an engine that cannot be reached (restarting) or answers 503 is tried again."""

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -44,7 +44,7 @@ from storage.leases import LeaseLost
 from storage.permissions import visible_model
 from storage.settings import Settings
 from storage.stored_completions import Selection, StoredCompletions, eval_item
-from storage.tables import EvalRun
+from storage.tables import Batch, EvalRun
 
 log = logging.getLogger("tunegate.evals")
 BATCH = 32
@@ -224,6 +224,26 @@ def _given(run: EvalRun, item: dict[str, Any], sample: dict[str, Any] | None) ->
         sample_record(run, flat(sample.get("input") or []), fake, {})
 
 
+class TargetsWorker(Protocol):
+    """What ``EngineTargets`` uses of its worker (an ``EvalWorker`` or a batches worker)."""
+
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    registry: EngineRegistry
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def idle(self, seconds: float) -> bool: ...
+
+
+class Stopped(Protocol):
+    """What ``EngineTargets`` polls while it waits for an engine (a ``threading.Event`` set when the run ends)."""
+
+    def is_set(self) -> bool: ...
+
+
 class EngineTargets:
     """The engines of the models one run uses (the model under test, judges): resolved for the run's organization
     (another organization's model does not exist), adapters loaded once, usage recorded for the organization. The one
@@ -239,7 +259,7 @@ class EngineTargets:
     recheck_s = 2.0
     transport: httpx.AsyncBaseTransport | None = None  # the engines' HTTP transport for adapter loads (tests: a mock)
 
-    def __init__(self, worker: EvalWorker, run: EvalRun, lost: threading.Event) -> None:
+    def __init__(self, worker: TargetsWorker, run: EvalRun | Batch, lost: Stopped) -> None:
         self.worker, self.run, self.lost = worker, run, lost
         self.adapters = EngineAdapters(worker.settings.serving.max_adapters_per_engine, transport=self.transport)
         self._targets: dict[str, tuple[EngineAddress, str] | RunFailed] = {}

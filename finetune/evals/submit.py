@@ -121,9 +121,10 @@ def new_run(org_id: str, evaluation: Eval, body: Any, files: Files, model_exists
     _items_source(org_id, _object(source.get("source"), "data_source.source"), files, with_samples=kind == "jsonl")
     model = ""
     if kind == "completions":
-        model = source.get("model")
-        if not isinstance(model, str) or not model:
+        named = source.get("model")
+        if not isinstance(named, str) or not named:
             raise _bad("data_source.model is required.", "data_source.model", "missing_required_parameter")
+        model = named
         model_exists(org_id, model)
         _input_messages(_object(source.get("input_messages"), "data_source.input_messages"))
         source["sampling_params"] = check_params(source.get("sampling_params"))

@@ -116,7 +116,8 @@ def check_preference(example: Any, err: ExampleErrors) -> None:
         err("data_type", f"Each example must be a JSON object, got {_kind(example)}.")
         return
     prompt = example.get("input")
-    messages = prompt.get("messages") if isinstance(prompt, dict) else None
+    prompt = prompt if isinstance(prompt, dict) else {}
+    messages = prompt.get("messages")
     if not isinstance(messages, list) or not messages:
         err("missing_messages_list", "Preference example has no 'input.messages' list (or it is empty).")
     else:

@@ -80,6 +80,7 @@ class GraderEngine:
                 where.append(i)
             except TemplateError as exc:
                 outcomes[i] = Outcome(error=str(exc), kind="invalid_variable_error")
+        scores: Sequence[float | None]
         try:
             if grader["type"] == "string_check":
                 scores = [string_check(grader["operation"], t, r) for t, r in pairs]
@@ -115,10 +116,12 @@ class GraderEngine:
                 continue
             bodies.append(judges.request(grader, messages))
             where.append(i)
-        if bodies and self.judge is None:
+        if not bodies:
+            answers = []
+        elif self.judge is None:
             answers = [{"error": {"message": "model graders are not available here"}}] * len(bodies)
         else:
-            answers = self.judge(grader["model"], bodies) if bodies else []
+            answers = self.judge(grader["model"], bodies)
         for i, body, answer in zip(where, bodies, answers, strict=True):
             outcomes[i] = _judged(grader, body, answer)
         return [o for o in outcomes if o is not None]

@@ -30,8 +30,9 @@ class FormulaError(ValueError):
     pass
 
 
-def parse(formula: str, names: Iterable[str]) -> ast.expr:
-    """The checked tree of ``formula`` over the variables ``names``; FormulaError says what is wrong."""
+def parse(formula: object, names: Iterable[str]) -> ast.expr:
+    """The checked tree of ``formula`` (any JSON value: a grader's ``calculate_output``) over the variables ``names``;
+    FormulaError says what is wrong."""
     if not isinstance(formula, str) or not formula.strip():
         raise FormulaError("the formula is empty")
     if len(formula) > MAX_LENGTH:
@@ -67,6 +68,7 @@ def evaluate(tree: ast.expr, values: Mapping[str, float]) -> float:
 
 def _walk(node: ast.expr, values: Mapping[str, float]) -> float:
     if isinstance(node, ast.Constant):
+        assert isinstance(node.value, int | float)  # parse() admits numbers only
         return float(node.value)
     if isinstance(node, ast.Name):
         return float(values[node.id])

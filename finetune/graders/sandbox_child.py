@@ -97,9 +97,10 @@ def _landlock(scratch: str) -> str:
 def _seccomp() -> str:
     """A seccomp filter: no new processes (fork, vfork, clone without CLONE_THREAD; clone3 answers ENOSYS so that
     threads fall back to clone), no sockets, no ptrace, no unshare/setns."""
-    arch, numbers = SECCOMP.get(os.uname().machine, (None, None))
-    if arch is None:
+    known = SECCOMP.get(os.uname().machine)
+    if known is None:
         return "no seccomp (unknown architecture)"
+    arch, numbers = known
 
     class Filter(ctypes.Structure):
         _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
@@ -117,7 +118,7 @@ def _seccomp() -> str:
         if name in numbers:
             code += [(jeq, 0, 1, numbers[name]), (ret, 0, 0, errno | error)]
     code.append((ret, 0, 0, allow))
-    filters = (Filter * len(code))(*code)
+    filters = (Filter * len(code))(*(Filter(*c) for c in code))
     program = Program(len(code), filters)
     _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) != 0:
@@ -184,7 +185,9 @@ def main() -> None:
     protections = [_leave_network(), _landlock(os.getcwd())]
     _limits(limits)
     protections.append(_seccomp())
-    socket.socket = socket.create_connection = socket.socketpair = socket.fromfd = _no_network  # type: ignore[assignment]
+    # deliberately replaced: the grader's code gets no sockets (mypy forbids assigning over a class and a function)
+    socket.socket = socket.create_connection = _no_network  # type: ignore[assignment,misc]
+    socket.socketpair = socket.fromfd = _no_network  # type: ignore[assignment]
     replies.write(json.dumps({"ready": protections}).encode() + b"\n")
     compiled: dict[str, object] = {}
     for line in requests:

@@ -30,8 +30,10 @@ KEYS = {
     "label_model": {"type", "name", "model", "input", "labels", "passing_labels"},
     "multi": {"type", "name", "graders", "calculate_output"},
 }
-SAMPLING = {"seed": int, "top_p": (int, float), "temperature": (int, float), "max_completions_tokens": int,
-            "reasoning_effort": str}
+SAMPLING: dict[str, type | tuple[type, ...]] = {
+    "seed": int, "top_p": (int, float), "temperature": (int, float), "max_completions_tokens": int,
+    "reasoning_effort": str,
+}
 ModelExists = Callable[[str], None]  # raises NotFound for a model the organization cannot use
 
 
@@ -149,11 +151,11 @@ def _model_grader(grader: dict[str, Any], param: str, model_exists: ModelExists)
                            "invalid_type")
         _threshold(grader, param, required=False)
     else:
-        labels, passing = grader.get("labels"), grader.get("passing_labels")
-        for key, value in (("labels", labels), ("passing_labels", passing)):
+        for key in ("labels", "passing_labels"):
+            value = grader.get(key)
             if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
                 raise _bad(f"{param}.{key} must be a non-empty array of strings.", f"{param}.{key}")
-        if not set(passing) <= set(labels):
+        if not set(grader["passing_labels"]) <= set(grader["labels"]):
             raise _bad(f"{param}.passing_labels must be a subset of labels.", f"{param}.passing_labels")
     model_exists(model)
 

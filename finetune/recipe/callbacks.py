@@ -49,7 +49,7 @@ class JobCallback(TrainerCallback):
 
     def __init__(self, reporter: Reporter, poll_seconds: float = 1.0) -> None:
         self.reporter, self.poll_seconds = reporter, poll_seconds
-        self.pending: dict[str, float] = {}
+        self.pending: dict[str, float | None] = {}  # a metric a log lacks is None (left out at the flush)
         self.pending_step = 0
         self.last_metrics: dict[str, float] = {}
         self.stopped: Stop = None

@@ -90,10 +90,12 @@ def load_lora(model: Any, adapter_dir: Path) -> Any:
 
 
 def loraplus_optimizer(model: Any, hp: Resolved) -> Any:
-    """LoRA+: B matrices learn ``loraplus_lr_ratio`` × faster (peft's implementation)."""
+    """LoRA+: B matrices learn ``loraplus_lr_ratio`` × faster (peft's implementation); only for a set ratio."""
     import torch
     from peft.optimizers import create_loraplus_optimizer
 
+    if hp.loraplus_lr_ratio is None:
+        raise ValueError("LoRA+ needs hyperparameters.loraplus_lr_ratio")
     return create_loraplus_optimizer(
         model=model, optimizer_cls=torch.optim.AdamW, lr=hp.learning_rate, loraplus_lr_ratio=hp.loraplus_lr_ratio,
     )

@@ -162,7 +162,7 @@ def _total_steps(n_rows: int, hp: Resolved) -> int:
 def _setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, valid_set: Any, steps: int,
                    callback: JobCallback, engine: Any = None) -> Any:
     hp = spec.hp
-    common = dict(
+    common: dict[str, Any] = dict(
         output_dir=str(spec.work_dir / "trainer"), num_train_epochs=hp.n_epochs,
         per_device_train_batch_size=hp.batch_size, per_device_eval_batch_size=hp.batch_size,
         gradient_accumulation_steps=hp.gradient_accumulation_steps, learning_rate=hp.learning_rate,
@@ -186,8 +186,9 @@ def _setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, 
     if spec.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(beta=hp.beta, max_length=hp.cutoff_len, **common)
-        return DPOTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=valid_set,
+        assert hp.beta is not None  # resolve() sets it for DPO
+        config = DPOConfig(beta=hp.beta, max_length=hp.cutoff_len, **common)
+        return DPOTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=valid_set,
                           processing_class=tokenizer, callbacks=[callback], optimizers=optimizers)
     from transformers import TrainingArguments
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -222,7 +223,7 @@ class RedisCounters:
             args += [b.capacity, b.cost]
         await self._settle(keys=[b.key for b in buckets] + [s.key for s in slots], args=args)
 
-    async def admit_reserving(self, buckets: list[Bucket], slots: list[Slot], member: str, blocks: list[float],
+    async def admit_reserving(self, buckets: list[Bucket], slots: list[Slot], member: str, blocks: Sequence[float],
                               wanted: list[int], prefix: str, ttl_s: float) -> tuple[Verdict, Grant | None]:
         """``admit``, and on success take ``blocks[i]`` more from each bucket and ``wanted[j]`` members of each slot
         set for this gateway to hand out (each only while two such blocks are left). Members expire after ``ttl_s``

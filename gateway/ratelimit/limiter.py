@@ -32,7 +32,7 @@ from typing import Any
 
 import msgspec
 from litestar.concurrency import sync_to_thread
-from litestar.connection import ASGIConnection
+from litestar.connection import ASGIConnection, Request
 
 from gateway.ratelimit.counters import (
     Bucket,
@@ -135,7 +135,8 @@ class Limiter:
     async def admit(self, connection: ASGIConnection, principal: Principal) -> None:
         limits = await self.limits_of(principal.organization_id)
         estimate, streams = 0, False
-        if connection.scope.get("method") == "POST" and connection.scope["path"] in METERED_PATHS:
+        metered = connection.scope.get("method") == "POST" and connection.scope["path"] in METERED_PATHS
+        if metered and isinstance(connection, Request):  # a guard's connection is the route's Request
             estimate, streams = estimate_tokens(await connection.body(), self.caps)
         buckets, slots = self._buckets(principal, limits, estimate, streams)
         if not buckets and not slots:
@@ -149,7 +150,7 @@ class Limiter:
         connection.scope["state"]["rate_limit"] = admission
         if verdict.refused is not None:
             admission.slots = []  # nothing was taken: nothing to give back
-            refused = (buckets + slots)[verdict.refused].key  # type: ignore[operator]
+            refused = (buckets + slots)[verdict.refused].key
             metrics.RATE_LIMITED.labels("key" if ":key:" in refused else "org", refused.rsplit(":", 1)[1]).inc()
             raise RateLimited(_refusal(principal, buckets, slots, verdict), retry_after=max(1.0, verdict.retry_after),
                               code="rate_limit_exceeded")

@@ -31,7 +31,7 @@ class CompletionsController(Controller):
 
 
 async def _complete(request: Request, services: ServicesDep, principal: PrincipalDep, endpoint: Endpoint) -> Response[Any]:
-    result = await services.completions.create(principal, endpoint, await read_json(request))
+    result = await services.completions.create(principal, endpoint, await read_json(request), joined=True)
     if isinstance(result, bytes):
         return Response(content=result, media_type="application/json")
     return Stream(_closing(result), media_type="text/event-stream", headers=SSE_HEADERS)
@@ -44,4 +44,4 @@ async def _closing(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             yield event
     finally:
         with anyio.CancelScope(shield=True):  # runs while the client's departure cancels the response
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()  # type: ignore[attr-defined]  # the proxy's async generator, typed AsyncIterator

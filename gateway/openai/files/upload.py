@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from litestar.concurrency import sync_to_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from storage.blobs import StagedBlob
 from storage.errors import InvalidRequest, PayloadTooLarge
+
+if TYPE_CHECKING:  # python-multipart declares its callbacks' TypedDict for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 32
@@ -44,7 +48,7 @@ class _Collector:
         self._is_file = False
         self._value = bytearray()
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._part_begin, "on_part_data": self._part_data, "on_part_end": self._part_end,
             "on_header_field": self._h_field, "on_header_value": self._h_value, "on_header_end": self._h_end,

@@ -6,7 +6,7 @@ Create Date: 2026-11-23 21:42:32.444122
 """
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision = '0002'
