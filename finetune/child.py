@@ -182,6 +182,7 @@ def run(ctx: Context) -> None:
         cpu_threads=ctx.settings.worker.cpu_threads,
         grader=(job.method_config or {}).get("grader"), owner=job.organization_id, reasoning=spec_model.reasoning,
         judge=reinforcement.judge(ctx.settings, ctx.db, job.organization_id, job.id), init_adapter=parent,
+        rollouts=_rollouts(ctx) if job.method == "reinforcement" else None,
     )
     ctx.tracker = Tracker(ctx.work_dir.parent.parent / "tracking", job.id, job.model, job.integrations,  # jobs/<id>/
                           warn=lambda message: jobs.add_event(job.id, message, level="warn", lease=ctx.worker),
@@ -198,6 +199,15 @@ def run(ctx: Context) -> None:
         return
     assert outcome.adapter_dir is not None  # a run that was not stopped saved its adapter
     _finish(ctx, outcome.adapter_dir, outcome.trained_tokens)
+
+
+def _rollouts(ctx: Context) -> object:
+    """Reinforcement: the engine that samples the rollouts (None: HF generate), announced in the job's events."""
+    def event(message: str, level: str) -> None:
+        ctx.jobs.add_event(ctx.job.id, message, level=level, lease=ctx.worker)
+
+    return reinforcement.rollouts(ctx.settings, ctx.db, ctx.base_id, ctx.job.id, ctx.work_dir / "rollout-policy",
+                                  event)
 
 
 def _finish(ctx: Context, adapter_dir: Path, trained_tokens: int) -> None:

@@ -7,7 +7,9 @@ training child (``finetune.recipe.rft``), which reaches model graders' judges th
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune.graders import validate
@@ -81,3 +83,28 @@ def judge(settings: Settings, db: Database, organization_id: str, job_id: str) -
             return [{"error": {"message": message}}] * len(bodies)
 
     return answer
+
+
+def rollouts(settings: Settings, db: Database, base_id: str, job_id: str, folder: Path,
+             event: Callable[[str, str], None]) -> Any:
+    """The training child's ``rollout_func``: a ready serving engine of the job's base model samples the rollouts,
+    the policy's adapter saved under ``folder`` and loaded there at each step (``finetune.recipe.rollouts``) — or
+    None, HF ``generate``, when no vLLM engine is ready or engines do not read this worker's files (with
+    ``blob_url`` or ``serving.engine_blob_dir`` they load adapters from the blob store, which a per-step policy
+    skips). ``event(message, level)`` tells the job which it is, and later whether the engine failed."""
+    from finetune.recipe.rollouts import EngineRollouts
+    from storage.engines import EngineRegistry
+
+    engines = EngineRegistry(db).ready(base_id)
+    reason = ("no serving engine of it is ready" if not engines
+              else "its engine is not vLLM" if settings.base_models[base_id].engine != "vllm"
+              else "its engines load adapters from the blob store" if settings.blob_url or settings.serving.engine_blob_dir
+              else None)
+    if reason:
+        event(f"Rollouts are sampled with HF generate on the training model ({reason})", "info")
+        return None
+    event("Rollouts are sampled by the base model's serving engine (vLLM), the policy's adapter loaded at each step",
+          "info")
+    # a name per run attempt: a resumed job must never find an earlier attempt's step-N (other weights) loaded
+    prefix = f"rft-{job_id}-{secrets.token_hex(4)}"
+    return EngineRollouts(engines[0], folder, prefix, warn=lambda message: event(message, "warn"))

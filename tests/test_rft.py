@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -52,12 +54,17 @@ def rft(grader: Any = GRADER, **hp: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    """Postgres, no embedded worker: the test starts (and kills) `tunegate worker` processes itself."""
+    """Postgres, no embedded worker: the test starts (and kills) `tunegate worker` processes itself. The tiny
+    model's vLLM engine runs (fp32, pinned as in the serving tests), so the jobs' rollouts are sampled there."""
     from tests.conftest import _fresh_postgres_database
+    from tests.serving_support import serving_env, wait_engines_ready
 
     url, drop = _fresh_postgres_database()
-    gateway = LiveGateway(tmp_path_factory.mktemp("rft"), url, **gateway_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false"))
+    engine = {k: v for k, v in serving_env(tiny_model).items() if k.startswith("TUNEGATE_SERVING__")}
+    gateway = LiveGateway(tmp_path_factory.mktemp("rft"), url, **gateway_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false",
+                                                                          **engine))
     gateway.start()
+    wait_engines_ready(gateway)
     yield gateway
     gateway.stop()
     drop()
@@ -108,6 +115,9 @@ def test_rft_job_learns_the_reward_and_resumes_after_kill_9(gw: LiveGateway, key
         events = all_events(client, job.id)
         messages = [e.message for e in events]
         assert any(m == "Resuming from the checkpoint at step 5" for m in messages), messages
+        # both attempts sampled through the engine, the policy of each step hot-loaded (finetune/recipe/rollouts.py)
+        assert sum(m.startswith("Rollouts are sampled by the base model's serving engine") for m in messages) == 2
+        assert not [m for m in messages if "HF generate" in m], messages  # the engine never failed
         metrics = [e.data for e in events if e.type == "metrics"]
         assert [m["step"] for m in metrics] == list(range(1, 21)), "steps repeated, lost or out of order"
         assert all("train_reward_mean" in m and "train_completion_tokens_mean" in m for m in metrics)
@@ -312,3 +322,96 @@ def test_judges_must_be_base_models_and_response_formats_other_than_text_are_ref
         assert (err.value.param, err.value.code) == (param, "unsupported_value")
     assert reinforcement.check({"grader": judge, "response_format": {"type": "text"}}, lambda _: None,
                                settings)["response_format"] == {"type": "text"}
+
+
+class FakeEngine:
+    """A vLLM OpenAI server at the HTTP seam: runtime LoRA load/unload and ``/v1/completions`` over token ids,
+    every sample the token ids of ``answer`` (each with logprob -0.5); ``refuse``: every adapter load is a 500."""
+
+    def __init__(self, answer: list[int], refuse: bool = False) -> None:
+        self.answer, self.refuse = answer, refuse
+        self.loaded: list[str] = []
+        self.calls: list[tuple[str, dict]] = []
+        self.transport = httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.calls.append((request.url.path, body))
+        assert request.headers["authorization"] == "Bearer engine-key"
+        if request.url.path == "/v1/load_lora_adapter":
+            if self.refuse:
+                return httpx.Response(500, json={"error": {"message": "LoRA rank 16 is greater than max_lora_rank 8"}})
+            assert (Path(body["lora_path"]) / "adapter_config.json").is_file()  # the policy, saved before loading
+            self.loaded.append(body["lora_name"])
+            return httpx.Response(200, text=f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
+        if request.url.path == "/v1/unload_lora_adapter":
+            self.loaded.remove(body["lora_name"])
+            return httpx.Response(200, text="Success")
+        assert request.url.path == "/v1/completions" and body["model"] == self.loaded[-1]
+        assert body["return_token_ids"] is True and all(isinstance(t, int) for t in body["prompt"])
+        choices = [{"index": i, "text": "", "token_ids": self.answer,
+                    "logprobs": {"token_logprobs": [-0.5] * len(self.answer)}} for i in range(body["n"])]
+        return httpx.Response(200, json={"id": "cmpl-1", "object": "text_completion", "choices": choices})
+
+
+def _rft_steps(tiny_model: str, tmp_path: Any, engine: FakeEngine, warnings: list[str]) -> list[dict]:
+    """Two GRPO steps of 2 prompts × 2 completions through ``engine``; the metrics of each step."""
+    from finetune import hyperparams
+    from finetune.recipe.callbacks import SilentReporter
+    from finetune.recipe.rollouts import EngineRollouts
+    from finetune.recipe.run import TrainSpec, train
+    from storage.engines import EngineAddress
+
+    class Recorder(SilentReporter):
+        def __init__(self) -> None:
+            self.steps: list[dict] = []
+
+        def metrics(self, step: int, total_steps: int, data: dict[str, float]) -> None:
+            self.steps.append(data)
+
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(prompts(0, 2))
+    raw = {"n_epochs": 2, "batch_size": 2, "compute_multiplier": 0.25, "eval_interval": 100,
+           "max_completion_length": 4, "precision": "fp32"}
+    hp = hyperparams.resolve(hyperparams.parse(raw, "reinforcement", "hp"), n_examples=2, method="reinforcement",
+                             device="cpu")
+    rollouts = EngineRollouts(EngineAddress("http://engine", "engine-key"), tmp_path / "policy", "rft-job",
+                              warn=warnings.append, transport=engine.transport)
+    reporter = Recorder()
+    train(TrainSpec(method="reinforcement", base_path=tiny_model, chat_template=None, hp=hp, seed=0,
+                    train_file=data, valid_file=None, work_dir=tmp_path / "work", device="cpu", log_every=1,
+                    cpu_threads=1, grader=GRADER, owner="org", rollouts=rollouts), reporter)
+    return reporter.steps
+
+
+def test_engine_rollouts_load_each_steps_policy_and_feed_its_samples_to_the_grader(tiny_model: str,
+                                                                                   tmp_path: Any) -> None:
+    """The rollout function at the HTTP seam, inside a real GRPO run: the policy of each step is loaded under its
+    own name (the previous one unloaded, the last one at the end), each prompt asks once for n samples as token ids
+    of the trainer's own chat template, and the engine's tokens are what the grader scores."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    engine = FakeEngine(tokenizer.encode(" for", add_special_tokens=False)[:4])
+    warnings: list[str] = []
+    steps = _rft_steps(tiny_model, tmp_path, engine, warnings)
+    assert warnings == [] and [s["train_reward_mean"] for s in steps] == [1.0, 1.0]  # " for" says for
+    assert [s["train_completion_tokens_mean"] for s in steps] == [len(engine.answer)] * 2
+    adapters = [(path, body.get("lora_name")) for path, body in engine.calls if "lora" in path]
+    assert adapters == [("/v1/load_lora_adapter", "rft-job-step-0"), ("/v1/load_lora_adapter", "rft-job-step-1"),
+                        ("/v1/unload_lora_adapter", "rft-job-step-0"), ("/v1/unload_lora_adapter", "rft-job-step-1")]
+    sampled = [body for path, body in engine.calls if path == "/v1/completions"]
+    assert len(sampled) == 4 and {b["n"] for b in sampled} == {2}  # 2 steps × 2 distinct prompts, 2 samples each
+    first = json.loads(prompts(0, 2).splitlines()[0])["messages"]
+    assert any(b["prompt"] == tokenizer.apply_chat_template(first, add_generation_prompt=True, tokenize=True,
+                                                            return_dict=True)["input_ids"] for b in sampled)
+    assert not (tmp_path / "policy").exists() or not any((tmp_path / "policy").iterdir())  # versions deleted
+
+
+def test_an_engine_that_refuses_the_policy_hands_the_run_to_hf_generate(tiny_model: str, tmp_path: Any) -> None:
+    engine = FakeEngine([1, 2], refuse=True)
+    warnings: list[str] = []
+    steps = _rft_steps(tiny_model, tmp_path, engine, warnings)
+    assert len(steps) == 2 and all("train_reward_mean" in s for s in steps)  # trained on HF generate's samples
+    assert len(warnings) == 1 and "HF generate" in warnings[0] and "max_lora_rank" not in warnings[0]
+    assert [path for path, _ in engine.calls] == ["/v1/load_lora_adapter"]  # tried once, never again

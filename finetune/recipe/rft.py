@@ -3,7 +3,9 @@
 - Data: each line's ``messages`` (ending with a user turn) is the prompt; every other field of the line is the
   grader's ``item`` (``{{item.answer}}``), carried as a JSON string column so lines may differ in shape.
 - Rollouts: ``num_generations`` completions per prompt (``compute_multiplier``), ``max_completion_length`` tokens
-  each (``reasoning_effort``); HF ``generate`` on CPU, TRL's vLLM colocate mode on a CUDA machine with vLLM.
+  each (``reasoning_effort``); sampled by the base model's serving engine with the policy's adapter hot-loaded
+  each step (``spec.rollouts``, ``finetune.recipe.rollouts``) when one is ready, else HF ``generate`` (TRL's vLLM
+  colocate mode on a CUDA machine with vLLM).
 - Reward: ``finetune.graders.GraderEngine`` — the code eval runs grade with — over ``(sample, item)`` rows, the
   sample's ``output_text`` being the completion (a reasoning model's ``<think>…</think>`` left out, as the evals
   do). A row the grader errors on scores 0 and is counted in ``grader_errors``.
@@ -115,11 +117,12 @@ def setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, v
     args = GRPOConfig(
         num_generations=generations, max_completion_length=hp.max_completion_length, beta=hp.beta or 0.0,
         temperature=1.0, gradient_checkpointing=False,  # the recipe's model.py enables it when resolved so
-        **vllm_options(spec.device), **common,
+        **({"use_vllm": False} if spec.rollouts else vllm_options(spec.device)), **common,
     )
     reward = GraderReward(spec.grader or {}, spec.owner, spec.reasoning, engine)
     return GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=train_set, eval_dataset=valid_set,
-                       processing_class=tokenizer, callbacks=[callback], optimizers=optimizers)
+                       processing_class=tokenizer, callbacks=[callback], optimizers=optimizers,
+                       rollout_func=spec.rollouts)
 
 
 def vllm_options(device: str) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class TrainSpec:
     owner: str = ""  # reinforcement: the organization (its Python graders get their own sandboxes)
     reasoning: bool = False  # reinforcement: grade the answer after a reasoning model's </think>
     judge: Any = None  # reinforcement: model graders' judge (graders.engine.Judge), None: they score 0
+    rollouts: Any = None  # reinforcement: a rollout_func (recipe.rollouts.EngineRollouts), None: HF generate
     init_adapter: Path | None = None  # a fine-tuned model's adapter to continue training (its LoRA shape is kept)
 
 
@@ -62,7 +63,11 @@ def train(spec: TrainSpec, reporter: Reporter) -> Outcome:
         trainer = _setup_trainer(spec, model, tokenizer, train_set, valid_set, steps, callback, engine)
         for extra in spec.extra_callbacks:
             trainer.add_callback(extra)
-        trainer.train(resume_from_checkpoint=str(spec.resume_from) if spec.resume_from else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(spec.resume_from) if spec.resume_from else None)
+        finally:
+            if spec.rollouts is not None:
+                spec.rollouts.close()  # the policy's last version leaves the engine
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     if callback.stopped:
         return Outcome(callback.stopped, None, trainer.state.global_step, tokens)
