@@ -16,6 +16,7 @@ from storage.tables import AdminCredential, ApiKey, Organization, OrganizationLi
 
 KEY_PREFIX = "sk-tg-"
 ADMIN_PREFIX = "sk-tgadmin-"
+_KEY_BY_HASH = select(col(ApiKey.organization_id), col(ApiKey.id), col(ApiKey.revoked_at))
 
 
 def sha256(secret: str) -> str:
@@ -115,8 +116,8 @@ class Accounts:
             raise AuthenticationFailed(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
             )
-        with self.db.session() as s:
-            key = s.exec(select(ApiKey).where(ApiKey.secret_sha256 == sha256(secret))).first()
+        # every request asks: the three columns on a plain connection (~120 µs here), not an ORM session (~200+)
+        key = self.db.first_row(_KEY_BY_HASH.where(col(ApiKey.secret_sha256) == sha256(secret)))
         if key is None:
             raise AuthenticationFailed(f"Incorrect API key provided: {_redact(secret)}.")
         if key.revoked_at is not None:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine, Row, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.sql.expression import Executable
 from sqlmodel import Session, create_engine
 
 log = logging.getLogger("tunegate.db")
@@ -120,6 +121,12 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    def first_row(self, statement: Executable) -> Row[Any] | None:
+        """The first row of a read on a plain connection: no ORM objects, no session, no commit — for lookups made
+        on every request (an API key), where those cost more than the query."""
+        with self.engine.connect() as conn:
+            return conn.execute(statement).first()
 
     def dispose(self) -> None:
         self.engine.dispose()
