@@ -27,6 +27,10 @@ from serving.engine_api import LOAD_PATH
 
 SETTINGS_VAR = "TUNEGATE_ENGINE_SETTINGS"
 MAX_BODY = 64 * 1024
+# What the gateway hears (and may pass on to a tenant): no key, bucket, endpoint or S3 error text, which stay in
+# this engine's log.
+NOT_IN_STORE = "The adapter is not in the blob store."
+FETCH_FAILED = "Fetching the adapter from the blob store failed; the engine's log has the cause."
 log = logging.getLogger("tunegate.engine")
 
 
@@ -59,11 +63,12 @@ class FetchAdapters:
             try:
                 local = await asyncio.to_thread(self.store.local_path, key)
             except (FileNotFoundError, ValueError) as exc:
-                await _error(send, 404, f"The adapter {key!r} is not in the blob store: {exc}")
+                log.warning("adapter %s is not in the blob store: %s", key, exc)
+                await _error(send, 404, NOT_IN_STORE)
                 return
-            except Exception as exc:  # the store is unreachable or refused us: the gateway retries another replica
+            except Exception:  # the store is unreachable or refused us: the gateway retries another replica
                 log.exception("fetching adapter %s failed", key)
-                await _error(send, 503, f"Fetching the adapter {key!r} from the blob store failed: {exc!r}")
+                await _error(send, 503, FETCH_FAILED)
                 return
             request["lora_path"] = str(local)
             body = json.dumps(request).encode()

@@ -27,7 +27,7 @@ from serving.adapters import Adapter, adapter_for
 from serving.catalog import Catalog, ModelEntry
 from serving.engine_api import EngineAPI, EngineAPIError
 from serving.engines import ExternalEngine, LocalEngine, Replica
-from serving.placement import choose, homes_of
+from serving.placement import choose, homes_of, ranking
 from storage.blobs import BlobStore
 from storage.engines import EngineRegistry
 from storage.errors import InvalidRequest, NotFound, TunegateError, Unavailable, UpstreamFailed
@@ -35,6 +35,8 @@ from storage.settings import BaseModelSpec, Settings
 
 log = logging.getLogger("tunegate.serving")
 RESOLVE_TTL_SECONDS = 2.0
+# load failures of one replica (not reachable, fetch from the store failed, engine error, file not readable there)
+_LOAD_ELSEWHERE = ("engine_unavailable", "engine_error", "model_unavailable")
 
 
 @dataclass(frozen=True)
@@ -142,10 +144,27 @@ class EnginePool:
         return Target(entry.id, entry.base_model, spec, adapter)
 
     async def acquire(self, target: Target) -> Replica:
+        """A replica to send ``target``'s request to, with its adapter loaded. A replica that cannot load it (not
+        reachable, its fetch from the store failed, it failed) hands over to the next in the adapter's ranking; an
+        adapter the engine refuses (400) would be refused anywhere."""
         replica = self.pick(target)
-        if target.adapter is not None:
-            await self.ensure_loaded(replica, target)
-        return replica
+        if target.adapter is None:
+            return replica
+        tried: list[Replica] = []
+        while True:
+            try:
+                await self.ensure_loaded(replica, target)
+                return replica
+            except TunegateError as exc:
+                if exc.code not in _LOAD_ELSEWHERE:
+                    raise
+                tried.append(replica)
+                ready = [r for r in self.replicas.get(target.base_model, []) if r.state == "ready" and r not in tried]
+                if not ready:
+                    raise
+                replica = ranking(target.adapter.name, ready, _ident)[0]
+                log.warning("loading %s on %s failed (%s); trying %s", target.model, tried[-1].url, exc.message,
+                            replica.url)
 
     def pick(self, target: Target) -> Replica:
         replicas = self.replicas.get(target.base_model, [])
@@ -331,13 +350,20 @@ def _in_flight(replica: Replica) -> int:
 
 
 def _load_error(target: Target, refused: EngineAPIError) -> TunegateError:
+    """What the tenant is told. The engine's own words go to the log, except for a refusal (400: rank, format),
+    which is about the adapter itself: a missing file's path or a store's error says nothing to a tenant and shows
+    where and how adapters are kept."""
     message = refused.message
-    if refused.status == 404:
-        return InvalidRequest(f"The engine for '{target.base_model}' cannot read the adapter of '{target.model}' "
-                              f"({message}). Engines on other hosts need blob_url (an S3 store they fetch "
-                              "from) or serving.engine_blob_dir.",
-                              param="model", code="model_unavailable")
     if refused.status == 400:
         return InvalidRequest(f"The engine refused the adapter of '{target.model}': {message}", param="model",
                               code="adapter_not_servable")
-    return UpstreamFailed(f"The engine failed to load '{target.model}': {message}", code="engine_error")
+    log.warning("the engine for %s could not load %s (HTTP %s): %s", target.base_model, target.model, refused.status,
+                message)
+    if refused.status == 404:
+        return InvalidRequest(f"The engine for '{target.base_model}' cannot read the adapter of '{target.model}'. "
+                              "Engines on other hosts need blob_url (an S3 store they fetch from) or "
+                              "serving.engine_blob_dir.", param="model", code="model_unavailable")
+    if refused.status == 503:  # the engine could not fetch it from the store: a moment's trouble, most likely
+        return Unavailable(f"The engine for '{target.base_model}' could not fetch the adapter of '{target.model}'; "
+                           "retry shortly.", code="engine_unavailable")
+    return UpstreamFailed(f"The engine failed to load '{target.model}'.", code="engine_error")

@@ -154,3 +154,48 @@ def test_a_refused_adapter_is_a_clear_400(tmp_path: Path) -> None:
             await pool.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_replica_that_cannot_fetch_the_adapter_hands_over_and_the_tenant_sees_no_store_details(
+        tmp_path: Path) -> None:
+    """A load answered 503 (the engine's fetch from the store failed, ``serving.adapter_fetch``) or 500 goes to
+    the next replica of the adapter's ranking; when every replica fails, the error says so without the engine's
+    words (a bucket, an endpoint, a path), which go to the log."""
+    other = "http://engine2.test:8000"
+    failing: set[str] = set()
+    loads: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path in ("/health", "/v1/models"):
+            return httpx.Response(200, json={"data": []})
+        loads.append(f"{request.url.scheme}://{request.url.host}:{request.url.port}")
+        if loads[-1] in failing:
+            return httpx.Response(503, json={"error": {"message": "S3 said: NoSuchBucket secret-bucket at "
+                                                                   "http://10.0.0.9:9000"}})
+        return httpx.Response(200, text="Success")
+
+    async def scenario() -> None:
+        from serving.placement import ranking
+        from storage.errors import Unavailable
+
+        pool = _pool(tmp_path, handler)
+        pool.settings.base_models["m"].engine_urls.append(other)
+        await pool.start()
+        try:
+            await _until(lambda: all(r.state == "ready" for r in pool.replicas["m"]))
+            spec = pool.settings.base_models["m"]
+            target = Target("ft:x", "m", spec, Adapter("x", "/adapters/x", 8))
+            home, second = ranking("x", pool.replicas["m"], lambda r: r.url)
+            failing.add(home.url)
+            assert await pool.acquire(target) is second
+            assert loads == [home.url, second.url] and "x" in second.loaded and "x" not in home.loaded
+            failing.add(second.url)
+            second.loaded.clear()
+            with pytest.raises(Unavailable) as err:
+                await pool.acquire(target)
+            assert err.value.code == "engine_unavailable" and "ft:x" in err.value.message
+            assert "secret-bucket" not in err.value.message and "10.0.0.9" not in err.value.message
+        finally:
+            await pool.stop()
+
+    asyncio.run(scenario())
