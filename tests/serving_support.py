@@ -65,15 +65,13 @@ def engine_gateway(tiny_model: str, data_dir: Path, **extra: str) -> Iterator[Li
 
 
 @contextmanager
-def postgres_twin(engine_gw: LiveGateway, tiny_model: str, data_dir: Path, **extra: str) -> Iterator[LiveGateway]:
-    """A second live gateway on a fresh Postgres database that serves the tiny model through ``engine_gw``'s engine
-    (by URL and key, as an external replica): a module's API tests run on both databases with one engine."""
-    from tests.conftest import _fresh_postgres_database
-
+def twin_gateway(engine_gw: LiveGateway, tiny_model: str, data_dir: Path, database_url: str,
+                 **extra: str) -> Iterator[LiveGateway]:
+    """A second live gateway on ``database_url`` that serves the tiny model through ``engine_gw``'s engine (by URL
+    and key, as an external replica): a module's API tests run on both databases with one engine."""
     engine = engine_address(engine_gw)
-    url, drop = _fresh_postgres_database()
     models = {TINY: {"source": tiny_model, "engine_urls": [engine.url], "engine_api_key": engine.api_key}}
-    gateway = LiveGateway(data_dir, url, **serving_env(tiny_model, **{
+    gateway = LiveGateway(data_dir, database_url, **serving_env(tiny_model, **{
         **extra, "TUNEGATE_BASE_MODELS": json.dumps(models)}))
     gateway.start()
     try:
@@ -81,6 +79,18 @@ def postgres_twin(engine_gw: LiveGateway, tiny_model: str, data_dir: Path, **ext
         yield gateway
     finally:
         gateway.stop()
+
+
+@contextmanager
+def postgres_twin(engine_gw: LiveGateway, tiny_model: str, data_dir: Path, **extra: str) -> Iterator[LiveGateway]:
+    """``twin_gateway`` on a fresh Postgres database, dropped afterwards."""
+    from tests.conftest import _fresh_postgres_database
+
+    url, drop = _fresh_postgres_database()
+    try:
+        with twin_gateway(engine_gw, tiny_model, data_dir, url, **extra) as gateway:
+            yield gateway
+    finally:
         drop()
 
 

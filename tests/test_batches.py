@@ -2,6 +2,8 @@
 Postgres and a standalone worker process: the objects validate against the spec, bad lines land in the error file
 while the rest succeed, organizations are isolated, cancel and the completion window end a batch with its partial
 output, and a 2 000-request batch survives kill -9 of its worker with every custom_id answered exactly once.
+The store's paths (chat, completions and Responses batches, isolation, cancel) run on SQLite too: a twin gateway
+(and its own worker) that uses the same engine by URL.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 
 from storage.errors import NotFound
 from tests.finetune_support import TINY, wait_until
-from tests.serving_support import serving_env, wait_engines_ready
+from tests.serving_support import serving_env, twin_gateway, wait_engines_ready
 from tests.support import LiveGateway, SpecRecorder, SpecValidator
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
@@ -78,15 +80,18 @@ class WorkerProcess:
                 self.proc.wait()
 
 
+# no embedded worker (the module's worker is a process of its own, to be killed), small chunks, a 3 s window
+SETTINGS = {"TUNEGATE_WORKER__EMBEDDED": "false", "TUNEGATE_BATCHES__CHUNK_LINES": "32",
+            "TUNEGATE_BATCHES__COMPLETION_WINDOWS": json.dumps({"24h": 86400, "3s": 3})}
+
+
 @pytest.fixture(scope="module")
-def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    """Postgres, one engine, no embedded worker (the module's worker is a process of its own, to be killed)."""
+def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    """Postgres, the module's one engine."""
     from tests.conftest import _fresh_postgres_database
 
     url, drop = _fresh_postgres_database()
-    gateway = LiveGateway(tmp_path_factory.mktemp("batches"), url, **serving_env(
-        tiny_model, TUNEGATE_WORKER__EMBEDDED="false", TUNEGATE_BATCHES__CHUNK_LINES="32",
-        TUNEGATE_BATCHES__COMPLETION_WINDOWS=json.dumps({"24h": 86400, "3s": 3})))
+    gateway = LiveGateway(tmp_path_factory.mktemp("batches"), url, **serving_env(tiny_model, **SETTINGS))
     gateway.start()
     try:
         wait_engines_ready(gateway)
@@ -94,6 +99,22 @@ def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
     finally:
         gateway.stop()
         drop()
+
+
+@pytest.fixture(scope="module", params=["postgres", "sqlite"])
+def gw(request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str,
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    """Each database: Postgres is the engine's own gateway, SQLite a twin that uses its engine by URL."""
+    if request.param == "postgres":
+        yield engine_gw
+        return
+    data_dir = tmp_path_factory.mktemp("batches-sqlite")
+    with twin_gateway(engine_gw, tiny_model, data_dir, f"sqlite:///{data_dir / 'tunegate.db'}",
+                      **SETTINGS) as gateway:
+        yield gateway
+
+
+POSTGRES_ONLY = pytest.mark.parametrize("gw", ["postgres"], indirect=True)  # not the store's paths, or slow
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +203,7 @@ def test_a_completions_batch(gw: LiveGateway, worker: WorkerProcess, client: ope
         assert not spec.errors("CreateCompletionResponse", o["response"]["body"])
 
 
+@POSTGRES_ONLY
 def test_create_checks_its_fields_and_list_pages(gw: LiveGateway, worker: WorkerProcess, org: tuple[str, str],
                                                 client: openai.OpenAI) -> None:
     file_id = upload_batch_file(client, [chat_line("x", "hi")])
@@ -229,6 +251,7 @@ def test_another_organization_sees_nothing(gw: LiveGateway, worker: WorkerProces
         other.batches.list(after=mine.id)
 
 
+@POSTGRES_ONLY
 def test_create_is_refused_over_the_storage_quota(gw: LiveGateway, worker: WorkerProcess,
                                                   recorder: SpecRecorder) -> None:
     org_id, _, key = gw.new_org_key("full")
@@ -258,6 +281,7 @@ def test_cancel_ends_with_the_partial_output(gw: LiveGateway, worker: WorkerProc
     assert client.batches.cancel(batch.id).status == "cancelled"  # again: no change, no error
 
 
+@POSTGRES_ONLY
 def test_the_completion_window_expires_a_batch_with_its_partial_output(gw: LiveGateway, worker: WorkerProcess,
                                                                        client: openai.OpenAI) -> None:
     rows = [chat_line(f"r{i}", f"Tell a long story {i}.", **LONG) for i in range(300)]
@@ -271,6 +295,7 @@ def test_the_completion_window_expires_a_batch_with_its_partial_output(gw: LiveG
     assert done.request_counts.completed == len(answered) and done.request_counts.failed == len(expired)
 
 
+@POSTGRES_ONLY
 @pytest.mark.slow
 def test_2000_requests_survive_kill_9_of_the_worker_each_answered_once(gw: LiveGateway, worker: WorkerProcess,
                                                                       client: openai.OpenAI) -> None:
