@@ -8,7 +8,9 @@ when ``blob_url`` is set, see ``storage.engines.engine_adapter_path``) is answer
 ``<data_dir>/blob-cache/objects/<key>`` (``S3BlobStore.local_path``: once per key and host, under a file lock) and
 handing vLLM that directory instead. Adapter keys are immutable (``models/<job>/<claim>/final``, written once
 before any row names them) and the engine-side name *is* the key, so a cached copy is never stale and two
-versions of a model never share a name.
+versions of a model never share a name. The copy is pinned while vLLM holds the adapter (vLLM may read it again)
+and removed from the host once vLLM unloads it (evicted, or its model deleted): the engine host's cache holds the
+adapters it serves, not every adapter it ever served, and a deleted model leaves nothing behind.
 
 The engine's settings come from the file ``serving.engine_main`` was started with (``TUNEGATE_ENGINE_SETTINGS``):
 ``blob_url`` and ``[s3]`` as on the gateway (the secret is in that mode-0600 file, never on a command line).
@@ -23,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from serving.engine_api import LOAD_PATH
+from serving.engine_api import LOAD_PATH, UNLOAD_PATH
 
 SETTINGS_VAR = "TUNEGATE_ENGINE_SETTINGS"
 MAX_BODY = 64 * 1024
@@ -48,20 +50,50 @@ class FetchAdapters:
         self.store = _store() if os.environ.get(SETTINGS_VAR) else None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if self.store is None or scope["type"] != "http" or scope.get("path") != LOAD_PATH or scope.get("method") != "POST":
+        store = self.store
+        if store is None or scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
-            return
+        elif scope.get("path") == LOAD_PATH:
+            await self._load(store, scope, receive, send)
+        elif scope.get("path") == UNLOAD_PATH:
+            await self._unload(store, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _unload(self, store: Any, scope: dict, receive: Any, send: Any) -> None:
+        body = await _read_body(receive)
+        try:
+            request = json.loads(body)
+            name = request.get("lora_name") if isinstance(request, dict) else None
+        except ValueError:
+            name = None
+        status: list[int] = []
+
+        async def noted(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        await self.app(_with_length(scope, len(body)), _replay(body, receive), noted)
+        if isinstance(name, str) and name in store.pinned and status and status[0] in (200, 404):
+            store.pinned.discard(name)
+            try:
+                await asyncio.to_thread(store.evict, name)
+            except (OSError, ValueError):
+                log.exception("removing the local copy of %s failed", name)
+
+    async def _load(self, store: Any, scope: dict, receive: Any, send: Any) -> None:
         body = await _read_body(receive)
         try:
             request = json.loads(body)
             path = request.get("lora_path") if isinstance(request, dict) else None
         except ValueError:
             path = None
-        prefix = self.store.url + "/"
+        prefix = store.url + "/"
         if isinstance(path, str) and path.startswith(prefix):
             key = path[len(prefix):]
             try:
-                local = await asyncio.to_thread(self.store.local_path, key)
+                local = await asyncio.to_thread(store.local_path, key)
             except (FileNotFoundError, ValueError) as exc:
                 log.warning("adapter %s is not in the blob store: %s", key, exc)
                 await _error(send, 404, NOT_IN_STORE)
@@ -72,6 +104,7 @@ class FetchAdapters:
                 return
             request["lora_path"] = str(local)
             body = json.dumps(request).encode()
+            store.pinned.add(key)  # vLLM holds it from now on: trim must leave it
         await self.app(_with_length(scope, len(body)), _replay(body, receive), send)
 
 

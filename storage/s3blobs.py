@@ -12,14 +12,19 @@ local directory store (``storage.blobs.BlobStore``).
 - ``local_path`` materializes a blob (or a blob tree: an adapter, a checkpoint) into this host's cache under its
   key, once: keys are immutable (a key is written before any row names it and never rewritten after), so a cached
   copy is never stale. Training, export, evals and the format checker read these local copies; engines fetch the
-  adapters they load the same way (``serving.engine_main.FetchAdapters``).
+  adapters they load the same way (``serving.adapter_fetch.FetchAdapters``). The copies are bounded: past
+  ``s3.cache_max_bytes`` the least recently used go (``trim``; each copy's size and last use are an entry file in
+  ``<cache>/entries``), except keys ``pinned`` by this process (adapters its engine has loaded); ``evict`` drops one
+  (an engine host does when the adapter is unloaded; ``delete_prefix`` does on the host that deletes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import os
 import shutil
 import time
@@ -177,7 +182,9 @@ class S3BlobStore:
         self.objects = self.cache / "objects"
         self.scratch = self.cache / "staging"
         self.work = self.cache / "work"
-        for folder in (self.objects, self.scratch, self.work, self.cache / "locks"):
+        self.entries = self.cache / "entries"
+        self.pinned: set[str] = set()  # local copies trim must leave (in use by this process)
+        for folder in (self.objects, self.scratch, self.work, self.cache / "locks", self.entries):
             folder.mkdir(parents=True, exist_ok=True)
 
     # --- keys ----------------------------------------------------------------------------------------------
@@ -267,11 +274,10 @@ class S3BlobStore:
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": doomed[start:start + 1000], "Quiet": True})
         for known in [k for k in self._sizes if k == key or k.startswith(key + "/")]:
             del self._sizes[known]
-        cached = self.objects / key
-        if cached.is_dir():
-            shutil.rmtree(cached, ignore_errors=True)
-        else:
-            cached.unlink(missing_ok=True)
+        for entry, cached_key, _ in self._entries():
+            if cached_key == key or cached_key.startswith(key + "/"):
+                entry.unlink(missing_ok=True)
+        self._remove_copy(key)
 
     # --- reading ---------------------------------------------------------------------------------------------
     def open(self, key: str) -> BinaryIO:
@@ -333,11 +339,12 @@ class S3BlobStore:
         key = self._check(key)
         target = self.objects / key
         if target.exists():
+            self._used(key)
             return target
-        lock_path = self.cache / "locks" / hashlib.sha256(key.encode()).hexdigest()[:32]
-        with open(lock_path, "w") as lock:  # one download per key per host, whichever process asks first
+        with open(self._lock_path(key), "w") as lock:  # one download per key per host, whichever process asks first
             fcntl.flock(lock, fcntl.LOCK_EX)
             if target.exists():
+                self._used(key)
                 return target
             found = self._objects_under(key)
             if not found:
@@ -352,12 +359,74 @@ class S3BlobStore:
                     self.client.download_file(self.bucket, obj["Key"], str(dest), Config=self._transfer())
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, target)
+                self._used(key, sum(int(o["Size"]) for o in found))
             finally:
                 if tmp.is_dir():
                     shutil.rmtree(tmp, ignore_errors=True)
                 elif tmp.exists():
                     tmp.unlink()
+        self.trim(keep=key)
         return target
+
+    def trim(self, keep: str | None = None) -> int:
+        """Drop local copies, least recently used first, until they fit ``s3.cache_max_bytes``; never ``keep``,
+        a pinned key, or one whose fetch holds its lock. Returns how many went."""
+        entries = sorted(self._entries(), key=lambda e: e[0].stat().st_mtime if e[0].exists() else 0.0)
+        total = sum(size for _, _, size in entries)
+        removed = 0
+        for _, key, size in entries:
+            if total <= self.settings.cache_max_bytes:
+                break
+            if key != keep and key not in self.pinned and self.evict(key, wait=False):
+                total -= size
+                removed += 1
+        return removed
+
+    def evict(self, key: str, *, wait: bool = True) -> bool:
+        """Remove this host's copy of ``key`` (the store keeps the blob); False when ``wait`` is off and a fetch
+        of it holds its lock."""
+        key = self._check(key)
+        with open(self._lock_path(key), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return False
+            (self.entries / self._lock_path(key).name).unlink(missing_ok=True)
+            self._remove_copy(key)
+        return True
+
+    def _lock_path(self, key: str) -> Path:
+        return self.cache / "locks" / hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def _remove_copy(self, key: str) -> None:
+        cached = self.objects / key
+        if cached.is_dir():
+            shutil.rmtree(cached, ignore_errors=True)
+        else:
+            cached.unlink(missing_ok=True)
+
+    def _used(self, key: str, size: int | None = None) -> None:
+        """Note a use of ``key``'s copy (the entry's mtime), and its size when it was just fetched."""
+        entry = self.entries / self._lock_path(key).name
+        if size is not None or not entry.exists():
+            if size is None:  # a copy made before entries were kept: measure it once
+                target = self.objects / key
+                files = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()]
+                size = sum(p.stat().st_size for p in files)
+            entry.write_text(json.dumps({"key": key, "bytes": size}))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(entry)
+
+    def _entries(self) -> list[tuple[Path, str, int]]:
+        found = []
+        for entry in self.entries.iterdir():
+            try:
+                data = json.loads(entry.read_text())
+                found.append((entry, str(data["key"]), int(data["bytes"])))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # being written, or gone meanwhile
+        return found
 
     def staged_path(self, staged: Any) -> Path:
         """A staged blob as a local scratch file (the format checker reads it three times): a copy fetched from

@@ -203,6 +203,9 @@ class S3Settings(BaseModel):
     addressing_style: Literal["path", "virtual", "auto"] = Field(
         default="path", description="'path' for MinIO/SeaweedFS/most self-hosted stores; 'virtual' for AWS.")
     part_bytes: int = Field(default=16 * 1024**2, ge=5 * 1024**2, description="Multipart part size (S3's minimum: 5 MiB).")
+    cache_max_bytes: int = Field(default=20 * 1024**3, ge=0, description="This host's local copies of blobs (adapters "
+                                 "an engine loads, files a job reads) are trimmed past this size, least recently used "
+                                 "first.")
 
     @field_serializer("secret_access_key", when_used="json")
     def _secret_for_child(self, value: SecretStr | None, info: Any) -> str | None:

@@ -155,6 +155,30 @@ def test_local_copies_are_fetched_once_by_immutable_key(s3: S3Server, store: S3B
     assert store.engine_path("models/j/c/final") == f"s3://{BUCKET}/{store.prefix}/models/j/c/final"
 
 
+def test_local_copies_are_trimmed_least_recently_used_first_and_pinned_ones_stay(s3: S3Server, tmp_path: Path) -> None:
+    settings = S3Settings(**{**s3.s3_settings(), "cache_max_bytes": 250})
+    store = S3BlobStore(f"s3://{BUCKET}/trim-{os.urandom(4).hex()}", settings, tmp_path / "cache")
+    for name in "abcd":
+        with store.stage() as staged:
+            staged.write(name.encode() * 100)
+            store.commit(staged, f"files/{name}")
+    a, b = store.local_path("files/a"), store.local_path("files/b")
+    store.pinned.add("files/a")  # e.g. an adapter the engine holds
+    old = time.time() - 60
+    for entry in store.entries.iterdir():
+        os.utime(entry, (old, old))  # both used a minute ago
+    store.local_path("files/b")  # b used again just now: a is the least recently used, but pinned
+    c = store.local_path("files/c")  # 300 bytes > 250: one must go — not a (pinned), not c (just fetched)
+    assert a.exists() and c.exists() and not b.exists()
+    store.pinned.clear()
+    store.local_path("files/d")
+    assert not a.exists() and c.exists() and store.local_path("files/d").read_bytes() == b"d" * 100
+    assert store.evict("files/c") and not c.exists()
+    assert store.local_path("files/c").read_bytes() == b"c" * 100, "an evicted copy is fetched again"
+    store.delete_prefix("files/c")
+    assert sorted(e[1] for e in store._entries()) == ["files/d"], "a deleted blob's copy and entry go with it"
+
+
 def test_staged_path_gives_the_checker_a_scratch_copy_removed_with_the_blob(store: S3BlobStore) -> None:
     for size in (100, 6 * MIB):  # in memory still, and streamed
         with store.stage() as staged:
@@ -290,6 +314,7 @@ def test_engine_side_fetch_rewrites_the_load_to_its_own_cached_copy(s3: S3Server
     import asyncio
 
     from serving.adapter_fetch import SETTINGS_VAR, FetchAdapters
+    from serving.engine_api import UNLOAD_PATH
     from storage.settings import Settings
 
     engine_dir = tmp_path / "engine-host"
@@ -306,7 +331,7 @@ def test_engine_side_fetch_rewrites_the_load_to_its_own_cached_copy(s3: S3Server
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"Success"})
 
-    async def call(app: FetchAdapters, body: dict) -> int:
+    async def call(app: FetchAdapters, body: dict, path: str = "/v1/load_lora_adapter") -> int:
         raw = json.dumps(body).encode()
         sent: list[dict] = []
 
@@ -316,7 +341,7 @@ def test_engine_side_fetch_rewrites_the_load_to_its_own_cached_copy(s3: S3Server
         async def send(message: dict) -> None:
             sent.append(message)
 
-        await app({"type": "http", "method": "POST", "path": "/v1/load_lora_adapter",
+        await app({"type": "http", "method": "POST", "path": path,
                    "headers": [(b"content-length", str(len(raw)).encode())]}, receive, send)
         return sent[0]["status"]
 
@@ -330,7 +355,10 @@ def test_engine_side_fetch_rewrites_the_load_to_its_own_cached_copy(s3: S3Server
     local = engine_dir.resolve() / "blob-cache" / "objects" / "models/j/c/final"
     assert seen[-1] == {"lora_name": "models/j/c/final", "lora_path": str(local)}
     assert (local / "adapter_config.json").read_text() == '{"r": 8}'
+    assert app.store is not None and "models/j/c/final" in app.store.pinned, "trim leaves what vLLM holds"
+    assert asyncio.run(call(app, {"lora_name": "models/j/c/final"}, UNLOAD_PATH)) == 200
+    assert not local.exists() and not app.store.pinned, "an unloaded adapter leaves the engine host"
     assert asyncio.run(call(app, {"lora_name": "x", "lora_path": f"{settings.blob_url}/models/none"})) == 404
     assert asyncio.run(call(app, {"lora_name": "y", "lora_path": "/some/local/dir"})) == 200
     assert seen[-1]["lora_path"] == "/some/local/dir", "a plain path goes to vLLM untouched"
-    assert len(seen) == 2
+    assert len(seen) == 3
