@@ -21,7 +21,7 @@ from gateway.auth import provide_principal, provide_services, require_api_key
 from gateway.body_limits import limit_json_body
 from gateway.console import console_routes
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.metrics import metrics_routes, observe_requests
+from gateway.metrics import count_unmatched, metrics_routes, observe_requests
 from gateway.middleware import add_request_id, rate_limited
 from gateway.openai.batches.api_router import BatchesController
 from gateway.openai.chat.api_router import CompletionsController
@@ -102,7 +102,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=limit_json_body,
-        before_send=[add_request_id],
+        before_send=[add_request_id, *([count_unmatched] if settings.metrics != "off" else [])],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="tunegate", version=VERSION, path="/docs",

@@ -10,7 +10,8 @@ network). The model label is the caller's model id, set only once the serving po
 a model that does not exist cannot make up label values). Counts live in ``serving/metrics.py``.
 
 At scrape time (``StateCollector``), read from the database — so every gateway reports the same numbers — queue
-depth and the age of the oldest queued item per work kind (fine-tuning jobs, eval runs, exports) and the number of
+depth and the age of the oldest queued item per work kind (fine-tuning jobs, eval runs, exports, batches,
+background responses) and the number of
 each kind in each state; and from the answering process's engine pool the replicas' states, in-flight requests and
 loaded adapters.
 
@@ -35,12 +36,20 @@ from sqlalchemy import func, select
 from gateway.ratelimit.limiter import MeteredUsage
 from serving import metrics as m
 from storage.accounts import Principal
-from storage.tables import EvalRun, Export, FineTuningJob
+from storage.tables import Batch, EvalRun, Export, FineTuningJob, StoredResponse
 
 _STREAM = b"text/event-stream"
-# work kinds: (table, its queued statuses); every state is reported, these also as queue depth / oldest age
-WORK: dict[str, tuple[Any, tuple[str, ...]]] = {"fine_tuning_job": (FineTuningJob, ("validating_files", "queued")), "eval_run": (EvalRun, ("queued",)),
-        "export": (Export, ("queued",))}
+# work kinds: (table, its queued statuses, which rows count); every state is reported, the queued ones also as queue
+# depth / oldest age. A batch waits for a worker while "validating"; a background response runs in a gateway.
+WORK: dict[str, tuple[Any, tuple[str, ...], Any]] = {
+    "fine_tuning_job": (FineTuningJob, ("validating_files", "queued"), None),
+    "eval_run": (EvalRun, ("queued",), None),
+    "export": (Export, ("queued",), None),
+    "batch": (Batch, ("validating",), None),
+    "background_response": (StoredResponse, ("queued",), StoredResponse.background == True),  # noqa: E712 - SQL
+}
+UNMATCHED = "unmatched"  # the route label of a request no route took (404, 405): paths a caller makes up stay out
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def observe_requests(app: ASGIApp) -> ASGIApp:
@@ -63,6 +72,7 @@ def observe_requests(app: ASGIApp) -> ASGIApp:
                 first = time.perf_counter()
             await send(message)
 
+        state["metrics_observed"] = True  # count_unmatched leaves this request alone
         try:
             await app(scope, receive, send_observed)
         finally:
@@ -75,6 +85,19 @@ def observe_requests(app: ASGIApp) -> ASGIApp:
                 m.TTFT.labels(route, model).observe(first - started)
 
     return middleware
+
+
+async def count_unmatched(message: Message, scope: Scope) -> None:
+    """A ``before_send`` hook: Litestar runs middleware per route handler, so a request no route took (404, 405)
+    never reaches ``observe_requests``; it is counted here under ``route="unmatched"`` (and a method outside the
+    standard ones as ``OTHER``), never its path, so a scanner cannot mint label values."""
+    if message["type"] != "http.response.start" or scope["type"] != "http":
+        return
+    state = scope.setdefault("state", {})
+    if state.get("metrics_observed"):
+        return
+    method = scope.get("method", "")
+    m.REQUESTS.labels(UNMATCHED, method if method in _METHODS else "OTHER", "", str(message["status"])).inc()
 
 
 class CountedUsage(MeteredUsage):
@@ -106,12 +129,13 @@ class StateCollector:
         age = _gauge("tunegate_queue_oldest_age_seconds", "Age (since creation) of the oldest queued work item, by "
                      "kind; 0 when none waits.", ["kind"])
         states = _gauge("tunegate_work_items", "Work items in each state, by kind (fine-tuning jobs: "
-                        "validating_files … succeeded, paused; eval runs; exports).", ["kind", "status"])
+                        "validating_files … succeeded, paused; eval runs; exports; batches; background "
+                        "responses).", ["kind", "status"])
         now = time.time()
         with self.services.db.session() as s:
-            for kind, (table, queued) in WORK.items():
-                rows = s.exec(select(table.status, func.count(), func.min(table.created_at))
-                              .group_by(table.status)).all()
+            for kind, (table, queued, which) in WORK.items():
+                query = select(table.status, func.count(), func.min(table.created_at))
+                rows = s.exec((query.where(which) if which is not None else query).group_by(table.status)).all()
                 waiting, oldest = 0, None
                 for status, count, created in rows:
                     states.add_metric([kind, status], count)

@@ -176,6 +176,44 @@ def test_guard_off_and_open(mode: str, tmp_path: Path) -> None:
         gw.stop()
 
 
+def test_unmatched_routes_are_one_label_and_batches_and_background_responses_are_work(tmp_path: Path) -> None:
+    """No engine: a 404 or 405 (which never reach the per-route middleware) is counted under route "unmatched",
+    whatever the path; batches waiting for a worker and queued background responses are queues like the others."""
+    from storage.db import Database
+    from storage.tables import Batch, StoredResponse
+
+    gw = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", TUNEGATE_METRICS="open",
+                     TUNEGATE_WORKER__EMBEDDED="false")
+    gw.start()
+    try:
+        org_id = gw.new_org_key("m")[0]
+        now = int(time.time())
+        with Database(gw.database_url).session() as s:
+            s.add(Batch(id="batch_1", organization_id=org_id, api_key_id="k", endpoint=CHAT, input_file_id="f",
+                        completion_window="24h", created_at=now - 5, expires_at=now + 3600))
+            for i, (status, background) in enumerate([("queued", True), ("completed", True), ("completed", False)]):
+                s.add(StoredResponse(id=f"resp_{i}", organization_id=org_id, model="m", status=status,
+                                     background=background, created_at=now - 5, body={}))
+        before = scrape(gw.url, None)
+        for method, path in [("GET", "/no/such/path"), ("GET", "/another/made-up/path"), ("DELETE", CHAT),
+                             ("BREW", "/health")]:
+            assert httpx.request(method, f"{gw.url}{path}").status_code in (404, 405, 400)
+        after = scrape(gw.url, None)
+        assert delta(before, after, "tunegate_http_requests_total", route="unmatched", status="404") == 2
+        assert delta(before, after, "tunegate_http_requests_total", route="unmatched", method="DELETE") == 1
+        routes = {dict(ls)["route"] for (n, ls) in after if n == "tunegate_http_requests_total"}
+        assert not any("no/such" in r or "made-up" in r for r in routes), routes
+        methods = {dict(ls)["method"] for (n, ls) in after if n == "tunegate_http_requests_total"}
+        assert "BREW" not in methods
+        assert value(after, "tunegate_queue_depth", kind="batch") == 1
+        assert value(after, "tunegate_queue_oldest_age_seconds", kind="batch") >= 5
+        assert value(after, "tunegate_queue_depth", kind="background_response") == 1
+        assert value(after, "tunegate_work_items", kind="background_response", status="completed") == 1, \
+            "a response made without background is no work item"
+    finally:
+        gw.stop()
+
+
 def test_workers_behind_one_port_add_up(engine_gw: LiveGateway, org: tuple[str, str], tmp_path: Path) -> None:
     """``serve --workers 2`` on the first gateway's engine: every scrape, whichever process answers it, counts
     every request any process served (prometheus_client multiprocess mode)."""
