@@ -231,7 +231,7 @@ def run(args: argparse.Namespace, mode: str, model: str, data: Path, hp: Any, wo
         rft.vllm_options = lambda device: {"use_vllm": True, "vllm_mode": "colocate",  # type: ignore[assignment]
                                            "vllm_gpu_memory_utilization": 0.3}
     timer = Timer()
-    engine_rollouts = EngineRollouts(engine, work / "policy", "bench", warn=print) if engine else None
+    engine_rollouts = EngineRollouts(engine, work / "policy", "bench", max_adapters=8, warn=print) if engine else None
     spec = TrainSpec(method="reinforcement", base_path=model, chat_template=None, hp=hp, seed=0, train_file=data,
                      valid_file=None, work_dir=work / "work", device="cpu", log_every=1, cpu_threads=args.threads,
                      extra_callbacks=(timer.callback,), grader=BOXED if args.task == "boxed" else GRADER,

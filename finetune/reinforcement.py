@@ -107,4 +107,5 @@ def rollouts(settings: Settings, db: Database, base_id: str, job_id: str, folder
           "info")
     # a name per run attempt: a resumed job must never find an earlier attempt's step-N (other weights) loaded
     prefix = f"rft-{job_id}-{secrets.token_hex(4)}"
-    return EngineRollouts(engines[0], folder, prefix, warn=lambda message: event(message, "warn"))
+    return EngineRollouts(engines[0], folder, prefix, max_adapters=settings.serving.max_adapters_per_engine,
+                          warn=lambda message: event(message, "warn"))

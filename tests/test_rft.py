@@ -335,6 +335,8 @@ class FakeEngine:
         self.transport = httpx.MockTransport(self.handle)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":  # asked before each load (max_adapters_per_engine); not in calls
+            return httpx.Response(200, json={"data": [{"id": n, "parent": "base"} for n in self.loaded]})
         body = json.loads(request.content)
         self.calls.append((request.url.path, body))
         assert request.headers["authorization"] == "Bearer engine-key"
@@ -376,7 +378,7 @@ def _rft_steps(tiny_model: str, tmp_path: Any, engine: FakeEngine, warnings: lis
     hp = hyperparams.resolve(hyperparams.parse(raw, "reinforcement", "hp"), n_examples=2, method="reinforcement",
                              device="cpu")
     rollouts = EngineRollouts(EngineAddress("http://engine", "engine-key"), tmp_path / "policy", "rft-job",
-                              warn=warnings.append, transport=engine.transport)
+                              max_adapters=8, warn=warnings.append, transport=engine.transport)
     reporter = Recorder()
     train(TrainSpec(method="reinforcement", base_path=tiny_model, chat_template=None, hp=hp, seed=0,
                     train_file=data, valid_file=None, work_dir=tmp_path / "work", device="cpu", log_every=1,

