@@ -16,7 +16,7 @@ Requests go to engines through ``serving.upstream`` (aiohttp: the hot path), not
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
@@ -70,7 +70,7 @@ class Completions:
         await self.upstream.close()
 
     async def create(self, principal: Principal, endpoint: Endpoint, body: Any, *,
-                     usage_as: str | None = None, joined: bool = False) -> bytes | AsyncIterator[bytes]:
+                     usage_as: str | None = None, joined: bool = False) -> bytes | AsyncGenerator[bytes, None]:
         """The JSON body of the answer, or (``stream: true``) an iterator of SSE events. ``usage_as``: the endpoint
         usage is recorded under (``responses`` for a Responses request translated onto chat). ``joined``: each item
         is the events of one read from the engine, joined (for a client's HTTP stream), not one event (for callers
@@ -128,7 +128,7 @@ class Completions:
         raise Unavailable(f"No engine for '{target.base_model}' answered; retry shortly.", code="engine_unavailable")
 
     async def _relay(self, call: Call, replica: Replica, response: aiohttp.ClientResponse,
-                     kept: Capture | None = None, joined: bool = False) -> AsyncIterator[bytes]:
+                     kept: Capture | None = None, joined: bool = False) -> AsyncGenerator[bytes, None]:
         done = ended = False
         try:
             buffer = b""

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -725,7 +725,8 @@ class ResponsesService:
         self.max_conversation_bytes = max(MAX_CONVERSATION_BYTES, 2 * completions.limits.max_body_bytes)
 
     async def respond(self, principal: Principal, body: Any, *, background_cap: int | None = None,
-                      hold: Callable[[], Callable[[], None]] | None = None) -> dict[str, Any] | AsyncIterator[bytes]:
+                      hold: Callable[[], Callable[[], None]] | None = None
+                      ) -> dict[str, Any] | AsyncGenerator[bytes, None]:
         """The Response object, or (``stream: true``) an iterator of SSE events. Problems found before anything is
         generated (a bad field, an unknown model, an engine that refuses the body) raise, so they are HTTP errors.
 
@@ -782,14 +783,14 @@ class ResponsesService:
             raise _bad("Storing responses is not available here: send store=false.", "store")
         return self.store if req.store else None
 
-    async def _chat(self, principal: Principal, chat: dict[str, Any]) -> bytes | AsyncIterator[bytes]:
+    async def _chat(self, principal: Principal, chat: dict[str, Any]) -> bytes | AsyncGenerator[bytes, None]:
         try:
             return await self.completions.create(principal, "chat.completions", chat, usage_as="responses")
         except InvalidRequest as exc:
             raise _renamed(exc) from None
 
     async def _events(self, principal: Principal, req: ResponsesRequest, response: dict[str, Any],
-                      chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+                      chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
         events = EventStream(req, response)
         try:
             for event in events.start():
@@ -811,8 +812,7 @@ class ResponsesService:
                 yield event
         finally:
             with anyio.CancelScope(shield=True):  # a client that left cancels us; the engine must still hear of it
-                # the proxy's async generator, typed AsyncIterator by Completions.create
-                await chunks.aclose()  # type: ignore[attr-defined]
+                await chunks.aclose()
 
     async def _run_background(self, principal: Principal, req: ResponsesRequest, chat: dict[str, Any],
                               response: dict[str, Any], release: Callable[[], None] | None) -> None:
@@ -821,7 +821,7 @@ class ResponsesService:
         settles the rate-limit admission when it ends, however it ends."""
         assert self.store is not None
         org = principal.organization_id
-        work: asyncio.Future[bytes | AsyncIterator[bytes]] | None = None
+        work: asyncio.Future[bytes | AsyncGenerator[bytes, None]] | None = None
         try:
             await asyncio.to_thread(self.store.finish, org, {**response, "status": "in_progress"})
             work = asyncio.ensure_future(self._chat(principal, chat))

@@ -3,7 +3,7 @@ its allow-list, ``serving.request_body``), answer JSON or SSE."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anyio
@@ -37,11 +37,11 @@ async def _complete(request: Request, services: ServicesDep, principal: Principa
     return Stream(_closing(result), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _closing(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _closing(events: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
     """Relay the events; when the client goes away mid-stream, close the upstream request at once."""
     try:
         async for event in events:
             yield event
     finally:
         with anyio.CancelScope(shield=True):  # runs while the client's departure cancels the response
-            await events.aclose()  # type: ignore[attr-defined]  # the proxy's async generator, typed AsyncIterator
+            await events.aclose()

@@ -3,7 +3,7 @@ like chat's: a client that leaves closes the engine request at once)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import msgspec
@@ -22,7 +22,7 @@ def service(services: Services) -> ResponsesService:
     return services.responses
 
 
-def answer(result: dict[str, Any] | AsyncIterator[bytes]) -> Response[Any]:
+def answer(result: dict[str, Any] | AsyncGenerator[bytes, None]) -> Response[Any]:
     if isinstance(result, dict):
         return Response(content=msgspec.json.encode(result), media_type="application/json")
     return Stream(_closing(result), media_type="text/event-stream", headers=SSE_HEADERS)
