@@ -94,6 +94,18 @@ def postgres_twin(engine_gw: LiveGateway, tiny_model: str, data_dir: Path, **ext
         drop()
 
 
+@contextmanager
+def on_database(database: str, engine_gw: LiveGateway, tiny_model: str, data_dir: Path,
+                **extra: str) -> Iterator[LiveGateway]:
+    """The module's API on ``database`` (a ``gw`` fixture's param): ``"sqlite"`` is the engine's own gateway,
+    ``"postgres"`` a ``postgres_twin`` using its engine (``extra``: the twin's further settings)."""
+    if database == "sqlite":
+        yield engine_gw
+        return
+    with postgres_twin(engine_gw, tiny_model, data_dir, **extra) as gateway:
+        yield gateway
+
+
 def engines(gw: LiveGateway) -> list[dict[str, Any]]:
     with gw.admin() as admin:
         return admin.get("/admin/engines").raise_for_status().json()["data"]

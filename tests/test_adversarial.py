@@ -20,16 +20,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import _fresh_postgres_database
 from tests.finetune_support import TINY, wait_until
 from tests.serving_support import (
     engine_address,
+    engine_gateway,
     engines,
     greedy_tokens,
     make_adapter,
+    on_database,
     register_adapter,
-    serving_env,
-    wait_engines_ready,
 )
 from tests.support import ADMIN_KEY, LiveGateway
 
@@ -42,32 +41,16 @@ ENDPOINTS = ["chat", "chat-stream", "completions", "completions-stream"]
 
 @pytest.fixture(scope="module")
 def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    data_dir = tmp_path_factory.mktemp("adversarial")
-    gw = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **serving_env(tiny_model, **LIMITS))
-    gw.start()
-    wait_engines_ready(gw)
-    yield gw
-    gw.stop()
+    with engine_gateway(tiny_model, tmp_path_factory.mktemp("adversarial"), **LIMITS) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def gw(request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str,
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    if request.param == "sqlite":
-        yield engine_gw
-        return
-    engine = engine_address(engine_gw)
-    url, drop = _fresh_postgres_database()
-    other = LiveGateway(tmp_path_factory.mktemp("adversarial-pg"), url, **serving_env(
-        tiny_model, **LIMITS, TUNEGATE_BASE_MODELS=json.dumps(
-            {TINY: {"source": tiny_model, "engine_urls": [engine.url], "engine_api_key": engine.api_key}})))
-    other.start()
-    try:
-        wait_engines_ready(other, 60)
-        yield other
-    finally:
-        other.stop()
-        drop()
+    with on_database(request.param, engine_gw, tiny_model, tmp_path_factory.mktemp("adversarial-db"),
+                     **LIMITS) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from serving.responses import EventStream, from_chat, parse, skeleton, to_chat
 from tests.finetune_support import TINY, wait_until
-from tests.serving_support import guided_tools, postgres_twin, serving_env, wait_engines_ready
+from tests.serving_support import engine_gateway, guided_tools, on_database
 from tests.support import LiveGateway, SpecRecorder, SpecValidator
 
 QUESTION = "What is the capital of France?"
@@ -34,24 +34,17 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "The weathe
 
 @pytest.fixture(scope="module")
 def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    data_dir = tmp_path_factory.mktemp("responses")
     spec, guided = guided_tools(tiny_model)  # forced tool calls and JSON outputs complete on a random model
-    gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}",
-                          **serving_env(tiny_model, **guided, TUNEGATE_BASE_MODELS=json.dumps({TINY: spec})))
-    gateway.start()
-    wait_engines_ready(gateway)
-    yield gateway
-    gateway.stop()
+    with engine_gateway(tiny_model, tmp_path_factory.mktemp("responses"), **guided,
+                        TUNEGATE_BASE_MODELS=json.dumps({TINY: spec})) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def gw(request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str,
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     """The module's API on each database: SQLite is the engine's own gateway, Postgres a twin using its engine."""
-    if request.param == "sqlite":
-        yield engine_gw
-        return
-    with postgres_twin(engine_gw, tiny_model, tmp_path_factory.mktemp("responses-pg")) as gateway:
+    with on_database(request.param, engine_gw, tiny_model, tmp_path_factory.mktemp("responses-db")) as gateway:
         yield gateway
 
 

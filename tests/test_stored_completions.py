@@ -25,7 +25,7 @@ from storage.db import Database
 from storage.stored_completions import Selection, StoredCompletions
 from storage.tables import StoredCompletion
 from tests.finetune_support import TINY, wait_for, wait_until
-from tests.serving_support import engine_gateway, postgres_twin
+from tests.serving_support import engine_gateway, on_database
 from tests.support import LiveGateway, SpecRecorder
 
 GREEDY = {"temperature": 0, "max_tokens": 8, "min_tokens": 4}  # min_tokens: never an empty answer to store
@@ -41,10 +41,7 @@ def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 def gw(request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str,
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     """The module's API on each database: SQLite is the engine's own gateway, Postgres a twin using its engine."""
-    if request.param == "sqlite":
-        yield engine_gw
-        return
-    with postgres_twin(engine_gw, tiny_model, tmp_path_factory.mktemp("stored-pg")) as gateway:
+    with on_database(request.param, engine_gw, tiny_model, tmp_path_factory.mktemp("stored-db")) as gateway:
         yield gateway
 
 
