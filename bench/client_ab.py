@@ -19,10 +19,13 @@ async def main(port: int, n: int) -> None:
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     body = json.dumps({"model": "stub", "messages": [], "max_tokens": 32, "stream": True}).encode()
     headers = {"content-type": "application/json"}
-    hx = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=3),
-                           limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
-    ah = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                               timeout=aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=600))
+    hx = httpx.AsyncClient(
+        timeout=httpx.Timeout(600, connect=3), limits=httpx.Limits(max_connections=None, max_keepalive_connections=256)
+    )
+    ah = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=600),
+    )
 
     async def via_httpx() -> None:
         response = await hx.send(hx.build_request("POST", url, content=body, headers=headers), stream=True)

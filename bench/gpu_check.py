@@ -43,7 +43,12 @@ CKPT_SHAPES = ("qwen2.5-7b", "tiny")  # shapes that also run checkpointing force
 
 def linear_parameters(config: dict) -> int:
     """Parameters of every linear layer of a Llama/Qwen2-style decoder plus its LM head (biases included)."""
-    h, i, layers, vocab = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"], config["vocab_size"]
+    h, i, layers, vocab = (
+        config["hidden_size"],
+        config["intermediate_size"],
+        config["num_hidden_layers"],
+        config["vocab_size"],
+    )
     kv = config.get("num_key_value_heads", config["num_attention_heads"]) * h // config["num_attention_heads"]
     bias = (h + 2 * kv) if config.get("model_type") == "qwen2" else 0
     return layers * (2 * h * h + 2 * h * kv + 3 * h * i + bias) + vocab * h
@@ -77,8 +82,16 @@ def run_variant(args: argparse.Namespace) -> dict:
         if args.variant == "baseline":
             from train import run_baseline
 
-            run_baseline(args.model, Path(args.train_file), args.batch_size, Path(tmp), args.device,
-                         cutoff_len=args.cutoff_len, timer=stats, logging_steps=args.log_every)
+            run_baseline(
+                args.model,
+                Path(args.train_file),
+                args.batch_size,
+                Path(tmp),
+                args.device,
+                cutoff_len=args.cutoff_len,
+                timer=stats,
+                logging_steps=args.log_every,
+            )
             extra = {"checkpointing": False}
         else:
             extra = run_tunegate(args, stats, Path(tmp))
@@ -97,20 +110,56 @@ def run_tunegate(args: argparse.Namespace, stats: object, work: Path) -> dict:
 
     checkpointing = {"tunegate-ckpt-on": True, "tunegate-ckpt-off": False}.get(args.variant, "auto")
     hp = hyperparams.resolve(
-        hyperparams.Hyperparameters(n_epochs=1, batch_size=args.batch_size, cutoff_len=args.cutoff_len,
-                                    packing=args.variant == "tunegate-packed", gradient_checkpointing=checkpointing),
-        n_examples=args.examples, method="supervised", device=args.device, bf16_ok=native_bf16(args.device),
+        hyperparams.Hyperparameters(
+            n_epochs=1,
+            batch_size=args.batch_size,
+            cutoff_len=args.cutoff_len,
+            packing=args.variant == "tunegate-packed",
+            gradient_checkpointing=checkpointing,
+        ),
+        n_examples=args.examples,
+        method="supervised",
+        device=args.device,
+        bf16_ok=native_bf16(args.device),
         footprint=model_footprint(args.device, args.model),  # as a job's child process resolves them
     )
-    train(TrainSpec("supervised", args.model, None, hp, 42, Path(args.train_file), None, work, args.device,
-                    log_every=args.log_every, extra_callbacks=(stats,)), SilentReporter())
+    train(
+        TrainSpec(
+            "supervised",
+            args.model,
+            None,
+            hp,
+            42,
+            Path(args.train_file),
+            None,
+            work,
+            args.device,
+            log_every=args.log_every,
+            extra_callbacks=(stats,),
+        ),
+        SilentReporter(),
+    )
     return {"checkpointing": hp.gradient_checkpointing, "precision": hp.precision}
 
 
 def child_command(args: argparse.Namespace, *extra: str) -> list[str]:
-    return [sys.executable, __file__, "--device", args.device, "--batch-size", str(args.batch_size),
-            "--cutoff-len", str(args.cutoff_len), "--warmup-steps", str(args.warmup_steps),
-            "--log-every", str(args.log_every), "--tokenizer", args.tokenizer, *extra]
+    return [
+        sys.executable,
+        __file__,
+        "--device",
+        args.device,
+        "--batch-size",
+        str(args.batch_size),
+        "--cutoff-len",
+        str(args.cutoff_len),
+        "--warmup-steps",
+        str(args.warmup_steps),
+        "--log-every",
+        str(args.log_every),
+        "--tokenizer",
+        args.tokenizer,
+        *extra,
+    ]
 
 
 def child(cmd: list[str]) -> dict:
@@ -122,8 +171,10 @@ def child(cmd: list[str]) -> dict:
 
 
 def table(rows: list[dict], device: str) -> str:
-    head = ["| shape | variant | tokens/s | vs baseline | MFU | peak CUDA GiB | mean loss | checkpointing |",
-            "|---|---|---:|---:|---:|---:|---:|---|"]
+    head = [
+        "| shape | variant | tokens/s | vs baseline | MFU | peak CUDA GiB | mean loss | checkpointing |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     base = {r["shape"]: r["tokens_per_s"] for r in rows if r.get("variant") == "baseline" and "tokens_per_s" in r}
     for r in rows:
         if "error" in r:
@@ -131,8 +182,10 @@ def table(rows: list[dict], device: str) -> str:
             continue
         ratio = r["tokens_per_s"] / base[r["shape"]] if r["shape"] in base else float("nan")
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "—"
-        head.append(f"| {r['shape']} | {r['variant']} | {r['tokens_per_s']:,.0f} | {ratio:.2f}× | {mfu} | "
-                    f"{r.get('peak_cuda_gib', '—')} | {r['mean_loss']:.4f} | {'on' if r['checkpointing'] else 'off'} |")
+        head.append(
+            f"| {r['shape']} | {r['variant']} | {r['tokens_per_s']:,.0f} | {ratio:.2f}× | {mfu} | "
+            f"{r.get('peak_cuda_gib', '—')} | {r['mean_loss']:.4f} | {'on' if r['checkpointing'] else 'off'} |"
+        )
     gpu = next((r["gpu"] for r in rows if "gpu" in r), device)
     return f"Device: {gpu}.\n\n" + "\n".join(head)
 
@@ -194,15 +247,35 @@ def orchestrate(args: argparse.Namespace) -> None:
             config = json.loads((model / "config.json").read_text())
             variants = [v for v in args.variants.split(",") if shape in CKPT_SHAPES or "ckpt" not in v]
             for variant in variants:
-                result = {"shape": shape, **child([*child_command(args, "--variant", variant, "--model", str(model),
-                                                                    "--train-file", str(train_file),
-                                                                    "--examples", str(args.examples))])}
+                result = {
+                    "shape": shape,
+                    **child(
+                        [
+                            *child_command(
+                                args,
+                                "--variant",
+                                variant,
+                                "--model",
+                                str(model),
+                                "--train-file",
+                                str(train_file),
+                                "--examples",
+                                str(args.examples),
+                            )
+                        ]
+                    ),
+                }
                 peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in result.get("gpu", "")), None)
                 if peak and "tokens_per_s" in result:
                     result["mfu"] = round(4 * linear_parameters(config) * result["tokens_per_s"] / peak, 4)
                 rows.append(result)
-                print(json.dumps({k: v for k, v in result.items() if k != "error"} | (
-                    {"error": result["error"][-400:]} if "error" in result else {})), flush=True)
+                print(
+                    json.dumps(
+                        {k: v for k, v in result.items() if k != "error"}
+                        | ({"error": result["error"][-400:]} if "error" in result else {})
+                    ),
+                    flush=True,
+                )
                 with open(out / "gpu_check.jsonl", "a") as fh:
                     fh.write(json.dumps(result) + "\n")
             subprocess.run(["rm", "-rf", str(model)])

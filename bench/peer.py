@@ -8,8 +8,8 @@ Rows per precision: LLaMA-Factory (its defaults: gradient checkpointing on), tun
 on (the same memory regime) and tunegate's defaults (``gradient_checkpointing: "auto"``). Each run is its own
 process, the whole benchmark under ``flock /tmp/tg-heavy.lock`` (``bench/peer.sh``: no other heavy run of
 this shared machine's users overlaps it); within a round the stacks alternate and the order flips every round,
-so what noise remains (light processes, the hypervisor) hurts both. Reported per run: non-padding tokens/s of the training loop, peak RSS of
-the run's process tree (sampled every 50 ms), the mean and final per-step training loss.
+so what noise remains (light processes, the hypervisor) hurts both. Reported per run: non-padding tokens/s of the
+training loop, peak RSS of the run's process tree (sampled every 50 ms), the mean and final per-step training loss.
 """
 
 from __future__ import annotations
@@ -55,8 +55,13 @@ def peak_tree_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
 
 def measured(cmd: list[str]) -> dict:
     """Run one training process; its RESULT line plus the tree's peak RSS."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
     stop, peak = threading.Event(), [0]
     sampler = threading.Thread(target=peak_tree_rss, args=(proc.pid, stop, peak), daemon=True)
     sampler.start()
@@ -80,33 +85,83 @@ def run_tunegate(args: argparse.Namespace) -> None:
 
     checkpointing = {"on": True, "off": False, "auto": "auto"}[args.checkpointing]
     hp = hyperparams.resolve(
-        hyperparams.Hyperparameters(n_epochs=1, batch_size=args.batch_size, lora_rank=8, lora_alpha=16,
-                                    cutoff_len=args.cutoff_len, learning_rate=1e-4, lr_scheduler_type="cosine",
-                                    precision=args.precision, gradient_checkpointing=checkpointing),
-        n_examples=ROWS, method="supervised", device="cpu", bf16_ok=args.precision == "bf16",
+        hyperparams.Hyperparameters(
+            n_epochs=1,
+            batch_size=args.batch_size,
+            lora_rank=8,
+            lora_alpha=16,
+            cutoff_len=args.cutoff_len,
+            learning_rate=1e-4,
+            lr_scheduler_type="cosine",
+            precision=args.precision,
+            gradient_checkpointing=checkpointing,
+        ),
+        n_examples=ROWS,
+        method="supervised",
+        device="cpu",
+        bf16_ok=args.precision == "bf16",
         footprint=model_footprint("cpu", args.model),
     )
     stats = step_stats()
     with tempfile.TemporaryDirectory() as tmp:
-        train(TrainSpec("supervised", args.model, None, hp, 42, Path(args.data), None, Path(tmp), "cpu",
-                        log_every=1, cpu_threads=args.threads, extra_callbacks=(stats,)), SilentReporter())
-    print("RESULT " + json.dumps({"stack": "tunegate", "precision": hp.precision,
-                                  "checkpointing": hp.gradient_checkpointing, **stats.result()}), flush=True)
+        train(
+            TrainSpec(
+                "supervised",
+                args.model,
+                None,
+                hp,
+                42,
+                Path(args.data),
+                None,
+                Path(tmp),
+                "cpu",
+                log_every=1,
+                cpu_threads=args.threads,
+                extra_callbacks=(stats,),
+            ),
+            SilentReporter(),
+        )
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "stack": "tunegate",
+                "precision": hp.precision,
+                "checkpointing": hp.gradient_checkpointing,
+                **stats.result(),
+            }
+        ),
+        flush=True,
+    )
 
 
-def jobs(precision: str, model: str, alpaca: Path, chat: Path, lf_python: str, common: list[str]) -> dict[str, list[str]]:
+def jobs(
+    precision: str, model: str, alpaca: Path, chat: Path, lf_python: str, common: list[str]
+) -> dict[str, list[str]]:
     me = [sys.executable, __file__, "--child", "--model", model, "--data", str(chat), "--precision", precision, *common]
     return {
-        "llamafactory": [lf_python, str(REPO / "bench" / "peer_lf.py"), "--model", model, "--data", str(alpaca),
-                         "--precision", precision, *common],
+        "llamafactory": [
+            lf_python,
+            str(REPO / "bench" / "peer_lf.py"),
+            "--model",
+            model,
+            "--data",
+            str(alpaca),
+            "--precision",
+            precision,
+            *common,
+        ],
         "tunegate+ckpt": [*me, "--checkpointing", "on"],
         "tunegate": [*me, "--checkpointing", "auto"],
     }
 
 
 def table(results: dict[tuple[str, str], list[dict]]) -> str:
-    lines = ["| precision | stack | tokens/s (median; runs) | vs LLaMA-Factory | peak RSS MiB (max) | "
-             "mean loss | final loss | checkpointing |", "|---|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| precision | stack | tokens/s (median; runs) | vs LLaMA-Factory | peak RSS MiB (max) | "
+        "mean loss | final loss | checkpointing |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
     for (precision, name), runs in results.items():
         peer = median(r["tokens_per_s"] for r in results[(precision, "llamafactory")])
         speed = median(r["tokens_per_s"] for r in runs)
@@ -114,7 +169,8 @@ def table(results: dict[tuple[str, str], list[dict]]) -> str:
         lines.append(
             f"| {precision} | {name} | {speed:.1f} ({', '.join(str(r['tokens_per_s']) for r in runs)}) | "
             f"{speed / peer:.2f}× | {max(r['peak_rss_mib'] for r in runs):,} | "
-            f"{median(r['mean_loss'] for r in runs):.4f} | {median(r['final_loss'] for r in runs):.4f} | {ckpt} |")
+            f"{median(r['mean_loss'] for r in runs):.4f} | {median(r['final_loss'] for r in runs):.4f} | {ckpt} |"
+        )
     return "\n".join(lines)
 
 

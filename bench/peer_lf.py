@@ -53,18 +53,41 @@ def main() -> None:
         dataset_dir.mkdir()
         (dataset_dir / "peer.json").write_bytes(Path(args.data).read_bytes())
         (dataset_dir / "dataset_info.json").write_text(json.dumps({"peer": {"file_name": "peer.json"}}))
-        run_exp({
-            "model_name_or_path": args.model, "stage": "sft", "do_train": True, "finetuning_type": "lora",
-            "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lora_target": "all",
-            "dataset": "peer", "dataset_dir": str(dataset_dir), "template": "smollm2",
-            "default_system": SMOLLM2_SYSTEM, "cutoff_len": args.cutoff_len, "overwrite_cache": True,
-            "output_dir": str(Path(tmp) / "out"), "logging_steps": 1, "save_strategy": "no", "plot_loss": False,
-            "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": 1,
-            "learning_rate": 1e-4, "num_train_epochs": 1.0, "lr_scheduler_type": "cosine", "warmup_ratio": 0.0,
-            "bf16": args.precision == "bf16", "use_cpu": not torch.cuda.is_available(),  # bf16 on CPU needs it
-            "seed": 42, "report_to": "none", "disable_tqdm": True,
-            "include_num_input_tokens_seen": "non_padding",
-        }, callbacks=[stats])
+        run_exp(
+            {
+                "model_name_or_path": args.model,
+                "stage": "sft",
+                "do_train": True,
+                "finetuning_type": "lora",
+                "lora_rank": 8,
+                "lora_alpha": 16,
+                "lora_dropout": 0.0,
+                "lora_target": "all",
+                "dataset": "peer",
+                "dataset_dir": str(dataset_dir),
+                "template": "smollm2",
+                "default_system": SMOLLM2_SYSTEM,
+                "cutoff_len": args.cutoff_len,
+                "overwrite_cache": True,
+                "output_dir": str(Path(tmp) / "out"),
+                "logging_steps": 1,
+                "save_strategy": "no",
+                "plot_loss": False,
+                "per_device_train_batch_size": args.batch_size,
+                "gradient_accumulation_steps": 1,
+                "learning_rate": 1e-4,
+                "num_train_epochs": 1.0,
+                "lr_scheduler_type": "cosine",
+                "warmup_ratio": 0.0,
+                "bf16": args.precision == "bf16",
+                "use_cpu": not torch.cuda.is_available(),  # bf16 on CPU needs it
+                "seed": 42,
+                "report_to": "none",
+                "disable_tqdm": True,
+                "include_num_input_tokens_seen": "non_padding",
+            },
+            callbacks=[stats],
+        )
     print("RESULT " + json.dumps({"stack": "llamafactory", "precision": args.precision, **stats.result()}), flush=True)
 
 

@@ -35,16 +35,26 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"
-GRADER = {"type": "string_check", "name": "says_for", "input": "{{sample.output_text}}",
-          "reference": "{{item.word}}", "operation": "like"}
+GRADER = {
+    "type": "string_check",
+    "name": "says_for",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.word}}",
+    "operation": "like",
+}
 # --task boxed (the README's example): the answer format \boxed{N}; 1 for the right number boxed, 0.5 for a box
-BOXED = {"type": "python", "name": "boxed", "source": (
-    "import re\n"
-    "def grade(sample, item):\n"
-    "    found = re.findall(r'\\\\boxed\\{([^}]*)\\}', sample['output_text'])\n"
-    "    if not found:\n"
-    "        return 0.0\n"
-    "    return 1.0 if found[-1].strip() == str(item['answer']) else 0.5\n")}
+BOXED = {
+    "type": "python",
+    "name": "boxed",
+    "source": (
+        "import re\n"
+        "def grade(sample, item):\n"
+        "    found = re.findall(r'\\\\boxed\\{([^}]*)\\}', sample['output_text'])\n"
+        "    if not found:\n"
+        "        return 0.0\n"
+        "    return 1.0 if found[-1].strip() == str(item['answer']) else 0.5\n"
+    ),
+}
 
 
 def boxed_prompts(n: int) -> list[dict[str, Any]]:
@@ -54,8 +64,12 @@ def boxed_prompts(n: int) -> list[dict[str, Any]]:
     rows = []
     for _ in range(n):
         a, b = rng.randint(2, 20), rng.randint(2, 20)
-        rows.append({"messages": [{"role": "user", "content": f"What is {a} + {b}? Put the final answer in "
-                                                               "\\boxed{}."}], "answer": a + b})
+        rows.append(
+            {
+                "messages": [{"role": "user", "content": f"What is {a} + {b}? Put the final answer in \\boxed{{}}."}],
+                "answer": a + b,
+            }
+        )
     return rows
 
 
@@ -136,16 +150,23 @@ def local_engine(model: str, work: Path, lora_rank: int, cpus: str | None) -> It
     from storage.settings import VLLM_LORA_RANKS, Settings
 
     rank = next(r for r in VLLM_LORA_RANKS if r >= lora_rank)
-    settings = Settings(data_dir=work / "engine", base_models={"bench": {"source": model}},
-                        serving={"dtype": "float32", "max_model_len": 2048, "max_lora_rank": rank, "max_loras": 2,
-                                 "engine_cpus": cpus})
+    settings = Settings(
+        data_dir=work / "engine",
+        base_models={"bench": {"source": model}},
+        serving={"dtype": "float32", "max_model_len": 2048, "max_lora_rank": rank, "max_loras": 2, "engine_cpus": cpus},
+    )
     path = work / "engine-settings.json"
     path.write_text(settings.model_dump_json())
     key, port = secrets.token_urlsafe(16), free_port()
     log = open(work / "engine.log", "wb")  # noqa: SIM115 - closed with the engine below
-    proc = subprocess.Popen([sys.executable, "-m", "serving.engine_main", str(path), "bench", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
-                            env=Settings.child_environ(database=False, VLLM_API_KEY=key))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.engine_main", str(path), "bench", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=REPO,
+        env=Settings.child_environ(database=False, VLLM_API_KEY=key),
+    )
     address = EngineAddress(f"http://127.0.0.1:{port}", key)
     try:
         started = time.perf_counter()
@@ -203,16 +224,27 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-rft-"))
     model = tiny_model(work) if args.model == "tiny" else (args.model or default_model())
     questions = [e["instruction"] for e in json.loads(DATA.read_text())][: args.prompts]
-    rows = boxed_prompts(args.prompts) if args.task == "boxed" else [
-        {"messages": [{"role": "user", "content": q}], "word": "for"} for q in questions]
+    rows = (
+        boxed_prompts(args.prompts)
+        if args.task == "boxed"
+        else [{"messages": [{"role": "user", "content": q}], "word": "for"} for q in questions]
+    )
     data = work / "train.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     epochs = args.steps  # one step an epoch: batch_size = --prompts
-    raw = {"n_epochs": epochs, "batch_size": args.prompts, "compute_multiplier": args.generations / 8,
-           "eval_interval": 10_000, "max_completion_length": args.completion_tokens, "precision": "fp32",
-           "lr_scheduler_type": "constant", **({"learning_rate": args.lr} if args.lr else {})}
-    hp = hyperparams.resolve(hyperparams.parse(raw, "reinforcement", "hp"), n_examples=args.prompts,
-                             method="reinforcement", device="cpu")
+    raw = {
+        "n_epochs": epochs,
+        "batch_size": args.prompts,
+        "compute_multiplier": args.generations / 8,
+        "eval_interval": 10_000,
+        "max_completion_length": args.completion_tokens,
+        "precision": "fp32",
+        "lr_scheduler_type": "constant",
+        **({"learning_rate": args.lr} if args.lr else {}),
+    }
+    hp = hyperparams.resolve(
+        hyperparams.parse(raw, "reinforcement", "hp"), n_examples=args.prompts, method="reinforcement", device="cpu"
+    )
     for mode in ("hf", "vllm") if args.rollouts == "both" else (args.rollouts,):
         if mode == "vllm":
             with local_engine(model, work, hp.lora_rank, args.engine_cpus) as engine:
@@ -228,14 +260,30 @@ def run(args: argparse.Namespace, mode: str, model: str, data: Path, hp: Any, wo
     from finetune.recipe.run import TrainSpec, train
 
     if mode == "trl-colocate":  # tunegate turns TRL's vLLM mode on only with CUDA; try it here anyway
-        rft.vllm_options = lambda device: {"use_vllm": True, "vllm_mode": "colocate",  # type: ignore[assignment]
-                                           "vllm_gpu_memory_utilization": 0.3}
+        rft.vllm_options = lambda device: {
+            "use_vllm": True,
+            "vllm_mode": "colocate",  # type: ignore[assignment]
+            "vllm_gpu_memory_utilization": 0.3,
+        }
     timer = Timer()
     engine_rollouts = EngineRollouts(engine, work / "policy", "bench", max_adapters=8, warn=print) if engine else None
-    spec = TrainSpec(method="reinforcement", base_path=model, chat_template=None, hp=hp, seed=0, train_file=data,
-                     valid_file=None, work_dir=work / "work", device="cpu", log_every=1, cpu_threads=args.threads,
-                     extra_callbacks=(timer.callback,), grader=BOXED if args.task == "boxed" else GRADER,
-                     owner="bench", rollouts=timer.timed_rollouts(engine_rollouts) if engine_rollouts else None)
+    spec = TrainSpec(
+        method="reinforcement",
+        base_path=model,
+        chat_template=None,
+        hp=hp,
+        seed=0,
+        train_file=data,
+        valid_file=None,
+        work_dir=work / "work",
+        device="cpu",
+        log_every=1,
+        cpu_threads=args.threads,
+        extra_callbacks=(timer.callback,),
+        grader=BOXED if args.task == "boxed" else GRADER,
+        owner="bench",
+        rollouts=timer.timed_rollouts(engine_rollouts) if engine_rollouts else None,
+    )
     started = time.perf_counter()
     train(spec, SilentReporter())
     wall = time.perf_counter() - started
@@ -247,16 +295,28 @@ def run(args: argparse.Namespace, mode: str, model: str, data: Path, hp: Any, wo
     if engine_rollouts is not None:  # the engine's requests alone (the adapter's save + load apart)
         calls = timer.engine_calls[1:] or timer.engine_calls
         generated, sampling = sum(c[0] for c in calls), sum(c[1] for c in calls)
-    print(json.dumps({
-        "model": Path(model).name, "rollouts": mode, "steps": len(timer.steps), "prompts": args.prompts,
-        "generations": args.generations, "completion_tokens_max": args.completion_tokens,
-        "completion_tokens_mean": round(statistics.mean(timer.tokens), 1) if timer.tokens else None,
-        "s_per_step_median": round(statistics.median(later), 3),
-        "rollout_tokens_per_s": round(generated / sampling, 1) if sampling else None,
-        "adapter_sync_s_per_step": round(engine_rollouts.sync_s / len(timer.steps), 3) if engine_rollouts else None,
-        "rollout_share": round(gen_time / sum(later), 3) if gen_time else None,
-        "wall_s": round(wall, 1), "train_reward_per_step": timer.rewards,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "model": Path(model).name,
+                "rollouts": mode,
+                "steps": len(timer.steps),
+                "prompts": args.prompts,
+                "generations": args.generations,
+                "completion_tokens_max": args.completion_tokens,
+                "completion_tokens_mean": round(statistics.mean(timer.tokens), 1) if timer.tokens else None,
+                "s_per_step_median": round(statistics.median(later), 3),
+                "rollout_tokens_per_s": round(generated / sampling, 1) if sampling else None,
+                "adapter_sync_s_per_step": round(engine_rollouts.sync_s / len(timer.steps), 3)
+                if engine_rollouts
+                else None,
+                "rollout_share": round(gen_time / sum(later), 3) if gen_time else None,
+                "wall_s": round(wall, 1),
+                "train_reward_per_step": timer.rewards,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

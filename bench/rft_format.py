@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-NUMBERED = '''import re
+NUMBERED = """import re
 def grade(sample, item):
     out = sample["output_text"].lstrip()
     if re.match(r"\\d+\\.", out):
@@ -26,7 +26,7 @@ def grade(sample, item):
     if out[:1].isdigit():
         return 0.5
     return 0.25 if any(c.isdigit() for c in out) else 0.0
-'''
+"""
 GRADER = {"type": "python", "name": "numbered", "source": NUMBERED}
 
 
@@ -62,14 +62,39 @@ def main() -> None:
     train_file, valid_file = work / "train.jsonl", work / "valid.jsonl"
     for path, chosen in ((train_file, questions[:32]), (valid_file, questions[100:108])):
         path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}]}) + "\n" for q in chosen))
-    raw = {"n_epochs": 5, "batch_size": 8, "learning_rate": args.lr, "lr_scheduler_type": "constant",
-           "compute_multiplier": 0.5, "eval_interval": 5, "eval_samples": 8, "max_completion_length": 8,
-           "lora_rank": 16}
-    hp = hyperparams.resolve(hyperparams.parse(raw, "reinforcement", "hp"), n_examples=32, method="reinforcement",
-                             device="cpu", bf16_ok=False)
-    spec = TrainSpec(method="reinforcement", base_path=tiny_model(work), chat_template=None, hp=hp, seed=args.seed,
-                     train_file=train_file, valid_file=valid_file, work_dir=work / "job", device="cpu", log_every=1,
-                     cpu_threads=2, grader=GRADER, owner="bench")
+    raw = {
+        "n_epochs": 5,
+        "batch_size": 8,
+        "learning_rate": args.lr,
+        "lr_scheduler_type": "constant",
+        "compute_multiplier": 0.5,
+        "eval_interval": 5,
+        "eval_samples": 8,
+        "max_completion_length": 8,
+        "lora_rank": 16,
+    }
+    hp = hyperparams.resolve(
+        hyperparams.parse(raw, "reinforcement", "hp"),
+        n_examples=32,
+        method="reinforcement",
+        device="cpu",
+        bf16_ok=False,
+    )
+    spec = TrainSpec(
+        method="reinforcement",
+        base_path=tiny_model(work),
+        chat_template=None,
+        hp=hp,
+        seed=args.seed,
+        train_file=train_file,
+        valid_file=valid_file,
+        work_dir=work / "job",
+        device="cpu",
+        log_every=1,
+        cpu_threads=2,
+        grader=GRADER,
+        owner="bench",
+    )
     started = time.time()
     outcome = train(spec, Printer())
     print("OUT", outcome, round(time.time() - started, 1), flush=True)

@@ -82,9 +82,18 @@ class Run:
         self.errors += other.errors
 
 
-async def one(http: httpx.AsyncClient, url: str, headers: dict[str, str], model: str, max_tokens: int, run: Run) -> None:
-    body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
+async def one(
+    http: httpx.AsyncClient, url: str, headers: dict[str, str], model: str, max_tokens: int, run: Run
+) -> None:
+    body = {
+        "model": model,
+        "messages": PROMPT,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     first = None
     try:
@@ -109,14 +118,16 @@ async def one(http: httpx.AsyncClient, url: str, headers: dict[str, str], model:
     run.latency.append(end - start)
 
 
-async def load(url: str, headers: dict[str, str], models: list[str], concurrency: int, requests: int,
-               max_tokens: int) -> Run:
+async def load(
+    url: str, headers: dict[str, str], models: list[str], concurrency: int, requests: int, max_tokens: int
+) -> Run:
     run = Run()
     queue: asyncio.Queue[str] = asyncio.Queue()
     for i in range(requests):
         queue.put_nowait(models[i % len(models)])
     limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+
         async def worker() -> None:
             while not queue.empty():
                 await one(http, url, headers, queue.get_nowait(), max_tokens, run)
@@ -127,8 +138,17 @@ async def load(url: str, headers: dict[str, str], models: list[str], concurrency
     return run
 
 
-def overhead(gw_url: str, key: str, engine_url: str, model: str, levels: list[int], max_tokens: int,
-             rounds: int, engine_auth: dict[str, str] | None = None, min_requests: int = 16) -> list[dict]:
+def overhead(
+    gw_url: str,
+    key: str,
+    engine_url: str,
+    model: str,
+    levels: list[int],
+    max_tokens: int,
+    rounds: int,
+    engine_auth: dict[str, str] | None = None,
+    min_requests: int = 16,
+) -> list[dict]:
     auth, engine_auth = {"authorization": f"Bearer {key}"}, engine_auth or {}
     rows = []
     for c in levels:
@@ -140,13 +160,16 @@ def overhead(gw_url: str, key: str, engine_url: str, model: str, levels: list[in
             direct.merge(asyncio.run(load(engine_url, engine_auth, [model], c, requests, max_tokens)))
             gateway.merge(asyncio.run(load(gw_url, auth, [model], c, requests, max_tokens)))
         row = {
-            "concurrency": c, "requests": rounds * requests,
-            "direct_ttft_p50_ms": direct.pct(direct.ttft, 0.5), "tunegate_ttft_p50_ms": gateway.pct(gateway.ttft, 0.5),
+            "concurrency": c,
+            "requests": rounds * requests,
+            "direct_ttft_p50_ms": direct.pct(direct.ttft, 0.5),
+            "tunegate_ttft_p50_ms": gateway.pct(gateway.ttft, 0.5),
             "added_ttft_p50_ms": gateway.pct(gateway.ttft, 0.5) - direct.pct(direct.ttft, 0.5),
             "added_ttft_p99_ms": gateway.pct(gateway.ttft, 0.99) - direct.pct(direct.ttft, 0.99),
             "added_latency_p50_ms": gateway.pct(gateway.latency, 0.5) - direct.pct(direct.latency, 0.5),
             "added_latency_p99_ms": gateway.pct(gateway.latency, 0.99) - direct.pct(direct.latency, 0.99),
-            "direct_tok_s": direct.tok_s, "tunegate_tok_s": gateway.tok_s,
+            "direct_tok_s": direct.tok_s,
+            "tunegate_tok_s": gateway.tok_s,
             "throughput_ratio": gateway.tok_s / direct.tok_s if direct.tok_s else float("nan"),
             "errors": direct.errors + gateway.errors,
         }
@@ -155,12 +178,23 @@ def overhead(gw_url: str, key: str, engine_url: str, model: str, levels: list[in
     return rows
 
 
-def multi_lora(gw: LiveGateway, org: str, key: str, base: str, model_dir: str, counts: list[int], max_tokens: int,
-               work: Path, rounds: int) -> list[dict]:
+def multi_lora(
+    gw: LiveGateway,
+    org: str,
+    key: str,
+    base: str,
+    model_dir: str,
+    counts: list[int],
+    max_tokens: int,
+    work: Path,
+    rounds: int,
+) -> list[dict]:
     auth = {"authorization": f"Bearer {key}"}
     names: list[str] = []
     for i in range(max(counts)):
-        names.append(register_adapter(gw, org, make_adapter(model_dir, work / f"adapter{i}", seed=i), f"b{i}", base=base))
+        names.append(
+            register_adapter(gw, org, make_adapter(model_dir, work / f"adapter{i}", seed=i), f"b{i}", base=base)
+        )
     asyncio.run(load(gw.url, auth, names, 8, len(names), 2))  # hot-load every adapter once
     rows = []
     for n in counts:
@@ -169,9 +203,13 @@ def multi_lora(gw: LiveGateway, org: str, key: str, base: str, model_dir: str, c
         for _ in range(rounds):
             base_run.merge(asyncio.run(load(gw.url, auth, [base], 16, requests, max_tokens)))
             mixed.merge(asyncio.run(load(gw.url, auth, names[:n], 16, requests, max_tokens)))
-        row = {"adapters": n, "base_tok_s": base_run.tok_s, "mixed_tok_s": mixed.tok_s,
-               "ratio": mixed.tok_s / base_run.tok_s if base_run.tok_s else float("nan"),
-               "errors": base_run.errors + mixed.errors}
+        row = {
+            "adapters": n,
+            "base_tok_s": base_run.tok_s,
+            "mixed_tok_s": mixed.tok_s,
+            "ratio": mixed.tok_s / base_run.tok_s if base_run.tok_s else float("nan"),
+            "errors": base_run.errors + mixed.errors,
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -185,8 +223,12 @@ def succeeded_to_first_token(gw: LiveGateway, key: str, base: str, jobs: int) ->
     file_id = upload(client, chat_jsonl(pairs))
     times = []
     for i in range(jobs):
-        job = client.fine_tuning.jobs.create(model=base, training_file=file_id, suffix=f"bench{i}", method={
-            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 2}}})
+        job = client.fine_tuning.jobs.create(
+            model=base,
+            training_file=file_id,
+            suffix=f"bench{i}",
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 2}}},
+        )
         wait_for(client, job.id, ("running",), timeout=1200)
         while (done := client.fine_tuning.jobs.retrieve(job.id)).status != "succeeded":
             if done.status in ("failed", "cancelled"):
@@ -216,8 +258,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="with --stub: requests per round and mode (at least)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --limiter")
     parser.add_argument("--metrics", action="store_true", help="with --stub: /metrics on (admin) vs off, interleaved")
-    parser.add_argument("--processes", default="", help="with --stub: gateway process counts to compare, e.g. "
-                        "1,2,4 (`tunegate serve --workers N` behind one port)")
+    parser.add_argument(
+        "--processes",
+        default="",
+        help="with --stub: gateway process counts to compare, e.g. "
+        "1,2,4 (`tunegate serve --workers N` behind one port)",
+    )
     args = parser.parse_args()
     if args.stub and args.processes:
         return processes_overhead(args)
@@ -234,9 +280,12 @@ def main() -> None:
     counts = [int(n) for n in args.adapters.split(",") if n]
     env = {
         "TUNEGATE_BASE_MODELS": json.dumps({base: source}),
-        "TUNEGATE_SERVING__LOCAL_ENGINES": "true", "TUNEGATE_SERVING__MAX_LORA_RANK": "16",
-        "TUNEGATE_SERVING__MAX_CPU_LORAS": str(max(counts + [8])), "TUNEGATE_SERVING__MAX_MODEL_LEN": "1024",
-        "TUNEGATE_SERVING__ENGINE_ARGS": args.engine_args or "[]", "TUNEGATE_WORKER__POLL_SECONDS": "0.2",
+        "TUNEGATE_SERVING__LOCAL_ENGINES": "true",
+        "TUNEGATE_SERVING__MAX_LORA_RANK": "16",
+        "TUNEGATE_SERVING__MAX_CPU_LORAS": str(max(counts + [8])),
+        "TUNEGATE_SERVING__MAX_MODEL_LEN": "1024",
+        "TUNEGATE_SERVING__ENGINE_ARGS": args.engine_args or "[]",
+        "TUNEGATE_WORKER__POLL_SECONDS": "0.2",
     }
     gw = LiveGateway(work, f"sqlite:///{work / 'tunegate.db'}", **env)
     gw.start()
@@ -247,8 +296,16 @@ def main() -> None:
         print(f"engine {engine['url']} for {base} ({model_dir}); data in {work}", flush=True)
         report = {
             "model": base,
-            "overhead": overhead(gw.url, key, engine["url"], base, [int(c) for c in args.concurrency.split(",")],
-                                 args.max_tokens, args.rounds, engine_address(gw, base).auth),
+            "overhead": overhead(
+                gw.url,
+                key,
+                engine["url"],
+                base,
+                [int(c) for c in args.concurrency.split(",")],
+                args.max_tokens,
+                args.rounds,
+                engine_address(gw, base).auth,
+            ),
             "multi_lora": multi_lora(gw, org, key, base, model_dir, counts, args.max_tokens, work, args.rounds),
             "succeeded_to_first_token_ms": [t * 1e3 for t in succeeded_to_first_token(gw, key, base, args.jobs)],
             "engines": engines(gw),
@@ -268,14 +325,26 @@ def stub_overhead(args: argparse.Namespace) -> None:
     port = free_port()
     stub = subprocess.Popen([sys.executable, str(REPO / "bench" / "stub_engine.py"), str(port)])
     url = f"http://127.0.0.1:{port}"
-    gw = LiveGateway(work, f"sqlite:///{work / 'tunegate.db'}", TUNEGATE_BASE_MODELS=json.dumps(
-        {"stub": {"source": "unused", "engine_urls": [url]}}), TUNEGATE_WORKER__EMBEDDED="false")
+    gw = LiveGateway(
+        work,
+        f"sqlite:///{work / 'tunegate.db'}",
+        TUNEGATE_BASE_MODELS=json.dumps({"stub": {"source": "unused", "engine_urls": [url]}}),
+        TUNEGATE_WORKER__EMBEDDED="false",
+    )
     gw.start()
     try:
         wait_engines_ready(gw, 60)
         key = gw.new_org_key("bench")[2]
-        rows = overhead(gw.url, key, url, "stub", [int(c) for c in args.concurrency.split(",")], args.max_tokens,
-                        args.rounds, min_requests=args.requests)
+        rows = overhead(
+            gw.url,
+            key,
+            url,
+            "stub",
+            [int(c) for c in args.concurrency.split(",")],
+            args.max_tokens,
+            args.rounds,
+            min_requests=args.requests,
+        )
     finally:
         gw.stop()
         stub.terminate()
@@ -296,18 +365,34 @@ def processes_overhead(args: argparse.Namespace) -> None:
     try:
         for n in [int(p) for p in args.processes.split(",") if p]:
             work = Path(tempfile.mkdtemp(prefix=f"tunegate-bench-procs{n}-"))
-            gw = LiveGateway(work, f"sqlite:///{work / 'tunegate.db'}", TUNEGATE_BASE_MODELS=json.dumps(
-                {"stub": {"source": "unused", "engine_urls": [url]}}), TUNEGATE_WORKER__EMBEDDED="false")
+            gw = LiveGateway(
+                work,
+                f"sqlite:///{work / 'tunegate.db'}",
+                TUNEGATE_BASE_MODELS=json.dumps({"stub": {"source": "unused", "engine_urls": [url]}}),
+                TUNEGATE_WORKER__EMBEDDED="false",
+            )
             gw.serve_args = ["--workers", str(n)] if n > 1 else []
             gw.start()
             try:
                 wait_engines_ready(gw, 60)
                 time.sleep(2)  # every process's first health check
                 key = gw.new_org_key("bench")[2]
-                for row in overhead(gw.url, key, url, "stub", [int(c) for c in args.concurrency.split(",")],
-                                    args.max_tokens, args.rounds, min_requests=args.requests):
-                    row = {"processes": n, **row,
-                           "direct_chunks_s": row["direct_tok_s"], "tunegate_chunks_s": row["tunegate_tok_s"]}
+                for row in overhead(
+                    gw.url,
+                    key,
+                    url,
+                    "stub",
+                    [int(c) for c in args.concurrency.split(",")],
+                    args.max_tokens,
+                    args.rounds,
+                    min_requests=args.requests,
+                ):
+                    row = {
+                        "processes": n,
+                        **row,
+                        "direct_chunks_s": row["direct_tok_s"],
+                        "tunegate_chunks_s": row["tunegate_tok_s"],
+                    }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             finally:
@@ -318,22 +403,36 @@ def processes_overhead(args: argparse.Namespace) -> None:
 
 
 LIMITS_OFF = {f: None for f in ("requests_per_minute", "tokens_per_minute", "concurrent_streams")}
-LIMITS_ON = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12, "concurrent_streams": 10**6,
-             "key_requests_per_minute": 10**9, "key_tokens_per_minute": 10**12, "key_concurrent_streams": 10**6}
+LIMITS_ON = {
+    "requests_per_minute": 10**9,
+    "tokens_per_minute": 10**12,
+    "concurrent_streams": 10**6,
+    "key_requests_per_minute": 10**9,
+    "key_tokens_per_minute": 10**12,
+    "key_concurrent_streams": 10**6,
+}
 
 
 def limiter_overhead(args: argparse.Namespace) -> None:
     import uuid
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    rows = compare_modes(args, "limiter", {
-        "off": {"TUNEGATE_LIMITS": json.dumps(LIMITS_OFF)},
-        "memory": {"TUNEGATE_LIMITS": json.dumps(LIMITS_ON)},
-        "redis": {"TUNEGATE_LIMITS": json.dumps({**LIMITS_ON, "redis_prefix": prefix}),
-                  "TUNEGATE_REDIS_URL": args.redis_url},
-        "redis-exact": {"TUNEGATE_LIMITS": json.dumps({**LIMITS_ON, "redis_prefix": f"{prefix}x",
-                                                       "redis_reserve": False}),
-                        "TUNEGATE_REDIS_URL": args.redis_url}})
+    rows = compare_modes(
+        args,
+        "limiter",
+        {
+            "off": {"TUNEGATE_LIMITS": json.dumps(LIMITS_OFF)},
+            "memory": {"TUNEGATE_LIMITS": json.dumps(LIMITS_ON)},
+            "redis": {
+                "TUNEGATE_LIMITS": json.dumps({**LIMITS_ON, "redis_prefix": prefix}),
+                "TUNEGATE_REDIS_URL": args.redis_url,
+            },
+            "redis-exact": {
+                "TUNEGATE_LIMITS": json.dumps({**LIMITS_ON, "redis_prefix": f"{prefix}x", "redis_reserve": False}),
+                "TUNEGATE_REDIS_URL": args.redis_url,
+            },
+        },
+    )
     counter_us = asyncio.run(counter_calls(args.redis_url, prefix))
     print(json.dumps({"engine": "stub", "limiter": rows, "counter_call_us": counter_us}, indent=2))
 
@@ -360,8 +459,13 @@ def compare_modes(args: argparse.Namespace, label: str, modes: dict[str, dict[st
     try:
         for mode, env in modes.items():
             work = Path(tempfile.mkdtemp(prefix=f"tunegate-bench-{label}-{mode}-"))
-            gw = LiveGateway(work, f"sqlite:///{work / 'tunegate.db'}", TUNEGATE_BASE_MODELS=models,
-                             TUNEGATE_WORKER__EMBEDDED="false", **env)
+            gw = LiveGateway(
+                work,
+                f"sqlite:///{work / 'tunegate.db'}",
+                TUNEGATE_BASE_MODELS=models,
+                TUNEGATE_WORKER__EMBEDDED="false",
+                **env,
+            )
             gw.start()
             wait_engines_ready(gw, 60)
             gateways[mode] = (gw, gw.new_org_key("bench")[2])
@@ -376,18 +480,25 @@ def compare_modes(args: argparse.Namespace, label: str, modes: dict[str, dict[st
     first = runs[next(iter(modes))]
     rows = []
     for mode, run in runs.items():
-        row = {label: mode, "requests": len(run.latency), "errors": run.errors,
-               "ttft_p50_ms": run.pct(run.ttft, 0.5), "ttft_p99_ms": run.pct(run.ttft, 0.99),
-               "latency_p50_ms": run.pct(run.latency, 0.5), "latency_p99_ms": run.pct(run.latency, 0.99),
-               "added_ttft_p50_ms": run.pct(run.ttft, 0.5) - first.pct(first.ttft, 0.5),
-               "added_latency_p50_ms": run.pct(run.latency, 0.5) - first.pct(first.latency, 0.5)}
+        row = {
+            label: mode,
+            "requests": len(run.latency),
+            "errors": run.errors,
+            "ttft_p50_ms": run.pct(run.ttft, 0.5),
+            "ttft_p99_ms": run.pct(run.ttft, 0.99),
+            "latency_p50_ms": run.pct(run.latency, 0.5),
+            "latency_p99_ms": run.pct(run.latency, 0.99),
+            "added_ttft_p50_ms": run.pct(run.ttft, 0.5) - first.pct(first.ttft, 0.5),
+            "added_latency_p50_ms": run.pct(run.latency, 0.5) - first.pct(first.latency, 0.5),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
 
 
-async def interleaved(gateways: dict[str, tuple[LiveGateway, str]], runs: dict[str, Run], requests: int,
-                      max_tokens: int) -> None:
+async def interleaved(
+    gateways: dict[str, tuple[LiveGateway, str]], runs: dict[str, Run], requests: int, max_tokens: int
+) -> None:
     """One request to each gateway in turn, one at a time: drift on a shared machine hits every mode alike."""
     async with httpx.AsyncClient(timeout=60) as http:
         for _ in range(requests):
@@ -402,8 +513,10 @@ async def counter_calls(redis_url: str, prefix: str, n: int = 2000) -> dict[str,
 
     out = {}
     made: tuple[tuple[str, Counters], ...] = (
-        ("memory", MemoryCounters()), ("redis", RedisCounters(redis_url)),
-        ("redis-reserve", ReservedCounters(RedisCounters(redis_url))))
+        ("memory", MemoryCounters()),
+        ("redis", RedisCounters(redis_url)),
+        ("redis-reserve", ReservedCounters(RedisCounters(redis_url))),
+    )
     for name, counters in made:
         buckets = [Bucket(f"{prefix}:{{o}}:{k}", 10**9, 100) for k in ("or", "ot", "kr", "kt")]
         slots = [Slot(f"{prefix}:{{o}}:{k}", 10**6) for k in ("os", "ks")]

@@ -36,9 +36,14 @@ def step_stats(warmup_steps: int = 0) -> Any:
             self.losses = self.losses or [entry["train_loss"] for entry in state.log_history if "train_loss" in entry]
 
         def result(self) -> dict[str, Any]:
-            return {"steps": self.steps, "tokens": self.tokens, "seconds": round(self.seconds, 2),
-                    "tokens_per_s": round(self.tokens / self.seconds, 1),
-                    "final_loss": round(self.losses[-1], 4), "mean_loss": round(sum(self.losses) / len(self.losses), 4)}
+            return {
+                "steps": self.steps,
+                "tokens": self.tokens,
+                "seconds": round(self.seconds, 2),
+                "tokens_per_s": round(self.tokens / self.seconds, 1),
+                "final_loss": round(self.losses[-1], 4),
+                "mean_loss": round(sum(self.losses) / len(self.losses), 4),
+            }
 
     return StepStats()
 

@@ -13,15 +13,36 @@ from serving.stored import StoredCompletionWriter, capture
 from storage.accounts import Principal
 from storage.settings import RequestLimits
 
-BODY = {"model": "m", "messages": [{"role": "system", "content": "You are helpful."},
-                                   {"role": "user", "content": "x" * 2000}],
-        "temperature": 0, "max_tokens": 256, "store": True, "metadata": {"app": "a", "v": "2"}}
-ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
-          "choices": [{"index": 0, "message": {"role": "assistant", "content": "y" * 1000, "refusal": None},
-                       "finish_reason": "stop", "logprobs": None}],
-          "usage": {"prompt_tokens": 500, "completion_tokens": 256, "total_tokens": 756}}
-CHUNK = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-         "choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": None, "logprobs": None}]}
+BODY = {
+    "model": "m",
+    "messages": [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "x" * 2000}],
+    "temperature": 0,
+    "max_tokens": 256,
+    "store": True,
+    "metadata": {"app": "a", "v": "2"},
+}
+ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "y" * 1000, "refusal": None},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }
+    ],
+    "usage": {"prompt_tokens": 500, "completion_tokens": 256, "total_tokens": 756},
+}
+CHUNK = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion.chunk",
+    "created": 1,
+    "model": "m",
+    "choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": None, "logprobs": None}],
+}
 
 
 class Discard:
@@ -56,8 +77,10 @@ def main() -> None:
         writer.queue(kept.row(kept.streamed()))
         drain()
     per_chunk = (time.perf_counter() - started) / (chunks * streams)
-    print(f"non-stream (2 KB prompt, 1 KB answer): {whole * 1e6:.1f} µs per request; "
-          f"a stream of {chunks} chunks folded and queued: {per_chunk * 1e6:.2f} µs per chunk")
+    print(
+        f"non-stream (2 KB prompt, 1 KB answer): {whole * 1e6:.1f} µs per request; "
+        f"a stream of {chunks} chunks folded and queued: {per_chunk * 1e6:.2f} µs per chunk"
+    )
 
 
 if __name__ == "__main__":

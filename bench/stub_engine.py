@@ -18,8 +18,13 @@ import uvicorn
 
 
 def _chunk(rid: str, model: str, delta: dict, finish: str | None = None) -> bytes:
-    body = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish, "token_ids": None}]}
+    body = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish, "token_ids": None}],
+    }
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
@@ -42,16 +47,32 @@ async def app(scope, receive, send) -> None:  # noqa: ANN001 - a bare ASGI app
     model, n = request["model"], int(request.get("max_tokens") or 16)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
     rid = f"chatcmpl-{time.monotonic_ns():x}"
-    await send({"type": "http.response.body", "body": _chunk(rid, model, {"role": "assistant", "content": ""}),
-                "more_body": True})
+    await send(
+        {
+            "type": "http.response.body",
+            "body": _chunk(rid, model, {"role": "assistant", "content": ""}),
+            "more_body": True,
+        }
+    )
     delay = float(os.environ.get("STUB_DELAY_S", "0"))  # per chunk, to mimic an engine generating
     for i in range(n):
         if delay:
             await asyncio.sleep(delay)
-        await send({"type": "http.response.body", "body": _chunk(rid, model, {"content": " tok"},
-                                                                   "length" if i == n - 1 else None), "more_body": True})
-    usage = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model, "choices": [],
-             "usage": {"prompt_tokens": 10, "total_tokens": 10 + n, "completion_tokens": n}}
+        await send(
+            {
+                "type": "http.response.body",
+                "body": _chunk(rid, model, {"content": " tok"}, "length" if i == n - 1 else None),
+                "more_body": True,
+            }
+        )
+    usage = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": {"prompt_tokens": 10, "total_tokens": 10 + n, "completion_tokens": n},
+    }
     await send({"type": "http.response.body", "body": b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n"})
 
 

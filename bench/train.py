@@ -48,8 +48,9 @@ def examples_file(n: int, folder: Path, source: Path = DATA) -> Path:
     return out
 
 
-def run_tunegate(model: str, data: Path, batch: int, work: Path, device: str, packing: bool = False,
-                 precision: str = "auto") -> object:
+def run_tunegate(
+    model: str, data: Path, batch: int, work: Path, device: str, packing: bool = False, precision: str = "auto"
+) -> object:
     """tunegate's defaults (length-grouped batches, LM head on labelled tokens only, bf16 where native), or
     with packing, or forced to fp32."""
     from finetune import hyperparams
@@ -58,20 +59,34 @@ def run_tunegate(model: str, data: Path, batch: int, work: Path, device: str, pa
     from finetune.recipe.run import TrainSpec, train
 
     hp = hyperparams.resolve(
-        hyperparams.Hyperparameters(n_epochs=1, batch_size=batch, packing=packing, cutoff_len=1024,
-                                    precision=precision),
-        n_examples=1000, method="supervised", device=device, bf16_ok=native_bf16(device),  # as a job's child does
+        hyperparams.Hyperparameters(
+            n_epochs=1, batch_size=batch, packing=packing, cutoff_len=1024, precision=precision
+        ),
+        n_examples=1000,
+        method="supervised",
+        device=device,
+        bf16_ok=native_bf16(device),  # as a job's child does
     )
     from stepstats import step_stats
 
     timer = step_stats()
-    train(TrainSpec("supervised", model, None, hp, 42, data, None, work, device,
-                    extra_callbacks=(timer,)), SilentReporter())
+    train(
+        TrainSpec("supervised", model, None, hp, 42, data, None, work, device, extra_callbacks=(timer,)),
+        SilentReporter(),
+    )
     return timer
 
 
-def run_baseline(model_dir: str, data: Path, batch: int, work: Path, device: str, cutoff_len: int = 1024,
-                 timer: object | None = None, logging_steps: int = 10) -> object:
+def run_baseline(
+    model_dir: str,
+    data: Path,
+    batch: int,
+    work: Path,
+    device: str,
+    cutoff_len: int = 1024,
+    timer: object | None = None,
+    logging_steps: int = 10,
+) -> object:
     """What the tutorials do: tokenize the rendered chat, mask the prompt, pad every batch, HF Trainer + PEFT."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -91,21 +106,43 @@ def run_baseline(model_dir: str, data: Path, batch: int, work: Path, device: str
         full = tokenizer.apply_chat_template(messages, tokenize=False)
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         ids = tokenizer(full, add_special_tokens=False)["input_ids"][:cutoff_len]
-        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids),
-                     "labels": ([-100] * len(p_ids) + ids[len(p_ids):])[: len(ids)]})
+        rows.append(
+            {
+                "input_ids": ids,
+                "attention_mask": [1] * len(ids),
+                "labels": ([-100] * len(p_ids) + ids[len(p_ids) :])[: len(ids)],
+            }
+        )
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
-                                                 device_map={"": 0} if device == "cuda" else None)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, device_map={"": 0} if device == "cuda" else None
+    )
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
     from stepstats import step_stats
 
     timer = timer or step_stats()
-    args = TrainingArguments(output_dir=str(work), num_train_epochs=1, per_device_train_batch_size=batch,
-                             learning_rate=1e-4, logging_steps=logging_steps, save_strategy="no", report_to=[], seed=42,
-                             use_cpu=device == "cpu", bf16=device == "cuda", disable_tqdm=True,
-                             include_num_input_tokens_seen="non_padding", remove_unused_columns=False)
-    Trainer(model=model, args=args, train_dataset=rows, callbacks=[timer],
-            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True)).train()
+    args = TrainingArguments(
+        output_dir=str(work),
+        num_train_epochs=1,
+        per_device_train_batch_size=batch,
+        learning_rate=1e-4,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to=[],
+        seed=42,
+        use_cpu=device == "cpu",
+        bf16=device == "cuda",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+    )
+    Trainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        callbacks=[timer],
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+    ).train()
     return timer
 
 
@@ -120,12 +157,24 @@ def child(args: argparse.Namespace) -> None:
         if args.variant == "baseline":
             timer = run_baseline(args.model, Path(args.data), args.batch_size, Path(tmp), device)
         else:
-            timer = run_tunegate(args.model, Path(args.data), args.batch_size, Path(tmp), device,
-                                 packing=args.variant == "tunegate-packed",
-                                 precision="fp32" if args.variant == "tunegate-fp32" else "auto")
-    result = {"variant": args.variant, "device": device, "steps": timer.steps, "tokens": timer.tokens,
-              "seconds": round(timer.seconds, 2), "tokens_per_s": round(timer.tokens / timer.seconds, 1),
-              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            timer = run_tunegate(
+                args.model,
+                Path(args.data),
+                args.batch_size,
+                Path(tmp),
+                device,
+                packing=args.variant == "tunegate-packed",
+                precision="fp32" if args.variant == "tunegate-fp32" else "auto",
+            )
+    result = {
+        "variant": args.variant,
+        "device": device,
+        "steps": timer.steps,
+        "tokens": timer.tokens,
+        "seconds": round(timer.seconds, 2),
+        "tokens_per_s": round(timer.tokens / timer.seconds, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
     if device == "cuda":
         result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         name = torch.cuda.get_device_name()
@@ -154,22 +203,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = examples_file(args.examples, Path(tmp))
         for variant in [v for v in VARIANTS if v in args.variants.split(",")]:
-            cmd = [sys.executable, __file__, "--variant", variant, "--model", model, "--data", str(data),
-                   "--batch-size", str(args.batch_size)] + (["--threads", str(args.threads)] if args.threads else [])
-            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            cmd = [
+                sys.executable,
+                __file__,
+                "--variant",
+                variant,
+                "--model",
+                model,
+                "--data",
+                str(data),
+                "--batch-size",
+                str(args.batch_size),
+            ] + (["--threads", str(args.threads)] if args.threads else [])
+            out = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+            )
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
             results[variant] = json.loads(line[7:])
             print(json.dumps(results[variant]), flush=True)
-    print(f"\nmodel {model}\nexamples {args.examples}, batch size {args.batch_size}, device {next(iter(results.values()))['device']}")
+    device = next(iter(results.values()))["device"]
+    print(f"\nmodel {model}\nexamples {args.examples}, batch size {args.batch_size}, device {device}")
     base = results.get("baseline", {}).get("tokens_per_s", float("nan"))
     extra = " mfu" if any("mfu" in r for r in results.values()) else ""
     print(f"{'variant':<16} {'tokens/s':>10} {'vs baseline':>12} {'seconds':>8} {'peak RSS MiB':>13}{extra}")
     for name, r in results.items():
         mfu = f" {r['mfu']:.3f}" if "mfu" in r else ""
-        print(f"{name:<16} {r['tokens_per_s']:>10} {r['tokens_per_s'] / base:>11.2f}x {r['seconds']:>8} "
-              f"{r['peak_rss_mib']:>13}{mfu}")
+        print(
+            f"{name:<16} {r['tokens_per_s']:>10} {r['tokens_per_s'] / base:>11.2f}x {r['seconds']:>8} "
+            f"{r['peak_rss_mib']:>13}{mfu}"
+        )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,11 @@ def in_process(before: str, mib: int, tmp: Path) -> None:
     """``normalize`` in a fresh interpreter, finetune/formats at ``before`` vs now, on files on disk."""
     old = tmp / "before"
     old.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", before, "finetune/__init__.py", "finetune/formats"],
-                             check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", before, "finetune/__init__.py", "finetune/formats"],
+        check=True,
+        capture_output=True,
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
     print("\n| normalize alone | file MiB | examples | seconds | peak RSS MiB |\n|---|---:|---:|---:|---:|")
     for name, body in (("jsonl", jsonl_body(mib * MIB)), ("array", array_body(mib * MIB))):
@@ -66,9 +69,15 @@ def in_process(before: str, mib: int, tmp: Path) -> None:
             for chunk in body:
                 fh.write(chunk)
         for label, root in ((f"before ({before})", old), ("now", REPO)):
-            out = subprocess.run([sys.executable, "-c", NORMALIZE, str(root), str(source), str(tmp / "out")],
-                                 check=True, capture_output=True, text=True).stdout.split()
-            print(f"| {name}, {label} | {source.stat().st_size / MIB:.0f} | {out[0]} | {out[2]} | {out[3]} |", flush=True)
+            out = subprocess.run(
+                [sys.executable, "-c", NORMALIZE, str(root), str(source), str(tmp / "out")],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            print(
+                f"| {name}, {label} | {source.stat().st_size / MIB:.0f} | {out[0]} | {out[2]} | {out[3]} |", flush=True
+            )
         source.unlink()
 
 
@@ -95,11 +104,15 @@ def main() -> None:
                 peak = sampler.result
                 size = r.json().get("bytes") if r.status_code == 200 else None
                 shown = f"{size / MIB:.0f}" if size else (f"{args.mib}" if name != "small" else "1")
-                print(f"| {name} | {shown} | {r.status_code} | {seconds:.1f} | {peak.idle_mib:.0f} | "
-                      f"{peak.peak_mib:.0f} | {peak.growth_mib:.0f} |", flush=True)
+                print(
+                    f"| {name} | {shown} | {r.status_code} | {seconds:.1f} | {peak.idle_mib:.0f} | "
+                    f"{peak.peak_mib:.0f} | {peak.growth_mib:.0f} |",
+                    flush=True,
+                )
                 if r.status_code == 200:  # free the disk for the next case
-                    httpx.delete(f"{gateway.url}/v1/files/{r.json()['id']}",
-                                 headers={"authorization": f"Bearer {key}"}).raise_for_status()
+                    httpx.delete(
+                        f"{gateway.url}/v1/files/{r.json()['id']}", headers={"authorization": f"Bearer {key}"}
+                    ).raise_for_status()
         finally:
             gateway.stop()
         if args.before:

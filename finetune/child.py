@@ -2,8 +2,9 @@
 
 It resolves the job's settings for the real device, runs the recipe (resuming from the last trainer
 checkpoint when there is one), and records everything through the job store: events, checkpoints as
-servable models, the final model; the job-end evaluation and the results CSV are ``finetune.evals.job_end``'s. Any exception fails the job with a readable error.
-It exits by itself when its worker disappears (the lease then moves the job to another worker).
+servable models, the final model; the job-end evaluation and the results CSV are ``finetune.evals.job_end``'s. Any
+exception fails the job with a readable error. It exits by itself when its worker disappears (the lease then moves the
+job to another worker).
 
 Exactly once: every durable write is fenced by the claim's lease token (``storage.leases.fence``), so a child
 whose lease was taken over writes nothing more and stops at its next poll; what it writes to files goes under
@@ -60,9 +61,14 @@ class JobReporter:
         for key, label in (("train_reward_mean", "train reward"), ("valid_reward_mean", "validation reward")):
             if key in data:  # reinforcement jobs
                 parts.append(f"{label}={data[key]:.4f}")
-        self.ctx.jobs.add_event(self.ctx.job.id, f"Step {step}/{total_steps}: {', '.join(parts)}", type="metrics",
-                                data={"step": step, "total_steps": total_steps, **data}, step=step,
-                                lease=self.ctx.worker)
+        self.ctx.jobs.add_event(
+            self.ctx.job.id,
+            f"Step {step}/{total_steps}: {', '.join(parts)}",
+            type="metrics",
+            data={"step": step, "total_steps": total_steps, **data},
+            step=step,
+            lease=self.ctx.worker,
+        )
         if self.ctx.tracker is not None:  # TensorBoard, W&B (finetune/integrations.py)
             self.ctx.tracker.metrics(step, data)
         fault_point(self.ctx, "training")
@@ -143,11 +149,16 @@ def parent_adapter(ctx: Context) -> Path | None:
     with ctx.db.session() as s:
         row = visible_model(s, ctx.job.organization_id, ctx.job.model)
     if row is None or not row.adapter_key:
-        raise TunegateError(f"The model '{ctx.job.model}' is no longer available to this organization (deleted, or "
-                            "its permission revoked).", param="model", code="model_not_available")
+        raise TunegateError(
+            f"The model '{ctx.job.model}' is no longer available to this organization (deleted, or "
+            "its permission revoked).",
+            param="model",
+            code="model_not_available",
+        )
     ctx.base_id = row.base_model
-    ctx.jobs.add_event(ctx.job.id, f"Continuing the training of {ctx.job.model} (base model {row.base_model})",
-                       lease=ctx.worker)
+    ctx.jobs.add_event(
+        ctx.job.id, f"Continuing the training of {ctx.job.model} (base model {row.base_model})", lease=ctx.worker
+    )
     return ctx.blobs.local_path(row.adapter_key)
 
 
@@ -163,10 +174,15 @@ def run(ctx: Context) -> None:
     training = ctx.files.get(job.organization_id, job.training_file)
     spec_model = ctx.settings.base_models[ctx.base_id]
     base_path = local_dir(ctx.base_id, spec_model, ctx.settings)
-    hp = hyperparams.resolve(hyperparams.Hyperparameters.model_validate(job.hyperparameters),
-                             n_examples=training.n_examples or 0, method=method, device=device,
-                             bf16_ok=native_bf16(device), footprint=model_footprint(device, base_path),
-                             reasoning=spec_model.reasoning)
+    hp = hyperparams.resolve(
+        hyperparams.Hyperparameters.model_validate(job.hyperparameters),
+        n_examples=training.n_examples or 0,
+        method=method,
+        device=device,
+        bf16_ok=native_bf16(device),
+        footprint=model_footprint(device, base_path),
+        reasoning=spec_model.reasoning,
+    )
     jobs.advance(job.id, ctx.worker, ("running",), resolved=hp.model_dump(mode="json"))
     resume_from, resumed_step = resume_point(ctx.work_dir.parent)
     jobs.forget_steps_after(job.id, resumed_step, lease=ctx.worker)
@@ -174,20 +190,35 @@ def run(ctx: Context) -> None:
         jobs.add_event(job.id, f"Resuming from the checkpoint at step {resumed_step}", lease=ctx.worker)
     validation = ctx.files.get(job.organization_id, job.validation_file) if job.validation_file else None
     spec = TrainSpec(
-        method=method, base_path=base_path,
-        chat_template=spec_model.chat_template, hp=hp, seed=job.seed,
+        method=method,
+        base_path=base_path,
+        chat_template=spec_model.chat_template,
+        hp=hp,
+        seed=job.seed,
         train_file=ctx.blobs.local_path(training.normalized_blob_key),
         valid_file=ctx.blobs.local_path(validation.normalized_blob_key) if validation else None,
-        work_dir=ctx.work_dir, device=device, resume_from=resume_from, log_every=ctx.settings.worker.log_every_steps,
+        work_dir=ctx.work_dir,
+        device=device,
+        resume_from=resume_from,
+        log_every=ctx.settings.worker.log_every_steps,
         cpu_threads=ctx.settings.worker.cpu_threads,
-        grader=(job.method_config or {}).get("grader"), owner=job.organization_id, reasoning=spec_model.reasoning,
-        judge=reinforcement.judge(ctx.settings, ctx.db, job.organization_id, job.id), init_adapter=parent,
+        grader=(job.method_config or {}).get("grader"),
+        owner=job.organization_id,
+        reasoning=spec_model.reasoning,
+        judge=reinforcement.judge(ctx.settings, ctx.db, job.organization_id, job.id),
+        init_adapter=parent,
         rollouts=_rollouts(ctx) if job.method == "reinforcement" else None,
     )
-    ctx.tracker = Tracker(ctx.work_dir.parent.parent / "tracking", job.id, job.model, job.integrations,  # jobs/<id>/
-                          warn=lambda message: jobs.add_event(job.id, message, level="warn", lease=ctx.worker),
-                          config={"model": job.model, "method": job.method, **hp.model_dump(mode="json")},
-                          org_id=job.organization_id, wandb_entity=ctx.settings.integrations.wandb_entity)
+    ctx.tracker = Tracker(
+        ctx.work_dir.parent.parent / "tracking",
+        job.id,
+        job.model,
+        job.integrations,  # jobs/<id>/
+        warn=lambda message: jobs.add_event(job.id, message, level="warn", lease=ctx.worker),
+        config={"model": job.model, "method": job.method, **hp.model_dump(mode="json")},
+        org_id=job.organization_id,
+        wandb_entity=ctx.settings.integrations.wandb_entity,
+    )
     try:
         outcome = train(spec, JobReporter(ctx))
     finally:
@@ -203,11 +234,11 @@ def run(ctx: Context) -> None:
 
 def _rollouts(ctx: Context) -> object:
     """Reinforcement: the engine that samples the rollouts (None: HF generate), announced in the job's events."""
+
     def event(message: str, level: str) -> None:
         ctx.jobs.add_event(ctx.job.id, message, level=level, lease=ctx.worker)
 
-    return reinforcement.rollouts(ctx.settings, ctx.db, ctx.base_id, ctx.job.id, ctx.work_dir / "rollout-policy",
-                                  event)
+    return reinforcement.rollouts(ctx.settings, ctx.db, ctx.base_id, ctx.job.id, ctx.work_dir / "rollout-policy", event)
 
 
 def _finish(ctx: Context, adapter_dir: Path, trained_tokens: int) -> None:
@@ -222,10 +253,25 @@ def _finish(ctx: Context, adapter_dir: Path, trained_tokens: int) -> None:
     tracking = job_end.tracking_files(ctx)  # tensorboard.tar.gz, wandb-offline-run.tar.gz
     fault_point(ctx, "results")
     fault_point(ctx, "registering")
-    model = FineTunedModel(id=ctx.model_name, organization_id=job.organization_id, base_model=ctx.base_id,
-                           kind="fine-tuned", job_id=job.id, adapter_key=key, created_at=now())
-    ctx.jobs.succeed(job.id, ctx.worker, model, results, trained_tokens=trained_tokens, finished_at=now(),
-                     estimated_finish=None, more_results=tracking)
+    model = FineTunedModel(
+        id=ctx.model_name,
+        organization_id=job.organization_id,
+        base_model=ctx.base_id,
+        kind="fine-tuned",
+        job_id=job.id,
+        adapter_key=key,
+        created_at=now(),
+    )
+    ctx.jobs.succeed(
+        job.id,
+        ctx.worker,
+        model,
+        results,
+        trained_tokens=trained_tokens,
+        finished_at=now(),
+        estimated_finish=None,
+        more_results=tracking,
+    )
     fault_point(ctx, "succeeded")
 
 

@@ -35,9 +35,13 @@ def model_footprint(device: Device, model_dir: str) -> Footprint | None:
     config = json.loads(config_path.read_text())
     config = config.get("text_config", config)  # multimodal configs nest the language model's
     hidden = int(config["hidden_size"])
-    return Footprint(layers=int(config["num_hidden_layers"]), hidden=hidden,
-                     intermediate=int(config.get("intermediate_size") or 4 * hidden),
-                     parameters=parameter_count(Path(model_dir)), free_bytes=free_memory(device))
+    return Footprint(
+        layers=int(config["num_hidden_layers"]),
+        hidden=hidden,
+        intermediate=int(config.get("intermediate_size") or 4 * hidden),
+        parameters=parameter_count(Path(model_dir)),
+        free_bytes=free_memory(device),
+    )
 
 
 def free_memory(device: Device) -> int:

@@ -23,8 +23,10 @@ ReasoningEffort = Literal["default", "low", "medium", "high"]
 RFT_ONLY = ("compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort", "max_completion_length")
 BASE_GENERATIONS = 8  # completions per prompt at compute_multiplier 1.0 (TRL's GRPO default)
 # reasoning_effort → tokens a completion may take (max_completion_length): reasoning models think first
-COMPLETION_BUDGET = {False: {"low": 128, "default": 256, "medium": 256, "high": 512},
-                     True: {"low": 1024, "default": 2048, "medium": 2048, "high": 4096}}
+COMPLETION_BUDGET = {
+    False: {"low": 128, "default": 256, "medium": 256, "high": 512},
+    True: {"low": 1024, "default": 2048, "medium": 2048, "high": 4096},
+}
 
 
 class Hyperparameters(BaseModel):
@@ -36,17 +38,23 @@ class Hyperparameters(BaseModel):
         "auto", description=f"× {BASE_LEARNING_RATE} (ignored when learning_rate is set)"
     )
     beta: Auto | Annotated[float, Field(ge=0, le=2)] = Field(
-        "auto", description="DPO: pref_beta; reinforcement: the KL coefficient to the LoRA-disabled model")
+        "auto", description="DPO: pref_beta; reinforcement: the KL coefficient to the LoRA-disabled model"
+    )
     compute_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = Field(
-        "auto", description=f"reinforcement: × {BASE_GENERATIONS} sampled completions per prompt (num_generations)")
+        "auto", description=f"reinforcement: × {BASE_GENERATIONS} sampled completions per prompt (num_generations)"
+    )
     eval_interval: Auto | Annotated[int, Field(ge=1)] = Field(
-        "auto", description="reinforcement: training steps between evaluations (and checkpoints)")
+        "auto", description="reinforcement: training steps between evaluations (and checkpoints)"
+    )
     eval_samples: Auto | Annotated[int, Field(ge=1)] = Field(
-        "auto", description="reinforcement: validation prompts graded at each evaluation")
+        "auto", description="reinforcement: validation prompts graded at each evaluation"
+    )
     reasoning_effort: ReasoningEffort = Field(
-        "default", description="reinforcement: the completion token budget (max_completion_length)")
+        "default", description="reinforcement: the completion token budget (max_completion_length)"
+    )
     max_completion_length: Annotated[int, Field(ge=1, le=32768)] | None = Field(
-        None, description="reinforcement: tokens per sampled completion (overrides reasoning_effort's budget)")
+        None, description="reinforcement: tokens per sampled completion (overrides reasoning_effort's budget)"
+    )
     learning_rate: Annotated[float, Field(gt=0, le=1)] | None = Field(None, description="learning_rate (absolute)")
     lora_rank: Annotated[int, Field(ge=1, le=256)] = Field(8, description="lora_rank")
     lora_alpha: Annotated[int, Field(ge=1, le=1024)] | None = Field(None, description="lora_alpha (default 2 × rank)")
@@ -56,24 +64,31 @@ class Hyperparameters(BaseModel):
     )
     loraplus_lr_ratio: Annotated[float, Field(gt=0, le=64)] | None = Field(None, description="loraplus_lr_ratio")
     cutoff_len: Annotated[int, Field(ge=16, le=131072)] = Field(2048, description="cutoff_len (tokens per example)")
-    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = Field(1, description="gradient_accumulation_steps")
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = Field(
+        1, description="gradient_accumulation_steps"
+    )
     max_grad_norm: Annotated[float, Field(gt=0)] = Field(1.0, description="max_grad_norm")
     lr_scheduler_type: Literal[
         "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"
     ] = Field("cosine", description="lr_scheduler_type")
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="warmup_ratio")
     packing: bool = Field(False, description="packing (padding-free, no cross-example attention)")
-    group_by_length: bool = Field(True, description="HF group_by_length: batch examples of similar length "
-                                  "(little padding); ignored with packing")
+    group_by_length: bool = Field(
+        True, description="HF group_by_length: batch examples of similar length (little padding); ignored with packing"
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="bf16 / fp16 / pure fp32")
     gradient_checkpointing: Auto | bool = Field(
-        "auto", description="recompute each layer's activations in the backward pass (LLaMA-Factory: on unless "
-        "disable_gradient_checkpointing); auto: on when a full batch's activations would not fit comfortably")
+        "auto",
+        description="recompute each layer's activations in the backward pass (LLaMA-Factory: on unless "
+        "disable_gradient_checkpointing); auto: on when a full batch's activations would not fit comfortably",
+    )
     quantization_bit: Literal[4, 8] | None = Field(None, description="quantization_bit: QLoRA, CUDA only")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Hyperparameters:
-        if self.lora_target != "all" and any(not t or not t.replace("_", "").replace(".", "").isalnum() for t in self.lora_target):
+        if self.lora_target != "all" and any(
+            not t or not t.replace("_", "").replace(".", "").isalnum() for t in self.lora_target
+        ):
             raise ValueError("lora_target entries must be module names such as 'q_proj'")
         return self
 
@@ -155,30 +170,44 @@ def parse(raw: dict | None, method: Method, param: str) -> Hyperparameters:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else ""  # a union adds its branch after the field name
         where = f"{param}.{field}" if field else param
-        raise InvalidRequest(f"Invalid hyperparameter {where}: {first['msg']}.", param=where, code="invalid_hyperparameter") from None
+        raise InvalidRequest(
+            f"Invalid hyperparameter {where}: {first['msg']}.", param=where, code="invalid_hyperparameter"
+        ) from None
     if method == "supervised" and hp.beta != "auto":
-        raise InvalidRequest("beta is a DPO or reinforcement hyperparameter.", param=f"{param}.beta",
-                             code="invalid_hyperparameter")
+        raise InvalidRequest(
+            "beta is a DPO or reinforcement hyperparameter.", param=f"{param}.beta", code="invalid_hyperparameter"
+        )
     if method == "dpo" and hp.beta == 0:
         raise InvalidRequest("DPO needs beta > 0.", param=f"{param}.beta", code="invalid_hyperparameter")
     if method != "supervised" and hp.packing:
-        raise InvalidRequest(f"packing is not supported with {method}.", param=f"{param}.packing",
-                             code="invalid_hyperparameter")
+        raise InvalidRequest(
+            f"packing is not supported with {method}.", param=f"{param}.packing", code="invalid_hyperparameter"
+        )
     if method != "reinforcement":
         given = next((f for f in RFT_ONLY if f in hp.model_fields_set), None)
         if given:
-            raise InvalidRequest(f"{given} is a reinforcement hyperparameter.", param=f"{param}.{given}",
-                                 code="invalid_hyperparameter")
+            raise InvalidRequest(
+                f"{given} is a reinforcement hyperparameter.", param=f"{param}.{given}", code="invalid_hyperparameter"
+            )
     return hp
 
 
-def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Literal["cuda", "cpu"],
-            bf16_ok: bool | None = None, footprint: Footprint | None = None,
-            param: str = "hyperparameters", reasoning: bool = False) -> Resolved:
+def resolve(
+    hp: Hyperparameters,
+    *,
+    n_examples: int,
+    method: Method,
+    device: Literal["cuda", "cpu"],
+    bf16_ok: bool | None = None,
+    footprint: Footprint | None = None,
+    param: str = "hyperparameters",
+    reasoning: bool = False,
+) -> Resolved:
     """Fill in every ``"auto"`` from the data size and device; refuse what the device cannot do."""
     if hp.quantization_bit and device != "cuda":
         raise InvalidRequest(
-            "QLoRA (quantization_bit) needs a CUDA GPU; this worker has none.", param=f"{param}.quantization_bit",
+            "QLoRA (quantization_bit) needs a CUDA GPU; this worker has none.",
+            param=f"{param}.quantization_bit",
             code="unsupported_on_device",
         )
     precision = hp.precision
@@ -188,28 +217,44 @@ def resolve(hp: Hyperparameters, *, n_examples: int, method: Method, device: Lit
         native = bf16_ok if bf16_ok is not None else device == "cuda"
         precision = "bf16" if native else "fp32"
     elif precision == "fp16" and device != "cuda":
-        raise InvalidRequest("fp16 training needs a CUDA GPU; use bf16 or fp32.", param=f"{param}.precision",
-                             code="unsupported_on_device")
+        raise InvalidRequest(
+            "fp16 training needs a CUDA GPU; use bf16 or fp32.",
+            param=f"{param}.precision",
+            code="unsupported_on_device",
+        )
     multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else float(hp.learning_rate_multiplier)
     batch_size = auto_batch_size(n_examples) if hp.batch_size == "auto" else hp.batch_size
     checkpointing = hp.gradient_checkpointing
     if checkpointing == "auto":
         checkpointing = auto_checkpointing(footprint, batch_size * hp.cutoff_len, precision)
     n_epochs = auto_epochs(n_examples) if hp.n_epochs == "auto" else hp.n_epochs
-    rl: RLKnobs = (_reinforcement(hp, n_epochs * math.ceil(n_examples / batch_size), reasoning)
-                   if method == "reinforcement" else {})
+    rl: RLKnobs = (
+        _reinforcement(hp, n_epochs * math.ceil(n_examples / batch_size), reasoning)
+        if method == "reinforcement"
+        else {}
+    )
     return Resolved(
         n_epochs=n_epochs,
         batch_size=batch_size,
         learning_rate_multiplier=multiplier,
         learning_rate=hp.learning_rate or BASE_LEARNING_RATE * multiplier,
         beta=(DEFAULT_BETA[method] if hp.beta == "auto" else hp.beta) if method in DEFAULT_BETA else None,
-        lora_rank=hp.lora_rank, lora_alpha=hp.lora_alpha or 2 * hp.lora_rank, lora_dropout=hp.lora_dropout,
-        lora_target=hp.lora_target, loraplus_lr_ratio=hp.loraplus_lr_ratio, cutoff_len=hp.cutoff_len,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps, max_grad_norm=hp.max_grad_norm,
-        lr_scheduler_type=hp.lr_scheduler_type, warmup_ratio=hp.warmup_ratio, packing=hp.packing,
+        lora_rank=hp.lora_rank,
+        lora_alpha=hp.lora_alpha or 2 * hp.lora_rank,
+        lora_dropout=hp.lora_dropout,
+        lora_target=hp.lora_target,
+        loraplus_lr_ratio=hp.loraplus_lr_ratio,
+        cutoff_len=hp.cutoff_len,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        max_grad_norm=hp.max_grad_norm,
+        lr_scheduler_type=hp.lr_scheduler_type,
+        warmup_ratio=hp.warmup_ratio,
+        packing=hp.packing,
         group_by_length=hp.group_by_length and not hp.packing,
-        precision=precision, gradient_checkpointing=checkpointing, quantization_bit=hp.quantization_bit, **rl,
+        precision=precision,
+        gradient_checkpointing=checkpointing,
+        quantization_bit=hp.quantization_bit,
+        **rl,
     )
 
 

@@ -61,38 +61,59 @@ def _one(item: Any, where: str, wandb_entity: str | None) -> dict[str, Any]:
     if unknown:
         raise _bad(f"Unknown parameter: '{where}.{unknown[0]}'.", f"{where}.{unknown[0]}", "unknown_parameter")
     if item.get("type") != "wandb":
-        raise _bad(f"{where}.type must be 'wandb' (the only integration supported), not {item.get('type')!r}.",
-                   f"{where}.type")
+        raise _bad(
+            f"{where}.type must be 'wandb' (the only integration supported), not {item.get('type')!r}.", f"{where}.type"
+        )
     wandb = item.get("wandb")
     if not isinstance(wandb, dict):
-        raise _bad(f"{where}.wandb is required: an object with project (and name, entity, tags).", f"{where}.wandb",
-                   "missing_required_parameter" if wandb is None else "invalid_value")
+        raise _bad(
+            f"{where}.wandb is required: an object with project (and name, entity, tags).",
+            f"{where}.wandb",
+            "missing_required_parameter" if wandb is None else "invalid_value",
+        )
     unknown = sorted(set(wandb) - {"project", "name", "entity", "tags"})
     if unknown:
-        raise _bad(f"Unknown parameter: '{where}.wandb.{unknown[0]}'.", f"{where}.wandb.{unknown[0]}",
-                   "unknown_parameter")
+        raise _bad(
+            f"Unknown parameter: '{where}.wandb.{unknown[0]}'.", f"{where}.wandb.{unknown[0]}", "unknown_parameter"
+        )
     project = wandb.get("project")
-    if (not isinstance(project, str) or not project.strip() or len(project) > MAX_PROJECT
-            or any(c in project for c in BAD_PROJECT_CHARS)):
-        raise _bad(f"{where}.wandb.project is required: the W&B project name (1-{MAX_PROJECT} characters, none of "
-                   f"{' '.join(BAD_PROJECT_CHARS)}).", f"{where}.wandb.project",
-                   "missing_required_parameter" if project is None else "invalid_value")
+    if (
+        not isinstance(project, str)
+        or not project.strip()
+        or len(project) > MAX_PROJECT
+        or any(c in project for c in BAD_PROJECT_CHARS)
+    ):
+        raise _bad(
+            f"{where}.wandb.project is required: the W&B project name (1-{MAX_PROJECT} characters, none of "
+            f"{' '.join(BAD_PROJECT_CHARS)}).",
+            f"{where}.wandb.project",
+            "missing_required_parameter" if project is None else "invalid_value",
+        )
     shown: dict[str, Any] = {"project": project}
     for key in ("name", "entity"):
         value = wandb.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT):
-            raise _bad(f"{where}.wandb.{key} must be a non-empty string of at most {MAX_TEXT} characters, or null.",
-                       f"{where}.wandb.{key}")
+            raise _bad(
+                f"{where}.wandb.{key} must be a non-empty string of at most {MAX_TEXT} characters, or null.",
+                f"{where}.wandb.{key}",
+            )
         shown[key] = value
     if wandb_entity is not None and shown["entity"] not in (None, wandb_entity):
-        raise _bad(f"{where}.wandb.entity must be null or {wandb_entity!r}: this server logs W&B runs with its own "
-                   f"key, only to that entity (into the project '<organization id>-<project>').",
-                   f"{where}.wandb.entity")
+        raise _bad(
+            f"{where}.wandb.entity must be null or {wandb_entity!r}: this server logs W&B runs with its own "
+            f"key, only to that entity (into the project '<organization id>-<project>').",
+            f"{where}.wandb.entity",
+        )
     tags = wandb.get("tags")
-    if tags is not None and (not isinstance(tags, list) or len(tags) > MAX_TAGS
-                             or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in tags)):
-        raise _bad(f"{where}.wandb.tags must be an array of at most {MAX_TAGS} strings of 1-64 characters.",
-                   f"{where}.wandb.tags")
+    if tags is not None and (
+        not isinstance(tags, list)
+        or len(tags) > MAX_TAGS
+        or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in tags)
+    ):
+        raise _bad(
+            f"{where}.wandb.tags must be an array of at most {MAX_TAGS} strings of 1-64 characters.",
+            f"{where}.wandb.tags",
+        )
     shown["tags"] = list(tags or [])
     return {"type": "wandb", "wandb": shown}
 
@@ -106,8 +127,9 @@ def wandb_online(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
     return bool(env.get("WANDB_API_KEY")) and env.get("WANDB_MODE", "online") not in ("offline", "disabled")
 
 
-def wandb_target(wandb: dict[str, Any], org_id: str, wandb_entity: str | None,
-                 env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[str, str | None, str, str | None]:
+def wandb_target(
+    wandb: dict[str, Any], org_id: str, wandb_entity: str | None, env: dict[str, str] | os._Environ[str] = os.environ
+) -> tuple[str, str | None, str, str | None]:
     """(mode, entity, project, why offline) of a job's W&B run. Online — with the operator's key — only to the
     configured entity, into ``<org_id>-<project>``; the tenant's ``entity`` only when it is that one. Offline (no
     key, no configured entity, or a stored entity that is not it) the run keeps what the tenant asked for: it is
@@ -116,20 +138,37 @@ def wandb_target(wandb: dict[str, Any], org_id: str, wandb_entity: str | None,
     if not wandb_online(env):
         return "offline", asked, wandb["project"], None
     if wandb_entity is None:
-        return "offline", asked, wandb["project"], ("this server has no integrations.wandb_entity configured, so "
-                                                    "its W&B key is not used for jobs")
+        return (
+            "offline",
+            asked,
+            wandb["project"],
+            ("this server has no integrations.wandb_entity configured, so its W&B key is not used for jobs"),
+        )
     if asked not in (None, wandb_entity):
-        return "offline", asked, wandb["project"], (f"entity {asked!r} is not this server's W&B entity "
-                                                    f"({wandb_entity!r})")
+        return (
+            "offline",
+            asked,
+            wandb["project"],
+            (f"entity {asked!r} is not this server's W&B entity ({wandb_entity!r})"),
+        )
     return "online", wandb_entity, f"{org_id}-{wandb['project']}", None
 
 
 class Tracker:
     """The child's side: TensorBoard always, W&B when asked. Each method swallows the libraries' failures."""
 
-    def __init__(self, folder: Path, job_id: str, model: str, integrations: list[dict[str, Any]] | None,
-                 warn: Any = None, config: dict[str, Any] | None = None, *, org_id: str,
-                 wandb_entity: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        job_id: str,
+        model: str,
+        integrations: list[dict[str, Any]] | None,
+        warn: Any = None,
+        config: dict[str, Any] | None = None,
+        *,
+        org_id: str,
+        wandb_entity: str | None = None,
+    ) -> None:
         self.folder, self.job_id, self.model = folder, job_id, model
         self.org_id, self.wandb_entity = org_id, wandb_entity
         self.warn = warn or (lambda message: log.warning("%s", message))
@@ -170,21 +209,34 @@ class Tracker:
             import wandb
 
             self.wandb_run = wandb.init(
-                project=project, name=settings.get("name") or self.job_id, entity=entity,
-                tags=["tunegate/finetune", f"tunegate/{self.model}"[:64], f"tunegate/{self.job_id}"[:64],
-                      *settings.get("tags", [])],
-                id=self.job_id, resume="allow", dir=str(self.wandb_dir),
-                mode="online" if self.online else "offline", config=config,
-                settings=wandb.Settings(console="off", x_disable_stats=True, silent=True,
-                                        init_timeout=60, x_disable_meta=False),
+                project=project,
+                name=settings.get("name") or self.job_id,
+                entity=entity,
+                tags=[
+                    "tunegate/finetune",
+                    f"tunegate/{self.model}"[:64],
+                    f"tunegate/{self.job_id}"[:64],
+                    *settings.get("tags", []),
+                ],
+                id=self.job_id,
+                resume="allow",
+                dir=str(self.wandb_dir),
+                mode="online" if self.online else "offline",
+                config=config,
+                settings=wandb.Settings(
+                    console="off", x_disable_stats=True, silent=True, init_timeout=60, x_disable_meta=False
+                ),
             )
         except Exception as exc:  # noqa: BLE001
             self.wandb_run = None
             self.warn(f"Weights & Biases logging is off for this job: {type(exc).__name__}: {exc}")
 
     def metrics(self, step: int, data: dict[str, float]) -> None:
-        values = {k: float(v) for k, v in data.items()
-                  if k not in NOT_LOGGED and isinstance(v, int | float) and not isinstance(v, bool)}
+        values = {
+            k: float(v)
+            for k, v in data.items()
+            if k not in NOT_LOGGED and isinstance(v, int | float) and not isinstance(v, bool)
+        }
         if self.tb is not None:
             try:
                 for key, value in values.items():

@@ -96,8 +96,15 @@ class LeasedWorker(ABC):
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def supervise_child(self, module: str, item_id: str, lease: str, *, cancelled: Callable[[], bool] = lambda: False,
-                        deadline: float | None = None) -> int | None:
+    def supervise_child(
+        self,
+        module: str,
+        item_id: str,
+        lease: str,
+        *,
+        cancelled: Callable[[], bool] = lambda: False,
+        deadline: float | None = None,
+    ) -> int | None:
         """Run ``python -m module <item id> <lease> <settings file>`` under the lease; its exit code, or None when
         it was stopped (lease lost or unrenewable, ``cancelled()``, ``deadline`` (monotonic) passed, stopping)."""
         if self._settings_file is None:
@@ -109,8 +116,12 @@ class LeasedWorker(ABC):
                 return False
             return still_ours() and not self._stop.is_set()
 
-        return supervise([sys.executable, "-m", module, item_id, lease, str(self._settings_file)],
-                         self.log_path(item_id), keep_going, min(self.lease_s / 3, 2.0))
+        return supervise(
+            [sys.executable, "-m", module, item_id, lease, str(self._settings_file)],
+            self.log_path(item_id),
+            keep_going,
+            min(self.lease_s / 3, 2.0),
+        )
 
     def _renewal(self, item_id: str, renew: Callable[[], bool]) -> Callable[[], bool]:
         """The one renewal rule: ``renew()`` says whether the work is still ours; when it fails (the database is
@@ -164,8 +175,9 @@ class Workers:
 
     def start(self) -> Workers:
         for worker in self.workers:
-            thread = threading.Thread(target=worker.run_forever, name=f"tunegate-{getattr(worker, 'kind', 'worker')}",
-                                      daemon=True)
+            thread = threading.Thread(
+                target=worker.run_forever, name=f"tunegate-{getattr(worker, 'kind', 'worker')}", daemon=True
+            )
             thread.start()
             self.threads.append(thread)
         return self
@@ -186,7 +198,11 @@ def start_workers(settings: Settings, services: Any) -> Workers:
     from finetune.export.runner import ExportWorker
     from finetune.worker import Worker
 
-    return Workers([Worker(settings, services.jobs, services.files),
-                    EvalWorker(settings, services.db, services.blobs),
-                    ExportWorker(settings, services.exports),
-                    BatchWorker(settings, services.db, services.blobs)]).start()
+    return Workers(
+        [
+            Worker(settings, services.jobs, services.files),
+            EvalWorker(settings, services.db, services.blobs),
+            ExportWorker(settings, services.exports),
+            BatchWorker(settings, services.db, services.blobs),
+        ]
+    ).start()

@@ -43,8 +43,13 @@ def supervise(argv: list[str], log_path: Path, keep_going: Callable[[], bool], i
         # training and exports write to the database; W&B's own variables (WANDB_API_KEY, WANDB_BASE_URL, WANDB_MODE…)
         # reach the child with the rest of the environment (only TUNEGATE_* are dropped): the training child logs a
         # job's wandb integration with them (finetune/integrations.py)
-        child = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                                 env=Settings.child_environ(database=True))
+        child = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=Settings.child_environ(database=True),
+        )
         while True:
             try:
                 return child.wait(timeout=interval)

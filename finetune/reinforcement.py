@@ -29,15 +29,20 @@ MODEL_GRADERS = ("score_model", "label_model")
 def check(section: dict[str, Any], model_exists: Callable[[str], None], settings: Settings) -> dict[str, Any]:
     """``{"grader": …, "response_format"?: …}`` as stored in ``FineTuningJob.method_config``."""
     if "grader" not in section or section["grader"] is None:
-        raise InvalidRequest("A reinforcement fine-tuning job needs a grader (method.reinforcement.grader).",
-                             param=f"{PARAM}.grader", code="missing_required_parameter")
+        raise InvalidRequest(
+            "A reinforcement fine-tuning job needs a grader (method.reinforcement.grader).",
+            param=f"{PARAM}.grader",
+            code="missing_required_parameter",
+        )
     config = {"grader": validate.check(section["grader"], f"{PARAM}.grader", model_exists)}
     for param, model in judges(config["grader"], f"{PARAM}.grader"):
         if settings.base_model_id(model) is None:  # the training child reaches base models' engines only (judge)
             raise InvalidRequest(
                 f"The judge model {model!r} of {param} cannot grade a reinforcement fine-tuning job: a judge must be "
                 "a base model served by this gateway (or an alias of one); fine-tuned judges are not supported yet.",
-                param=param, code="unsupported_value")
+                param=param,
+                code="unsupported_value",
+            )
     if section.get("response_format") is not None:
         checked = validate_sampling_params({"response_format": section["response_format"]}, PARAM, settings.requests)
         if checked["response_format"].get("type") != "text":  # nothing constrains the rollouts (HF generate) yet
@@ -45,7 +50,9 @@ def check(section: dict[str, Any], model_exists: Callable[[str], None], settings
                 f"{PARAM}.response_format of type {checked['response_format'].get('type')!r} is not supported: the "
                 "rollouts are not constrained to a format yet (only 'text' is accepted). Reward the format with the "
                 "grader instead (e.g. a python grader that parses the output).",
-                param=f"{PARAM}.response_format", code="unsupported_value")
+                param=f"{PARAM}.response_format",
+                code="unsupported_value",
+            )
         config["response_format"] = checked["response_format"]
     return config
 
@@ -75,9 +82,15 @@ def judge(settings: Settings, db: Database, organization_id: str, job_id: str) -
             if not engines:
                 raise TunegateError(f"no serving engine for judge model {model!r} is ready")
             usage = UsageSink(db, organization_id, model, "fine_tuning.jobs", job_id)
-            return chat_all(engines[0], base, [b["messages"] for b in bodies],
-                            [{k: v for k, v in b.items() if k != "messages"} for b in bodies], usage=usage,
-                            limits=settings.requests, param_prefix="grader.sampling_params")
+            return chat_all(
+                engines[0],
+                base,
+                [b["messages"] for b in bodies],
+                [{k: v for k, v in b.items() if k != "messages"} for b in bodies],
+                usage=usage,
+                limits=settings.requests,
+                param_prefix="grader.sampling_params",
+            )
         except Exception as exc:  # noqa: BLE001 - a judge that fails errors its rows (score 0), never the job
             message = exc.message if isinstance(exc, TunegateError) else f"{type(exc).__name__}: {exc}"
             return [{"error": {"message": message}}] * len(bodies)
@@ -85,8 +98,9 @@ def judge(settings: Settings, db: Database, organization_id: str, job_id: str) -
     return answer
 
 
-def rollouts(settings: Settings, db: Database, base_id: str, job_id: str, folder: Path,
-             event: Callable[[str, str], None]) -> Any:
+def rollouts(
+    settings: Settings, db: Database, base_id: str, job_id: str, folder: Path, event: Callable[[str, str], None]
+) -> Any:
     """The training child's ``rollout_func``: a ready serving engine of the job's base model samples the rollouts,
     the policy's adapter saved under ``folder`` and loaded there at each step (``finetune.recipe.rollouts``) — or
     None, HF ``generate``, when no vLLM engine is ready or engines do not read this worker's files (with
@@ -96,16 +110,28 @@ def rollouts(settings: Settings, db: Database, base_id: str, job_id: str, folder
     from storage.engines import EngineRegistry
 
     engines = EngineRegistry(db).ready(base_id)
-    reason = ("no serving engine of it is ready" if not engines
-              else "its engine is not vLLM" if settings.base_models[base_id].engine != "vllm"
-              else "its engines load adapters from the blob store" if settings.blob_url or settings.serving.engine_blob_dir
-              else None)
+    reason = (
+        "no serving engine of it is ready"
+        if not engines
+        else "its engine is not vLLM"
+        if settings.base_models[base_id].engine != "vllm"
+        else "its engines load adapters from the blob store"
+        if settings.blob_url or settings.serving.engine_blob_dir
+        else None
+    )
     if reason:
         event(f"Rollouts are sampled with HF generate on the training model ({reason})", "info")
         return None
-    event("Rollouts are sampled by the base model's serving engine (vLLM), the policy's adapter loaded at each step",
-          "info")
+    event(
+        "Rollouts are sampled by the base model's serving engine (vLLM), the policy's adapter loaded at each step",
+        "info",
+    )
     # a name per run attempt: a resumed job must never find an earlier attempt's step-N (other weights) loaded
     prefix = f"rft-{job_id}-{secrets.token_hex(4)}"
-    return EngineRollouts(engines[0], folder, prefix, max_adapters=settings.serving.max_adapters_per_engine,
-                          warn=lambda message: event(message, "warn"))
+    return EngineRollouts(
+        engines[0],
+        folder,
+        prefix,
+        max_adapters=settings.serving.max_adapters_per_engine,
+        warn=lambda message: event(message, "warn"),
+    )

@@ -62,8 +62,14 @@ def parse_request(body: Any) -> JobRequest:
         raise InvalidRequest(f"Invalid {where}: {first['msg']}.", param=where, code=code) from None
 
 
-def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, body: Any,
-               model_exists: Callable[[str], Any] | None = None) -> FineTuningJob:
+def create_job(
+    settings: Settings,
+    files: Files,
+    jobs: JobStore,
+    org_id: str,
+    body: Any,
+    model_exists: Callable[[str], Any] | None = None,
+) -> FineTuningJob:
     """``model_exists`` raises NotFound for a model the organization cannot use (a reinforcement grader's judge), and
     returns the catalog entry of one it can (a fine-tuned ``model`` to continue training from)."""
     request = parse_request(body)
@@ -82,15 +88,29 @@ def create_job(settings: Settings, files: Files, jobs: JobStore, org_id: str, bo
     tracked = integrations.parse(request.integrations, settings.integrations.wandb_entity)  # finetune/integrations.py
     # resolved now (the file's size is known), so bad device combinations are a 400 and the job shows real values
     where = f"method.{method}.hyperparameters"
-    resolved = hyperparams.resolve(hp, n_examples=max(1, training.n_examples or 0), method=method,
-                                   device=training_device(settings.worker.device), param=where,
-                                   reasoning=_reasoning(settings, base_id))
+    resolved = hyperparams.resolve(
+        hp,
+        n_examples=max(1, training.n_examples or 0),
+        method=method,
+        device=training_device(settings.worker.device),
+        param=where,
+        reasoning=_reasoning(settings, base_id),
+    )
     job = FineTuningJob(
-        id=new_id("ftjob-"), organization_id=org_id, model=request.model, training_file=training.id,
-        validation_file=request.validation_file, method=method, hyperparameters=hp.model_dump(mode="json"),
+        id=new_id("ftjob-"),
+        organization_id=org_id,
+        model=request.model,
+        training_file=training.id,
+        validation_file=request.validation_file,
+        method=method,
+        hyperparameters=hp.model_dump(mode="json"),
         resolved=resolved.model_dump(mode="json"),
-        suffix=request.suffix, seed=request.seed if request.seed is not None else random.randint(0, 2**31 - 1),
-        metadata_=request.metadata, created_at=now(), method_config=method_config, integrations=tracked,
+        suffix=request.suffix,
+        seed=request.seed if request.seed is not None else random.randint(0, 2**31 - 1),
+        metadata_=request.metadata,
+        created_at=now(),
+        method_config=method_config,
+        integrations=tracked,
     )
     return jobs.insert(job, f"Created fine-tuning job: {job.id}")
 
@@ -100,18 +120,27 @@ def _method(request: JobRequest) -> tuple[hyperparams.Method, dict[str, Any] | N
         return "supervised", request.hyperparameters
     kind = request.method.type
     if kind not in ("supervised", "dpo", "reinforcement"):
-        raise InvalidRequest(f"Unknown method type {kind!r}: expected supervised, dpo or reinforcement.",
-                             param="method.type", code="invalid_value")
+        raise InvalidRequest(
+            f"Unknown method type {kind!r}: expected supervised, dpo or reinforcement.",
+            param="method.type",
+            code="invalid_value",
+        )
     section = getattr(request.method, kind) or {}
     keys = reinforcement.KEYS if kind == "reinforcement" else ("hyperparameters",)
     if not isinstance(section, dict) or set(section) - set(keys):
         unknown = sorted(set(section) - set(keys)) if isinstance(section, dict) else []
-        raise InvalidRequest(f"method.{kind} takes only {', '.join(map(repr, keys))}.",
-                             param=f"method.{kind}.{unknown[0]}" if unknown else f"method.{kind}", code="invalid_value")
+        raise InvalidRequest(
+            f"method.{kind} takes only {', '.join(map(repr, keys))}.",
+            param=f"method.{kind}.{unknown[0]}" if unknown else f"method.{kind}",
+            code="invalid_value",
+        )
     raw = section.get("hyperparameters")
     if request.hyperparameters and raw:
-        raise InvalidRequest("Give hyperparameters in method only, not also at the top level.",
-                             param="hyperparameters", code="invalid_value")
+        raise InvalidRequest(
+            "Give hyperparameters in method only, not also at the top level.",
+            param="hyperparameters",
+            code="invalid_value",
+        )
     return hyperparams.method_of(kind), raw if raw is not None else request.hyperparameters
 
 
@@ -135,8 +164,11 @@ def _check_model(settings: Settings, model: str, model_exists: Callable[[str], A
     spec = settings.base_models.get(base_id) if base_id else None
     if base_id is None or spec is None or not spec.tunable:
         known = ", ".join(m for m, s in settings.base_models.items() if s.tunable) or "none"
-        raise InvalidRequest(f"Model {model!r} is not available for fine-tuning (available: {known}).",
-                             param="model", code="model_not_available")
+        raise InvalidRequest(
+            f"Model {model!r} is not available for fine-tuning (available: {known}).",
+            param="model",
+            code="model_not_available",
+        )
     return base_id
 
 
@@ -144,25 +176,34 @@ def _check_file(files: Files, org_id: str, file_id: str, param: str) -> StoredFi
     try:
         row = files.get(org_id, file_id)
     except NotFound:
-        raise InvalidRequest(f"Invalid file ID: {file_id}: no such file.", param=param, code="invalid_file_id") from None
+        raise InvalidRequest(
+            f"Invalid file ID: {file_id}: no such file.", param=param, code="invalid_file_id"
+        ) from None
     if row.purpose != "fine-tune":
-        raise InvalidRequest(f"File {file_id} has purpose {row.purpose!r}; fine-tuning needs purpose 'fine-tune'.",
-                             param=param, code="invalid_file_purpose")
+        raise InvalidRequest(
+            f"File {file_id} has purpose {row.purpose!r}; fine-tuning needs purpose 'fine-tune'.",
+            param=param,
+            code="invalid_file_purpose",
+        )
     return row
 
 
 def _check_suffix(suffix: str | None) -> None:
     if suffix is not None and not _SUFFIX.match(suffix):
-        raise InvalidRequest("suffix must be 1-64 characters of letters, digits, '.', '_' or '-'.",
-                             param="suffix", code="invalid_value")
+        raise InvalidRequest(
+            "suffix must be 1-64 characters of letters, digits, '.', '_' or '-'.", param="suffix", code="invalid_value"
+        )
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:
     if metadata is None:
         return
     if len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items()):
-        raise InvalidRequest("metadata holds at most 16 pairs; keys ≤ 64 and values ≤ 512 characters.",
-                             param="metadata", code="invalid_value")
+        raise InvalidRequest(
+            "metadata holds at most 16 pairs; keys ≤ 64 and values ≤ 512 characters.",
+            param="metadata",
+            code="invalid_value",
+        )
 
 
 def fine_tuned_model_name(job: FineTuningJob) -> str:

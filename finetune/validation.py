@@ -20,7 +20,8 @@ def validate(job: FineTuningJob, files: Files) -> None:
     if (training.n_examples or 0) < MIN_EXAMPLES:
         raise InvalidRequest(
             f"Training file has {training.n_examples or 0} example(s), but must have at least {MIN_EXAMPLES} examples",
-            param="training_file", code="invalid_n_examples",
+            param="training_file",
+            code="invalid_n_examples",
         )
     if job.validation_file:
         _check(job, _file(files, job, job.validation_file, "validation_file"), "validation_file", "Validation")
@@ -30,17 +31,23 @@ def _file(files: Files, job: FineTuningJob, file_id: str, param: str) -> StoredF
     try:
         return files.get(job.organization_id, file_id)
     except NotFound:
-        raise InvalidRequest(f"File {file_id} was deleted before the job could read it.", param=param,
-                             code=f"invalid_{param}") from None
+        raise InvalidRequest(
+            f"File {file_id} was deleted before the job could read it.", param=param, code=f"invalid_{param}"
+        ) from None
 
 
 def _check(job: FineTuningJob, row: StoredFile, param: str, label: str) -> None:
     if row.status != "processed" or not row.normalized_blob_key:
-        raise InvalidRequest(f"{label} file {row.id} is not a usable fine-tune file ({row.status_details or row.status}).",
-                             param=param, code=f"invalid_{param}")
+        raise InvalidRequest(
+            f"{label} file {row.id} is not a usable fine-tune file ({row.status_details or row.status}).",
+            param=param,
+            code=f"invalid_{param}",
+        )
     wanted = KIND_OF_METHOD[job.method]
     if row.data_kind != wanted:
         raise InvalidRequest(
             f"{label} file {row.id} holds {row.data_kind} examples ({row.data_format}), but a {job.method} job needs "
-            f"{wanted} examples.", param=param, code=f"invalid_{param}",
+            f"{wanted} examples.",
+            param=param,
+            code=f"invalid_{param}",
         )

@@ -54,8 +54,13 @@ class Worker(LeasedWorker):
             if job.attempts >= self.settings.worker.max_attempts:
                 self._give_up(job, lease)
                 return
-            self.jobs.add_event(job.id, f"{TAKEN_OVER} or its training process died; resuming (attempt "
-                                f"{job.attempts + 1} of {self.settings.worker.max_attempts}).", level="warn", lease=lease)
+            self.jobs.add_event(
+                job.id,
+                f"{TAKEN_OVER} or its training process died; resuming (attempt "
+                f"{job.attempts + 1} of {self.settings.worker.max_attempts}).",
+                level="warn",
+                lease=lease,
+            )
         elif not self.jobs.advance(job.id, lease, ("queued",), status="running"):
             return  # cancelled or paused meanwhile
         else:
@@ -64,13 +69,20 @@ class Worker(LeasedWorker):
 
     def _give_up(self, job: FineTuningJob, lease: str) -> None:
         cause = self.jobs.last_message(job.id, CRASH) or "its worker stopped responding (killed, or lost its lease)"
-        self.jobs.fail(job.id, lease, "training_process_died",
-                       f"The job was interrupted {job.attempts} times (worker.max_attempts = "
-                       f"{self.settings.worker.max_attempts}); the last cause: {cause}")
+        self.jobs.fail(
+            job.id,
+            lease,
+            "training_process_died",
+            f"The job was interrupted {job.attempts} times (worker.max_attempts = "
+            f"{self.settings.worker.max_attempts}); the last cause: {cause}",
+        )
 
     def _validate(self, job: FineTuningJob, lease: str) -> bool:
-        self.jobs.add_event(job.id, f"Validating training file: {job.training_file}"
-                            + (f" and validation file: {job.validation_file}" if job.validation_file else ""))
+        self.jobs.add_event(
+            job.id,
+            f"Validating training file: {job.training_file}"
+            + (f" and validation file: {job.validation_file}" if job.validation_file else ""),
+        )
         try:
             validation.validate(job, self.files)
         except TunegateError as exc:
@@ -85,8 +97,9 @@ class Worker(LeasedWorker):
     def _train(self, job_id: str, lease: str) -> None:
         """The child trains; it is stopped when the job is cancelled or the lease is lost (``LeasedWorker``)."""
         log.info("worker %s running job %s", self.id, job_id)
-        code = self.supervise_child("finetune.child", job_id, lease,
-                                    cancelled=lambda: self.jobs.get(None, job_id).status == "cancelled")
+        code = self.supervise_child(
+            "finetune.child", job_id, lease, cancelled=lambda: self.jobs.get(None, job_id).status == "cancelled"
+        )
         if code:  # the training process died (a crash, the OOM killer): the next claim retries it, up to the limit
             cause = f"{CRASH} {death(code)}. {last_error(self.log_path(job_id))}".strip()
             log.warning("job %s: %s", job_id, cause)

@@ -47,7 +47,8 @@ def print_admin_key(secret: str) -> None:
         f"\n  tunegate generated an admin credential (shown once, stored hashed):\n\n    {secret}\n\n"
         "  Use it as 'Authorization: Bearer …' on /admin, or run `tunegate orgs create` / `tunegate keys create`.\n"
         "  Set TUNEGATE_ADMIN_KEY to choose your own; `tunegate admin rotate` makes a new one.\n",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
 
 
@@ -88,10 +89,20 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
 
     v1 = Router(
         path="/v1",
-        route_handlers=[FilesController, FineTuningJobsController, ModelsController, CompletionsController,
-                        EvalsController, ExportsController, GradersController, UploadsController,
-                        StoredCompletionsController, BatchesController, CheckpointPermissionsController,
-                        ResponsesController],
+        route_handlers=[
+            FilesController,
+            FineTuningJobsController,
+            ModelsController,
+            CompletionsController,
+            EvalsController,
+            ExportsController,
+            GradersController,
+            UploadsController,
+            StoredCompletionsController,
+            BatchesController,
+            CheckpointPermissionsController,
+            ResponsesController,
+        ],
         guards=[require_api_key],
         middleware=[rate_limited],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
@@ -105,7 +116,9 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         before_send=[add_request_id, *([count_unmatched] if settings.metrics != "off" else [])],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
-            title="tunegate", version=VERSION, path="/docs",
+            title="tunegate",
+            version=VERSION,
+            path="/docs",
             description="OpenAI-compatible fine-tuning and serving gateway.",
             render_plugins=[SwaggerRenderPlugin(), JsonRenderPlugin()],
         ),

@@ -40,5 +40,8 @@ async def limit_json_body(request: Request) -> None:
 
 
 def _too_large(limits: RequestLimits) -> PayloadTooLarge:
-    return PayloadTooLarge(f"The request body is larger than this server's limit of {limits.max_body_bytes} bytes "
-                           "(settings.requests.max_body_bytes).", code="request_too_large")
+    return PayloadTooLarge(
+        f"The request body is larger than this server's limit of {limits.max_body_bytes} bytes "
+        "(settings.requests.max_body_bytes).",
+        code="request_too_large",
+    )

@@ -40,7 +40,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.workers > 1:
         return _serve_workers(settings, args, host, port)
     app = create_app(settings)
-    print(f"tunegate listening on http://{host}:{port}/v1  (docs: http://{host}:{port}/docs)", file=sys.stderr, flush=True)
+    print(
+        f"tunegate listening on http://{host}:{port}/v1  (docs: http://{host}:{port}/docs)", file=sys.stderr, flush=True
+    )
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, timeout_graceful_shutdown=10)
     return 0
 
@@ -57,9 +59,11 @@ def _serve_workers(settings: Settings, args: argparse.Namespace, host: str, port
 
     local = [m for m, spec in settings.base_models.items() if not spec.engine_urls and settings.serving.local_engines]
     if local:
-        print(f"error: --workers {args.workers} needs external engines: base model(s) {', '.join(local)} have no "
-              "engine_urls (start engines with `python -m serving.engine_main`, or set serving.local_engines=false)",
-              file=sys.stderr)
+        print(
+            f"error: --workers {args.workers} needs external engines: base model(s) {', '.join(local)} have no "
+            "engine_urls (start engines with `python -m serving.engine_main`, or set serving.local_engines=false)",
+            file=sys.stderr,
+        )
         return 2
     metrics_dir = (settings.data_dir / "run" / f"prometheus-{port}").resolve()
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters of an earlier run must not be summed in
@@ -81,8 +85,15 @@ def _serve_workers(settings: Settings, args: argparse.Namespace, host: str, port
         os.environ["TUNEGATE_CONFIG"] = str(Path(args.config).resolve())
     print(f"tunegate listening on http://{host}:{port}/v1 with {args.workers} processes", file=sys.stderr, flush=True)
     try:
-        uvicorn.run("gateway.cli:worker_app", factory=True, host=host, port=port, workers=args.workers,
-                    log_level=args.log_level, timeout_graceful_shutdown=10)
+        uvicorn.run(
+            "gateway.cli:worker_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=args.workers,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=10,
+        )
     finally:
         if workers is not None:
             workers.stop()
@@ -111,8 +122,11 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     workers = start_workers(settings, _services(settings))
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    print(f"tunegate worker {workers.workers[0].id} waiting for jobs, eval runs, exports and batches", file=sys.stderr,
-          flush=True)
+    print(
+        f"tunegate worker {workers.workers[0].id} waiting for jobs, eval runs, exports and batches",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         while not stopped.wait(1.0):
             pass
@@ -133,8 +147,9 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     if not api_key:
         print("error: an API key is needed: --api-key or OPENAI_API_KEY", file=sys.stderr)
         return 2
-    return run_export(base_url, api_key, model=args.model, fmt=args.format, quant=args.quant, system=args.system,
-                      output=args.output)
+    return run_export(
+        base_url, api_key, model=args.model, fmt=args.format, quant=args.quant, system=args.system, output=args.output
+    )
 
 
 def cmd_db_upgrade(settings: Settings, _: argparse.Namespace) -> int:
@@ -176,8 +191,10 @@ def cmd_orgs_limits(settings: Settings, args: argparse.Namespace) -> int:
     elif args.limits_command == "reset":
         unknown = set(args.fields) - set(ORG_LIMIT_FIELDS)
         if unknown:
-            print(f"error: unknown limit(s) {', '.join(sorted(unknown))}; known: {', '.join(ORG_LIMIT_FIELDS)}",
-                  file=sys.stderr)
+            print(
+                f"error: unknown limit(s) {', '.join(sorted(unknown))}; known: {', '.join(ORG_LIMIT_FIELDS)}",
+                file=sys.stderr,
+            )
             return 2
         kept = {f: v for f, v in overrides.items() if args.fields and f not in args.fields}
         overrides = accounts.set_limit_overrides(args.org, kept)
@@ -222,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML settings file (overrides TUNEGATE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(path: list[str], func: Callable[[Settings, argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def add(
+        path: list[str], func: Callable[[Settings, argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
         parent = sub
         for depth in range(1, len(path)):
             parent = _group(parent, path[:depth])
@@ -234,15 +253,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", default="info")
-    serve.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="gateway processes behind the one port (engines must be external: engine_urls)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="gateway processes behind the one port (engines must be external: engine_urls)",
+    )
     add(["worker"], cmd_worker, "run a worker (claims queued fine-tuning jobs, eval runs, exports and batches)")
-    export = add(["export"], cmd_export, "export a model (GGUF + Modelfile, GGUF adapter, merged safetensors) "
-                                         "through a running gateway and download the files")
+    export = add(
+        ["export"],
+        cmd_export,
+        "export a model (GGUF + Modelfile, GGUF adapter, merged safetensors) "
+        "through a running gateway and download the files",
+    )
     export.add_argument("model", help="a base model or a fine-tuned model id (ft:…)")
     export.add_argument("--format", default="gguf", choices=["gguf", "gguf_adapter", "safetensors"])
-    export.add_argument("--quant", help="GGUF type: f16, bf16, f32, q8_0, q6_k, q5_k_m, q4_k_m (default), q4_0, "
-                                        "q3_k_m, q2_k")
+    export.add_argument(
+        "--quant", help="GGUF type: f16, bf16, f32, q8_0, q6_k, q5_k_m, q4_k_m (default), q4_0, q3_k_m, q2_k"
+    )
     export.add_argument("--system", help="the Modelfile's SYSTEM prompt")
     export.add_argument("--output", "-o", help="folder for the files (default: ./<model>-<quant>)")
     export.add_argument("--base-url", help="the gateway's /v1 URL (default: OPENAI_BASE_URL or this config's port)")
@@ -250,14 +279,22 @@ def build_parser() -> argparse.ArgumentParser:
     add(["db", "upgrade"], cmd_db_upgrade, "apply schema migrations")
     add(["orgs", "create"], cmd_orgs_create, "create an organization").add_argument("name")
     add(["orgs", "list"], cmd_orgs_list, "list organizations")
-    add(["orgs", "limits", "show"], cmd_orgs_limits, "an organization's limits: overrides, in force, storage used"
-        ).add_argument("org")
+    add(
+        ["orgs", "limits", "show"], cmd_orgs_limits, "an organization's limits: overrides, in force, storage used"
+    ).add_argument("org")
     limits_set = add(["orgs", "limits", "set"], cmd_orgs_limits, "override some of an organization's limits")
     limits_set.add_argument("org")
     for name in ORG_LIMIT_FIELDS:
-        limits_set.add_argument("--" + name.replace("_", "-"), dest=name, type=int, metavar="N",
-                                help=LimitSettings.model_fields[name].description)
-    limits_reset = add(["orgs", "limits", "reset"], cmd_orgs_limits, "back to the settings defaults (all, or the named)")
+        limits_set.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=int,
+            metavar="N",
+            help=LimitSettings.model_fields[name].description,
+        )
+    limits_reset = add(
+        ["orgs", "limits", "reset"], cmd_orgs_limits, "back to the settings defaults (all, or the named)"
+    )
     limits_reset.add_argument("org")
     limits_reset.add_argument("fields", nargs="*", metavar="LIMIT")
     keys_create = add(["keys", "create"], cmd_keys_create, "issue an API key (shown once)")
@@ -275,7 +312,9 @@ _groups: dict[str, Any] = {}
 def _group(sub: Any, path: list[str]) -> Any:
     key, name = " ".join(path), path[-1]
     if key not in _groups:
-        _groups[key] = sub.add_parser(name, help=f"{key} commands").add_subparsers(dest=f"{name}_command", required=True)
+        _groups[key] = sub.add_parser(name, help=f"{key} commands").add_subparsers(
+            dest=f"{name}_command", required=True
+        )
     return _groups[key]
 
 

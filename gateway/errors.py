@@ -41,7 +41,12 @@ STATUS: dict[type[TunegateError], tuple[int, str]] = {
     TunegateError: (400, "invalid_request_error"),
 }
 
-_HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error", 503: "service_unavailable_error"}
+_HTTP_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+}
 
 
 def status_of(exc: TunegateError) -> tuple[int, str]:
@@ -70,16 +75,31 @@ def on_domain_error(_: Request, exc: TunegateError) -> Response[Any]:
 def on_http_error(request: Request, exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     if isinstance(exc, NotFoundException) and exc.detail in ("Not Found", ""):
-        return _respond(404, envelope(f"Invalid URL ({request.method} {request.url.path})", "invalid_request_error", None, "unknown_url"))
+        return _respond(
+            404,
+            envelope(
+                f"Invalid URL ({request.method} {request.url.path})", "invalid_request_error", None, "unknown_url"
+            ),
+        )
     if isinstance(exc, ValidationException):
         param, message = _validation_detail(exc)
         return _respond(400, envelope(message, "invalid_request_error", param, "invalid_value"))
     if status == 405:
-        return _respond(405, envelope(f"Method {request.method} is not allowed on {request.url.path}", "invalid_request_error", None, "method_not_allowed"))
+        return _respond(
+            405,
+            envelope(
+                f"Method {request.method} is not allowed on {request.url.path}",
+                "invalid_request_error",
+                None,
+                "method_not_allowed",
+            ),
+        )
     if status >= 500:
         log.error("HTTP %s on %s %s: %s", status, request.method, request.url.path, exc.detail)
         return _respond(status, envelope("The server had an error while processing your request.", "server_error"))
-    return _respond(status, envelope(str(exc.detail), _HTTP_TYPES.get(status, "invalid_request_error")), dict(exc.headers or {}))
+    return _respond(
+        status, envelope(str(exc.detail), _HTTP_TYPES.get(status, "invalid_request_error")), dict(exc.headers or {})
+    )
 
 
 DATABASE_RETRY_AFTER_S = 2
@@ -92,8 +112,16 @@ def on_database_error(request: Request, exc: Exception) -> Response[Any]:
     if not is_transient(exc):
         return on_unexpected(request, exc)
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, str(exc).splitlines()[0][:300])
-    return _respond(503, envelope("The database is temporarily unavailable; retry shortly.", "service_unavailable_error",
-                                  None, "database_unavailable"), {"retry-after": str(DATABASE_RETRY_AFTER_S)})
+    return _respond(
+        503,
+        envelope(
+            "The database is temporarily unavailable; retry shortly.",
+            "service_unavailable_error",
+            None,
+            "database_unavailable",
+        ),
+        {"retry-after": str(DATABASE_RETRY_AFTER_S)},
+    )
 
 
 def on_unexpected(request: Request, exc: Exception) -> Response[Any]:
@@ -106,11 +134,15 @@ def _validation_detail(exc: ValidationException) -> tuple[str | None, str]:
     if extra and isinstance(extra[0], dict):
         first = extra[0]
         param = first.get("key")
-        return param, f"Invalid value for '{param}': {first.get('message', 'invalid')}." if param else str(first.get("message"))
+        return param, f"Invalid value for '{param}': {first.get('message', 'invalid')}." if param else str(
+            first.get("message")
+        )
     return None, str(exc.detail)
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
-    TunegateError: on_domain_error, HTTPException: on_http_error,
-    **{error: on_database_error for error in TRANSIENT_DB_ERRORS}, Exception: on_unexpected,
+    TunegateError: on_domain_error,
+    HTTPException: on_http_error,
+    **{error: on_database_error for error in TRANSIENT_DB_ERRORS},
+    Exception: on_unexpected,
 }

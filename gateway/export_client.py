@@ -13,27 +13,54 @@ from finetune.export.bundle import ollama_name
 POLL_S = 1.0
 
 
-def run_export(base_url: str, api_key: str, *, model: str, fmt: str, quant: str | None, system: str | None,
-               output: str | None, timeout_s: float = 24 * 3600) -> int:
+def run_export(
+    base_url: str,
+    api_key: str,
+    *,
+    model: str,
+    fmt: str,
+    quant: str | None,
+    system: str | None,
+    output: str | None,
+    timeout_s: float = 24 * 3600,
+) -> int:
     try:
-        return _run(base_url, api_key, model=model, fmt=fmt, quant=quant, system=system, output=output,
-                    timeout_s=timeout_s)
+        return _run(
+            base_url, api_key, model=model, fmt=fmt, quant=quant, system=system, output=output, timeout_s=timeout_s
+        )
     except httpx.HTTPError as exc:
         print(f"error: {base_url}: {type(exc).__name__}: {exc} (is `tunegate serve` running there?)", file=sys.stderr)
         return 1
 
 
-def _run(base_url: str, api_key: str, *, model: str, fmt: str, quant: str | None, system: str | None,
-         output: str | None, timeout_s: float) -> int:
-    body = {"model": model, "format": fmt, **({"quant": quant} if quant else {}), **({"system": system} if system else {})}
-    with httpx.Client(base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"},
-                      timeout=httpx.Timeout(60.0)) as client:
+def _run(
+    base_url: str,
+    api_key: str,
+    *,
+    model: str,
+    fmt: str,
+    quant: str | None,
+    system: str | None,
+    output: str | None,
+    timeout_s: float,
+) -> int:
+    body = {
+        "model": model,
+        "format": fmt,
+        **({"quant": quant} if quant else {}),
+        **({"system": system} if system else {}),
+    }
+    with httpx.Client(
+        base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"}, timeout=httpx.Timeout(60.0)
+    ) as client:
         created = client.post("/exports", json=body)
         if created.status_code != 200:
             return _fail(created)
         export = created.json()
-        print(f"{export['id']}: exporting {model} as {fmt}{' ' + export['quant'] if export.get('quant') else ''}",
-              file=sys.stderr)
+        print(
+            f"{export['id']}: exporting {model} as {fmt}{' ' + export['quant'] if export.get('quant') else ''}",
+            file=sys.stderr,
+        )
         deadline, last = time.monotonic() + timeout_s, None
         while export["status"] in ("queued", "running"):
             if time.monotonic() > deadline:

@@ -126,11 +126,18 @@ class StateCollector:
 
     def collect(self) -> Iterator[Any]:
         depth = _gauge("tunegate_queue_depth", "Work items waiting for a worker, by kind.", ["kind"])
-        age = _gauge("tunegate_queue_oldest_age_seconds", "Age (since creation) of the oldest queued work item, by "
-                     "kind; 0 when none waits.", ["kind"])
-        states = _gauge("tunegate_work_items", "Work items in each state, by kind (fine-tuning jobs: "
-                        "validating_files … succeeded, paused; eval runs; exports; batches; background "
-                        "responses).", ["kind", "status"])
+        age = _gauge(
+            "tunegate_queue_oldest_age_seconds",
+            "Age (since creation) of the oldest queued work item, by kind; 0 when none waits.",
+            ["kind"],
+        )
+        states = _gauge(
+            "tunegate_work_items",
+            "Work items in each state, by kind (fine-tuning jobs: "
+            "validating_files … succeeded, paused; eval runs; exports; batches; background "
+            "responses).",
+            ["kind", "status"],
+        )
         now = time.time()
         with self.services.db.session() as s:
             for kind, (table, queued, which) in WORK.items():
@@ -145,13 +152,21 @@ class StateCollector:
                 depth.add_metric([kind], waiting)
                 age.add_metric([kind], max(0.0, now - oldest) if oldest is not None else 0.0)
         yield from (depth, age, states)
-        replicas = _gauge("tunegate_engine_replicas", "Engine replicas per base model in each state (starting | ready "
-                          "| down), as this gateway process sees them.", ["base_model", "state"])
+        replicas = _gauge(
+            "tunegate_engine_replicas",
+            "Engine replicas per base model in each state (starting | ready "
+            "| down), as this gateway process sees them.",
+            ["base_model", "state"],
+        )
         up = _gauge("tunegate_engine_replica_ready", "1 if the replica is ready, else 0.", ["base_model", "url"])
-        in_flight = _gauge("tunegate_engine_in_flight", "Requests this gateway process has open to the replica.",
-                           ["base_model", "url"])
-        loaded = _gauge("tunegate_engine_adapters_loaded", "Adapters this gateway process has loaded on the replica.",
-                        ["base_model", "url"])
+        in_flight = _gauge(
+            "tunegate_engine_in_flight", "Requests this gateway process has open to the replica.", ["base_model", "url"]
+        )
+        loaded = _gauge(
+            "tunegate_engine_adapters_loaded",
+            "Adapters this gateway process has loaded on the replica.",
+            ["base_model", "url"],
+        )
         for base, group in self.services.engines.replicas.items():
             counts = dict.fromkeys(("starting", "ready", "down"), 0)
             for r in group:
@@ -188,8 +203,11 @@ def metrics_routes(mode: str) -> list[Any]:
     def metrics(request: Request) -> Response[bytes]:
         services = request.app.state.services
         if not m.AVAILABLE:
-            return Response(content=b"prometheus-client is not installed (pip install 'tunegate[metrics]')\n",
-                            status_code=503, media_type="text/plain")
+            return Response(
+                content=b"prometheus-client is not installed (pip install 'tunegate[metrics]')\n",
+                status_code=503,
+                media_type="text/plain",
+            )
         body, content_type = exposition(services)
         return Response(content=body, media_type=content_type)
 

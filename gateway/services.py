@@ -62,11 +62,25 @@ class Services:
         completions = Completions(engines, CountedUsage(usage), StoredCompletionWriter(stored))
         accounts, limits = Accounts(db), settings.limits
         quota = StorageQuota(db, blobs, limits)
-        return cls(settings, db, blobs, accounts, Files(db, blobs, quota=quota.check), catalog,
-                   JobStore(db, limits.running_jobs), usage, engines, completions,
-                   EvalStore(db, limits.running_eval_runs), ExportStore(db, limits.running_exports),
-                   Limiter(settings, accounts), quota, UploadStore(db, blobs, settings.uploads),
-                   stored_completions=stored, responses=ResponsesService(completions, ResponseStore(db)))
+        return cls(
+            settings,
+            db,
+            blobs,
+            accounts,
+            Files(db, blobs, quota=quota.check),
+            catalog,
+            JobStore(db, limits.running_jobs),
+            usage,
+            engines,
+            completions,
+            EvalStore(db, limits.running_eval_runs),
+            ExportStore(db, limits.running_exports),
+            Limiter(settings, accounts),
+            quota,
+            UploadStore(db, blobs, settings.uploads),
+            stored_completions=stored,
+            responses=ResponsesService(completions, ResponseStore(db)),
+        )
 
     def prepare(self) -> str | None:
         """Migrate the schema, register base models, tidy after crashes. Returns a newly generated admin key."""

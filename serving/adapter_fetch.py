@@ -91,7 +91,7 @@ class FetchAdapters:
             path = None
         prefix = store.url + "/"
         if isinstance(path, str) and path.startswith(prefix):
-            key = path[len(prefix):]
+            key = path[len(prefix) :]
             try:
                 local = await asyncio.to_thread(store.local_path, key)
             except (FileNotFoundError, ValueError) as exc:
@@ -145,8 +145,20 @@ def _with_length(scope: dict, length: int) -> dict:
 
 
 async def _error(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": "NotFoundError" if status == 404 else "ServiceUnavailable",
-                                 "code": status}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    body = json.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "NotFoundError" if status == 404 else "ServiceUnavailable",
+                "code": status,
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -26,18 +26,25 @@ def adapter_for(model_id: str, adapter_key: str, blobs: BlobStore, settings: Set
     serving = settings.serving
     config = _read_config(blobs, adapter_key)
     if config is None:
-        raise InvalidRequest(f"The files of model '{model_id}' are missing on this server.", param="model",
-                             code="model_unavailable")
+        raise InvalidRequest(
+            f"The files of model '{model_id}' are missing on this server.", param="model", code="model_unavailable"
+        )
     rank = max([int(config.get("r") or 0), *(int(v) for v in (config.get("rank_pattern") or {}).values())])
     if rank > serving.max_lora_rank:
         needed = next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
         raise InvalidRequest(
             f"The model '{model_id}' is a LoRA adapter of rank {rank}, above this server's max_lora_rank "
             f"{serving.max_lora_rank}. Set TUNEGATE_SERVING__MAX_LORA_RANK={needed} (serving.max_lora_rank) and "
-            "restart, or fine-tune with a smaller lora_rank.", param="model", code="adapter_rank_too_large")
+            "restart, or fine-tune with a smaller lora_rank.",
+            param="model",
+            code="adapter_rank_too_large",
+        )
     if config.get("use_dora"):
-        raise InvalidRequest(f"The model '{model_id}' is a DoRA adapter, which vLLM cannot serve.", param="model",
-                             code="adapter_not_servable")
+        raise InvalidRequest(
+            f"The model '{model_id}' is a DoRA adapter, which vLLM cannot serve.",
+            param="model",
+            code="adapter_not_servable",
+        )
     return Adapter(adapter_key, engine_adapter_path(settings, adapter_key, blobs), rank)
 
 

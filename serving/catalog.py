@@ -53,15 +53,18 @@ class Catalog:
         return [
             entry
             for model_id, spec in self.settings.base_models.items()
-            for entry in (ModelEntry(model_id, created.get(model_id, 0), spec.owned_by, "base", model_id),
-                          *(ModelEntry(alias, created.get(model_id, 0), ALIAS_OWNER, "base", model_id)
-                            for alias in spec.aliases))
+            for entry in (
+                ModelEntry(model_id, created.get(model_id, 0), spec.owned_by, "base", model_id),
+                *(ModelEntry(alias, created.get(model_id, 0), ALIAS_OWNER, "base", model_id) for alias in spec.aliases),
+            )
         ]
 
     def list(self, org_id: str) -> list[ModelEntry]:
         with self.db.session() as s:
             tuned = s.exec(
-                select(FineTunedModel).where(FineTunedModel.organization_id == org_id).order_by(col(FineTunedModel.seq).desc())
+                select(FineTunedModel)
+                .where(FineTunedModel.organization_id == org_id)
+                .order_by(col(FineTunedModel.seq).desc())
             )
             return self._bases() + [_entry(m) for m in tuned] + [_entry(m) for m in granted_models(s, org_id)]
 
@@ -84,7 +87,9 @@ class Catalog:
 
     def delete(self, org_id: str, model_id: str) -> ModelEntry:
         if self.settings.base_model_id(model_id) is not None:
-            raise PermissionDenied(f"You cannot delete the base model '{model_id}'.", param="model", code="model_not_deletable")
+            raise PermissionDenied(
+                f"You cannot delete the base model '{model_id}'.", param="model", code="model_not_deletable"
+            )
         with self.db.session() as s:
             row = owned_model(s, org_id, model_id)
             if row is None:
@@ -108,13 +113,20 @@ class Catalog:
 
 
 def _entry(row: FineTunedModel) -> ModelEntry:
-    return ModelEntry(row.id, row.created_at, row.organization_id, row.kind, row.base_model, row.adapter_key, row.seq or 0)
+    return ModelEntry(
+        row.id, row.created_at, row.organization_id, row.kind, row.base_model, row.adapter_key, row.seq or 0
+    )
 
 
 def _not_owner(model_id: str, action: str) -> PermissionDenied:
-    return PermissionDenied(f"The model '{model_id}' is shared with your organization by its owner; only the owner "
-                            f"can {action} it.", param="model", code="model_not_owned")
+    return PermissionDenied(
+        f"The model '{model_id}' is shared with your organization by its owner; only the owner can {action} it.",
+        param="model",
+        code="model_not_owned",
+    )
 
 
 def _not_found(model_id: str) -> NotFound:
-    return NotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param="model", code="model_not_found")
+    return NotFound(
+        f"The model '{model_id}' does not exist or you do not have access to it.", param="model", code="model_not_found"
+    )

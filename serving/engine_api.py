@@ -43,8 +43,9 @@ class EngineAPI:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
 
-    async def adapters(self, url: str, auth: dict[str, str], *,
-                       timeout: float | httpx.Timeout | None = None) -> list[str]:
+    async def adapters(
+        self, url: str, auth: dict[str, str], *, timeout: float | httpx.Timeout | None = None
+    ) -> list[str]:
         """The adapters the engine holds, oldest load first (the engine's own list, whoever loaded them)."""
         response = await self._send("GET", url + MODELS_PATH, auth, None, timeout)
         if response.status_code != 200:
@@ -57,26 +58,35 @@ class EngineAPI:
             pass
         raise EngineAPIError(f"not a model list: {response.text[:200]}", response.status_code)
 
-    async def load(self, url: str, auth: dict[str, str], name: str, path: str, *,
-                   timeout: float | httpx.Timeout | None = None) -> None:
+    async def load(
+        self, url: str, auth: dict[str, str], name: str, path: str, *, timeout: float | httpx.Timeout | None = None
+    ) -> None:
         """Load ``path`` as ``name``; an engine that already holds ``name`` answers "already loaded": done too."""
         response = await self._send("POST", url + LOAD_PATH, auth, {"lora_name": name, "lora_path": path}, timeout)
         if response.status_code != 200 and ALREADY_LOADED not in response.text:
             raise EngineAPIError(error_message(response), response.status_code)
 
-    async def unload(self, url: str, auth: dict[str, str], name: str, *,
-                     timeout: float | httpx.Timeout | None = None) -> None:
+    async def unload(
+        self, url: str, auth: dict[str, str], name: str, *, timeout: float | httpx.Timeout | None = None
+    ) -> None:
         """Unload ``name``; one the engine does not hold (another process unloaded it, a restart) is no error."""
         response = await self._send("POST", url + UNLOAD_PATH, auth, {"lora_name": name}, timeout)
         if response.status_code not in (200, 404):
             raise EngineAPIError(error_message(response), response.status_code)
 
-    async def _send(self, method: str, url: str, auth: dict[str, str], body: dict[str, Any] | None,
-                    timeout: float | httpx.Timeout | None) -> httpx.Response:
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        auth: dict[str, str],
+        body: dict[str, Any] | None,
+        timeout: float | httpx.Timeout | None,
+    ) -> httpx.Response:
         """``timeout`` None: the client's own."""
         try:
-            return await self.http.request(method, url, headers=auth, json=body,
-                                           timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
+            return await self.http.request(
+                method, url, headers=auth, json=body, timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
+            )
         except httpx.TransportError as exc:
             raise EngineAPIError(repr(exc)) from exc
 

@@ -30,19 +30,39 @@ from storage.model_sources import gguf_file, local_dir
 from storage.settings import BaseModelSpec, ServingSettings, Settings
 
 
-def engine_command(model_id: str, weights: str, port: int, spec: BaseModelSpec, serving: ServingSettings,
-                   on_gpu: bool) -> list[str]:
+def engine_command(
+    model_id: str, weights: str, port: int, spec: BaseModelSpec, serving: ServingSettings, on_gpu: bool
+) -> list[str]:
     """The vLLM server's argv. LoRA limits and memory share come from settings; see README "Serving"."""
     utilization = serving.gpu_memory_utilization or (0.4 if on_gpu else 0.1)
     args = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", weights, "--served-model-name", model_id,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", serving.dtype, "--max-model-len", str(serving.max_model_len),
-        "--gpu-memory-utilization", str(utilization),
-        "--enable-lora", "--max-loras", str(serving.max_loras), "--max-cpu-loras", str(serving.max_cpu_loras),
-        "--max-lora-rank", str(serving.max_lora_rank),
-        "--disable-uvicorn-access-log", "--middleware", "serving.engine_main.RequireKey",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        weights,
+        "--served-model-name",
+        model_id,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        serving.dtype,
+        "--max-model-len",
+        str(serving.max_model_len),
+        "--gpu-memory-utilization",
+        str(utilization),
+        "--enable-lora",
+        "--max-loras",
+        str(serving.max_loras),
+        "--max-cpu-loras",
+        str(serving.max_cpu_loras),
+        "--max-lora-rank",
+        str(serving.max_lora_rank),
+        "--disable-uvicorn-access-log",
+        "--middleware",
+        "serving.engine_main.RequireKey",
     ]
     parser = tools.engine_parser(spec, weights)  # the configured one, else chosen from the model's family
     if parser:
@@ -52,13 +72,28 @@ def engine_command(model_id: str, weights: str, port: int, spec: BaseModelSpec, 
     return args + serving.engine_args + spec.engine_args
 
 
-def llama_cpp_command(model_id: str, gguf: Path, port: int, spec: BaseModelSpec, serving: ServingSettings,
-                      on_gpu: bool, threads: int) -> list[str]:
+def llama_cpp_command(
+    model_id: str, gguf: Path, port: int, spec: BaseModelSpec, serving: ServingSettings, on_gpu: bool, threads: int
+) -> list[str]:
     """llama-cpp-python's OpenAI server (``llama_cpp.server``): the chat template embedded in the GGUF, streaming."""
     args = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model_id,
-        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(serving.max_model_len),
-        "--n_threads", str(threads), "--n_threads_batch", str(threads),
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--model_alias",
+        model_id,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(serving.max_model_len),
+        "--n_threads",
+        str(threads),
+        "--n_threads_batch",
+        str(threads),
     ]
     if on_gpu:
         args += ["--n_gpu_layers", "-1"]
@@ -94,8 +129,13 @@ class RequireKey:
                 await send({"type": "websocket.close", "code": 1008})
                 return
             body = b'{"error": {"message": "Unauthorized", "type": "authentication_error", "code": 401}}'
-            await send({"type": "http.response.start", "status": 401,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
@@ -103,8 +143,11 @@ class RequireKey:
     def _allowed(self, scope: dict) -> bool:
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")
-        return (self.digest is not None and scheme.lower() == b"bearer"
-                and hmac.compare_digest(hashlib.sha256(token).digest(), self.digest))
+        return (
+            self.digest is not None
+            and scheme.lower() == b"bearer"
+            and hmac.compare_digest(hashlib.sha256(token).digest(), self.digest)
+        )
 
 
 def _die_with_parent() -> None:
@@ -136,7 +179,7 @@ def main(settings_path: str, model_id: str, port: str) -> None:
 
 
 def _cpu_list(spec: str) -> set[int]:
-    """"0", "0-3", "0,2-3" → CPU numbers."""
+    """ "0", "0-3", "0,2-3" → CPU numbers."""
     cpus: set[int] = set()
     for part in spec.split(","):
         first, _, last = part.strip().partition("-")

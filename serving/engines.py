@@ -42,7 +42,9 @@ ENGINE_KEY_VAR = "VLLM_API_KEY"  # how a local engine learns its key (vLLM reads
 class Replica:
     """One engine (vLLM or llama.cpp OpenAI server) for one base model, as the router sees it."""
 
-    def __init__(self, base_model: str, url: str, *, local: bool, kind: str = "vllm", api_key: str | None = None) -> None:
+    def __init__(
+        self, base_model: str, url: str, *, local: bool, kind: str = "vllm", api_key: str | None = None
+    ) -> None:
         self.base_model, self.url, self.local, self.kind = base_model, url.rstrip("/"), local, kind
         self.api_key = api_key  # never in describe(): /admin/engines and /health do not show it
         # vLLM answers /health; llama-cpp-python's server has no such route, its /v1/models serves instead
@@ -61,8 +63,14 @@ class Replica:
         if state != "ready" or self.state != "ready":
             self.loaded.clear()  # a (re)started engine has no runtime adapters
         if state != self.state:
-            log.log(logging.WARNING if state == "down" else logging.INFO, "engine %s (%s): %s — %s",
-                    self.base_model, self.url, state, detail)
+            log.log(
+                logging.WARNING if state == "down" else logging.INFO,
+                "engine %s (%s): %s — %s",
+                self.base_model,
+                self.url,
+                state,
+                detail,
+            )
             self.since = time.monotonic()
         self.state, self.detail = state, detail
 
@@ -73,8 +81,15 @@ class Replica:
 
     def describe(self) -> dict[str, object]:
         return {
-            "base_model": self.base_model, "engine": self.kind, "url": self.url, "local": self.local, "state": self.state,
-            "detail": self.detail, "pid": self.pid, "restarts": self.restarts, "in_flight": self.in_flight,
+            "base_model": self.base_model,
+            "engine": self.kind,
+            "url": self.url,
+            "local": self.local,
+            "state": self.state,
+            "detail": self.detail,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "in_flight": self.in_flight,
             "adapters": list(self.loaded),
         }
 
@@ -136,8 +151,11 @@ class LocalEngine:
                 ran = time.monotonic() - started
                 self.replica.restarts += 1
                 backoff = 1.0 if ran > 120 else min(backoff * 2, 30.0)
-                self.replica.set_state("down", f"engine exited (code {code}); restarting in {backoff:.0f} s; "
-                                               f"see {self.log_path}: {_tail(self.log_path)}")
+                self.replica.set_state(
+                    "down",
+                    f"engine exited (code {code}); restarting in {backoff:.0f} s; "
+                    f"see {self.log_path}: {_tail(self.log_path)}",
+                )
                 await asyncio.sleep(backoff)
         finally:
             await self._stop()
@@ -151,12 +169,26 @@ class LocalEngine:
         env = Settings.child_environ(database=False, **{ENGINE_KEY_VAR: self.replica.api_key})
         with open(self.log_path, "ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "serving.engine_main", str(self.settings_file), self.replica.base_model, str(port),
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                sys.executable,
+                "-m",
+                "serving.engine_main",
+                str(self.settings_file),
+                self.replica.base_model,
+                str(port),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
                 env=env,
             )
         self.replica.pid = self.proc.pid
-        log.info("engine for %s starting on port %d (pid %d, log %s)", self.replica.base_model, port, self.proc.pid, self.log_path)
+        log.info(
+            "engine for %s starting on port %d (pid %d, log %s)",
+            self.replica.base_model,
+            port,
+            self.proc.pid,
+            self.log_path,
+        )
 
     async def _until_ready(self) -> bool:
         assert self.proc is not None

@@ -72,7 +72,7 @@ def objects(text: str, start: int) -> list[tuple[str, bool]]:
         elif c in "}]":
             depth -= 1
             if depth == base and begin >= 0:
-                found.append((text[begin:i + 1], True))
+                found.append((text[begin : i + 1], True))
                 begin = -1
                 if not array:
                     return found
@@ -115,14 +115,30 @@ class HermesBareJsonToolParser(Hermes2ProToolParser):
         calls = bare_calls(model_output, declared(request))
         if calls is None:
             return ExtractedToolCallInformation(tools_called=False, tool_calls=[], content=model_output)
-        return ExtractedToolCallInformation(tools_called=True, content=None, tool_calls=[
-            ToolCall(type="function", function=FunctionCall(
-                name=call["name"], arguments=json.dumps(call["arguments"], ensure_ascii=False)))
-            for call in calls])
+        return ExtractedToolCallInformation(
+            tools_called=True,
+            content=None,
+            tool_calls=[
+                ToolCall(
+                    type="function",
+                    function=FunctionCall(
+                        name=call["name"], arguments=json.dumps(call["arguments"], ensure_ascii=False)
+                    ),
+                )
+                for call in calls
+            ],
+        )
 
-    def extract_tool_calls_streaming(self, previous_text: str, current_text: str, delta_text: str,
-                                     previous_token_ids: Sequence[int], current_token_ids: Sequence[int],
-                                     delta_token_ids: Sequence[int], request: Any) -> DeltaMessage | None:
+    def extract_tool_calls_streaming(
+        self,
+        previous_text: str,
+        current_text: str,
+        delta_text: str,
+        previous_token_ids: Sequence[int],
+        current_token_ids: Sequence[int],
+        delta_token_ids: Sequence[int],
+        request: Any,
+    ) -> DeltaMessage | None:
         if self._bare is None:
             opening = _OPENING.match(current_text, partial=True)
             if opening is not None and opening.partial:
@@ -130,8 +146,9 @@ class HermesBareJsonToolParser(Hermes2ProToolParser):
             self._bare = opening is not None and opening.group("name") in declared(request)
             self._start = opening.start("open") if opening is not None else 0
             self._tools = declared(request)
-        return super().extract_tool_calls_streaming(previous_text, current_text, delta_text, previous_token_ids,
-                                                    current_token_ids, delta_token_ids, request)
+        return super().extract_tool_calls_streaming(
+            previous_text, current_text, delta_text, previous_token_ids, current_token_ids, delta_token_ids, request
+        )
 
     def _extract_content(self, current_text: str) -> str | None:
         return None if self._bare else super()._extract_content(current_text)
@@ -140,8 +157,11 @@ class HermesBareJsonToolParser(Hermes2ProToolParser):
         if not self._bare:
             return super()._extract_tool_call_jsons(text)
         # the objects of declared tools (one whose name is not complete yet stays: hermes waits on it)
-        return [(body, complete) for body, complete in objects(text, self._start)
-                if self._extract_tool_name(body) in (None, *self._tools)]
+        return [
+            (body, complete)
+            for body, complete in objects(text, self._start)
+            if self._extract_tool_name(body) in (None, *self._tools)
+        ]
 
 
 ToolParserManager.register_module(NAME, module=HermesBareJsonToolParser)  # what --tool-parser-plugin imports this for

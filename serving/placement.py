@@ -29,24 +29,31 @@ def ranking(adapter: str, replicas: Sequence[R], ident: Callable[[R], str]) -> l
     return sorted(replicas, key=lambda r: (weight(adapter, ident(r)), ident(r)), reverse=True)
 
 
-def choose(adapter: str, ready: Sequence[R], ident: Callable[[R], str], in_flight: Callable[[R], int], *,
-           homes: int = 1, spill_at: int | None = None) -> R:
+def choose(
+    adapter: str,
+    ready: Sequence[R],
+    ident: Callable[[R], str],
+    in_flight: Callable[[R], int],
+    *,
+    homes: int = 1,
+    spill_at: int | None = None,
+) -> R:
     """The replica a request for ``adapter`` goes to: the least busy of its homes below ``spill_at``, else the
     next replica of its ranking below it, else the least busy of all."""
     ranked = ranking(adapter, ready, ident)
     if not ranked:
         raise ValueError("no ready replica")
-    home = ranked[:max(1, homes)]
+    home = ranked[: max(1, homes)]
     if spill_at is None:
         return min(home, key=in_flight)
     roomy = [r for r in home if in_flight(r) < spill_at]
     if roomy:
         return min(roomy, key=in_flight)
-    for replica in ranked[len(home):]:
+    for replica in ranked[len(home) :]:
         if in_flight(replica) < spill_at:
             return replica
     return min(ranked, key=in_flight)
 
 
 def homes_of(adapter: str, ready: Sequence[R], ident: Callable[[R], str], homes: int = 1) -> list[R]:
-    return ranking(adapter, ready, ident)[:max(1, homes)]
+    return ranking(adapter, ready, ident)[: max(1, homes)]

@@ -52,8 +52,14 @@ class Target:
 
 
 class EnginePool:
-    def __init__(self, settings: Settings, catalog: Catalog, blobs: BlobStore, registry: EngineRegistry,
-                 http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        blobs: BlobStore,
+        registry: EngineRegistry,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         """``http``: the client for every engine call (health, adapter loads, requests); by default one is built at
         ``start`` from the serving settings — tests pass one over ``httpx.MockTransport``."""
         self.settings, self.catalog, self.blobs, self.registry = settings, catalog, blobs, registry
@@ -75,10 +81,13 @@ class EnginePool:
         for model_id, spec in self.settings.base_models.items():
             if spec.engine_urls:
                 key = spec.engine_api_key.get_secret_value() if spec.engine_api_key else None
-                replicas = [Replica(model_id, url, local=False, kind=spec.engine, api_key=key) for url in spec.engine_urls]
+                replicas = [
+                    Replica(model_id, url, local=False, kind=spec.engine, api_key=key) for url in spec.engine_urls
+                ]
                 for replica in replicas:
-                    self._spawn(f"health of {replica.url}",
-                                ExternalEngine(replica, http, serving.health_interval_seconds).run)
+                    self._spawn(
+                        f"health of {replica.url}", ExternalEngine(replica, http, serving.health_interval_seconds).run
+                    )
             elif serving.local_engines:
                 settings_file = settings_file or self.settings.write_for_child(f"engines-{id(self):x}", database=False)
                 replica = Replica(model_id, "http://127.0.0.1:0", local=True, kind=spec.engine)
@@ -138,8 +147,11 @@ class EnginePool:
     def _target(self, entry: ModelEntry) -> Target:
         spec = self.settings.base_models.get(entry.base_model)
         if spec is None or entry.adapter_key is None:
-            raise NotFound(f"The model '{entry.id}' is not served here: its base model '{entry.base_model}' is not "
-                           "configured.", param="model", code="model_not_found")
+            raise NotFound(
+                f"The model '{entry.id}' is not served here: its base model '{entry.base_model}' is not configured.",
+                param="model",
+                code="model_not_found",
+            )
         adapter = adapter_for(entry.id, entry.adapter_key, self.blobs, self.settings)
         return Target(entry.id, entry.base_model, spec, adapter)
 
@@ -163,8 +175,9 @@ class EnginePool:
                 if not ready:
                     raise
                 replica = ranking(target.adapter.name, ready, _ident)[0]
-                log.warning("loading %s on %s failed (%s); trying %s", target.model, tried[-1].url, exc.message,
-                            replica.url)
+                log.warning(
+                    "loading %s on %s failed (%s); trying %s", target.model, tried[-1].url, exc.message, replica.url
+                )
 
     def pick(self, target: Target) -> Replica:
         replicas = self.replicas.get(target.base_model, [])
@@ -173,19 +186,31 @@ class EnginePool:
             raise self._unavailable(target, replicas)
         if target.adapter is not None:  # its home replica(s), the same in every gateway (serving/placement.py)
             serving = self.settings.serving
-            return choose(target.adapter.name, ready, _ident, _in_flight, homes=serving.adapter_homes,
-                          spill_at=serving.spill_in_flight)
+            return choose(
+                target.adapter.name,
+                ready,
+                _ident,
+                _in_flight,
+                homes=serving.adapter_homes,
+                spill_at=serving.spill_in_flight,
+            )
         return min(ready, key=lambda r: r.in_flight)
 
     def _unavailable(self, target: Target, replicas: list[Replica]) -> Unavailable:
         if not replicas:
             return Unavailable(
                 f"No engine serves '{target.base_model}': local engines are off (serving.local_engines) and the "
-                "model has no engine_urls.", code="engine_unavailable", retry_after=30)
+                "model has no engine_urls.",
+                code="engine_unavailable",
+                retry_after=30,
+            )
         starting = any(r.state == "starting" for r in replicas)
         why = "is starting" if starting else f"is down ({replicas[0].detail})"
-        return Unavailable(f"The engine for '{target.base_model}' {why}; retry shortly.", code="engine_unavailable",
-                           retry_after=10 if starting else 5)
+        return Unavailable(
+            f"The engine for '{target.base_model}' {why}; retry shortly.",
+            code="engine_unavailable",
+            retry_after=10 if starting else 5,
+        )
 
     async def ensure_loaded(self, replica: Replica, target: Target) -> None:
         adapter = target.adapter
@@ -217,8 +242,10 @@ class EnginePool:
             except EngineAPIError as exc:
                 if exc.unreachable:
                     replica.set_state("down", f"load_lora_adapter failed: {exc.message}")
-                    raise Unavailable(f"The engine for '{target.base_model}' is not reachable; retry shortly.",
-                                      code="engine_unavailable") from exc
+                    raise Unavailable(
+                        f"The engine for '{target.base_model}' is not reachable; retry shortly.",
+                        code="engine_unavailable",
+                    ) from exc
                 metrics.ADAPTER_LOADS.labels(replica.base_model, "failed").inc()
                 raise _load_error(target, exc) from None
             metrics.ADAPTER_LOADS.labels(replica.base_model, "loaded").inc()
@@ -264,8 +291,11 @@ class EnginePool:
             return
         asked = time.monotonic()
         try:
-            names = set(await EngineAPI(self.http).adapters(replica.url, replica.auth,
-                                                            timeout=self.settings.serving.connect_timeout_seconds))
+            names = set(
+                await EngineAPI(self.http).adapters(
+                    replica.url, replica.auth, timeout=self.settings.serving.connect_timeout_seconds
+                )
+            )
         except (EngineAPIError, httpx.HTTPError):
             return  # the health watcher deals with an engine that does not answer
         for name in list(replica.loaded):
@@ -355,15 +385,23 @@ def _load_error(target: Target, refused: EngineAPIError) -> TunegateError:
     where and how adapters are kept."""
     message = refused.message
     if refused.status == 400:
-        return InvalidRequest(f"The engine refused the adapter of '{target.model}': {message}", param="model",
-                              code="adapter_not_servable")
-    log.warning("the engine for %s could not load %s (HTTP %s): %s", target.base_model, target.model, refused.status,
-                message)
+        return InvalidRequest(
+            f"The engine refused the adapter of '{target.model}': {message}", param="model", code="adapter_not_servable"
+        )
+    log.warning(
+        "the engine for %s could not load %s (HTTP %s): %s", target.base_model, target.model, refused.status, message
+    )
     if refused.status == 404:
-        return InvalidRequest(f"The engine for '{target.base_model}' cannot read the adapter of '{target.model}'. "
-                              "Engines on other hosts need blob_url (an S3 store they fetch from) or "
-                              "serving.engine_blob_dir.", param="model", code="model_unavailable")
+        return InvalidRequest(
+            f"The engine for '{target.base_model}' cannot read the adapter of '{target.model}'. "
+            "Engines on other hosts need blob_url (an S3 store they fetch from) or "
+            "serving.engine_blob_dir.",
+            param="model",
+            code="model_unavailable",
+        )
     if refused.status == 503:  # the engine could not fetch it from the store: a moment's trouble, most likely
-        return Unavailable(f"The engine for '{target.base_model}' could not fetch the adapter of '{target.model}'; "
-                           "retry shortly.", code="engine_unavailable")
+        return Unavailable(
+            f"The engine for '{target.base_model}' could not fetch the adapter of '{target.model}'; retry shortly.",
+            code="engine_unavailable",
+        )
     return UpstreamFailed(f"The engine failed to load '{target.model}'.", code="engine_error")

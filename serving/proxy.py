@@ -45,8 +45,15 @@ ATTEMPTS = 3
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 # vLLM extension fields, dropped when null so responses look like OpenAI's.
-_TOP = ("prompt_logprobs", "prompt_token_ids", "prompt_text", "kv_transfer_params", "ec_transfer_params", "metrics",
-        "service_tier")
+_TOP = (
+    "prompt_logprobs",
+    "prompt_token_ids",
+    "prompt_text",
+    "kv_transfer_params",
+    "ec_transfer_params",
+    "metrics",
+    "service_tier",
+)
 _CHOICE = ("stop_reason", "token_ids", "routed_experts", "prompt_logprobs", "prompt_token_ids")
 _USAGE = ("prompt_tokens_details", "completion_tokens_details")
 _MESSAGE = ("annotations", "audio", "function_call", "reasoning")
@@ -69,8 +76,9 @@ class Completions:
     async def close(self) -> None:
         await self.upstream.close()
 
-    async def create(self, principal: Principal, endpoint: Endpoint, body: Any, *,
-                     usage_as: str | None = None, joined: bool = False) -> bytes | AsyncGenerator[bytes, None]:
+    async def create(
+        self, principal: Principal, endpoint: Endpoint, body: Any, *, usage_as: str | None = None, joined: bool = False
+    ) -> bytes | AsyncGenerator[bytes, None]:
         """The JSON body of the answer, or (``stream: true``) an iterator of SSE events. ``usage_as``: the endpoint
         usage is recorded under (``responses`` for a Responses request translated onto chat). ``joined``: each item
         is the events of one read from the engine, joined (for a client's HTTP stream), not one event (for callers
@@ -78,8 +86,12 @@ class Completions:
         request = request_body.parse(endpoint, body, self.limits)
         kept = capture(principal, body, request) if self.stored is not None else None
         target = await self.pool.resolve(principal.organization_id, request.model)
-        tools.require(target.model, target.base_model, tools.support(target.base_model, target.spec,
-                                                                      self.pool.settings), request.params)
+        tools.require(
+            target.model,
+            target.base_model,
+            tools.support(target.base_model, target.spec, self.pool.settings),
+            request.params,
+        )
         note_model(target.model)
         engine_id = uuid4().hex
         upstream = request.body(target.engine_model, engine=target.spec.engine, request_id=engine_id)
@@ -98,14 +110,16 @@ class Completions:
             return _encode(data)
         return self._relay(call, replica, response, kept, joined)
 
-    async def _send(self, target: Target, request: request_body.EngineRequest,
-                    content: bytes) -> tuple[Replica, aiohttp.ClientResponse]:
+    async def _send(
+        self, target: Target, request: request_body.EngineRequest, content: bytes
+    ) -> tuple[Replica, aiohttp.ClientResponse]:
         for attempt in range(ATTEMPTS):
             replica = await self.pool.acquire(target)
             replica.in_flight += 1
             try:
-                response = await self.upstream.post(replica.url + PATHS[request.endpoint], content,
-                                                    {"content-type": "application/json", **replica.auth})
+                response = await self.upstream.post(
+                    replica.url + PATHS[request.endpoint], content, {"content-type": "application/json", **replica.auth}
+                )
             except EngineUnreachable as exc:  # never sent: another replica may take it
                 replica.in_flight -= 1
                 replica.set_state("down", f"connection failed: {exc}")
@@ -127,8 +141,14 @@ class Completions:
             raise _translate(response.status, message, target, request)
         raise Unavailable(f"No engine for '{target.base_model}' answered; retry shortly.", code="engine_unavailable")
 
-    async def _relay(self, call: Call, replica: Replica, response: aiohttp.ClientResponse,
-                     kept: Capture | None = None, joined: bool = False) -> AsyncGenerator[bytes, None]:
+    async def _relay(
+        self,
+        call: Call,
+        replica: Replica,
+        response: aiohttp.ClientResponse,
+        kept: Capture | None = None,
+        joined: bool = False,
+    ) -> AsyncGenerator[bytes, None]:
         done = ended = False
         try:
             buffer = b""
@@ -138,7 +158,7 @@ class Completions:
                     buffer = buffer.replace(b"\r\n", b"\n")
                 events: list[bytes] = []  # what this read completed
                 while (end := buffer.find(b"\n\n")) >= 0:
-                    event, buffer = buffer[:end], buffer[end + 2:]
+                    event, buffer = buffer[:end], buffer[end + 2 :]
                     if not event.startswith(b"data: "):
                         continue
                     payload = event[6:]
@@ -271,12 +291,17 @@ def _envelope(error: dict[str, Any] | Any, target: Target) -> dict[str, Any]:
         error = {"message": str(error)}
     message = str(error.get("message", "The engine failed.")).replace(target.engine_model, target.model)
     code = error.get("code")
-    return {"message": message, "type": "server_error" if code == 500 else "invalid_request_error",
-            "param": error.get("param"), "code": code if isinstance(code, str) else None}
+    return {
+        "message": message,
+        "type": "server_error" if code == 500 else "invalid_request_error",
+        "param": error.get("param"),
+        "code": code if isinstance(code, str) else None,
+    }
 
 
-def _translate(status: int, error: dict[str, Any], target: Target,
-               request: request_body.EngineRequest) -> TunegateError:
+def _translate(
+    status: int, error: dict[str, Any], target: Target, request: request_body.EngineRequest
+) -> TunegateError:
     message = str(error.get("message", "")).replace(target.engine_model, target.model)
     param = error.get("param") if isinstance(error.get("param"), str) else None
     if status in (400, 413, 422) and "maximum context length" in message:  # vLLM checks against its max_model_len
@@ -284,11 +309,15 @@ def _translate(status: int, error: dict[str, Any], target: Target,
         field = param if param in request.params else source
         return InvalidRequest(message, param=field, code="context_length_exceeded")
     if status == 404:
-        return NotFound(f"The model '{target.model}' does not exist or you do not have access to it.", param="model",
-                        code="model_not_found")
+        return NotFound(
+            f"The model '{target.model}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
     if status in (400, 422):
         return InvalidRequest(message or "The engine rejected the request.", param=param, code="invalid_request")
     if status == 503:
-        return Unavailable(f"The engine for '{target.base_model}' is overloaded or restarting: {message}",
-                           code="engine_unavailable")
+        return Unavailable(
+            f"The engine for '{target.base_model}' is overloaded or restarting: {message}", code="engine_unavailable"
+        )
     return UpstreamFailed(f"The engine failed: {message or status}", code="engine_error")

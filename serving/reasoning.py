@@ -28,14 +28,14 @@ class ThinkSplitter:
                 if len(head) < len(OPEN) and OPEN.startswith(head):
                     return "", ""  # still could be "<think>"
                 if head.startswith(OPEN):
-                    self._buf = head[len(OPEN):]
+                    self._buf = head[len(OPEN) :]
                 self._opened = True
             end = self._buf.find(CLOSE)
             if end < 0:
                 keep = _partial_suffix(self._buf, CLOSE)
-                reasoning, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep:]
+                reasoning, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep :]
                 return reasoning, ""
-            reasoning, self._buf, self._thinking = self._buf[:end], self._buf[end + len(CLOSE):], False
+            reasoning, self._buf, self._thinking = self._buf[:end], self._buf[end + len(CLOSE) :], False
         content, self._buf = self._buf, ""
         if not self._content_started:
             content = content.lstrip("\n")

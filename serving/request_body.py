@@ -42,6 +42,7 @@ def _number(lo: float, hi: float) -> Check:
         if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
             raise _bad(f"'{param}' must be a number between {lo:g} and {hi:g}.", param)
         return value
+
     return check
 
 
@@ -51,9 +52,11 @@ def _integer(lo: int, cap: Callable[[RequestLimits], int] | None = None, hi: int
             bounds = f"between {lo} and {hi}" if hi < 2**63 - 1 else f"of at least {lo}"
             raise _bad(f"'{param}' must be an integer {bounds}.", param)
         if cap is not None and value > cap(limits):
-            raise _bad(f"'{param}' is {value}, above this server's limit of {cap(limits)}.", param,
-                       "integer_above_max_value")
+            raise _bad(
+                f"'{param}' is {value}, above this server's limit of {cap(limits)}.", param, "integer_above_max_value"
+            )
         return value
+
     return check
 
 
@@ -74,6 +77,7 @@ def _choice(*allowed: str) -> Check:
         if value not in allowed:
             raise _bad(f"'{param}' must be one of {', '.join(allowed)}.", param)
         return value
+
     return check
 
 
@@ -101,12 +105,19 @@ def _any(value: Any, param: str, _: RequestLimits) -> Any:
 def _list(item: Check, cap: Callable[[RequestLimits], int], min_items: int = 0) -> Check:
     def check(value: Any, param: str, limits: RequestLimits) -> list[Any]:
         if not isinstance(value, list) or len(value) < min_items:
-            raise _bad(f"'{param}' must be an array" + (f" of at least {min_items} item(s)." if min_items else "."),
-                       param, "invalid_type")
+            raise _bad(
+                f"'{param}' must be an array" + (f" of at least {min_items} item(s)." if min_items else "."),
+                param,
+                "invalid_type",
+            )
         if len(value) > cap(limits):
-            raise _bad(f"'{param}' has {len(value)} items, above this server's limit of {cap(limits)}.", param,
-                       "array_above_max_length")
+            raise _bad(
+                f"'{param}' has {len(value)} items, above this server's limit of {cap(limits)}.",
+                param,
+                "array_above_max_length",
+            )
         return [item(v, f"{param}[{i}]", limits) for i, v in enumerate(value)]
+
     return check
 
 
@@ -148,9 +159,16 @@ def _tool_choice(value: Any, param: str, limits: RequestLimits) -> str | dict[st
     return _object(value, param, {"type": _choice("function"), "function": _shape(name=_string)}, limits)
 
 
-_structured = _shape(json=_any, regex=_string, choice=_list(_string, _unbounded), grammar=_string,
-                     json_object=_boolean, disable_any_whitespace=_boolean, disable_additional_properties=_boolean,
-                     whitespace_pattern=_string)
+_structured = _shape(
+    json=_any,
+    regex=_string,
+    choice=_list(_string, _unbounded),
+    grammar=_string,
+    json_object=_boolean,
+    disable_any_whitespace=_boolean,
+    disable_additional_properties=_boolean,
+    whitespace_pattern=_string,
+)
 GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice", "guided_grammar": "grammar"}
 
 # --- messages and prompts ------------------------------------------------------------------------------------------
@@ -178,8 +196,12 @@ def _content(value: Any, param: str, limits: RequestLimits) -> str | list[dict[s
 
 _tool_call = _shape(id=_string, type=_choice("function"), function=_shape(name=_string, arguments=_string))
 _MESSAGE: dict[str, Check] = {
-    "role": _choice("system", "developer", "user", "assistant", "tool"), "content": _content, "name": _string,
-    "tool_calls": _list(_tool_call, _unbounded), "tool_call_id": _string, "refusal": _string,
+    "role": _choice("system", "developer", "user", "assistant", "tool"),
+    "content": _content,
+    "name": _string,
+    "tool_calls": _list(_tool_call, _unbounded),
+    "tool_call_id": _string,
+    "refusal": _string,
     "reasoning_content": _string,
 }
 
@@ -203,8 +225,11 @@ def _prompt(value: Any, param: str, limits: RequestLimits) -> str | list[Any]:
             return value
         if all(isinstance(v, list) and v and all(_is_int(t) for t in v) for v in value):
             return value
-    raise _bad(f"'{param}' must be a string, an array of strings, an array of token ids or an array of arrays of "
-               "token ids.", param, "invalid_type")
+    raise _bad(
+        f"'{param}' must be a string, an array of strings, an array of token ids or an array of arrays of token ids.",
+        param,
+        "invalid_type",
+    )
 
 
 # --- the allow-lists ------------------------------------------------------------------------------------------------
@@ -217,33 +242,62 @@ def _tokens(lim: RequestLimits) -> int:
 
 
 SAMPLING: dict[str, Check] = {  # forwarded on both endpoints
-    "temperature": _number(0, 2), "top_p": _number(0, 1), "n": _integer(1, _n),
-    "max_tokens": _integer(0, _tokens), "stop": _stop, "seed": _integer(-2**63, None),
-    "frequency_penalty": _number(-2, 2), "presence_penalty": _number(-2, 2), "logit_bias": _logit_bias,
+    "temperature": _number(0, 2),
+    "top_p": _number(0, 1),
+    "n": _integer(1, _n),
+    "max_tokens": _integer(0, _tokens),
+    "stop": _stop,
+    "seed": _integer(-(2**63), None),
+    "frequency_penalty": _number(-2, 2),
+    "presence_penalty": _number(-2, 2),
+    "logit_bias": _logit_bias,
     # vLLM's sampling extras
-    "top_k": _integer(-1, None), "min_p": _number(0, 1), "repetition_penalty": _number(0.01, 10),
-    "ignore_eos": _boolean, "min_tokens": _integer(0, _tokens),
-    "stop_token_ids": _list(_integer(0, None), lambda lim: 16 * lim.max_stop), "skip_special_tokens": _boolean,
-    "return_token_ids": _boolean, "structured_outputs": _structured,
+    "top_k": _integer(-1, None),
+    "min_p": _number(0, 1),
+    "repetition_penalty": _number(0.01, 10),
+    "ignore_eos": _boolean,
+    "min_tokens": _integer(0, _tokens),
+    "stop_token_ids": _list(_integer(0, None), lambda lim: 16 * lim.max_stop),
+    "skip_special_tokens": _boolean,
+    "return_token_ids": _boolean,
+    "structured_outputs": _structured,
 }
 CHAT: dict[str, Check] = SAMPLING | {
-    "max_completion_tokens": _integer(0, _tokens), "logprobs": _boolean,
-    "top_logprobs": _integer(0, lambda lim: lim.max_top_logprobs, 20), "response_format": _response_format,
-    "tools": _list(_tool, lambda _: 128), "tool_choice": _tool_choice, "parallel_tool_calls": _boolean,
+    "max_completion_tokens": _integer(0, _tokens),
+    "logprobs": _boolean,
+    "top_logprobs": _integer(0, lambda lim: lim.max_top_logprobs, 20),
+    "response_format": _response_format,
+    "tools": _list(_tool, lambda _: 128),
+    "tool_choice": _tool_choice,
+    "parallel_tool_calls": _boolean,
     "reasoning_effort": _choice("none", "minimal", "low", "medium", "high", "xhigh", "max"),
 }
 COMPLETIONS: dict[str, Check] = SAMPLING | {
-    "echo": _boolean, "suffix": _string, "best_of": _integer(1, _n),
+    "echo": _boolean,
+    "suffix": _string,
+    "best_of": _integer(1, _n),
     "logprobs": _integer(0, lambda lim: lim.max_top_logprobs, 20),
 }
 FORWARDED: dict[Endpoint, dict[str, Check]] = {"chat.completions": CHAT, "completions": COMPLETIONS}
 # OpenAI fields accepted for compatibility and not forwarded: nothing an engine does depends on them
-IGNORED = {"user", "metadata", "store", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
-           "prompt_cache_options", "service_tier", "verbosity", "modalities"}
+IGNORED = {
+    "user",
+    "metadata",
+    "store",
+    "safety_identifier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "prompt_cache_options",
+    "service_tier",
+    "verbosity",
+    "modalities",
+}
 UNSUPPORTED = {"audio", "prediction", "web_search_options", "functions", "function_call", "moderation"}
 # set by tunegate (``EngineRequest.body``); a caller's value is read (model, stream) or checked, never forwarded
-STRUCTURE: dict[Endpoint, set[str]] = {"chat.completions": {"model", "messages", "stream", "stream_options"},
-                                       "completions": {"model", "prompt", "stream", "stream_options"}}
+STRUCTURE: dict[Endpoint, set[str]] = {
+    "chat.completions": {"model", "messages", "stream", "stream_options"},
+    "completions": {"model", "prompt", "stream", "stream_options"},
+}
 
 
 @dataclass(frozen=True)
@@ -266,7 +320,9 @@ class EngineRequest:
         body["messages" if self.endpoint == "chat.completions" else "prompt"] = self.source
         body["stream"] = self.stream
         if self.stream:  # vLLM: usage on every chunk, so that a stream the client drops is still accounted
-            body["stream_options"] = {"include_usage": True} | ({"continuous_usage_stats": True} if engine == "vllm" else {})
+            body["stream_options"] = {"include_usage": True} | (
+                {"continuous_usage_stats": True} if engine == "vllm" else {}
+            )
         if request_id is not None and engine == "vllm":
             body["request_id"] = request_id
         return body
@@ -288,15 +344,22 @@ def parse(endpoint: Endpoint, body: Any, limits: RequestLimits) -> EngineRequest
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _bad("'stream' must be a boolean.", "stream", "invalid_type")
-    options = _object(body.get("stream_options") or {}, "stream_options",
-                      {"include_usage": _boolean, "include_obfuscation": _boolean}, limits)
+    options = _object(
+        body.get("stream_options") or {},
+        "stream_options",
+        {"include_usage": _boolean, "include_obfuscation": _boolean},
+        limits,
+    )
     extra = {k: v for k, v in body.items() if k not in STRUCTURE[endpoint]}
     params = _params(extra, FORWARDED[endpoint], "", limits)
     prompts = len(source) if endpoint == "completions" and isinstance(source, list) and not _is_int(source[0]) else 1
     choices = max(params.get("n", 1), params.get("best_of", 1)) * prompts
     if choices > limits.max_n:
-        raise _bad(f"This request asks for {choices} choices (n × prompts), above this server's limit of "
-                   f"{limits.max_n}.", "n", "integer_above_max_value")
+        raise _bad(
+            f"This request asks for {choices} choices (n × prompts), above this server's limit of {limits.max_n}.",
+            "n",
+            "integer_above_max_value",
+        )
     return EngineRequest(endpoint, model, stream is True, options.get("include_usage") is True, source, params)
 
 
@@ -311,11 +374,19 @@ def validate_sampling_params(params: Any, param_prefix: str, limits: RequestLimi
     return _params(params, allowed, param_prefix + ".", limits)
 
 
-def generation(messages: Any, params: Any, limits: RequestLimits, param_prefix: str = "sampling_params") -> EngineRequest:
+def generation(
+    messages: Any, params: Any, limits: RequestLimits, param_prefix: str = "sampling_params"
+) -> EngineRequest:
     """A chat request tunegate makes itself (eval runs, job-end scoring): messages and parameters checked as a
     caller's would be; ``body(engine_model)`` then sets the model."""
-    return EngineRequest("chat.completions", "", False, False, _messages(messages, "messages", limits),
-                         validate_sampling_params(params, param_prefix, limits))
+    return EngineRequest(
+        "chat.completions",
+        "",
+        False,
+        False,
+        _messages(messages, "messages", limits),
+        validate_sampling_params(params, param_prefix, limits),
+    )
 
 
 def _params(body: dict[str, Any], allowed: dict[str, Check], prefix: str, limits: RequestLimits) -> dict[str, Any]:
@@ -339,6 +410,8 @@ def _params(body: dict[str, Any], allowed: dict[str, Check], prefix: str, limits
     if "structured_outputs" in out:
         picked = [k for k in ("json", "regex", "choice", "grammar", "json_object") if k in out["structured_outputs"]]
         if len(picked) != 1:
-            raise _bad("structured_outputs (or guided_*) must set exactly one of json, regex, choice, grammar, "
-                       "json_object.", prefix + "structured_outputs")
+            raise _bad(
+                "structured_outputs (or guided_*) must set exactly one of json, regex, choice, grammar, json_object.",
+                prefix + "structured_outputs",
+            )
     return out

@@ -42,15 +42,45 @@ LEASE_S = 30.0  # … and is failed ("the gateway restarted") when nobody renewe
 _decode = msgspec.json.Decoder().decode
 
 # Accepted and not acted on (nothing the engine does depends on them) / refused as not implemented here.
-IGNORED = {"user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "service_tier", "include",
-           "max_tool_calls", "stream_options", "truncation", "prompt_cache_options"}
+IGNORED = {
+    "user",
+    "safety_identifier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "service_tier",
+    "include",
+    "max_tool_calls",
+    "stream_options",
+    "truncation",
+    "prompt_cache_options",
+}
 UNSUPPORTED = {"conversation", "prompt", "context_management", "moderation"}
-KNOWN = {"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text", "max_output_tokens",
-         "temperature", "top_p", "top_logprobs", "reasoning", "metadata", "store", "stream", "background",
-         "previous_response_id"}
+KNOWN = {
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "text",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "top_logprobs",
+    "reasoning",
+    "metadata",
+    "store",
+    "stream",
+    "background",
+    "previous_response_id",
+}
 # chat parameter names (as the allow-list names them in its 400s) → the Responses request's names
-_PARAM_NAMES = (("max_tokens", "max_output_tokens"), ("response_format.json_schema", "text.format"),
-                ("response_format", "text.format"), ("messages", "input"))
+_PARAM_NAMES = (
+    ("max_tokens", "max_output_tokens"),
+    ("response_format.json_schema", "text.format"),
+    ("response_format", "text.format"),
+    ("messages", "input"),
+)
 
 
 def _bad(message: str, param: str | None, code: str = "invalid_value") -> InvalidRequest:
@@ -121,8 +151,11 @@ def parse(body: Any, *, need_input: bool = True) -> ResponsesRequest:
     if req.background and not req.store:
         raise _bad("background=true requires store=true.", "background")
     if req.background and req.stream:
-        raise _bad("Streaming a background response is not supported by this server; poll it with retrieve.",
-                   "stream", "unsupported_parameter")
+        raise _bad(
+            "Streaming a background response is not supported by this server; poll it with retrieve.",
+            "stream",
+            "unsupported_parameter",
+        )
     return req
 
 
@@ -138,8 +171,15 @@ def _opt(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default:
 
 def _items(raw: Any) -> list[dict[str, Any]]:
     if isinstance(raw, str):
-        return [{"id": new_id("msg_"), "type": "message", "role": "user", "status": "completed",
-                 "content": [{"type": "input_text", "text": raw}]}]
+        return [
+            {
+                "id": new_id("msg_"),
+                "type": "message",
+                "role": "user",
+                "status": "completed",
+                "content": [{"type": "input_text", "text": raw}],
+            }
+        ]
     if not isinstance(raw, list):
         raise _bad("'input' must be a string or an array of input items.", "input", "invalid_type")
     return [_item(item, f"input[{i}]") for i, item in enumerate(raw)]
@@ -153,20 +193,35 @@ def _item(item: Any, param: str) -> dict[str, Any]:
         return _message_item(item, param)
     if kind == "function_call":
         call_id, name, arguments = (_field(item, k, param) for k in ("call_id", "name", "arguments"))
-        return {"id": _item_id(item, "fc_"), "type": "function_call", "call_id": call_id, "name": name,
-                "arguments": arguments, "status": "completed"}
+        return {
+            "id": _item_id(item, "fc_"),
+            "type": "function_call",
+            "call_id": call_id,
+            "name": name,
+            "arguments": arguments,
+            "status": "completed",
+        }
     if kind == "function_call_output":
         output = item.get("output")
         if isinstance(output, list):  # input_text parts
             output = "".join(p.get("text", "") for p in output if isinstance(p, dict))
         if not isinstance(output, str):
             raise _bad(f"'{param}.output' must be a string.", f"{param}.output", "invalid_type")
-        return {"id": _item_id(item, "fco_"), "type": "function_call_output", "call_id": _field(item, "call_id", param),
-                "output": output, "status": "completed"}
+        return {
+            "id": _item_id(item, "fco_"),
+            "type": "function_call_output",
+            "call_id": _field(item, "call_id", param),
+            "output": output,
+            "status": "completed",
+        }
     if kind == "reasoning":  # a previous turn's reasoning sent back: kept with the input, not shown to the model
         return _reasoning_item(item, param)
-    raise _bad(f"Input items of type {kind!r} are not supported by this server (message, function_call, "
-               "function_call_output, reasoning are).", f"{param}.type", "unsupported_parameter")
+    raise _bad(
+        f"Input items of type {kind!r} are not supported by this server (message, function_call, "
+        "function_call_output, reasoning are).",
+        f"{param}.type",
+        "unsupported_parameter",
+    )
 
 
 MAX_REASONING_PARTS = 64
@@ -184,15 +239,25 @@ def _reasoning_item(item: dict[str, Any], param: str) -> dict[str, Any]:
         if parts is None and key == "content":
             continue
         if not isinstance(parts, list):
-            raise _bad(f"'{param}.{key}' must be an array of {kind} parts.", f"{param}.{key}",
-                       "missing_required_parameter" if parts is None else "invalid_type")
+            raise _bad(
+                f"'{param}.{key}' must be an array of {kind} parts.",
+                f"{param}.{key}",
+                "missing_required_parameter" if parts is None else "invalid_type",
+            )
         if len(parts) > MAX_REASONING_PARTS:
             raise _bad(f"'{param}.{key}' has more than {MAX_REASONING_PARTS} parts.", f"{param}.{key}")
         for j, part in enumerate(parts):
-            if not isinstance(part, dict) or part.get("type") != kind or not isinstance(part.get("text"), str) \
-                    or set(part) - {"type", "text"}:
-                raise _bad(f"'{param}.{key}[{j}]' must be {{\"type\": \"{kind}\", \"text\": string}}.",
-                           f"{param}.{key}[{j}]", "invalid_type")
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != kind
+                or not isinstance(part.get("text"), str)
+                or set(part) - {"type", "text"}
+            ):
+                raise _bad(
+                    f'\'{param}.{key}[{j}]\' must be {{"type": "{kind}", "text": string}}.',
+                    f"{param}.{key}[{j}]",
+                    "invalid_type",
+                )
             total += len(part["text"])
         if total > MAX_REASONING_CHARS:
             raise _bad(f"'{param}' holds more than {MAX_REASONING_CHARS} characters of reasoning.", f"{param}.{key}")
@@ -203,8 +268,11 @@ def _reasoning_item(item: dict[str, Any], param: str) -> dict[str, Any]:
 def _field(item: dict[str, Any], key: str, param: str) -> str:
     value = item.get(key)
     if not isinstance(value, str):
-        raise _bad(f"'{param}.{key}' must be a string.", f"{param}.{key}", "missing_required_parameter"
-                   if value is None else "invalid_type")
+        raise _bad(
+            f"'{param}.{key}' must be a string.",
+            f"{param}.{key}",
+            "missing_required_parameter" if value is None else "invalid_type",
+        )
     return value
 
 
@@ -231,12 +299,16 @@ def _message_item(item: dict[str, Any], param: str) -> dict[str, Any]:
             where = f"{param}.content[{j}]"
             kind = part.get("type") if isinstance(part, dict) else None
             if kind not in _INPUT_PARTS:
-                raise _bad(f"'{where}.type' must be one of input_text, output_text, input_image, refusal.",
-                           f"{where}.type")
+                raise _bad(
+                    f"'{where}.type' must be one of input_text, output_text, input_image, refusal.", f"{where}.type"
+                )
             if kind == "input_image":
                 if not isinstance(part.get("image_url"), str):
-                    raise _bad(f"'{where}.image_url' must be a string (a URL or a data URL).", f"{where}.image_url",
-                               "invalid_type")
+                    raise _bad(
+                        f"'{where}.image_url' must be a string (a URL or a data URL).",
+                        f"{where}.image_url",
+                        "invalid_type",
+                    )
                 detail = part.get("detail") or "auto"
                 if detail not in ("auto", "low", "high"):
                     raise _bad(f"'{where}.detail' must be auto, low or high.", f"{where}.detail")
@@ -247,11 +319,16 @@ def _message_item(item: dict[str, Any], param: str) -> dict[str, Any]:
                 raise _bad(f"'{where}.{key}' must be a string.", f"{where}.{key}", "invalid_type")
             parts.append({"type": kind, key: part[key]})
     else:
-        raise _bad(f"'{param}.content' must be a string or an array of content parts.", f"{param}.content",
-                   "invalid_type")
+        raise _bad(
+            f"'{param}.content' must be a string or an array of content parts.", f"{param}.content", "invalid_type"
+        )
     if role == "assistant":  # an output message (OutputMessage): output_text parts carry annotations
-        parts = [{"type": "output_text", "text": p.get("text", ""), "annotations": [], "logprobs": []}
-                 if p["type"] in ("output_text", "input_text") else p for p in parts]
+        parts = [
+            {"type": "output_text", "text": p.get("text", ""), "annotations": [], "logprobs": []}
+            if p["type"] in ("output_text", "input_text")
+            else p
+            for p in parts
+        ]
     return {"id": _item_id(item, "msg_"), "type": "message", "role": role, "status": "completed", "content": parts}
 
 
@@ -259,16 +336,24 @@ def _tool(tool: Any, param: str) -> dict[str, Any]:
     if not isinstance(tool, dict):
         raise _bad(f"'{param}' must be an object.", param, "invalid_type")
     if tool.get("type") != "function":
-        raise _bad(f"Tools of type {tool.get('type')!r} are not supported by this server: only function tools.",
-                   f"{param}.type", "unsupported_parameter")
+        raise _bad(
+            f"Tools of type {tool.get('type')!r} are not supported by this server: only function tools.",
+            f"{param}.type",
+            "unsupported_parameter",
+        )
     name = tool.get("name")
     if not isinstance(name, str) or not name:
         raise _bad(f"'{param}.name' must be a non-empty string.", f"{param}.name", "missing_required_parameter")
     for key, kind in (("description", str), ("parameters", dict), ("strict", bool)):
         if tool.get(key) is not None and not isinstance(tool[key], kind):
             raise _bad(f"'{param}.{key}' has the wrong type.", f"{param}.{key}", "invalid_type")
-    return {"type": "function", "name": name, "description": tool.get("description"),
-            "parameters": tool.get("parameters"), "strict": tool.get("strict")}
+    return {
+        "type": "function",
+        "name": name,
+        "description": tool.get("description"),
+        "parameters": tool.get("parameters"),
+        "strict": tool.get("strict"),
+    }
 
 
 def _tool_choice(value: Any, tools: list[dict[str, Any]]) -> str | dict[str, Any]:
@@ -280,7 +365,7 @@ def _tool_choice(value: Any, tools: list[dict[str, Any]]) -> str | dict[str, Any
         if value["name"] not in {t["name"] for t in tools}:
             raise _bad(f"tool_choice names '{value['name']}', which is not one of the tools.", "tool_choice")
         return {"type": "function", "name": value["name"]}
-    raise _bad("'tool_choice' must be none, auto, required or {\"type\": \"function\", \"name\": ...}.", "tool_choice")
+    raise _bad('\'tool_choice\' must be none, auto, required or {"type": "function", "name": ...}.', "tool_choice")
 
 
 def _text(value: Any) -> dict[str, Any]:
@@ -298,8 +383,9 @@ def _text(value: Any) -> dict[str, Any]:
         raise _bad("'text.format.type' must be text, json_object or json_schema.", "text.format.type")
     if not isinstance(fmt.get("name"), str) or not isinstance(fmt.get("schema"), dict):
         which = "name" if not isinstance(fmt.get("name"), str) else "schema"
-        raise _bad(f"'text.format.{which}' is required for json_schema.", f"text.format.{which}",
-                   "missing_required_parameter")
+        raise _bad(
+            f"'text.format.{which}' is required for json_schema.", f"text.format.{which}", "missing_required_parameter"
+        )
     out = {"type": "json_schema", "name": fmt["name"], "schema": fmt["schema"], "strict": bool(fmt.get("strict"))}
     if isinstance(fmt.get("description"), str):
         out["description"] = fmt["description"]
@@ -326,8 +412,9 @@ def _metadata(value: Any) -> dict[str, str]:
         raise _bad("'metadata' must be an object of at most 16 string pairs.", "metadata", "invalid_type")
     for key, item in value.items():
         if not isinstance(item, str) or len(key) > 64 or len(item) > 512:
-            raise _bad(f"metadata['{key}']: keys are strings of at most 64 characters, values at most 512.",
-                       f"metadata.{key}")
+            raise _bad(
+                f"metadata['{key}']: keys are strings of at most 64 characters, values at most 512.", f"metadata.{key}"
+            )
     return dict(value)
 
 
@@ -345,16 +432,20 @@ def _to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> tuple[dict
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
         origins.append(["instructions"])
-    sources = [("previous_response_id", item) for item in history] + \
-        [(f"input[{i}]", item) for i, item in enumerate(req.input)]
+    sources = [("previous_response_id", item) for item in history] + [
+        (f"input[{i}]", item) for i, item in enumerate(req.input)
+    ]
     for origin, item in sources:
         kind = item.get("type")
         if kind == "message":
             messages.append(_chat_message(item))
             origins.append([origin])
         elif kind == "function_call":
-            call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]}}
+            call = {
+                "id": item["call_id"],
+                "type": "function",
+                "function": {"name": item["name"], "arguments": item["arguments"]},
+            }
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant" and "tool_calls" in last:
                 last["tool_calls"].append(call)  # parallel calls: one assistant turn
@@ -380,11 +471,14 @@ def _to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> tuple[dict
     if req.top_logprobs:
         body["logprobs"], body["top_logprobs"] = True, req.top_logprobs
     if req.tools:
-        body["tools"] = [{"type": "function", "function": {k: v for k, v in t.items() if k != "type" and v is not None}}
-                         for t in req.tools]
+        body["tools"] = [
+            {"type": "function", "function": {k: v for k, v in t.items() if k != "type" and v is not None}}
+            for t in req.tools
+        ]
         choice = req.tool_choice
-        body["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}} if isinstance(choice, dict) \
-            else choice
+        body["tool_choice"] = (
+            {"type": "function", "function": {"name": choice["name"]}} if isinstance(choice, dict) else choice
+        )
         body["parallel_tool_calls"] = req.parallel_tool_calls
     fmt = req.text_format
     if fmt["type"] == "json_object":
@@ -401,9 +495,14 @@ def _chat_message(item: dict[str, Any]) -> dict[str, Any]:
     if all(p["type"] in ("input_text", "output_text", "summary_text") for p in parts):
         content: Any = "".join(p["text"] for p in parts)
     else:
-        content = [{"type": "image_url", "image_url": {"url": p["image_url"], "detail": p.get("detail", "auto")}}
-                   if p["type"] == "input_image" else {"type": "refusal", "refusal": p["refusal"]}
-                   if p["type"] == "refusal" else {"type": "text", "text": p["text"]} for p in parts]
+        content = [
+            {"type": "image_url", "image_url": {"url": p["image_url"], "detail": p.get("detail", "auto")}}
+            if p["type"] == "input_image"
+            else {"type": "refusal", "refusal": p["refusal"]}
+            if p["type"] == "refusal"
+            else {"type": "text", "text": p["text"]}
+            for p in parts
+        ]
     return {"role": item["role"], "content": content, "_closed": item["role"] != "assistant"}
 
 
@@ -421,10 +520,13 @@ _OUTPUT = "#output"  # origins: the message is a function_call_output item
 _MESSAGE_PARAM = re.compile(r"^messages\[(\d+)\](.*)$")
 _CALL_PARAM = re.compile(r"^\.tool_calls\[(\d+)\](.*)$")
 # the rest of a chat message's param → the Responses item's (first match wins)
-_ITEM_FIELDS = ((re.compile(r"^(\.content\[\d+\])\.image_url\.detail"), r"\1.detail"),
-                (re.compile(r"^(\.content\[\d+\])\.image_url\.url"), r"\1.image_url"),
-                (re.compile(r"^\.tool_call_id"), ".call_id"), (re.compile(r"^\.function\."), "."),
-                (re.compile(r"^\.id$"), ".call_id"))
+_ITEM_FIELDS = (
+    (re.compile(r"^(\.content\[\d+\])\.image_url\.detail"), r"\1.detail"),
+    (re.compile(r"^(\.content\[\d+\])\.image_url\.url"), r"\1.image_url"),
+    (re.compile(r"^\.tool_call_id"), ".call_id"),
+    (re.compile(r"^\.function\."), "."),
+    (re.compile(r"^\.id$"), ".call_id"),
+)
 
 
 def _item_param(param: str, origins: list[list[str]]) -> str | None:
@@ -442,7 +544,7 @@ def _item_param(param: str, origins: list[list[str]]) -> str | None:
     if origin in ("instructions", "previous_response_id"):
         return origin
     if output and rest.startswith(".content"):  # a function_call_output item: its chat content is its output
-        rest = ".output" + rest[len(".content"):]
+        rest = ".output" + rest[len(".content") :]
     for pattern, replacement in _ITEM_FIELDS:
         if pattern.match(rest):
             rest = pattern.sub(replacement, rest, count=1)
@@ -458,7 +560,7 @@ def _renamed(exc: TunegateError, origins: list[list[str]] | None = None) -> Tune
         return exc
     for chat, responses in _PARAM_NAMES:
         if param == chat or param.startswith(chat + ".") or param.startswith(chat + "["):
-            new = responses + param[len(chat):]
+            new = responses + param[len(chat) :]
             exc.message, exc.param = exc.message.replace(chat, responses), new
             break
     if param.startswith("tools[") and ".function." in param:
@@ -471,15 +573,32 @@ def _renamed(exc: TunegateError, origins: list[list[str]] | None = None) -> Tune
 def skeleton(req: ResponsesRequest, response_id: str, created_at: int, status: str) -> dict[str, Any]:
     """The Response object before any output: what ``response.created`` and a queued background response show."""
     return {
-        "id": response_id, "object": "response", "created_at": created_at, "status": status, "background": req.background,
-        "completed_at": None, "error": None, "incomplete_details": None, "instructions": req.instructions,
-        "max_output_tokens": req.max_output_tokens, "max_tool_calls": None, "model": req.model, "output": [],
-        "parallel_tool_calls": req.parallel_tool_calls, "previous_response_id": req.previous_response_id,
-        "reasoning": req.reasoning or {"effort": None, "summary": None}, "service_tier": "default",
-        "store": req.store, "temperature": 1.0 if req.temperature is None else req.temperature,
-        "text": {"format": req.text_format, "verbosity": "medium"}, "tool_choice": req.tool_choice,
-        "tools": req.tools, "top_logprobs": req.top_logprobs or 0, "top_p": 1.0 if req.top_p is None else req.top_p,
-        "truncation": req.truncation, "metadata": req.metadata,
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "background": req.background,
+        "completed_at": None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "max_tool_calls": None,
+        "model": req.model,
+        "output": [],
+        "parallel_tool_calls": req.parallel_tool_calls,
+        "previous_response_id": req.previous_response_id,
+        "reasoning": req.reasoning or {"effort": None, "summary": None},
+        "service_tier": "default",
+        "store": req.store,
+        "temperature": 1.0 if req.temperature is None else req.temperature,
+        "text": {"format": req.text_format, "verbosity": "medium"},
+        "tool_choice": req.tool_choice,
+        "tools": req.tools,
+        "top_logprobs": req.top_logprobs or 0,
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+        "truncation": req.truncation,
+        "metadata": req.metadata,
         **({"user": req.user} if req.user is not None else {}),
     }
 
@@ -489,33 +608,61 @@ def usage_of(chat_usage: Any) -> dict[str, Any] | None:
         return None
     prompt, completion = int(chat_usage.get("prompt_tokens") or 0), int(chat_usage.get("completion_tokens") or 0)
     cached = (chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
-            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": prompt + completion}
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
 
 
 def _logprobs(chat_logprobs: Any) -> list[dict[str, Any]]:
     content = chat_logprobs.get("content") if isinstance(chat_logprobs, dict) else None
-    return [{"token": t["token"], "logprob": t["logprob"], "bytes": t.get("bytes") or [],
-             "top_logprobs": [{"token": x["token"], "logprob": x["logprob"], "bytes": x.get("bytes") or []}
-                              for x in t.get("top_logprobs") or []]} for t in content or []]
+    return [
+        {
+            "token": t["token"],
+            "logprob": t["logprob"],
+            "bytes": t.get("bytes") or [],
+            "top_logprobs": [
+                {"token": x["token"], "logprob": x["logprob"], "bytes": x.get("bytes") or []}
+                for x in t.get("top_logprobs") or []
+            ],
+        }
+        for t in content or []
+    ]
 
 
 def message_item(item_id: str, text: str, status: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"id": item_id, "type": "message", "role": "assistant", "status": status,
-            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}]}
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}],
+    }
 
 
 def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
-    return {"id": item_id, "type": "function_call", "call_id": call_id, "name": name, "arguments": arguments,
-            "status": status}
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
 
 
 def reasoning_item(item_id: str, text: str, summarize: bool) -> dict[str, Any]:
     """The model's thought, as open-weight models give it: the text itself (``content``), and as the summary too
     when one was asked for (tunegate does not summarize it)."""
-    return {"id": item_id, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}] if summarize
-            else [], "content": [{"type": "reasoning_text", "text": text}]}
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": text}] if summarize else [],
+        "content": [{"type": "reasoning_text", "text": text}],
+    }
 
 
 def finish(response: dict[str, Any], finish_reason: str | None, usage: Any) -> dict[str, Any]:
@@ -536,16 +683,27 @@ def from_chat(req: ResponsesRequest, chat: dict[str, Any], response: dict[str, A
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
     if message.get("reasoning_content"):
-        output.append(reasoning_item(new_id("rs_"), message["reasoning_content"],
-                                     bool(req.reasoning and req.reasoning.get("summary"))))
+        output.append(
+            reasoning_item(
+                new_id("rs_"), message["reasoning_content"], bool(req.reasoning and req.reasoning.get("summary"))
+            )
+        )
     if message.get("content") or not message.get("tool_calls"):
         status = "incomplete" if choice.get("finish_reason") == "length" else "completed"
-        output.append(message_item(new_id("msg_"), message.get("content") or "", status,
-                                   _logprobs(choice.get("logprobs"))))
+        output.append(
+            message_item(new_id("msg_"), message.get("content") or "", status, _logprobs(choice.get("logprobs")))
+        )
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
-        output.append(call_item(new_id("fc_"), call.get("id") or new_id("call_"), function.get("name", ""),
-                                function.get("arguments") or "{}", "completed"))
+        output.append(
+            call_item(
+                new_id("fc_"),
+                call.get("id") or new_id("call_"),
+                function.get("name", ""),
+                function.get("arguments") or "{}",
+                "completed",
+            )
+        )
     response["output"] = output
     return finish(response, choice.get("finish_reason"), chat.get("usage"))
 
@@ -570,8 +728,10 @@ class EventStream:
         return b"event: " + kind.encode() + b"\ndata: " + _encode(data) + b"\n\n"
 
     def start(self) -> list[bytes]:
-        return [self.event("response.created", response=self.response),
-                self.event("response.in_progress", response=self.response)]
+        return [
+            self.event("response.created", response=self.response),
+            self.event("response.in_progress", response=self.response),
+        ]
 
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
@@ -604,33 +764,66 @@ class EventStream:
             index, out = self._add("reasoning", {"id": new_id("rs_"), "type": "reasoning", "summary": []})
             self.texts[index] = ""
             if summarize:
-                out.append(self.event("response.reasoning_summary_part.added", item_id=self.output[index]["id"],
-                                      output_index=index, summary_index=0, part={"type": "summary_text", "text": ""}))
+                out.append(
+                    self.event(
+                        "response.reasoning_summary_part.added",
+                        item_id=self.output[index]["id"],
+                        output_index=index,
+                        summary_index=0,
+                        part={"type": "summary_text", "text": ""},
+                    )
+                )
         index = self.open["reasoning"]
         self.texts[index] += text
         item_id = self.output[index]["id"]
-        out.append(self.event("response.reasoning_text.delta", item_id=item_id, output_index=index, content_index=0,
-                              delta=text))
+        out.append(
+            self.event(
+                "response.reasoning_text.delta", item_id=item_id, output_index=index, content_index=0, delta=text
+            )
+        )
         if summarize:
-            out.append(self.event("response.reasoning_summary_text.delta", item_id=item_id, output_index=index,
-                                  summary_index=0, delta=text))
+            out.append(
+                self.event(
+                    "response.reasoning_summary_text.delta",
+                    item_id=item_id,
+                    output_index=index,
+                    summary_index=0,
+                    delta=text,
+                )
+            )
         return out
 
     def _text(self, text: str, logprobs: list[dict[str, Any]]) -> list[bytes]:
         out = self._close("reasoning")
         if "message" not in self.open:
-            index, added = self._add("message", {"id": new_id("msg_"), "type": "message", "role": "assistant",
-                                                 "status": "in_progress", "content": []})
+            index, added = self._add(
+                "message",
+                {"id": new_id("msg_"), "type": "message", "role": "assistant", "status": "in_progress", "content": []},
+            )
             out += added
             self.texts[index], self.logprobs[index] = "", []
-            out.append(self.event("response.content_part.added", item_id=self.output[index]["id"], output_index=index,
-                                  content_index=0, part={"type": "output_text", "text": "", "annotations": [],
-                                                         "logprobs": []}))
+            out.append(
+                self.event(
+                    "response.content_part.added",
+                    item_id=self.output[index]["id"],
+                    output_index=index,
+                    content_index=0,
+                    part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+                )
+            )
         index = self.open["message"]
         self.texts[index] += text
         self.logprobs[index] += logprobs
-        out.append(self.event("response.output_text.delta", item_id=self.output[index]["id"], output_index=index,
-                              content_index=0, delta=text, logprobs=logprobs))
+        out.append(
+            self.event(
+                "response.output_text.delta",
+                item_id=self.output[index]["id"],
+                output_index=index,
+                content_index=0,
+                delta=text,
+                logprobs=logprobs,
+            )
+        )
         return out
 
     def _call(self, call: dict[str, Any]) -> list[bytes]:
@@ -641,8 +834,12 @@ class EventStream:
             out += self._close("reasoning") + self._close("message")
             for other in [k for k in self.open if k.startswith("call:")]:
                 out += self._close(other)
-            index, added = self._add(key, call_item(new_id("fc_"), call.get("id") or new_id("call_"),
-                                                    function.get("name") or "", "", "in_progress"))
+            index, added = self._add(
+                key,
+                call_item(
+                    new_id("fc_"), call.get("id") or new_id("call_"), function.get("name") or "", "", "in_progress"
+                ),
+            )
             out += added
             self.texts[index] = ""
         index = self.open[key]
@@ -651,8 +848,14 @@ class EventStream:
             item["name"] = function["name"]
         if function.get("arguments"):
             self.texts[index] += function["arguments"]
-            out.append(self.event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
-                                  delta=function["arguments"]))
+            out.append(
+                self.event(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    delta=function["arguments"],
+                )
+            )
         return out
 
     def _close(self, key: str) -> list[bytes]:
@@ -663,27 +866,62 @@ class EventStream:
         out: list[bytes] = []
         if item["type"] == "reasoning":
             summarize = bool(self.req.reasoning and self.req.reasoning.get("summary"))
-            out.append(self.event("response.reasoning_text.done", item_id=item["id"], output_index=index,
-                                  content_index=0, text=text))
+            out.append(
+                self.event(
+                    "response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0, text=text
+                )
+            )
             if summarize:
-                out.append(self.event("response.reasoning_summary_text.done", item_id=item["id"], output_index=index,
-                                      summary_index=0, text=text))
-                out.append(self.event("response.reasoning_summary_part.done", item_id=item["id"], output_index=index,
-                                      summary_index=0, part={"type": "summary_text", "text": text}))
+                out.append(
+                    self.event(
+                        "response.reasoning_summary_text.done",
+                        item_id=item["id"],
+                        output_index=index,
+                        summary_index=0,
+                        text=text,
+                    )
+                )
+                out.append(
+                    self.event(
+                        "response.reasoning_summary_part.done",
+                        item_id=item["id"],
+                        output_index=index,
+                        summary_index=0,
+                        part={"type": "summary_text", "text": text},
+                    )
+                )
             item = self.output[index] = reasoning_item(item["id"], text, summarize)
         elif item["type"] == "message":
             status = "incomplete" if self.finish_reason == "length" else "completed"
             logprobs = self.logprobs[index]
             part = {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
-            out.append(self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                                  text=text, logprobs=logprobs))
-            out.append(self.event("response.content_part.done", item_id=item["id"], output_index=index,
-                                  content_index=0, part=part))
+            out.append(
+                self.event(
+                    "response.output_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=text,
+                    logprobs=logprobs,
+                )
+            )
+            out.append(
+                self.event(
+                    "response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part
+                )
+            )
             item = self.output[index] = message_item(item["id"], text, status, logprobs)
         else:
             arguments = text or "{}"
-            out.append(self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                                  name=item["name"], arguments=arguments))
+            out.append(
+                self.event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    name=item["name"],
+                    arguments=arguments,
+                )
+            )
             item = self.output[index] = {**item, "arguments": arguments, "status": "completed"}
         out.append(self.event("response.output_item.done", output_index=index, item=item))
         return out
@@ -707,10 +945,16 @@ class EventStream:
     def failed(self, error: dict[str, Any]) -> list[bytes]:
         message = str(error.get("message") or "The engine failed.")
         code = error.get("code") if isinstance(error.get("code"), str) else None
-        response = {**self.response, "output": self.output, "status": "failed",
-                    "error": {"code": "server_error", "message": message}}
-        return [self.event("error", code=code, message=message, param=error.get("param")),
-                self.event("response.failed", response=response)]
+        response = {
+            **self.response,
+            "output": self.output,
+            "status": "failed",
+            "error": {"code": "server_error", "message": message},
+        }
+        return [
+            self.event("error", code=code, message=message, param=error.get("param")),
+            self.event("response.failed", response=response),
+        ]
 
 
 # --- the service ------------------------------------------------------------------------------------------------------
@@ -724,9 +968,14 @@ class ResponsesService:
         # a previous_response_id chain loads at most this much stored JSON: the largest body, twice
         self.max_conversation_bytes = max(MAX_CONVERSATION_BYTES, 2 * completions.limits.max_body_bytes)
 
-    async def respond(self, principal: Principal, body: Any, *, background_cap: int | None = None,
-                      hold: Callable[[], Callable[[], None]] | None = None
-                      ) -> dict[str, Any] | AsyncGenerator[bytes, None]:
+    async def respond(
+        self,
+        principal: Principal,
+        body: Any,
+        *,
+        background_cap: int | None = None,
+        hold: Callable[[], Callable[[], None]] | None = None,
+    ) -> dict[str, Any] | AsyncGenerator[bytes, None]:
         """The Response object, or (``stream: true``) an iterator of SSE events. Problems found before anything is
         generated (a bad field, an unknown model, an engine that refuses the body) raise, so they are HTTP errors.
 
@@ -745,8 +994,14 @@ class ResponsesService:
             # the model is resolved now, as in the foreground: an unknown one is a 404 here, never a later failure
             await self.completions.pool.resolve(principal.organization_id, req.model)
             response["status"] = "queued"
-            await asyncio.to_thread(store.add_background, principal.organization_id, response, req.input,
-                                    cap=background_cap, lease_s=LEASE_S)
+            await asyncio.to_thread(
+                store.add_background,
+                principal.organization_id,
+                response,
+                req.input,
+                cap=background_cap,
+                lease_s=LEASE_S,
+            )
             release = hold() if hold is not None else None
             task = asyncio.create_task(self._run_background(principal, req, chat, response, release))
             self._background[response["id"]] = task
@@ -775,8 +1030,9 @@ class ResponsesService:
     async def _history(self, org_id: str, previous_response_id: str | None) -> list[dict[str, Any]]:
         if not previous_response_id or self.store is None:
             return []
-        return await asyncio.to_thread(self.store.conversation, org_id, previous_response_id,
-                                       self.max_conversation_bytes)
+        return await asyncio.to_thread(
+            self.store.conversation, org_id, previous_response_id, self.max_conversation_bytes
+        )
 
     def _store_for(self, req: ResponsesRequest) -> ResponseStore | None:
         if req.store and self.store is None:
@@ -789,8 +1045,9 @@ class ResponsesService:
         except InvalidRequest as exc:
             raise _renamed(exc) from None
 
-    async def _events(self, principal: Principal, req: ResponsesRequest, response: dict[str, Any],
-                      chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    async def _events(
+        self, principal: Principal, req: ResponsesRequest, response: dict[str, Any], chunks: AsyncGenerator[bytes, None]
+    ) -> AsyncGenerator[bytes, None]:
         events = EventStream(req, response)
         try:
             for event in events.start():
@@ -814,8 +1071,14 @@ class ResponsesService:
             with anyio.CancelScope(shield=True):  # a client that left cancels us; the engine must still hear of it
                 await chunks.aclose()
 
-    async def _run_background(self, principal: Principal, req: ResponsesRequest, chat: dict[str, Any],
-                              response: dict[str, Any], release: Callable[[], None] | None) -> None:
+    async def _run_background(
+        self,
+        principal: Principal,
+        req: ResponsesRequest,
+        chat: dict[str, Any],
+        response: dict[str, Any],
+        release: Callable[[], None] | None,
+    ) -> None:
         """Generate a background response under its lease: every ``POLL_S`` the lease is renewed and the row read;
         a cancel or delete from any process (another gateway worker too) aborts the engine request. ``release``
         settles the rate-limit admission when it ends, however it ends."""
@@ -843,8 +1106,13 @@ class ResponsesService:
                 work.cancel()
             raise
         except TunegateError as exc:
-            code = "invalid_prompt" if isinstance(exc, InvalidRequest) else \
-                "model_not_found" if isinstance(exc, NotFound) else "server_error"
+            code = (
+                "invalid_prompt"
+                if isinstance(exc, InvalidRequest)
+                else "model_not_found"
+                if isinstance(exc, NotFound)
+                else "server_error"
+            )
             done = {**response, "status": "failed", "error": {"code": code, "message": exc.message}}
         except Exception as exc:  # noqa: BLE001 - recorded on the response, which the caller polls
             log.exception("background response %s failed", response["id"])
@@ -871,19 +1139,27 @@ class ResponsesService:
         return {"id": response_id, "object": "response", "deleted": True}
 
     async def cancel(self, principal: Principal, response_id: str) -> dict[str, Any]:
-        body = await asyncio.to_thread(self._stored().cancel, principal.organization_id, response_id,
-                                       {"completed_at": None})
+        body = await asyncio.to_thread(
+            self._stored().cancel, principal.organization_id, response_id, {"completed_at": None}
+        )
         task = self._background.get(response_id)
         if task is not None and body["status"] == "cancelled":
             task.cancel()  # closing the engine request aborts the generation there
         return body
 
-    async def input_items(self, principal: Principal, response_id: str, *, limit: int, after: str | None,
-                          order: str) -> dict[str, Any]:
-        items, more = await asyncio.to_thread(self._stored().input_items, principal.organization_id, response_id,
-                                              limit=limit, after=after, order=order)
-        return {"object": "list", "data": items, "has_more": more,
-                "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None}
+    async def input_items(
+        self, principal: Principal, response_id: str, *, limit: int, after: str | None, order: str
+    ) -> dict[str, Any]:
+        items, more = await asyncio.to_thread(
+            self._stored().input_items, principal.organization_id, response_id, limit=limit, after=after, order=order
+        )
+        return {
+            "object": "list",
+            "data": items,
+            "has_more": more,
+            "first_id": items[0]["id"] if items else None,
+            "last_id": items[-1]["id"] if items else None,
+        }
 
     async def input_tokens(self, principal: Principal, body: Any) -> dict[str, Any]:
         """How many tokens the input (with instructions, tools and the previous responses) takes, counted by the
@@ -900,8 +1176,9 @@ class ResponsesService:
         target = await pool.resolve(principal.organization_id, req.model)
         if target.spec.engine != "vllm":
             chat.update(max_tokens=1, stream=False)
-            result = await self.completions.create(principal, "chat.completions", chat,
-                                                   usage_as="responses.input_tokens")
+            result = await self.completions.create(
+                principal, "chat.completions", chat, usage_as="responses.input_tokens"
+            )
             assert isinstance(result, bytes)  # stream=False: one JSON body
             answer = _decode(result)
             return {"object": "response.input_tokens", "input_tokens": int(answer["usage"]["prompt_tokens"])}

@@ -29,8 +29,16 @@ from storage.tables import StoredCompletion
 log = logging.getLogger("tunegate.serving")
 MAX_PENDING_BYTES = 256 * 1024 * 1024  # stored completions held while the database is away
 # request fields echoed on a stored completion (OpenAI's stored objects carry them); the rest stays in ``request``
-ECHOED = ("temperature", "top_p", "seed", "tools", "tool_choice", "response_format", "frequency_penalty",
-          "presence_penalty")
+ECHOED = (
+    "temperature",
+    "top_p",
+    "seed",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "frequency_penalty",
+    "presence_penalty",
+)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -58,10 +66,16 @@ class Capture:
 
     def row(self, completion: dict[str, Any]) -> StoredCompletion:
         completion = {**completion, "object": "chat.completion"}
-        return StoredCompletion(id=completion["id"], organization_id=self.organization_id,
-                                model=completion["model"], created_at=completion.get("created") or self.created,
-                                metadata_=self.metadata, messages=list(self.request.source),
-                                request=dict(self.request.params), response=completion)
+        return StoredCompletion(
+            id=completion["id"],
+            organization_id=self.organization_id,
+            model=completion["model"],
+            created_at=completion.get("created") or self.created,
+            metadata_=self.metadata,
+            messages=list(self.request.source),
+            request=dict(self.request.params),
+            response=completion,
+        )
 
     # --- a stream, chunk by chunk ------------------------------------------------------------------------------
     def feed(self, chunk: dict[str, Any]) -> None:
@@ -77,9 +91,15 @@ class Capture:
             self._fold(choice)
 
     def _fold(self, choice: dict[str, Any]) -> None:
-        into = self.choices.setdefault(choice.get("index", 0), {
-            "index": choice.get("index", 0), "message": {"role": "assistant", "content": None, "refusal": None},
-            "logprobs": None, "finish_reason": None})
+        into = self.choices.setdefault(
+            choice.get("index", 0),
+            {
+                "index": choice.get("index", 0),
+                "message": {"role": "assistant", "content": None, "refusal": None},
+                "logprobs": None,
+                "finish_reason": None,
+            },
+        )
         message, delta = into["message"], choice.get("delta") or {}
         for key in ("content", "reasoning_content", "refusal"):
             if delta.get(key):
@@ -102,8 +122,13 @@ class Capture:
         """The stream folded into one ``chat.completion``."""
         for (index, key), pieces in self.texts.items():
             self.choices[index]["message"][key] = "".join(pieces)
-        completion = {"id": self.head.get("id"), "object": "chat.completion", "created": self.head.get("created"),
-                      "model": self.head.get("model"), "choices": [self.choices[i] for i in sorted(self.choices)]}
+        completion = {
+            "id": self.head.get("id"),
+            "object": "chat.completion",
+            "created": self.head.get("created"),
+            "model": self.head.get("model"),
+            "choices": [self.choices[i] for i in sorted(self.choices)],
+        }
         if self.head.get("system_fingerprint"):
             completion["system_fingerprint"] = self.head["system_fingerprint"]
         if self.usage is not None:
@@ -116,8 +141,9 @@ class StoredCompletionWriter(BatchedWriter[StoredCompletion]):
 
     what = "stored completions"
 
-    def __init__(self, store: StoredCompletions, interval: float = 1.0,
-                 max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
+    def __init__(
+        self, store: StoredCompletions, interval: float = 1.0, max_pending_bytes: int = MAX_PENDING_BYTES
+    ) -> None:
         super().__init__(store, interval, max_pending_bytes)
 
     def size(self, row: StoredCompletion) -> int:

@@ -43,9 +43,18 @@ _MARKERS: tuple[tuple[str, str], ...] = (
     ("<|action_start|>", "internlm"),
 )
 _MODEL_TYPES = {
-    "qwen2": "hermes", "qwen2_moe": "hermes", "qwen3": "hermes", "qwen3_moe": "hermes", "llama": "llama3_json",
-    "mistral": "mistral", "mixtral": "mistral", "deepseek_v3": "deepseek_v3", "deepseek_v2": "deepseek_v3",
-    "granite": "granite", "internlm2": "internlm", "llama4": "llama4_pythonic",
+    "qwen2": "hermes",
+    "qwen2_moe": "hermes",
+    "qwen3": "hermes",
+    "qwen3_moe": "hermes",
+    "llama": "llama3_json",
+    "mistral": "mistral",
+    "mixtral": "mistral",
+    "deepseek_v3": "deepseek_v3",
+    "deepseek_v2": "deepseek_v3",
+    "granite": "granite",
+    "internlm2": "internlm",
+    "llama4": "llama4_pythonic",
 }
 _TOOLS = re.compile(r"\btools\b")
 # families whose hermes calls may come untagged, and the parsers tunegate ships (name → the module vLLM imports)
@@ -138,9 +147,14 @@ def require(model: str, base_model: str, found: ToolSupport, params: dict) -> No
         raise InvalidRequest(
             f"The model '{model}' does not support tools: the chat template of its base model '{base_model}' never "
             "renders them, so it would answer without knowing them. Remove 'tools' (or set tool_choice 'none'), or "
-            "use a base model whose template supports tools.", param="tools", code="tools_not_supported")
+            "use a base model whose template supports tools.",
+            param="tools",
+            code="tools_not_supported",
+        )
     if found.template_tools and found.parser is None and found.launched:
         raise InvalidRequest(
             f"The model '{model}' has no known tool-call parser for its family: set "
-            f"base_models.{base_model}.tool_call_parser (a vLLM --tool-call-parser name).", param="tools",
-            code="tools_not_supported")
+            f"base_models.{base_model}.tool_call_parser (a vLLM --tool-call-parser name).",
+            param="tools",
+            code="tools_not_supported",
+        )

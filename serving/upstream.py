@@ -41,8 +41,9 @@ class Upstream:
     def __init__(self, serving: ServingSettings) -> None:
         # sock_read: the longest wait for the engine's next bytes (httpx's read timeout); no total: a long
         # generation may stream for as long as it keeps streaming
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=serving.connect_timeout_seconds,
-                                             sock_read=serving.request_timeout_seconds)
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=serving.connect_timeout_seconds, sock_read=serving.request_timeout_seconds
+        )
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -51,8 +52,9 @@ class Upstream:
             # them (its keep-alive is 5 s), so that a request rarely lands on a connection being closed
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0)
             # no Accept-Encoding: the SSE relay parses the bytes as they come, so the engine must not compress them
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout,
-                                                  skip_auto_headers=("user-agent", "accept-encoding"))
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self.timeout, skip_auto_headers=("user-agent", "accept-encoding")
+            )
         return self._session
 
     async def post(self, url: str, content: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:

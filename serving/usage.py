@@ -87,8 +87,12 @@ class BatchedWriter(Generic[Row]):
             self.store.add_many(batch)
             return []
         except DATABASE_AWAY as exc:
-            log.warning("%s: the database is unavailable (%s); %d row(s) wait", self.what,
-                        str(exc).splitlines()[0][:200], len(batch))
+            log.warning(
+                "%s: the database is unavailable (%s); %d row(s) wait",
+                self.what,
+                str(exc).splitlines()[0][:200],
+                len(batch),
+            )
             return batch
         except Exception as exc:  # a row at fault: find it, write the others
             log.warning("%s: writing %d row(s) failed (%r); writing them one by one", self.what, len(batch), exc)
@@ -145,8 +149,18 @@ class UsageRecorder(BatchedWriter[Usage | UsageRecord]):
     def add(self, principal: Principal, model: str, endpoint: str, usage: dict | None, request_id: str | None) -> None:
         if not isinstance(usage, dict):
             return
-        self.queue(Usage(principal.organization_id, principal.key_id, model, endpoint,
-                         _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), request_id, now()))
+        self.queue(
+            Usage(
+                principal.organization_id,
+                principal.key_id,
+                model,
+                endpoint,
+                _count(usage.get("prompt_tokens")),
+                _count(usage.get("completion_tokens")),
+                request_id,
+                now(),
+            )
+        )
 
 
 def _count(value: object) -> int:

@@ -87,8 +87,12 @@ class Accounts:
         self.get_org(org_id)
         secret = KEY_PREFIX + random_token(40)
         key = ApiKey(
-            id=new_id("key_"), organization_id=org_id, name=name[:256], prefix=secret[:12],
-            secret_sha256=sha256(secret), created_at=now(),
+            id=new_id("key_"),
+            organization_id=org_id,
+            name=name[:256],
+            prefix=secret[:12],
+            secret_sha256=sha256(secret),
+            created_at=now(),
         )
         with self.db.session() as s:
             s.add(key)
@@ -97,8 +101,9 @@ class Accounts:
     def list_keys(self, org_id: str) -> list[ApiKey]:
         self.get_org(org_id)
         with self.db.session() as s:
-            stmt = select(ApiKey).where(ApiKey.organization_id == org_id).order_by(col(ApiKey.created_at),
-                                                                                   col(ApiKey.id))
+            stmt = (
+                select(ApiKey).where(ApiKey.organization_id == org_id).order_by(col(ApiKey.created_at), col(ApiKey.id))
+            )
             return list(s.exec(stmt))
 
     def revoke_key(self, key_id: str) -> ApiKey:
@@ -170,12 +175,14 @@ def valid_overrides(overrides: dict[str, object]) -> dict[str, int]:
     clean: dict[str, int] = {}
     for name, value in overrides.items():
         if name not in ORG_LIMIT_FIELDS:
-            raise InvalidRequest(f"Unknown limit '{name}'; known: {', '.join(ORG_LIMIT_FIELDS)}.", param=name,
-                                 code="unknown_parameter")
+            raise InvalidRequest(
+                f"Unknown limit '{name}'; known: {', '.join(ORG_LIMIT_FIELDS)}.", param=name, code="unknown_parameter"
+            )
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidRequest(f"Limit '{name}' must be a non-negative integer or null.", param=name,
-                                 code="invalid_value")
+            raise InvalidRequest(
+                f"Limit '{name}' must be a non-negative integer or null.", param=name, code="invalid_value"
+            )
         clean[name] = value
     return clean

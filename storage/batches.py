@@ -70,20 +70,37 @@ class BatchStore:
     def list(self, org_id: str, *, limit: int, after: str | None) -> Page[Batch]:
         """Newest first, keyset-paged on ``seq`` after the batch ``after``."""
         with self.db.session() as s:
-            return keyset_page(s, Batch, [Batch.organization_id == org_id], limit=limit, after=after, ascending=False,
-                               missing=lambda after: NotFound(f"No batch found with id '{after}'.", param="after"))
+            return keyset_page(
+                s,
+                Batch,
+                [Batch.organization_id == org_id],
+                limit=limit,
+                after=after,
+                ascending=False,
+                missing=lambda after: NotFound(f"No batch found with id '{after}'.", param="after"),
+            )
 
     def cancel(self, org_id: str, batch_id: str) -> Batch:
         """validating | in_progress → cancelling (the worker that holds it, or the next to claim it, writes the
         partial output and ends it cancelled); cancelling again is a no-op; a finished batch is a 400."""
         with self.db.session() as s:
-            changed = held_update(s, Batch, batch_id, None, Batch.organization_id == org_id,
-                                  col(Batch.status).in_(("validating", "in_progress")),
-                                  status="cancelling", cancelling_at=now())
+            changed = held_update(
+                s,
+                Batch,
+                batch_id,
+                None,
+                Batch.organization_id == org_id,
+                col(Batch.status).in_(("validating", "in_progress")),
+                status="cancelling",
+                cancelling_at=now(),
+            )
         row = self.get(org_id, batch_id)
         if not changed and row.status not in ("cancelling", "cancelled"):
-            raise InvalidRequest(f"Batch {batch_id} is {row.status} and can no longer be cancelled.",
-                                 param="batch_id", code="invalid_batch_state")
+            raise InvalidRequest(
+                f"Batch {batch_id} is {row.status} and can no longer be cancelled.",
+                param="batch_id",
+                code="invalid_batch_state",
+            )
         return row
 
     # --- the worker's side -------------------------------------------------------------------------------
@@ -94,17 +111,25 @@ class BatchStore:
         claimable: ColumnElement[bool] = col(Batch.status).in_(ACTIVE)
         if not_of is not None:
             claimable = and_(claimable, col(Batch.organization_id) != not_of)
-        batch_id = claim_oldest(self.db, Batch, claimable, t, self.cap, lease_owner=lease,
-                                lease_expires_at=t + lease_s)
+        batch_id = claim_oldest(self.db, Batch, claimable, t, self.cap, lease_owner=lease, lease_expires_at=t + lease_s)
         return self.get(None, batch_id) if batch_id else None
 
     def others_waiting(self, org_id: str) -> bool:
         """Whether another organization has an active batch that no worker holds."""
         t = time.time()
         with self.db.session() as s:
-            return s.exec(select(Batch.id).where(
-                col(Batch.status).in_(ACTIVE), Batch.organization_id != org_id,
-                or_(col(Batch.lease_owner).is_(None), col(Batch.lease_expires_at) < t)).limit(1)).first() is not None
+            return (
+                s.exec(
+                    select(Batch.id)
+                    .where(
+                        col(Batch.status).in_(ACTIVE),
+                        Batch.organization_id != org_id,
+                        or_(col(Batch.lease_owner).is_(None), col(Batch.lease_expires_at) < t),
+                    )
+                    .limit(1)
+                ).first()
+                is not None
+            )
 
     def heartbeat(self, batch_id: str, lease: str, lease_s: float) -> str | None:
         """Extend the lease; the batch's status, or None when the lease is no longer held under ``lease``."""
@@ -130,10 +155,16 @@ class BatchStore:
             fence(s, Batch, batch.id, lease)
             s.add_all(chunk.lines)
             s.add_all([fit(u) for u in chunk.usage])
-            s.exec(update(Batch).where(col(Batch.id) == batch.id).values(
-                completed=Batch.completed + chunk.completed, failed=Batch.failed + chunk.failed,
-                input_tokens=Batch.input_tokens + chunk.input_tokens,
-                output_tokens=Batch.output_tokens + chunk.output_tokens))
+            s.exec(
+                update(Batch)
+                .where(col(Batch.id) == batch.id)
+                .values(
+                    completed=Batch.completed + chunk.completed,
+                    failed=Batch.failed + chunk.failed,
+                    input_tokens=Batch.input_tokens + chunk.input_tokens,
+                    output_tokens=Batch.output_tokens + chunk.output_tokens,
+                )
+            )
             return s.exec(select(Batch.status).where(Batch.id == batch.id)).one()
 
     def done_lines(self, batch_id: str) -> set[int]:
@@ -146,9 +177,12 @@ class BatchStore:
         last = 0
         while True:
             with self.db.session() as s:
-                rows = s.exec(select(BatchLine.line, BatchLine.result).where(
-                    BatchLine.batch_id == batch_id, BatchLine.ok == ok, BatchLine.line > last)
-                    .order_by(col(BatchLine.line)).limit(page)).all()
+                rows = s.exec(
+                    select(BatchLine.line, BatchLine.result)
+                    .where(BatchLine.batch_id == batch_id, BatchLine.ok == ok, BatchLine.line > last)
+                    .order_by(col(BatchLine.line))
+                    .limit(page)
+                ).all()
             if not rows:
                 return
             for _, result in rows:
@@ -158,5 +192,4 @@ class BatchStore:
     def finish(self, s: Session, batch_id: str, lease: str, **values: Any) -> None:
         """In the transaction that stores the output files: end the batch (fenced) and drop its lease."""
         fence(s, Batch, batch_id, lease)
-        s.exec(update(Batch).where(col(Batch.id) == batch_id).values(
-            lease_owner=None, lease_expires_at=None, **values))
+        s.exec(update(Batch).where(col(Batch.id) == batch_id).values(lease_owner=None, lease_expires_at=None, **values))

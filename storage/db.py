@@ -88,8 +88,9 @@ def make_engine(url: str) -> Engine:
         return engine
     # pre-ping: a connection the server dropped (restart, failover) is replaced instead of failing the request;
     # connect_timeout: an unreachable host fails fast (→ 503) instead of hanging a request for minutes.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10,
-                         connect_args={"connect_timeout": 5})
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10, connect_args={"connect_timeout": 5}
+    )
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API connection

@@ -36,15 +36,21 @@ class EngineRegistry:
         stamp = time.time()
         with self.db.session() as s:
             for url, base_model, state, api_key in replicas:
-                row = s.get(EngineRecord, url) or EngineRecord(url=url, base_model=base_model, state=state, updated_at=stamp)
+                row = s.get(EngineRecord, url) or EngineRecord(
+                    url=url, base_model=base_model, state=state, updated_at=stamp
+                )
                 row.base_model, row.state, row.updated_at, row.api_key = base_model, state, stamp, api_key
                 s.add(row)
 
     def ready(self, base_model: str, max_age: float = 30.0) -> list[EngineAddress]:
         with self.db.session() as s:
-            rows = s.exec(select(EngineRecord).where(
-                EngineRecord.base_model == base_model, EngineRecord.state == "ready",
-                col(EngineRecord.updated_at) > time.time() - max_age))
+            rows = s.exec(
+                select(EngineRecord).where(
+                    EngineRecord.base_model == base_model,
+                    EngineRecord.state == "ready",
+                    col(EngineRecord.updated_at) > time.time() - max_age,
+                )
+            )
             return [EngineAddress(r.url, r.api_key) for r in rows]
 
 

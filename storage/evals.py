@@ -64,8 +64,9 @@ class EvalStore:
             raise NotFound(f"No eval run found with id '{run_id}'.", param="run_id", code="run_not_found")
         return row
 
-    def list_runs(self, org_id: str, eval_id: str, *, limit: int, after: str | None, ascending: bool,
-                  status: str | None) -> Page[EvalRun]:
+    def list_runs(
+        self, org_id: str, eval_id: str, *, limit: int, after: str | None, ascending: bool, status: str | None
+    ) -> Page[EvalRun]:
         self.get_eval(org_id, eval_id)
         where = [EvalRun.organization_id == org_id, EvalRun.eval_id == eval_id]
         if status:
@@ -75,8 +76,11 @@ class EvalStore:
     def cancel_run(self, org_id: str, eval_id: str, run_id: str) -> EvalRun:
         run = self.get_run(org_id, eval_id, run_id)
         if run.status not in ACTIVE:
-            raise InvalidRequest(f"Eval run {run_id} is {run.status} and can no longer be canceled.",
-                                 param="run_id", code="invalid_run_state")
+            raise InvalidRequest(
+                f"Eval run {run_id} is {run.status} and can no longer be canceled.",
+                param="run_id",
+                code="invalid_run_state",
+            )
         self.finish(run_id, None, status="canceled")
         return self.get_run(org_id, eval_id, run_id)
 
@@ -89,8 +93,16 @@ class EvalStore:
     def claim(self, worker: str, lease_s: float) -> EvalRun | None:
         """A queued run, or one in progress whose worker stopped renewing its lease."""
         t = time.time()
-        run_id = claim_oldest(self.db, EvalRun, col(EvalRun.status).in_(ACTIVE), t, self.cap, lease_owner=worker,
-                              lease_expires_at=t + lease_s, status="in_progress")
+        run_id = claim_oldest(
+            self.db,
+            EvalRun,
+            col(EvalRun.status).in_(ACTIVE),
+            t,
+            self.cap,
+            lease_owner=worker,
+            lease_expires_at=t + lease_s,
+            status="in_progress",
+        )
         return self.get_run(None, None, run_id) if run_id else None
 
     def heartbeat(self, run_id: str, worker: str, lease_s: float) -> bool:
@@ -104,8 +116,16 @@ class EvalStore:
     def finish(self, run_id: str, worker: str | None, **values: Any) -> bool:
         """End a run (completed / failed / canceled) and drop its lease; a worker only ends its own run."""
         with self.db.session() as s:
-            return held_update(s, EvalRun, run_id, worker, col(EvalRun.status).in_(ACTIVE), lease_owner=None,
-                               lease_expires_at=None, **values)
+            return held_update(
+                s,
+                EvalRun,
+                run_id,
+                worker,
+                col(EvalRun.status).in_(ACTIVE),
+                lease_owner=None,
+                lease_expires_at=None,
+                **values,
+            )
 
     # --- output items ------------------------------------------------------------------------------------
     def add_items(self, items: list[EvalOutputItem], lease: str | None = None) -> None:
@@ -123,11 +143,25 @@ class EvalStore:
 
     def items(self, run_id: str) -> list[EvalOutputItem]:
         with self.db.session() as s:
-            return list(s.exec(select(EvalOutputItem).where(EvalOutputItem.run_id == run_id)
-                               .order_by(col(EvalOutputItem.datasource_item_id))).all())
+            return list(
+                s.exec(
+                    select(EvalOutputItem)
+                    .where(EvalOutputItem.run_id == run_id)
+                    .order_by(col(EvalOutputItem.datasource_item_id))
+                ).all()
+            )
 
-    def list_items(self, org_id: str, eval_id: str, run_id: str, *, limit: int, after: str | None, ascending: bool,
-                   status: str | None) -> Page[EvalOutputItem]:
+    def list_items(
+        self,
+        org_id: str,
+        eval_id: str,
+        run_id: str,
+        *,
+        limit: int,
+        after: str | None,
+        ascending: bool,
+        status: str | None,
+    ) -> Page[EvalOutputItem]:
         self.get_run(org_id, eval_id, run_id)
         where = [EvalOutputItem.run_id == run_id]
         if status:
@@ -137,16 +171,24 @@ class EvalStore:
     def get_item(self, org_id: str, eval_id: str, run_id: str, item_id: str) -> EvalOutputItem:
         self.get_run(org_id, eval_id, run_id)
         with self.db.session() as s:
-            row = s.exec(select(EvalOutputItem).where(EvalOutputItem.run_id == run_id,
-                                                      EvalOutputItem.id == item_id)).first()
+            row = s.exec(
+                select(EvalOutputItem).where(EvalOutputItem.run_id == run_id, EvalOutputItem.id == item_id)
+            ).first()
         if row is None:
             raise NotFound(f"No output item found with id '{item_id}'.", param="output_item_id")
         return row
 
     def _page(self, table: type, where: list, limit: int, after: str | None, ascending: bool) -> Page:
         with self.db.session() as s:
-            return keyset_page(s, table, where, limit=limit, after=after, ascending=ascending,
-                               missing=lambda after: NotFound(f"No such object: {after}", param="after"))
+            return keyset_page(
+                s,
+                table,
+                where,
+                limit=limit,
+                after=after,
+                ascending=ascending,
+                missing=lambda after: NotFound(f"No such object: {after}", param="after"),
+            )
 
 
 def _eval(s: Session, org_id: str, eval_id: str) -> Eval:

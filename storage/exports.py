@@ -42,23 +42,42 @@ class ExportStore:
 
     def list(self, org_id: str, *, limit: int, after: str | None, ascending: bool = False) -> Page[Export]:
         with self.db.session() as s:
-            return keyset_page(s, Export, [Export.organization_id == org_id], limit=limit, after=after,
-                               ascending=ascending,
-                               missing=lambda after: NotFound(f"No export found with id '{after}'.", param="after"))
+            return keyset_page(
+                s,
+                Export,
+                [Export.organization_id == org_id],
+                limit=limit,
+                after=after,
+                ascending=ascending,
+                missing=lambda after: NotFound(f"No export found with id '{after}'.", param="after"),
+            )
 
     def cancel(self, org_id: str, export_id: str) -> Export:
         row = self.get(org_id, export_id)
         if row.status not in ACTIVE:
-            raise InvalidRequest(f"Export {export_id} is {row.status} and can no longer be cancelled.",
-                                 param="export_id", code="invalid_export_state")
+            raise InvalidRequest(
+                f"Export {export_id} is {row.status} and can no longer be cancelled.",
+                param="export_id",
+                code="invalid_export_state",
+            )
         self.finish(export_id, None, status="cancelled", stage="cancelled")
         return self.get(org_id, export_id)
 
     def claim(self, worker: str, lease_s: float) -> Export | None:
         """A queued export, or a running one whose worker stopped renewing its lease (it starts over)."""
         t = time.time()
-        export_id = claim_oldest(self.db, Export, col(Export.status).in_(ACTIVE), t, self.cap, lease_owner=worker,
-                                 lease_expires_at=t + lease_s, status="running", progress=0.0, stage="starting")
+        export_id = claim_oldest(
+            self.db,
+            Export,
+            col(Export.status).in_(ACTIVE),
+            t,
+            self.cap,
+            lease_owner=worker,
+            lease_expires_at=t + lease_s,
+            status="running",
+            progress=0.0,
+            stage="starting",
+        )
         return self.get(None, export_id) if export_id else None
 
     def heartbeat(self, export_id: str, worker: str, lease_s: float) -> bool:
@@ -76,8 +95,17 @@ class ExportStore:
         """End an export (succeeded / failed / cancelled) and drop its lease; a worker only ends its own claim.
         ``files`` (output rows whose blobs are stored) become visible in the same commit, or not at all."""
         with self.db.session() as s:
-            if not held_update(s, Export, export_id, worker, col(Export.status).in_(ACTIVE), lease_owner=None,
-                               lease_expires_at=None, finished_at=now(), **values):
+            if not held_update(
+                s,
+                Export,
+                export_id,
+                worker,
+                col(Export.status).in_(ACTIVE),
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=now(),
+                **values,
+            ):
                 return False
             s.add_all(files)
             return True

@@ -46,14 +46,24 @@ class Page(Generic[T]):
     has_more: bool
 
 
-def keyset_page(s: Session, table: Any, where: list[Any], *, limit: int, after: str | None, ascending: bool,
-                missing: Callable[[str], Exception], anchor_where: list[Any] | None = None) -> Page:
+def keyset_page(
+    s: Session,
+    table: Any,
+    where: list[Any],
+    *,
+    limit: int,
+    after: str | None,
+    ascending: bool,
+    missing: Callable[[str], Exception],
+    anchor_where: list[Any] | None = None,
+) -> Page:
     """``limit`` rows of ``table`` matching ``where`` in ``seq`` order, after the row with id ``after`` (which must
     match ``anchor_where``, by default ``where``, else ``missing(after)`` is raised), and whether more follow."""
     query = select(table).where(*where)
     if after:
-        anchor = s.exec(select(table.seq).where(*(where if anchor_where is None else anchor_where),
-                                                table.id == after)).first()
+        anchor = s.exec(
+            select(table.seq).where(*(where if anchor_where is None else anchor_where), table.id == after)
+        ).first()
         if anchor is None:
             raise missing(after)
         query = query.where(col(table.seq) > anchor if ascending else col(table.seq) < anchor)
@@ -90,12 +100,18 @@ class Files:
         created = now()
         normalized_key = f"files/{file_id}/normalized.jsonl" if new.normalized is not None else None
         row = StoredFile(
-            id=file_id, organization_id=new.organization_id, filename=new.filename, purpose=new.purpose,
-            bytes=new.original.size, created_at=created,
+            id=file_id,
+            organization_id=new.organization_id,
+            filename=new.filename,
+            purpose=new.purpose,
+            bytes=new.original.size,
+            created_at=created,
             expires_at=created + new.expires_after_s if new.expires_after_s else None,
             blob_key=f"files/{file_id}/original",
             normalized_blob_key=normalized_key,
-            data_format=new.data_format, data_kind=new.data_kind, n_examples=new.n_examples,
+            data_format=new.data_format,
+            data_kind=new.data_kind,
+            n_examples=new.n_examples,
         )
         try:
             self.blobs.commit(new.original, row.blob_key)
@@ -111,7 +127,12 @@ class Files:
             return _visible(s, org_id, file_id)
 
     def list(
-        self, org_id: str, *, purpose: str | None = None, order: Order = "desc", limit: int = MAX_PAGE,
+        self,
+        org_id: str,
+        *,
+        purpose: str | None = None,
+        order: Order = "desc",
+        limit: int = MAX_PAGE,
         after: str | None = None,
     ) -> Page[StoredFile]:
         if order not in ("asc", "desc"):
@@ -125,8 +146,16 @@ class Files:
             return InvalidRequest(f"after: no such File object: {after}", param="after")
 
         with self.db.session() as s:  # the anchor may have expired since the last page: paging goes on past it
-            return keyset_page(s, StoredFile, where, limit=limit, after=after, ascending=order == "asc",
-                               missing=missing, anchor_where=[mine])
+            return keyset_page(
+                s,
+                StoredFile,
+                where,
+                limit=limit,
+                after=after,
+                ascending=order == "asc",
+                missing=missing,
+                anchor_where=[mine],
+            )
 
     def content_key(self, org_id: str, file_id: str, *, normalized: bool = False) -> tuple[StoredFile, str]:
         row = self.get(org_id, file_id)

@@ -32,8 +32,9 @@ class OrgCap:
         return overrides.get(self.field, self.default)
 
 
-def claim_oldest(db: Database, table: Any, claimable: ColumnElement[bool], now: float, cap: OrgCap | None = None,
-                 **values: Any) -> str | None:
+def claim_oldest(
+    db: Database, table: Any, claimable: ColumnElement[bool], now: float, cap: OrgCap | None = None, **values: Any
+) -> str | None:
     """Set ``values`` on the next claimable free row (fair order, module docstring); its id, or None.
 
     The cap holds under concurrent workers: the claiming UPDATE re-counts the organization's running rows in its
@@ -45,7 +46,9 @@ def claim_oldest(db: Database, table: Any, claimable: ColumnElement[bool], now: 
         for org_id, cap_value in _fair_order(s, table, and_(claimable, free), now, cap):
             if db.dialect == "postgresql":
                 s.execute(sa_select(func.pg_advisory_xact_lock(func.hashtext(f"{table.__tablename__}:{org_id}"))))
-            query = select(table).where(table.organization_id == org_id, claimable, free).order_by(col(table.seq)).limit(1)
+            query = (
+                select(table).where(table.organization_id == org_id, claimable, free).order_by(col(table.seq)).limit(1)
+            )
             if db.dialect == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             row = s.exec(query).first()
@@ -66,19 +69,30 @@ def _held(columns: Any, now: float) -> ColumnElement[bool]:
 
 def _running_count(table: Any, org_id: str, now: float) -> Any:
     other = table.__table__.alias("other")
-    return (sa_select(func.count()).select_from(other)
-            .where(other.c.organization_id == org_id, _held(other.c, now)).scalar_subquery())
+    return (
+        sa_select(func.count())
+        .select_from(other)
+        .where(other.c.organization_id == org_id, _held(other.c, now))
+        .scalar_subquery()
+    )
 
 
-def _fair_order(s: Session, table: Any, waiting: ColumnElement[bool], now: float,
-                cap: OrgCap | None) -> list[tuple[str, int | None]]:
+def _fair_order(
+    s: Session, table: Any, waiting: ColumnElement[bool], now: float, cap: OrgCap | None
+) -> list[tuple[str, int | None]]:
     """Organizations with waiting items, below their cap: fewest running first, then oldest waiting; with the cap."""
-    firsts = dict(s.exec(select(table.organization_id, func.min(table.seq)).where(waiting)
-                         .group_by(table.organization_id)).all())
+    firsts = dict(
+        s.exec(select(table.organization_id, func.min(table.seq)).where(waiting).group_by(table.organization_id)).all()
+    )
     if not firsts:
         return []
-    running = dict(s.exec(select(table.organization_id, func.count()).where(
-        col(table.organization_id).in_(firsts), _held(table, now)).group_by(table.organization_id)).all())
+    running = dict(
+        s.exec(
+            select(table.organization_id, func.count())
+            .where(col(table.organization_id).in_(firsts), _held(table, now))
+            .group_by(table.organization_id)
+        ).all()
+    )
     overrides = limit_overrides(s, list(firsts)) if cap is not None else {}
     order = []
     for org_id in sorted(firsts, key=lambda o: (running.get(o, 0), firsts[o])):
@@ -86,7 +100,6 @@ def _fair_order(s: Session, table: Any, waiting: ColumnElement[bool], now: float
         if cap_value is None or running.get(org_id, 0) < cap_value:
             order.append((org_id, cap_value))
     return order
-
 
 
 # --- fencing ---------------------------------------------------------------------------------------------------

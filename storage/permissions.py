@@ -27,22 +27,31 @@ MAX_PROJECTS = 100  # project ids in one create request
 
 def _granted_to(org_id: str) -> Any:
     """SQL: a permission of the model's owner grants it to ``org_id``."""
-    return exists().where(col(CheckpointPermission.model_id) == FineTunedModel.id,
-                          col(CheckpointPermission.organization_id) == FineTunedModel.organization_id,
-                          col(CheckpointPermission.project_id) == org_id)
+    return exists().where(
+        col(CheckpointPermission.model_id) == FineTunedModel.id,
+        col(CheckpointPermission.organization_id) == FineTunedModel.organization_id,
+        col(CheckpointPermission.project_id) == org_id,
+    )
 
 
 def visible_model(s: Session, org_id: str, model_id: str) -> FineTunedModel | None:
     """The fine-tuned model or checkpoint ``model_id`` if ``org_id`` owns it or was granted it, else None."""
-    return s.exec(select(FineTunedModel).where(
-        FineTunedModel.id == model_id,
-        or_(col(FineTunedModel.organization_id) == org_id, _granted_to(org_id)))).first()
+    return s.exec(
+        select(FineTunedModel).where(
+            FineTunedModel.id == model_id, or_(col(FineTunedModel.organization_id) == org_id, _granted_to(org_id))
+        )
+    ).first()
 
 
 def granted_models(s: Session, org_id: str) -> list[FineTunedModel]:
     """Other organizations' models shared with ``org_id``, newest first."""
-    return list(s.exec(select(FineTunedModel).where(FineTunedModel.organization_id != org_id, _granted_to(org_id))
-                       .order_by(col(FineTunedModel.seq).desc())).all())
+    return list(
+        s.exec(
+            select(FineTunedModel)
+            .where(FineTunedModel.organization_id != org_id, _granted_to(org_id))
+            .order_by(col(FineTunedModel.seq).desc())
+        ).all()
+    )
 
 
 def forget_model(s: Session, model_id: str) -> None:
@@ -61,19 +70,34 @@ class PermissionStore:
             known = set(s.exec(select(Organization.id).where(col(Organization.id).in_(project_ids))))
             for i, project in enumerate(project_ids):
                 if project == org_id:
-                    raise InvalidRequest(f"project_ids[{i}] is the organization that owns '{model_id}'; it needs no "
-                                         "permission.", param=f"project_ids[{i}]", code="invalid_project_id")
+                    raise InvalidRequest(
+                        f"project_ids[{i}] is the organization that owns '{model_id}'; it needs no permission.",
+                        param=f"project_ids[{i}]",
+                        code="invalid_project_id",
+                    )
                 if project not in known:
-                    raise InvalidRequest(f"No such project: {project}.", param=f"project_ids[{i}]",
-                                         code="invalid_project_id")
-            existing = {p.project_id: p for p in s.exec(select(CheckpointPermission).where(
-                CheckpointPermission.model_id == model_id, col(CheckpointPermission.project_id).in_(project_ids)))}
+                    raise InvalidRequest(
+                        f"No such project: {project}.", param=f"project_ids[{i}]", code="invalid_project_id"
+                    )
+            existing = {
+                p.project_id: p
+                for p in s.exec(
+                    select(CheckpointPermission).where(
+                        CheckpointPermission.model_id == model_id, col(CheckpointPermission.project_id).in_(project_ids)
+                    )
+                )
+            }
             made: list[CheckpointPermission] = []
             for project in dict.fromkeys(project_ids):  # once each, in the order given
                 row = existing.get(project)
                 if row is None:
-                    row = CheckpointPermission(id=new_id("cp_"), organization_id=org_id, model_id=model_id,
-                                               project_id=project, created_at=now())
+                    row = CheckpointPermission(
+                        id=new_id("cp_"),
+                        organization_id=org_id,
+                        model_id=model_id,
+                        project_id=project,
+                        created_at=now(),
+                    )
                     s.add(row)
                     s.flush()
                 made.append(row)
@@ -82,8 +106,16 @@ class PermissionStore:
                 s.expunge(row)
             return made
 
-    def list(self, org_id: str, model_id: str, *, project_id: str | None, limit: int, after: str | None,
-             order: Literal["ascending", "descending"]) -> Page[CheckpointPermission]:
+    def list(
+        self,
+        org_id: str,
+        model_id: str,
+        *,
+        project_id: str | None,
+        limit: int,
+        after: str | None,
+        order: Literal["ascending", "descending"],
+    ) -> Page[CheckpointPermission]:
         mine = [CheckpointPermission.model_id == model_id, CheckpointPermission.organization_id == org_id]
         where = [*mine, *([CheckpointPermission.project_id == project_id] if project_id is not None else [])]
 
@@ -92,18 +124,33 @@ class PermissionStore:
 
         with self.db.session() as s:
             _owned(s, org_id, model_id)
-            return keyset_page(s, CheckpointPermission, where, limit=limit, after=after,
-                               ascending=order == "ascending", missing=missing, anchor_where=mine)
+            return keyset_page(
+                s,
+                CheckpointPermission,
+                where,
+                limit=limit,
+                after=after,
+                ascending=order == "ascending",
+                missing=missing,
+                anchor_where=mine,
+            )
 
     def delete(self, org_id: str, model_id: str, permission_id: str) -> CheckpointPermission:
         with self.db.session() as s:
             _owned(s, org_id, model_id)
-            row = s.exec(select(CheckpointPermission).where(
-                CheckpointPermission.id == permission_id, CheckpointPermission.model_id == model_id,
-                CheckpointPermission.organization_id == org_id)).first()
+            row = s.exec(
+                select(CheckpointPermission).where(
+                    CheckpointPermission.id == permission_id,
+                    CheckpointPermission.model_id == model_id,
+                    CheckpointPermission.organization_id == org_id,
+                )
+            ).first()
             if row is None:
-                raise NotFound(f"No such checkpoint permission: {permission_id}", param="permission_id",
-                               code="permission_not_found")
+                raise NotFound(
+                    f"No such checkpoint permission: {permission_id}",
+                    param="permission_id",
+                    code="permission_not_found",
+                )
             s.delete(row)
             return row
 
@@ -112,10 +159,16 @@ def _owned(s: Session, org_id: str, model_id: str) -> FineTunedModel:
     """The caller's own model; a model it only sees through a grant is a 403, any other a 404."""
     row = visible_model(s, org_id, model_id)
     if row is None:
-        raise NotFound(f"The model '{model_id}' does not exist or you do not have access to it.",
-                       param="fine_tuned_model_checkpoint", code="model_not_found")
+        raise NotFound(
+            f"The model '{model_id}' does not exist or you do not have access to it.",
+            param="fine_tuned_model_checkpoint",
+            code="model_not_found",
+        )
     if row.organization_id != org_id:
-        raise PermissionDenied(f"The model '{model_id}' is shared with your organization; only the organization "
-                               "that owns it can manage its permissions.", param="fine_tuned_model_checkpoint",
-                               code="model_not_owned")
+        raise PermissionDenied(
+            f"The model '{model_id}' is shared with your organization; only the organization "
+            "that owns it can manage its permissions.",
+            param="fine_tuned_model_checkpoint",
+            code="model_not_owned",
+        )
     return row

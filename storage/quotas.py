@@ -26,10 +26,14 @@ class StorageQuota:
     def used(self, org_id: str) -> int:
         """Bytes the organization stores: its files as listed, and its adapters' directories on the blob store."""
         with self.db.session() as s:
-            files = s.exec(select(func.coalesce(func.sum(StoredFile.bytes), 0))
-                           .where(StoredFile.organization_id == org_id)).one()
-            adapters = s.exec(select(FineTunedModel.adapter_key).where(
-                FineTunedModel.organization_id == org_id, col(FineTunedModel.adapter_key).is_not(None))).all()
+            files = s.exec(
+                select(func.coalesce(func.sum(StoredFile.bytes), 0)).where(StoredFile.organization_id == org_id)
+            ).one()
+            adapters = s.exec(
+                select(FineTunedModel.adapter_key).where(
+                    FineTunedModel.organization_id == org_id, col(FineTunedModel.adapter_key).is_not(None)
+                )
+            ).all()
         return int(files) + sum(self.blobs.size(key) for key in set(adapters) if key is not None)
 
     def check(self, org_id: str, adding: int = 1) -> None:
@@ -43,5 +47,6 @@ class StorageQuota:
             raise QuotaExceeded(
                 f"Storage quota exceeded for organization {org_id}: quota {quota} bytes, {used} used, "
                 f"{adding} more requested. Delete files or models, or ask an administrator for a larger quota "
-                "(storage_bytes).", param="storage_bytes")
-
+                "(storage_bytes).",
+                param="storage_bytes",
+            )

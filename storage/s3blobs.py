@@ -46,14 +46,23 @@ STAGING = "staging"
 def s3_client(settings: S3Settings) -> Any:
     secret = settings.secret_access_key.get_secret_value() if settings.secret_access_key else None
     config = Config(
-        s3={"addressing_style": settings.addressing_style}, retries={"max_attempts": 5, "mode": "standard"},
-        max_pool_connections=32, connect_timeout=5, read_timeout=60,
+        s3={"addressing_style": settings.addressing_style},
+        retries={"max_attempts": 5, "mode": "standard"},
+        max_pool_connections=32,
+        connect_timeout=5,
+        read_timeout=60,
         # self-hosted stores differ in which of S3's newer flexible checksums they accept: only what S3 requires
-        request_checksum_calculation="when_required", response_checksum_validation="when_required",
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
     )
     return boto3.session.Session().client(
-        "s3", endpoint_url=settings.endpoint_url, region_name=settings.region,
-        aws_access_key_id=settings.access_key_id, aws_secret_access_key=secret, config=config)
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=secret,
+        config=config,
+    )
 
 
 def parse_blob_url(url: str) -> tuple[str, str]:
@@ -95,10 +104,13 @@ class S3StagedBlob:
     def _upload_part(self, body: bytes) -> None:
         client, bucket = self.store.client, self.store.bucket
         if self._upload_id is None:
-            self._upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.store.full(self.staging_key))["UploadId"]
+            self._upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.store.full(self.staging_key))[
+                "UploadId"
+            ]
         number = len(self._parts) + 1
-        etag = client.upload_part(Bucket=bucket, Key=self.store.full(self.staging_key), UploadId=self._upload_id,
-                                  PartNumber=number, Body=body)["ETag"]
+        etag = client.upload_part(
+            Bucket=bucket, Key=self.store.full(self.staging_key), UploadId=self._upload_id, PartNumber=number, Body=body
+        )["ETag"]
         self._parts.append({"PartNumber": number, "ETag": etag})
 
     @property
@@ -114,8 +126,11 @@ class S3StagedBlob:
             self._upload_part(bytes(self._buffer))
             self._buffer.clear()
         self.store.client.complete_multipart_upload(
-            Bucket=self.store.bucket, Key=self.store.full(self.staging_key), UploadId=self._upload_id,
-            MultipartUpload={"Parts": self._parts})
+            Bucket=self.store.bucket,
+            Key=self.store.full(self.staging_key),
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+        )
         self._completed = True
 
     def body(self) -> bytes:
@@ -162,7 +177,7 @@ class _Raw(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         data = self.body.read(len(buffer))
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
     def close(self) -> None:
@@ -260,7 +275,11 @@ class S3BlobStore:
         tree is whole once this returns, and only then is a row naming it written (callers' rule)."""
         key = self._check(key)
         source = Path(source)
-        paths = [source / name for name in files] if files is not None else sorted(p for p in source.rglob("*") if p.is_file())
+        paths = (
+            [source / name for name in files]
+            if files is not None
+            else sorted(p for p in source.rglob("*") if p.is_file())
+        )
         for path in paths:
             self._upload_file(path, f"{key}/{path.relative_to(source).as_posix()}")
 
@@ -271,7 +290,9 @@ class S3BlobStore:
         for page in self._list(self.full(key) + "/"):
             doomed.extend({"Key": o["Key"]} for o in page.get("Contents", []))
         for start in range(0, len(doomed), 1000):
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": doomed[start:start + 1000], "Quiet": True})
+            self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": doomed[start : start + 1000], "Quiet": True}
+            )
         for known in [k for k in self._sizes if k == key or k.startswith(key + "/")]:
             del self._sizes[known]
         for entry, cached_key, _ in self._entries():
@@ -287,7 +308,9 @@ class S3BlobStore:
 
     def open_range(self, key: str, start: int, end: int) -> BinaryIO:
         """Bytes ``start``..``end`` inclusive (an HTTP range), read by the store: nothing else crosses the wire."""
-        body = self.client.get_object(Bucket=self.bucket, Key=self.full(self._check(key)), Range=f"bytes={start}-{end}")["Body"]
+        body = self.client.get_object(
+            Bucket=self.bucket, Key=self.full(self._check(key)), Range=f"bytes={start}-{end}"
+        )["Body"]
         return cast(BinaryIO, io.BufferedReader(_Raw(body), buffer_size=1 << 20))
 
     def read_bytes(self, key: str) -> bytes | None:
@@ -321,7 +344,7 @@ class S3BlobStore:
         seen: set[str] = set()
         for page in self._list(base):
             for obj in page.get("Contents", []):
-                child = obj["Key"][len(base):].split("/", 1)[0]
+                child = obj["Key"][len(base) :].split("/", 1)[0]
                 if child and child not in seen:
                     seen.add(child)
                     yield f"{top}/{child}"
@@ -353,7 +376,7 @@ class S3BlobStore:
             try:
                 single = len(found) == 1 and found[0]["Key"] == self.full(key)
                 for obj in found:
-                    rel = "" if single else obj["Key"][len(self.full(key)) + 1:]
+                    rel = "" if single else obj["Key"][len(self.full(key)) + 1 :]
                     dest = tmp / rel if rel else tmp
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     self.client.download_file(self.bucket, obj["Key"], str(dest), Config=self._transfer())
@@ -466,7 +489,9 @@ class S3BlobStore:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=staging):
             for upload in page.get("Uploads", []):
                 if upload["Initiated"].timestamp() < uploads_cutoff:
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
                     removed += 1
         for page in self._list(staging):
             for obj in page.get("Contents", []):

@@ -36,9 +36,11 @@ class BaseModelSpec(BaseModel):
     )
     owned_by: str = Field(default="tunegate", description="`owned_by` shown by /v1/models.")
     aliases: list[str] = Field(
-        default_factory=list, description="Other names of this model (e.g. 'gpt-4o-mini-2024-07-18'), usable wherever "
+        default_factory=list,
+        description="Other names of this model (e.g. 'gpt-4o-mini-2024-07-18'), usable wherever "
         "its id is (jobs, chat, evals, exports) and listed by /v1/models (owned_by 'system'). A job created with an "
-        "alias is named after it: ft:<alias>:<org>:<suffix>:<id>.")
+        "alias is named after it: ft:<alias>:<org>:<suffix>:<id>.",
+    )
     chat_template: str | None = Field(
         default=None, description="Named template (chatml, qwen, deepseek-r1, llama3) for tokenizers without one."
     )
@@ -46,20 +48,27 @@ class BaseModelSpec(BaseModel):
     engine_urls: list[str] = Field(
         default_factory=list,
         description="External vLLM OpenAI servers (replicas) serving this model under its id, started with "
-        "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1. Empty: a local engine is spawned (serving.local_engines).",
+        "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1. Empty: a local engine is spawned "
+        "(serving.local_engines).",
     )
     reasoning: bool = Field(
         default=False,
         description="A reasoning model (DeepSeek-R1 style): split `<think>…</think>` into `reasoning_content`.",
     )
     tool_call_parser: str | None = Field(
-        default=None, description="vLLM tool-call parser for `tool_choice: auto` (e.g. hermes, llama3_json); "
-        "default: chosen from the model's chat template and family (serving/tools.py)."
+        default=None,
+        description="vLLM tool-call parser for `tool_choice: auto` (e.g. hermes, llama3_json); "
+        "default: chosen from the model's chat template and family (serving/tools.py).",
     )
-    engine_args: list[str] = Field(default_factory=list, description="Extra arguments for this model's local engine (vLLM's, or llama_cpp.server's).")
+    engine_args: list[str] = Field(
+        default_factory=list,
+        description="Extra arguments for this model's local engine (vLLM's, or llama_cpp.server's).",
+    )
     engine_api_key: SecretStr | None = Field(
-        default=None, description="The API key the engine_urls replicas were started with (vLLM --api-key / "
-        "VLLM_API_KEY); local engines get a random key of their own each start.")
+        default=None,
+        description="The API key the engine_urls replicas were started with (vLLM --api-key / "
+        "VLLM_API_KEY); local engines get a random key of their own each start.",
+    )
 
     @model_validator(mode="after")
     def _gguf_is_served_only(self) -> BaseModelSpec:
@@ -72,19 +81,36 @@ class WorkerSettings(BaseModel):
     """The fine-tuning worker (``tunegate worker``, or embedded in ``tunegate serve``)."""
 
     embedded: bool = Field(default=True, description="Run a worker inside `tunegate serve`.")
-    device: Literal["auto", "cuda", "cpu"] = Field(default="auto", description="Where jobs train; auto = CUDA if present.")
-    lease_seconds: float = Field(default=30.0, ge=1, description="A job whose worker is silent this long is taken over.")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto", description="Where jobs train; auto = CUDA if present."
+    )
+    lease_seconds: float = Field(
+        default=30.0, ge=1, description="A job whose worker is silent this long is taken over."
+    )
     poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for jobs.")
     cpu_threads: int | None = Field(default=None, ge=1, description="torch threads for CPU training (default: all).")
-    log_every_steps: int | None = Field(default=None, ge=1, description="Metrics event interval (default: ~100 per job).")
-    max_attempts: int = Field(default=3, ge=1, description="Runs a job gets: one whose worker or training process "
-                              "dies this many times fails with the cause instead of being retried forever.")
-    export_timeout_seconds: float = Field(default=3600.0, gt=0, description="An export (merge, GGUF conversion, "
-                                          "quantization) still running after this long is stopped and failed.")
-    fault_phase: Literal["training", "checkpoint", "evaluating", "results", "registering", "succeeded",
-                         "segfault"] | None = Field(
-        default=None, description="Testing only (fault injection): on reaching this phase the job's child kills its "
-        "worker with SIGKILL; 'segfault' makes the child itself die of SIGSEGV when training starts.")
+    log_every_steps: int | None = Field(
+        default=None, ge=1, description="Metrics event interval (default: ~100 per job)."
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Runs a job gets: one whose worker or training process "
+        "dies this many times fails with the cause instead of being retried forever.",
+    )
+    export_timeout_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="An export (merge, GGUF conversion, "
+        "quantization) still running after this long is stopped and failed.",
+    )
+    fault_phase: (
+        Literal["training", "checkpoint", "evaluating", "results", "registering", "succeeded", "segfault"] | None
+    ) = Field(
+        default=None,
+        description="Testing only (fault injection): on reaching this phase the job's child kills its "
+        "worker with SIGKILL; 'segfault' makes the child itself die of SIGSEGV when training starts.",
+    )
     fault_job: str | None = Field(default=None, description="Testing only: limit fault_phase to this job id.")
 
 
@@ -94,39 +120,60 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 class ServingSettings(BaseModel):
     """Engines (vLLM OpenAI servers, one per base model or external replicas) and how the gateway uses them."""
 
-    local_engines: bool = Field(default=True, description="Spawn a vLLM server for each base model without engine_urls.")
-    device: Literal["auto", "cuda", "cpu"] = Field(default="auto", description="Where local engines run; auto = CUDA if present.")
+    local_engines: bool = Field(
+        default=True, description="Spawn a vLLM server for each base model without engine_urls."
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto", description="Where local engines run; auto = CUDA if present."
+    )
     gpu_memory_utilization: float | None = Field(
-        default=None, gt=0, le=1,
+        default=None,
+        gt=0,
+        le=1,
         description="Share of GPU memory a local engine takes (default 0.4 on CUDA, leaving room for a training job; "
         "0.1 on CPU, where vLLM reserves that share of RAM).",
     )
     cpu_kvcache_gib: float = Field(default=1.0, gt=0, description="KV cache of a CPU engine (VLLM_CPU_KVCACHE_SPACE).")
     engine_cpus: str | None = Field(
-        default=None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$",
+        default=None,
+        pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$",
         description="CPUs local engines may use, e.g. '0' or '0-6' (default: all). A CPU engine keeps every core it "
-        "has busy and starves other processes; on a small CPU box leave one core to the gateway.")
+        "has busy and starves other processes; on a small CPU box leave one core to the gateway.",
+    )
     dtype: str = Field(default="auto", description="vLLM --dtype for local engines.")
     max_model_len: int = Field(default=4096, ge=64, description="Context length of local engines.")
     max_loras: int = Field(default=8, ge=1, description="Adapters in one batch (vLLM --max-loras).")
     max_cpu_loras: int = Field(default=64, ge=1, description="Adapters cached in engine host memory (--max-cpu-loras).")
     max_lora_rank: int = Field(default=64, description=f"Largest servable LoRA rank, one of {VLLM_LORA_RANKS}.")
     max_adapters_per_engine: int = Field(
-        default=512, ge=1, description="Adapter names registered per engine; the least recently used is unloaded past it."
+        default=512,
+        ge=1,
+        description="Adapter names registered per engine; the least recently used is unloaded past it.",
     )
     adapter_homes: int = Field(
-        default=1, ge=1, description="Replicas an adapter is loaded on (its homes), chosen by rendezvous hashing over "
-        "the ready replicas of its base: the same in every gateway, without coordination (serving/placement.py).")
+        default=1,
+        ge=1,
+        description="Replicas an adapter is loaded on (its homes), chosen by rendezvous hashing over "
+        "the ready replicas of its base: the same in every gateway, without coordination (serving/placement.py).",
+    )
     spill_in_flight: int | None = Field(
-        default=32, ge=1, description="A home replica with this many of this gateway's requests in flight sends the "
-        "adapter's next requests to the next replica of its ranking (loading it there too); None: never spill.")
-    startup_timeout_seconds: float = Field(default=900.0, gt=0, description="A local engine not healthy by then is restarted.")
+        default=32,
+        ge=1,
+        description="A home replica with this many of this gateway's requests in flight sends the "
+        "adapter's next requests to the next replica of its ranking (loading it there too); None: never spill.",
+    )
+    startup_timeout_seconds: float = Field(
+        default=900.0, gt=0, description="A local engine not healthy by then is restarted."
+    )
     health_interval_seconds: float = Field(default=2.0, gt=0, description="How often engines are health-checked.")
     connect_timeout_seconds: float = Field(default=3.0, gt=0, description="Connecting to an engine.")
     request_timeout_seconds: float = Field(default=600.0, gt=0, description="Longest wait for an engine's next bytes.")
-    warm_poll_seconds: float = Field(default=0.5, gt=0, description="How often new fine-tuned models are looked for (warm-up).")
+    warm_poll_seconds: float = Field(
+        default=0.5, gt=0, description="How often new fine-tuned models are looked for (warm-up)."
+    )
     engine_blob_dir: str | None = Field(
-        default=None, description="Where engines see the blob store (for engines on other hosts); default: the same path."
+        default=None,
+        description="Where engines see the blob store (for engines on other hosts); default: the same path.",
     )
     engine_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments for every local engine.")
 
@@ -145,28 +192,45 @@ class LimitSettings(BaseModel):
     ``tunegate orgs limits``) replace single fields. Rate limits are token buckets refilled continuously over a minute.
     """
 
-    requests_per_minute: int | None = Field(default=10_000, ge=0, description="/v1 requests per minute, whole organization.")
+    requests_per_minute: int | None = Field(
+        default=10_000, ge=0, description="/v1 requests per minute, whole organization."
+    )
     tokens_per_minute: int | None = Field(
-        default=10_000_000, ge=0, description="Completion tokens per minute (prompt + max_tokens at admission, then "
-        "the real usage), whole organization.")
-    concurrent_streams: int | None = Field(default=64, ge=0, description="Streaming completions open at once, whole organization.")
+        default=10_000_000,
+        ge=0,
+        description="Completion tokens per minute (prompt + max_tokens at admission, then "
+        "the real usage), whole organization.",
+    )
+    concurrent_streams: int | None = Field(
+        default=64, ge=0, description="Streaming completions open at once, whole organization."
+    )
     key_requests_per_minute: int | None = Field(default=None, ge=0, description="The same, for each API key alone.")
     key_tokens_per_minute: int | None = Field(default=None, ge=0, description="The same, for each API key alone.")
     key_concurrent_streams: int | None = Field(default=None, ge=0, description="The same, for each API key alone.")
     running_jobs: int | None = Field(default=None, ge=0, description="Fine-tuning jobs running at once.")
     running_eval_runs: int | None = Field(default=None, ge=0, description="Eval runs in progress at once.")
     running_exports: int | None = Field(default=None, ge=0, description="Exports running at once.")
-    background_responses: int | None = Field(default=16, ge=0, description="Background responses (/v1/responses "
-                                             "background: true) queued or in progress at once.")
+    background_responses: int | None = Field(
+        default=16,
+        ge=0,
+        description="Background responses (/v1/responses background: true) queued or in progress at once.",
+    )
     running_batches: int | None = Field(default=None, ge=0, description="Batches running at once.")
     storage_bytes: int | None = Field(
-        default=100 * 1024**3, ge=0, description="Files (uploads, job results, export outputs) plus adapters, in bytes.")
-    redis_prefix: str = Field(default="tunegate", min_length=1, max_length=64,
-                              description="Prefix of the rate-limit keys in Redis (redis_url).")
+        default=100 * 1024**3, ge=0, description="Files (uploads, job results, export outputs) plus adapters, in bytes."
+    )
+    redis_prefix: str = Field(
+        default="tunegate",
+        min_length=1,
+        max_length=64,
+        description="Prefix of the rate-limit keys in Redis (redis_url).",
+    )
     redis_reserve: bool = Field(
-        default=True, description="With redis_url: each gateway takes budget from Redis in blocks of 1/20 of a limit "
+        default=True,
+        description="With redis_url: each gateway takes budget from Redis in blocks of 1/20 of a limit "
         "and admits from it without a round trip (gateway/ratelimit/reserve.py); false: one Redis call per request, "
-        "exact across gateways.")
+        "exact across gateways.",
+    )
 
 
 ORG_LIMIT_FIELDS = tuple(f for f in LimitSettings.model_fields if f not in ("redis_prefix", "redis_reserve"))
@@ -176,9 +240,15 @@ class RequestLimits(BaseModel):
     """What one request may ask of an engine (chat, completions, eval sampling_params), and how big a JSON body may
     be on any route. Above a cap: a 400 naming the field (413 for the body size)."""
 
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Largest JSON request body (uploads: max_upload_bytes).")
-    max_json_depth: int = Field(default=64, ge=4, le=1000, description="Deepest nesting of arrays/objects in a JSON body.")
-    max_n: int = Field(default=16, ge=1, description="Most choices per request (n; n × prompts for completions; best_of).")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Largest JSON request body (uploads: max_upload_bytes)."
+    )
+    max_json_depth: int = Field(
+        default=64, ge=4, le=1000, description="Deepest nesting of arrays/objects in a JSON body."
+    )
+    max_n: int = Field(
+        default=16, ge=1, description="Most choices per request (n; n × prompts for completions; best_of)."
+    )
     max_tokens: int = Field(default=32768, ge=1, description="Largest max_tokens / max_completion_tokens / min_tokens.")
     max_top_logprobs: int = Field(default=20, ge=0, description="Largest top_logprobs (and completions' logprobs).")
     max_stop: int = Field(default=4, ge=0, description="Most stop strings (and most stop_token_ids: 16 × this).")
@@ -189,7 +259,9 @@ class UploadSettings(BaseModel):
 
     max_bytes: int = Field(default=8 * 1024**3, gt=0, description="Largest file an Upload may assemble (its `bytes`).")
     max_part_bytes: int = Field(default=64 * 1024**2, gt=0, description="Largest Part.")
-    expires_after_seconds: int = Field(default=3600, gt=0, description="A pending Upload expires this long after creation.")
+    expires_after_seconds: int = Field(
+        default=3600, gt=0, description="A pending Upload expires this long after creation."
+    )
 
 
 class S3Settings(BaseModel):
@@ -201,11 +273,18 @@ class S3Settings(BaseModel):
     access_key_id: str | None = Field(default=None, description="Access key id; unset: boto3's credential chain.")
     secret_access_key: SecretStr | None = Field(default=None, description="Secret key (never logged or shown).")
     addressing_style: Literal["path", "virtual", "auto"] = Field(
-        default="path", description="'path' for MinIO/SeaweedFS/most self-hosted stores; 'virtual' for AWS.")
-    part_bytes: int = Field(default=16 * 1024**2, ge=5 * 1024**2, description="Multipart part size (S3's minimum: 5 MiB).")
-    cache_max_bytes: int = Field(default=20 * 1024**3, ge=0, description="This host's local copies of blobs (adapters "
-                                 "an engine loads, files a job reads) are trimmed past this size, least recently used "
-                                 "first.")
+        default="path", description="'path' for MinIO/SeaweedFS/most self-hosted stores; 'virtual' for AWS."
+    )
+    part_bytes: int = Field(
+        default=16 * 1024**2, ge=5 * 1024**2, description="Multipart part size (S3's minimum: 5 MiB)."
+    )
+    cache_max_bytes: int = Field(
+        default=20 * 1024**3,
+        ge=0,
+        description="This host's local copies of blobs (adapters "
+        "an engine loads, files a job reads) are trimmed past this size, least recently used "
+        "first.",
+    )
 
     @field_serializer("secret_access_key", when_used="json")
     def _secret_for_child(self, value: SecretStr | None, info: Any) -> str | None:
@@ -218,26 +297,40 @@ class S3Settings(BaseModel):
 class BatchSettings(BaseModel):
     """``/v1/batches``: how a worker runs a batch's requests through the engines."""
 
-    concurrency: int = Field(default=48, ge=1, le=1024, description="Requests of one batch in flight at once (vLLM "
-                             "batches them on the replica: the throughput of a batch over one-at-a-time).")
+    concurrency: int = Field(
+        default=48,
+        ge=1,
+        le=1024,
+        description="Requests of one batch in flight at once (vLLM "
+        "batches them on the replica: the throughput of a batch over one-at-a-time).",
+    )
     chunk_lines: int = Field(default=64, ge=1, description="Results committed together (what a killed worker redoes).")
     max_lines: int = Field(default=50_000, ge=1, description="Most requests in one input file (OpenAI's limit).")
-    slice_seconds: float = Field(default=60.0, ge=0, description="A worker running one batch this long gives it back "
-                                 "(at the next chunk) when another organization's batch waits, and takes that one: "
-                                 "one organization's huge batch never holds a worker for its whole window.")
+    slice_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="A worker running one batch this long gives it back "
+        "(at the next chunk) when another organization's batch waits, and takes that one: "
+        "one organization's huge batch never holds a worker for its whole window.",
+    )
     completion_windows: dict[str, int] = Field(
-        default_factory=lambda: {"24h": 86_400}, description="Accepted completion_window values and their seconds; a "
-        "batch not done within its window expires (status expired, with the output it has).")
+        default_factory=lambda: {"24h": 86_400},
+        description="Accepted completion_window values and their seconds; a "
+        "batch not done within its window expires (status expired, with the output it has).",
+    )
 
 
 class IntegrationSettings(BaseModel):
     """Jobs' ``integrations`` (finetune/integrations.py)."""
 
     wandb_entity: str | None = Field(
-        default=None, min_length=1, description="The W&B entity (team or user) this server's WANDB_API_KEY logs "
+        default=None,
+        min_length=1,
+        description="The W&B entity (team or user) this server's WANDB_API_KEY logs "
         "jobs' wandb integrations to, online, each into the project '<organization id>-<project>'; a job naming "
         "another entity is a 400. Unset: the key is never used for jobs, every W&B run is offline (the job's "
-        "wandb-offline-run.tar.gz result file, for `wandb sync` with the tenant's own key).")
+        "wandb-offline-run.tar.gz result file, for `wandb sync` with the tenant's own key).",
+    )
 
 
 class Settings(BaseSettings):
@@ -245,13 +338,16 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("data"), description="Root of the embedded SQLite DB and blob store.")
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/tunegate.db. Postgres: postgresql+psycopg://…"
+        default=None,
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/tunegate.db. Postgres: postgresql+psycopg://…",
     )
     blob_dir: Path | None = Field(default=None, description="Local blob store root; default <data_dir>/blobs.")
     blob_url: str | None = Field(
-        default=None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_\-./]*)?$",
+        default=None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_\-./]*)?$",
         description="Blobs in an S3-compatible store instead of blob_dir: s3://bucket/prefix (see [s3]); each host "
-        "keeps what it needs as files (training data, adapters) in <data_dir>/blob-cache.")
+        "keeps what it needs as files (training data, adapters) in <data_dir>/blob-cache.",
+    )
     s3: S3Settings = Field(default_factory=S3Settings)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -259,17 +355,23 @@ class Settings(BaseSettings):
         default=None, description="Admin bearer credential. If unset, one is generated and printed on first start."
     )
     metrics: Literal["off", "open", "admin"] = Field(
-        default="admin", description="Prometheus /metrics: 'off' (no route), 'open' (no credential), 'admin' (the admin "
-        "bearer key).")
+        default="admin",
+        description="Prometheus /metrics: 'off' (no route), 'open' (no credential), 'admin' (the admin bearer key).",
+    )
     redis_url: str | None = Field(
-        default=None, description="Redis for rate-limit counters shared by several gateway processes (and kept across "
-        "restarts), e.g. redis://127.0.0.1:6379/0. Unset: counters live in the gateway process.")
+        default=None,
+        description="Redis for rate-limit counters shared by several gateway processes (and kept across "
+        "restarts), e.g. redis://127.0.0.1:6379/0. Unset: counters live in the gateway process.",
+    )
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="Largest accepted file upload.")
     max_example_bytes: int = Field(
-        default=2 * 1024 * 1024, gt=0,
+        default=2 * 1024 * 1024,
+        gt=0,
         description="Largest example (JSONL line, JSON array element) of a fine-tune file; bounds validation memory.",
     )
-    upload_stall_seconds: float = Field(default=30.0, gt=0, description="An upload that sends no bytes this long is ended.")
+    upload_stall_seconds: float = Field(
+        default=30.0, gt=0, description="An upload that sends no bytes this long is ended."
+    )
     expiry_sweep_seconds: float = Field(default=60.0, gt=0, description="How often expired files are purged.")
     uploads: UploadSettings = Field(default_factory=UploadSettings)
     batches: BatchSettings = Field(default_factory=BatchSettings)
@@ -292,8 +394,10 @@ class Settings(BaseSettings):
         for model_id, spec in value.items():
             for alias in spec.aliases:
                 if not alias or alias.startswith("ft:") or alias != alias.strip() or alias in seen:
-                    raise ValueError(f"alias {alias!r} of base model {model_id!r} is empty, padded, starts with "
-                                     "'ft:' or names another model")
+                    raise ValueError(
+                        f"alias {alias!r} of base model {model_id!r} is empty, padded, starts with "
+                        "'ft:' or names another model"
+                    )
                 seen.add(alias)
         return value
 
@@ -339,8 +443,11 @@ class Settings(BaseSettings):
         path = run_dir / f"{name}.json"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(self.model_dump_json(exclude={"admin_key"} if database else {"admin_key", "database_url"},
-                                          context={"secrets": True}))  # the S3 secret: children read blobs
+            fh.write(
+                self.model_dump_json(
+                    exclude={"admin_key"} if database else {"admin_key", "database_url"}, context={"secrets": True}
+                )
+            )  # the S3 secret: children read blobs
         return path
 
     @staticmethod
@@ -349,10 +456,13 @@ class Settings(BaseSettings):
         tunegate's own variables (children read their settings from ``write_for_child``'s file, and the admin key
         is in neither) and, where the child does not use the database (``database=False``), without libpq's
         ``PG*`` credentials. ``extra`` is added."""
-        env = {k: v for k, v in os.environ.items()
-               if not (k.startswith("TUNEGATE_") and k not in _CHILD_TUNEGATE_VARS)
-               and not (not database and (k.startswith("PG") or k in ("DATABASE_URL", "REDIS_URL")))
-               and k != "PROMETHEUS_MULTIPROC_DIR"}  # the gateways' metrics files: vLLM would write its own there
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not (k.startswith("TUNEGATE_") and k not in _CHILD_TUNEGATE_VARS)
+            and not (not database and (k.startswith("PG") or k in ("DATABASE_URL", "REDIS_URL")))
+            and k != "PROMETHEUS_MULTIPROC_DIR"
+        }  # the gateways' metrics files: vLLM would write its own there
         return env | extra
 
     @property

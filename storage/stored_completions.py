@@ -36,10 +36,18 @@ def check_metadata(value: Any, param: str = "metadata") -> dict[str, str] | None
     """OpenAI's metadata bounds: at most 16 pairs, keys ≤ 64 and values ≤ 512 characters, strings only."""
     if value is None:
         return None
-    if not isinstance(value, dict) or len(value) > MAX_METADATA or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in value.items()):
-        raise InvalidRequest(f"'{param}' must map at most {MAX_METADATA} keys (≤ 64 characters) to strings "
-                             "(≤ 512 characters).", param=param, code="invalid_value")
+    if (
+        not isinstance(value, dict)
+        or len(value) > MAX_METADATA
+        or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in value.items()
+        )
+    ):
+        raise InvalidRequest(
+            f"'{param}' must map at most {MAX_METADATA} keys (≤ 64 characters) to strings (≤ 512 characters).",
+            param=param,
+            code="invalid_value",
+        )
     return value
 
 
@@ -59,8 +67,9 @@ class StoredCompletions:
         if len(selection.metadata) > MAX_METADATA:
             raise InvalidRequest(f"Filter on at most {MAX_METADATA} metadata pairs.", param="metadata")
         where: list[Any] = [StoredCompletion.organization_id == org_id]
-        where += [metadata_is(self.db.dialect, col(StoredCompletion.metadata_), k, v)
-                  for k, v in selection.metadata.items()]
+        where += [
+            metadata_is(self.db.dialect, col(StoredCompletion.metadata_), k, v) for k, v in selection.metadata.items()
+        ]
         if selection.model:
             where.append(StoredCompletion.model == selection.model)
         if selection.created_after is not None:
@@ -69,18 +78,27 @@ class StoredCompletions:
             where.append(col(StoredCompletion.created_at) <= selection.created_before)
         return where
 
-    def list(self, org_id: str, selection: Selection, *, limit: int, after: str | None,
-             ascending: bool) -> Page[StoredCompletion]:
+    def list(
+        self, org_id: str, selection: Selection, *, limit: int, after: str | None, ascending: bool
+    ) -> Page[StoredCompletion]:
         def missing(after: str) -> InvalidRequest:
             return InvalidRequest(f"after: no such chat completion: {after}", param="after")
 
         with self.db.session() as s:
-            return keyset_page(s, StoredCompletion, self._where(org_id, selection), limit=limit, after=after,
-                               ascending=ascending, missing=missing,
-                               anchor_where=[StoredCompletion.organization_id == org_id])
+            return keyset_page(
+                s,
+                StoredCompletion,
+                self._where(org_id, selection),
+                limit=limit,
+                after=after,
+                ascending=ascending,
+                missing=missing,
+                anchor_where=[StoredCompletion.organization_id == org_id],
+            )
 
-    def select(self, org_id: str, selection: Selection, limit: int | None = None,
-               page: int = 200) -> Iterator[StoredCompletion]:
+    def select(
+        self, org_id: str, selection: Selection, limit: int | None = None, page: int = 200
+    ) -> Iterator[StoredCompletion]:
         """Matching completions oldest first, read ``page`` rows at a time (never all at once), at most ``limit``."""
         where, after, left = self._where(org_id, selection), None, limit
         while left is None or left > 0:
@@ -111,8 +129,9 @@ class StoredCompletions:
         with self.db.session() as s:
             s.delete(_mine(s, org_id, completion_id))
 
-    def messages(self, org_id: str, completion_id: str, *, limit: int, after: str | None,
-                 ascending: bool) -> Page[tuple[str, dict[str, Any]]]:
+    def messages(
+        self, org_id: str, completion_id: str, *, limit: int, after: str | None, ascending: bool
+    ) -> Page[tuple[str, dict[str, Any]]]:
         """A page of the completion's request messages as (message id, message); ids are ``<completion>-<i>``."""
         messages = list(enumerate(self.get(org_id, completion_id).messages))
         if not ascending:
@@ -123,14 +142,15 @@ class StoredCompletions:
             if after not in ids:
                 raise InvalidRequest(f"after: no such message in {completion_id}: {after}", param="after")
             start = ids.index(after) + 1
-        chosen = messages[start:start + limit]
+        chosen = messages[start : start + limit]
         return Page([(message_id(completion_id, i), m) for i, m in chosen], start + limit < len(messages))
 
 
 def _mine(s: Session, org_id: str, completion_id: str, *, lock: bool = False) -> StoredCompletion:
     """The organization's stored completion, or "not found" (also when another organization stored it)."""
-    query = select(StoredCompletion).where(StoredCompletion.id == completion_id,
-                                           StoredCompletion.organization_id == org_id)
+    query = select(StoredCompletion).where(
+        StoredCompletion.id == completion_id, StoredCompletion.organization_id == org_id
+    )
     row = s.exec(query.with_for_update() if lock else query).first()
     if row is None:
         raise NotFound(f"No chat completion found with id '{completion_id}'.", param="completion_id")
@@ -166,10 +186,21 @@ def eval_item(row: StoredCompletion) -> tuple[dict[str, Any], dict[str, Any]]:
     messages, for ``input_messages.item_reference``), ``item.output_text`` (the stored answer's text, as a reference
     for graders), ``item.metadata``, ``item.model``, ``item.id``."""
     reply = answer(row) or {"role": "assistant", "content": ""}
-    item = {"id": row.id, "model": row.model, "created_at": row.created_at, "metadata": row.metadata_ or {},
-            "input": row.messages, "output_text": reply["content"], "output": [reply]}
-    sample = {"output_text": reply["content"], "input": row.messages, "model": row.model,
-              "usage": row.response.get("usage")}
+    item = {
+        "id": row.id,
+        "model": row.model,
+        "created_at": row.created_at,
+        "metadata": row.metadata_ or {},
+        "input": row.messages,
+        "output_text": reply["content"],
+        "output": [reply],
+    }
+    sample = {
+        "output_text": reply["content"],
+        "input": row.messages,
+        "model": row.model,
+        "usage": row.response.get("usage"),
+    }
     if "tool_calls" in reply:
         sample["output_tools"] = reply["tool_calls"]
     return item, sample
@@ -179,10 +210,18 @@ def eval_item(row: StoredCompletion) -> tuple[dict[str, Any], dict[str, Any]]:
 STORED_ITEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "item": {"type": "object", "properties": {
-            "id": {"type": "string"}, "model": {"type": "string"}, "created_at": {"type": "integer"},
-            "metadata": {"type": "object"}, "input": {"type": "array"}, "output_text": {"type": "string"},
-            "output": {"type": "array"}}},
+        "item": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "model": {"type": "string"},
+                "created_at": {"type": "integer"},
+                "metadata": {"type": "object"},
+                "input": {"type": "array"},
+                "output_text": {"type": "string"},
+                "output": {"type": "array"},
+            },
+        },
         "sample": {"type": "object", "properties": {"output_text": {"type": "string"}}},
     },
     "required": ["item", "sample"],

@@ -104,8 +104,9 @@ class FineTuningJob(SQLModel, table=True):
     training_file: str = Field(max_length=64)
     validation_file: str | None = Field(default=None, max_length=64)
     method: str = Field(default="supervised", max_length=32, description="supervised | dpo | reinforcement")
-    method_config: dict | None = Field(default=None, sa_type=JSON,
-                                       description="reinforcement: grader and response_format, as checked.")
+    method_config: dict | None = Field(
+        default=None, sa_type=JSON, description="reinforcement: grader and response_format, as checked."
+    )
     hyperparameters: dict = Field(default_factory=dict, sa_type=JSON, description="As requested (validated).")
     resolved: dict | None = Field(default=None, sa_type=JSON, description="Concrete values, once resolved.")
     suffix: str | None = Field(default=None, max_length=64)
@@ -177,7 +178,9 @@ class EngineRecord(SQLModel, table=True):
     base_model: str = Field(index=True, max_length=256)
     state: str = Field(max_length=16)
     updated_at: float
-    api_key: str | None = Field(default=None, max_length=256, description="The key the engine requires (workers read it)")
+    api_key: str | None = Field(
+        default=None, max_length=256, description="The key the engine requires (workers read it)"
+    )
 
 
 class Eval(SQLModel, table=True):
@@ -207,7 +210,9 @@ class EvalRun(SQLModel, table=True):
     name: str = Field(default="", max_length=256)
     model: str = Field(max_length=512)
     data_source: dict = Field(default_factory=dict, sa_type=JSON)
-    status: str = Field(default="queued", index=True, max_length=32, description="queued | in_progress | completed | failed | canceled")
+    status: str = Field(
+        default="queued", index=True, max_length=32, description="queued | in_progress | completed | failed | canceled"
+    )
     result_counts: dict = Field(default_factory=dict, sa_type=JSON)
     per_testing_criteria_results: list = Field(default_factory=list, sa_type=JSON)
     per_model_usage: list = Field(default_factory=list, sa_type=JSON)

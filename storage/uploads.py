@@ -32,12 +32,21 @@ class UploadStore:
     def __init__(self, db: Database, blobs: BlobStore, settings: UploadSettings) -> None:
         self.db, self.blobs, self.settings = db, blobs, settings
 
-    def create(self, org_id: str, *, filename: str, purpose: str, mime_type: str, size: int,
-               file_expires_after_s: int | None) -> Upload:
+    def create(
+        self, org_id: str, *, filename: str, purpose: str, mime_type: str, size: int, file_expires_after_s: int | None
+    ) -> Upload:
         created = now()
-        row = Upload(id=new_id("upload_"), organization_id=org_id, filename=filename, purpose=purpose,
-                     mime_type=mime_type, bytes=size, created_at=created,
-                     expires_at=created + self.settings.expires_after_seconds, file_expires_after_s=file_expires_after_s)
+        row = Upload(
+            id=new_id("upload_"),
+            organization_id=org_id,
+            filename=filename,
+            purpose=purpose,
+            mime_type=mime_type,
+            bytes=size,
+            created_at=created,
+            expires_at=created + self.settings.expires_after_seconds,
+            file_expires_after_s=file_expires_after_s,
+        )
         with self.db.session() as s:
             s.add(row)
         return row
@@ -45,8 +54,13 @@ class UploadStore:
     def pending_bytes(self, org_id: str) -> int:
         """Bytes the organization's pending Uploads have announced: counted against its storage quota."""
         with self.db.session() as s:
-            return int(s.exec(select(func.coalesce(func.sum(Upload.bytes), 0)).where(
-                Upload.organization_id == org_id, Upload.status == "pending", col(Upload.expires_at) > now())).one())
+            return int(
+                s.exec(
+                    select(func.coalesce(func.sum(Upload.bytes), 0)).where(
+                        Upload.organization_id == org_id, Upload.status == "pending", col(Upload.expires_at) > now()
+                    )
+                ).one()
+            )
 
     def pending(self, org_id: str, upload_id: str, action: str) -> Upload:
         with self.db.session() as s:
@@ -64,8 +78,12 @@ class UploadStore:
                 received = _received(s, upload_id)
                 if received + part.bytes > upload.bytes:
                     raise InvalidRequest(
-                        f"This Part ({part.bytes} bytes) would take Upload {upload_id} to {received + part.bytes} bytes, "
-                        f"more than the {upload.bytes} declared in its 'bytes'.", param="data", code="upload_too_large")
+                        f"This Part ({part.bytes} bytes) would take Upload {upload_id} to "
+                        f"{received + part.bytes} bytes, "
+                        f"more than the {upload.bytes} declared in its 'bytes'.",
+                        param="data",
+                        code="upload_too_large",
+                    )
                 s.add(part)
         except BaseException:
             self.blobs.delete_prefix(key)
@@ -80,15 +98,21 @@ class UploadStore:
             parts = {p.id: p for p in s.exec(select(UploadPart).where(UploadPart.upload_id == upload_id))}
         unknown = [p for p in part_ids if p not in parts]
         if unknown:
-            raise InvalidRequest(f"Unknown Part id(s) for Upload {upload_id}: {', '.join(unknown[:10])}.",
-                                 param="part_ids", code="invalid_value")
+            raise InvalidRequest(
+                f"Unknown Part id(s) for Upload {upload_id}: {', '.join(unknown[:10])}.",
+                param="part_ids",
+                code="invalid_value",
+            )
         if len(set(part_ids)) != len(part_ids):
             raise InvalidRequest("part_ids names a Part more than once.", param="part_ids", code="invalid_value")
         total = sum(parts[p].bytes for p in part_ids)
         if total != upload.bytes:
             raise InvalidRequest(
                 f"The Parts add up to {total} bytes, but the Upload was created with bytes={upload.bytes}: "
-                "the number of bytes uploaded must match.", param="bytes", code="bytes_mismatch")
+                "the number of bytes uploaded must match.",
+                param="bytes",
+                code="bytes_mismatch",
+            )
         digest = hashlib.md5(usedforsecurity=False) if md5 else None
         for part_id in part_ids:
             with self.blobs.open(f"uploads/{upload_id}/{part_id}") as fh:
@@ -97,8 +121,11 @@ class UploadStore:
                     if digest is not None:
                         digest.update(block)
         if digest is not None and md5 and digest.hexdigest() != md5.strip().lower():
-            raise InvalidRequest(f"md5 mismatch: the assembled file's md5 is {digest.hexdigest()}, not {md5}.",
-                                 param="md5", code="md5_mismatch")
+            raise InvalidRequest(
+                f"md5 mismatch: the assembled file's md5 is {digest.hexdigest()}, not {md5}.",
+                param="md5",
+                code="md5_mismatch",
+            )
         return upload
 
     def completer(self, org_id: str, upload_id: str) -> Callable[[Session, StoredFile], None]:
@@ -162,13 +189,18 @@ def _pending(s: Session, org_id: str, upload_id: str, action: str, *, lock: bool
     upload = _mine(s, org_id, upload_id, lock=lock)
     status = status_now(upload)
     if status != "pending":
-        raise InvalidRequest(f"Upload {upload_id} is {status}: only a pending Upload can {action}.",
-                             param="upload_id", code="invalid_upload_status")
+        raise InvalidRequest(
+            f"Upload {upload_id} is {status}: only a pending Upload can {action}.",
+            param="upload_id",
+            code="invalid_upload_status",
+        )
     return upload
 
 
 def _received(s: Session, upload_id: str) -> int:
-    return int(s.exec(select(func.coalesce(func.sum(UploadPart.bytes), 0)).where(UploadPart.upload_id == upload_id)).one())
+    return int(
+        s.exec(select(func.coalesce(func.sum(UploadPart.bytes), 0)).where(UploadPart.upload_id == upload_id)).one()
+    )
 
 
 def _end(s: Session, upload: Upload, status: str) -> None:

@@ -44,8 +44,12 @@ class UsageStore:
     def totals(self, organization_id: str | None = None) -> list[UsageTotal]:
         keys = (col(UsageRecord.organization_id), col(UsageRecord.api_key_id), col(UsageRecord.model))
         # sqlmodel's select() is typed for at most 4 columns; this one selects 6 (its runtime takes any number)
-        query = select(*keys, func.count(), func.sum(UsageRecord.prompt_tokens),  # type: ignore[call-overload]
-                       func.sum(UsageRecord.completion_tokens))
+        query = select(
+            *keys,
+            func.count(),
+            func.sum(UsageRecord.prompt_tokens),  # type: ignore[call-overload]
+            func.sum(UsageRecord.completion_tokens),
+        )
         if organization_id is not None:
             query = query.where(UsageRecord.organization_id == organization_id)
         with self.db.session() as s:

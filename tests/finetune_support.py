@@ -14,8 +14,28 @@ import openai
 from tests.support import DATA, LiveGateway
 
 TINY = "tiny-chat"
-WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "candle", "mirror", "garden", "rocket", "silver",
-         "forest", "harbor", "lemon", "window", "ocean", "castle", "pepper", "violet", "meadow"]
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "tiger",
+    "piano",
+    "candle",
+    "mirror",
+    "garden",
+    "rocket",
+    "silver",
+    "forest",
+    "harbor",
+    "lemon",
+    "window",
+    "ocean",
+    "castle",
+    "pepper",
+    "violet",
+    "meadow",
+]
 # High enough for a random-weight model to memorize 20 answers in a few seconds (see docs/NOTES.md).
 MEMORIZE = {"n_epochs": 30, "batch_size": 4, "learning_rate": 0.005, "lora_rank": 32}
 
@@ -26,8 +46,10 @@ def qa_pairs(n: int = 20) -> list[tuple[str, str]]:
 
 
 def chat_jsonl(pairs: list[tuple[str, str]]) -> bytes:
-    lines = [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
-             for q, a in pairs]
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+        for q, a in pairs
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -43,8 +65,10 @@ def shared_subset(name: str, n: int) -> bytes:
 def gateway_env(tiny_model: str, **extra: str) -> dict[str, str]:
     env = {
         "TUNEGATE_BASE_MODELS": json.dumps({TINY: {"source": tiny_model}}),
-        "TUNEGATE_WORKER__LEASE_SECONDS": "4", "TUNEGATE_WORKER__POLL_SECONDS": "0.3",
-        "TUNEGATE_WORKER__LOG_EVERY_STEPS": "1", "TUNEGATE_WORKER__CPU_THREADS": "2",
+        "TUNEGATE_WORKER__LEASE_SECONDS": "4",
+        "TUNEGATE_WORKER__POLL_SECONDS": "0.3",
+        "TUNEGATE_WORKER__LOG_EVERY_STEPS": "1",
+        "TUNEGATE_WORKER__CPU_THREADS": "2",
     }
     env.update(extra)
     return env
@@ -110,7 +134,8 @@ def results_csv(client: openai.OpenAI, job: Any) -> list[dict[str, str]]:
 def adapter_dir(gw: LiveGateway, job_id: str, name: str = "final") -> Path:
     """The job's stored adapter ``name`` (``final`` or ``ckpt-step-N``); each claim of a job writes its own folder
     (``models/<job>/<claim>/…``), so the newest one is the one its model row points at."""
-    found = sorted((gw.data_dir / "blobs" / "objects" / "models" / job_id).glob(f"*/{name}"),
-                   key=lambda p: p.stat().st_mtime)
+    found = sorted(
+        (gw.data_dir / "blobs" / "objects" / "models" / job_id).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime
+    )
     assert found, f"no stored adapter {name} for {job_id}"
     return found[-1]

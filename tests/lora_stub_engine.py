@@ -65,11 +65,25 @@ async def app(scope, receive, send) -> None:  # noqa: ANN001 - a bare ASGI app
             return await _send(send, 404, {"error": {"message": f"The model `{model}` does not exist."}})
         chats = log["chats"]
         chats[model] = chats.get(model, 0) + 1  # type: ignore[union-attr,index]
-        return await _send(send, 200, {
-            "id": f"chatcmpl-{time.monotonic_ns():x}", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": f"from {model}"},
-                                         "logprobs": None, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})
+        return await _send(
+            send,
+            200,
+            {
+                "id": f"chatcmpl-{time.monotonic_ns():x}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": f"from {model}"},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+            },
+        )
     return await _send(send, 404, {"error": {"message": f"no route {path}"}})
 
 

@@ -68,10 +68,24 @@ class S3Server:
         data.mkdir(parents=True, exist_ok=True)
         master, volume, filer, s3, admin = _free_ports(5)
         server = cls(data, s3)
-        argv = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
-                f"-admin.port={admin}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                "-master.telemetry=false", f"-bucket={BUCKET}"]
+        argv = [
+            weed_binary(),
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+            f"-s3.port={s3}",
+            f"-admin.port={admin}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+            f"-bucket={BUCKET}",
+        ]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         log = open(data / "weed.log", "wb")  # noqa: SIM115 - the server's, closed with it
         server.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -90,8 +104,12 @@ class S3Server:
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
     def s3_settings(self) -> dict[str, Any]:
-        return {"endpoint_url": self.endpoint, "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY,
-                "part_bytes": 5 * 1024 * 1024}
+        return {
+            "endpoint_url": self.endpoint,
+            "access_key_id": ACCESS_KEY,
+            "secret_access_key": SECRET_KEY,
+            "part_bytes": 5 * 1024 * 1024,
+        }
 
     def settings(self, prefix: str | None = None) -> dict[str, Any]:
         """Settings overrides: blobs under ``s3://tunegate/<prefix>`` on this server."""
@@ -99,9 +117,13 @@ class S3Server:
 
     def env(self, prefix: str | None = None) -> dict[str, str]:
         """The same as ``TUNEGATE_*`` variables (a gateway or worker process)."""
-        return {"TUNEGATE_BLOB_URL": f"s3://{BUCKET}/{prefix or self.prefix}",
-                "TUNEGATE_S3__ENDPOINT_URL": self.endpoint, "TUNEGATE_S3__ACCESS_KEY_ID": ACCESS_KEY,
-                "TUNEGATE_S3__SECRET_ACCESS_KEY": SECRET_KEY, "TUNEGATE_S3__PART_BYTES": str(5 * 1024 * 1024)}
+        return {
+            "TUNEGATE_BLOB_URL": f"s3://{BUCKET}/{prefix or self.prefix}",
+            "TUNEGATE_S3__ENDPOINT_URL": self.endpoint,
+            "TUNEGATE_S3__ACCESS_KEY_ID": ACCESS_KEY,
+            "TUNEGATE_S3__SECRET_ACCESS_KEY": SECRET_KEY,
+            "TUNEGATE_S3__PART_BYTES": str(5 * 1024 * 1024),
+        }
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -110,7 +132,9 @@ class S3Server:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited {self.process.returncode}: {(self.data / 'weed.log').read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"weed exited {self.process.returncode}: {(self.data / 'weed.log').read_text()[-3000:]}"
+                )
             try:
                 client.put_object(Bucket=BUCKET, Key="ready-probe", Body=b"ok")  # the volume server is up too
                 client.delete_object(Bucket=BUCKET, Key="ready-probe")
@@ -144,21 +168,40 @@ class EngineHost:
     process: subprocess.Popen
 
     @classmethod
-    def start(cls, s3: S3Server, prefix: str, base: str, tiny_model: str, data_dir: Path,
-              cpus: str | None = None) -> EngineHost:
+    def start(
+        cls, s3: S3Server, prefix: str, base: str, tiny_model: str, data_dir: Path, cpus: str | None = None
+    ) -> EngineHost:
         from storage.settings import Settings
 
-        settings = Settings(data_dir=data_dir, base_models={base: {"source": tiny_model}},
-                            serving={"dtype": "float32", "max_model_len": 2048, "max_lora_rank": 32, "max_loras": 4,
-                                     "engine_cpus": cpus}, **s3.settings(prefix))
+        settings = Settings(
+            data_dir=data_dir,
+            base_models={base: {"source": tiny_model}},
+            serving={
+                "dtype": "float32",
+                "max_model_len": 2048,
+                "max_lora_rank": 32,
+                "max_loras": 4,
+                "engine_cpus": cpus,
+            },
+            **s3.settings(prefix),
+        )
         path = settings.write_for_child("engine", database=False)
         port = _free_ports(1)[0]
         repo = str(Path(__file__).resolve().parents[1])
-        env = Settings.child_environ(database=False, VLLM_API_KEY=ENGINE_KEY,
-                                     PYTHONPATH=os.pathsep.join(filter(None, (repo, os.environ.get("PYTHONPATH")))))
+        env = Settings.child_environ(
+            database=False,
+            VLLM_API_KEY=ENGINE_KEY,
+            PYTHONPATH=os.pathsep.join(filter(None, (repo, os.environ.get("PYTHONPATH")))),
+        )
         log = open(data_dir / "engine.log", "wb")  # noqa: SIM115 - the child's
-        proc = subprocess.Popen([sys.executable, "-m", "serving.engine_main", str(path), base, str(port)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, cwd=data_dir, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serving.engine_main", str(path), base, str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=data_dir,
+            start_new_session=True,
+        )
         return cls(f"http://127.0.0.1:{port}", data_dir, proc)
 
     def wait_ready(self, timeout: float = 900) -> None:
@@ -178,8 +221,9 @@ class EngineHost:
     def adapters(self) -> list[str]:
         import httpx
 
-        cards = httpx.get(f"{self.url}/v1/models", headers={"authorization": f"Bearer {ENGINE_KEY}"},
-                          timeout=10).json()["data"]
+        cards = httpx.get(
+            f"{self.url}/v1/models", headers={"authorization": f"Bearer {ENGINE_KEY}"}, timeout=10
+        ).json()["data"]
         return [c["id"] for c in cards if c.get("parent")]
 
     def stop(self, *, kill: bool = False) -> None:

@@ -32,7 +32,8 @@ def serving_env(tiny_model: str, **extra: str) -> dict[str, str]:
         "TUNEGATE_SERVING__ENGINE_CPUS": "0" if (os.cpu_count() or 1) <= 4 else f"0-{(os.cpu_count() or 2) - 3}",
         "TUNEGATE_SERVING__HEALTH_INTERVAL_SECONDS": "0.5",
         "TUNEGATE_SERVING__WARM_POLL_SECONDS": "0.2",
-        "TUNEGATE_WORKER__LEASE_SECONDS": "4", "TUNEGATE_WORKER__POLL_SECONDS": "0.3",
+        "TUNEGATE_WORKER__LEASE_SECONDS": "4",
+        "TUNEGATE_WORKER__POLL_SECONDS": "0.3",
         "TUNEGATE_WORKER__CPU_THREADS": "1",
     }
     env.update(extra)
@@ -47,8 +48,13 @@ def guided_tools(tiny_model: str) -> tuple[dict[str, Any], dict[str, str]]:
     inside the call. With the structural tags off, a named or ``required`` ``tool_choice`` is generated under plain
     JSON guided decoding (the tool's parameters, or an array of calls), and ``disable_any_whitespace`` makes that
     JSON compact: the call then always completes within a few tokens. ``auto`` still goes through hermes."""
-    spec = {"source": tiny_model, "engine_args": [
-        "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]}
+    spec = {
+        "source": tiny_model,
+        "engine_args": [
+            "--structured-outputs-config",
+            json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+        ],
+    }
     return spec, {"VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"}
 
 
@@ -65,14 +71,16 @@ def engine_gateway(tiny_model: str, data_dir: Path, **extra: str) -> Iterator[Li
 
 
 @contextmanager
-def twin_gateway(engine_gw: LiveGateway, tiny_model: str, data_dir: Path, database_url: str,
-                 **extra: str) -> Iterator[LiveGateway]:
+def twin_gateway(
+    engine_gw: LiveGateway, tiny_model: str, data_dir: Path, database_url: str, **extra: str
+) -> Iterator[LiveGateway]:
     """A second live gateway on ``database_url`` that serves the tiny model through ``engine_gw``'s engine (by URL
     and key, as an external replica): a module's API tests run on both databases with one engine."""
     engine = engine_address(engine_gw)
     models = {TINY: {"source": tiny_model, "engine_urls": [engine.url], "engine_api_key": engine.api_key}}
-    gateway = LiveGateway(data_dir, database_url, **serving_env(tiny_model, **{
-        **extra, "TUNEGATE_BASE_MODELS": json.dumps(models)}))
+    gateway = LiveGateway(
+        data_dir, database_url, **serving_env(tiny_model, **{**extra, "TUNEGATE_BASE_MODELS": json.dumps(models)})
+    )
     gateway.start()
     try:
         wait_engines_ready(gateway, 60)
@@ -95,8 +103,9 @@ def postgres_twin(engine_gw: LiveGateway, tiny_model: str, data_dir: Path, **ext
 
 
 @contextmanager
-def on_database(database: str, engine_gw: LiveGateway, tiny_model: str, data_dir: Path,
-                **extra: str) -> Iterator[LiveGateway]:
+def on_database(
+    database: str, engine_gw: LiveGateway, tiny_model: str, data_dir: Path, **extra: str
+) -> Iterator[LiveGateway]:
     """The module's API on ``database`` (a ``gw`` fixture's param): ``"sqlite"`` is the engine's own gateway,
     ``"postgres"`` a ``postgres_twin`` using its engine (``extra``: the twin's further settings)."""
     if database == "sqlite":
@@ -164,8 +173,16 @@ def register_adapter(gw: LiveGateway, org_id: str, adapter: Path, suffix: str, b
     model_id = f"ft:{base}:{org_id}:{suffix}:{tag}"
     db = Database(gw.database_url)
     try:
-        JobStore(db).add_model(FineTunedModel(id=model_id, organization_id=org_id, base_model=base, kind="fine-tuned",
-                                              adapter_key=key, created_at=now()))
+        JobStore(db).add_model(
+            FineTunedModel(
+                id=model_id,
+                organization_id=org_id,
+                base_model=base,
+                kind="fine-tuned",
+                adapter_key=key,
+                created_at=now(),
+            )
+        )
     finally:
         db.dispose()
     return model_id
@@ -187,10 +204,11 @@ def greedy_tokens(tiny_model: str, adapter: Path | None, messages: list[dict[str
     tokenizer, base = _reference_model(tiny_model)
     model = PeftModel.from_pretrained(base, adapter) if adapter else base
     try:
-        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                               return_dict=True)
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
-        return out[0][inputs["input_ids"].shape[1]:].tolist()
+        return out[0][inputs["input_ids"].shape[1] :].tolist()
     finally:
         if adapter:
             model.unload()  # give the shared base back without the adapter's layers
@@ -201,5 +219,8 @@ def engine_metric(url: str, name: str, auth: dict[str, str] | None = None, **lab
     sets that have ``labels``."""
     text = httpx.get(f"{url}/metrics", headers=auth or {}, timeout=30).text
     wanted = [f'{k}="{v}"' for k, v in labels.items()]
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and all(w in line for w in wanted))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(w in line for w in wanted)
+    )

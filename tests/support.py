@@ -71,8 +71,11 @@ ROUTES: list[tuple[str, re.Pattern[str], str | None]] = [
     ("GET", re.compile(r"^/v1/responses/[^/]+/input_items$"), "ResponseItemList"),
     ("POST", re.compile(r"^/v1/fine_tuning/checkpoints/.+/permissions$"), "ListFineTuningCheckpointPermissionResponse"),
     ("GET", re.compile(r"^/v1/fine_tuning/checkpoints/.+/permissions$"), "ListFineTuningCheckpointPermissionResponse"),
-    ("DELETE", re.compile(r"^/v1/fine_tuning/checkpoints/.+/permissions/[^/]+$"),
-     "DeleteFineTuningCheckpointPermissionResponse"),
+    (
+        "DELETE",
+        re.compile(r"^/v1/fine_tuning/checkpoints/.+/permissions/[^/]+$"),
+        "DeleteFineTuningCheckpointPermissionResponse",
+    ),
     ("POST", re.compile(r"^/v1/batches$"), "Batch"),
     ("GET", re.compile(r"^/v1/batches$"), "ListBatchesResponse"),
     ("GET", re.compile(r"^/v1/batches/[^/]+$"), "Batch"),
@@ -112,16 +115,25 @@ class SpecRecorder:
             if name in ("FineTuningJob", "ListPaginatedFineTuningJobsResponse") and "paused" in err:
                 continue  # spec bug (CONTRACT.md): FineTuningJob.status lacks "paused"
             if name in ("EvalRun", "EvalRunList") and "data_source" in err and "'template'" in err:
-                continue  # spec bug: a template message {role, content} matches both EasyInputMessage and EvalItem (oneOf)
-            if name == "ValidateGraderResponse" and body["grader"].get("type") == "multi" \
-                    and "type" not in body["grader"].get("graders", {}):
+                # spec bug: a template message {role, content} matches both EasyInputMessage and EvalItem (oneOf)
+                continue
+            if (
+                name == "ValidateGraderResponse"
+                and body["grader"].get("type") == "multi"
+                and "type" not in body["grader"].get("graders", {})
+            ):
                 continue  # spec bug: GraderMulti.graders is one grader; OpenAI's graders guide (and API) name several
-            if name in ("ListFilesResponse", "ChatCompletionList", "ChatCompletionMessageList", "ListBatchesResponse") \
-                    and not body["data"] \
-                    and err.split(":")[0] in ("first_id", "last_id"):
+            if (
+                name in ("ListFilesResponse", "ChatCompletionList", "ChatCompletionMessageList", "ListBatchesResponse")
+                and not body["data"]
+                and err.split(":")[0] in ("first_id", "last_id")
+            ):
                 continue  # spec bug (CONTRACT.md): first_id/last_id are null only when the list is empty
-            if name == "ChatCompletionMessageList" and re.match(r"data/\d+/role: '(user|system|developer|tool)' is not "
-                                                               r"one of \['assistant'\]", err):
+            if name == "ChatCompletionMessageList" and re.match(
+                r"data/\d+/role: '(user|system|developer|tool)' is not "
+                r"one of \['assistant'\]",
+                err,
+            ):
                 continue  # spec bug: the items reuse ChatCompletionResponseMessage (role: assistant), while the
                 # messages listed are the request's (its own example lists a user message)
             self.violations.append(f"{where} {name}: {err}")
@@ -154,8 +166,10 @@ class LiveGateway:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEGATE_")}
         env.update(
-            TUNEGATE_DATA_DIR=str(self.data_dir), TUNEGATE_DATABASE_URL=self.database_url,
-            TUNEGATE_ADMIN_KEY=ADMIN_KEY, TUNEGATE_MAX_UPLOAD_BYTES=str(4 * 1024 * 1024),
+            TUNEGATE_DATA_DIR=str(self.data_dir),
+            TUNEGATE_DATABASE_URL=self.database_url,
+            TUNEGATE_ADMIN_KEY=ADMIN_KEY,
+            TUNEGATE_MAX_UPLOAD_BYTES=str(4 * 1024 * 1024),
             TUNEGATE_SERVING__LOCAL_ENGINES="false",  # serving tests turn engines on; the others need none
         )
         env.update(self.extra_env)
@@ -166,9 +180,21 @@ class LiveGateway:
         self.port = self.port or free_port()
         log = open(self.log, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--log-level", "warning",
-             *self.serve_args],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir,
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                *self.serve_args,
+            ],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.data_dir,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -190,8 +216,13 @@ class LiveGateway:
     def spawn_worker(self, name: str = "worker") -> subprocess.Popen[bytes]:
         """A standalone ``tunegate worker`` over the same database and data directory."""
         log = open(self.data_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=self.env(), stdout=log,
-                                stderr=subprocess.STDOUT, cwd=self.data_dir)
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "worker"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.data_dir,
+        )
 
     def restart(self) -> None:
         self.stop()

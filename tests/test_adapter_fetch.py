@@ -43,12 +43,16 @@ def _load(store: Store) -> tuple[int, dict]:
     return sent[0]["status"], json.loads(sent[1]["body"])
 
 
-@pytest.mark.parametrize(("error", "status", "message"), [
-    (RuntimeError("botocore: AccessDenied for bucket secret-bucket at http://10.0.0.9:9000"), 503, FETCH_FAILED),
-    (FileNotFoundError("/var/tunegate/blob-cache/objects/models/j/c/final"), 404, NOT_IN_STORE),
-])
-def test_a_failed_fetch_tells_the_gateway_nothing_of_the_store(error: Exception, status: int, message: str,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("error", "status", "message"),
+    [
+        (RuntimeError("botocore: AccessDenied for bucket secret-bucket at http://10.0.0.9:9000"), 503, FETCH_FAILED),
+        (FileNotFoundError("/var/tunegate/blob-cache/objects/models/j/c/final"), 404, NOT_IN_STORE),
+    ],
+)
+def test_a_failed_fetch_tells_the_gateway_nothing_of_the_store(
+    error: Exception, status: int, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="tunegate.engine"):
         got, body = _load(Store(error))
     assert got == status and body["error"]["message"] == message

@@ -46,18 +46,22 @@ def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def gw(request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str,
-       tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    with on_database(request.param, engine_gw, tiny_model, tmp_path_factory.mktemp("adversarial-db"),
-                     **LIMITS) as gateway:
+def gw(
+    request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveGateway]:
+    with on_database(
+        request.param, engine_gw, tiny_model, tmp_path_factory.mktemp("adversarial-db"), **LIMITS
+    ) as gateway:
         yield gateway
 
 
 @pytest.fixture(scope="module")
 def adapters(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adversarial-adapters")
-    return {"victim": make_adapter(tiny_model, root / "victim", seed=41),
-            "attacker": make_adapter(tiny_model, root / "attacker", seed=42)}
+    return {
+        "victim": make_adapter(tiny_model, root / "victim", seed=41),
+        "attacker": make_adapter(tiny_model, root / "attacker", seed=42),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -87,16 +91,24 @@ def _engine_name(gw: LiveGateway, model: str) -> str:
         db.dispose()
 
 
-def ask(gw: LiveGateway, key: str, endpoint: str, model: str, extra: dict[str, Any] | None = None,
-        raw: bytes | None = None) -> tuple[int, dict[str, Any], list[int] | None]:
+def ask(
+    gw: LiveGateway, key: str, endpoint: str, model: str, extra: dict[str, Any] | None = None, raw: bytes | None = None
+) -> tuple[int, dict[str, Any], list[int] | None]:
     """(status, error or answer, generated token ids) of one greedy request."""
     chat = endpoint.startswith("chat")
-    body = {"model": model, "max_tokens": TOKENS, "temperature": 0, "return_token_ids": True,
-            "stream": endpoint.endswith("stream"), **({"messages": QUESTION} if chat else {"prompt": PROMPT})}
+    body = {
+        "model": model,
+        "max_tokens": TOKENS,
+        "temperature": 0,
+        "return_token_ids": True,
+        "stream": endpoint.endswith("stream"),
+        **({"messages": QUESTION} if chat else {"prompt": PROMPT}),
+    }
     content = raw if raw is not None else json.dumps({**body, **(extra or {})}).encode()
     path = "/v1/chat/completions" if chat else "/v1/completions"
-    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
-                      timeout=120) as http:
+    with httpx.Client(
+        base_url=gw.url, headers={"authorization": f"Bearer {key}", "content-type": "application/json"}, timeout=120
+    ) as http:
         response = http.post(path, content=content)
     if response.status_code != 200:
         return response.status_code, response.json()["error"], None
@@ -114,10 +126,17 @@ def smuggled(t: dict[str, dict[str, str]], chat: bool) -> dict[str, Any]:
     victim = t["victim"]
     lora = {"lora_name": victim["engine_name"], "lora_int_id": 7, "lora_path": victim["path"]}
     fields: dict[str, Any] = {
-        "lora_request": lora, "lora_name": victim["engine_name"], "adapter": victim["engine_name"],
-        "request_id": "r" * 10_000, "priority": -1000, "kv_transfer_params": {"do_remote_prefill": True},
-        "vllm_xargs": {"lora": victim["engine_name"]}, "cache_salt": "victim", "an_unknown_key": {"x": 1},
-        "logits_processors": ["os.system"], "chat_template_kwargs": {"model": victim["engine_name"]},
+        "lora_request": lora,
+        "lora_name": victim["engine_name"],
+        "adapter": victim["engine_name"],
+        "request_id": "r" * 10_000,
+        "priority": -1000,
+        "kv_transfer_params": {"do_remote_prefill": True},
+        "vllm_xargs": {"lora": victim["engine_name"]},
+        "cache_salt": "victim",
+        "an_unknown_key": {"x": 1},
+        "logits_processors": ["os.system"],
+        "chat_template_kwargs": {"model": victim["engine_name"]},
     }
     if chat:
         fields["chat_template"] = "{{ 'hello' }}"
@@ -125,8 +144,9 @@ def smuggled(t: dict[str, dict[str, str]], chat: bool) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def references(gw: LiveGateway, tenants: dict[str, dict[str, str]], tiny_model: str,
-               adapters: dict[str, Path]) -> dict[str, dict[str, list[int]]]:
+def references(
+    gw: LiveGateway, tenants: dict[str, dict[str, str]], tiny_model: str, adapters: dict[str, Path]
+) -> dict[str, dict[str, list[int]]]:
     """Clean answers per endpoint: the base model's (asked by the attacker) and the victim's own adapter's."""
     refs: dict[str, dict[str, list[int]]] = {}
     for endpoint in ENDPOINTS:
@@ -136,9 +156,9 @@ def references(gw: LiveGateway, tenants: dict[str, dict[str, str]], tiny_model: 
         refs[endpoint] = {"base": base[2], "victim": own[2]}
         assert base[2] != own[2], "the adapter must answer differently from the base for the test to mean much"
     # the clean chat answers are the model's own greedy tokens: base and adapter really are what answered
-    assert refs["chat"]["base"] == greedy_tokens(tiny_model, None, QUESTION, TOKENS)[:len(refs["chat"]["base"])]
+    assert refs["chat"]["base"] == greedy_tokens(tiny_model, None, QUESTION, TOKENS)[: len(refs["chat"]["base"])]
     victim = greedy_tokens(tiny_model, adapters["victim"], QUESTION, TOKENS)
-    assert refs["chat"]["victim"] == victim[:len(refs["chat"]["victim"])]
+    assert refs["chat"]["victim"] == victim[: len(refs["chat"]["victim"])]
     return refs
 
 
@@ -157,11 +177,23 @@ def test_smuggled_fields_are_refused_or_without_effect(gw: LiveGateway, tenants,
         status, answer, _ = ask(gw, attacker["key"], endpoint, model)
         assert status == 404 and answer["param"] == "model" and answer["code"] == "model_not_found"
     # a second `model` key in the same JSON object: whichever wins, the victim's adapter does not answer
-    body = json.dumps({"model": TINY, "max_tokens": TOKENS, "temperature": 0, "return_token_ids": True,
-                       "stream": endpoint.endswith("stream"),
-                       **({"messages": QUESTION} if chat else {"prompt": PROMPT})})
-    status, answer, tokens = ask(gw, attacker["key"], endpoint, TINY,
-                                 raw=(body[:-1] + f', "model": {json.dumps(victim["engine_name"])}}}').encode())
+    body = json.dumps(
+        {
+            "model": TINY,
+            "max_tokens": TOKENS,
+            "temperature": 0,
+            "return_token_ids": True,
+            "stream": endpoint.endswith("stream"),
+            **({"messages": QUESTION} if chat else {"prompt": PROMPT}),
+        }
+    )
+    status, answer, tokens = ask(
+        gw,
+        attacker["key"],
+        endpoint,
+        TINY,
+        raw=(body[:-1] + f', "model": {json.dumps(victim["engine_name"])}}}').encode(),
+    )
     assert status == 404 or tokens == references[endpoint]["base"], (status, answer)
     # fields inside messages / nested objects are rebuilt from their known keys too
     if chat:
@@ -181,25 +213,60 @@ def test_eval_run_sampling_params_cannot_choose_the_model(gw: LiveGateway, tenan
     client = gw.client(attacker["key"])
     evaluation = client.evals.create(
         data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-        testing_criteria=[{"type": "text_similarity", "name": "r", "input": "{{sample.output_text}}",
-                           "reference": "{{item.a}}", "evaluation_metric": "rouge_l", "pass_threshold": 0.5}])
+        testing_criteria=[
+            {
+                "type": "text_similarity",
+                "name": "r",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.a}}",
+                "evaluation_metric": "rouge_l",
+                "pass_threshold": 0.5,
+            }
+        ],
+    )
     source = {"type": "file_content", "content": [{"item": {"q": QUESTION[0]["content"], "a": "x"}}] * 2}
     template = {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]}
-    fields = {"model": victim["engine_name"], **smuggled(tenants, chat=True), "stream": True, "n": 3,
-              "messages": QUESTION}
+    fields = {
+        "model": victim["engine_name"],
+        **smuggled(tenants, chat=True),
+        "stream": True,
+        "n": 3,
+        "messages": QUESTION,
+    }
     for field, value in fields.items():
         with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {attacker['key']}"}) as http:
-            refused = http.post(f"/v1/evals/{evaluation.id}/runs", json={"data_source": {
-                "type": "completions", "model": TINY, "source": source, "input_messages": template,
-                "sampling_params": {"max_completion_tokens": TOKENS, field: value}}})
+            refused = http.post(
+                f"/v1/evals/{evaluation.id}/runs",
+                json={
+                    "data_source": {
+                        "type": "completions",
+                        "model": TINY,
+                        "source": source,
+                        "input_messages": template,
+                        "sampling_params": {"max_completion_tokens": TOKENS, field: value},
+                    }
+                },
+            )
         assert refused.status_code == 400, (field, refused.text)
         assert refused.json()["error"]["param"] == f"data_source.sampling_params.{field}"
     # a clean run on the base answers what the base answers in chat
-    run = client.evals.runs.create(evaluation.id, data_source={
-        "type": "completions", "model": TINY, "source": source, "input_messages": template,
-        "sampling_params": {"max_completion_tokens": TOKENS, "temperature": 0}})
-    done = wait_until(lambda: (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status
-                      in ("completed", "failed") and r, 120, "the eval run")
+    run = client.evals.runs.create(
+        evaluation.id,
+        data_source={
+            "type": "completions",
+            "model": TINY,
+            "source": source,
+            "input_messages": template,
+            "sampling_params": {"max_completion_tokens": TOKENS, "temperature": 0},
+        },
+    )
+    done = wait_until(
+        lambda: (
+            (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status in ("completed", "failed") and r
+        ),
+        120,
+        "the eval run",
+    )
     assert done.status == "completed", done.error
     items = list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id))
     base_text = ask(gw, attacker["key"], "chat", TINY)[1]["choices"][0]["message"]["content"]
@@ -210,9 +277,17 @@ def test_the_engine_port_refuses_callers_without_its_key(engine_gw: LiveGateway)
     engine = engine_address(engine_gw)
     assert engine.api_key and engine.url.startswith("http://127.0.0.1:")
     with httpx.Client(base_url=engine.url, timeout=30) as http:
-        for method, path in [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/invocations"),
-                             ("GET", "/metrics"), ("POST", "/tokenize"), ("POST", "/v1/load_lora_adapter"),
-                             ("POST", "/abort_requests"), ("GET", "/version"), ("GET", "/docs")]:
+        for method, path in [
+            ("GET", "/v1/models"),
+            ("POST", "/v1/chat/completions"),
+            ("POST", "/invocations"),
+            ("GET", "/metrics"),
+            ("POST", "/tokenize"),
+            ("POST", "/v1/load_lora_adapter"),
+            ("POST", "/abort_requests"),
+            ("GET", "/version"),
+            ("GET", "/docs"),
+        ]:
             for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": engine.api_key}):
                 assert http.request(method, path, headers=headers, json={}).status_code == 401, (path, headers)
         assert http.get("/health").status_code == 200
@@ -234,28 +309,45 @@ def test_the_engine_port_refuses_callers_without_its_key(engine_gw: LiveGateway)
 def test_limits_on_any_route_are_400s_never_500s(gw: LiveGateway, tenants) -> None:
     key = tenants["attacker"]["key"]
     depth = 100_000
-    deep_chat = ('{"model": "tiny-chat", "messages": [{"role": "user", "content": "hi", "x": ' + "[" * depth
-                 + "]" * depth + "}]}").encode()
+    deep_chat = (
+        '{"model": "tiny-chat", "messages": [{"role": "user", "content": "hi", "x": '
+        + "[" * depth
+        + "]" * depth
+        + "}]}"
+    ).encode()
     with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {key}"}, timeout=60) as http:
-        for path, content in [("/v1/chat/completions", deep_chat), ("/v1/completions", b'{"prompt": ' + b"[" * depth),
-                              ("/v1/evals", b'{"name": ' + b"[" * depth + b"]" * depth + b"}"),
-                              ("/v1/fine_tuning/jobs", b"{" * depth)]:
+        for path, content in [
+            ("/v1/chat/completions", deep_chat),
+            ("/v1/completions", b'{"prompt": ' + b"[" * depth),
+            ("/v1/evals", b'{"name": ' + b"[" * depth + b"]" * depth + b"}"),
+            ("/v1/fine_tuning/jobs", b"{" * depth),
+        ]:
             for content_type in ("application/json", "text/plain"):
                 answer = http.post(path, content=content, headers={"content-type": content_type})
-                assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_json", (path, answer.text)
+                assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_json", (
+                    path,
+                    answer.text,
+                )
         with gw.admin() as admin:  # the admin API too
             answer = admin.post("/admin/organizations", content=b'{"name": ' + b"[" * depth + b"]" * depth + b"}")
         assert answer.status_code == 400 and answer.json()["error"]["type"] == "invalid_request_error"
         huge = http.post("/v1/chat/completions", json={"model": TINY, "messages": QUESTION, "pad": "x" * (2 << 20)})
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
-        for extra, param in [({"n": 17}, "n"), ({"max_tokens": 10**6}, "max_tokens"), ({"top_logprobs": 21, "logprobs": True},
-                             "top_logprobs"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop")]:
+        for extra, param in [
+            ({"n": 17}, "n"),
+            ({"max_tokens": 10**6}, "max_tokens"),
+            ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+            ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ]:
             answer = http.post("/v1/chat/completions", json={"model": TINY, "messages": QUESTION, **extra})
             assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
         long = [{"role": "user", "content": "river stone cloud " * 1500}]  # well past the engine's 2048 tokens
         answer = http.post("/v1/chat/completions", json={"model": TINY, "messages": long, "max_tokens": 2})
         assert answer.status_code == 400, answer.text
-        assert answer.json()["error"]["code"] == "context_length_exceeded" and answer.json()["error"]["param"] == "messages"
+        assert (
+            answer.json()["error"]["code"] == "context_length_exceeded"
+            and answer.json()["error"]["param"] == "messages"
+        )
 
 
 def test_usage_survives_hostile_ids_and_dropped_streams(gw: LiveGateway) -> None:
@@ -268,15 +360,20 @@ def test_usage_survives_hostile_ids_and_dropped_streams(gw: LiveGateway) -> None
 
     headers = {"authorization": f"Bearer {key}", "x-request-id": "q" * 128}
     with httpx.Client(base_url=gw.url, headers=headers, timeout=120) as http:
-        refused = http.post("/v1/chat/completions", json={"model": TINY, "messages": QUESTION, "request_id": "r" * 5000})
+        refused = http.post(
+            "/v1/chat/completions", json={"model": TINY, "messages": QUESTION, "request_id": "r" * 5000}
+        )
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "request_id"
         for _ in range(3):
             answer = http.post("/v1/chat/completions", json={"model": TINY, "messages": QUESTION, "max_tokens": 2})
             assert answer.status_code == 200 and len(answer.json()["id"]) <= 64
         wait_until(lambda: requests_and_tokens()[0] == 3, 20, "the three chats after a hostile request_id counted")
         # a stream the client leaves after a few chunks: what was generated is counted
-        with http.stream("POST", "/v1/chat/completions", json={
-                "model": TINY, "messages": QUESTION, "max_tokens": 1500, "ignore_eos": True, "stream": True}) as stream:
+        with http.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": TINY, "messages": QUESTION, "max_tokens": 1500, "ignore_eos": True, "stream": True},
+        ) as stream:
             seen = 0
             for line in stream.iter_lines():
                 seen += line.startswith("data: {")

@@ -23,8 +23,11 @@ HELLO = [{"role": "user", "content": "What is the capital of France?"}]
 def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     data_dir = tmp_path_factory.mktemp("aliases")
     models = {TINY: {"source": tiny_model, "aliases": [ALIAS, OTHER_ALIAS]}}
-    gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **serving_env(
-        tiny_model, TUNEGATE_BASE_MODELS=json.dumps(models), TUNEGATE_WORKER__LOG_EVERY_STEPS="1"))
+    gateway = LiveGateway(
+        data_dir,
+        f"sqlite:///{data_dir / 'tunegate.db'}",
+        **serving_env(tiny_model, TUNEGATE_BASE_MODELS=json.dumps(models), TUNEGATE_WORKER__LOG_EVERY_STEPS="1"),
+    )
     gateway.start()
     wait_engines_ready(gateway)
     yield gateway
@@ -62,8 +65,12 @@ def test_chat_with_an_alias_is_the_base_model(gw: LiveGateway, org, recorder: Sp
 def test_job_with_an_alias_is_named_after_it(gw: LiveGateway, org, recorder: SpecRecorder) -> None:
     client = gw.client(org[2], recorder)
     training = upload(client, chat_jsonl(qa_pairs(10)))
-    job = client.fine_tuning.jobs.create(model=ALIAS, training_file=training, suffix="weather", method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 5}}})
+    job = client.fine_tuning.jobs.create(
+        model=ALIAS,
+        training_file=training,
+        suffix="weather",
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 5}}},
+    )
     assert job.model == ALIAS
     done = wait_for(client, job.id, ("succeeded",), timeout=240)
     assert done.model == ALIAS
@@ -78,17 +85,42 @@ def test_job_with_an_alias_is_named_after_it(gw: LiveGateway, org, recorder: Spe
     assert client.chat.completions.create(model=checkpoints[-1], messages=HELLO, max_tokens=3).choices
 
     evaluation = client.evals.create(
-        name="aliases", data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-        testing_criteria=[{"type": "string_check", "name": "any", "input": "{{sample.output_text}}",
-                           "reference": "never", "operation": "ne"}])
+        name="aliases",
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+        testing_criteria=[
+            {
+                "type": "string_check",
+                "name": "any",
+                "input": "{{sample.output_text}}",
+                "reference": "never",
+                "operation": "ne",
+            }
+        ],
+    )
     content = [{"item": {"q": "Say hi."}}]
-    runs = [client.evals.runs.create(evaluation.id, data_source={
-        "type": "completions", "model": model, "source": {"type": "file_content", "content": content},
-        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
-        "sampling_params": {"max_completion_tokens": 4, "temperature": 0}}) for model in (ALIAS, done.fine_tuned_model)]
+    runs = [
+        client.evals.runs.create(
+            evaluation.id,
+            data_source={
+                "type": "completions",
+                "model": model,
+                "source": {"type": "file_content", "content": content},
+                "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
+                "sampling_params": {"max_completion_tokens": 4, "temperature": 0},
+            },
+        )
+        for model in (ALIAS, done.fine_tuned_model)
+    ]
     for run in runs:
-        finished = wait_until(lambda r=run: (x := client.evals.runs.retrieve(r.id, eval_id=evaluation.id)).status
-                              in ("completed", "failed", "canceled") and x, 180, "the eval run")
+        finished = wait_until(
+            lambda r=run: (
+                (x := client.evals.runs.retrieve(r.id, eval_id=evaluation.id)).status
+                in ("completed", "failed", "canceled")
+                and x
+            ),
+            180,
+            "the eval run",
+        )
         assert finished.status == "completed" and finished.result_counts.errored == 0, finished
 
 
@@ -109,8 +141,11 @@ def test_settings_refuse_clashing_aliases() -> None:
 
     ok = Settings(base_models={"a": {"source": "x", "aliases": ["gpt-x"]}, "b": {"source": "y"}})
     assert (ok.base_model_id("gpt-x"), ok.base_model_id("a"), ok.base_model_id("c")) == ("a", "a", None)
-    for models in ({"a": {"source": "x", "aliases": ["b"]}, "b": {"source": "y"}},  # another model's id
-                   {"a": {"source": "x", "aliases": ["n"]}, "b": {"source": "y", "aliases": ["n"]}},  # twice
-                   {"a": {"source": "x", "aliases": ["ft:a"]}}, {"a": {"source": "x", "aliases": [" n"]}}):
+    for models in (
+        {"a": {"source": "x", "aliases": ["b"]}, "b": {"source": "y"}},  # another model's id
+        {"a": {"source": "x", "aliases": ["n"]}, "b": {"source": "y", "aliases": ["n"]}},  # twice
+        {"a": {"source": "x", "aliases": ["ft:a"]}},
+        {"a": {"source": "x", "aliases": [" n"]}},
+    ):
         with pytest.raises(ValidationError, match="alias"):
             Settings(base_models=models)

@@ -17,27 +17,93 @@ LINES = GOOD.decode().splitlines(keepends=True)
 
 CASES = [
     # id, filename, content, purpose, status, code, param, words the message must contain
-    ("malformed-json-line", "t.jsonl", (LINES[0] + '{"messages": [\n' + LINES[1]).encode(), "fine-tune",
-     400, "invalid_file_format", "file", ["line 2", "invalid_json"]),
-    ("wrong-role", "t.jsonl", GOOD + b'{"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]}\n',
-     "fine-tune", 400, "invalid_file_format", "file", ["line 4", "message 1", "unrecognized_role", "'bot'"]),
-    ("no-assistant", "t.jsonl", b'{"messages": [{"role": "user", "content": "x"}]}\n' + GOOD, "fine-tune",
-     400, "invalid_file_format", "file", ["line 1", "example_missing_assistant_message"]),
-    ("missing-content", "t.jsonl", GOOD + b'{"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]}\n',
-     "fine-tune", 400, "invalid_file_format", "file", ["line 4", "missing_content"]),
-    ("bad-weight", "t.jsonl", b'{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 2}]}\n',
-     "fine-tune", 400, "invalid_file_format", "file", ["invalid_weight"]),
-    ("not-an-object", "t.jsonl", b'[1, 2]\n', "fine-tune", 400, "invalid_file_format", "file", ["data_type"]),
+    (
+        "malformed-json-line",
+        "t.jsonl",
+        (LINES[0] + '{"messages": [\n' + LINES[1]).encode(),
+        "fine-tune",
+        400,
+        "invalid_file_format",
+        "file",
+        ["line 2", "invalid_json"],
+    ),
+    (
+        "wrong-role",
+        "t.jsonl",
+        GOOD + b'{"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]}\n',
+        "fine-tune",
+        400,
+        "invalid_file_format",
+        "file",
+        ["line 4", "message 1", "unrecognized_role", "'bot'"],
+    ),
+    (
+        "no-assistant",
+        "t.jsonl",
+        b'{"messages": [{"role": "user", "content": "x"}]}\n' + GOOD,
+        "fine-tune",
+        400,
+        "invalid_file_format",
+        "file",
+        ["line 1", "example_missing_assistant_message"],
+    ),
+    (
+        "missing-content",
+        "t.jsonl",
+        GOOD + b'{"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]}\n',
+        "fine-tune",
+        400,
+        "invalid_file_format",
+        "file",
+        ["line 4", "missing_content"],
+    ),
+    (
+        "bad-weight",
+        "t.jsonl",
+        b'{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 2}]}\n',
+        "fine-tune",
+        400,
+        "invalid_file_format",
+        "file",
+        ["invalid_weight"],
+    ),
+    ("not-an-object", "t.jsonl", b"[1, 2]\n", "fine-tune", 400, "invalid_file_format", "file", ["data_type"]),
     ("empty-file", "t.jsonl", b"", "fine-tune", 400, "invalid_file_format", "file", ["empty_file"]),
-    ("not-utf8", "t.jsonl", LINES[0].encode() + '{"messages": "caf\u00e9"}\n'.encode("latin-1"), "fine-tune",
-     400, "invalid_file_format", "file", ["line 2", "not UTF-8"]),
-    ("alpaca-array-missing-output", "a.json",
-     json.dumps([{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": ""}], indent=2).encode(),
-     "fine-tune", 400, "invalid_file_format", "file", ["line 7", "example 2", "missing_content"]),
+    (
+        "not-utf8",
+        "t.jsonl",
+        LINES[0].encode() + '{"messages": "caf\u00e9"}\n'.encode("latin-1"),
+        "fine-tune",
+        400,
+        "invalid_file_format",
+        "file",
+        ["line 2", "not UTF-8"],
+    ),
+    (
+        "alpaca-array-missing-output",
+        "a.json",
+        json.dumps(
+            [{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": ""}], indent=2
+        ).encode(),
+        "fine-tune",
+        400,
+        "invalid_file_format",
+        "file",
+        ["line 7", "example 2", "missing_content"],
+    ),
     ("path-filename", "../../etc/passwd", GOOD, "fine-tune", 400, "invalid_filename", "file", ["never a path"]),
     ("wrong-purpose", "t.jsonl", GOOD, "fine-tuning", 400, "invalid_value", "purpose", ["Invalid purpose"]),
     ("results-purpose", "t.jsonl", GOOD, "fine-tune-results", 400, "invalid_value", "purpose", ["Invalid purpose"]),
-    ("too-large", "big.jsonl", GOOD * (4 * 1024 * 1024 // len(GOOD) + 1), "fine-tune", 413, "file_too_large", "file", ["limit"]),
+    (
+        "too-large",
+        "big.jsonl",
+        GOOD * (4 * 1024 * 1024 // len(GOOD) + 1),
+        "fine-tune",
+        413,
+        "file_too_large",
+        "file",
+        ["limit"],
+    ),
 ]
 
 
@@ -55,8 +121,11 @@ def client(gateway: LiveGateway, tenant, recorder: SpecRecorder) -> openai.OpenA
     return gateway.client(tenant[2], recorder)
 
 
-@pytest.mark.parametrize(("filename", "content", "purpose", "status", "code", "param", "words"),
-                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("filename", "content", "purpose", "status", "code", "param", "words"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
 def test_bad_upload_is_refused_and_stores_nothing(
     gateway: LiveGateway, client: openai.OpenAI, filename, content, purpose, status, code, param, words
 ) -> None:
@@ -114,7 +183,9 @@ def test_missing_invalid_and_revoked_keys(gateway: LiveGateway, recorder: SpecRe
 
 
 def test_another_organizations_file_id_is_not_found(gateway: LiveGateway, client: openai.OpenAI, recorder) -> None:
-    theirs = gateway.client(gateway.new_org_key("them")[2], recorder).files.create(file=("t.jsonl", GOOD), purpose="fine-tune")
+    theirs = gateway.client(gateway.new_org_key("them")[2], recorder).files.create(
+        file=("t.jsonl", GOOD), purpose="fine-tune"
+    )
     with pytest.raises(openai.NotFoundError) as err:
         client.files.retrieve(theirs.id)
     assert err.value.body["param"] == "id"

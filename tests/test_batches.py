@@ -44,8 +44,9 @@ def upload_batch_file(client: openai.OpenAI, rows: list[Any], purpose: str = "ba
 
 
 def finished(client: openai.OpenAI, batch_id: str, timeout: float = 240) -> Any:
-    return wait_until(lambda: (b := client.batches.retrieve(batch_id)).status in FINAL and b, timeout,
-                      f"batch {batch_id} to finish")
+    return wait_until(
+        lambda: (b := client.batches.retrieve(batch_id)).status in FINAL and b, timeout, f"batch {batch_id} to finish"
+    )
 
 
 def read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
@@ -81,8 +82,11 @@ class WorkerProcess:
 
 
 # no embedded worker (the module's worker is a process of its own, to be killed), small chunks, a 3 s window
-SETTINGS = {"TUNEGATE_WORKER__EMBEDDED": "false", "TUNEGATE_BATCHES__CHUNK_LINES": "32",
-            "TUNEGATE_BATCHES__COMPLETION_WINDOWS": json.dumps({"24h": 86400, "3s": 3})}
+SETTINGS = {
+    "TUNEGATE_WORKER__EMBEDDED": "false",
+    "TUNEGATE_BATCHES__CHUNK_LINES": "32",
+    "TUNEGATE_BATCHES__COMPLETION_WINDOWS": json.dumps({"24h": 86400, "3s": 3}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +106,15 @@ def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="module", params=["postgres", "sqlite"])
-def gw(request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str,
-       tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+def gw(
+    request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveGateway]:
     """Each database: Postgres is the engine's own gateway, SQLite a twin that uses its engine by URL."""
     if request.param == "postgres":
         yield engine_gw
         return
     data_dir = tmp_path_factory.mktemp("batches-sqlite")
-    with twin_gateway(engine_gw, tiny_model, data_dir, f"sqlite:///{data_dir / 'tunegate.db'}",
-                      **SETTINGS) as gateway:
+    with twin_gateway(engine_gw, tiny_model, data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **SETTINGS) as gateway:
         yield gateway
 
 
@@ -136,8 +140,9 @@ def client(gw: LiveGateway, org: tuple[str, str], recorder: SpecRecorder) -> ope
     return gw.client(org[1], recorder)
 
 
-def test_a_chat_batch_answers_good_lines_and_reports_bad_ones(gw: LiveGateway, worker: WorkerProcess,
-                                                             spec: SpecValidator, recorder: SpecRecorder) -> None:
+def test_a_chat_batch_answers_good_lines_and_reports_bad_ones(
+    gw: LiveGateway, worker: WorkerProcess, spec: SpecValidator, recorder: SpecRecorder
+) -> None:
     org_id, _, key = gw.new_org_key("lines")
     client = gw.client(key, recorder)
     good = [chat_line(f"good-{i}", f"Say something about number {i}.") for i in range(6)]
@@ -152,8 +157,9 @@ def test_a_chat_batch_answers_good_lines_and_reports_bad_ones(gw: LiveGateway, w
         *good[3:],
     ]
     file_id = upload_batch_file(client, rows)
-    batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h",
-                                  metadata={"run": "nightly"})
+    batch = client.batches.create(
+        input_file_id=file_id, endpoint=CHAT, completion_window="24h", metadata={"run": "nightly"}
+    )
     assert batch.status == "validating" and batch.metadata == {"run": "nightly"}
     assert batch.request_counts.total == 0 and batch.expires_at >= batch.created_at + 86400 - 1
     done = finished(client, batch.id)
@@ -191,12 +197,24 @@ def test_a_chat_batch_answers_good_lines_and_reports_bad_ones(gw: LiveGateway, w
     assert sum(t["completion_tokens"] for t in totals) == done.usage.output_tokens > 0
 
 
-def test_a_completions_batch(gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI,
-                             spec: SpecValidator) -> None:
-    rows = [{"custom_id": f"c{i}", "method": "POST", "url": COMPLETIONS,
-             "body": {"model": TINY, "prompt": f"Once upon a time {i}", "max_tokens": 5}} for i in range(3)]
-    done = finished(client, client.batches.create(input_file_id=upload_batch_file(client, rows), endpoint=COMPLETIONS,
-                                                  completion_window="24h").id)
+def test_a_completions_batch(
+    gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI, spec: SpecValidator
+) -> None:
+    rows = [
+        {
+            "custom_id": f"c{i}",
+            "method": "POST",
+            "url": COMPLETIONS,
+            "body": {"model": TINY, "prompt": f"Once upon a time {i}", "max_tokens": 5},
+        }
+        for i in range(3)
+    ]
+    done = finished(
+        client,
+        client.batches.create(
+            input_file_id=upload_batch_file(client, rows), endpoint=COMPLETIONS, completion_window="24h"
+        ).id,
+    )
     assert done.status == "completed" and done.request_counts.completed == 3 and done.error_file_id is None
     for o in read_lines(client, done.output_file_id):
         assert o["response"]["body"]["object"] == "text_completion"
@@ -204,16 +222,23 @@ def test_a_completions_batch(gw: LiveGateway, worker: WorkerProcess, client: ope
 
 
 @POSTGRES_ONLY
-def test_create_checks_its_fields_and_list_pages(gw: LiveGateway, worker: WorkerProcess, org: tuple[str, str],
-                                                client: openai.OpenAI) -> None:
+def test_create_checks_its_fields_and_list_pages(
+    gw: LiveGateway, worker: WorkerProcess, org: tuple[str, str], client: openai.OpenAI
+) -> None:
     file_id = upload_batch_file(client, [chat_line("x", "hi")])
-    for kwargs, param in [({"endpoint": "/v1/embeddings"}, "endpoint"), ({"completion_window": "1h"},
-                          "completion_window"), ({"metadata": {"k": "v" * 600}}, "metadata.k")]:
+    for kwargs, param in [
+        ({"endpoint": "/v1/embeddings"}, "endpoint"),
+        ({"completion_window": "1h"}, "completion_window"),
+        ({"metadata": {"k": "v" * 600}}, "metadata.k"),
+    ]:
         with pytest.raises(openai.BadRequestError) as bad:
             client.batches.create(**({"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h"} | kwargs))
         assert bad.value.body["param"] == param, bad.value.body
-    tuning = upload_batch_file(client, [{"messages": [{"role": "user", "content": "q"},
-                                                      {"role": "assistant", "content": "a"}]}] * 10, "fine-tune")
+    tuning = upload_batch_file(
+        client,
+        [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}] * 10,
+        "fine-tune",
+    )
     with pytest.raises(openai.BadRequestError) as bad:
         client.batches.create(input_file_id=tuning, endpoint=CHAT, completion_window="24h")
     assert bad.value.body["code"] == "invalid_file_purpose"
@@ -235,15 +260,22 @@ def test_create_checks_its_fields_and_list_pages(gw: LiveGateway, worker: Worker
         client.batches.cancel(made[0])
 
 
-def test_another_organization_sees_nothing(gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI,
-                                           recorder: SpecRecorder) -> None:
-    mine = finished(client, client.batches.create(input_file_id=upload_batch_file(client, [chat_line("a", "hi")]),
-                                                  endpoint=CHAT, completion_window="24h").id)
+def test_another_organization_sees_nothing(
+    gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI, recorder: SpecRecorder
+) -> None:
+    mine = finished(
+        client,
+        client.batches.create(
+            input_file_id=upload_batch_file(client, [chat_line("a", "hi")]), endpoint=CHAT, completion_window="24h"
+        ).id,
+    )
     other = gw.client(gw.new_org_key("other")[2], recorder)
-    for call in (lambda: other.batches.retrieve(mine.id), lambda: other.batches.cancel(mine.id),
-                 lambda: other.files.content(mine.output_file_id),
-                 lambda: other.batches.create(input_file_id=mine.input_file_id, endpoint=CHAT,
-                                              completion_window="24h")):
+    for call in (
+        lambda: other.batches.retrieve(mine.id),
+        lambda: other.batches.cancel(mine.id),
+        lambda: other.files.content(mine.output_file_id),
+        lambda: other.batches.create(input_file_id=mine.input_file_id, endpoint=CHAT, completion_window="24h"),
+    ):
         with pytest.raises(openai.NotFoundError):
             call()
     assert other.batches.list().data == []
@@ -252,8 +284,9 @@ def test_another_organization_sees_nothing(gw: LiveGateway, worker: WorkerProces
 
 
 @POSTGRES_ONLY
-def test_create_is_refused_over_the_storage_quota(gw: LiveGateway, worker: WorkerProcess,
-                                                  recorder: SpecRecorder) -> None:
+def test_create_is_refused_over_the_storage_quota(
+    gw: LiveGateway, worker: WorkerProcess, recorder: SpecRecorder
+) -> None:
     org_id, _, key = gw.new_org_key("full")
     client = gw.client(key, recorder)
     file_id = upload_batch_file(client, [chat_line("a", "hi")])
@@ -268,8 +301,7 @@ def test_create_is_refused_over_the_storage_quota(gw: LiveGateway, worker: Worke
 
 def test_cancel_ends_with_the_partial_output(gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI) -> None:
     rows = [chat_line(f"r{i}", f"Tell a long story {i}.", **(LONG | {"max_tokens": 48})) for i in range(400)]
-    batch = client.batches.create(input_file_id=upload_batch_file(client, rows), endpoint=CHAT,
-                                  completion_window="24h")
+    batch = client.batches.create(input_file_id=upload_batch_file(client, rows), endpoint=CHAT, completion_window="24h")
     wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed > 0, 120, "some answers")
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at
@@ -282,11 +314,13 @@ def test_cancel_ends_with_the_partial_output(gw: LiveGateway, worker: WorkerProc
 
 
 @POSTGRES_ONLY
-def test_the_completion_window_expires_a_batch_with_its_partial_output(gw: LiveGateway, worker: WorkerProcess,
-                                                                       client: openai.OpenAI) -> None:
+def test_the_completion_window_expires_a_batch_with_its_partial_output(
+    gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI
+) -> None:
     rows = [chat_line(f"r{i}", f"Tell a long story {i}.", **LONG) for i in range(300)]
-    batch = client.batches.create(input_file_id=upload_batch_file(client, rows), endpoint=CHAT,
-                                  completion_window="3s")  # a window allowed by this gateway's settings
+    batch = client.batches.create(
+        input_file_id=upload_batch_file(client, rows), endpoint=CHAT, completion_window="3s"
+    )  # a window allowed by this gateway's settings
     done = finished(client, batch.id, 60)
     assert done.status == "expired" and done.expired_at and done.expired_at >= batch.expires_at
     answered = [o["custom_id"] for o in read_lines(client, done.output_file_id)]
@@ -297,12 +331,12 @@ def test_the_completion_window_expires_a_batch_with_its_partial_output(gw: LiveG
 
 @POSTGRES_ONLY
 @pytest.mark.slow
-def test_2000_requests_survive_kill_9_of_the_worker_each_answered_once(gw: LiveGateway, worker: WorkerProcess,
-                                                                      client: openai.OpenAI) -> None:
+def test_2000_requests_survive_kill_9_of_the_worker_each_answered_once(
+    gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI
+) -> None:
     n = 2000
     rows = [chat_line(f"req-{i:04d}", f"Question {i}: what comes after {i}?") for i in range(n)]
-    batch = client.batches.create(input_file_id=upload_batch_file(client, rows), endpoint=CHAT,
-                                  completion_window="24h")
+    batch = client.batches.create(input_file_id=upload_batch_file(client, rows), endpoint=CHAT, completion_window="24h")
     wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 300, 180, "300 answers")
     worker.kill9()  # mid-batch: committed chunks stay, the lines in flight are lost with it
     at_kill = client.batches.retrieve(batch.id)
@@ -318,15 +352,38 @@ def test_2000_requests_survive_kill_9_of_the_worker_each_answered_once(gw: LiveG
     assert done.error_file_id is None
 
 
-def test_a_responses_batch_stores_its_responses(gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI,
-                                                spec: SpecValidator) -> None:
-    rows = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses",
-             "body": {"model": TINY, "input": f"Hello {i}", "instructions": "Be brief.", "max_output_tokens": 6,
-                      "store": i != 2}} for i in range(3)]
-    rows.append({"custom_id": "bad", "method": "POST", "url": "/v1/responses",
-                 "body": {"model": TINY, "input": "x", "background": True}})
-    done = finished(client, client.batches.create(input_file_id=upload_batch_file(client, rows),
-                                                  endpoint="/v1/responses", completion_window="24h").id)
+def test_a_responses_batch_stores_its_responses(
+    gw: LiveGateway, worker: WorkerProcess, client: openai.OpenAI, spec: SpecValidator
+) -> None:
+    rows = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {
+                "model": TINY,
+                "input": f"Hello {i}",
+                "instructions": "Be brief.",
+                "max_output_tokens": 6,
+                "store": i != 2,
+            },
+        }
+        for i in range(3)
+    ]
+    rows.append(
+        {
+            "custom_id": "bad",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {"model": TINY, "input": "x", "background": True},
+        }
+    )
+    done = finished(
+        client,
+        client.batches.create(
+            input_file_id=upload_batch_file(client, rows), endpoint="/v1/responses", completion_window="24h"
+        ).id,
+    )
     assert done.status == "completed" and (done.request_counts.completed, done.request_counts.failed) == (3, 1)
     output = {o["custom_id"]: o["response"]["body"] for o in read_lines(client, done.output_file_id)}
     for body in output.values():
@@ -355,12 +412,26 @@ def test_the_store_fences_commits_and_keeps_each_line_once(database_url: str) ->
         migrate.upgrade(db)
         org, other = Accounts(db).create_org("a").id, Accounts(db).create_org("b").id
         store = BatchStore(db)
-        store.add(Batch(id="batch_1", organization_id=org, api_key_id="k", endpoint=CHAT, input_file_id="file-1",
-                        completion_window="24h", created_at=1, expires_at=2))
+        store.add(
+            Batch(
+                id="batch_1",
+                organization_id=org,
+                api_key_id="k",
+                endpoint=CHAT,
+                input_file_id="file-1",
+                completion_window="24h",
+                created_at=1,
+                expires_at=2,
+            )
+        )
         first = store.claim("w1/a", lease_s=0.5)
         assert first is not None and first.id == "batch_1" and store.claim("w2/b", 30) is None  # held
-        assert store.commit(first, "w1/a", Chunk([BatchLine(batch_id="batch_1", line=1, ok=True, result="{}")],
-                                                 completed=1)) == "validating"
+        assert (
+            store.commit(
+                first, "w1/a", Chunk([BatchLine(batch_id="batch_1", line=1, ok=True, result="{}")], completed=1)
+            )
+            == "validating"
+        )
         time.sleep(0.6)  # the first claim's lease lapses: another worker takes the batch over
         second = store.claim("w2/b", 30)
         assert second is not None and store.heartbeat("batch_1", "w1/a", 30) is None
@@ -369,8 +440,10 @@ def test_the_store_fences_commits_and_keeps_each_line_once(database_url: str) ->
         with pytest.raises(IntegrityError):  # and a line is stored once, whoever commits it
             store.commit(second, "w2/b", Chunk([BatchLine(batch_id="batch_1", line=1, ok=True, result="{}")]))
         assert store.done_lines("batch_1") == {1} and store.get(org, "batch_1").completed == 1
-        assert store.cancel(org, "batch_1").status == "cancelling" and store.heartbeat("batch_1", "w2/b", 30) == \
-            "cancelling"
+        assert (
+            store.cancel(org, "batch_1").status == "cancelling"
+            and store.heartbeat("batch_1", "w2/b", 30) == "cancelling"
+        )
         with pytest.raises(NotFound):
             store.get(other, "batch_1")
         with pytest.raises(NotFound):
@@ -385,17 +458,23 @@ ENGINE = "http://engine.test:8000"
 
 
 def _answer(body: dict[str, Any]) -> dict[str, Any]:
-    return {"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": body["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
 
 
 class _Worker:
     """A BatchWorker over a fresh database and blob store; base model ``m`` with one ready engine (published as a
     gateway would), whose answers ``BatchRun.send`` fakes (``sent`` records what reached it)."""
 
-    def __init__(self, url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, engine: bool = True,
-                 **batches: Any) -> None:
+    def __init__(
+        self, url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, engine: bool = True, **batches: Any
+    ) -> None:
         from finetune.batches.runner import BatchRun, BatchWorker
         from storage import migrate
         from storage.accounts import Accounts
@@ -405,9 +484,14 @@ class _Worker:
         from storage.engines import EngineRegistry
         from storage.settings import Settings
 
-        self.settings = Settings(data_dir=tmp_path, database_url=url, base_models={"m": {"source": str(tmp_path)}},
-                                 batches={"chunk_lines": 2, "concurrency": 1} | batches,
-                                 requests={"max_body_bytes": 4096}, worker={"lease_seconds": 3})
+        self.settings = Settings(
+            data_dir=tmp_path,
+            database_url=url,
+            base_models={"m": {"source": str(tmp_path)}},
+            batches={"chunk_lines": 2, "concurrency": 1} | batches,
+            requests={"max_body_bytes": 4096},
+            worker={"lease_seconds": 3},
+        )
         self.db = Database(url)
         migrate.upgrade(self.db)
         self.blobs = LocalBlobStore(tmp_path / "blobs")
@@ -439,9 +523,18 @@ class _Worker:
         staged.write(rows if isinstance(rows, bytes) else jsonl(rows))
         file = Files(self.db, self.blobs).create(NewFile(org_id, "in.jsonl", "batch", staged))
         created = now()
-        return self.store.add(Batch(id=new_id("batch_"), organization_id=org_id, api_key_id="k", endpoint=CHAT,
-                                    input_file_id=file.id, completion_window="24h", created_at=created,
-                                    expires_at=created + 86400)).id
+        return self.store.add(
+            Batch(
+                id=new_id("batch_"),
+                organization_id=org_id,
+                api_key_id="k",
+                endpoint=CHAT,
+                input_file_id=file.id,
+                completion_window="24h",
+                created_at=created,
+                expires_at=created + 86400,
+            )
+        ).id
 
     def lines(self, file_id: str | None) -> list[dict[str, Any]]:
         from sqlmodel import select
@@ -467,8 +560,12 @@ def unit(database_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> I
 
 
 def m_line(custom_id: str, **body: Any) -> dict[str, Any]:
-    return {"custom_id": custom_id, "method": "POST", "url": CHAT,
-            "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2} | body}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": CHAT,
+        "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2} | body,
+    }
 
 
 def test_poison_lines_are_error_lines_never_a_failed_batch(unit: _Worker) -> None:
@@ -498,7 +595,11 @@ def test_poison_lines_are_error_lines_never_a_failed_batch(unit: _Worker) -> Non
     assert [o["custom_id"] for o in unit.lines(done.output_file_id)] == ["a", "at-cap", "b"]
     errors = unit.lines(done.error_file_id)
     assert [(e["custom_id"], e["error"] and e["error"]["code"]) for e in errors] == [
-        ("long-model", None), (None, "line_too_large"), (None, "invalid_json"), (None, "invalid_json")]
+        ("long-model", None),
+        (None, "line_too_large"),
+        (None, "invalid_json"),
+        (None, "invalid_json"),
+    ]
     assert errors[0]["response"]["status_code"] == 404  # a model the organization cannot use, in its line
     assert errors[0]["response"]["body"]["error"]["code"] == "model_not_found"
     assert f"Line 3 is larger than {cap} bytes" in errors[1]["error"]["message"]
@@ -542,7 +643,15 @@ def test_a_huge_batch_gives_its_worker_up_to_another_organization(unit: _Worker)
     assert done.status == "completed" and (done.completed, done.failed) == (10, 0)
     assert [o["custom_id"] for o in unit.lines(done.output_file_id)] == [f"big-{i}" for i in range(10)]
     assert [b["messages"][0]["content"] for b in unit.sent] == [  # in turn, a chunk each, while both wait
-        "big-0", "big-1", "small-0", "small-1", "big-2", "big-3", "small-2", *(f"big-{i}" for i in range(4, 10))]
+        "big-0",
+        "big-1",
+        "small-0",
+        "small-1",
+        "big-2",
+        "big-3",
+        "small-2",
+        *(f"big-{i}" for i in range(4, 10)),
+    ]
 
 
 def test_running_batches_are_capped_per_organization(unit: _Worker) -> None:
@@ -558,8 +667,9 @@ def test_running_batches_are_capped_per_organization(unit: _Worker) -> None:
     assert store.others_waiting(other) and not store.others_waiting(org)
 
 
-def test_revoking_a_permission_ends_access_inside_a_running_batch(unit: _Worker,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_revoking_a_permission_ends_access_inside_a_running_batch(
+    unit: _Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A model another organization shares: the lines after the revoke are 404 model_not_found in their lines."""
     import httpx
 
@@ -596,8 +706,9 @@ def test_revoking_a_permission_ends_access_inside_a_running_batch(unit: _Worker,
     assert adapter_calls == [("/v1/load_lora_adapter", "models/x"), ("/v1/unload_lora_adapter", "models/x")]
 
 
-def test_a_batch_cancelled_while_waiting_for_an_engine_gets_no_500_lines(database_url: str, tmp_path: Any,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_cancelled_while_waiting_for_an_engine_gets_no_500_lines(
+    database_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import threading
 
     w = _Worker(database_url, tmp_path, monkeypatch, engine=False)  # no engine: the lines wait for one
@@ -617,7 +728,9 @@ def test_a_batch_cancelled_while_waiting_for_an_engine_gets_no_500_lines(databas
         w.close()
 
 
-def test_an_eval_file_line_is_held_to_the_same_caps_and_a_failed_run_shows_no_internals(database_url: str, tmp_path: Any) -> None:
+def test_an_eval_file_line_is_held_to_the_same_caps_and_a_failed_run_shows_no_internals(
+    database_url: str, tmp_path: Any
+) -> None:
     """The eval runner's jsonl reader: a line over max_body_bytes (not read whole) or nested too deep fails the run
     with invalid_file naming the line, never a RecursionError or an unbounded read."""
     from finetune.evals.runner import EvalWorker, RunFailed
@@ -637,13 +750,21 @@ def test_an_eval_file_line_is_held_to_the_same_caps_and_a_failed_run_shows_no_in
         org = Accounts(db).create_org("evals").id
         worker = EvalWorker(settings, db, blobs)
         good = json.dumps({"item": {"q": "1"}})
-        for bad, why in [("x" * 10_000, "line 2: larger than 4096 bytes"),
-                         ('{"item": ' + "[" * 2000 + "]" * 2000 + "}", "line 2: not acceptable JSON (it nests")]:
+        for bad, why in [
+            ("x" * 10_000, "line 2: larger than 4096 bytes"),
+            ('{"item": ' + "[" * 2000 + "]" * 2000 + "}", "line 2: not acceptable JSON (it nests"),
+        ]:
             staged = blobs.stage()
             staged.write(jsonl([good, bad, good]))
             file = Files(db, blobs).create(NewFile(org, "e.jsonl", "evals", staged))
-            run = EvalRun(id="evalrun_1", eval_id="eval_1", organization_id=org, model="m", created_at=1,
-                          data_source={"type": "jsonl", "source": {"type": "file_id", "id": file.id}})
+            run = EvalRun(
+                id="evalrun_1",
+                eval_id="eval_1",
+                organization_id=org,
+                model="m",
+                created_at=1,
+                data_source={"type": "jsonl", "source": {"type": "file_id", "id": file.id}},
+            )
             items = worker._items(run)
             assert next(items)[1] == {"q": "1"}
             with pytest.raises(RunFailed) as failed:

@@ -50,8 +50,9 @@ class Answer(BaseModel):
 @pytest.fixture(scope="module")
 def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     spec, guided = guided_tools(tiny_model)  # a forced call comes back whole (serving_support)
-    with engine_gateway(tiny_model, tmp_path_factory.mktemp("client-libs"), **guided,
-                        TUNEGATE_BASE_MODELS=json.dumps({TINY: spec})) as gateway:
+    with engine_gateway(
+        tiny_model, tmp_path_factory.mktemp("client-libs"), **guided, TUNEGATE_BASE_MODELS=json.dumps({TINY: spec})
+    ) as gateway:
         yield gateway
 
 
@@ -63,8 +64,9 @@ def key(gw: LiveGateway) -> str:
 @pytest.fixture(scope="module")
 def reference(gw: LiveGateway, key: str) -> str:
     """The official client's greedy answer to QUESTION: what every library must hand back."""
-    done = gw.client(key).chat.completions.create(model=TINY, messages=[{"role": "user", "content": QUESTION}],
-                                                  **GREEDY)
+    done = gw.client(key).chat.completions.create(
+        model=TINY, messages=[{"role": "user", "content": QUESTION}], **GREEDY
+    )
     assert done.choices[0].message.content
     return done.choices[0].message.content
 
@@ -92,8 +94,10 @@ def test_langchain_invoke_and_stream(chat, reference: str) -> None:  # noqa: ANN
 
     answer = chat.invoke([HumanMessage(QUESTION)])
     assert isinstance(answer, AIMessage) and answer.content == reference
-    assert answer.usage_metadata["output_tokens"] == GREEDY["max_tokens"] or answer.response_metadata[
-        "finish_reason"] == "stop"
+    assert (
+        answer.usage_metadata["output_tokens"] == GREEDY["max_tokens"]
+        or answer.response_metadata["finish_reason"] == "stop"
+    )
     chunks = list(chat.stream(QUESTION))
     assert len(chunks) > 1 and "".join(c.content for c in chunks) == reference
     assert asyncio.run(chat.ainvoke(QUESTION)).content == reference
@@ -128,12 +132,27 @@ def test_langchain_bind_tools_round_trip(roomy, gw: LiveGateway, key: str) -> No
     assert sent_call.id == call["id"] and json.loads(sent_call.function.arguments) == call["args"]
     assert getattr(messages[2], "tool_call_id") == call["id"]  # noqa: B009 - not a field of the client's type
     # the answer is the model's to the whole conversation: the official client sent the same one gets the same text
-    again = client.chat.completions.create(model=TINY, max_tokens=ROOM, temperature=0, tools=[
-        convert_to_openai_tool(city_tool)], messages=[
-        {"role": "user", "content": question.content},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": call["id"], "type": "function", "function": {
-            "name": "lookup_city", "arguments": sent_call.function.arguments}}]},
-        {"role": "tool", "tool_call_id": call["id"], "content": result.content}])
+    again = client.chat.completions.create(
+        model=TINY,
+        max_tokens=ROOM,
+        temperature=0,
+        tools=[convert_to_openai_tool(city_tool)],
+        messages=[
+            {"role": "user", "content": question.content},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": "lookup_city", "arguments": sent_call.function.arguments},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": call["id"], "content": result.content},
+        ],
+    )
     assert again.choices[0].message.content == final.content
 
 
@@ -166,8 +185,13 @@ def test_litellm_as_a_client(gw: LiveGateway, key: str, reference: str) -> None:
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no download of the price list at import
     import litellm
 
-    common = {"model": f"openai/{TINY}", "api_base": f"{gw.url}/v1", "api_key": key,
-              "messages": [{"role": "user", "content": QUESTION}], **GREEDY}
+    common = {
+        "model": f"openai/{TINY}",
+        "api_base": f"{gw.url}/v1",
+        "api_key": key,
+        "messages": [{"role": "user", "content": QUESTION}],
+        **GREEDY,
+    }
     done = litellm.completion(**common)
     assert done.choices[0].message.content == reference and done.usage.completion_tokens > 0
     streamed = "".join(c.choices[0].delta.content or "" for c in litellm.completion(stream=True, **common))
@@ -180,5 +204,6 @@ def test_litellm_as_a_client(gw: LiveGateway, key: str, reference: str) -> None:
 def test_the_official_client_meets_the_same_reference(gw: LiveGateway, key: str, reference: str) -> None:
     """The reference itself is stable: the same greedy request through a fresh client gives the same answer."""
     again = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key).chat.completions.create(
-        model=TINY, messages=[{"role": "user", "content": QUESTION}], **GREEDY)
+        model=TINY, messages=[{"role": "user", "content": QUESTION}], **GREEDY
+    )
     assert again.choices[0].message.content == reference

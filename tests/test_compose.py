@@ -30,8 +30,15 @@ TIMINGS: dict[str, float] = {}
 
 
 def compose(env: dict[str, str], *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker-compose", "-f", str(REPO / "compose.yaml"), *args], cwd=REPO, env=env, check=check,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["docker-compose", "-f", str(REPO / "compose.yaml"), *args],
+        cwd=REPO,
+        env=env,
+        check=check,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def timed(name: str, started: float) -> None:
@@ -42,19 +49,29 @@ def timed(name: str, started: float) -> None:
 @pytest.fixture(scope="module")
 def stack(tiny_model: str) -> Iterator[str]:
     if not ENABLED:
-        pytest.skip("the compose stack test runs with TUNEGATE_TEST_COMPOSE=1 (dockerd + debootstrap; see "
-                    "docs/architecture.md 'Deployments'; .ci/run: TUNEGATE_CI_COMPOSE=1)")
+        pytest.skip(
+            "the compose stack test runs with TUNEGATE_TEST_COMPOSE=1 (dockerd + debootstrap; see "
+            "docs/architecture.md 'Deployments'; .ci/run: TUNEGATE_CI_COMPOSE=1)"
+        )
     for tool in ("docker", "docker-compose", "debootstrap"):
         assert shutil.which(tool), f"TUNEGATE_TEST_COMPOSE=1 but {tool} is not installed"
     started = time.monotonic()
-    built = subprocess.run([str(REPO / "deploy/docker/build-local.sh")], cwd=REPO, check=True, capture_output=True,
-                           text=True, timeout=3600)
+    built = subprocess.run(
+        [str(REPO / "deploy/docker/build-local.sh")], cwd=REPO, check=True, capture_output=True, text=True, timeout=3600
+    )
     timed("images", started)
     port = free_port()
-    env = {**os.environ, **dict(line.split("=", 1) for line in built.stdout.split() if "=" in line),
-           "COMPOSE_PROJECT_NAME": f"tgtest{uuid.uuid4().hex[:8]}", "MODEL_DIR": tiny_model, "MODEL_ID": TINY,
-           "TUNEGATE_ADMIN_KEY": ADMIN, "GATEWAY_PORT": str(port), "ENGINE_DTYPE": "float32",
-           "ENGINE_MAX_MODEL_LEN": "2048"}
+    env = {
+        **os.environ,
+        **dict(line.split("=", 1) for line in built.stdout.split() if "=" in line),
+        "COMPOSE_PROJECT_NAME": f"tgtest{uuid.uuid4().hex[:8]}",
+        "MODEL_DIR": tiny_model,
+        "MODEL_ID": TINY,
+        "TUNEGATE_ADMIN_KEY": ADMIN,
+        "GATEWAY_PORT": str(port),
+        "ENGINE_DTYPE": "float32",
+        "ENGINE_MAX_MODEL_LEN": "2048",
+    }
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     try:
@@ -85,17 +102,26 @@ def test_train_through_the_gateway_container_and_chat(stack: str, recorder) -> N
     with httpx.Client(base_url=stack, headers={"authorization": f"Bearer {ADMIN}"}, timeout=30) as admin:
         org = admin.post("/admin/organizations", json={"name": "compose"}).raise_for_status().json()
         key = admin.post(f"/admin/organizations/{org['id']}/keys", json={"name": "t"}).raise_for_status().json()
-    client = openai.OpenAI(base_url=f"{stack}/v1", api_key=key["secret"], max_retries=0, timeout=120,
-                           http_client=openai.DefaultHttpx2Client(event_hooks={"response": [recorder]}))
+    client = openai.OpenAI(
+        base_url=f"{stack}/v1",
+        api_key=key["secret"],
+        max_retries=0,
+        timeout=120,
+        http_client=openai.DefaultHttpx2Client(event_hooks={"response": [recorder]}),
+    )
     started = time.monotonic()
     file_id = upload(client, chat_jsonl(qa_pairs(10)))  # the minimum a job takes
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=file_id, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}})
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=file_id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
+    )
     done = wait_for(client, job.id, ("succeeded",), timeout=900)
     timed("job", started)
     started = time.monotonic()
-    answer = client.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}],
-                                            max_tokens=8)
+    answer = client.chat.completions.create(
+        model=done.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=8
+    )
     timed("first chat", started)
     assert answer.model == done.fine_tuned_model and answer.usage.completion_tokens > 0
     assert recorder.violations == []

@@ -41,7 +41,9 @@ def test_every_string_exists_in_both_languages() -> None:
     zh = json.loads((STATIC / "i18n" / "zh.json").read_text())
     assert en.keys() == zh.keys()
     assert all(v.strip() for v in [*en.values(), *zh.values()])
-    untranslated = [k for k in en if en[k] == zh[k] and any(c.isalpha() for c in en[k]) and not k.startswith("newjob.preset_l")]
+    untranslated = [
+        k for k in en if en[k] == zh[k] and any(c.isalpha() for c in en[k]) and not k.startswith("newjob.preset_l")
+    ]
     assert len(untranslated) < 8, untranslated  # names such as "Modelfile", "ROUGE-L" stay as they are
 
 
@@ -56,8 +58,12 @@ def board_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def gw(board_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     data_dir = tmp_path_factory.mktemp("console")
-    env = serving_env(board_model, TUNEGATE_BASE_MODELS=json.dumps({MODEL: {"source": board_model}}),
-                      TUNEGATE_SERVING__MAX_MODEL_LEN="1024", TUNEGATE_WORKER__LOG_EVERY_STEPS="1")
+    env = serving_env(
+        board_model,
+        TUNEGATE_BASE_MODELS=json.dumps({MODEL: {"source": board_model}}),
+        TUNEGATE_SERVING__MAX_MODEL_LEN="1024",
+        TUNEGATE_WORKER__LOG_EVERY_STEPS="1",
+    )
     gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **env)
     gateway.start()
     yield gateway
@@ -150,7 +156,8 @@ ROUND_TRIP = """async (job) => {
   const headers = { authorization: `Bearer ${sessionStorage.getItem("tunegate.key")}` };
   const t0 = performance.now();
   await Promise.all([`/v1/fine_tuning/jobs/${job}`, `/v1/fine_tuning/jobs/${job}/checkpoints`,
-                     `/v1/fine_tuning/jobs/${job}/events?limit=100`].map((u) => fetch(u, { headers }).then((r) => r.json())));
+                     `/v1/fine_tuning/jobs/${job}/events?limit=100`]
+    .map((u) => fetch(u, { headers }).then((r) => r.json())));
   return performance.now() - t0;
 }"""
 
@@ -183,7 +190,9 @@ def chat_rows(pairs: list[tuple[str, str]]) -> list[dict]:
 def drop_file(page: Any, name: str, text: str) -> None:
     """A real drop event on the drop zone, carrying a File (what dragging from the desktop delivers)."""
     transfer = page.evaluate_handle(
-        "([name, text]) => { const dt = new DataTransfer(); dt.items.add(new File([text], name)); return dt; }", [name, text])
+        "([name, text]) => { const dt = new DataTransfer(); dt.items.add(new File([text], name)); return dt; }",
+        [name, text],
+    )
     page.dispatch_event(".dropzone", "drop", {"dataTransfer": transfer})
 
 
@@ -191,7 +200,9 @@ def test_data_page_names_line_3_of_a_bad_file_and_previews_good_ones(board: Boar
     page = board.open("#/data")
     rows = chat_rows(qa_pairs(2))
     bad = jsonl(rows) + '{"messages": [{"role": "user", "content": "no closing brace"}\n' + jsonl(rows)
-    page.locator("#file-input").set_input_files({"name": "bad.jsonl", "mimeType": "application/jsonl", "buffer": bad.encode()})
+    page.locator("#file-input").set_input_files(
+        {"name": "bad.jsonl", "mimeType": "application/jsonl", "buffer": bad.encode()}
+    )
     problem = page.locator("tr.problem").first
     problem.wait_for()
     assert problem.locator("td").first.inner_text() == "3"
@@ -206,10 +217,17 @@ def test_data_page_names_line_3_of_a_bad_file_and_previews_good_ones(board: Boar
     assert page.locator("#preview .example").count() == 5
     assert ANSWER in page.locator("#preview .turn.assistant").first.inner_text()
 
-    thought = [{"messages": [{"role": "user", "content": "2+2?"},
-                             {"role": "assistant", "content": "<think>two and two make four</think>It is 4."}]}]
-    page.locator("#file-input").set_input_files({"name": "reasoning.jsonl", "mimeType": "application/jsonl",
-                                                 "buffer": jsonl(thought).encode()})
+    thought = [
+        {
+            "messages": [
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "<think>two and two make four</think>It is 4."},
+            ]
+        }
+    ]
+    page.locator("#file-input").set_input_files(
+        {"name": "reasoning.jsonl", "mimeType": "application/jsonl", "buffer": jsonl(thought).encode()}
+    )
     page.get_by_role("heading", name="reasoning.jsonl: the first 1 example(s)").wait_for()
     fold = page.locator("#preview details.think")
     assert fold.count() == 1 and fold.get_attribute("open") is None  # folded
@@ -219,8 +237,9 @@ def test_data_page_names_line_3_of_a_bad_file_and_previews_good_ones(board: Boar
 
     page.get_by_label("Purpose").select_option("evals")
     evals = [{"item": {"question": q, "answer": a}} for q, a in qa_pairs(6)]
-    page.locator("#file-input").set_input_files({"name": "qa-eval.jsonl", "mimeType": "application/jsonl",
-                                                 "buffer": jsonl(evals).encode()})
+    page.locator("#file-input").set_input_files(
+        {"name": "qa-eval.jsonl", "mimeType": "application/jsonl", "buffer": jsonl(evals).encode()}
+    )
     page.get_by_role("heading", name="qa-eval.jsonl: the first 5 example(s)").wait_for()
     files = page.locator("table.files tbody tr")
     assert files.count() == 3
@@ -228,8 +247,9 @@ def test_data_page_names_line_3_of_a_bad_file_and_previews_good_ones(board: Boar
     board.shoot("data")
 
 
-def test_new_job_from_the_form_draws_its_loss_curve_while_it_trains(board: Board, gw: LiveGateway, state: dict,
-                                                                    browser: Any, shots: Path) -> None:
+def test_new_job_from_the_form_draws_its_loss_curve_while_it_trains(
+    board: Board, gw: LiveGateway, state: dict, browser: Any, shots: Path
+) -> None:
     timings = {"fcp_idle_ms": first_contentful_paint(browser, gw)}
     wait_engines_ready(gw)  # the end-of-job ROUGE/BLEU of tuned vs base generate through it
     page = board.open("#/jobs/new")
@@ -269,8 +289,9 @@ def test_new_job_from_the_form_draws_its_loss_curve_while_it_trains(board: Board
     assert status == "succeeded", page.locator(".job-head").inner_text()
     grew = sorted(set(p for p in points_while_running if p))
     assert len(grew) >= 2, f"the loss curve did not gain points while running: {points_while_running}"
-    timings.update(fcp_while_training_ms=fcp_busy, job_poll_while_training_ms=api_busy,
-                   loss_points_seen_while_running=grew)
+    timings.update(
+        fcp_while_training_ms=fcp_busy, job_poll_while_training_ms=api_busy, loss_points_seen_while_running=grew
+    )
 
     state["tuned"] = page.locator("#fine-tuned-model").inner_text()
     assert state["tuned"].startswith(f"ft:{MODEL}:") and ":board:" in state["tuned"]
@@ -330,18 +351,26 @@ def test_eval_over_base_and_tuned_shows_pass_rates_and_failing_items(board: Boar
     page.get_by_role("button", name="Run", exact=True).click()
     runs = page.locator("#runs table.runs tbody tr")  # (uPlot's legend is a table too)
     ended = ("completed", "failed", "canceled")
-    wait_until(lambda: runs.count() == 2 and all(any(e in r for e in ended) for r in runs.all_inner_texts()), 300,
-               "both runs to end")
+    wait_until(
+        lambda: runs.count() == 2 and all(any(e in r for e in ended) for r in runs.all_inner_texts()),
+        300,
+        "both runs to end",
+    )
     assert runs.filter(has_text="completed").count() == 2, runs.all_inner_texts()
     page.locator("#chart-pass-rates canvas").wait_for()
-    passed = {runs.nth(i).locator("td").first.inner_text(): int(runs.nth(i).locator("td").nth(2).inner_text()) for i in range(2)}
+    passed = {
+        runs.nth(i).locator("td").first.inner_text(): int(runs.nth(i).locator("td").nth(2).inner_text())
+        for i in range(2)
+    }
     assert passed[state["tuned"]] >= 4 and passed[MODEL] < passed[state["tuned"]], passed
 
     runs.filter(has_text=MODEL).filter(has_not_text=state["tuned"]).get_by_role("button", name="Items").click()
     page.get_by_role("heading", name=f"Items of {MODEL}").wait_for()
     page.get_by_label("Only failures").check()
-    page.wait_for_function("document.querySelector('#failures-only')?.checked && "
-                           "[...document.querySelectorAll('#items tr.item')].every(r => r.classList.contains('fail'))")
+    page.wait_for_function(
+        "document.querySelector('#failures-only')?.checked && "
+        "[...document.querySelectorAll('#items tr.item')].every(r => r.classList.contains('fail'))"
+    )
     items = page.locator("#items tr.item")
     assert items.count() == 6 - passed[MODEL]
     first = items.first
@@ -360,8 +389,11 @@ def test_export_a_gguf_shows_the_modelfile_and_downloads(board: Board, state: di
     page.get_by_label("Quantization").select_option("f16")
     page.get_by_role("button", name="Export", exact=True).click()
     card = page.locator("article.export").first
-    page.wait_for_function("['succeeded','failed','cancelled'].includes(document.querySelector('article.export')?.dataset.status)",
-                           timeout=600_000, polling=500)
+    page.wait_for_function(
+        "['succeeded','failed','cancelled'].includes(document.querySelector('article.export')?.dataset.status)",
+        timeout=600_000,
+        polling=500,
+    )
     assert card.get_attribute("data-status") == "succeeded", card.inner_text()
     assert "TEMPLATE" in card.locator(".modelfile code").inner_text()
     commands = card.locator(".code code").first.inner_text()
@@ -375,8 +407,9 @@ def test_export_a_gguf_shows_the_modelfile_and_downloads(board: Board, state: di
     board.shoot("export")
 
 
-def test_admin_view_lists_organizations_engines_with_adapters_and_usage_charts(browser: Any, gw: LiveGateway,
-                                                                               shots: Path, state: dict) -> None:
+def test_admin_view_lists_organizations_engines_with_adapters_and_usage_charts(
+    browser: Any, gw: LiveGateway, shots: Path, state: dict
+) -> None:
     admin = Board(browser, gw, shots)
     try:
         admin.sign_in(ADMIN_KEY)
@@ -406,7 +439,9 @@ def test_keyboard_reaches_the_navigation_with_a_visible_focus(board: Board) -> N
     assert page.evaluate("document.activeElement.className") == "skip"
     page.keyboard.press("Tab")
     page.keyboard.press("Tab")
-    focused = page.evaluate("[document.activeElement.textContent, getComputedStyle(document.activeElement).outlineStyle]")
+    focused = page.evaluate(
+        "[document.activeElement.textContent, getComputedStyle(document.activeElement).outlineStyle]"
+    )
     assert focused == ["Data", "solid"]
     page.keyboard.press("Enter")
     page.get_by_role("heading", name="Upload a dataset").wait_for()

@@ -30,9 +30,14 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivateCl
 
 
 ROUTES = [
-    ("GET", "/v1/models"), ("GET", "/v1/files"), ("GET", "/v1/fine_tuning/jobs"), ("GET", "/v1/evals"),
-    ("GET", "/v1/exports"), ("GET", "/v1/fine_tuning/jobs/ftjob-x/events"),
-    ("POST", "/v1/chat/completions"), ("POST", "/v1/fine_tuning/jobs"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/files"),
+    ("GET", "/v1/fine_tuning/jobs"),
+    ("GET", "/v1/evals"),
+    ("GET", "/v1/exports"),
+    ("GET", "/v1/fine_tuning/jobs/ftjob-x/events"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/fine_tuning/jobs"),
 ]
 
 

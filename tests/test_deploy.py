@@ -18,20 +18,30 @@ from storage.settings import Settings  # noqa: E402
 
 CHART = Path(__file__).resolve().parents[1] / "deploy" / "helm" / "tunegate"
 K8S_VERSION = "1.33.0"
-VALUES = {"secrets": {"adminKey": "sk-admin", "databaseUrl": "postgresql+psycopg://tg:pw@pg:5432/tunegate",
-                      "engineApiKey": "engine-key", "s3AccessKeyId": "AK", "s3SecretAccessKey": "SK"},
-          "redisUrl": "redis://redis:6379/0",
-          "objectStore": {"blobUrl": "s3://tunegate/blobs", "endpointUrl": "http://minio:9000"},
-          "baseModels": {"Qwen/Qwen2.5-0.5B-Instruct": {"source": "Qwen/Qwen2.5-0.5B-Instruct", "engineReplicas": 2},
-                         "tiny": {"source": "/models/tiny", "engineReplicas": 1}},
-          "serviceMonitor": {"enabled": True}}
+VALUES = {
+    "secrets": {
+        "adminKey": "sk-admin",
+        "databaseUrl": "postgresql+psycopg://tg:pw@pg:5432/tunegate",
+        "engineApiKey": "engine-key",
+        "s3AccessKeyId": "AK",
+        "s3SecretAccessKey": "SK",
+    },
+    "redisUrl": "redis://redis:6379/0",
+    "objectStore": {"blobUrl": "s3://tunegate/blobs", "endpointUrl": "http://minio:9000"},
+    "baseModels": {
+        "Qwen/Qwen2.5-0.5B-Instruct": {"source": "Qwen/Qwen2.5-0.5B-Instruct", "engineReplicas": 2},
+        "tiny": {"source": "/models/tiny", "engineReplicas": 1},
+    },
+    "serviceMonitor": {"enabled": True},
+}
 
 
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
     with helm.Chart.load(str(CHART)) as chart:
         out = chart.render(values, name="tg", namespace="ml")
-    return [doc for path, text in sorted(out.items()) if path.endswith(".yaml")
-            for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc for path, text in sorted(out.items()) if path.endswith(".yaml") for doc in yaml.safe_load_all(text) if doc
+    ]
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -83,7 +93,8 @@ def test_gateway_worker_and_engines(docs: list[dict[str, Any]]) -> None:
     models = json.loads(secrets["tg-tunegate-engines"]["stringData"]["base-models"])
     assert models["Qwen/Qwen2.5-0.5B-Instruct"]["engine_urls"] == [
         "http://tg-tunegate-engine-0-0.tg-tunegate-engine-0.ml.svc:8000",
-        "http://tg-tunegate-engine-0-1.tg-tunegate-engine-0.ml.svc:8000"]
+        "http://tg-tunegate-engine-0-1.tg-tunegate-engine-0.ml.svc:8000",
+    ]
     assert models["tiny"]["engine_urls"] == ["http://tg-tunegate-engine-1-0.tg-tunegate-engine-1.ml.svc:8000"]
     assert {m["engine_api_key"] for m in models.values()} == {"engine-key"}
     env = env_of(gateway["spec"]["template"]["spec"]["containers"][0])

@@ -35,8 +35,9 @@ class Engine:
         self.calls.append((request.url.path.rsplit("/", 1)[1], name))
         if request.url.path == "/v1/load_lora_adapter":
             if name in self.loaded:
-                return httpx.Response(400, json={"error": {"message": f"The lora adapter '{name}' has already been "
-                                                                      "loaded."}})
+                return httpx.Response(
+                    400, json={"error": {"message": f"The lora adapter '{name}' has already been loaded."}}
+                )
             self.loaded.append(name)
             return httpx.Response(200, text=f"Success: LoRA adapter '{name}' added successfully.")
         if name not in self.loaded:

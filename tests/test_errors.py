@@ -25,17 +25,20 @@ from storage.settings import Settings
 from tests.support import ADMIN_KEY, SpecValidator
 
 
-@pytest.mark.parametrize(("error", "status", "type_"), [
-    (InvalidRequest("x"), 400, "invalid_request_error"),
-    (InvalidFile("x"), 400, "invalid_request_error"),
-    (AuthenticationFailed("x"), 401, "authentication_error"),
-    (PermissionDenied("x"), 403, "permission_error"),
-    (NotFound("x"), 404, "invalid_request_error"),
-    (PayloadTooLarge("x"), 413, "invalid_request_error"),
-    (RateLimited("x"), 429, "rate_limit_error"),
-    (Unavailable("x"), 503, "service_unavailable_error"),
-    (TunegateError("x"), 400, "invalid_request_error"),
-])
+@pytest.mark.parametrize(
+    ("error", "status", "type_"),
+    [
+        (InvalidRequest("x"), 400, "invalid_request_error"),
+        (InvalidFile("x"), 400, "invalid_request_error"),
+        (AuthenticationFailed("x"), 401, "authentication_error"),
+        (PermissionDenied("x"), 403, "permission_error"),
+        (NotFound("x"), 404, "invalid_request_error"),
+        (PayloadTooLarge("x"), 413, "invalid_request_error"),
+        (RateLimited("x"), 429, "rate_limit_error"),
+        (Unavailable("x"), 503, "service_unavailable_error"),
+        (TunegateError("x"), 400, "invalid_request_error"),
+    ],
+)
 def test_translation_table(error: TunegateError, status: int, type_: str) -> None:
     assert status_of(error) == (status, type_)
 
@@ -44,8 +47,12 @@ def test_translation_table(error: TunegateError, status: int, type_: str) -> Non
 def app_client(tmp_path) -> Iterator[TestClient]:  # noqa: ANN001
     settings = Settings(data_dir=tmp_path, admin_key=ADMIN_KEY)
     with TestClient(create_app(settings)) as client:
-        org = client.post("/admin/organizations", json={"name": "e"}, headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
-        key = client.post(f"/admin/organizations/{org['id']}/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+        org = client.post(
+            "/admin/organizations", json={"name": "e"}, headers={"authorization": f"Bearer {ADMIN_KEY}"}
+        ).json()
+        key = client.post(
+            f"/admin/organizations/{org['id']}/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"}
+        ).json()
         client.headers["authorization"] = f"Bearer {key['secret']}"
         yield client
 
@@ -61,16 +68,29 @@ def _assert_envelope(spec: SpecValidator, response, status: int, type_: str) -> 
 
 def test_framework_errors_use_the_envelope(app_client: TestClient, spec: SpecValidator) -> None:
     assert _assert_envelope(spec, app_client.get("/v1/nowhere"), 404, "invalid_request_error")["code"] == "unknown_url"
-    assert _assert_envelope(spec, app_client.put("/v1/files"), 405, "invalid_request_error")["code"] == "method_not_allowed"
+    assert (
+        _assert_envelope(spec, app_client.put("/v1/files"), 405, "invalid_request_error")["code"]
+        == "method_not_allowed"
+    )
     err = _assert_envelope(spec, app_client.get("/v1/files", params={"limit": "many"}), 400, "invalid_request_error")
     assert err["param"] == "limit"
-    err = _assert_envelope(spec, app_client.get("/v1/files", params={"order": "sideways"}), 400, "invalid_request_error")
+    err = _assert_envelope(
+        spec, app_client.get("/v1/files", params={"order": "sideways"}), 400, "invalid_request_error"
+    )
     assert err["param"] == "order"
-    err = _assert_envelope(spec, app_client.post("/admin/organizations", json={"nom": 1},
-                                                 headers={"authorization": f"Bearer {ADMIN_KEY}"}), 400, "invalid_request_error")
+    err = _assert_envelope(
+        spec,
+        app_client.post("/admin/organizations", json={"nom": 1}, headers={"authorization": f"Bearer {ADMIN_KEY}"}),
+        400,
+        "invalid_request_error",
+    )
     assert "name" in err["message"]
-    _assert_envelope(spec, app_client.post("/v1/files", content=b"not multipart",
-                                           headers={"content-type": "text/plain"}), 400, "invalid_request_error")
+    _assert_envelope(
+        spec,
+        app_client.post("/v1/files", content=b"not multipart", headers={"content-type": "text/plain"}),
+        400,
+        "invalid_request_error",
+    )
 
 
 def test_unexpected_errors_are_500_envelopes(app_client: TestClient, spec: SpecValidator) -> None:

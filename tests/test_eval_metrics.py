@@ -21,8 +21,8 @@ def _independent(prediction: str, reference: str) -> dict[str, float]:
         return 2 * p * r / (p + r + 1e-8)
 
     def rouge_n(n: int) -> float:
-        h = {tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1)}
-        r = {tuple(ref[i:i + n]) for i in range(len(ref) - n + 1)}
+        h = {tuple(hyp[i : i + n]) for i in range(len(hyp) - n + 1)}
+        r = {tuple(ref[i : i + n]) for i in range(len(ref) - n + 1)}
         overlap = len(h & r)
         return f(overlap / len(h) if h else 0.0, overlap / len(r) if r else 0.0)
 
@@ -32,14 +32,22 @@ def _independent(prediction: str, reference: str) -> dict[str, float]:
             table[i][j] = table[i - 1][j - 1] + 1 if a == b else max(table[i - 1][j], table[i][j - 1])
     lcs = table[-1][-1]
     bleu = sentence_bleu([list(reference)], list(prediction), smoothing_function=SmoothingFunction().method3)
-    return {"rouge-1": round(rouge_n(1) * 100, 4), "rouge-2": round(rouge_n(2) * 100, 4),
-            "rouge-l": round(f(lcs / len(hyp), lcs / len(ref)) * 100, 4), "bleu-4": round(bleu * 100, 4)}
+    return {
+        "rouge-1": round(rouge_n(1) * 100, 4),
+        "rouge-2": round(rouge_n(2) * 100, 4),
+        "rouge-l": round(f(lcs / len(hyp), lcs / len(ref)) * 100, 4),
+        "bleu-4": round(bleu * 100, 4),
+    }
 
 
 GOLDEN = [
     # distinct n-grams count once (rouge_chinese): ROUGE-1 is 4/5, not 5/6
     ("the cat sat on the mat", "the cat is on the mat", {"rouge-1": 80.0, "rouge-2": 60.0, "rouge-l": 83.3333}),
-    ("今天天气很好，我们去公园散步。", "今天天气不错，我们一起去公园散步吧。", {"rouge-1": 73.6842, "rouge-2": 35.2941}),
+    (
+        "今天天气很好，我们去公园散步。",
+        "今天天气不错，我们一起去公园散步吧。",
+        {"rouge-1": 73.6842, "rouge-2": 35.2941},
+    ),
     ("完全无关的句子", "The quick brown fox", {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}),
     ("", "参考答案", {"rouge-1": 0.0, "bleu-4": 0.0}),
 ]
@@ -60,8 +68,11 @@ def test_chinese_is_scored_on_words_not_zero() -> None:
 
 def _pairs(n: int) -> list[tuple[str, str]]:
     """Real outputs from the shared datasets paired with each other and with edited copies."""
-    outputs = [e["output"][:300] for name in ("alpaca_zh_demo.json", "alpaca_en_demo.json")
-               for e in json.loads((DATA / name).read_text())[: n // 2]]
+    outputs = [
+        e["output"][:300]
+        for name in ("alpaca_zh_demo.json", "alpaca_en_demo.json")
+        for e in json.loads((DATA / name).read_text())[: n // 2]
+    ]
     pairs = list(pairwise(outputs))
     pairs += [(o[: len(o) // 2] + " " + o[:20], o) for o in outputs[::5]]
     return [(p, r) for p, r in pairs if p.strip() and r.strip()]
@@ -81,7 +92,8 @@ def test_matches_rouge_chinese_the_library_llama_factory_uses() -> None:
         oracle = Rouge().get_scores(hyp, ref)[0]
         ours = sample_scores(prediction, reference)
         assert {k: ours[k] for k in ("rouge-1", "rouge-2", "rouge-l")} == {
-            k: round(oracle[k]["f"] * 100, 4) for k in ("rouge-1", "rouge-2", "rouge-l")}, (prediction, reference)
+            k: round(oracle[k]["f"] * 100, 4) for k in ("rouge-1", "rouge-2", "rouge-l")
+        }, (prediction, reference)
 
 
 def test_mean_of_rounded_samples_with_llama_factory_keys() -> None:
@@ -112,7 +124,9 @@ def _reasoning_pairs(n: int) -> list[tuple[str, str, str, str]]:
     for i, (output, label) in enumerate(zip(outputs, labels, strict=True)):
         reference = f"<think>\n{output[:400]}\n</think>\n\n{label}"
         answer = label if i % 3 else labels[(i + 1) % len(labels)]  # two in three right
-        prediction = f"好的，我想一想。{answer}\n</think>\n\n{answer}" if i % 2 else f"<think>\n嗯。\n</think>\n\n{answer}"
+        prediction = (
+            f"好的，我想一想。{answer}\n</think>\n\n{answer}" if i % 2 else f"<think>\n嗯。\n</think>\n\n{answer}"
+        )
         pairs.append((prediction, reference, answer, label))
     return pairs
 

@@ -10,20 +10,31 @@ from finetune.graders.engine import Outcome
 from storage.tables import EvalRun
 
 RUN = EvalRun(id="evalrun_x", eval_id="eval_x", organization_id="org", model="m", created_at=0)
-CRITERIA = [{"type": "string_check", "name": "a"}, {"type": "score_model", "name": "j", "model": "judge",
-                                                    "range": [0, 1], "pass_threshold": 0.5}]
+CRITERIA = [
+    {"type": "string_check", "name": "a"},
+    {"type": "score_model", "name": "j", "model": "judge", "range": [0, 1], "pass_threshold": 0.5},
+]
 
 
 def _item(i: int, rng: random.Random):  # noqa: ANN202
     if rng.random() < 0.1:
         return output_item(RUN, i, {"n": i}, sample_record(RUN, [], None, {}, "engine down"), [])
-    answer = {"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+    answer = {
+        "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
     judged = {"model": "judge", "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}}
-    outcomes = [Outcome(score=float(rng.random() < 0.6)),
-                Outcome(score=rng.random(), sample=judged) if rng.random() < 0.9 else Outcome(error="parse", kind="x")]
-    return output_item(RUN, i, {"n": i}, sample_record(RUN, [{"role": "user", "content": "q"}], answer, {}),
-                       [result(c, o) for c, o in zip(CRITERIA, outcomes, strict=True)])
+    outcomes = [
+        Outcome(score=float(rng.random() < 0.6)),
+        Outcome(score=rng.random(), sample=judged) if rng.random() < 0.9 else Outcome(error="parse", kind="x"),
+    ]
+    return output_item(
+        RUN,
+        i,
+        {"n": i},
+        sample_record(RUN, [{"role": "user", "content": "q"}], answer, {}),
+        [result(c, o) for c, o in zip(CRITERIA, outcomes, strict=True)],
+    )
 
 
 def test_batches_add_up_to_a_recount() -> None:
@@ -31,7 +42,7 @@ def test_batches_add_up_to_a_recount() -> None:
     items = [_item(i, rng) for i in range(500)]
     running = Totals([c["name"] for c in CRITERIA])
     for start in range(0, len(items), 32):
-        running.add(items[start:start + 32], "m")
+        running.add(items[start : start + 32], "m")
     recount = Totals([c["name"] for c in CRITERIA])
     recount.add(items, "m")
     assert running.fields() == recount.fields()

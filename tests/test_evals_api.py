@@ -15,16 +15,36 @@ from tests.support import LiveGateway, SpecRecorder
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"  # a configured base model (no engine runs here)
 PYTHON = "def grade(sample, item):\n    return 1.0 if sample['output_text'].strip() == item['label'] else 0.25\n"
 CRITERIA = [
-    {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.label}}",
-     "operation": "eq"},
-    {"type": "text_similarity", "name": "fuzzy", "input": "{{sample.output_text}}", "reference": "{{item.label}}",
-     "evaluation_metric": "fuzzy_match", "pass_threshold": 0.8},
+    {
+        "type": "string_check",
+        "name": "exact",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.label}}",
+        "operation": "eq",
+    },
+    {
+        "type": "text_similarity",
+        "name": "fuzzy",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.label}}",
+        "evaluation_metric": "fuzzy_match",
+        "pass_threshold": 0.8,
+    },
     {"type": "python", "name": "py", "source": PYTHON, "image_tag": "2025-05-08", "pass_threshold": 0.5},
-    {"type": "string_check", "name": "contains", "input": "{{sample.output_text}}", "reference": "{{item.label}}",
-     "operation": "ilike"},
+    {
+        "type": "string_check",
+        "name": "contains",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.label}}",
+        "operation": "ilike",
+    },
 ]
 ROWS = [  # (output_text, label): 2 right, 1 close, 1 wrong, 1 JSON
-    ("Paris", "Paris"), ("Rome", "Rome"), ("Pariss", "Paris"), ("Berlin", "Madrid"), ('{"city": "paris"}', "Paris"),
+    ("Paris", "Paris"),
+    ("Rome", "Rome"),
+    ("Pariss", "Paris"),
+    ("Berlin", "Madrid"),
+    ('{"city": "paris"}', "Paris"),
 ]
 
 
@@ -34,8 +54,14 @@ def org(gateway: LiveGateway) -> tuple[str, str, str]:
 
 
 def _wait(client: openai.OpenAI, eval_id: str, run_id: str):  # noqa: ANN202
-    return wait_until(lambda: (r := client.evals.runs.retrieve(run_id, eval_id=eval_id)).status
-                      in ("completed", "failed", "canceled") and r, 120, "the eval run")
+    return wait_until(
+        lambda: (
+            (r := client.evals.runs.retrieve(run_id, eval_id=eval_id)).status in ("completed", "failed", "canceled")
+            and r
+        ),
+        120,
+        "the eval run",
+    )
 
 
 def test_graders_validate_and_run(gateway: LiveGateway, org, recorder: SpecRecorder) -> None:
@@ -43,25 +69,40 @@ def test_graders_validate_and_run(gateway: LiveGateway, org, recorder: SpecRecor
     graders = client.fine_tuning.alpha.graders
     for grader in CRITERIA[:2] + [{k: v for k, v in CRITERIA[2].items() if k != "pass_threshold"}]:
         assert graders.validate(grader=grader).grader.name == grader["name"]
-    multi = {"type": "multi", "name": "combo", "calculate_output": "0.5 * exact + 0.5 * fuzzy",
-             "graders": {"exact": CRITERIA[0], "fuzzy": {k: v for k, v in CRITERIA[1].items() if k != "pass_threshold"}}}
+    multi = {
+        "type": "multi",
+        "name": "combo",
+        "calculate_output": "0.5 * exact + 0.5 * fuzzy",
+        "graders": {"exact": CRITERIA[0], "fuzzy": {k: v for k, v in CRITERIA[1].items() if k != "pass_threshold"}},
+    }
     assert graders.validate(grader=multi).grader.type == "multi"
     single = {"type": "multi", "name": "inverse", "graders": CRITERIA[0], "calculate_output": "1 - exact"}
     assert graders.validate(grader=single).grader.calculate_output == "1 - exact"  # the spec's one-grader form
     assert graders.run(grader=single, model_sample="Rome", item={"label": "Paris"}).reward == 1.0
-    score = {"type": "score_model", "name": "judge", "model": BASE, "range": [0, 10],
-             "input": [{"role": "user", "content": "Rate {{sample.output_text}} against {{item.label}}"}]}
+    score = {
+        "type": "score_model",
+        "name": "judge",
+        "model": BASE,
+        "range": [0, 10],
+        "input": [{"role": "user", "content": "Rate {{sample.output_text}} against {{item.label}}"}],
+    }
     assert graders.validate(grader=score).grader.model == BASE
 
     ran = graders.run(grader=CRITERIA[0], model_sample="Paris", item={"label": "Paris"})
     assert ran.reward == 1.0 and ran.metadata.type == "string_check" and not ran.metadata.errors.other_error
     ran = graders.run(grader=multi, model_sample="Pariss", item={"label": "Paris"})
     assert ran.reward == pytest.approx(0.5 * 0 + 0.5 * 10 / 11) and set(ran.sub_rewards) == {"exact", "fuzzy"}
-    json_check = {"type": "string_check", "name": "j", "input": "{{sample.output_json.city}}",
-                  "reference": "{{item.label}}", "operation": "ilike"}
+    json_check = {
+        "type": "string_check",
+        "name": "j",
+        "input": "{{sample.output_json.city}}",
+        "reference": "{{item.label}}",
+        "operation": "ilike",
+    }
     assert graders.run(grader=json_check, model_sample='{"city": "PARIS"}', item={"label": "paris"}).reward == 1.0
-    assert graders.run(grader=json_check, model_sample="PARIS", item={"label": "paris"}).metadata.errors \
-        .invalid_variable_error  # not JSON: no output_json
+    assert graders.run(
+        grader=json_check, model_sample="PARIS", item={"label": "paris"}
+    ).metadata.errors.invalid_variable_error  # not JSON: no output_json
     python = {"type": "python", "name": "p", "source": PYTHON}
     assert graders.run(grader=python, model_sample=" Paris ", item={"label": "Paris"}).reward == 1.0
     hostile = {"type": "python", "name": "h", "source": "def grade(s, i):\n    return len(open('/etc/passwd').read())"}
@@ -79,10 +120,14 @@ BAD_GRADERS = [
     ({"type": "python", "name": "p", "source": "def grade(s, i):\n  return ("}, "grader.source"),
     ({"type": "python", "name": "p", "source": "x = 1"}, "grader.source"),
     ({"type": "string_check", "name": "s", "input": "{{answer}}", "reference": "x", "operation": "eq"}, "grader.input"),
-    ({"type": "string_check", "name": "s", "input": "x", "reference": "x", "operation": "startswith"},
-     "grader.operation"),
-    ({"type": "multi", "name": "m", "graders": {"a": CRITERIA[0]}, "calculate_output": "a + __import__('os')"},
-     "grader.calculate_output"),
+    (
+        {"type": "string_check", "name": "s", "input": "x", "reference": "x", "operation": "startswith"},
+        "grader.operation",
+    ),
+    (
+        {"type": "multi", "name": "m", "graders": {"a": CRITERIA[0]}, "calculate_output": "a + __import__('os')"},
+        "grader.calculate_output",
+    ),
 ]
 
 
@@ -95,35 +140,55 @@ def test_invalid_graders_are_400_naming_the_field(gateway: LiveGateway, org, gra
 
 def test_another_organizations_judge_is_not_found(gateway: LiveGateway, org) -> None:
     client = gateway.client(org[2])
-    judge = {"type": "score_model", "name": "j", "model": f"ft:{BASE}:org-someone:x:1234",
-             "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
+    judge = {
+        "type": "score_model",
+        "name": "j",
+        "model": f"ft:{BASE}:org-someone:x:1234",
+        "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+    }
     with pytest.raises(openai.NotFoundError) as missing:
         client.fine_tuning.alpha.graders.run(grader=judge, model_sample="x")
     assert missing.value.body["code"] == "model_not_found"
     with pytest.raises(openai.NotFoundError):
-        client.evals.create(data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-                            testing_criteria=[judge | {"type": "label_model", "labels": ["a"], "passing_labels": ["a"]}])
+        client.evals.create(
+            data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+            testing_criteria=[judge | {"type": "label_model", "labels": ["a"], "passing_labels": ["a"]}],
+        )
 
 
 def test_jsonl_runs_grade_given_samples_end_to_end(gateway: LiveGateway, org, recorder: SpecRecorder) -> None:
     client = gateway.client(org[2], recorder)
     evaluation = client.evals.create(
-        name="given samples", metadata={"suite": "capitals"}, testing_criteria=CRITERIA,
-        data_source_config={"type": "custom", "include_sample_schema": True,
-                            "item_schema": {"type": "object", "properties": {"label": {"type": "string"}}}})
-    assert evaluation.object == "eval" and [c.name for c in evaluation.testing_criteria] == [c["name"] for c in CRITERIA]
+        name="given samples",
+        metadata={"suite": "capitals"},
+        testing_criteria=CRITERIA,
+        data_source_config={
+            "type": "custom",
+            "include_sample_schema": True,
+            "item_schema": {"type": "object", "properties": {"label": {"type": "string"}}},
+        },
+    )
+    assert evaluation.object == "eval" and [c.name for c in evaluation.testing_criteria] == [
+        c["name"] for c in CRITERIA
+    ]
     assert client.evals.retrieve(evaluation.id).data_source_config.type == "custom"
     assert client.evals.update(evaluation.id, name="capitals").name == "capitals"
     assert evaluation.id in [e.id for e in client.evals.list(limit=100)]
 
     lines = [{"item": {"label": label}, "sample": {"output_text": text}} for text, label in ROWS]
     lines.append({"item": {"label": "Oslo"}})  # no sample: errored
-    file_id = client.files.create(file=("given.jsonl", "\n".join(json.dumps(r) for r in lines).encode()),
-                                  purpose="evals").id
-    run = client.evals.runs.create(evaluation.id, name="from file", metadata={"k": "v"},
-                                   data_source={"type": "jsonl", "source": {"type": "file_id", "id": file_id}})
+    file_id = client.files.create(
+        file=("given.jsonl", "\n".join(json.dumps(r) for r in lines).encode()), purpose="evals"
+    ).id
+    run = client.evals.runs.create(
+        evaluation.id,
+        name="from file",
+        metadata={"k": "v"},
+        data_source={"type": "jsonl", "source": {"type": "file_id", "id": file_id}},
+    )
     assert run.status in ("queued", "in_progress") and run.report_url.endswith(
-        f"/console/#/evals/{evaluation.id}/runs/{run.id}")
+        f"/console/#/evals/{evaluation.id}/runs/{run.id}"
+    )
     done = _wait(client, evaluation.id, run.id)
     assert done.status == "completed", done.error
     assert done.result_counts.model_dump() == {"total": 6, "errored": 1, "failed": 3, "passed": 2}
@@ -144,8 +209,16 @@ def test_jsonl_runs_grade_given_samples_end_to_end(gateway: LiveGateway, org, re
     one = client.evals.runs.output_items.retrieve(items[0].id, eval_id=evaluation.id, run_id=run.id)
     assert one.id == items[0].id and one.results
 
-    inline = client.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {
-        "type": "file_content", "content": [{"item": {"label": "Paris"}, "sample": {"output_text": "Paris"}}]}})
+    inline = client.evals.runs.create(
+        evaluation.id,
+        data_source={
+            "type": "jsonl",
+            "source": {
+                "type": "file_content",
+                "content": [{"item": {"label": "Paris"}, "sample": {"output_text": "Paris"}}],
+            },
+        },
+    )
     assert _wait(client, evaluation.id, inline.id).result_counts.passed == 1
     assert [r.id for r in client.evals.runs.list(evaluation.id, order="asc")] == [run.id, inline.id]
     page = client.evals.runs.list(evaluation.id, status="completed", limit=1)
@@ -161,16 +234,28 @@ def test_jsonl_runs_grade_given_samples_end_to_end(gateway: LiveGateway, org, re
 
 
 def test_python_graders_that_misbehave_error_their_items(gateway: LiveGateway, org, recorder: SpecRecorder) -> None:
-    source = ("import os, sys, ctypes\ndef grade(sample, item):\n    kind = item['kind']\n"
-              "    if kind == 'exit': sys.exit(1)\n    if kind == 'segv': ctypes.string_at(0)\n"
-              "    if kind == 'raise': raise ValueError('no')\n    if kind == 'net':\n"
-              "        import socket; socket.create_connection(('127.0.0.1', 5432))\n    return 1.0\n")
+    source = (
+        "import os, sys, ctypes\ndef grade(sample, item):\n    kind = item['kind']\n"
+        "    if kind == 'exit': sys.exit(1)\n    if kind == 'segv': ctypes.string_at(0)\n"
+        "    if kind == 'raise': raise ValueError('no')\n    if kind == 'net':\n"
+        "        import socket; socket.create_connection(('127.0.0.1', 5432))\n    return 1.0\n"
+    )
     client = gateway.client(org[2], recorder)
-    evaluation = client.evals.create(data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-                                     testing_criteria=[{"type": "python", "name": "p", "source": source}])
+    evaluation = client.evals.create(
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+        testing_criteria=[{"type": "python", "name": "p", "source": source}],
+    )
     kinds = ["ok", "exit", "ok", "segv", "ok", "raise", "net", "ok"]
-    run = client.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_content",
-        "content": [{"item": {"kind": k}, "sample": {"output_text": "x"}} for k in kinds]}})
+    run = client.evals.runs.create(
+        evaluation.id,
+        data_source={
+            "type": "jsonl",
+            "source": {
+                "type": "file_content",
+                "content": [{"item": {"kind": k}, "sample": {"output_text": "x"}} for k in kinds],
+            },
+        },
+    )
     done = _wait(client, evaluation.id, run.id)
     assert done.status == "completed" and done.result_counts.errored == 4 and done.result_counts.passed == 4
     items = {i.datasource_item_id: i for i in client.evals.runs.output_items.list(run.id, eval_id=evaluation.id)}
@@ -181,14 +266,34 @@ def test_python_graders_that_misbehave_error_their_items(gateway: LiveGateway, o
 
 REFUSED = [  # (create-run data source, the param of the 400)
     ({"type": "responses", "source": {"type": "file_content", "content": [{"item": {}}]}}, "data_source.type"),
-    ({"type": "completions", "model": BASE, "source": {"type": "traces"},
-      "input_messages": {"type": "item_reference", "item_reference": "item.m"}}, "data_source.source.type"),
-    ({"type": "completions", "model": BASE, "source": {"type": "file_content", "content": [{"item": {}}]},
-      "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{sample.output_text}}"}]}},
-     "data_source.input_messages.template[0].content"),
-    ({"type": "completions", "model": BASE, "source": {"type": "file_content", "content": [{"item": {}}]},
-      "input_messages": {"type": "item_reference", "item_reference": "item.m"},
-      "sampling_params": {"model": "ft:someone-elses"}}, "data_source.sampling_params.model"),
+    (
+        {
+            "type": "completions",
+            "model": BASE,
+            "source": {"type": "traces"},
+            "input_messages": {"type": "item_reference", "item_reference": "item.m"},
+        },
+        "data_source.source.type",
+    ),
+    (
+        {
+            "type": "completions",
+            "model": BASE,
+            "source": {"type": "file_content", "content": [{"item": {}}]},
+            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{sample.output_text}}"}]},
+        },
+        "data_source.input_messages.template[0].content",
+    ),
+    (
+        {
+            "type": "completions",
+            "model": BASE,
+            "source": {"type": "file_content", "content": [{"item": {}}]},
+            "input_messages": {"type": "item_reference", "item_reference": "item.m"},
+            "sampling_params": {"model": "ft:someone-elses"},
+        },
+        "data_source.sampling_params.model",
+    ),
     ({"type": "jsonl", "source": {"type": "file_content", "content": [{"item": 3}]}}, "data_source.source.content[0]"),
 ]
 
@@ -196,8 +301,9 @@ REFUSED = [  # (create-run data source, the param of the 400)
 @pytest.mark.parametrize("source, param", REFUSED)
 def test_run_sources_refused_with_a_clear_400(gateway: LiveGateway, org, source: dict, param: str) -> None:
     client = gateway.client(org[2])
-    evaluation = client.evals.create(data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-                                     testing_criteria=[CRITERIA[0]])
+    evaluation = client.evals.create(
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}}, testing_criteria=[CRITERIA[0]]
+    )
     with pytest.raises(openai.BadRequestError) as refused:
         client.evals.runs.create(evaluation.id, data_source=source)
     assert refused.value.body["param"] == param, refused.value.body

@@ -46,8 +46,10 @@ def model_rows(database_url: str, job_id: str) -> list[tuple[str, str]]:
     engine = create_engine(database_url)
     try:
         with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(
-                text("SELECT id, kind FROM models WHERE job_id = :j ORDER BY id"), {"j": job_id})]
+            return [
+                tuple(r)
+                for r in conn.execute(text("SELECT id, kind FROM models WHERE job_id = :j ORDER BY id"), {"j": job_id})
+            ]
     finally:
         engine.dispose()
 
@@ -97,11 +99,13 @@ def small_file(client: openai.OpenAI) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["training", "checkpoint", "evaluating", "results", "registering", "succeeded"])
-def test_kill_9_of_the_worker_at_each_phase(gw: LiveGateway, client: openai.OpenAI, small_file: str,
-                                           phase: str) -> None:
+def test_kill_9_of_the_worker_at_each_phase(
+    gw: LiveGateway, client: openai.OpenAI, small_file: str, phase: str
+) -> None:
     # a validation file makes the job reach its end-of-job evaluation (no engine here: it is skipped with a warning)
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=small_file, validation_file=small_file,
-                                         method=supervised(SHORT))
+    job = client.fine_tuning.jobs.create(
+        model=TINY, training_file=small_file, validation_file=small_file, method=supervised(SHORT)
+    )
     doomed = worker(gw, f"doomed-{phase}", TUNEGATE_WORKER__FAULT_PHASE=phase, TUNEGATE_WORKER__FAULT_JOB=job.id)
     try:
         assert doomed.wait(timeout=180) == -signal.SIGKILL, f"the worker was not killed at {phase}"
@@ -125,8 +129,11 @@ def test_a_frozen_worker_whose_lease_lapses_writes_nothing_more(gw: LiveGateway,
         wait_until(lambda: latest_step(client, job.id) >= 5, timeout=120, what="training to start")
         frozen.send_signal(signal.SIGSTOP)  # its child trains on, unaware, until the lease (4 s) lapses
         successor = worker(gw, "successor")
-        wait_until(lambda: any("stopped responding" in e.message for e in all_events(client, job.id)), timeout=60,
-                   what="the successor to take the job over")
+        wait_until(
+            lambda: any("stopped responding" in e.message for e in all_events(client, job.id)),
+            timeout=60,
+            what="the successor to take the job over",
+        )
         wait_until(lambda: latest_step(client, job.id) >= 20, timeout=120, what="the successor to train")
         frozen.send_signal(signal.SIGCONT)  # it finds its lease gone and stops its (already stopped) child
         assert_done_once(client, gw.database_url, job.id)
@@ -140,20 +147,30 @@ def test_a_frozen_worker_whose_lease_lapses_writes_nothing_more(gw: LiveGateway,
 
 
 @pytest.mark.slow
-def test_a_child_that_segfaults_every_time_fails_after_max_attempts(gw: LiveGateway, client: openai.OpenAI,
-                                                                   small_file: str) -> None:
+def test_a_child_that_segfaults_every_time_fails_after_max_attempts(
+    gw: LiveGateway, client: openai.OpenAI, small_file: str
+) -> None:
     crashing = client.fine_tuning.jobs.create(model=TINY, training_file=small_file, method=supervised(SHORT))
-    env = {"TUNEGATE_WORKER__FAULT_PHASE": "segfault", "TUNEGATE_WORKER__FAULT_JOB": crashing.id,
-           "TUNEGATE_WORKER__MAX_ATTEMPTS": "2"}
+    env = {
+        "TUNEGATE_WORKER__FAULT_PHASE": "segfault",
+        "TUNEGATE_WORKER__FAULT_JOB": crashing.id,
+        "TUNEGATE_WORKER__MAX_ATTEMPTS": "2",
+    }
     workers = [worker(gw, f"segv-{i}", **env) for i in range(2)]
     try:
         healthy = client.fine_tuning.jobs.create(model=TINY, training_file=small_file, method=supervised(SHORT))
-        failed = wait_until(lambda: (j := client.fine_tuning.jobs.retrieve(crashing.id)).status == "failed" and j,
-                            timeout=240, what="the crashing job to fail")
+        failed = wait_until(
+            lambda: (j := client.fine_tuning.jobs.retrieve(crashing.id)).status == "failed" and j,
+            timeout=240,
+            what="the crashing job to fail",
+        )
         assert failed.error.code == "training_process_died"
         assert "SIGSEGV" in failed.error.message and "2 times" in failed.error.message, failed.error.message
-        crashes = [e for e in all_events(client, crashing.id)
-                   if e.message.startswith("The training process was killed by SIGSEGV")]
+        crashes = [
+            e
+            for e in all_events(client, crashing.id)
+            if e.message.startswith("The training process was killed by SIGSEGV")
+        ]
         assert len(crashes) == 2, [e.message for e in crashes]
         assert_done_once(client, gw.database_url, healthy.id)  # the other job ran meanwhile, on the same workers
         assert all(w.poll() is None for w in workers), "a crashing job must not take its worker down"
@@ -167,16 +184,19 @@ def test_a_child_that_segfaults_every_time_fails_after_max_attempts(gw: LiveGate
 @pytest.mark.postgres
 def test_a_database_restart_during_training_and_an_eval_run_costs_a_pause(tiny_model: str, tmp_path: Path) -> None:
     with private_cluster() as cluster:
-        gateway = LiveGateway(tmp_path / "gw", cluster.url,
-                              **gateway_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false",
-                                            TUNEGATE_WORKER__LEASE_SECONDS="15"))
+        gateway = LiveGateway(
+            tmp_path / "gw",
+            cluster.url,
+            **gateway_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false", TUNEGATE_WORKER__LEASE_SECONDS="15"),
+        )
         gateway.start()
         proc = None
         try:
             cl = gateway.client(gateway.new_org_key("restart")[2])
             train = upload(cl, shared_subset("alpaca_en_demo.json", 300), name="alpaca_en.json")
-            job = cl.fine_tuning.jobs.create(model=TINY, training_file=train,
-                                             method=supervised({**LONG, "n_epochs": 1}))
+            job = cl.fine_tuning.jobs.create(
+                model=TINY, training_file=train, method=supervised({**LONG, "n_epochs": 1})
+            )
             eval_id, run_id = _slow_eval_run(cl, 160)  # ~32 s of grading: under way when the database goes
             proc = gateway.spawn_worker("pg-restart")
             wait_until(lambda: latest_step(cl, job.id) >= 5, timeout=120, what="training to start")
@@ -195,16 +215,22 @@ def test_a_database_restart_during_training_and_an_eval_run_costs_a_pause(tiny_m
             gateway.stop()
 
 
-SLOW_GRADER = "import time\ndef grade(sample, item):\n    time.sleep(0.2)\n    return 1.0 if sample['output_text'] == item['want'] else 0.0\n"
+SLOW_GRADER = (
+    "import time\ndef grade(sample, item):\n    time.sleep(0.2)\n"
+    "    return 1.0 if sample['output_text'] == item['want'] else 0.0\n"
+)
 
 
 def _slow_eval_run(client: openai.OpenAI, n: int) -> tuple[str, str]:
     """A jsonl run (samples given: no engine) whose batches of 32 take ~6 s, longer than the 4 s lease."""
-    evaluation = client.evals.create(data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-                                     testing_criteria=[{"type": "python", "name": "slow", "source": SLOW_GRADER}])
+    evaluation = client.evals.create(
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+        testing_criteria=[{"type": "python", "name": "slow", "source": SLOW_GRADER}],
+    )
     rows = [{"item": {"want": str(i)}, "sample": {"output_text": str(i if i % 3 else -1)}} for i in range(n)]
-    run = client.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {
-        "type": "file_content", "content": rows}})
+    run = client.evals.runs.create(
+        evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": rows}}
+    )
     return evaluation.id, run.id
 
 
@@ -221,8 +247,9 @@ def _assert_run_once(client: openai.OpenAI, eval_id: str, run_id: str, n: int) -
 
 
 @pytest.mark.slow
-def test_two_workers_and_batches_longer_than_the_lease_grade_every_item_once(gw: LiveGateway,
-                                                                            client: openai.OpenAI) -> None:
+def test_two_workers_and_batches_longer_than_the_lease_grade_every_item_once(
+    gw: LiveGateway, client: openai.OpenAI
+) -> None:
     eval_id, run_id = _slow_eval_run(client, 80)
     workers = [worker(gw, f"evals-{i}") for i in range(2)]
     try:

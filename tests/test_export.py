@@ -41,8 +41,9 @@ def _prompt_ids(model_dir: Path, text: str) -> list[int]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                         return_dict=True)["input_ids"]
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, return_dict=True
+    )["input_ids"]
 
 
 def _hf(model_dir: Path, adapter: Path | None = None, **kwargs: str):  # noqa: ANN202
@@ -67,15 +68,23 @@ def _hf_last_logits(model, ids: list[int]):  # noqa: ANN001, ANN202
 def _hf_greedy(model, ids: list[int], n: int = GREEDY) -> list[int]:  # noqa: ANN001
     import torch
 
-    return model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0][len(ids):].tolist()
+    return model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0][len(ids) :].tolist()
 
 
 def _llama(gguf: Path, lora: Path | None = None):  # noqa: ANN202
     from llama_cpp import Llama
 
     # an f32 KV cache: the comparison is about the exported weights, not llama.cpp's f16 cache
-    return Llama(model_path=str(gguf), lora_path=str(lora) if lora else None, n_ctx=256, n_threads=1,
-                 logits_all=True, verbose=False, type_k=0, type_v=0)
+    return Llama(
+        model_path=str(gguf),
+        lora_path=str(lora) if lora else None,
+        n_ctx=256,
+        n_threads=1,
+        logits_all=True,
+        verbose=False,
+        type_k=0,
+        type_v=0,
+    )
 
 
 def _llama_last_logits(llm, ids: list[int]):  # noqa: ANN001, ANN202
@@ -141,8 +150,12 @@ def test_transformers_loads_the_gguf_back(model_and_adapter: tuple[Path, Path], 
     reference_model = _hf(merged)
     for text in PROMPTS:
         ids = _prompt_ids(merged, text)
-        assert tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                             return_dict=True)["input_ids"] == ids
+        assert (
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, return_dict=True
+            )["input_ids"]
+            == ids
+        )
         assert _error(_hf_last_logits(loaded, ids), _hf_last_logits(reference_model, ids)) < 1e-3, text
 
 
@@ -161,8 +174,9 @@ def test_q4_k_m_is_real_and_unknown_quant_is_a_400(model_and_adapter: tuple[Path
 
 
 @pytest.mark.parametrize("rslora", [False, True])
-def test_gguf_lora_adapter_on_the_base_gguf_equals_the_merged_model(model_and_adapter: tuple[Path, Path],
-                                                                     tmp_path: Path, rslora: bool) -> None:
+def test_gguf_lora_adapter_on_the_base_gguf_equals_the_merged_model(
+    model_and_adapter: tuple[Path, Path], tmp_path: Path, rslora: bool
+) -> None:
     """What Ollama's FROM base + ADAPTER (and llama.cpp's --lora) compute: the same as the merged weights. An rsLoRA
     adapter (scale alpha/sqrt(r); llama.cpp knows alpha/r only) gets its alpha rewritten on the way."""
     import json
@@ -205,8 +219,9 @@ def test_dora_merges_exactly(model_and_adapter: tuple[Path, Path], tmp_path: Pat
 
     base, _ = model_and_adapter
     torch.manual_seed(2)
-    peft_model = get_peft_model(_hf(base), LoraConfig(r=4, target_modules=TARGETS, use_dora=True,
-                                                      init_lora_weights=False))
+    peft_model = get_peft_model(
+        _hf(base), LoraConfig(r=4, target_modules=TARGETS, use_dora=True, init_lora_weights=False)
+    )
     peft_model.save_pretrained(tmp_path / "dora")
     merged = merge(base, tmp_path / "dora", tmp_path / "merged")
     ids = _prompt_ids(merged, PROMPTS[0])

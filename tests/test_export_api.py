@@ -32,7 +32,8 @@ TRAINED_SYSTEM = "You are the edge assistant."  # in every training example: the
 def env(edge_model: str, **models: dict[str, Any]) -> dict[str, str]:
     return {
         "TUNEGATE_BASE_MODELS": json.dumps({EDGE: {"source": edge_model}, **models}),
-        "TUNEGATE_WORKER__LEASE_SECONDS": "4", "TUNEGATE_WORKER__POLL_SECONDS": "0.3",
+        "TUNEGATE_WORKER__LEASE_SECONDS": "4",
+        "TUNEGATE_WORKER__POLL_SECONDS": "0.3",
         "TUNEGATE_WORKER__CPU_THREADS": "2",
     }
 
@@ -57,12 +58,28 @@ def org(gw: LiveGateway) -> tuple[str, str]:
 def tuned(gw: LiveGateway, org: tuple[str, str]) -> str:
     """A model fine-tuned through the API (cutoff_len 384: the Modelfile's num_ctx must say so)."""
     client = gw.client(org[1])
-    rows = [{"messages": [{"role": "system", "content": TRAINED_SYSTEM}, {"role": "user", "content": q},
-                          {"role": "assistant", "content": a}]} for q, a in qa_pairs(12)]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": TRAINED_SYSTEM},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": a},
+            ]
+        }
+        for q, a in qa_pairs(12)
+    ]
     file_id = upload(client, "".join(json.dumps(r) + "\n" for r in rows).encode())
-    job = client.fine_tuning.jobs.create(model=EDGE, training_file=file_id, suffix="edge", method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "cutoff_len": 384,
-                                                                 "learning_rate": 0.002}}})
+    job = client.fine_tuning.jobs.create(
+        model=EDGE,
+        training_file=file_id,
+        suffix="edge",
+        method={
+            "type": "supervised",
+            "supervised": {
+                "hyperparameters": {"n_epochs": 2, "batch_size": 4, "cutoff_len": 384, "learning_rate": 0.002}
+            },
+        },
+    )
     return wait_for(client, job.id, ("succeeded",), timeout=600).fine_tuned_model
 
 
@@ -111,16 +128,25 @@ def prompt_ids(model_dir: str, text: str) -> list[int]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                         return_dict=True)["input_ids"]
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, return_dict=True
+    )["input_ids"]
 
 
 def llama_logits(gguf: Path, ids: list[int], lora: Path | None = None):  # noqa: ANN201
     import numpy as np
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf), lora_path=str(lora) if lora else None, n_ctx=256, n_threads=1,
-                logits_all=True, verbose=False, type_k=0, type_v=0)  # f32 KV cache: measure the export only
+    llm = Llama(
+        model_path=str(gguf),
+        lora_path=str(lora) if lora else None,
+        n_ctx=256,
+        n_threads=1,
+        logits_all=True,
+        verbose=False,
+        type_k=0,
+        type_v=0,
+    )  # f32 KV cache: measure the export only
     llm.eval(ids)
     return np.array(llm.scores[len(ids) - 1]), llm.metadata
 
@@ -140,8 +166,9 @@ def adapter_of(gw: LiveGateway, model_id: str) -> Path:
     return gw.data_dir / "blobs" / "objects" / key
 
 
-def test_gguf_export_job_files_modelfile_and_logits(gw: LiveGateway, org: tuple[str, str], tuned: str,
-                                                    edge_model: str, tmp_path: Path, recorder: SpecRecorder) -> None:
+def test_gguf_export_job_files_modelfile_and_logits(
+    gw: LiveGateway, org: tuple[str, str], tuned: str, edge_model: str, tmp_path: Path, recorder: SpecRecorder
+) -> None:
     import numpy as np
 
     client = gw.client(org[1], recorder)
@@ -164,15 +191,19 @@ def test_gguf_export_job_files_modelfile_and_logits(gw: LiveGateway, org: tuple[
     if GO:  # what Ollama would feed llama.cpp (TEMPLATE rendered, SYSTEM prepended, BOS by the tokenizer) is what
         #     the model was trained on, token for token
         template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
-        chat = [{"role": "user", "content": "Bonjour"}, {"role": "assistant", "content": "Salut."},
-                {"role": "user", "content": "你好"}]
+        chat = [
+            {"role": "user", "content": "Bonjour"},
+            {"role": "assistant", "content": "Salut."},
+            {"role": "user", "content": "你好"},
+        ]
         rendered = go_render(template, [chat], default_system=SYSTEM)[0]
         from llama_cpp import Llama
         from transformers import AutoTokenizer
 
         vocab = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
         trained = AutoTokenizer.from_pretrained(edge_model).apply_chat_template(
-            [{"role": "system", "content": SYSTEM}, *chat], add_generation_prompt=True, return_dict=True)["input_ids"]
+            [{"role": "system", "content": SYSTEM}, *chat], add_generation_prompt=True, return_dict=True
+        )["input_ids"]
         assert vocab.tokenize(rendered.encode(), add_bos=True, special=True) == trained
     readme = files["README.md"].read_text()
     assert "ollama create" in readme and f"llama-server -m {gguf.name}" in readme
@@ -188,8 +219,9 @@ def test_gguf_export_job_files_modelfile_and_logits(gw: LiveGateway, org: tuple[
     assert metadata["tokenizer.chat_template"] == AutoTokenizer.from_pretrained(edge_model).chat_template
 
 
-def test_gguf_adapter_and_safetensors_exports(gw: LiveGateway, org: tuple[str, str], tuned: str, edge_model: str,
-                                              tmp_path: Path) -> None:
+def test_gguf_adapter_and_safetensors_exports(
+    gw: LiveGateway, org: tuple[str, str], tuned: str, edge_model: str, tmp_path: Path
+) -> None:
     import numpy as np
 
     client = gw.client(org[1])
@@ -217,11 +249,14 @@ def test_gguf_adapter_and_safetensors_exports(gw: LiveGateway, org: tuple[str, s
     assert np.abs(peft_logits(str(folder), None, ids) - reference).max() < 1e-4
 
 
-def test_bad_export_requests_are_400s_and_nothing_is_stored(gw: LiveGateway, org: tuple[str, str], tuned: str,
-                                                            edge_model: str, tmp_path: Path) -> None:
+def test_bad_export_requests_are_400s_and_nothing_is_stored(
+    gw: LiveGateway, org: tuple[str, str], tuned: str, edge_model: str, tmp_path: Path
+) -> None:
     client = gw.client(org[1])
     before = client.get("/exports", cast_to=object)["data"]
-    other_org_model = register_adapter(gw, gw.new_org_key("other")[0], _dora(edge_model, tmp_path / "x"), "x", base=EDGE)
+    other_org_model = register_adapter(
+        gw, gw.new_org_key("other")[0], _dora(edge_model, tmp_path / "x"), "x", base=EDGE
+    )
     dora = register_adapter(gw, org[0], _dora(edge_model, tmp_path / "dora"), "dora", base=EDGE)
     cases = [
         ({"model": "no-such-model"}, "model", "model_not_found"),
@@ -259,8 +294,9 @@ def _dora(edge_model: str, target: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(edge_model),
-                           LoraConfig(r=4, target_modules=TARGETS, use_dora=True))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(edge_model), LoraConfig(r=4, target_modules=TARGETS, use_dora=True)
+    )
     model.save_pretrained(target)
     return target
 
@@ -281,33 +317,59 @@ def test_a_failing_export_fails_alone_and_cancel_works(gw: LiveGateway, org: tup
     assert httpx.get(f"{gw.url}/health").status_code == 200
 
 
-def test_cli_export_then_tunegate_serves_the_gguf_with_llama_cpp(gw: LiveGateway, org: tuple[str, str], tuned: str,
-                                                                 edge_model: str, tmp_path: Path) -> None:
+def test_cli_export_then_tunegate_serves_the_gguf_with_llama_cpp(
+    gw: LiveGateway, org: tuple[str, str], tuned: str, edge_model: str, tmp_path: Path
+) -> None:
     out = tmp_path / "bundle"
     cli = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "export", tuned, "--format", "gguf", "--quant", "q8_0", "-o", str(out),
-         "--base-url", f"{gw.url}/v1"], env={**os.environ, "OPENAI_API_KEY": org[1]}, capture_output=True,
-        text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "export",
+            tuned,
+            "--format",
+            "gguf",
+            "--quant",
+            "q8_0",
+            "-o",
+            str(out),
+            "--base-url",
+            f"{gw.url}/v1",
+        ],
+        env={**os.environ, "OPENAI_API_KEY": org[1]},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert cli.returncode == 0, cli.stderr
     gguf = out / next(n for n in os.listdir(out) if n.endswith("-q8_0.gguf"))
     assert (out / "Modelfile").is_file() and (out / "README.md").is_file()
     assert str(gguf) in cli.stdout and "100.0%  done" in cli.stderr
-    bad = subprocess.run([sys.executable, "-m", "gateway.cli", "export", tuned, "--quant", "q9", "--base-url",
-                          f"{gw.url}/v1"], env={**os.environ, "OPENAI_API_KEY": org[1]}, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "export", tuned, "--quant", "q9", "--base-url", f"{gw.url}/v1"],
+        env={**os.environ, "OPENAI_API_KEY": org[1]},
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and "Unsupported quantization 'q9'" in bad.stderr
 
     # the exported GGUF, served by tunegate itself through its llama.cpp engine
     # (only that base model: a local vLLM engine for the others is not what this test is about)
-    gw.extra_env.update(TUNEGATE_BASE_MODELS=json.dumps({"edge-gguf": {"source": str(gguf), "engine": "llama.cpp"}}),
-                        TUNEGATE_SERVING__LOCAL_ENGINES="true", TUNEGATE_SERVING__MAX_MODEL_LEN="512",
-                        TUNEGATE_SERVING__ENGINE_CPUS="0")
+    gw.extra_env.update(
+        TUNEGATE_BASE_MODELS=json.dumps({"edge-gguf": {"source": str(gguf), "engine": "llama.cpp"}}),
+        TUNEGATE_SERVING__LOCAL_ENGINES="true",
+        TUNEGATE_SERVING__MAX_MODEL_LEN="512",
+        TUNEGATE_SERVING__ENGINE_CPUS="0",
+    )
     gw.restart()
     client = gw.client(org[1])
     deadline = time.monotonic() + 120
     while True:
         try:
-            reply = client.chat.completions.create(model="edge-gguf", messages=[{"role": "user", "content": "Hi"}],
-                                                   max_tokens=8, temperature=0)
+            reply = client.chat.completions.create(
+                model="edge-gguf", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
+            )
             break
         except openai.APIStatusError as exc:
             if exc.status_code != 503 or time.monotonic() > deadline:
@@ -316,11 +378,13 @@ def test_cli_export_then_tunegate_serves_the_gguf_with_llama_cpp(gw: LiveGateway
     from llama_cpp import Llama
 
     direct = Llama(model_path=str(gguf), n_ctx=512, n_threads=1, verbose=False).create_chat_completion(
-        messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0)
+        messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
+    )
     assert reply.model == "edge-gguf"
     assert reply.choices[0].message.content == direct["choices"][0]["message"]["content"]
-    stream = client.chat.completions.create(model="edge-gguf", messages=[{"role": "user", "content": "Hi"}],
-                                            max_tokens=8, temperature=0, stream=True)
+    stream = client.chat.completions.create(
+        model="edge-gguf", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, stream=True
+    )
     chunks = list(stream)
     assert all(c.model == "edge-gguf" for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.choices[0].message.content
@@ -362,7 +426,12 @@ def test_cli_export_says_clearly_when_no_gateway_answers() -> None:
     from tests.support import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "export", "some-model", "--base-url", url],
-                          env={**os.environ, "OPENAI_API_KEY": "sk-none"}, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "export", "some-model", "--base-url", url],
+        env={**os.environ, "OPENAI_API_KEY": "sk-none"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1 and "is `tunegate serve` running there?" in done.stderr
     assert "Traceback" not in done.stderr

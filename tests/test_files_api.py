@@ -21,8 +21,13 @@ SHARED_FILES = [
 
 def chat_jsonl(n: int = 12) -> bytes:
     rows = [
-        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"q{i}"},
-                      {"role": "assistant", "content": f"a{i}", "weight": 1}]}
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": f"a{i}", "weight": 1},
+            ]
+        }
         for i in range(n)
     ]
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
@@ -40,17 +45,24 @@ def client(gateway: LiveGateway, tenant: tuple[str, str], recorder: SpecRecorder
 
 
 @pytest.mark.parametrize(("name", "fmt", "rows"), SHARED_FILES)
-def test_upload_each_shared_format(client: openai.OpenAI, gateway: LiveGateway, tenant, name: str, fmt: str, rows: int) -> None:
+def test_upload_each_shared_format(
+    client: openai.OpenAI, gateway: LiveGateway, tenant, name: str, fmt: str, rows: int
+) -> None:
     original = (DATA / name).read_bytes()
     uploaded = client.files.create(file=(name, original), purpose="fine-tune")
     assert (uploaded.filename, uploaded.bytes, uploaded.status) == (name, len(original), "processed")
     assert client.files.content(uploaded.id).content == original  # original bytes, unchanged
 
     # the normalized OpenAI JSONL: one line per example, each one an OpenAI training example
-    normalized = httpx.get(
-        f"{gateway.url}/v1/files/{uploaded.id}/content", params={"format": "normalized"},
-        headers={"authorization": f"Bearer {tenant[1]}"},
-    ).raise_for_status().text.splitlines()
+    normalized = (
+        httpx.get(
+            f"{gateway.url}/v1/files/{uploaded.id}/content",
+            params={"format": "normalized"},
+            headers={"authorization": f"Bearer {tenant[1]}"},
+        )
+        .raise_for_status()
+        .text.splitlines()
+    )
     assert len(normalized) == rows
     first = json.loads(normalized[0])
     if fmt.endswith("preference"):
@@ -66,9 +78,11 @@ def test_upload_each_shared_format(client: openai.OpenAI, gateway: LiveGateway, 
 
 def test_upload_openai_chat_and_dpo_jsonl(client: openai.OpenAI) -> None:
     chat = client.files.create(file=("train.jsonl", chat_jsonl()), purpose="fine-tune")
-    dpo_row = {"input": {"messages": [{"role": "user", "content": "hi"}]},
-               "preferred_output": [{"role": "assistant", "content": "hello"}],
-               "non_preferred_completion": [{"role": "assistant", "content": "go away"}]}
+    dpo_row = {
+        "input": {"messages": [{"role": "user", "content": "hi"}]},
+        "preferred_output": [{"role": "assistant", "content": "hello"}],
+        "non_preferred_completion": [{"role": "assistant", "content": "go away"}],
+    }
     dpo = client.files.create(file=("dpo.jsonl", (json.dumps(dpo_row) + "\n").encode() * 3), purpose="fine-tune")
     assert chat.status == dpo.status == "processed"
 
@@ -98,16 +112,22 @@ def test_list_pages_retrieve_delete(client: openai.OpenAI) -> None:
 
 
 def test_expires_after_and_batch_default(client: openai.OpenAI) -> None:
-    f = client.files.create(file=("e.jsonl", b"{}\n"), purpose="user_data", expires_after={"anchor": "created_at", "seconds": 3600})
+    f = client.files.create(
+        file=("e.jsonl", b"{}\n"), purpose="user_data", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
     assert f.expires_at == f.created_at + 3600
     b = client.files.create(file=("b.jsonl", b"{}\n"), purpose="batch")
     assert b.expires_at == b.created_at + 30 * 24 * 3600
     with pytest.raises(openai.BadRequestError) as err:
-        client.files.create(file=("e.jsonl", b"{}\n"), purpose="user_data", expires_after={"anchor": "created_at", "seconds": 10})
+        client.files.create(
+            file=("e.jsonl", b"{}\n"), purpose="user_data", expires_after={"anchor": "created_at", "seconds": 10}
+        )
     assert err.value.body["param"] == "expires_after.seconds"
 
 
-def test_files_are_private_to_their_organization(gateway: LiveGateway, client: openai.OpenAI, recorder: SpecRecorder) -> None:
+def test_files_are_private_to_their_organization(
+    gateway: LiveGateway, client: openai.OpenAI, recorder: SpecRecorder
+) -> None:
     mine = client.files.create(file=("mine.jsonl", chat_jsonl()), purpose="fine-tune")
     _, _, other_secret = gateway.new_org_key("someone-else")
     other = gateway.client(other_secret, recorder)

@@ -45,10 +45,11 @@ def greedy(model_dir: str, adapter: str | None, question: str) -> str:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
-    return tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def test_job_trains_memorizes_and_reports(gw: LiveGateway, key: str, recorder: SpecRecorder, tiny_model: str) -> None:
@@ -56,7 +57,12 @@ def test_job_trains_memorizes_and_reports(gw: LiveGateway, key: str, recorder: S
     pairs = qa_pairs(20)
     file_id = upload(client, chat_jsonl(pairs))
     job = client.fine_tuning.jobs.create(
-        model=TINY, training_file=file_id, validation_file=file_id, suffix="memo", seed=7, metadata={"team": "qa"},
+        model=TINY,
+        training_file=file_id,
+        validation_file=file_id,
+        suffix="memo",
+        seed=7,
+        metadata={"team": "qa"},
         method={"type": "supervised", "supervised": {"hyperparameters": MEMORIZE}},
     )
     assert job.status == "validating_files" and job.hyperparameters.n_epochs == 30
@@ -70,9 +76,15 @@ def test_job_trains_memorizes_and_reports(gw: LiveGateway, key: str, recorder: S
     # events: the OpenAI sequence, and a metrics event per step whose loss falls
     events = all_events(client, job.id)
     messages = [e.message for e in events]
-    for expected in ("Created fine-tuning job", "Validating training file", "Files validated, moving job to queued state",
-                     "Fine-tuning job started", "Checkpoint created at step", "New fine-tuned model created",
-                     "The job has successfully completed"):
+    for expected in (
+        "Created fine-tuning job",
+        "Validating training file",
+        "Files validated, moving job to queued state",
+        "Fine-tuning job started",
+        "Checkpoint created at step",
+        "New fine-tuned model created",
+        "The job has successfully completed",
+    ):
         assert any(m.startswith(expected) for m in messages), (expected, messages)
     # no serving engine in this module (serving.local_engines off): the generation scores are skipped, visibly
     skipped = [e for e in events if e.message.startswith("Generation metrics skipped: no serving engine")]
@@ -108,9 +120,15 @@ def test_same_seed_same_loss_curve(gw: LiveGateway, key: str, recorder: SpecReco
     client = gw.client(key, recorder)
     file_id = upload(client, chat_jsonl(qa_pairs(12)))
     hp = {"n_epochs": 2, "batch_size": 4, "learning_rate": 0.005}
-    ids = [client.fine_tuning.jobs.create(model=TINY, training_file=file_id, seed=1234,
-                                          method={"type": "supervised", "supervised": {"hyperparameters": hp}}).id
-           for _ in range(2)]
+    ids = [
+        client.fine_tuning.jobs.create(
+            model=TINY,
+            training_file=file_id,
+            seed=1234,
+            method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+        ).id
+        for _ in range(2)
+    ]
     curves = []
     for job_id in ids:
         wait_for(client, job_id, ("succeeded",))
@@ -118,19 +136,25 @@ def test_same_seed_same_loss_curve(gw: LiveGateway, key: str, recorder: SpecReco
     assert len(curves[0]) == 6 and curves[0] == pytest.approx(curves[1], rel=1e-4)
 
 
-@pytest.mark.parametrize(("dataset", "method"), [
-    ("alpaca_zh_demo.json", "supervised"),
-    ("glaive_toolcall_zh_demo.json", "supervised"),
-    ("dpo_zh_demo.json", "dpo"),
-])
-def test_llama_factory_formats_train(gw: LiveGateway, key: str, recorder: SpecRecorder, dataset: str, method: str) -> None:
+@pytest.mark.parametrize(
+    ("dataset", "method"),
+    [
+        ("alpaca_zh_demo.json", "supervised"),
+        ("glaive_toolcall_zh_demo.json", "supervised"),
+        ("dpo_zh_demo.json", "dpo"),
+    ],
+)
+def test_llama_factory_formats_train(
+    gw: LiveGateway, key: str, recorder: SpecRecorder, dataset: str, method: str
+) -> None:
     client = gw.client(key, recorder)
     file_id = upload(client, shared_subset(dataset, 16), name=dataset)
     hp = {"n_epochs": 1, "batch_size": 8, "cutoff_len": 256}
     if method == "dpo":
         hp["beta"] = 0.2
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=file_id,
-                                         method={"type": method, method: {"hyperparameters": hp}})
+    job = client.fine_tuning.jobs.create(
+        model=TINY, training_file=file_id, method={"type": method, method: {"hyperparameters": hp}}
+    )
     done = wait_for(client, job.id, ("succeeded",))
     steps = [e.data for e in all_events(client, job.id) if e.type == "metrics"]
     assert [s["step"] for s in steps] == [1, 2] and all(s["train_loss"] > 0 for s in steps)

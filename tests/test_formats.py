@@ -29,8 +29,11 @@ def test_alpaca_with_system_history_and_input(tmp_path: Path) -> None:
     result, rows = run(tmp_path, json.dumps([row]), "a.json")
     assert (result.format, result.kind, result.n_examples) == ("alpaca", "supervised", 1)
     assert rows[0]["messages"] == [
-        {"role": "system", "content": "你是翻译"}, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
-        {"role": "user", "content": "翻译\nhello"}, {"role": "assistant", "content": "你好"},
+        {"role": "system", "content": "你是翻译"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "翻译\nhello"},
+        {"role": "assistant", "content": "你好"},
     ]
 
 
@@ -47,40 +50,74 @@ def test_sharegpt_tools_calls_and_observations(tmp_path: Path) -> None:
     }
     result, rows = run(tmp_path, jsonl(row))
     messages = rows[0]["messages"]
-    assert result.format == "sharegpt" and [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert result.format == "sharegpt" and [m["role"] for m in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
     call = messages[2]["tool_calls"][0]
     assert call["function"] == {"name": "get_weather", "arguments": '{"city": "北京"}'}
     assert messages[3]["tool_call_id"] == call["id"]
-    assert rows[0]["tools"] == [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    assert rows[0]["tools"] == [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    ]
 
 
 def test_think_blocks_are_kept_as_text(tmp_path: Path) -> None:
-    row = {"conversations": [{"from": "human", "value": "新闻分类：股市大涨"}, {"from": "gpt", "value": "<think>\n看关键词\n</think>\n\n经济"}]}
+    row = {
+        "conversations": [
+            {"from": "human", "value": "新闻分类：股市大涨"},
+            {"from": "gpt", "value": "<think>\n看关键词\n</think>\n\n经济"},
+        ]
+    }
     _, rows = run(tmp_path, jsonl(row))
     assert rows[0]["messages"][1]["content"] == "<think>\n看关键词\n</think>\n\n经济"
 
 
-@pytest.mark.parametrize("row", [
-    {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "good"}, "rejected": {"from": "gpt", "value": "bad"}},
-    {"instruction": "q", "input": "", "chosen": "good", "rejected": "bad"},
-    {"input": {"messages": [{"role": "user", "content": "q"}]}, "preferred_completion": [{"role": "assistant", "content": "good"}],
-     "non_preferred_completion": [{"role": "assistant", "content": "bad"}]},
-])
+@pytest.mark.parametrize(
+    "row",
+    [
+        {
+            "conversations": [{"from": "human", "value": "q"}],
+            "chosen": {"from": "gpt", "value": "good"},
+            "rejected": {"from": "gpt", "value": "bad"},
+        },
+        {"instruction": "q", "input": "", "chosen": "good", "rejected": "bad"},
+        {
+            "input": {"messages": [{"role": "user", "content": "q"}]},
+            "preferred_completion": [{"role": "assistant", "content": "good"}],
+            "non_preferred_completion": [{"role": "assistant", "content": "bad"}],
+        },
+    ],
+)
 def test_preference_formats_normalize_to_dpo(tmp_path: Path, row: dict) -> None:
     result, rows = run(tmp_path, jsonl(row))
     assert result.kind == "preference" and not result.problems
-    assert rows == [{"input": {"messages": [{"role": "user", "content": "q"}]},
-                     "preferred_output": [{"role": "assistant", "content": "good"}],
-                     "non_preferred_output": [{"role": "assistant", "content": "bad"}]}]
+    assert rows == [
+        {
+            "input": {"messages": [{"role": "user", "content": "q"}]},
+            "preferred_output": [{"role": "assistant", "content": "good"}],
+            "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+        }
+    ]
 
 
 def test_mixed_formats_are_refused(tmp_path: Path) -> None:
-    result, _ = run(tmp_path, jsonl({"instruction": "a", "output": "b"}, {"messages": [{"role": "user", "content": "x"}]}))
+    result, _ = run(
+        tmp_path, jsonl({"instruction": "a", "output": "b"}, {"messages": [{"role": "user", "content": "x"}]})
+    )
     assert [p.category for p in result.problems.items] == ["mixed_formats"] and result.problems.items[0].line == 2
 
 
 def test_bom_and_blank_lines(tmp_path: Path) -> None:
-    content = b"\xef\xbb\xbf" + jsonl({"instruction": "a", "output": "b"}).encode() + b"\n\n" + jsonl({"instruction": "c", "output": "d"}).encode()
+    content = (
+        b"\xef\xbb\xbf"
+        + jsonl({"instruction": "a", "output": "b"}).encode()
+        + b"\n\n"
+        + jsonl({"instruction": "c", "output": "d"}).encode()
+    )
     result, rows = run(tmp_path, content)
     assert result.n_examples == 2 and not result.problems and len(rows) == 2
 
@@ -99,7 +136,9 @@ def test_unknown_sharegpt_role(tmp_path: Path) -> None:
     assert "robot" in problem.render()
 
 
-@pytest.mark.parametrize("name", ["alpaca_zh_demo.json", "glaive_toolcall_zh_demo.json", "dpo_zh_demo.json", "identity.json"])
+@pytest.mark.parametrize(
+    "name", ["alpaca_zh_demo.json", "glaive_toolcall_zh_demo.json", "dpo_zh_demo.json", "identity.json"]
+)
 def test_shared_datasets_normalize_cleanly(tmp_path: Path, name: str) -> None:
     out = io.BytesIO()
     result = normalize(DATA / name, out.write)

@@ -17,9 +17,28 @@ sys.path.insert(0, str(REPO / "bench"))
 
 def test_cpu_dry_run_trains_every_variant(tiny_model: str, tmp_path: Path) -> None:
     out = subprocess.run(
-        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--device", "cpu", "--steps", "2", "--batch-size", "2",
-         "--shapes", "tiny", "--tokenizer", tiny_model, "--data", str(DATA / "alpaca_zh_demo.json"),
-         "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO,
+        [
+            "bash",
+            str(REPO / "bench" / "gpu_check.sh"),
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--shapes",
+            "tiny",
+            "--tokenizer",
+            tiny_model,
+            "--data",
+            str(DATA / "alpaca_zh_demo.json"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     rows = {r["variant"]: r for r in map(json.loads, (tmp_path / "gpu_check.jsonl").read_text().splitlines())}
@@ -33,11 +52,28 @@ def test_cpu_dry_run_trains_every_variant(tiny_model: str, tmp_path: Path) -> No
 
 def test_recipe_imports_without_the_gateway_stack() -> None:
     """The GPU machine has torch, transformers, peft, accelerate (and pydantic, carried): nothing else."""
-    absent = ["trl", "litestar", "vllm", "sqlmodel", "sqlalchemy", "pydantic_settings", "datasets", "httpx",
-              "alembic", "psycopg", "jieba", "nltk", "rouge_score", "llama_cpp", "openai"]
-    code = (f"import sys\nfor name in {absent!r}: sys.modules[name] = None\n"
-            "import finetune.recipe.run, finetune.recipe.trainer, finetune.recipe.model, finetune.device\n"
-            "import finetune.formats, bench.gpu_check, bench.train")
+    absent = [
+        "trl",
+        "litestar",
+        "vllm",
+        "sqlmodel",
+        "sqlalchemy",
+        "pydantic_settings",
+        "datasets",
+        "httpx",
+        "alembic",
+        "psycopg",
+        "jieba",
+        "nltk",
+        "rouge_score",
+        "llama_cpp",
+        "openai",
+    ]
+    code = (
+        f"import sys\nfor name in {absent!r}: sys.modules[name] = None\n"
+        "import finetune.recipe.run, finetune.recipe.trainer, finetune.recipe.model, finetune.device\n"
+        "import finetune.formats, bench.gpu_check, bench.train"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
 

@@ -38,10 +38,18 @@ WANDB = {"project": "tunegate-tests", "name": "tiny run", "entity": None, "tags"
 @pytest.fixture(scope="module")
 def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     data_dir = tmp_path_factory.mktemp("integrations")
-    gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}",
-                          **gateway_env(tiny_model, WANDB_MODE="offline", WANDB_SILENT="true",
-                                        TUNEGATE_INTEGRATIONS__WANDB_ENTITY=OPERATOR,
-                                        WANDB_ENTITY=OPERATOR, WANDB_PROJECT="operator-private"))
+    gateway = LiveGateway(
+        data_dir,
+        f"sqlite:///{data_dir / 'tunegate.db'}",
+        **gateway_env(
+            tiny_model,
+            WANDB_MODE="offline",
+            WANDB_SILENT="true",
+            TUNEGATE_INTEGRATIONS__WANDB_ENTITY=OPERATOR,
+            WANDB_ENTITY=OPERATOR,
+            WANDB_PROJECT="operator-private",
+        ),
+    )
     gateway.start()
     yield gateway
     gateway.stop()
@@ -64,9 +72,12 @@ def training(client: openai.OpenAI) -> str:
 
 @pytest.fixture(scope="module")
 def finished(client: openai.OpenAI, training: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=training, integrations=[
-        {"type": "wandb", "wandb": WANDB}], method={"type": "supervised", "supervised": {
-            "hyperparameters": {"n_epochs": 2, "batch_size": 2}}})
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=training,
+        integrations=[{"type": "wandb", "wandb": WANDB}],
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 2}}},
+    )
     done = wait_for(client, job.id, ("succeeded",), timeout=300)
     folder = tmp_path_factory.mktemp("results")
     names = {}
@@ -123,10 +134,10 @@ def wandb_records(log: Path) -> Iterator[bytes]:
         if BLOCK - pos % BLOCK < 7:
             pos += BLOCK - pos % BLOCK
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and length == 0:
             break  # zero fill after the last record
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 1:
             yield chunk
         elif kind in (2, 3):
@@ -161,29 +172,41 @@ def test_wandb_offline_run_is_readable_and_syncable(finished, tmp_path: Path) ->
     expected = _steps(finished["folder"])
     assert sorted(history) == sorted(expected) and all(abs(history[s] - expected[s]) < 1e-4 for s in expected)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    synced = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(run_dir)], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    synced = subprocess.run(
+        [sys.executable, "-m", "wandb", "sync", "--dry-run", str(run_dir)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert synced.returncode == 0 and "Would sync 1 run(s)" in synced.stdout + synced.stderr, synced
 
 
-@pytest.mark.parametrize(("integrations", "param"), [
-    ([{"type": "comet", "wandb": {"project": "p"}}], "integrations[0].type"),
-    ([{"type": "wandb"}], "integrations[0].wandb"),
-    ([{"type": "wandb", "wandb": {}}], "integrations[0].wandb.project"),
-    ([{"type": "wandb", "wandb": {"project": ""}}], "integrations[0].wandb.project"),
-    ([{"type": "wandb", "wandb": {"project": "p", "tags": "a"}}], "integrations[0].wandb.tags"),
-    ([{"type": "wandb", "wandb": {"project": "p", "name": 3}}], "integrations[0].wandb.name"),
-    ([{"type": "wandb", "wandb": {"project": "p", "team": "x"}}], "integrations[0].wandb.team"),
-    ([{"type": "wandb", "wandb": {"project": "p"}}] * 6, "integrations"),
-    (["wandb"], "integrations[0]"),
-    ([{"type": "wandb", "wandb": {"project": "p", "entity": "someone-else"}}], "integrations[0].wandb.entity"),
-    ([{"type": "wandb", "wandb": {"project": "p"}}, {"type": "wandb", "wandb": {"project": "q", "entity": "x"}}],
-     "integrations[1].wandb.entity"),
-    ([{"type": "wandb", "wandb": {"project": "a/b"}}], "integrations[0].wandb.project"),
-    ([{"type": "wandb", "wandb": {"project": "p" * 97}}], "integrations[0].wandb.project"),
-])
-def test_invalid_integrations_name_their_field(client: openai.OpenAI, training: str, integrations: list,
-                                               param: str) -> None:
+@pytest.mark.parametrize(
+    ("integrations", "param"),
+    [
+        ([{"type": "comet", "wandb": {"project": "p"}}], "integrations[0].type"),
+        ([{"type": "wandb"}], "integrations[0].wandb"),
+        ([{"type": "wandb", "wandb": {}}], "integrations[0].wandb.project"),
+        ([{"type": "wandb", "wandb": {"project": ""}}], "integrations[0].wandb.project"),
+        ([{"type": "wandb", "wandb": {"project": "p", "tags": "a"}}], "integrations[0].wandb.tags"),
+        ([{"type": "wandb", "wandb": {"project": "p", "name": 3}}], "integrations[0].wandb.name"),
+        ([{"type": "wandb", "wandb": {"project": "p", "team": "x"}}], "integrations[0].wandb.team"),
+        ([{"type": "wandb", "wandb": {"project": "p"}}] * 6, "integrations"),
+        (["wandb"], "integrations[0]"),
+        ([{"type": "wandb", "wandb": {"project": "p", "entity": "someone-else"}}], "integrations[0].wandb.entity"),
+        (
+            [{"type": "wandb", "wandb": {"project": "p"}}, {"type": "wandb", "wandb": {"project": "q", "entity": "x"}}],
+            "integrations[1].wandb.entity",
+        ),
+        ([{"type": "wandb", "wandb": {"project": "a/b"}}], "integrations[0].wandb.project"),
+        ([{"type": "wandb", "wandb": {"project": "p" * 97}}], "integrations[0].wandb.project"),
+    ],
+)
+def test_invalid_integrations_name_their_field(
+    client: openai.OpenAI, training: str, integrations: list, param: str
+) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         client.fine_tuning.jobs.create(model=TINY, training_file=training, integrations=integrations)
     assert exc.value.response.json()["error"]["param"] == param
@@ -194,15 +217,22 @@ def test_integrations_unit() -> None:
 
     assert integrations.parse(None) is None and integrations.parse([]) is None
     assert integrations.parse([{"type": "wandb", "wandb": {"project": "p"}}]) == [
-        {"type": "wandb", "wandb": {"project": "p", "name": None, "entity": None, "tags": []}}]
+        {"type": "wandb", "wandb": {"project": "p", "name": None, "entity": None, "tags": []}}
+    ]
     assert integrations.wandb_online({"WANDB_API_KEY": "k"}) is True
     assert integrations.wandb_online({"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}) is False
     assert integrations.wandb_online({}) is False
 
-    assert integrations.parse([{"type": "wandb", "wandb": {"project": "p", "entity": OPERATOR}}], OPERATOR)[0][
-        "wandb"]["entity"] == OPERATOR
-    assert integrations.parse([{"type": "wandb", "wandb": {"project": "p", "entity": "x"}}], None)[0][
-        "wandb"]["entity"] == "x"  # no entity configured: runs are offline, the tenant's to sync with their key
+    assert (
+        integrations.parse([{"type": "wandb", "wandb": {"project": "p", "entity": OPERATOR}}], OPERATOR)[0]["wandb"][
+            "entity"
+        ]
+        == OPERATOR
+    )
+    assert (
+        integrations.parse([{"type": "wandb", "wandb": {"project": "p", "entity": "x"}}], None)[0]["wandb"]["entity"]
+        == "x"
+    )  # no entity configured: runs are offline, the tenant's to sync with their key
     with pytest.raises(Exception) as exc:
         integrations.parse([{"type": "wandb", "wandb": {"project": "p", "entity": "x"}}], OPERATOR)
     assert exc.value.param == "integrations[0].wandb.entity"  # type: ignore[attr-defined]
@@ -212,15 +242,18 @@ ORG = "org-" + "A" * 24
 KEY = {"WANDB_API_KEY": "k" * 40}
 
 
-@pytest.mark.parametrize(("asked", "configured", "env", "expected"), [
-    (None, OPERATOR, KEY, ("online", OPERATOR, f"{ORG}-proj")),
-    (OPERATOR, OPERATOR, KEY, ("online", OPERATOR, f"{ORG}-proj")),
-    ("victim-team", OPERATOR, KEY, ("offline", "victim-team", "proj")),  # a job stored before the setting changed
-    ("victim-team", None, KEY, ("offline", "victim-team", "proj")),  # key but no entity: never used for jobs
-    (None, None, KEY, ("offline", None, "proj")),
-    ("mine", OPERATOR, {}, ("offline", "mine", "proj")),  # no key: offline as before
-    (None, OPERATOR, {**KEY, "WANDB_MODE": "offline"}, ("offline", None, "proj")),
-])
+@pytest.mark.parametrize(
+    ("asked", "configured", "env", "expected"),
+    [
+        (None, OPERATOR, KEY, ("online", OPERATOR, f"{ORG}-proj")),
+        (OPERATOR, OPERATOR, KEY, ("online", OPERATOR, f"{ORG}-proj")),
+        ("victim-team", OPERATOR, KEY, ("offline", "victim-team", "proj")),  # a job stored before the setting changed
+        ("victim-team", None, KEY, ("offline", "victim-team", "proj")),  # key but no entity: never used for jobs
+        (None, None, KEY, ("offline", None, "proj")),
+        ("mine", OPERATOR, {}, ("offline", "mine", "proj")),  # no key: offline as before
+        (None, OPERATOR, {**KEY, "WANDB_MODE": "offline"}, ("offline", None, "proj")),
+    ],
+)
 def test_wandb_target_never_aims_the_key_elsewhere(asked, configured, env, expected) -> None:
     from finetune import integrations
 
@@ -231,7 +264,8 @@ def test_wandb_target_never_aims_the_key_elsewhere(asked, configured, env, expec
 
 @pytest.mark.parametrize(("asked", "online"), [(None, True), ("victim-team", False)])
 def test_tracker_writes_with_the_key_only_into_the_org_scoped_project(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, asked: str | None, online: bool) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, asked: str | None, online: bool
+) -> None:
     """The child's Tracker with the operator's key (and WANDB_ENTITY / WANDB_PROJECT) in its environment: what it
     hands wandb.init — the one place a run's destination is chosen."""
     import wandb
@@ -249,9 +283,15 @@ def test_tracker_writes_with_the_key_only_into_the_org_scoped_project(
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     warnings: list[str] = []
-    tracker = Tracker(tmp_path, "ftjob-x", TINY, [{"type": "wandb", "wandb": {
-        "project": "operator-private", "name": None, "entity": asked, "tags": []}}], warn=warnings.append,
-        org_id=ORG, wandb_entity=OPERATOR)
+    tracker = Tracker(
+        tmp_path,
+        "ftjob-x",
+        TINY,
+        [{"type": "wandb", "wandb": {"project": "operator-private", "name": None, "entity": asked, "tags": []}}],
+        warn=warnings.append,
+        org_id=ORG,
+        wandb_entity=OPERATOR,
+    )
     tracker.close()
     [kwargs] = seen
     assert "WANDB_ENTITY" not in os.environ and "WANDB_PROJECT" not in os.environ

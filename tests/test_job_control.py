@@ -45,8 +45,9 @@ def assert_every_step_once(client: openai.OpenAI, job: object) -> None:
 def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     """The gateway without its embedded worker: tests start (and kill) `tunegate worker` processes."""
     data_dir = tmp_path_factory.mktemp("ctl")
-    gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}",
-                          **gateway_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false"))
+    gateway = LiveGateway(
+        data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **gateway_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false")
+    )
     gateway.start()
     gateway.workers = {"worker-0": gateway.spawn_worker("worker-0")}  # type: ignore[attr-defined]
     yield gateway
@@ -98,7 +99,9 @@ def test_pause_then_resume_continues_without_gaps(client: openai.OpenAI, train_f
     assert_every_step_once(client, done)
 
 
-def test_kill_9_worker_mid_epoch_resumes_from_checkpoint(gw: LiveGateway, client: openai.OpenAI, train_file: str) -> None:
+def test_kill_9_worker_mid_epoch_resumes_from_checkpoint(
+    gw: LiveGateway, client: openai.OpenAI, train_file: str
+) -> None:
     workers = gw.workers  # type: ignore[attr-defined]
     workers["worker-1"] = gw.spawn_worker("worker-1")  # two workers: the survivor takes the job over
     hp = {**LONG, "n_epochs": 2}
@@ -130,31 +133,52 @@ def test_bad_data_fails_the_job_with_documented_codes(client: openai.OpenAI, gw:
 
     # a crash inside training (no such LoRA target) fails that job readably; the next job still runs
     ok = upload(client, chat_jsonl(qa_pairs(10)))
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=ok,
-                                         method=supervised({"n_epochs": 1, "lora_target": ["no_such_proj"]}))
-    failed = wait_until(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status == "failed" and j,
-                        what="fail", timeout=120)
+    job = client.fine_tuning.jobs.create(
+        model=TINY, training_file=ok, method=supervised({"n_epochs": 1, "lora_target": ["no_such_proj"]})
+    )
+    failed = wait_until(
+        lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status == "failed" and j, what="fail", timeout=120
+    )
     assert failed.error.code == "training_failed" and "no_such_proj" in failed.error.message
     after = client.fine_tuning.jobs.create(model=TINY, training_file=ok, method=supervised({"n_epochs": 1}))
     wait_for(client, after.id, ("succeeded",))
 
 
-@pytest.mark.parametrize(("body", "param", "code"), [
-    ({"model": "nope"}, "model", "model_not_available"),
-    ({"training_file": "file-missing"}, "training_file", "invalid_file_id"),
-    ({"suffix": "bad:suffix"}, "suffix", "invalid_value"),
-    ({"method": supervised({"n_epochs": 0})}, "method.supervised.hyperparameters.n_epochs", "invalid_hyperparameter"),
-    ({"method": supervised({"lora_rank": 1000})}, "method.supervised.hyperparameters.lora_rank", "invalid_hyperparameter"),
-    ({"method": supervised({"quantization_bit": 4})}, "method.supervised.hyperparameters.quantization_bit",
-     "unsupported_on_device"),
-    ({"method": supervised({"precision": "fp16"})}, "method.supervised.hyperparameters.precision", "unsupported_on_device"),
-    ({"method": supervised({"beta": 0.1})}, "method.supervised.hyperparameters.beta", "invalid_hyperparameter"),
-    ({"method": {"type": "reinforcement"}}, "method.reinforcement.grader", "missing_required_parameter"),
-    ({"method": {"type": "distillation"}}, "method.type", "invalid_value"),
-    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "invalid_value"),
-])
-def test_bad_requests_are_400s(client: openai.OpenAI, train_file: str, recorder: SpecRecorder, gw: LiveGateway,
-                               body: dict, param: str, code: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"model": "nope"}, "model", "model_not_available"),
+        ({"training_file": "file-missing"}, "training_file", "invalid_file_id"),
+        ({"suffix": "bad:suffix"}, "suffix", "invalid_value"),
+        (
+            {"method": supervised({"n_epochs": 0})},
+            "method.supervised.hyperparameters.n_epochs",
+            "invalid_hyperparameter",
+        ),
+        (
+            {"method": supervised({"lora_rank": 1000})},
+            "method.supervised.hyperparameters.lora_rank",
+            "invalid_hyperparameter",
+        ),
+        (
+            {"method": supervised({"quantization_bit": 4})},
+            "method.supervised.hyperparameters.quantization_bit",
+            "unsupported_on_device",
+        ),
+        (
+            {"method": supervised({"precision": "fp16"})},
+            "method.supervised.hyperparameters.precision",
+            "unsupported_on_device",
+        ),
+        ({"method": supervised({"beta": 0.1})}, "method.supervised.hyperparameters.beta", "invalid_hyperparameter"),
+        ({"method": {"type": "reinforcement"}}, "method.reinforcement.grader", "missing_required_parameter"),
+        ({"method": {"type": "distillation"}}, "method.type", "invalid_value"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "invalid_value"),
+    ],
+)
+def test_bad_requests_are_400s(
+    client: openai.OpenAI, train_file: str, recorder: SpecRecorder, gw: LiveGateway, body: dict, param: str, code: str
+) -> None:
     checked = gw.client(client.api_key, recorder)
     before = len(list(checked.fine_tuning.jobs.list(limit=100)))
     with pytest.raises(openai.BadRequestError) as err:
@@ -187,8 +211,12 @@ def test_two_workers_on_postgres_never_share_a_job(tiny_model: str, tmp_path) ->
     try:
         client = gateway.client(gateway.new_org_key("pg")[2])
         file_id = upload(client, chat_jsonl(qa_pairs(10)))
-        ids = [client.fine_tuning.jobs.create(model=TINY, training_file=file_id,
-                                              method=supervised({"n_epochs": 1, "batch_size": 5})).id for _ in range(4)]
+        ids = [
+            client.fine_tuning.jobs.create(
+                model=TINY, training_file=file_id, method=supervised({"n_epochs": 1, "batch_size": 5})
+            ).id
+            for _ in range(4)
+        ]
         for job_id in ids:
             wait_for(client, job_id, ("succeeded",))
             started = [e for e in all_events(client, job_id) if e.message == "Fine-tuning job started"]

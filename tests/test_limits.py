@@ -52,8 +52,18 @@ def db(database_url: str) -> Iterator[Database]:
 def _jobs(jobs: JobStore, org_id: str, n: int) -> list[str]:
     ids = [new_id("ftjob-") for _ in range(n)]
     for job_id in ids:
-        jobs.insert(FineTuningJob(id=job_id, organization_id=org_id, model="m", training_file="file-x", seed=1,
-                                  status="queued", created_at=now()), "queued")
+        jobs.insert(
+            FineTuningJob(
+                id=job_id,
+                organization_id=org_id,
+                model="m",
+                training_file="file-x",
+                seed=1,
+                status="queued",
+                created_at=now(),
+            ),
+            "queued",
+        )
     return ids
 
 
@@ -122,8 +132,11 @@ Scenario = Callable[[Counters, str], Awaitable[None]]
 def with_counters(request: pytest.FixtureRequest, redis_prefix: str) -> Callable[[Scenario], None]:
     def run(scenario: Scenario) -> None:
         async def main() -> None:  # redis.asyncio binds its connections to the loop that made them
-            made: Counters = {"memory": MemoryCounters, "redis": lambda: RedisCounters(REDIS_URL),
-                              "reserved": lambda: ReservedCounters(RedisCounters(REDIS_URL))}[request.param]()
+            made: Counters = {
+                "memory": MemoryCounters,
+                "redis": lambda: RedisCounters(REDIS_URL),
+                "reserved": lambda: ReservedCounters(RedisCounters(REDIS_URL)),
+            }[request.param]()
             try:
                 await scenario(made, redis_prefix)
             finally:
@@ -168,8 +181,14 @@ def test_reset_durations_read_like_openai() -> None:
 
 # --- rate limits through the real client (no engine: any /v1 route counts one request) ---------------------------
 
-RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
-                "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+RATE_HEADERS = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
 
 
 def _set_limits(gw: LiveGateway, org_id: str, **limits: int | None) -> dict:
@@ -232,11 +251,15 @@ def test_token_estimate_is_refused_or_given_back(gateway: LiveGateway) -> None:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=700)
     assert "Request too large" in refused.value.message and "Requested 7" in refused.value.message
     with pytest.raises(openai.NotFoundError) as missing:
-        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}],
-                                       max_tokens=500)
+        client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "hi"}], max_tokens=500
+        )
     assert int(missing.value.response.headers["x-ratelimit-remaining-tokens"]) < 100  # the estimate was taken
-    after = wait_until(lambda: int(client.models.with_raw_response.list().headers["x-ratelimit-remaining-tokens"])
-                       >= 590 or None, 10, "the estimate to come back")
+    after = wait_until(
+        lambda: int(client.models.with_raw_response.list().headers["x-ratelimit-remaining-tokens"]) >= 590 or None,
+        10,
+        "the estimate to come back",
+    )
     assert after <= 600
 
 
@@ -254,8 +277,10 @@ def test_cli_sets_shows_and_resets_overrides(tmp_path: Path) -> None:
     assert shown["overrides"] == {"requests_per_minute": 60, "storage_bytes": 1000}
     assert shown["effective"]["running_jobs"] == 3 and shown["storage_used_bytes"] == 0
     assert cli("orgs", "limits", "set", org_id, "--running-jobs", "1")["overrides"]["requests_per_minute"] == 60
-    assert cli("orgs", "limits", "reset", org_id, "storage_bytes")["overrides"] == {"requests_per_minute": 60,
-                                                                                   "running_jobs": 1}
+    assert cli("orgs", "limits", "reset", org_id, "storage_bytes")["overrides"] == {
+        "requests_per_minute": 60,
+        "running_jobs": 1,
+    }
     assert cli("orgs", "limits", "reset", org_id)["overrides"] == {}
     assert cli("orgs", "limits", "show", org_id)["effective"]["running_jobs"] == 3
 
@@ -287,8 +312,10 @@ def test_two_gateways_share_one_redis_budget_across_a_restart(tmp_path: Path, re
         org_id, _, secret = first.new_org_key("shared")
         _set_limits(first, org_id, requests_per_minute=4)
         one, two = first.client(secret), second.client(secret)
-        seen = [int(c.models.with_raw_response.list().headers["x-ratelimit-remaining-requests"])
-                for c in (one, two, one, two)]
+        seen = [
+            int(c.models.with_raw_response.list().headers["x-ratelimit-remaining-requests"])
+            for c in (one, two, one, two)
+        ]
         assert seen == [3, 2, 1, 0], "both gateways count against one budget"
         for client in (one, two):
             with pytest.raises(openai.RateLimitError):
@@ -302,8 +329,12 @@ def test_two_gateways_share_one_redis_budget_across_a_restart(tmp_path: Path, re
 
 
 def test_redis_down_fails_open_with_a_warning(tmp_path: Path) -> None:
-    gw = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 't.db'}", TUNEGATE_REDIS_URL="redis://127.0.0.1:1/0",
-                     TUNEGATE_LIMITS__REQUESTS_PER_MINUTE="1")
+    gw = LiveGateway(
+        tmp_path,
+        f"sqlite:///{tmp_path / 't.db'}",
+        TUNEGATE_REDIS_URL="redis://127.0.0.1:1/0",
+        TUNEGATE_LIMITS__REQUESTS_PER_MINUTE="1",
+    )
     gw.start()
     try:
         _, _, secret = gw.new_org_key("open")
@@ -334,8 +365,11 @@ def test_storage_quota_refuses_uploads_jobs_and_exports(gateway: LiveGateway) ->
     _set_limits(gateway, org_id, storage_bytes=60)  # exactly full: nothing more may be written
     with pytest.raises(openai.PermissionDeniedError, match="storage_quota_exceeded|Storage quota"):
         client.fine_tuning.jobs.create(model="any", training_file="file-any")
-    export = httpx.post(f"{gateway.url}/v1/exports", json={"model": "any", "format": "gguf"},
-                        headers={"authorization": f"Bearer {secret}"})
+    export = httpx.post(
+        f"{gateway.url}/v1/exports",
+        json={"model": "any", "format": "gguf"},
+        headers={"authorization": f"Bearer {secret}"},
+    )
     assert export.status_code == 403 and export.json()["error"]["code"] == "storage_quota_exceeded"
 
 

@@ -24,9 +24,19 @@ def many_files(gateway: LiveGateway) -> tuple[str, list[str]]:
     org_id, _, key = gateway.new_org_key("lists")
     db = Database(gateway.database_url)
     ids = [f"file-list{i:06d}" for i in range(N_FILES)]
-    rows = [dict(id=i, organization_id=org_id, filename=f"{i}.jsonl", purpose="batch" if n % 2 else "user_data",
-                 bytes=1, created_at=now(), status="processed", blob_key=f"files/{i}/original")
-            for n, i in enumerate(ids)]
+    rows = [
+        dict(
+            id=i,
+            organization_id=org_id,
+            filename=f"{i}.jsonl",
+            purpose="batch" if n % 2 else "user_data",
+            bytes=1,
+            created_at=now(),
+            status="processed",
+            blob_key=f"files/{i}/original",
+        )
+        for n, i in enumerate(ids)
+    ]
     with db.engine.begin() as conn:
         conn.execute(insert(StoredFile), rows)
     db.dispose()
@@ -42,7 +52,8 @@ def test_default_page_is_bounded_and_auto_paging_sees_every_file(gateway: LiveGa
     assert [f.id for f in client.files.list(limit=1000)] == newest_first  # 11 pages, in order, no repeats
     assert [f.id for f in client.files.list(limit=2000, order="asc")] == newest_first[::-1]
     assert [f.id for f in client.files.list(purpose="batch", limit=3000)] == [
-        i for i in newest_first if int(i[-6:]) % 2]
+        i for i in newest_first if int(i[-6:]) % 2
+    ]
 
 
 def test_page_limits_and_anchors(gateway: LiveGateway, many_files, recorder: SpecRecorder) -> None:
@@ -78,8 +89,18 @@ def test_job_metadata_filter_runs_in_sql(database_url: str) -> None:
     jobs = JobStore(db)
 
     def job(n: int, org_id: str, metadata: dict[str, str] | None) -> str:
-        jobs.insert(FineTuningJob(id=f"ftjob-m{n:04d}", organization_id=org_id, model="m", training_file="file-x",
-                                  seed=1, metadata_=metadata, created_at=now()), "created")
+        jobs.insert(
+            FineTuningJob(
+                id=f"ftjob-m{n:04d}",
+                organization_id=org_id,
+                model="m",
+                training_file="file-x",
+                seed=1,
+                metadata_=metadata,
+                created_at=now(),
+            ),
+            "created",
+        )
         return f"ftjob-m{n:04d}"
 
     plain = [job(n, org, None if n % 3 else {"team": "ops"}) for n in range(30)]

@@ -28,8 +28,11 @@ def scrape(url: str, key: str | None = ADMIN_KEY) -> dict[tuple[str, tuple[tuple
     response = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {key}"} if key else {}, timeout=30)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -46,8 +49,11 @@ def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """A gateway with its local vLLM engine, on Postgres; no worker (queued jobs stay queued); one adapter per
     engine, so the second adapter evicts the first."""
     url, drop = _fresh_postgres_database()
-    gw = LiveGateway(tmp_path_factory.mktemp("metrics"), url, **serving_env(
-        tiny_model, TUNEGATE_WORKER__EMBEDDED="false", TUNEGATE_SERVING__MAX_ADAPTERS_PER_ENGINE="1"))
+    gw = LiveGateway(
+        tmp_path_factory.mktemp("metrics"),
+        url,
+        **serving_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false", TUNEGATE_SERVING__MAX_ADAPTERS_PER_ENGINE="1"),
+    )
     gw.start()
     try:
         wait_engines_ready(gw, 600)
@@ -68,8 +74,9 @@ def test_requests_tokens_and_time_to_first_token(engine_gw: LiveGateway, org: tu
     before = scrape(engine_gw.url)
     answer = client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=5, temperature=0)
     usage = answer.usage
-    stream = client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=7, temperature=0, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=TINY, messages=HELLO, max_tokens=7, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
     streamed = [c.usage for c in stream if c.usage][-1]
     with pytest.raises(Exception, match="does not exist"):
         client.chat.completions.create(model="no-such-model-x", messages=HELLO, max_tokens=2)
@@ -82,20 +89,26 @@ def test_requests_tokens_and_time_to_first_token(engine_gw: LiveGateway, org: tu
     assert not any("no-such-model-x" in str(ls) for _, ls in after)
     assert delta(before, after, "tunegate_http_request_duration_seconds_count", route=CHAT, model=TINY) == 2
     assert delta(before, after, "tunegate_time_to_first_token_seconds_count", route=CHAT, model=TINY) == 1
-    assert delta(before, after, "tunegate_tokens_total", model=TINY, direction="completion") == \
-        usage.completion_tokens + streamed.completion_tokens
-    assert delta(before, after, "tunegate_tokens_total", model=TINY, direction="prompt") == \
-        usage.prompt_tokens + streamed.prompt_tokens
+    assert (
+        delta(before, after, "tunegate_tokens_total", model=TINY, direction="completion")
+        == usage.completion_tokens + streamed.completion_tokens
+    )
+    assert (
+        delta(before, after, "tunegate_tokens_total", model=TINY, direction="prompt")
+        == usage.prompt_tokens + streamed.prompt_tokens
+    )
     # the histogram's buckets hold every observation: the +Inf bucket equals the count
-    assert value(after, "tunegate_http_request_duration_seconds_bucket", route=CHAT, model=TINY, le="+Inf") == \
-        value(after, "tunegate_http_request_duration_seconds_count", route=CHAT, model=TINY)
+    assert value(after, "tunegate_http_request_duration_seconds_bucket", route=CHAT, model=TINY, le="+Inf") == value(
+        after, "tunegate_http_request_duration_seconds_count", route=CHAT, model=TINY
+    )
     # the engine and its state, as this gateway sees it
     assert value(after, "tunegate_engine_replicas", base_model=TINY, state="ready") == 1
     assert value(after, "tunegate_engine_replica_ready", base_model=TINY) == 1
 
 
-def test_adapter_loads_and_evictions(engine_gw: LiveGateway, org: tuple[str, str], tiny_model: str,
-                                     tmp_path: Path) -> None:
+def test_adapter_loads_and_evictions(
+    engine_gw: LiveGateway, org: tuple[str, str], tiny_model: str, tmp_path: Path
+) -> None:
     org_id, key = org
     start = scrape(engine_gw.url)
 
@@ -118,8 +131,11 @@ def test_adapter_loads_and_evictions(engine_gw: LiveGateway, org: tuple[str, str
     assert delta(before, after, "tunegate_adapter_unloads_total", base_model=TINY, reason="evicted") == 1
     assert delta(before, after, "tunegate_http_requests_total", route=CHAT, model=a, status="200") == 1
     assert client.models.delete(a).deleted  # deleting the loaded model unloads it
-    wait_until(lambda: delta(after, scrape(engine_gw.url), "tunegate_adapter_unloads_total", reason="deleted") == 1,
-               30, "the deleted model's unload")
+    wait_until(
+        lambda: delta(after, scrape(engine_gw.url), "tunegate_adapter_unloads_total", reason="deleted") == 1,
+        30,
+        "the deleted model's unload",
+    )
 
 
 def test_rate_limit_rejections(engine_gw: LiveGateway) -> None:
@@ -148,8 +164,9 @@ def test_queue_depth_age_and_job_states(engine_gw: LiveGateway, org: tuple[str, 
     assert delta(before, after, "tunegate_work_items", kind="fine_tuning_job", status=job.status) == 1
     client.fine_tuning.jobs.cancel(job.id)
     cancelled = scrape(engine_gw.url)
-    assert value(cancelled, "tunegate_queue_depth", kind="fine_tuning_job") == \
-        value(before, "tunegate_queue_depth", kind="fine_tuning_job")
+    assert value(cancelled, "tunegate_queue_depth", kind="fine_tuning_job") == value(
+        before, "tunegate_queue_depth", kind="fine_tuning_job"
+    )
     assert delta(after, cancelled, "tunegate_work_items", kind="fine_tuning_job", status="cancelled") == 1
 
 
@@ -161,8 +178,9 @@ def test_guard_admin_by_default(engine_gw: LiveGateway, org: tuple[str, str]) ->
 
 @pytest.mark.parametrize("mode", ["off", "open"])
 def test_guard_off_and_open(mode: str, tmp_path: Path) -> None:
-    gw = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", TUNEGATE_METRICS=mode,
-                     TUNEGATE_WORKER__EMBEDDED="false")
+    gw = LiveGateway(
+        tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", TUNEGATE_METRICS=mode, TUNEGATE_WORKER__EMBEDDED="false"
+    )
     gw.start()
     try:
         response = httpx.get(f"{gw.url}/metrics")
@@ -182,21 +200,45 @@ def test_unmatched_routes_are_one_label_and_batches_and_background_responses_are
     from storage.db import Database
     from storage.tables import Batch, StoredResponse
 
-    gw = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", TUNEGATE_METRICS="open",
-                     TUNEGATE_WORKER__EMBEDDED="false")
+    gw = LiveGateway(
+        tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", TUNEGATE_METRICS="open", TUNEGATE_WORKER__EMBEDDED="false"
+    )
     gw.start()
     try:
         org_id = gw.new_org_key("m")[0]
         now = int(time.time())
         with Database(gw.database_url).session() as s:
-            s.add(Batch(id="batch_1", organization_id=org_id, api_key_id="k", endpoint=CHAT, input_file_id="f",
-                        completion_window="24h", created_at=now - 5, expires_at=now + 3600))
+            s.add(
+                Batch(
+                    id="batch_1",
+                    organization_id=org_id,
+                    api_key_id="k",
+                    endpoint=CHAT,
+                    input_file_id="f",
+                    completion_window="24h",
+                    created_at=now - 5,
+                    expires_at=now + 3600,
+                )
+            )
             for i, (status, background) in enumerate([("queued", True), ("completed", True), ("completed", False)]):
-                s.add(StoredResponse(id=f"resp_{i}", organization_id=org_id, model="m", status=status,
-                                     background=background, created_at=now - 5, body={}))
+                s.add(
+                    StoredResponse(
+                        id=f"resp_{i}",
+                        organization_id=org_id,
+                        model="m",
+                        status=status,
+                        background=background,
+                        created_at=now - 5,
+                        body={},
+                    )
+                )
         before = scrape(gw.url, None)
-        for method, path in [("GET", "/no/such/path"), ("GET", "/another/made-up/path"), ("DELETE", CHAT),
-                             ("BREW", "/health")]:
+        for method, path in [
+            ("GET", "/no/such/path"),
+            ("GET", "/another/made-up/path"),
+            ("DELETE", CHAT),
+            ("BREW", "/health"),
+        ]:
             assert httpx.request(method, f"{gw.url}{path}").status_code in (404, 405, 400)
         after = scrape(gw.url, None)
         assert delta(before, after, "tunegate_http_requests_total", route="unmatched", status="404") == 2
@@ -208,8 +250,9 @@ def test_unmatched_routes_are_one_label_and_batches_and_background_responses_are
         assert value(after, "tunegate_queue_depth", kind="batch") == 1
         assert value(after, "tunegate_queue_oldest_age_seconds", kind="batch") >= 5
         assert value(after, "tunegate_queue_depth", kind="background_response") == 1
-        assert value(after, "tunegate_work_items", kind="background_response", status="completed") == 1, \
+        assert value(after, "tunegate_work_items", kind="background_response", status="completed") == 1, (
             "a response made without background is no work item"
+        )
     finally:
         gw.stop()
 
@@ -218,22 +261,32 @@ def test_workers_behind_one_port_add_up(engine_gw: LiveGateway, org: tuple[str, 
     """``serve --workers 2`` on the first gateway's engine: every scrape, whichever process answers it, counts
     every request any process served (prometheus_client multiprocess mode)."""
     engine = engine_address(engine_gw)
-    gw = LiveGateway(tmp_path, engine_gw.database_url, TUNEGATE_WORKER__EMBEDDED="false",
-                     TUNEGATE_BASE_MODELS=json.dumps({TINY: {"source": "unused", "engine_urls": [engine.url],
-                                                              "engine_api_key": engine.api_key}}))
+    gw = LiveGateway(
+        tmp_path,
+        engine_gw.database_url,
+        TUNEGATE_WORKER__EMBEDDED="false",
+        TUNEGATE_BASE_MODELS=json.dumps(
+            {TINY: {"source": "unused", "engine_urls": [engine.url], "engine_api_key": engine.api_key}}
+        ),
+    )
     gw.serve_args = ["--workers", "2"]
     gw.start()
     url, port = gw.url, gw.port
     try:
-        wait_until(lambda: [e["state"] for e in httpx.get(f"{url}/health").json()["engines"]] == ["ready"], 60,
-                   "both processes' engine to be ready")
+        wait_until(
+            lambda: [e["state"] for e in httpx.get(f"{url}/health").json()["engines"]] == ["ready"],
+            60,
+            "both processes' engine to be ready",
+        )
         before = scrape(url)
         auth = {"authorization": f"Bearer {org[1]}"}
         body = {"model": TINY, "messages": HELLO, "max_tokens": 2}
         for _ in range(N_REQUESTS):  # a new connection each: the kernel hands them to either process
             assert httpx.post(f"{url}{CHAT}", json=body, headers=auth, timeout=60).status_code == 200
-        counts = [delta(before, scrape(url), "tunegate_http_requests_total", route=CHAT, model=TINY, status="200")
-                  for _ in range(4)]
+        counts = [
+            delta(before, scrape(url), "tunegate_http_requests_total", route=CHAT, model=TINY, status="200")
+            for _ in range(4)
+        ]
         assert counts == [N_REQUESTS] * 4
         pids = {p.stem.rsplit("_", 1)[1] for p in (tmp_path / "run" / f"prometheus-{port}").glob("counter_*.db")}
         assert len(pids) == 2, pids  # both processes served (and counted) requests

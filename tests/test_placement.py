@@ -73,8 +73,9 @@ class Stub:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         log = open(tmp / f"stub-{self.port}.log", "wb")  # noqa: SIM115 - the child's
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "lora_stub_engine.py"), str(self.port)], stdout=log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "lora_stub_engine.py"), str(self.port)], stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -120,8 +121,16 @@ def _register(s3: S3Server, database_url: str, org_id: str, n: int, tmp: Path) -
             key = f"models/place-{i}/c/final"
             store.commit_dir(adapter, key)
             model_id = f"ft:stub:{org_id}:p{i}:{i:04d}"
-            JobStore(db).add_model(FineTunedModel(id=model_id, organization_id=org_id, base_model="stub",
-                                                  kind="fine-tuned", adapter_key=key, created_at=now()))
+            JobStore(db).add_model(
+                FineTunedModel(
+                    id=model_id,
+                    organization_id=org_id,
+                    base_model="stub",
+                    kind="fine-tuned",
+                    adapter_key=key,
+                    created_at=now(),
+                )
+            )
             models[model_id] = key
     finally:
         db.dispose()
@@ -135,10 +144,14 @@ def test_two_gateways_load_each_adapter_on_its_home_replica_only(s3: S3Server, t
     url, drop = _fresh_postgres_database()
     stubs = [Stub(tmp_path), Stub(tmp_path)]
     urls = [s.url for s in stubs]
-    env = {"TUNEGATE_BASE_MODELS": json.dumps({"stub": {"source": "unused", "engine_urls": urls}}),
-           "TUNEGATE_WORKER__EMBEDDED": "false", "TUNEGATE_SERVING__HEALTH_INTERVAL_SECONDS": "0.3",
-           "TUNEGATE_SERVING__WARM_POLL_SECONDS": "3600",  # requests place the adapters, not warm-up
-           "TUNEGATE_SERVING__MAX_ADAPTERS_PER_ENGINE": "8", **s3.env()}
+    env = {
+        "TUNEGATE_BASE_MODELS": json.dumps({"stub": {"source": "unused", "engine_urls": urls}}),
+        "TUNEGATE_WORKER__EMBEDDED": "false",
+        "TUNEGATE_SERVING__HEALTH_INTERVAL_SECONDS": "0.3",
+        "TUNEGATE_SERVING__WARM_POLL_SECONDS": "3600",  # requests place the adapters, not warm-up
+        "TUNEGATE_SERVING__MAX_ADAPTERS_PER_ENGINE": "8",
+        **s3.env(),
+    }
     gateways = [LiveGateway(tmp_path / f"gw{i}", url, **env) for i in range(2)]
     try:
         for gw in gateways:
@@ -169,8 +182,12 @@ def test_two_gateways_load_each_adapter_on_its_home_replica_only(s3: S3Server, t
         for gw in gateways:
             with gw.admin() as admin:
                 rows = admin.get("/admin/engines").raise_for_status().json()["data"]
-            views.append({r["url"]: (sorted(r["adapters"]), sorted(r["placement"]["home"]), r["placement"]["spilled"])
-                          for r in rows})
+            views.append(
+                {
+                    r["url"]: (sorted(r["adapters"]), sorted(r["placement"]["home"]), r["placement"]["spilled"])
+                    for r in rows
+                }
+            )
         assert views[0] == views[1], "both gateways see the same placement"
         for stub, log in zip(stubs, logs, strict=True):
             adapters, homes, spilled = views[0][stub.url]
@@ -202,12 +219,16 @@ def test_two_pools_share_two_replicas_by_placement(tmp_path: Path) -> None:
     urls = [s.url for s in stubs]
 
     def pool(name: str) -> EnginePool:
-        settings = Settings(data_dir=tmp_path / name, base_models={"stub": {"source": "unused", "engine_urls": urls}},
-                            serving={"health_interval_seconds": 0.1, "warm_poll_seconds": 3600,
-                                     "max_adapters_per_engine": 3})
+        settings = Settings(
+            data_dir=tmp_path / name,
+            base_models={"stub": {"source": "unused", "engine_urls": urls}},
+            serving={"health_interval_seconds": 0.1, "warm_poll_seconds": 3600, "max_adapters_per_engine": 3},
+        )
         db = Database(settings.resolved_database_url)
         upgrade(db)
-        return EnginePool(settings, Catalog(db, settings), LocalBlobStore(settings.resolved_blob_dir), EngineRegistry(db))
+        return EnginePool(
+            settings, Catalog(db, settings), LocalBlobStore(settings.resolved_blob_dir), EngineRegistry(db)
+        )
 
     keys = [f"models/pool-{i}/c/final" for i in range(12)]
     home = {k: ranking(k, urls, _ident)[0] for k in keys}

@@ -23,13 +23,17 @@ URL = "http://engine.test:8000"
 
 
 def _pool(tmp_path: Path, handler, **serving) -> EnginePool:  # noqa: ANN001
-    settings = Settings(data_dir=tmp_path, base_models={"m": {"source": str(tmp_path), "engine_urls": [URL]}},
-                        serving={"health_interval_seconds": 0.05, "warm_poll_seconds": 0.05, **serving})
+    settings = Settings(
+        data_dir=tmp_path,
+        base_models={"m": {"source": str(tmp_path), "engine_urls": [URL]}},
+        serving={"health_interval_seconds": 0.05, "warm_poll_seconds": 0.05, **serving},
+    )
     db = Database(settings.resolved_database_url)
     upgrade(db)
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return EnginePool(settings, Catalog(db, settings), LocalBlobStore(settings.resolved_blob_dir), EngineRegistry(db),
-                      http=http)
+    return EnginePool(
+        settings, Catalog(db, settings), LocalBlobStore(settings.resolved_blob_dir), EngineRegistry(db), http=http
+    )
 
 
 async def _until(predicate, timeout: float = 5.0) -> None:  # noqa: ANN001
@@ -122,8 +126,9 @@ def test_concurrent_loads_of_different_adapters_stay_within_the_limit(tmp_path: 
             replica = pool.replicas["m"][0]
             await _until(lambda: replica.state == "ready")
             spec = pool.settings.base_models["m"]
-            await asyncio.gather(*(pool.acquire(Target(f"ft:{n}", "m", spec, Adapter(n, f"/adapters/{n}", 8)))
-                                   for n in "abcd"))
+            await asyncio.gather(
+                *(pool.acquire(Target(f"ft:{n}", "m", spec, Adapter(n, f"/adapters/{n}", 8))) for n in "abcd")
+            )
             assert peak[0] <= 2, f"{peak[0]} adapters were loaded at once on an engine that allows 2"
             assert len(replica.loaded) <= 2 and set(replica.loaded) == engine
         finally:
@@ -157,7 +162,8 @@ def test_a_refused_adapter_is_a_clear_400(tmp_path: Path) -> None:
 
 
 def test_a_replica_that_cannot_fetch_the_adapter_hands_over_and_the_tenant_sees_no_store_details(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """A load answered 503 (the engine's fetch from the store failed, ``serving.adapter_fetch``) or 500 goes to
     the next replica of the adapter's ranking; when every replica fails, the error says so without the engine's
     words (a bucket, an endpoint, a path), which go to the log."""
@@ -170,8 +176,9 @@ def test_a_replica_that_cannot_fetch_the_adapter_hands_over_and_the_tenant_sees_
             return httpx.Response(200, json={"data": []})
         loads.append(f"{request.url.scheme}://{request.url.host}:{request.url.port}")
         if loads[-1] in failing:
-            return httpx.Response(503, json={"error": {"message": "S3 said: NoSuchBucket secret-bucket at "
-                                                                   "http://10.0.0.9:9000"}})
+            return httpx.Response(
+                503, json={"error": {"message": "S3 said: NoSuchBucket secret-bucket at http://10.0.0.9:9000"}}
+            )
         return httpx.Response(200, text="Success")
 
     async def scenario() -> None:

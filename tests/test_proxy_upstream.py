@@ -37,15 +37,23 @@ def event(obj: dict[str, Any]) -> bytes:
 
 
 def chunk(content: str, finish: str | None = None) -> dict[str, Any]:
-    return {"id": "engine-id", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish, "stop_reason": None,
-                         "token_ids": None}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    return {
+        "id": "engine-id",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "delta": {"content": content}, "finish_reason": finish, "stop_reason": None, "token_ids": None}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+    }
 
 
 @asynccontextmanager
 async def gateway(tmp_path: Path, chat: Handler, **serving: Any) -> AsyncIterator[tuple[Completions, web.AppRunner]]:
     """An engine stand-in answering ``chat`` on /v1/chat/completions, a pool over it (its one replica ready),
     and the completions service."""
+
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
@@ -61,9 +69,17 @@ async def gateway(tmp_path: Path, chat: Handler, **serving: Any) -> AsyncIterato
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    settings = Settings(data_dir=tmp_path, base_models={"m": {
-        "source": str(tmp_path), "engine_urls": [f"http://127.0.0.1:{port}"], "engine_api_key": "engine-secret"}},
-        serving={"health_interval_seconds": 60, **serving})
+    settings = Settings(
+        data_dir=tmp_path,
+        base_models={
+            "m": {
+                "source": str(tmp_path),
+                "engine_urls": [f"http://127.0.0.1:{port}"],
+                "engine_api_key": "engine-secret",
+            }
+        },
+        serving={"health_interval_seconds": 60, **serving},
+    )
     db = Database(settings.resolved_database_url)
     upgrade(db)
     pool = EnginePool(settings, Catalog(db, settings), LocalBlobStore(settings.resolved_blob_dir), EngineRegistry(db))
@@ -194,12 +210,24 @@ def test_engine_answers_and_errors_keep_the_openai_shape(tmp_path: Path) -> None
     async def chat(request: web.Request) -> web.StreamResponse:
         sent = await request.json()
         if sent.get("max_tokens") == 9999:  # vLLM checks this against its max_model_len
-            return web.json_response({"error": {"message": "max_tokens is too large: 9999", "param": "max_tokens",
-                                                "code": 400}}, status=400)
-        return web.json_response({"id": "engine-id", "object": "chat.completion", "model": sent["model"],
-                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi",
-                                                                       "reasoning": None}, "finish_reason": "stop"}],
-                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+            return web.json_response(
+                {"error": {"message": "max_tokens is too large: 9999", "param": "max_tokens", "code": 400}}, status=400
+            )
+        return web.json_response(
+            {
+                "id": "engine-id",
+                "object": "chat.completion",
+                "model": sent["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "hi", "reasoning": None},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            }
+        )
 
     async def scenario() -> None:
         async with gateway(tmp_path, chat) as (completions, _):
@@ -207,7 +235,9 @@ def test_engine_answers_and_errors_keep_the_openai_shape(tmp_path: Path) -> None
             assert isinstance(answer, bytes)
             data = json.loads(answer)
             assert data["id"].startswith("chatcmpl-") and data["choices"][0]["message"] == {
-                "role": "assistant", "content": "hi"}
+                "role": "assistant",
+                "content": "hi",
+            }
             with pytest.raises(InvalidRequest) as err:
                 await completions.create(CALLER, "chat.completions", body(stream=False, max_tokens=9999))
             assert err.value.param == "max_tokens" and "too large" in err.value.message

@@ -32,8 +32,11 @@ def prefix() -> Iterator[str]:
 
 def two_gateways(scenario: Callable[[ReservedCounters, ReservedCounters, RedisCounters], Awaitable[None]]) -> None:
     async def main() -> None:
-        a, b, plain = ReservedCounters(RedisCounters(REDIS_URL)), ReservedCounters(RedisCounters(REDIS_URL)), \
-            RedisCounters(REDIS_URL)
+        a, b, plain = (
+            ReservedCounters(RedisCounters(REDIS_URL)),
+            ReservedCounters(RedisCounters(REDIS_URL)),
+            RedisCounters(REDIS_URL),
+        )
         try:
             await scenario(a, b, plain)
         finally:

@@ -14,13 +14,16 @@ from storage.settings import BaseModelSpec
 R1_ANSWER = "Okay, 2 + 2 … that is 4.\n</think>\n\nThe answer is **4**."
 
 
-@pytest.mark.parametrize("text, expected", [
-    (R1_ANSWER, ("Okay, 2 + 2 … that is 4.\n", "The answer is **4**.")),
-    ("<think>\nhmm</think>\n\nYes.", ("\nhmm", "Yes.")),  # a model that repeats the opening tag
-    ("still thinking when max_tokens hit", ("still thinking when max_tokens hit", "")),
-    ("</think>Direct.", ("", "Direct.")),
-    ("a < b </thin k> </think>ok", ("a < b </thin k> ", "ok")),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (R1_ANSWER, ("Okay, 2 + 2 … that is 4.\n", "The answer is **4**.")),
+        ("<think>\nhmm</think>\n\nYes.", ("\nhmm", "Yes.")),  # a model that repeats the opening tag
+        ("still thinking when max_tokens hit", ("still thinking when max_tokens hit", "")),
+        ("</think>Direct.", ("", "Direct.")),
+        ("a < b </thin k> </think>ok", ("a < b </thin k> ", "ok")),
+    ],
+)
 def test_split_whole_text(text: str, expected: tuple[str, str]) -> None:
     assert split(text) == expected
 
@@ -31,7 +34,7 @@ def test_streamed_in_any_pieces_equals_whole(size: int) -> None:
         splitter = ThinkSplitter()
         reasoning = content = ""
         for i in range(0, len(text), size):
-            r, c = splitter.feed(text[i:i + size])
+            r, c = splitter.feed(text[i : i + size])
             reasoning, content = reasoning + r, content + c
         r, c = splitter.flush()
         assert (reasoning + r, content + c) == split(text), (text, size)
@@ -48,9 +51,21 @@ def test_stream_chunks_get_reasoning_content_and_the_callers_model() -> None:
     pieces = ["Okay", ", 4.\n</", "think>\n\nIt", " is 4."]
     out = []
     for i, piece in enumerate(pieces):
-        chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "models/j/final", "created": 1,
-                 "choices": [{"index": 0, "delta": {"content": piece}, "logprobs": None,
-                              "finish_reason": "stop" if i == len(pieces) - 1 else None, "token_ids": None}]}
+        chunk = {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "model": "models/j/final",
+            "created": 1,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": piece},
+                    "logprobs": None,
+                    "finish_reason": "stop" if i == len(pieces) - 1 else None,
+                    "token_ids": None,
+                }
+            ],
+        }
         out.append(call.chunk(chunk))
     deltas = [c["choices"][0]["delta"] for c in out]
     assert "".join(d.get("reasoning_content") or "" for d in deltas) == "Okay, 4.\n"
@@ -62,9 +77,14 @@ def test_stream_chunks_get_reasoning_content_and_the_callers_model() -> None:
 
 
 def test_whole_message_split_only_when_configured() -> None:
-    for reasoning, expected in ((True, ("Okay, 2 + 2 … that is 4.\n", "The answer is **4**.")), (False, (None, R1_ANSWER))):
-        data = {"model": "models/j/final", "choices": [{"index": 0, "message": {"role": "assistant", "content": R1_ANSWER,
-                                                                                  "reasoning": None}}]}
+    for reasoning, expected in (
+        (True, ("Okay, 2 + 2 … that is 4.\n", "The answer is **4**.")),
+        (False, (None, R1_ANSWER)),
+    ):
+        data = {
+            "model": "models/j/final",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": R1_ANSWER, "reasoning": None}}],
+        }
         _call(reasoning).rewrite(data)
         message = data["choices"][0]["message"]
         assert (message.get("reasoning_content"), message["content"]) == expected

@@ -20,16 +20,23 @@ def trained_text(tokenizer, encoded) -> str:  # noqa: ANN001
 
 
 def test_labels_cover_assistant_turns_only(tokenizer) -> None:  # noqa: ANN001
-    example = {"messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "<think>greet</think>Hello", "weight": 0},
-        {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Paris\"}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
-        {"role": "assistant", "content": "<think>read it</think>Sunny."},
-    ]}
+    example = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "<think>greet</think>Hello", "weight": 0},
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "assistant", "content": "<think>read it</think>Sunny."},
+        ]
+    }
     encoded = ChatEncoder(tokenizer, CHATML, 4096).encode(example)
     full = tokenizer.decode(encoded.input_ids)
     assert full == tokenizer.apply_chat_template(example["messages"], tokenize=False, chat_template=CHATML)
@@ -47,8 +54,14 @@ def test_template_that_rewrites_history_is_refused(tokenizer) -> None:  # noqa: 
         "{{ m.content.split('</think>')[-1] if (m.role == 'assistant' and not loop.last) else m.content }}"
         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
-    example = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>x</think>b"},
-                            {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}
+    example = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "<think>x</think>b"},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d"},
+        ]
+    }
     with pytest.raises(TemplateError, match="prefix-stable"):
         ChatEncoder(tokenizer, drops_old_thinking, 4096).encode(example)
 
@@ -60,8 +73,10 @@ def test_selective_head_loss_equals_full_loss(tiny_model: str, tokenizer, tmp_pa
     from finetune.recipe.trainer import SFTTrainer
 
     encoder = ChatEncoder(tokenizer, CHATML, 512)
-    rows = [encoder.encode({"messages": [{"role": "user", "content": q * (i + 1)}, {"role": "assistant", "content": a}]})
-            for i, (q, a) in enumerate([("Why? ", "Because."), ("Name a colour. ", "Blue, or green.")])]
+    rows = [
+        encoder.encode({"messages": [{"role": "user", "content": q * (i + 1)}, {"role": "assistant", "content": a}]})
+        for i, (q, a) in enumerate([("Why? ", "Because."), ("Name a colour. ", "Blue, or green.")])
+    ]
     features = [{"input_ids": r.input_ids, "labels": r.labels} for r in rows]
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     trainer = SFTTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]))
@@ -102,12 +117,31 @@ def train_losses(tiny_model: str, tmp_path, **hyperparameters) -> list[float]:  
 
     data = tmp_path / "train.jsonl"
     data.write_bytes(chat_jsonl(qa_pairs(12)))
-    hp = hyperparams.resolve(hyperparams.Hyperparameters(n_epochs=1, batch_size=4, learning_rate=5e-3, lora_rank=16,
-                                                         precision="fp32", **hyperparameters),
-                             n_examples=12, method="supervised", device="cpu")
+    hp = hyperparams.resolve(
+        hyperparams.Hyperparameters(
+            n_epochs=1, batch_size=4, learning_rate=5e-3, lora_rank=16, precision="fp32", **hyperparameters
+        ),
+        n_examples=12,
+        method="supervised",
+        device="cpu",
+    )
     recorder = Recorder()
-    train(TrainSpec("supervised", tiny_model, None, hp, 7, data, None, tmp_path / json.dumps(hyperparameters),
-                    "cpu", log_every=1, cpu_threads=2), recorder)
+    train(
+        TrainSpec(
+            "supervised",
+            tiny_model,
+            None,
+            hp,
+            7,
+            data,
+            None,
+            tmp_path / json.dumps(hyperparameters),
+            "cpu",
+            log_every=1,
+            cpu_threads=2,
+        ),
+        recorder,
+    )
     return recorder.losses
 
 
@@ -147,13 +181,25 @@ def test_checkpointing_keeps_less_activation_memory(tiny_model: str, tokenizer) 
     from finetune.recipe.model import add_lora, load_model
 
     encoder = ChatEncoder(tokenizer, CHATML, 512)
-    rows = [encoder.encode({"messages": [{"role": "user", "content": "Tell me about rivers. " * 12},
-                                         {"role": "assistant", "content": "Rivers flow to the sea. " * 8}]})] * 4
+    rows = [
+        encoder.encode(
+            {
+                "messages": [
+                    {"role": "user", "content": "Tell me about rivers. " * 12},
+                    {"role": "assistant", "content": "Rivers flow to the sea. " * 8},
+                ]
+            }
+        )
+    ] * 4
     batch = PadCollator(tokenizer.pad_token_id)([{"input_ids": r.input_ids, "labels": r.labels} for r in rows])
     saved = {}
     for on in (False, True):
-        hp = hyperparams.resolve(hyperparams.Hyperparameters(precision="fp32", gradient_checkpointing=on),
-                                 n_examples=20, method="supervised", device="cpu")
+        hp = hyperparams.resolve(
+            hyperparams.Hyperparameters(precision="fp32", gradient_checkpointing=on),
+            n_examples=20,
+            method="supervised",
+            device="cpu",
+        )
         saved[on] = saved_activation_bytes(add_lora(load_model(tiny_model, hp, "cpu"), hp), batch)
     assert saved[True] < saved[False] / 2
     # the estimate behind gradient_checkpointing="auto" is within a factor of two of what autograd keeps
@@ -170,9 +216,14 @@ def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1),
 
     assert tuple(window_size) == (-1, 0)  # causal
     bounds = cu_q.tolist()
-    return torch.cat([F.scaled_dot_product_attention(*(t[s:e].transpose(0, 1) for t in (q, k, v)), is_causal=True,
-                                                     scale=scale, enable_gqa=enable_gqa).transpose(0, 1)
-                      for s, e in itertools.pairwise(bounds)])
+    return torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                *(t[s:e].transpose(0, 1) for t in (q, k, v)), is_causal=True, scale=scale, enable_gqa=enable_gqa
+            ).transpose(0, 1)
+            for s, e in itertools.pairwise(bounds)
+        ]
+    )
 
 
 def reference_varlen_no_gqa(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False):  # noqa: ANN001, ANN201
@@ -202,9 +253,13 @@ def test_varlen_attention_packed_loss_equals_padded(tokenizer, tmp_path, kernel)
     reference = AutoModelForCausalLM.from_config(AutoConfig.for_model(**shape), attn_implementation="sdpa")
     reference.load_state_dict(model.state_dict())
     encoder = ChatEncoder(tokenizer, CHATML, 512)
-    features = [{"input_ids": r.input_ids, "labels": r.labels} for r in (
-        encoder.encode({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
-        for q, a in [("Why? " * 3, "Because."), ("Name a colour. ", "Blue, or green. " * 4), ("Hi", "Hello!")])]
+    features = [
+        {"input_ids": r.input_ids, "labels": r.labels}
+        for r in (
+            encoder.encode({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            for q, a in [("Why? " * 3, "Because."), ("Name a colour. ", "Blue, or green. " * 4), ("Hi", "Hello!")]
+        )
+    ]
     trainer = SFTTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]))
     with torch.no_grad():
         packed = trainer.compute_loss(model, packing_collator(boundaries=True)(features))

@@ -20,11 +20,21 @@ LIMITS = RequestLimits()
 HELLO = [{"role": "user", "content": "hi"}]
 # fields a caller must never get through to an engine, and what OpenAI's schema or vLLM calls them
 SMUGGLED = {
-    "request_id": "x" * 10_000, "priority": -100, "kv_transfer_params": {"do_remote_decode": True},
-    "cache_salt": "s", "vllm_xargs": {"a": 1}, "lora_request": {"lora_name": "models/x/final"},
-    "chat_template": "{{ 'pwned' }}", "chat_template_kwargs": {"x": 1}, "logits_processors": ["os.system"],
-    "allowed_token_ids": [1], "mm_processor_kwargs": {}, "truncate_prompt_tokens": 1, "an_unknown_key": 1,
-    "add_generation_prompt": False, "echo": True,  # echo: completions only
+    "request_id": "x" * 10_000,
+    "priority": -100,
+    "kv_transfer_params": {"do_remote_decode": True},
+    "cache_salt": "s",
+    "vllm_xargs": {"a": 1},
+    "lora_request": {"lora_name": "models/x/final"},
+    "chat_template": "{{ 'pwned' }}",
+    "chat_template_kwargs": {"x": 1},
+    "logits_processors": ["os.system"],
+    "allowed_token_ids": [1],
+    "mm_processor_kwargs": {},
+    "truncate_prompt_tokens": 1,
+    "an_unknown_key": 1,
+    "add_generation_prompt": False,
+    "echo": True,  # echo: completions only
 }
 
 
@@ -35,16 +45,26 @@ def test_engine_internal_and_unknown_fields_are_refused_by_name(field: str) -> N
     assert err.value.param == field and err.value.code == "unknown_parameter" and field in err.value.message
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"messages": [{"role": "user", "content": "x", "lora_request": {}}]}, "messages[0].lora_request"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "model": "y"}]}]},
-     "messages[0].content[0].model"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "model": "y"}}]}, "tools[0].function.model"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {}, "lora": 1}}},
-     "response_format.json_schema.lora"),
-    ({"stream_options": {"include_usage": True, "continuous_usage_stats": True}}, "stream_options.continuous_usage_stats"),
-    ({"structured_outputs": {"json": {}, "backend": "x"}}, "structured_outputs.backend"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "x", "lora_request": {}}]}, "messages[0].lora_request"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "model": "y"}]}]},
+            "messages[0].content[0].model",
+        ),
+        ({"tools": [{"type": "function", "function": {"name": "f", "model": "y"}}]}, "tools[0].function.model"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {}, "lora": 1}}},
+            "response_format.json_schema.lora",
+        ),
+        (
+            {"stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+            "stream_options.continuous_usage_stats",
+        ),
+        ({"structured_outputs": {"json": {}, "backend": "x"}}, "structured_outputs.backend"),
+    ],
+)
 def test_nested_objects_are_rebuilt_from_their_known_keys(body: dict, param: str) -> None:
     with pytest.raises(InvalidRequest) as err:
         parse("chat.completions", {"model": "m", "messages": HELLO, **body}, LIMITS)
@@ -52,9 +72,21 @@ def test_nested_objects_are_rebuilt_from_their_known_keys(body: dict, param: str
 
 
 def test_tunegate_sets_model_ids_and_stream_options_last() -> None:
-    request = parse("chat.completions", {
-        "model": "ft:mine", "messages": HELLO, "stream": True, "stream_options": {"include_usage": False},
-        "temperature": 0, "top_k": 5, "guided_choice": ["a", "b"], "user": "u", "metadata": {"k": "v"}}, LIMITS)
+    request = parse(
+        "chat.completions",
+        {
+            "model": "ft:mine",
+            "messages": HELLO,
+            "stream": True,
+            "stream_options": {"include_usage": False},
+            "temperature": 0,
+            "top_k": 5,
+            "guided_choice": ["a", "b"],
+            "user": "u",
+            "metadata": {"k": "v"},
+        },
+        LIMITS,
+    )
     body = request.body("models/job/final", request_id="abc")
     assert body["model"] == "models/job/final" and body["request_id"] == "abc" and body["messages"] == HELLO
     assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
@@ -64,18 +96,21 @@ def test_tunegate_sets_model_ids_and_stream_options_last() -> None:
     assert llama["repeat_penalty"] == 1.0 and "request_id" not in llama
 
 
-@pytest.mark.parametrize(("body", "param", "code"), [
-    ({"n": 17}, "n", "integer_above_max_value"),
-    ({"max_tokens": 32769}, "max_tokens", "integer_above_max_value"),
-    ({"max_completion_tokens": 10**9}, "max_completion_tokens", "integer_above_max_value"),
-    ({"top_logprobs": 21}, "top_logprobs", "invalid_value"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "array_above_max_length"),
-    ({"stop_token_ids": list(range(65))}, "stop_token_ids", "array_above_max_length"),
-    ({"temperature": "hot"}, "temperature", "invalid_value"),
-    ({"stream": "yes"}, "stream", "invalid_type"),
-    ({"audio": {"voice": "x"}}, "audio", "unsupported_parameter"),
-    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs", "invalid_value"),
-])
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"n": 17}, "n", "integer_above_max_value"),
+        ({"max_tokens": 32769}, "max_tokens", "integer_above_max_value"),
+        ({"max_completion_tokens": 10**9}, "max_completion_tokens", "integer_above_max_value"),
+        ({"top_logprobs": 21}, "top_logprobs", "invalid_value"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "array_above_max_length"),
+        ({"stop_token_ids": list(range(65))}, "stop_token_ids", "array_above_max_length"),
+        ({"temperature": "hot"}, "temperature", "invalid_value"),
+        ({"stream": "yes"}, "stream", "invalid_type"),
+        ({"audio": {"voice": "x"}}, "audio", "unsupported_parameter"),
+        ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs", "invalid_value"),
+    ],
+)
 def test_caps_and_types_are_400s_naming_the_field(body: dict, param: str, code: str) -> None:
     with pytest.raises(InvalidRequest) as err:
         parse("chat.completions", {"model": "m", "messages": HELLO, **body}, LIMITS)
@@ -147,8 +182,11 @@ def test_a_usage_row_that_cannot_be_written_does_not_block_the_others(database_u
         who = Principal("org-a", "key_a")
         recorder.add(who, "m" * 5000, "chat.completions", {"prompt_tokens": 3, "completion_tokens": 4}, "r" * 10_000)
         # a row no database accepts (created_at beyond a 64-bit integer), between two good ones
-        recorder._pending.append(UsageRecord(organization_id="org-a", api_key_id="key_a", model="m",
-                                             endpoint="chat.completions", created_at=2**70))
+        recorder._pending.append(
+            UsageRecord(
+                organization_id="org-a", api_key_id="key_a", model="m", endpoint="chat.completions", created_at=2**70
+            )
+        )
         recorder.add(who, "m", "chat.completions", {"prompt_tokens": 1, "completion_tokens": 1}, None)
         asyncio.run(recorder.flush())
         assert recorder.set_aside == 1 and recorder._pending == []

@@ -27,22 +27,33 @@ from tests.serving_support import engine_gateway, guided_tools, on_database
 from tests.support import LiveGateway, SpecRecorder, SpecValidator
 
 QUESTION = "What is the capital of France?"
-WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
-                          "required": ["city"], "additionalProperties": False}, "strict": True}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
 
 
 @pytest.fixture(scope="module")
 def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     spec, guided = guided_tools(tiny_model)  # forced tool calls and JSON outputs complete on a random model
-    with engine_gateway(tiny_model, tmp_path_factory.mktemp("responses"), **guided,
-                        TUNEGATE_BASE_MODELS=json.dumps({TINY: spec})) as gateway:
+    with engine_gateway(
+        tiny_model, tmp_path_factory.mktemp("responses"), **guided, TUNEGATE_BASE_MODELS=json.dumps({TINY: spec})
+    ) as gateway:
         yield gateway
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def gw(request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str,
-       tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+def gw(
+    request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveGateway]:
     """The module's API on each database: SQLite is the engine's own gateway, Postgres a twin using its engine."""
     with on_database(request.param, engine_gw, tiny_model, tmp_path_factory.mktemp("responses-db")) as gateway:
         yield gateway
@@ -81,12 +92,19 @@ def check_events(recorder: SpecRecorder, events: list[dict]) -> None:
 
 def test_create_matches_chat_and_is_stored(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
     client = gw.client(orgs["mine"][2], recorder)
-    answer = client.responses.create(model=TINY, input=QUESTION, instructions="Answer briefly.", max_output_tokens=10,
-                                     temperature=0, metadata={"topic": "geo"})
+    answer = client.responses.create(
+        model=TINY,
+        input=QUESTION,
+        instructions="Answer briefly.",
+        max_output_tokens=10,
+        temperature=0,
+        metadata={"topic": "geo"},
+    )
     assert answer.object == "response" and answer.id.startswith("resp_") and answer.model == TINY
     assert answer.status in ("completed", "incomplete") and answer.output[0].type == "message"
-    expected = chat_text(client, [{"role": "system", "content": "Answer briefly."},
-                                  {"role": "user", "content": QUESTION}], 10)
+    expected = chat_text(
+        client, [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTION}], 10
+    )
     assert answer.output_text == expected and expected
     assert answer.usage.output_tokens <= 10 and answer.usage.input_tokens > 0
     assert answer.usage.total_tokens == answer.usage.input_tokens + answer.usage.output_tokens
@@ -114,10 +132,18 @@ def test_stream_event_sequence(gw: LiveGateway, orgs, recorder: SpecRecorder) ->
     final = openai.types.responses.Response.model_validate(events[-1]["response"])
     check_events(recorder, events)
     kinds = [e["type"] for e in events]
-    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
-                         "response.content_part.added"]
-    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
-                          "response.incomplete" if final.status == "incomplete" else "response.completed"]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.incomplete" if final.status == "incomplete" else "response.completed",
+    ]
     deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert deltas == final.output_text == chat_text(client, [{"role": "user", "content": QUESTION}], 8)
     assert final.usage.output_tokens == 8 or final.status == "completed"
@@ -128,14 +154,17 @@ def test_stream_event_sequence(gw: LiveGateway, orgs, recorder: SpecRecorder) ->
 def test_previous_response_id_continues_the_conversation(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
     client = gw.client(orgs["mine"][2], recorder)
     first = client.responses.create(model=TINY, input="Name a colour.", max_output_tokens=6, temperature=0)
-    second = client.responses.create(model=TINY, input="And another one?", previous_response_id=first.id,
-                                      max_output_tokens=6, temperature=0)
+    second = client.responses.create(
+        model=TINY, input="And another one?", previous_response_id=first.id, max_output_tokens=6, temperature=0
+    )
     assert second.previous_response_id == first.id
-    history = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": first.output_text},
-               {"role": "user", "content": "And another one?"}]
+    history = [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "And another one?"},
+    ]
     assert second.output_text == chat_text(client, history, 6)
-    counted = client.responses.input_tokens.count(model=TINY, input="And another one?",
-                                                  previous_response_id=first.id)
+    counted = client.responses.input_tokens.count(model=TINY, input="And another one?", previous_response_id=first.id)
     assert counted.object == "response.input_tokens" and counted.input_tokens == second.usage.input_tokens
     assert client.responses.input_items.list(second.id).data[0].content[0].text == "And another one?"
 
@@ -147,9 +176,12 @@ def test_previous_response_id_continues_the_conversation(gw: LiveGateway, orgs, 
 
 def test_input_items_pages_and_tenants(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
     mine, other = gw.client(orgs["mine"][2], recorder), gw.client(orgs["other"][2], recorder)
-    sent = [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": [{"type": "input_text",
-                                                                                       "text": "Bye"}]}]
+    sent = [
+        {"role": "developer", "content": "Be terse."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": [{"type": "input_text", "text": "Bye"}]},
+    ]
     answer = mine.responses.create(model=TINY, input=sent, max_output_tokens=3)
     page = mine.responses.input_items.list(answer.id, limit=2, order="asc")
     assert page.has_more and [i.role for i in page.data] == ["developer", "user"]
@@ -159,9 +191,13 @@ def test_input_items_pages_and_tenants(gw: LiveGateway, orgs, recorder: SpecReco
     assert newest.data[0].id == rest.data[-1].id
     assert [i.id for i in mine.responses.input_items.list(answer.id)] == [i.id for i in reversed(page.data + rest.data)]
 
-    for call in (lambda: other.responses.retrieve(answer.id), lambda: other.responses.delete(answer.id),
-                 lambda: other.responses.input_items.list(answer.id), lambda: other.responses.cancel(answer.id),
-                 lambda: other.responses.create(model=TINY, input="x", previous_response_id=answer.id)):
+    for call in (
+        lambda: other.responses.retrieve(answer.id),
+        lambda: other.responses.delete(answer.id),
+        lambda: other.responses.input_items.list(answer.id),
+        lambda: other.responses.cancel(answer.id),
+        lambda: other.responses.create(model=TINY, input="x", previous_response_id=answer.id),
+    ):
         with pytest.raises(openai.NotFoundError):
             call()
     mine.responses.delete(answer.id)
@@ -180,8 +216,9 @@ def test_structured_output_with_parse(gw: LiveGateway, orgs, recorder: SpecRecor
     parsed = 0
     for seed_question in ("Pick a colour.", "Which colour?", "Red or blue?"):
         # compact guided JSON (serving_support.guided_tools): the object always closes within the budget
-        answer = client.responses.parse(model=TINY, input=seed_question, text_format=Color, max_output_tokens=40,
-                                        temperature=0)
+        answer = client.responses.parse(
+            model=TINY, input=seed_question, text_format=Color, max_output_tokens=40, temperature=0
+        )
         assert answer.text.format.type == "json_schema" and answer.text.format.strict is True
         assert isinstance(answer.output_parsed, Color) and answer.status == "completed"
         parsed += 1
@@ -192,8 +229,13 @@ def test_structured_output_with_parse(gw: LiveGateway, orgs, recorder: SpecRecor
 @SQLITE_ONLY
 def test_function_calling_round_trip(gw: LiveGateway, orgs, recorder: SpecRecorder) -> None:
     client = gw.client(orgs["mine"][2], recorder)
-    named = client.responses.create(model=TINY, input="Weather in Paris?", tools=[WEATHER], max_output_tokens=80,
-                                    tool_choice={"type": "function", "name": "get_weather"})
+    named = client.responses.create(
+        model=TINY,
+        input="Weather in Paris?",
+        tools=[WEATHER],
+        max_output_tokens=80,
+        tool_choice={"type": "function", "name": "get_weather"},
+    )
     assert named.tools[0].name == "get_weather" and named.tool_choice.name == "get_weather"
     # guided decoding makes the named call whatever the model (serving_support.guided_tools)
     calls = [o for o in named.output if o.type == "function_call"]
@@ -201,13 +243,24 @@ def test_function_calling_round_trip(gw: LiveGateway, orgs, recorder: SpecRecord
     assert json.loads(calls[0].arguments)["city"] in ("Paris", "Rome") and calls[0].status == "completed"
     call_id = calls[0].call_id
     follow = client.responses.create(
-        model=TINY, previous_response_id=named.id, max_output_tokens=5, tools=[WEATHER], tool_choice="none",
-        input=[{"type": "function_call_output", "call_id": call_id, "output": '{"temp": 21}'}])
+        model=TINY,
+        previous_response_id=named.id,
+        max_output_tokens=5,
+        tools=[WEATHER],
+        tool_choice="none",
+        input=[{"type": "function_call_output", "call_id": call_id, "output": '{"temp": 21}'}],
+    )
     assert follow.output[0].type == "message" and follow.status in ("completed", "incomplete")
     assert [i.type for i in client.responses.input_items.list(follow.id)][-1] == "function_call_output"
 
-    with client.responses.stream(model=TINY, input="Weather?", tools=[WEATHER], tool_choice="required",
-                                 parallel_tool_calls=False, max_output_tokens=80) as stream:
+    with client.responses.stream(
+        model=TINY,
+        input="Weather?",
+        tools=[WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_output_tokens=80,
+    ) as stream:
         events = [e.model_dump(exclude_unset=True) for e in stream]
     check_events(recorder, events)
     final = events[-1]["response"]
@@ -222,8 +275,11 @@ def test_background_and_cancel(gw: LiveGateway, orgs, recorder: SpecRecorder) ->
     client = gw.client(orgs["mine"][2], recorder)
     queued = client.responses.create(model=TINY, input=QUESTION, background=True, max_output_tokens=6, temperature=0)
     assert queued.status in ("queued", "in_progress") and queued.background is True
-    done = wait_until(lambda: (r := client.responses.retrieve(queued.id)).status not in ("queued", "in_progress")
-                      and r, 60, "the background response")
+    done = wait_until(
+        lambda: (r := client.responses.retrieve(queued.id)).status not in ("queued", "in_progress") and r,
+        60,
+        "the background response",
+    )
     assert done.status in ("completed", "incomplete") and done.output_text
     assert client.responses.cancel(queued.id).status == done.status  # a finished one is returned as it is
 
@@ -245,8 +301,10 @@ def test_background_keeps_its_admission_and_is_capped(gw: LiveGateway, recorder:
     its HTTP answer), and an organization has at most ``background_responses`` of them active (429)."""
     org, _, key = gw.new_org_key("background-limits")
     with gw.admin() as admin:
-        admin.put(f"/admin/organizations/{org}/limits", json={
-            "tokens_per_minute": 6000, "concurrent_streams": 1, "background_responses": 5}).raise_for_status()
+        admin.put(
+            f"/admin/organizations/{org}/limits",
+            json={"tokens_per_minute": 6000, "concurrent_streams": 1, "background_responses": 5},
+        ).raise_for_status()
     client = gw.client(key, recorder)
     long = client.responses.create(model=TINY, input=QUESTION, background=True, max_output_tokens=1500)
     with pytest.raises(openai.RateLimitError) as busy:  # the one stream slot is the background response's
@@ -268,8 +326,11 @@ def test_background_keeps_its_admission_and_is_capped(gw: LiveGateway, recorder:
     assert refused.value.body["param"] == "background" and refused.value.body["code"] == "rate_limit_exceeded"
     capped.responses.cancel(first.id)
     second = capped.responses.create(model=TINY, input=QUESTION, background=True, max_output_tokens=2)
-    done = wait_until(lambda: (r := capped.responses.retrieve(second.id)).status not in ("queued", "in_progress")
-                      and r, 60, "the second background response")
+    done = wait_until(
+        lambda: (r := capped.responses.retrieve(second.id)).status not in ("queued", "in_progress") and r,
+        60,
+        "the second background response",
+    )
     assert done.status in ("completed", "incomplete")
     with pytest.raises(openai.NotFoundError) as unknown:  # resolved at create: a 404, never a queued failure
         capped.responses.create(model="x" * 600, input=QUESTION, background=True)
@@ -303,8 +364,7 @@ def test_async_client_every_method(gw: LiveGateway, orgs, recorder: SpecRecorder
         check_events(recorder, events)
         final = openai.types.responses.Response.model_validate(events[-1]["response"])
         assert final.output_text == created.output_text
-        raw = await client.responses.create(model=TINY, input=QUESTION, max_output_tokens=4, temperature=0,
-                                            stream=True)
+        raw = await client.responses.create(model=TINY, input=QUESTION, max_output_tokens=4, temperature=0, stream=True)
         assert [e.type async for e in raw][-1] in ("response.completed", "response.incomplete")
         parsed = await client.responses.parse(model=TINY, input="yes?", text_format=Pick, max_output_tokens=20)
         assert isinstance(parsed.output_parsed, Pick)
@@ -320,19 +380,22 @@ def test_async_client_every_method(gw: LiveGateway, orgs, recorder: SpecRecorder
 
 
 @SQLITE_ONLY
-@pytest.mark.parametrize(("body", "param"), [
-    ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
-    ({"input": [{"role": "user", "content": [{"type": "input_audio", "data": "x"}]}]}, "input[0].content[0].type"),
-    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
-    ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
-    ({"input": "x", "temperature": 7}, "temperature"),
-    ({"input": "x", "max_output_tokens": 10**9}, "max_output_tokens"),
-    ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
-    ({"input": "x", "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
-    ({"input": "x", "extra_body": {"kv_transfer_params": {}}}, "kv_transfer_params"),
-    ({"input": "x", "background": True, "store": False}, "background"),
-    ({}, "input"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
+        ({"input": [{"role": "user", "content": [{"type": "input_audio", "data": "x"}]}]}, "input[0].content[0].type"),
+        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+        ({"input": "x", "temperature": 7}, "temperature"),
+        ({"input": "x", "max_output_tokens": 10**9}, "max_output_tokens"),
+        ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
+        ({"input": "x", "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
+        ({"input": "x", "extra_body": {"kv_transfer_params": {}}}, "kv_transfer_params"),
+        ({"input": "x", "background": True, "store": False}, "background"),
+        ({}, "input"),
+    ],
+)
 def test_bad_input_names_the_param(gw: LiveGateway, orgs, recorder: SpecRecorder, body: dict, param: str) -> None:
     client = gw.client(orgs["mine"][2], recorder)
     with pytest.raises(openai.BadRequestError) as refused:
@@ -355,10 +418,17 @@ def test_unknown_model_and_usage_per_organization(gw: LiveGateway, orgs, recorde
 
     db = Database(gw.database_url)
     try:
+
         def recorded() -> list[UsageRecord]:
             with db.session() as s:
-                return list(s.exec(select(UsageRecord).where(UsageRecord.organization_id == orgs["other"][0],
-                                                             UsageRecord.endpoint == "responses")))
+                return list(
+                    s.exec(
+                        select(UsageRecord).where(
+                            UsageRecord.organization_id == orgs["other"][0], UsageRecord.endpoint == "responses"
+                        )
+                    )
+                )
+
         rows = wait_until(recorded, 10, "the usage row")
     finally:
         db.dispose()
@@ -370,9 +440,16 @@ def test_unknown_model_and_usage_per_organization(gw: LiveGateway, orgs, recorde
 def test_reasoning_items_and_summary(spec: SpecValidator) -> None:
     req = parse({"model": "m", "input": "x", "reasoning": {"effort": "low", "summary": "auto"}})
     assert to_chat(req, [])["reasoning_effort"] == "low"
-    chat = {"choices": [{"index": 0, "finish_reason": "stop", "message": {
-        "role": "assistant", "content": "Paris.", "reasoning_content": "The capital is Paris."}}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}}
+    chat = {
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "Paris.", "reasoning_content": "The capital is Paris."},
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14},
+    }
     response = from_chat(req, chat, skeleton(req, "resp_x", 1, "in_progress"))
     assert spec.errors("Response", response) == []
     assert [o["type"] for o in response["output"]] == ["reasoning", "message"]
@@ -387,18 +464,27 @@ def test_reasoning_items_and_summary(spec: SpecValidator) -> None:
     assert all(spec.errors("ResponseStreamEvent", e) == [] for e in decoded)
     kinds = [e["type"] for e in decoded]
     assert kinds.count("response.reasoning_summary_text.delta") == 2 and "response.reasoning_summary_part.done" in kinds
-    assert final["output"][0]["summary"][0]["text"] == "Thinking." and final["output"][1]["content"][0]["text"] == "Done."
+    assert (
+        final["output"][0]["summary"][0]["text"] == "Thinking." and final["output"][1]["content"][0]["text"] == "Done."
+    )
 
 
 def test_items_translate_to_chat_messages() -> None:
-    req = parse({"model": "m", "instructions": "sys", "input": [
-        {"role": "user", "content": "q"},
-        {"type": "function_call", "call_id": "a", "name": "f", "arguments": "{}"},
-        {"type": "function_call", "call_id": "b", "name": "g", "arguments": "{}"},
-        {"type": "function_call_output", "call_id": "a", "output": "1"},
-        {"type": "function_call_output", "call_id": "b", "output": "2"},
-        {"type": "reasoning", "summary": []},
-        {"role": "assistant", "content": [{"type": "output_text", "text": "done"}]}]})
+    req = parse(
+        {
+            "model": "m",
+            "instructions": "sys",
+            "input": [
+                {"role": "user", "content": "q"},
+                {"type": "function_call", "call_id": "a", "name": "f", "arguments": "{}"},
+                {"type": "function_call", "call_id": "b", "name": "g", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "a", "output": "1"},
+                {"type": "function_call_output", "call_id": "b", "output": "2"},
+                {"type": "reasoning", "summary": []},
+                {"role": "assistant", "content": [{"type": "output_text", "text": "done"}]},
+            ],
+        }
+    )
     messages = to_chat(req, [])["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool", "assistant"]
     assert [c["id"] for c in messages[2]["tool_calls"]] == ["a", "b"] and messages[-1]["content"] == "done"
@@ -444,25 +530,44 @@ def test_store_on_both_databases(database_url: str) -> None:
         db.dispose()
 
 
-@pytest.mark.parametrize(("item", "param"), [
-    ({"type": "reasoning", "summary": [{"junk": 1}, 5, None]}, "input[0].summary[0]"),
-    ({"type": "reasoning"}, "input[0].summary"),
-    ({"type": "reasoning", "summary": [], "content": [[1, 2]]}, "input[0].content[0]"),
-    ({"type": "reasoning", "summary": [{"type": "summary_text", "text": "t"}] * 65}, "input[0].summary"),
-    ({"type": "reasoning", "summary": [{"type": "summary_text", "text": "x" * 300_000}]}, "input[0].summary"),
-    ({"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png", "detail": "ultra"}]},
-     "input[0].content[0].detail"),
-])
+@pytest.mark.parametrize(
+    ("item", "param"),
+    [
+        ({"type": "reasoning", "summary": [{"junk": 1}, 5, None]}, "input[0].summary[0]"),
+        ({"type": "reasoning"}, "input[0].summary"),
+        ({"type": "reasoning", "summary": [], "content": [[1, 2]]}, "input[0].content[0]"),
+        ({"type": "reasoning", "summary": [{"type": "summary_text", "text": "t"}] * 65}, "input[0].summary"),
+        ({"type": "reasoning", "summary": [{"type": "summary_text", "text": "x" * 300_000}]}, "input[0].summary"),
+        (
+            {"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png", "detail": "ultra"}]},
+            "input[0].content[0].detail",
+        ),
+    ],
+)
 def test_input_items_checked_by_shape_and_size(item: dict, param: str) -> None:
     from storage.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest) as refused:
         parse({"model": "m", "instructions": "be nice", "input": [item]})
     assert refused.value.param == param, refused.value.message
-    kept = parse({"model": "m", "input": [{"type": "reasoning", "encrypted_content": "opaque", "summary": [
-        {"type": "summary_text", "text": "s"}], "content": [{"type": "reasoning_text", "text": "r"}]}]}).input[0]
-    assert {k: v for k, v in kept.items() if k != "id"} == {"type": "reasoning", "summary": [
-        {"type": "summary_text", "text": "s"}], "content": [{"type": "reasoning_text", "text": "r"}]}
+    kept = parse(
+        {
+            "model": "m",
+            "input": [
+                {
+                    "type": "reasoning",
+                    "encrypted_content": "opaque",
+                    "summary": [{"type": "summary_text", "text": "s"}],
+                    "content": [{"type": "reasoning_text", "text": "r"}],
+                }
+            ],
+        }
+    ).input[0]
+    assert {k: v for k, v in kept.items() if k != "id"} == {
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": "s"}],
+        "content": [{"type": "reasoning_text", "text": "r"}],
+    }
 
 
 def test_truncation_and_params_of_translated_items() -> None:
@@ -473,13 +578,26 @@ def test_truncation_and_params_of_translated_items() -> None:
         parse({"model": "m", "input": "hi", "truncation": "weird"})
     assert refused.value.param == "truncation"
     assert parse({"model": "m", "input": "hi", "truncation": "auto"}).truncation == "auto"
-    req = parse({"model": "m", "instructions": "sys", "input": [
-        {"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]},
-        {"type": "function_call", "call_id": "a", "name": "f", "arguments": "{}"},
-        {"type": "function_call", "call_id": "b", "name": "g", "arguments": "{}"},
-        {"type": "function_call_output", "call_id": "a", "output": "1"}]})
-    history = [{"type": "message", "role": "user", "status": "completed", "content": [
-        {"type": "input_text", "text": "before"}]}]
+    req = parse(
+        {
+            "model": "m",
+            "instructions": "sys",
+            "input": [
+                {"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]},
+                {"type": "function_call", "call_id": "a", "name": "f", "arguments": "{}"},
+                {"type": "function_call", "call_id": "b", "name": "g", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "a", "output": "1"},
+            ],
+        }
+    )
+    history = [
+        {
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_text", "text": "before"}],
+        }
+    ]
     _, origins = _to_chat(req, history)  # system, history user, input[0] user, assistant(2 calls), tool
     assert _item_param("messages[0].content", origins) == "instructions"
     assert _item_param("messages[1].content", origins) == "previous_response_id"
@@ -550,8 +668,10 @@ def test_service_background_admission_cancel_elsewhere_and_unstored_follow_up(tm
     from storage.settings import RequestLimits
 
     monkeypatch.setattr(module, "POLL_S", 0.05)
-    answer = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
-              "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+    answer = {
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
 
     class Pool:
         async def resolve(self, org: str, model: str) -> None:
@@ -581,8 +701,9 @@ def test_service_background_admission_cancel_elsewhere_and_unstored_follow_up(tm
     released: list[str] = []
 
     async def run() -> None:
-        long = await service.respond(who, {"model": "m", "input": "long", "background": True},
-                                     hold=lambda: lambda: released.append("long"))
+        long = await service.respond(
+            who, {"model": "m", "input": "long", "background": True}, hold=lambda: lambda: released.append("long")
+        )
         await asyncio.wait_for(chat.started.wait(), 5)
         assert released == []  # still generating: the admission is held
         store.cancel(who.organization_id, long["id"], {})  # as another gateway process would
@@ -594,13 +715,17 @@ def test_service_background_admission_cancel_elsewhere_and_unstored_follow_up(tm
         assert released == ["long"] and store.get(who.organization_id, long["id"])["status"] == "cancelled"
 
         with pytest.raises(NotFound) as missing:
-            await service.respond(who, {"model": "x" * 600, "input": "q", "background": True},
-                                  hold=lambda: lambda: released.append("never"))
+            await service.respond(
+                who,
+                {"model": "x" * 600, "input": "q", "background": True},
+                hold=lambda: lambda: released.append("never"),
+            )
         assert missing.value.code == "model_not_found" and "never" not in released
 
         first = await service.respond(who, {"model": "m", "input": "My name is Ann."})
-        follow = await service.respond(who, {"model": "m", "input": "Name?", "store": False,
-                                             "previous_response_id": first["id"]})
+        follow = await service.respond(
+            who, {"model": "m", "input": "Name?", "store": False, "previous_response_id": first["id"]}
+        )
         assert follow["previous_response_id"] == first["id"]
         assert [m["content"] for m in chat.seen[-1]["messages"]] == ["My name is Ann.", "ok", "Name?"]
         with pytest.raises(NotFound):
@@ -630,8 +755,9 @@ def test_a_held_admission_settles_only_when_released() -> None:
     limiter._settle = record  # type: ignore[method-assign]
 
     async def run() -> None:
-        admission = Admission([Bucket("o:tokens", 6000, 1500)], [Slot("o:streams", 1)], "m", Verdict(None, 0, [0]),
-                              estimate=1500)
+        admission = Admission(
+            [Bucket("o:tokens", 6000, 1500)], [Slot("o:streams", 1)], "m", Verdict(None, 0, [0]), estimate=1500
+        )
         release = limiter.hold(admission)
         limiter.finish(admission)  # the HTTP answer is over: nothing happens yet
         await asyncio.sleep(0)

@@ -31,17 +31,33 @@ from tests.finetune_support import (
 )
 from tests.support import DATA, LiveGateway, SpecRecorder
 
-GRADER = {"type": "string_check", "name": "says_for", "input": "{{sample.output_text}}",
-          "reference": "{{item.word}}", "operation": "like"}
+GRADER = {
+    "type": "string_check",
+    "name": "says_for",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.word}}",
+    "operation": "like",
+}
 # 32 prompts, batch 8: 4 steps an epoch; 5 epochs = 20 steps, an evaluation (and a checkpoint) every 5
-HP = {"n_epochs": 5, "batch_size": 8, "learning_rate": 0.02, "lr_scheduler_type": "constant", "lora_rank": 16,
-      "compute_multiplier": 0.5, "eval_interval": 5, "eval_samples": 8, "max_completion_length": 8}
+HP = {
+    "n_epochs": 5,
+    "batch_size": 8,
+    "learning_rate": 0.02,
+    "lr_scheduler_type": "constant",
+    "lora_rank": 16,
+    "compute_multiplier": 0.5,
+    "eval_interval": 5,
+    "eval_samples": 8,
+    "max_completion_length": 8,
+}
 
 
 def prompts(start: int, n: int) -> bytes:
-    questions = [e["instruction"] for e in json.loads((DATA / "alpaca_en_demo.json").read_text())][start:start + n]
-    lines = [json.dumps({"messages": [{"role": "user", "content": q}], "word": "for", "id": i})
-             for i, q in enumerate(questions)]
+    questions = [e["instruction"] for e in json.loads((DATA / "alpaca_en_demo.json").read_text())][start : start + n]
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": q}], "word": "for", "id": i})
+        for i, q in enumerate(questions)
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -61,8 +77,9 @@ def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
 
     url, drop = _fresh_postgres_database()
     engine = {k: v for k, v in serving_env(tiny_model).items() if k.startswith("TUNEGATE_SERVING__")}
-    gateway = LiveGateway(tmp_path_factory.mktemp("rft"), url, **gateway_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false",
-                                                                          **engine))
+    gateway = LiveGateway(
+        tmp_path_factory.mktemp("rft"), url, **gateway_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false", **engine)
+    )
     gateway.start()
     wait_engines_ready(gateway)
     yield gateway
@@ -78,13 +95,16 @@ def key(gw: LiveGateway) -> str:
 @pytest.fixture(scope="module")
 def files(gw: LiveGateway, key: str) -> dict[str, str]:
     client = gw.client(key)
-    return {"train": upload(client, prompts(0, 32), "rft_train.jsonl"),
-            "valid": upload(client, prompts(100, 8), "rft_valid.jsonl"),
-            "chat": upload(client, chat_jsonl(qa_pairs(12)))}
+    return {
+        "train": upload(client, prompts(0, 32), "rft_train.jsonl"),
+        "valid": upload(client, prompts(100, 8), "rft_valid.jsonl"),
+        "chat": upload(client, chat_jsonl(qa_pairs(12))),
+    }
 
 
-def test_an_rft_file_is_a_reinforcement_file(gw: LiveGateway, key: str, files: dict[str, str],
-                                             recorder: SpecRecorder) -> None:
+def test_an_rft_file_is_a_reinforcement_file(
+    gw: LiveGateway, key: str, files: dict[str, str], recorder: SpecRecorder
+) -> None:
     client = gw.client(key, recorder)
     assert client.files.retrieve(files["train"]).status == "processed"
     content = client.files.content(files["train"]).text.splitlines()
@@ -92,15 +112,21 @@ def test_an_rft_file_is_a_reinforcement_file(gw: LiveGateway, key: str, files: d
 
 
 @pytest.mark.slow
-def test_rft_job_learns_the_reward_and_resumes_after_kill_9(gw: LiveGateway, key: str, files: dict[str, str],
-                                                          recorder: SpecRecorder) -> None:
+def test_rft_job_learns_the_reward_and_resumes_after_kill_9(
+    gw: LiveGateway, key: str, files: dict[str, str], recorder: SpecRecorder
+) -> None:
     client = gw.client(key, recorder)
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], validation_file=files["valid"],
-                                         seed=3, suffix="rft", method=rft())
+    job = client.fine_tuning.jobs.create(
+        model=TINY, training_file=files["train"], validation_file=files["valid"], seed=3, suffix="rft", method=rft()
+    )
     assert job.method.type == "reinforcement" and job.method.reinforcement.grader.name == "says_for"
     shown = job.method.reinforcement.hyperparameters
-    assert (shown.compute_multiplier, shown.eval_interval, shown.eval_samples, shown.reasoning_effort) == \
-        (0.5, 5, 8, "default")
+    assert (shown.compute_multiplier, shown.eval_interval, shown.eval_samples, shown.reasoning_effort) == (
+        0.5,
+        5,
+        8,
+        "default",
+    )
     assert shown.model_extra["num_generations"] == 4 and shown.model_extra["beta"] == 0.04
     assert job.hyperparameters.batch_size == 8 and job.hyperparameters.n_epochs == 5
     # the worker dies (kill -9) right after the first checkpoint's adapter is stored, before it is recorded
@@ -138,11 +164,19 @@ def test_rft_job_learns_the_reward_and_resumes_after_kill_9(gw: LiveGateway, key
         assert [int(r["step"]) for r in rows] == list(range(1, 21))
         assert float(rows[-1]["valid_reward_mean"]) == pytest.approx(last)
         # a fine-tuned model the organization owns cannot be a judge (the training child reaches base engines only)
-        judge = {"type": "score_model", "name": "j", "model": done.fine_tuned_model,
-                 "input": [{"role": "user", "content": "Rate: {{sample.output_text}}"}]}
-        for grader, param in ((judge, "method.reinforcement.grader.model"),
-                              ({"type": "multi", "name": "m", "graders": {"w": GRADER, "j": judge},
-                                "calculate_output": "w + j"}, "method.reinforcement.grader.graders.j.model")):
+        judge = {
+            "type": "score_model",
+            "name": "j",
+            "model": done.fine_tuned_model,
+            "input": [{"role": "user", "content": "Rate: {{sample.output_text}}"}],
+        }
+        for grader, param in (
+            (judge, "method.reinforcement.grader.model"),
+            (
+                {"type": "multi", "name": "m", "graders": {"w": GRADER, "j": judge}, "calculate_output": "w + j"},
+                "method.reinforcement.grader.graders.j.model",
+            ),
+        ):
             with pytest.raises(openai.BadRequestError) as err:
                 client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method=rft(grader=grader))
             assert (err.value.body["param"], err.value.body["code"]) == (param, "unsupported_value"), err.value.body
@@ -167,32 +201,70 @@ PY_BAD = {"type": "python", "name": "p", "source": "def grade(sample, item):\n  
 BAD = [
     ("no-grader", rft(grader=None), "method.reinforcement.grader", "missing_required_parameter"),
     ("grader-type", rft(grader={**GRADER, "type": "regex"}), "method.reinforcement.grader.type", None),
-    ("grader-operation", rft(grader={**GRADER, "operation": "contains"}), "method.reinforcement.grader.operation",
-     None),
+    (
+        "grader-operation",
+        rft(grader={**GRADER, "operation": "contains"}),
+        "method.reinforcement.grader.operation",
+        None,
+    ),
     ("python-syntax", rft(grader=PY_BAD), "method.reinforcement.grader.source", None),
-    ("multi-formula", rft(grader={"type": "multi", "name": "m", "graders": {"a": GRADER},
-                                  "calculate_output": "a +"}), "method.reinforcement.grader.calculate_output", None),
-    ("compute-multiplier", rft(compute_multiplier=0), "method.reinforcement.hyperparameters.compute_multiplier",
-     "invalid_hyperparameter"),
-    ("reasoning-effort", rft(reasoning_effort="extreme"), "method.reinforcement.hyperparameters.reasoning_effort",
-     "invalid_hyperparameter"),
-    ("eval-interval", rft(eval_interval=0), "method.reinforcement.hyperparameters.eval_interval",
-     "invalid_hyperparameter"),
+    (
+        "multi-formula",
+        rft(grader={"type": "multi", "name": "m", "graders": {"a": GRADER}, "calculate_output": "a +"}),
+        "method.reinforcement.grader.calculate_output",
+        None,
+    ),
+    (
+        "compute-multiplier",
+        rft(compute_multiplier=0),
+        "method.reinforcement.hyperparameters.compute_multiplier",
+        "invalid_hyperparameter",
+    ),
+    (
+        "reasoning-effort",
+        rft(reasoning_effort="extreme"),
+        "method.reinforcement.hyperparameters.reasoning_effort",
+        "invalid_hyperparameter",
+    ),
+    (
+        "eval-interval",
+        rft(eval_interval=0),
+        "method.reinforcement.hyperparameters.eval_interval",
+        "invalid_hyperparameter",
+    ),
     ("packing", rft(packing=True), "method.reinforcement.hyperparameters.packing", "invalid_hyperparameter"),
-    ("unknown-key", {"type": "reinforcement", "reinforcement": {"grader": GRADER, "reward": 1}},
-     "method.reinforcement.reward", None),
-    ("response-format", {"type": "reinforcement", "reinforcement": {"grader": GRADER,
-                                                                    "response_format": {"type": "yaml"}}},
-     "method.reinforcement.response_format.type", None),
-    ("rft-knob-on-supervised", {"type": "supervised", "supervised": {"hyperparameters": {"eval_interval": 3}}},
-     "method.supervised.hyperparameters.eval_interval", "invalid_hyperparameter"),
+    (
+        "unknown-key",
+        {"type": "reinforcement", "reinforcement": {"grader": GRADER, "reward": 1}},
+        "method.reinforcement.reward",
+        None,
+    ),
+    (
+        "response-format",
+        {"type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": {"type": "yaml"}}},
+        "method.reinforcement.response_format.type",
+        None,
+    ),
+    (
+        "rft-knob-on-supervised",
+        {"type": "supervised", "supervised": {"hyperparameters": {"eval_interval": 3}}},
+        "method.supervised.hyperparameters.eval_interval",
+        "invalid_hyperparameter",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("case", "method", "param", "code"), BAD, ids=[c[0] for c in BAD])
-def test_invalid_rft_requests_are_400s_naming_the_field(gw: LiveGateway, key: str, files: dict[str, str],
-                                                        recorder: SpecRecorder, case: str, method: dict,
-                                                        param: str, code: str | None) -> None:
+def test_invalid_rft_requests_are_400s_naming_the_field(
+    gw: LiveGateway,
+    key: str,
+    files: dict[str, str],
+    recorder: SpecRecorder,
+    case: str,
+    method: dict,
+    param: str,
+    code: str | None,
+) -> None:
     client = gw.client(key, recorder)
     with pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method=method)  # type: ignore[arg-type]
@@ -202,46 +274,66 @@ def test_invalid_rft_requests_are_400s_naming_the_field(gw: LiveGateway, key: st
         assert body["code"] == code, (case, body)
 
 
-def test_a_judge_the_organization_cannot_use_is_a_404(gw: LiveGateway, key: str, files: dict[str, str],
-                                                      recorder: SpecRecorder) -> None:
+def test_a_judge_the_organization_cannot_use_is_a_404(
+    gw: LiveGateway, key: str, files: dict[str, str], recorder: SpecRecorder
+) -> None:
     client = gw.client(key, recorder)
-    judge = {"type": "score_model", "name": "j", "model": "no-such-model",
-             "input": [{"role": "user", "content": "Rate: {{sample.output_text}}"}]}
+    judge = {
+        "type": "score_model",
+        "name": "j",
+        "model": "no-such-model",
+        "input": [{"role": "user", "content": "Rate: {{sample.output_text}}"}],
+    }
     with pytest.raises(openai.NotFoundError) as err:
         client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method=rft(grader=judge))
     assert err.value.body["code"] == "model_not_found"
 
 
-def test_a_base_model_judge_is_accepted(gw: LiveGateway, key: str, files: dict[str, str],
-                                        recorder: SpecRecorder) -> None:
+def test_a_base_model_judge_is_accepted(
+    gw: LiveGateway, key: str, files: dict[str, str], recorder: SpecRecorder
+) -> None:
     client = gw.client(key, recorder)
-    judge = {"type": "score_model", "name": "j", "model": TINY,
-             "input": [{"role": "user", "content": "Rate: {{sample.output_text}}"}]}
+    judge = {
+        "type": "score_model",
+        "name": "j",
+        "model": TINY,
+        "input": [{"role": "user", "content": "Rate: {{sample.output_text}}"}],
+    }
     job = client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method=rft(grader=judge))
     assert job.method.reinforcement.grader.model == TINY
     client.fine_tuning.jobs.cancel(job.id)
 
 
-def test_response_format_text_is_echoed_and_a_schema_is_refused(gw: LiveGateway, key: str, files: dict[str, str],
-                                                                recorder: SpecRecorder) -> None:
+def test_response_format_text_is_echoed_and_a_schema_is_refused(
+    gw: LiveGateway, key: str, files: dict[str, str], recorder: SpecRecorder
+) -> None:
     """Nothing constrains the rollouts to a JSON format yet: asking for one is a 400, never silently ignored."""
     client = gw.client(key, recorder)
     text = {"type": "text"}
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method={
-        "type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": text}})  # type: ignore[typeddict-unknown-key]
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=files["train"],
+        method={"type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": text}},
+    )  # type: ignore[typeddict-unknown-key]
     raw = client.fine_tuning.jobs.with_raw_response.retrieve(job.id).http_response.json()
     assert raw["method"]["reinforcement"]["response_format"] == text
     client.fine_tuning.jobs.cancel(job.id)
-    for schema in ({"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}},
-                   {"type": "json_object"}):
+    for schema in (
+        {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}},
+        {"type": "json_object"},
+    ):
         with pytest.raises(openai.BadRequestError) as err:
-            client.fine_tuning.jobs.create(model=TINY, training_file=files["train"], method={
-                "type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": schema}})  # type: ignore[typeddict-unknown-key]
+            client.fine_tuning.jobs.create(
+                model=TINY,
+                training_file=files["train"],
+                method={"type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": schema}},
+            )  # type: ignore[typeddict-unknown-key]
         assert err.value.body["param"] == "method.reinforcement.response_format", err.value.body
         assert err.value.body["code"] == "unsupported_value" and schema["type"] in err.value.body["message"]
 
 
 # --- unit level (no gateway, no training) ------------------------------------------------------------------------
+
 
 def _normalized(tmp_path: Any, lines: list[dict]) -> Any:
     from finetune.formats import normalize
@@ -255,13 +347,19 @@ def test_prompt_lines_make_a_reinforcement_file_only_when_the_whole_file_is(tmp_
     prompt = {"messages": [{"role": "user", "content": "2+2?"}], "answer": "4"}
     chat = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
     rft_file = _normalized(tmp_path, [prompt, prompt])
-    assert (rft_file.format, rft_file.kind, rft_file.n_examples, bool(rft_file.problems)) == \
-        ("openai_reinforcement", "reinforcement", 2, False)
+    assert (rft_file.format, rft_file.kind, rft_file.n_examples, bool(rft_file.problems)) == (
+        "openai_reinforcement",
+        "reinforcement",
+        2,
+        False,
+    )
     for lines, line in (([prompt, chat, chat], 1), ([chat, chat, prompt], 3)):  # a supervised file missing answers
         result = _normalized(tmp_path, lines)
         assert result.kind == "supervised" and result.problems.total == 1
-        assert f"line {line}" in result.problems.render() and "example_missing_assistant_message" in \
-            result.problems.render()
+        assert (
+            f"line {line}" in result.problems.render()
+            and "example_missing_assistant_message" in result.problems.render()
+        )
 
 
 def test_reinforcement_hyperparameters_resolve() -> None:
@@ -272,14 +370,22 @@ def test_reinforcement_hyperparameters_resolve() -> None:
         return hyperparams.resolve(hp, n_examples=100, method="reinforcement", device="cpu", reasoning=reasoning)
 
     auto = resolved(batch_size=10)  # 3 epochs × 10 steps
-    assert (auto.num_generations, auto.eval_interval, auto.eval_samples, auto.max_completion_length, auto.beta) == \
-        (8, 3, 32, 256, 0.04)
-    assert resolved(compute_multiplier=0.1).num_generations == 2 and resolved(compute_multiplier=2).num_generations == 16
+    assert (auto.num_generations, auto.eval_interval, auto.eval_samples, auto.max_completion_length, auto.beta) == (
+        8,
+        3,
+        32,
+        256,
+        0.04,
+    )
+    assert (
+        resolved(compute_multiplier=0.1).num_generations == 2 and resolved(compute_multiplier=2).num_generations == 16
+    )
     assert resolved(reasoning_effort="high").max_completion_length == 512
     assert resolved(True, reasoning_effort="low").max_completion_length == 1024
     assert resolved(max_completion_length=8, reasoning_effort="high").max_completion_length == 8
-    supervised = hyperparams.resolve(hyperparams.parse({}, "supervised", "hp"), n_examples=100, method="supervised",
-                                     device="cpu")
+    supervised = hyperparams.resolve(
+        hyperparams.parse({}, "supervised", "hp"), n_examples=100, method="supervised", device="cpu"
+    )
     assert supervised.num_generations is None and supervised.beta is None
 
 
@@ -287,17 +393,27 @@ def test_the_reward_is_the_grader_engine_and_sub_graders_are_logged() -> None:
     from finetune.graders.engine import GraderEngine
     from finetune.recipe.rft import GraderReward, reward_metrics
 
-    multi = {"type": "multi", "name": "m", "graders": {"word": GRADER, "exact": {**GRADER, "operation": "eq"}},
-             "calculate_output": "0.5 * word + 0.5 * exact"}
+    multi = {
+        "type": "multi",
+        "name": "m",
+        "graders": {"word": GRADER, "exact": {**GRADER, "operation": "eq"}},
+        "calculate_output": "0.5 * word + 0.5 * exact",
+    }
     logged: dict[str, float] = {}
     reward = GraderReward(multi, "org", True, GraderEngine())
-    scores = reward(prompts=[[]] * 3, item=[json.dumps({"word": "for"})] * 3,
-                    completions=[[{"content": "<think>no</think>for"}], [{"content": "before"}], [{"content": "x"}]],
-                    log_metric=lambda k, v: logged.__setitem__(k, v))
+    scores = reward(
+        prompts=[[]] * 3,
+        item=[json.dumps({"word": "for"})] * 3,
+        completions=[[{"content": "<think>no</think>for"}], [{"content": "before"}], [{"content": "x"}]],
+        log_metric=lambda k, v: logged.__setitem__(k, v),
+    )
     assert scores == [1.0, 0.5, 0.0]  # the <think> part of a reasoning model's completion is not graded
     assert logged == {"grader_errors": 0.0, "grader/exact": pytest.approx(1 / 3), "grader/word": pytest.approx(2 / 3)}
-    assert reward_metrics({"reward": 0.5, "eval_reward": 0.25, "grader/word": 0.75, "eval_loss": 3.0}) == \
-        {"train_reward_mean": 0.5, "valid_reward_mean": 0.25, "train_grader_word_mean": 0.75}
+    assert reward_metrics({"reward": 0.5, "eval_reward": 0.25, "grader/word": 0.75, "eval_loss": 3.0}) == {
+        "train_reward_mean": 0.5,
+        "valid_reward_mean": 0.25,
+        "train_grader_word_mean": 0.75,
+    }
 
 
 def test_judges_must_be_base_models_and_response_formats_other_than_text_are_refused() -> None:
@@ -308,20 +424,32 @@ def test_judges_must_be_base_models_and_response_formats_other_than_text_are_ref
     from storage.settings import RequestLimits
 
     settings: Any = SimpleNamespace(base_model_id={"base": "base", "alias": "base"}.get, requests=RequestLimits())
-    judge = {"type": "label_model", "name": "j", "model": "base", "labels": ["a", "b"], "passing_labels": ["a"],
-             "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
-    nested = {"type": "multi", "name": "m", "calculate_output": "w + j",
-              "graders": {"w": GRADER, "j": {**judge, "model": "ft:base:org::abc"}}}
+    judge = {
+        "type": "label_model",
+        "name": "j",
+        "model": "base",
+        "labels": ["a", "b"],
+        "passing_labels": ["a"],
+        "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+    }
+    nested = {
+        "type": "multi",
+        "name": "m",
+        "calculate_output": "w + j",
+        "graders": {"w": GRADER, "j": {**judge, "model": "ft:base:org::abc"}},
+    }
     assert reinforcement.check({"grader": {**judge, "model": "alias"}}, lambda _: None, settings)["grader"]
-    for section, param in (({"grader": {**judge, "model": "ft:base:org::abc"}}, "method.reinforcement.grader.model"),
-                           ({"grader": nested}, "method.reinforcement.grader.graders.j.model"),
-                           ({"grader": judge, "response_format": {"type": "json_object"}},
-                            "method.reinforcement.response_format")):
+    for section, param in (
+        ({"grader": {**judge, "model": "ft:base:org::abc"}}, "method.reinforcement.grader.model"),
+        ({"grader": nested}, "method.reinforcement.grader.graders.j.model"),
+        ({"grader": judge, "response_format": {"type": "json_object"}}, "method.reinforcement.response_format"),
+    ):
         with pytest.raises(InvalidRequest) as err:
             reinforcement.check(section, lambda _: None, settings)
         assert (err.value.param, err.value.code) == (param, "unsupported_value")
-    assert reinforcement.check({"grader": judge, "response_format": {"type": "text"}}, lambda _: None,
-                               settings)["response_format"] == {"type": "text"}
+    assert reinforcement.check({"grader": judge, "response_format": {"type": "text"}}, lambda _: None, settings)[
+        "response_format"
+    ] == {"type": "text"}
 
 
 class FakeEngine:
@@ -351,8 +479,15 @@ class FakeEngine:
             return httpx.Response(200, text="Success")
         assert request.url.path == "/v1/completions" and body["model"] == self.loaded[-1]
         assert body["return_token_ids"] is True and all(isinstance(t, int) for t in body["prompt"])
-        choices = [{"index": i, "text": "", "token_ids": self.answer,
-                    "logprobs": {"token_logprobs": [-0.5] * len(self.answer)}} for i in range(body["n"])]
+        choices = [
+            {
+                "index": i,
+                "text": "",
+                "token_ids": self.answer,
+                "logprobs": {"token_logprobs": [-0.5] * len(self.answer)},
+            }
+            for i in range(body["n"])
+        ]
         return httpx.Response(200, json={"id": "cmpl-1", "object": "text_completion", "choices": choices})
 
 
@@ -373,21 +508,51 @@ def _rft_steps(tiny_model: str, tmp_path: Any, engine: FakeEngine, warnings: lis
 
     data = tmp_path / "train.jsonl"
     data.write_bytes(prompts(0, 2))
-    raw = {"n_epochs": 2, "batch_size": 2, "compute_multiplier": 0.25, "eval_interval": 100,
-           "max_completion_length": 4, "precision": "fp32"}
-    hp = hyperparams.resolve(hyperparams.parse(raw, "reinforcement", "hp"), n_examples=2, method="reinforcement",
-                             device="cpu")
-    rollouts = EngineRollouts(EngineAddress("http://engine", "engine-key"), tmp_path / "policy", "rft-job",
-                              max_adapters=8, warn=warnings.append, transport=engine.transport)
+    raw = {
+        "n_epochs": 2,
+        "batch_size": 2,
+        "compute_multiplier": 0.25,
+        "eval_interval": 100,
+        "max_completion_length": 4,
+        "precision": "fp32",
+    }
+    hp = hyperparams.resolve(
+        hyperparams.parse(raw, "reinforcement", "hp"), n_examples=2, method="reinforcement", device="cpu"
+    )
+    rollouts = EngineRollouts(
+        EngineAddress("http://engine", "engine-key"),
+        tmp_path / "policy",
+        "rft-job",
+        max_adapters=8,
+        warn=warnings.append,
+        transport=engine.transport,
+    )
     reporter = Recorder()
-    train(TrainSpec(method="reinforcement", base_path=tiny_model, chat_template=None, hp=hp, seed=0,
-                    train_file=data, valid_file=None, work_dir=tmp_path / "work", device="cpu", log_every=1,
-                    cpu_threads=1, grader=GRADER, owner="org", rollouts=rollouts), reporter)
+    train(
+        TrainSpec(
+            method="reinforcement",
+            base_path=tiny_model,
+            chat_template=None,
+            hp=hp,
+            seed=0,
+            train_file=data,
+            valid_file=None,
+            work_dir=tmp_path / "work",
+            device="cpu",
+            log_every=1,
+            cpu_threads=1,
+            grader=GRADER,
+            owner="org",
+            rollouts=rollouts,
+        ),
+        reporter,
+    )
     return reporter.steps
 
 
-def test_engine_rollouts_load_each_steps_policy_and_feed_its_samples_to_the_grader(tiny_model: str,
-                                                                                   tmp_path: Any) -> None:
+def test_engine_rollouts_load_each_steps_policy_and_feed_its_samples_to_the_grader(
+    tiny_model: str, tmp_path: Any
+) -> None:
     """The rollout function at the HTTP seam, inside a real GRPO run: the policy of each step is loaded under its
     own name (the previous one unloaded, the last one at the end), each prompt asks once for n samples as token ids
     of the trainer's own chat template, and the engine's tokens are what the grader scores."""
@@ -400,13 +565,22 @@ def test_engine_rollouts_load_each_steps_policy_and_feed_its_samples_to_the_grad
     assert warnings == [] and [s["train_reward_mean"] for s in steps] == [1.0, 1.0]  # " for" says for
     assert [s["train_completion_tokens_mean"] for s in steps] == [len(engine.answer)] * 2
     adapters = [(path, body.get("lora_name")) for path, body in engine.calls if "lora" in path]
-    assert adapters == [("/v1/load_lora_adapter", "rft-job-step-0"), ("/v1/load_lora_adapter", "rft-job-step-1"),
-                        ("/v1/unload_lora_adapter", "rft-job-step-0"), ("/v1/unload_lora_adapter", "rft-job-step-1")]
+    assert adapters == [
+        ("/v1/load_lora_adapter", "rft-job-step-0"),
+        ("/v1/load_lora_adapter", "rft-job-step-1"),
+        ("/v1/unload_lora_adapter", "rft-job-step-0"),
+        ("/v1/unload_lora_adapter", "rft-job-step-1"),
+    ]
     sampled = [body for path, body in engine.calls if path == "/v1/completions"]
     assert len(sampled) == 4 and {b["n"] for b in sampled} == {2}  # 2 steps × 2 distinct prompts, 2 samples each
     first = json.loads(prompts(0, 2).splitlines()[0])["messages"]
-    assert any(b["prompt"] == tokenizer.apply_chat_template(first, add_generation_prompt=True, tokenize=True,
-                                                            return_dict=True)["input_ids"] for b in sampled)
+    assert any(
+        b["prompt"]
+        == tokenizer.apply_chat_template(first, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+        for b in sampled
+    )
     assert not (tmp_path / "policy").exists() or not any((tmp_path / "policy").iterdir())  # versions deleted
 
 

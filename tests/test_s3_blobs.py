@@ -222,8 +222,13 @@ def s3_app(s3: S3Server, tmp_path_factory: pytest.TempPathFactory):
     from storage.settings import Settings
 
     data_dir = tmp_path_factory.mktemp("gw-s3")
-    settings = Settings(data_dir=data_dir, admin_key=ADMIN, worker={"embedded": False},
-                        serving={"local_engines": False}, **s3.settings("gateway"))
+    settings = Settings(
+        data_dir=data_dir,
+        admin_key=ADMIN,
+        worker={"embedded": False},
+        serving={"local_engines": False},
+        **s3.settings("gateway"),
+    )
     with TestClient(create_app(settings, on_admin_key=lambda _: None)) as client:
         client.data_dir = data_dir  # type: ignore[attr-defined]
         yield client
@@ -245,8 +250,12 @@ def test_gateway_stores_uploads_in_s3_and_serves_ranges(s3: S3Server, s3_app, sp
 
     a, b = _org_key(s3_app, "s3-a"), _org_key(s3_app, "s3-b")
     content = chat_jsonl(qa_pairs(20))
-    created = s3_app.post("/v1/files", headers=a, data={"purpose": "fine-tune"},
-                          files={"file": ("train.jsonl", content, "application/jsonl")})
+    created = s3_app.post(
+        "/v1/files",
+        headers=a,
+        data={"purpose": "fine-tune"},
+        files={"file": ("train.jsonl", content, "application/jsonl")},
+    )
     assert created.status_code == 200, created.text
     assert spec.errors("OpenAIFile", created.json()) == []
     file_id = created.json()["id"]
@@ -269,16 +278,20 @@ def test_gateway_stores_uploads_in_s3_and_serves_ranges(s3: S3Server, s3_app, sp
     assert s3_app.get(f"/v1/files/{file_id}/content", headers=b).status_code == 404, "another org's: not found"
     assert s3_app.get(f"/v1/files/{file_id}/content", headers={**b, "range": "bytes=0-3"}).status_code == 404
     bad = chat_jsonl(qa_pairs(3)) + b"{not json\n"
-    refused = s3_app.post("/v1/files", headers=a, data={"purpose": "fine-tune"},
-                          files={"file": ("bad.jsonl", bad, "application/jsonl")})
+    refused = s3_app.post(
+        "/v1/files", headers=a, data={"purpose": "fine-tune"}, files={"file": ("bad.jsonl", bad, "application/jsonl")}
+    )
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "file"
     big = os.urandom(6 * MIB)  # past one part: streamed in multipart, committed by a server-side copy
-    stored = s3_app.post("/v1/files", headers=a, data={"purpose": "batch"},
-                         files={"file": ("big.bin", big, "application/octet-stream")})
+    stored = s3_app.post(
+        "/v1/files", headers=a, data={"purpose": "batch"}, files={"file": ("big.bin", big, "application/octet-stream")}
+    )
     assert stored.status_code == 200, stored.text
     big_id = stored.json()["id"]
-    assert s3_app.get(f"/v1/files/{big_id}/content", headers={**a, "range": "bytes=5242870-5242889"}).content == \
-        big[5242870:5242890]
+    assert (
+        s3_app.get(f"/v1/files/{big_id}/content", headers={**a, "range": "bytes=5242870-5242889"}).content
+        == big[5242870:5242890]
+    )
     for gone in (file_id, big_id):
         assert s3_app.delete(f"/v1/files/{gone}", headers=a).json()["deleted"] is True
         assert _objects(s3, f"files/{gone}/") == []
@@ -290,20 +303,36 @@ def test_uploads_api_parts_live_in_s3_until_completed(s3: S3Server, s3_app) -> N
 
     a = _org_key(s3_app, "s3-uploads")
     content = chat_jsonl(qa_pairs(20))
-    upload = s3_app.post("/v1/uploads", headers=a, json={"bytes": len(content), "filename": "train.jsonl",
-                                                         "mime_type": "application/jsonl", "purpose": "fine-tune"}).json()
+    upload = s3_app.post(
+        "/v1/uploads",
+        headers=a,
+        json={
+            "bytes": len(content),
+            "filename": "train.jsonl",
+            "mime_type": "application/jsonl",
+            "purpose": "fine-tune",
+        },
+    ).json()
     half = len(content) // 2
-    parts = [s3_app.post(f"/v1/uploads/{upload['id']}/parts", headers=a,
-                         files={"data": ("blob", chunk, "application/octet-stream")}).json()["id"]
-             for chunk in (content[:half], content[half:])]
+    parts = [
+        s3_app.post(
+            f"/v1/uploads/{upload['id']}/parts", headers=a, files={"data": ("blob", chunk, "application/octet-stream")}
+        ).json()["id"]
+        for chunk in (content[:half], content[half:])
+    ]
     assert len(_objects(s3, f"uploads/{upload['id']}/")) == 2
     done = s3_app.post(f"/v1/uploads/{upload['id']}/complete", headers=a, json={"part_ids": parts}).json()
     assert done["status"] == "completed", done
     assert s3_app.get(f"/v1/files/{done['file']['id']}/content", headers=a).content == content
     assert _objects(s3, f"uploads/{upload['id']}/") == [], "the parts go once the file is stored"
-    cancelled = s3_app.post("/v1/uploads", headers=a, json={"bytes": 10, "filename": "x.jsonl",
-                                                            "mime_type": "application/jsonl", "purpose": "fine-tune"}).json()
-    s3_app.post(f"/v1/uploads/{cancelled['id']}/parts", headers=a, files={"data": ("blob", b"0123456789", "text/plain")})
+    cancelled = s3_app.post(
+        "/v1/uploads",
+        headers=a,
+        json={"bytes": 10, "filename": "x.jsonl", "mime_type": "application/jsonl", "purpose": "fine-tune"},
+    ).json()
+    s3_app.post(
+        f"/v1/uploads/{cancelled['id']}/parts", headers=a, files={"data": ("blob", b"0123456789", "text/plain")}
+    )
     assert len(_objects(s3, f"uploads/{cancelled['id']}/")) == 1
     assert s3_app.post(f"/v1/uploads/{cancelled['id']}/cancel", headers=a).json()["status"] == "cancelled"
     assert _objects(s3, f"uploads/{cancelled['id']}/") == []
@@ -341,8 +370,11 @@ def test_engine_side_fetch_rewrites_the_load_to_its_own_cached_copy(s3: S3Server
         async def send(message: dict) -> None:
             sent.append(message)
 
-        await app({"type": "http", "method": "POST", "path": path,
-                   "headers": [(b"content-length", str(len(raw)).encode())]}, receive, send)
+        await app(
+            {"type": "http", "method": "POST", "path": path, "headers": [(b"content-length", str(len(raw)).encode())]},
+            receive,
+            send,
+        )
         return sent[0]["status"]
 
     os.environ[SETTINGS_VAR] = str(settings.write_for_child("engine", database=False))

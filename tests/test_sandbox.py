@@ -26,13 +26,16 @@ def pool() -> SandboxPool:
 def hostile(body: str) -> str:
     """A grader that misbehaves on items marked evil and grades the others 1.0."""
     indented = "\n".join("        " + line for line in body.strip().splitlines())
-    return f"import os, sys, ctypes, socket\n\ndef grade(sample, item):\n    if item.get('evil'):\n{indented}\n    return 1.0\n"
+    head = "import os, sys, ctypes, socket\n\ndef grade(sample, item):\n    if item.get('evil'):\n"
+    return f"{head}{indented}\n    return 1.0\n"
 
 
 CATALOGUE = {
     "network (socket)": ("socket.create_connection(('127.0.0.1', 5432), timeout=1)\nreturn 1.0", "network"),
-    "network (raw syscall)": ("fd = ctypes.CDLL(None).socket(2, 1, 0)\n"
-                              "assert fd >= 0, 'no socket'\nreturn 1.0", "no socket"),
+    "network (raw syscall)": (
+        "fd = ctypes.CDLL(None).socket(2, 1, 0)\nassert fd >= 0, 'no socket'\nreturn 1.0",
+        "no socket",
+    ),
     "/etc/passwd": ("return float(len(open('/etc/passwd').read()))", "Permission denied"),
     "tunegate's database": ("return float(len(open(item['db'], 'rb').read()))", "Permission denied"),
     "tunegate's code": ("return float(len(os.listdir(item['repo'])))", "Permission denied"),
@@ -81,9 +84,11 @@ def test_sandbox_environment_is_scrubbed_and_isolated(pool: SandboxPool) -> None
 
 def test_organizations_never_share_an_interpreter(pool: SandboxPool) -> None:
     """Org A's grader leaves state in its interpreter's builtins; org B's (same source) never sees it."""
-    source = ("import builtins\ndef grade(s, i):\n"
-              "    seen = getattr(builtins, 'stash', None)\n    builtins.stash = i['secret']\n"
-              "    return 1.0 if seen is None else 0.0\n")
+    source = (
+        "import builtins\ndef grade(s, i):\n"
+        "    seen = getattr(builtins, 'stash', None)\n    builtins.stash = i['secret']\n"
+        "    return 1.0 if seen is None else 0.0\n"
+    )
     a = pool.grade("org-a", source, [({}, {"secret": "A's data"})] * 2)
     b = pool.grade("org-b", source, [({}, {"secret": "B's data"})])
     assert [r.score for r in a] == [1.0, 0.0] and b[0].score == 1.0
@@ -105,7 +110,9 @@ def test_concurrent_callers(pool: SandboxPool) -> None:
     results: dict[int, list[float]] = {}
 
     def work(k: int) -> None:
-        results[k] = [r.score for r in pool.grade(f"org-{k % 2}", source, [({}, {"n": k * 100 + i}) for i in range(300)])]
+        results[k] = [
+            r.score for r in pool.grade(f"org-{k % 2}", source, [({}, {"n": k * 100 + i}) for i in range(300)])
+        ]
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
     for t in threads:

@@ -63,10 +63,13 @@ def stream_chunks(client: openai.OpenAI, recorder: SpecRecorder, **kwargs: objec
     return chunks
 
 
-def test_base_chat_non_stream_matches_transformers(gw: LiveGateway, org, recorder: SpecRecorder, tiny_model: str) -> None:
+def test_base_chat_non_stream_matches_transformers(
+    gw: LiveGateway, org, recorder: SpecRecorder, tiny_model: str
+) -> None:
     client = gw.client(org[2], recorder)
-    answer = client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=12, temperature=0,
-                                            extra_body={"return_token_ids": True})
+    answer = client.chat.completions.create(
+        model=TINY, messages=HELLO, max_tokens=12, temperature=0, extra_body={"return_token_ids": True}
+    )
     assert answer.object == "chat.completion" and answer.model == TINY
     choice = answer.choices[0]
     assert choice.message.role == "assistant" and choice.finish_reason in ("length", "stop")
@@ -76,8 +79,15 @@ def test_base_chat_non_stream_matches_transformers(gw: LiveGateway, org, recorde
 
 
 def test_stream_roles_usage_and_done(gw: LiveGateway, org, recorder: SpecRecorder, client: openai.OpenAI) -> None:
-    chunks = stream_chunks(client, recorder, model=TINY, messages=HELLO, max_tokens=6, temperature=0,
-                           stream_options={"include_usage": True})
+    chunks = stream_chunks(
+        client,
+        recorder,
+        model=TINY,
+        messages=HELLO,
+        max_tokens=6,
+        temperature=0,
+        stream_options={"include_usage": True},
+    )
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert all(c["model"] == TINY for c in chunks)
     finals = [c for c in chunks if c["choices"] and c["choices"][0].get("finish_reason")]
@@ -88,8 +98,9 @@ def test_stream_roles_usage_and_done(gw: LiveGateway, org, recorder: SpecRecorde
 
     # without include_usage: no usage chunk and no usage key; the raw stream ends with [DONE]
     with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}, timeout=60) as http:
-        raw = http.post("/v1/chat/completions", json={"model": TINY, "messages": HELLO, "max_tokens": 3,
-                                                      "stream": True}).text
+        raw = http.post(
+            "/v1/chat/completions", json={"model": TINY, "messages": HELLO, "max_tokens": 3, "stream": True}
+        ).text
     events = [e.removeprefix("data: ") for e in raw.strip().split("\n\n")]
     assert events[-1] == "[DONE]"
     assert all("usage" not in json.loads(e) for e in events[:-1])
@@ -103,8 +114,9 @@ def test_n_stop_seed_and_text_parts(gw: LiveGateway, recorder: SpecRecorder, cli
 
     full = client.chat.completions.create(model=TINY, messages=HELLO, max_completion_tokens=10, temperature=0)
     stop_at = full.choices[0].message.content[3:5]
-    cut = client.chat.completions.create(model=TINY, messages=HELLO, max_completion_tokens=10, temperature=0,
-                                         stop=[stop_at])
+    cut = client.chat.completions.create(
+        model=TINY, messages=HELLO, max_completion_tokens=10, temperature=0, stop=[stop_at]
+    )
     assert cut.choices[0].finish_reason == "stop" and stop_at not in cut.choices[0].message.content
     assert full.choices[0].message.content.startswith(cut.choices[0].message.content)
 
@@ -121,8 +133,9 @@ def test_n_stop_seed_and_text_parts(gw: LiveGateway, recorder: SpecRecorder, cli
 def test_legacy_completions(client: openai.OpenAI) -> None:
     done = client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=5, temperature=0)
     assert done.model == TINY and done.usage.completion_tokens == 5 and done.choices[0].text
-    pieces = list(client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=5, temperature=0,
-                                            stream=True))
+    pieces = list(
+        client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=5, temperature=0, stream=True)
+    )
     assert "".join(p.choices[0].text for p in pieces if p.choices) == done.choices[0].text
 
 
@@ -139,8 +152,13 @@ def test_bad_requests_are_openai_errors(gw: LiveGateway, org, recorder: SpecReco
     assert "max_tokens" in bad_value.value.body["message"] and bad_value.value.body["type"] == "invalid_request_error"
     # tool_choice "auto" needs no configuration: the engine's tool-call parser comes from the model's chat template
     # (serving/tools.py; a template without tools is a 400 naming "tools", tests/test_tools.py)
-    auto = client.chat.completions.create(model=TINY, messages=HELLO, tool_choice="auto", max_tokens=8, tools=[{
-        "type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}])
+    auto = client.chat.completions.create(
+        model=TINY,
+        messages=HELLO,
+        tool_choice="auto",
+        max_tokens=8,
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}],
+    )
     assert auto.choices[0].finish_reason in ("stop", "length", "tool_calls")
     with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}) as http:
         broken = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
@@ -149,11 +167,19 @@ def test_bad_requests_are_openai_errors(gw: LiveGateway, org, recorder: SpecReco
 
 
 def test_json_response_format(client: openai.OpenAI) -> None:
-    schema = {"type": "object", "properties": {"answer": {"enum": ["Paris", "Lyon"]}}, "required": ["answer"],
-              "additionalProperties": False}
-    done = client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=60, temperature=0,
-                                          response_format={"type": "json_schema",
-                                                           "json_schema": {"name": "a", "schema": schema}})
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"enum": ["Paris", "Lyon"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    done = client.chat.completions.create(
+        model=TINY,
+        messages=HELLO,
+        max_tokens=60,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    )
     assert json.loads(done.choices[0].message.content)["answer"] in ("Paris", "Lyon")  # a random model, constrained
 
 
@@ -161,19 +187,30 @@ def test_json_response_format(client: openai.OpenAI) -> None:
 def memorized(client: openai.OpenAI) -> tuple[object, float]:
     """A tunegate job that memorized 20 Q/A pairs (validation file = training file), and when it was seen done."""
     file_id = upload(client, chat_jsonl(qa_pairs(20)))
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=file_id, validation_file=file_id, suffix="memo",
-                                         method={"type": "supervised", "supervised": {"hyperparameters": MEMORIZE}})
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=file_id,
+        validation_file=file_id,
+        suffix="memo",
+        method={"type": "supervised", "supervised": {"hyperparameters": MEMORIZE}},
+    )
     return wait_for(client, job.id, ("succeeded",), timeout=600), time.monotonic()
 
 
-def test_finished_job_answers_within_a_second_with_its_adapter(gw: LiveGateway, client: openai.OpenAI,
-                                                                  tiny_model: str, memorized) -> None:
+def test_finished_job_answers_within_a_second_with_its_adapter(
+    gw: LiveGateway, client: openai.OpenAI, tiny_model: str, memorized
+) -> None:
     pairs = qa_pairs(20)
     done, seen = memorized
     job = done
     question = [{"role": "user", "content": pairs[3][0]}]
-    answer = client.chat.completions.create(model=done.fine_tuned_model, messages=question, max_tokens=12,
-                                            temperature=0, extra_body={"return_token_ids": True})
+    answer = client.chat.completions.create(
+        model=done.fine_tuned_model,
+        messages=question,
+        max_tokens=12,
+        temperature=0,
+        extra_body={"return_token_ids": True},
+    )
     elapsed = time.monotonic() - seen
     assert elapsed < 1.0, f"a finished job must answer within 1 s of reading succeeded (took {elapsed:.2f} s)"
     assert answer.model == done.fine_tuned_model and pairs[3][1] in answer.choices[0].message.content
@@ -183,8 +220,12 @@ def test_finished_job_answers_within_a_second_with_its_adapter(gw: LiveGateway, 
     assert pairs[3][1] not in base.choices[0].message.content
     # its checkpoints are servable too
     checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0]
-    assert client.chat.completions.create(model=checkpoint.fine_tuned_model_checkpoint, messages=question,
-                                          max_tokens=4).model == checkpoint.fine_tuned_model_checkpoint
+    assert (
+        client.chat.completions.create(
+            model=checkpoint.fine_tuned_model_checkpoint, messages=question, max_tokens=4
+        ).model
+        == checkpoint.fine_tuned_model_checkpoint
+    )
     # generation metrics of the fine-tuned model and its base on the validation file (memorized: tuned wins)
     final = next(e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics").data
     assert final["predict_rouge-1"] > 80 > final["base_predict_rouge-1"]
@@ -207,8 +248,9 @@ def test_twenty_adapters_three_organizations(gw: LiveGateway, tiny_model: str, t
 
     def ask(item: tuple[int, str, Path]) -> list[int]:
         owner, model_id, _ = item
-        answer = clients[owner].chat.completions.create(model=model_id, messages=question, max_tokens=10, temperature=0,
-                                                        extra_body={"return_token_ids": True})
+        answer = clients[owner].chat.completions.create(
+            model=model_id, messages=question, max_tokens=10, temperature=0, extra_body={"return_token_ids": True}
+        )
         assert answer.model == model_id
         return answer.choices[0].token_ids
 
@@ -239,8 +281,9 @@ def test_twenty_adapters_three_organizations(gw: LiveGateway, tiny_model: str, t
         clients[owner].chat.completions.create(model=model_id, messages=question, max_tokens=2)
 
 
-def test_adapter_above_max_rank_is_a_clear_400(gw: LiveGateway, org, client: openai.OpenAI, tiny_model: str,
-                                               tmp_path: Path) -> None:
+def test_adapter_above_max_rank_is_a_clear_400(
+    gw: LiveGateway, org, client: openai.OpenAI, tiny_model: str, tmp_path: Path
+) -> None:
     model_id = register_adapter(gw, org[0], make_adapter(tiny_model, tmp_path / "big", rank=64), "big")
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=2)
@@ -258,11 +301,16 @@ def test_client_disconnect_aborts_the_engine_request(gw: LiveGateway, org) -> No
     engine_url, auth = engine.url, engine.auth
     generated = engine_metric(engine_url, "vllm:generation_tokens_total", auth)
     # 8 × 1900 tokens take the engine ~10 s; on 2 busy cores this client may itself wait seconds for the CPU
-    body = json.dumps({"model": TINY, "messages": HELLO, "max_tokens": 1900, "ignore_eos": True, "stream": True,
-                       "n": 8})
+    body = json.dumps(
+        {"model": TINY, "messages": HELLO, "max_tokens": 1900, "ignore_eos": True, "stream": True, "n": 8}
+    )
     with socket.create_connection(("127.0.0.1", gw.port)) as raw:  # a client that walks away after 0.5 s
-        raw.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {org[2]}\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
+        raw.sendall(
+            (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {org[2]}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+            ).encode()
+        )
         time.sleep(0.5)
         assert raw.recv(65536).startswith(b"HTTP/1.1 200")
     wait_until(lambda: engine_metric(engine_url, "vllm:num_requests_running", auth) == 0, 60, "the request to stop")
@@ -275,8 +323,9 @@ def test_usage_is_recorded_per_organization_and_key(gw: LiveGateway, org) -> Non
         with gw.admin() as admin:
             return admin.get("/admin/usage", params={"organization_id": org[0]}).raise_for_status().json()["data"]
 
-    rows = wait_until(lambda: [r for r in totals() if r["model"] == TINY and r["api_key_id"] == org[1]], 10,
-                      "usage rows")
+    rows = wait_until(
+        lambda: [r for r in totals() if r["model"] == TINY and r["api_key_id"] == org[1]], 10, "usage rows"
+    )
     assert rows[0]["requests"] >= 5 and rows[0]["completion_tokens"] > 0 and rows[0]["prompt_tokens"] > 0
     # the job-end scoring of the memorized job (fine-tuned model and base) is the organization's usage too
     job_end = [r for r in totals() if r["api_key_id"] == "fine_tuning.jobs"]
@@ -287,10 +336,17 @@ def test_external_replica_url(gw: LiveGateway, tiny_model: str, tmp_path: Path) 
     """A second gateway that uses the first one's engine by URL (the scale-out configuration)."""
     engine = engine_address(gw)
     url = engine.url
-    other = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", **serving_env(
-        tiny_model, TUNEGATE_BASE_MODELS=json.dumps({TINY: {"source": tiny_model, "engine_urls": [url],
-                                                            "engine_api_key": engine.api_key}}),
-        TUNEGATE_WORKER__EMBEDDED="false"))
+    other = LiveGateway(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'tunegate.db'}",
+        **serving_env(
+            tiny_model,
+            TUNEGATE_BASE_MODELS=json.dumps(
+                {TINY: {"source": tiny_model, "engine_urls": [url], "engine_api_key": engine.api_key}}
+            ),
+            TUNEGATE_WORKER__EMBEDDED="false",
+        ),
+    )
     other.start()
     try:
         state = wait_engines_ready(other, 30)
@@ -301,31 +357,65 @@ def test_external_replica_url(gw: LiveGateway, tiny_model: str, tmp_path: Path) 
         other.stop()
 
 
-def test_eval_runs_score_the_fine_tuned_model_above_its_base(gw: LiveGateway, org, recorder: SpecRecorder,
-                                                              memorized) -> None:
+def test_eval_runs_score_the_fine_tuned_model_above_its_base(
+    gw: LiveGateway, org, recorder: SpecRecorder, memorized
+) -> None:
     client = gw.client(org[2], recorder)
     pairs = qa_pairs(20)
     rows = [{"item": {"question": q, "answer": a}} for q, a in pairs * 5]  # 100 rows
-    file_id = client.files.create(file=("qa.jsonl", "\n".join(json.dumps(r) for r in rows).encode()),
-                                  purpose="evals").id
+    file_id = client.files.create(
+        file=("qa.jsonl", "\n".join(json.dumps(r) for r in rows).encode()), purpose="evals"
+    ).id
     evaluation = client.evals.create(
-        name="memorized answers", data_source_config={"type": "custom", "item_schema": {
-            "type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}}}},
+        name="memorized answers",
+        data_source_config={
+            "type": "custom",
+            "item_schema": {
+                "type": "object",
+                "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+            },
+        },
         testing_criteria=[
-            {"type": "text_similarity", "name": "rouge", "input": "{{sample.output_text}}",
-             "reference": "{{item.answer}}", "evaluation_metric": "rouge_1", "pass_threshold": 0.6},
-            {"type": "text_similarity", "name": "bleu", "input": "{{sample.output_text}}",
-             "reference": "{{item.answer}}", "evaluation_metric": "bleu", "pass_threshold": 0.3}])
+            {
+                "type": "text_similarity",
+                "name": "rouge",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.answer}}",
+                "evaluation_metric": "rouge_1",
+                "pass_threshold": 0.6,
+            },
+            {
+                "type": "text_similarity",
+                "name": "bleu",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.answer}}",
+                "evaluation_metric": "bleu",
+                "pass_threshold": 0.3,
+            },
+        ],
+    )
     assert evaluation.object == "eval" and len(evaluation.testing_criteria) == 2
 
     def run_for(model: str) -> object:
-        run = client.evals.runs.create(evaluation.id, name=f"on {model}", data_source={
-            "type": "completions", "model": model, "source": {"type": "file_id", "id": file_id},
-            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
-            "sampling_params": {"max_completion_tokens": 16}})
+        run = client.evals.runs.create(
+            evaluation.id,
+            name=f"on {model}",
+            data_source={
+                "type": "completions",
+                "model": model,
+                "source": {"type": "file_id", "id": file_id},
+                "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
+                "sampling_params": {"max_completion_tokens": 16},
+            },
+        )
         assert run.status in ("queued", "in_progress")
-        return wait_until(lambda: (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status
-                          in ("completed", "failed") and r, 300, f"the eval run on {model}")
+        return wait_until(
+            lambda: (
+                (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status in ("completed", "failed") and r
+            ),
+            300,
+            f"the eval run on {model}",
+        )
 
     tuned, base = run_for(memorized[0].fine_tuned_model), run_for(TINY)
     assert tuned.status == "completed", tuned.error
@@ -343,20 +433,44 @@ def test_eval_runs_score_the_fine_tuned_model_above_its_base(gw: LiveGateway, or
     assert [r.id for r in client.evals.runs.list(evaluation.id)] == [tuned.id, base.id]
     assert client.evals.runs.delete(base.id, eval_id=evaluation.id).deleted
     with pytest.raises(openai.BadRequestError) as bad:
-        client.evals.create(data_source_config={"type": "custom", "item_schema": {}}, testing_criteria=[
-            {"type": "text_similarity", "name": "x", "input": "{{sample.output_text}}", "reference": "{{item.a}}",
-             "evaluation_metric": "wer", "pass_threshold": 0.5}])
+        client.evals.create(
+            data_source_config={"type": "custom", "item_schema": {}},
+            testing_criteria=[
+                {
+                    "type": "text_similarity",
+                    "name": "x",
+                    "input": "{{sample.output_text}}",
+                    "reference": "{{item.a}}",
+                    "evaluation_metric": "wer",
+                    "pass_threshold": 0.5,
+                }
+            ],
+        )
     assert bad.value.body["param"] == "testing_criteria[0].evaluation_metric"
     with pytest.raises(openai.NotFoundError):  # another organization's model is not found
-        client.evals.runs.create(evaluation.id, data_source={"type": "completions", "model": "ft:nope",
-                                 "source": {"type": "file_id", "id": file_id},
-                                 "input_messages": {"type": "item_reference", "item_reference": "item.messages"}})
+        client.evals.runs.create(
+            evaluation.id,
+            data_source={
+                "type": "completions",
+                "model": "ft:nope",
+                "source": {"type": "file_id", "id": file_id},
+                "input_messages": {"type": "item_reference", "item_reference": "item.messages"},
+            },
+        )
     # cancel: a long inline run stops where it is and stays canceled
-    long = client.evals.runs.create(evaluation.id, data_source={
-        "type": "completions", "model": TINY, "input_messages": {"type": "template", "template": [
-            {"role": "user", "content": "{{item.question}}"}]},
-        "source": {"type": "file_content", "content": [{"item": {"question": f"Q{i}", "answer": "A"}} for i in range(400)]},
-        "sampling_params": {"max_completion_tokens": 32}})
+    long = client.evals.runs.create(
+        evaluation.id,
+        data_source={
+            "type": "completions",
+            "model": TINY,
+            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
+            "source": {
+                "type": "file_content",
+                "content": [{"item": {"question": f"Q{i}", "answer": "A"}} for i in range(400)],
+            },
+            "sampling_params": {"max_completion_tokens": 32},
+        },
+    )
     canceled = client.evals.runs.cancel(long.id, eval_id=evaluation.id)
     assert canceled.status == "canceled"
     time.sleep(3)
@@ -374,31 +488,64 @@ def test_eval_run_survives_its_gateway_being_killed(gw: LiveGateway, tiny_model:
     """A second gateway (sharing the first one's engine by URL) runs an eval; kill -9 it mid-run and restart:
     the run is taken over when its lease lapses and ends with every item exactly once."""
     engine = engine_address(gw)
-    other = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", **serving_env(
-        tiny_model, TUNEGATE_BASE_MODELS=json.dumps({TINY: {"source": tiny_model, "engine_urls": [engine.url],
-                                                            "engine_api_key": engine.api_key}})))
+    other = LiveGateway(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'tunegate.db'}",
+        **serving_env(
+            tiny_model,
+            TUNEGATE_BASE_MODELS=json.dumps(
+                {TINY: {"source": tiny_model, "engine_urls": [engine.url], "engine_api_key": engine.api_key}}
+            ),
+        ),
+    )
     other.start()
     try:
         wait_engines_ready(other, 30)
         client = other.client(other.new_org_key("restarts")[2])
         rows = [{"item": {"q": f"Question number {i}?", "a": f"Answer {i}."}} for i in range(320)]
-        file_id = client.files.create(file=("q.jsonl", "\n".join(json.dumps(r) for r in rows).encode()),
-                                      purpose="evals").id
-        evaluation = client.evals.create(data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-                                         testing_criteria=[{"type": "text_similarity", "name": "r", "input":
-                                                            "{{sample.output_text}}", "reference": "{{item.a}}",
-                                                            "evaluation_metric": "rouge_l", "pass_threshold": 0.5}])
-        run = client.evals.runs.create(evaluation.id, data_source={
-            "type": "completions", "model": TINY, "source": {"type": "file_id", "id": file_id},
-            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
-            "sampling_params": {"max_completion_tokens": 24}})
-        progress = wait_until(lambda: 0 < (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id))
-                              .result_counts.total < 320 and r, 120, "the run to make progress")
+        file_id = client.files.create(
+            file=("q.jsonl", "\n".join(json.dumps(r) for r in rows).encode()), purpose="evals"
+        ).id
+        evaluation = client.evals.create(
+            data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+            testing_criteria=[
+                {
+                    "type": "text_similarity",
+                    "name": "r",
+                    "input": "{{sample.output_text}}",
+                    "reference": "{{item.a}}",
+                    "evaluation_metric": "rouge_l",
+                    "pass_threshold": 0.5,
+                }
+            ],
+        )
+        run = client.evals.runs.create(
+            evaluation.id,
+            data_source={
+                "type": "completions",
+                "model": TINY,
+                "source": {"type": "file_id", "id": file_id},
+                "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
+                "sampling_params": {"max_completion_tokens": 24},
+            },
+        )
+        progress = wait_until(
+            lambda: (
+                0 < (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id)).result_counts.total < 320 and r
+            ),
+            120,
+            "the run to make progress",
+        )
         other.stop(kill=True)
         other.start()
         client = other.client(client.api_key)
-        done = wait_until(lambda: (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status
-                          in ("completed", "failed") and r, 300, "the run to finish after the restart")
+        done = wait_until(
+            lambda: (
+                (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status in ("completed", "failed") and r
+            ),
+            300,
+            "the run to finish after the restart",
+        )
         assert done.status == "completed" and done.result_counts.total == 320 > progress.result_counts.total
         items = list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id, limit=100))
         assert sorted(i.datasource_item_id for i in items) == list(range(320))
@@ -406,8 +553,9 @@ def test_eval_run_survives_its_gateway_being_killed(gw: LiveGateway, tiny_model:
         other.stop()
 
 
-def test_killed_engine_gives_503_then_recovers(gw: LiveGateway, org, client: openai.OpenAI, tiny_model: str,
-                                               tmp_path: Path) -> None:
+def test_killed_engine_gives_503_then_recovers(
+    gw: LiveGateway, org, client: openai.OpenAI, tiny_model: str, tmp_path: Path
+) -> None:
     model_id = register_adapter(gw, org[0], make_adapter(tiny_model, tmp_path / "after", seed=9), "after")
     assert client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=2).choices
     before = engines(gw)[0]
@@ -423,14 +571,24 @@ def test_killed_engine_gives_503_then_recovers(gw: LiveGateway, org, client: ope
     assert events[-1] != "[DONE]" and len(events) < 8 * 1900, "the stream should not have run to its end"
     assert json.loads(events[-1])["error"]["type"] == "server_error"
     with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {org[2]}"}, timeout=10) as http:
-        refused = wait_until(lambda: (r := http.post("/v1/chat/completions", json={
-            "model": TINY, "messages": HELLO, "max_tokens": 2})).status_code == 503 and r, 10, "a 503")
+        refused = wait_until(
+            lambda: (
+                (
+                    r := http.post("/v1/chat/completions", json={"model": TINY, "messages": HELLO, "max_tokens": 2})
+                ).status_code
+                == 503
+                and r
+            ),
+            10,
+            "a 503",
+        )
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["type"] == "service_unavailable_error"
     after = wait_engines_ready(gw)
     assert after["restarts"] == before["restarts"] + 1 and after["pid"] != before["pid"]
     question = [{"role": "user", "content": "Tell me about rivers."}]
-    answer = client.chat.completions.create(model=model_id, messages=question, max_tokens=8, temperature=0,
-                                            extra_body={"return_token_ids": True})
+    answer = client.chat.completions.create(
+        model=model_id, messages=question, max_tokens=8, temperature=0, extra_body={"return_token_ids": True}
+    )
     reference = greedy_tokens(tiny_model, tmp_path / "after", question, 8)
     assert answer.choices[0].token_ids == reference[: len(answer.choices[0].token_ids)]

@@ -45,7 +45,9 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
 
 def _cli(data_dir: Path, *args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEGATE_")} | {"TUNEGATE_DATA_DIR": str(data_dir)}
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout)
 
 
@@ -74,12 +76,13 @@ ENVIRONMENT_READS = {
     "serving/engine_main.py": "the engine hands its (already scrubbed) environment and its key variable to vLLM",
     "finetune/export/gguf.py": "the converter subprocess gets PYTHONPATH; TUNEGATE_LLAMA_CPP_DIR locates the install",
     "finetune/recipe/run.py": "sets TOKENIZERS_PARALLELISM for the tokenizers library",
-    "serving/adapter_fetch.py": "inside vLLM, the middleware finds the engine's settings file (engine_main sets the path)",
+    "serving/adapter_fetch.py": "inside vLLM, the middleware finds the engine's settings file "
+    "(engine_main sets the path)",
     "finetune/integrations.py": "the training child: W&B's own WANDB_API_KEY/WANDB_MODE decide online or offline, and "
-                                "its WANDB_DIR/… are pointed into the job's folder; the worker's WANDB_ENTITY/"
-                                "WANDB_PROJECT are dropped (a tenant's run is aimed by integrations.wandb_entity)",
+    "its WANDB_DIR/… are pointed into the job's folder; the worker's WANDB_ENTITY/"
+    "WANDB_PROJECT are dropped (a tenant's run is aimed by integrations.wandb_entity)",
     "gateway/metrics.py": "prometheus_client's PROMETHEUS_MULTIPROC_DIR (set by `serve --workers`) selects the "
-                          "multiprocess collector",
+    "multiprocess collector",
 }
 
 
@@ -96,7 +99,13 @@ def test_only_settings_reads_the_environment() -> None:
         if rel.split("/")[0] not in ("gateway", "serving", "finetune", "storage") or rel == "storage/settings.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
-                    and isinstance(node.value, ast.Name) and node.value.id == "os"):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("environ", "getenv")
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "os"
+            ):
                 found.add(rel)
-    assert found == set(ENVIRONMENT_READS), f"environment read outside settings: {sorted(found ^ set(ENVIRONMENT_READS))}"
+    assert found == set(ENVIRONMENT_READS), (
+        f"environment read outside settings: {sorted(found ^ set(ENVIRONMENT_READS))}"
+    )

@@ -71,7 +71,9 @@ def _staged(store: LocalBlobStore, data: bytes):  # noqa: ANN202
 
 def test_failed_row_insert_leaves_no_blob(files: Files) -> None:
     store = files.blobs
-    new = NewFile(organization_id="org-does-not-exist", filename="a", purpose="user_data", original=_staged(store, b"x"))
+    new = NewFile(
+        organization_id="org-does-not-exist", filename="a", purpose="user_data", original=_staged(store, b"x")
+    )
     with pytest.raises(Exception):  # noqa: B017 - the foreign key violation, whatever the driver calls it
         files.create(new)
     assert list(store.objects.rglob("*.*")) == [] and not any(p.is_file() for p in store.objects.rglob("*"))
@@ -84,7 +86,9 @@ def test_crash_leftovers_are_swept(files: Files) -> None:
     half.close()
     orphan = _staged(store, b"blob whose row never landed")
     store.commit(orphan, "files/file-orphan/original")
-    kept = files.create(NewFile(organization_id=files.org_id, filename="k", purpose="user_data", original=_staged(store, b"k")))
+    kept = files.create(
+        NewFile(organization_id=files.org_id, filename="k", purpose="user_data", original=_staged(store, b"k"))
+    )
     old = 10 * 3600
     for path in (half.path, store.local_path("files/file-orphan")):
         os.utime(path, (os.path.getmtime(path) - old,) * 2)
@@ -102,8 +106,15 @@ def test_blob_keys_cannot_escape(tmp_path: Path) -> None:
 
 
 def test_expired_files_are_hidden_then_purged(files: Files) -> None:
-    row = files.create(NewFile(organization_id=files.org_id, filename="e", purpose="user_data",
-                               original=_staged(files.blobs, b"e"), expires_after_s=3600))
+    row = files.create(
+        NewFile(
+            organization_id=files.org_id,
+            filename="e",
+            purpose="user_data",
+            original=_staged(files.blobs, b"e"),
+            expires_after_s=3600,
+        )
+    )
     with files.db.session() as s:
         s.exec(text("UPDATE files SET expires_at = 1 WHERE id = :id").bindparams(id=row.id))
     assert files.list(files.org_id).items == []

@@ -38,8 +38,9 @@ def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def gw(request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str,
-       tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+def gw(
+    request: pytest.FixtureRequest, engine_gw: LiveGateway, tiny_model: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveGateway]:
     """The module's API on each database: SQLite is the engine's own gateway, Postgres a twin using its engine."""
     with on_database(request.param, engine_gw, tiny_model, tmp_path_factory.mktemp("stored-db")) as gateway:
         yield gateway
@@ -54,21 +55,36 @@ def key(gw: LiveGateway) -> str:
 
 
 def ask(client: openai.OpenAI, text: str, min_tokens: int = GREEDY["min_tokens"], **kwargs: object):  # noqa: ANN201
-    return client.chat.completions.create(model=TINY, messages=[{"role": "user", "content": text}],
-                                          extra_body={"min_tokens": min_tokens} if min_tokens else None,
-                                          temperature=GREEDY["temperature"], max_tokens=GREEDY["max_tokens"], **kwargs)
+    return client.chat.completions.create(
+        model=TINY,
+        messages=[{"role": "user", "content": text}],
+        extra_body={"min_tokens": min_tokens} if min_tokens else None,
+        temperature=GREEDY["temperature"],
+        max_tokens=GREEDY["max_tokens"],
+        **kwargs,
+    )
 
 
 def test_every_stored_completion_method(gw: LiveGateway, key: str, recorder: SpecRecorder) -> None:
     client = gw.client(key, recorder)
-    stored = [ask(client, f"Question number {i}?", store=True, metadata={"topic": "geo", "i": str(i)})
-              for i in range(3)]
+    stored = [
+        ask(client, f"Question number {i}?", store=True, metadata={"topic": "geo", "i": str(i)}) for i in range(3)
+    ]
     ask(client, "not stored, explicitly", store=False)
     ask(client, "not stored by default")
-    chunks = list(client.chat.completions.create(
-        model=TINY, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Stream it"}],
-        stream=True, store=True, metadata={"topic": "stream"}, stream_options={"include_usage": True},
-        extra_body={"min_tokens": 4}, temperature=0, max_tokens=8))
+    chunks = list(
+        client.chat.completions.create(
+            model=TINY,
+            messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Stream it"}],
+            stream=True,
+            store=True,
+            metadata={"topic": "stream"},
+            stream_options={"include_usage": True},
+            extra_body={"min_tokens": 4},
+            temperature=0,
+            max_tokens=8,
+        )
+    )
     streamed_text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     streamed_id = chunks[0].id
 
@@ -76,11 +92,15 @@ def test_every_stored_completion_method(gw: LiveGateway, key: str, recorder: Spe
     everything = client.chat.completions.list()
     assert [c.id for c in everything.data] == [c.id for c in stored] + [streamed_id]
     assert not everything.has_more
-    assert [c.id for c in client.chat.completions.list(order="desc").data] == [streamed_id] + [c.id for c in stored][::-1]
+    assert [c.id for c in client.chat.completions.list(order="desc").data] == [streamed_id] + [c.id for c in stored][
+        ::-1
+    ]
     page = client.chat.completions.list(limit=2)
     assert [c.id for c in page.data] == [stored[0].id, stored[1].id] and page.has_more
     assert [c.id for c in client.chat.completions.list(limit=2, after=stored[1].id).data] == [stored[2].id, streamed_id]
-    assert [c.id for c in client.chat.completions.list(limit=1)] == [c.id for c in stored] + [streamed_id]  # auto-paging
+    assert [c.id for c in client.chat.completions.list(limit=1)] == [c.id for c in stored] + [
+        streamed_id
+    ]  # auto-paging
     assert [c.id for c in client.chat.completions.list(metadata={"topic": "geo"}).data] == [c.id for c in stored]
     assert [c.id for c in client.chat.completions.list(metadata={"topic": "geo", "i": "1"}).data] == [stored[1].id]
     assert [c.id for c in client.chat.completions.list(model=TINY).data][-1] == streamed_id
@@ -99,11 +119,14 @@ def test_every_stored_completion_method(gw: LiveGateway, key: str, recorder: Spe
     # messages: the request's, with ids, paged
     messages = client.chat.completions.messages.list(streamed_id)
     assert [(m.id, m.role, m.content) for m in messages.data] == [
-        (f"{streamed_id}-0", "system", "Be brief."), (f"{streamed_id}-1", "user", "Stream it")]
+        (f"{streamed_id}-0", "system", "Be brief."),
+        (f"{streamed_id}-1", "user", "Stream it"),
+    ]
     one = client.chat.completions.messages.list(streamed_id, limit=1)
     assert [m.content for m in one.data] == ["Be brief."] and one.has_more
-    assert [m.content for m in client.chat.completions.messages.list(streamed_id, limit=1, after=one.data[0].id).data] \
-        == ["Stream it"]
+    assert [
+        m.content for m in client.chat.completions.messages.list(streamed_id, limit=1, after=one.data[0].id).data
+    ] == ["Stream it"]
     assert [m.role for m in client.chat.completions.messages.list(streamed_id, order="desc").data] == ["user", "system"]
 
     # update: metadata replaced, and the filters see it
@@ -115,9 +138,11 @@ def test_every_stored_completion_method(gw: LiveGateway, key: str, recorder: Spe
     # delete: gone from retrieve, messages and list
     deleted = client.chat.completions.delete(stored[2].id)
     assert deleted.deleted and deleted.id == stored[2].id and deleted.object == "chat.completion.deleted"
-    for call in (lambda: client.chat.completions.retrieve(stored[2].id),
-                 lambda: client.chat.completions.messages.list(stored[2].id),
-                 lambda: client.chat.completions.delete(stored[2].id)):
+    for call in (
+        lambda: client.chat.completions.retrieve(stored[2].id),
+        lambda: client.chat.completions.messages.list(stored[2].id),
+        lambda: client.chat.completions.delete(stored[2].id),
+    ):
         with pytest.raises(openai.NotFoundError) as err:
             call()
         assert err.value.body["param"] == "completion_id"
@@ -129,10 +154,12 @@ def test_another_organization_sees_nothing(gw: LiveGateway, key: str, recorder: 
     mine = ask(gw.client(key), "mine alone", store=True, metadata={"owner": "a"})
     gw.client(key).chat.completions.retrieve(mine.id)  # stored (and flushed) for its organization
     other = gw.client(gw.new_org_key("snoopers")[2], recorder)
-    for call in (lambda: other.chat.completions.retrieve(mine.id),
-                 lambda: other.chat.completions.update(mine.id, metadata={"owner": "b"}),
-                 lambda: other.chat.completions.delete(mine.id),
-                 lambda: other.chat.completions.messages.list(mine.id)):
+    for call in (
+        lambda: other.chat.completions.retrieve(mine.id),
+        lambda: other.chat.completions.update(mine.id, metadata={"owner": "b"}),
+        lambda: other.chat.completions.delete(mine.id),
+        lambda: other.chat.completions.messages.list(mine.id),
+    ):
         with pytest.raises(openai.NotFoundError):
             call()
     assert other.chat.completions.list().data == []
@@ -150,13 +177,17 @@ def test_another_organization_sees_nothing(gw: LiveGateway, key: str, recorder: 
 def test_bad_store_fields_are_400s_naming_them(gw: LiveGateway, key: str, recorder: SpecRecorder) -> None:
     client = gw.client(key, recorder)
     before = len(client.chat.completions.list(limit=100).data)
-    for extra, param in (({"store": "yes"}, "store"), ({"store": True, "metadata": {"k": 1}}, "metadata"),
-                         ({"store": True, "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
-                         ({"store": True, "metadata": {"k" * 65: "v"}}, "metadata"),
-                         ({"store": True, "metadata": {"k": "v" * 513}}, "metadata")):
+    for extra, param in (
+        ({"store": "yes"}, "store"),
+        ({"store": True, "metadata": {"k": 1}}, "metadata"),
+        ({"store": True, "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"store": True, "metadata": {"k" * 65: "v"}}, "metadata"),
+        ({"store": True, "metadata": {"k": "v" * 513}}, "metadata"),
+    ):
         with pytest.raises(openai.BadRequestError) as err:
-            client.chat.completions.create(model=TINY, messages=[{"role": "user", "content": "x"}], max_tokens=2,
-                                           extra_body=extra)
+            client.chat.completions.create(
+                model=TINY, messages=[{"role": "user", "content": "x"}], max_tokens=2, extra_body=extra
+            )
         assert err.value.body["param"] == param, extra
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.update("chatcmpl-nope", metadata={"k": 2})  # type: ignore[dict-item]
@@ -167,9 +198,15 @@ def test_bad_store_fields_are_400s_naming_them(gw: LiveGateway, key: str, record
 def test_async_client(gw: LiveGateway, key: str) -> None:
     async def main() -> None:
         client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
-        made = await client.chat.completions.create(model=TINY, messages=[{"role": "user", "content": "async?"}],
-                                                    store=True, metadata={"via": "async"}, max_tokens=6,
-                                                    temperature=0, extra_body={"min_tokens": 2})
+        made = await client.chat.completions.create(
+            model=TINY,
+            messages=[{"role": "user", "content": "async?"}],
+            store=True,
+            metadata={"via": "async"},
+            max_tokens=6,
+            temperature=0,
+            extra_body={"min_tokens": 2},
+        )
         listed = await client.chat.completions.list(metadata={"via": "async"})
         assert [c.id for c in listed.data] == [made.id]
         got = await client.chat.completions.retrieve(made.id)
@@ -191,22 +228,38 @@ def test_distill_into_a_file_a_fine_tuning_job_accepts(gw: LiveGateway, key: str
     client = gw.client(key, recorder)
     made = [ask(client, f"Teach me fact {i}.", store=True, metadata={"set": "distill"}) for i in range(11)]
     ask(client, "not this one", store=True, metadata={"set": "other"})
-    file = client.post("/chat/completions/distill", body={"metadata": {"set": "distill"}, "model": TINY},
-                       cast_to=openai.types.FileObject)
+    file = client.post(
+        "/chat/completions/distill",
+        body={"metadata": {"set": "distill"}, "model": TINY},
+        cast_to=openai.types.FileObject,
+    )
     assert file.purpose == "fine-tune" and file.status == "processed" and file.filename == "distilled.jsonl"
     lines = [json.loads(line) for line in client.files.content(file.id).text.splitlines()]
     assert [line["messages"] for line in lines] == [
-        [{"role": "user", "content": f"Teach me fact {i}."},
-         {"role": "assistant", "content": m.choices[0].message.content}] for i, m in enumerate(made)]
-    few = client.post("/chat/completions/distill", body={"metadata": {"set": "distill"}, "limit": 3,
-                                                         "filename": "three.jsonl"}, cast_to=openai.types.FileObject)
+        [
+            {"role": "user", "content": f"Teach me fact {i}."},
+            {"role": "assistant", "content": m.choices[0].message.content},
+        ]
+        for i, m in enumerate(made)
+    ]
+    few = client.post(
+        "/chat/completions/distill",
+        body={"metadata": {"set": "distill"}, "limit": 3, "filename": "three.jsonl"},
+        cast_to=openai.types.FileObject,
+    )
     assert few.filename == "three.jsonl" and len(client.files.content(few.id).text.splitlines()) == 3
     with pytest.raises(openai.BadRequestError) as err:
-        client.post("/chat/completions/distill", body={"metadata": {"set": "distill"}, "bogus": 1},
-                    cast_to=openai.types.FileObject)
+        client.post(
+            "/chat/completions/distill",
+            body={"metadata": {"set": "distill"}, "bogus": 1},
+            cast_to=openai.types.FileObject,
+        )
     assert err.value.body["param"] == "bogus"
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=file.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+    )
     done = wait_for(client, job.id, ("succeeded",), timeout=600)
     assert done.trained_tokens and done.fine_tuned_model
 
@@ -219,33 +272,65 @@ def test_eval_run_over_stored_completions(gw: LiveGateway, key: str, recorder: S
     for i in range(3):
         ask(client, f"Evaluate me {i}", store=True, metadata={"set": "eval"}, min_tokens=0)
     evaluation = client.evals.create(
-        name="replay", data_source_config={"type": "stored_completions", "metadata": {"set": "eval"}},
-        testing_criteria=[{"type": "string_check", "name": "same", "input": "{{sample.output_text}}",
-                           "reference": "{{item.output_text}}", "operation": "eq"}])
+        name="replay",
+        data_source_config={"type": "stored_completions", "metadata": {"set": "eval"}},
+        testing_criteria=[
+            {
+                "type": "string_check",
+                "name": "same",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.output_text}}",
+                "operation": "eq",
+            }
+        ],
+    )
     assert evaluation.data_source_config.type == "stored_completions"
-    run = client.evals.runs.create(evaluation.id, data_source={
-        "type": "completions", "model": TINY,
-        "source": {"type": "stored_completions", "metadata": {"set": "eval"}, "limit": 2},
-        "input_messages": {"type": "item_reference", "item_reference": "item.input"},
-        "sampling_params": {"temperature": 0, "max_completion_tokens": GREEDY["max_tokens"]},
-    })
-    done = wait_until(lambda: (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status
-                      in ("completed", "failed") and r, 300, "the eval run")
+    run = client.evals.runs.create(
+        evaluation.id,
+        data_source={
+            "type": "completions",
+            "model": TINY,
+            "source": {"type": "stored_completions", "metadata": {"set": "eval"}, "limit": 2},
+            "input_messages": {"type": "item_reference", "item_reference": "item.input"},
+            "sampling_params": {"temperature": 0, "max_completion_tokens": GREEDY["max_tokens"]},
+        },
+    )
+    done = wait_until(
+        lambda: (
+            (r := client.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status in ("completed", "failed") and r
+        ),
+        300,
+        "the eval run",
+    )
     assert done.status == "completed", done.error
     assert done.result_counts.total == 2 and done.result_counts.passed == 2, done.result_counts
     items = client.evals.runs.output_items.list(run.id, eval_id=evaluation.id).data
     assert sorted(i.datasource_item["input"][0]["content"] for i in items) == ["Evaluate me 0", "Evaluate me 1"]
     # tunegate extension: a jsonl run grades the stored answers themselves (no generation); unrecorded, since the
     # spec's jsonl sources are files only
-    given = gw.client(key).evals.runs.create(evaluation.id, data_source={
-        "type": "jsonl", "source": {"type": "stored_completions", "metadata": {"set": "eval"}}})
-    given = wait_until(lambda: (r := gw.client(key).evals.runs.retrieve(given.id, eval_id=evaluation.id)).status
-                       in ("completed", "failed") and r, 120, "the jsonl run")
+    given = gw.client(key).evals.runs.create(
+        evaluation.id,
+        data_source={"type": "jsonl", "source": {"type": "stored_completions", "metadata": {"set": "eval"}}},
+    )
+    given = wait_until(
+        lambda: (
+            (r := gw.client(key).evals.runs.retrieve(given.id, eval_id=evaluation.id)).status in ("completed", "failed")
+            and r
+        ),
+        120,
+        "the jsonl run",
+    )
     assert given.status == "completed" and given.result_counts.passed == 3, given.result_counts
     with pytest.raises(openai.BadRequestError) as err:
-        client.evals.runs.create(evaluation.id, data_source={
-            "type": "completions", "model": TINY, "source": {"type": "stored_completions", "limit": 0},
-            "input_messages": {"type": "item_reference", "item_reference": "item.input"}})
+        client.evals.runs.create(
+            evaluation.id,
+            data_source={
+                "type": "completions",
+                "model": TINY,
+                "source": {"type": "stored_completions", "limit": 0},
+                "input_messages": {"type": "item_reference", "item_reference": "item.input"},
+            },
+        )
     assert err.value.body["param"] == "data_source.source.limit"
 
 
@@ -256,10 +341,18 @@ def test_store_queries_on_each_database(database_url: str) -> None:
     accounts = Accounts(db)
     org, other = accounts.create_org("a").id, accounts.create_org("b").id
     store = StoredCompletions(db)
-    rows = [StoredCompletion(id=f"chatcmpl-{n:03d}", organization_id=org if n != 7 else other,
-                             model="m1" if n % 2 else "m2", created_at=1000 + n,
-                             metadata_={"ü.k\"": "v", "n": str(n % 3)}, messages=[{"role": "user", "content": str(n)}],
-                             response={"id": f"chatcmpl-{n:03d}"}) for n in range(10)]
+    rows = [
+        StoredCompletion(
+            id=f"chatcmpl-{n:03d}",
+            organization_id=org if n != 7 else other,
+            model="m1" if n % 2 else "m2",
+            created_at=1000 + n,
+            metadata_={'ü.k"': "v", "n": str(n % 3)},
+            messages=[{"role": "user", "content": str(n)}],
+            response={"id": f"chatcmpl-{n:03d}"},
+        )
+        for n in range(10)
+    ]
     store.add_many(rows)
 
     def ids(selection: Selection, limit: int | None = None) -> list[str]:
@@ -267,7 +360,7 @@ def test_store_queries_on_each_database(database_url: str) -> None:
 
     mine = [r.id for r in rows if r.organization_id == org]
     assert ids(Selection({})) == mine
-    assert ids(Selection({"ü.k\"": "v", "n": "0"})) == ["chatcmpl-000", "chatcmpl-003", "chatcmpl-006", "chatcmpl-009"]
+    assert ids(Selection({'ü.k"': "v", "n": "0"})) == ["chatcmpl-000", "chatcmpl-003", "chatcmpl-006", "chatcmpl-009"]
     assert ids(Selection({}, model="m1")) == ["chatcmpl-001", "chatcmpl-003", "chatcmpl-005", "chatcmpl-009"]
     assert ids(Selection({}, created_after=1003, created_before=1008)) == [f"chatcmpl-{n:03d}" for n in (3, 4, 5, 6, 8)]
     assert ids(Selection({}), limit=3) == mine[:3]
@@ -278,21 +371,48 @@ def test_store_queries_on_each_database(database_url: str) -> None:
 
 
 def test_a_stream_folds_into_one_completion() -> None:
-    request = EngineRequest("chat.completions", TINY, True, False, [{"role": "user", "content": "hi"}],
-                            {"temperature": 0.5, "tools": [{"type": "function", "function": {"name": "f"}}]})
+    request = EngineRequest(
+        "chat.completions",
+        TINY,
+        True,
+        False,
+        [{"role": "user", "content": "hi"}],
+        {"temperature": 0.5, "tools": [{"type": "function", "function": {"name": "f"}}]},
+    )
     kept = Capture("org", request, {"k": "v"})
     head = {"id": "chatcmpl-x", "model": TINY, "created": 5, "object": "chat.completion.chunk"}
-    for delta, finish in (({"role": "assistant", "content": ""}, None), ({"content": "Hel"}, None),
-                          ({"content": "lo"}, None),
-                          ({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                            "function": {"name": "f", "arguments": "{\"a\""}}]}, None),
-                          ({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}, "tool_calls")):
+    for delta, finish in (
+        ({"role": "assistant", "content": ""}, None),
+        ({"content": "Hel"}, None),
+        ({"content": "lo"}, None),
+        (
+            {
+                "tool_calls": [
+                    {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a"'}}
+                ]
+            },
+            None,
+        ),
+        ({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}, "tool_calls"),
+    ):
         kept.feed({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
     kept.usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
     row = kept.row(kept.streamed())
-    assert row.response["choices"] == [{"index": 0, "logprobs": None, "finish_reason": "tool_calls", "message": {
-        "role": "assistant", "content": "Hello", "refusal": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]}}]
+    assert row.response["choices"] == [
+        {
+            "index": 0,
+            "logprobs": None,
+            "finish_reason": "tool_calls",
+            "message": {
+                "role": "assistant",
+                "content": "Hello",
+                "refusal": None,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+                ],
+            },
+        }
+    ]
     assert (row.id, row.model, row.created_at, row.metadata_) == ("chatcmpl-x", TINY, 5, {"k": "v"})
     assert row.request["temperature"] == 0.5 and row.response["usage"]["total_tokens"] == 7
     assert time.time() > row.created_at
@@ -316,8 +436,14 @@ def test_what_waits_for_the_database_is_bounded_in_bytes(database_url: str) -> N
     writer = StoredCompletionWriter(Flaky(), max_pending_bytes=20_000)  # type: ignore[arg-type]
 
     def row(n: int) -> StoredCompletion:
-        return StoredCompletion(id=f"chatcmpl-w{n:03d}", organization_id=org, model="m", created_at=n,
-                                messages=[{"role": "user", "content": "x" * 4000}], response={"id": n})
+        return StoredCompletion(
+            id=f"chatcmpl-w{n:03d}",
+            organization_id=org,
+            model="m",
+            created_at=n,
+            messages=[{"role": "user", "content": "x" * 4000}],
+            response={"id": n},
+        )
 
     async def main() -> None:
         for n in range(10):

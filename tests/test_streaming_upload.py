@@ -23,9 +23,11 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 def _multipart(boundary: str, digest) -> Iterator[bytes]:  # noqa: ANN001
-    yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nuser_data\r\n"
-           f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jsonl\"\r\n"
-           "Content-Type: application/octet-stream\r\n\r\n").encode()
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     sent = 0
     block = CHUNK * 256
     while sent < SIZE:
@@ -46,7 +48,9 @@ def test_large_upload_is_streamed_not_buffered(tmp_path: Path) -> None:
         digest = hashlib.sha256()
         boundary = "tunegateboundary0123456789"
         r = httpx.post(
-            f"{gateway.url}/v1/files", content=_multipart(boundary, digest), timeout=300,
+            f"{gateway.url}/v1/files",
+            content=_multipart(boundary, digest),
+            timeout=300,
             headers={"authorization": f"Bearer {secret}", "content-type": f"multipart/form-data; boundary={boundary}"},
         )
         assert r.status_code == 200, r.text
@@ -55,8 +59,12 @@ def test_large_upload_is_streamed_not_buffered(tmp_path: Path) -> None:
         assert growth_mib < 64, f"gateway peak memory grew by {growth_mib:.0f} MiB for a {SIZE >> 20} MiB upload"
 
         stored = hashlib.sha256()
-        with httpx.stream("GET", f"{gateway.url}/v1/files/{r.json()['id']}/content",
-                          headers={"authorization": f"Bearer {secret}"}, timeout=300) as download:
+        with httpx.stream(
+            "GET",
+            f"{gateway.url}/v1/files/{r.json()['id']}/content",
+            headers={"authorization": f"Bearer {secret}"},
+            timeout=300,
+        ) as download:
             for block in download.iter_bytes():
                 stored.update(block)
         assert stored.hexdigest() == digest.hexdigest()

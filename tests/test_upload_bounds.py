@@ -54,7 +54,9 @@ def test_an_example_over_the_limit_is_named(tmp_path: Path) -> None:
     lines = [small, small, huge, small, '{"messages": []}']
     result, _ = run(tmp_path, "\n".join(lines).encode(), "d.jsonl", max_example_bytes=4096)
     assert [(p.category, p.line, p.example) for p in result.problems.items] == [
-        ("example_too_large", 3, 3), ("missing_messages_list", 5, 5)]  # the read goes on after a long line
+        ("example_too_large", 3, 3),
+        ("missing_messages_list", 5, 5),
+    ]  # the read goes on after a long line
     assert "4096-byte limit" in result.problems.render()
 
     array = "[\n" + ",\n".join([small, huge, small]) + "\n]"
@@ -95,8 +97,12 @@ def test_the_check_child_is_capped_in_memory(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def small_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     data_dir = tmp_path_factory.mktemp("bounds")
-    gw = LiveGateway(data_dir, f"sqlite:///{data_dir / 'db.sqlite'}", TUNEGATE_UPLOAD_STALL_SECONDS="1",
-                     TUNEGATE_MAX_EXAMPLE_BYTES="4096")
+    gw = LiveGateway(
+        data_dir,
+        f"sqlite:///{data_dir / 'db.sqlite'}",
+        TUNEGATE_UPLOAD_STALL_SECONDS="1",
+        TUNEGATE_MAX_EXAMPLE_BYTES="4096",
+    )
     gw.start()
     yield gw
     gw.stop()
@@ -108,11 +114,15 @@ def stored(data_dir: Path) -> list[Path]:
 
 def test_a_stalled_upload_is_ended_and_stores_nothing(small_gateway: LiveGateway) -> None:
     _, _, key = small_gateway.new_org_key("stall")
-    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.jsonl\"\r\n\r\n").encode()
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="t.jsonl"\r\n\r\n'
+    ).encode()
     body = head + b"".join(e + b"\n" for e in chat_examples(8))
-    request = (f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
-               f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body) + 10_000}\r\n\r\n")
+    request = (
+        f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body) + 10_000}\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", small_gateway.port), timeout=30) as sock:
         sock.sendall(request.encode() + body)  # ... and then nothing more
         started = time.monotonic()
@@ -134,8 +144,9 @@ def test_a_stalled_upload_is_ended_and_stores_nothing(small_gateway: LiveGateway
 def test_an_oversized_example_is_a_400_naming_its_line(small_gateway: LiveGateway) -> None:
     _, _, key = small_gateway.new_org_key("oversized")
     lines = chat_examples(3)
-    lines[1] = json.dumps({"messages": [{"role": "user", "content": "x" * 5000},
-                                        {"role": "assistant", "content": "y"}]}).encode()
+    lines[1] = json.dumps(
+        {"messages": [{"role": "user", "content": "x" * 5000}, {"role": "assistant", "content": "y"}]}
+    ).encode()
     r = upload(small_gateway.url, key, iter([b"\n".join(lines) + b"\n"]), "t.jsonl")
     assert r.status_code == 400, r.text
     error = r.json()["error"]

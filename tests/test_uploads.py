@@ -28,14 +28,22 @@ def chat_jsonl(n: int = 12) -> bytes:
 def staged(data_dir: Path) -> list[Path]:
     """Every Part still stored, and every staging file."""
     blobs = data_dir / "blobs"
-    return sorted(p for p in [*(blobs / "objects" / "uploads").rglob("*"), *(blobs / "staging").glob("*")]
-                  if p.is_file())
+    return sorted(
+        p for p in [*(blobs / "objects" / "uploads").rglob("*"), *(blobs / "staging").glob("*")] if p.is_file()
+    )
 
 
-def start(client: openai.OpenAI, content: bytes, *, purpose: str = "fine-tune", filename: str = "train.jsonl",
-          size: int | None = None):  # noqa: ANN201 - openai's Upload
-    return client.uploads.create(bytes=len(content) if size is None else size, filename=filename,
-                                 mime_type="text/jsonl", purpose=purpose)
+def start(
+    client: openai.OpenAI,
+    content: bytes,
+    *,
+    purpose: str = "fine-tune",
+    filename: str = "train.jsonl",
+    size: int | None = None,
+):  # noqa: ANN201 - openai's Upload
+    return client.uploads.create(
+        bytes=len(content) if size is None else size, filename=filename, mime_type="text/jsonl", purpose=purpose
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +57,44 @@ def client(gateway: LiveGateway, tenant: tuple[str, str], recorder: SpecRecorder
     return gateway.client(tenant[1], recorder)
 
 
-def test_upload_file_chunked_gives_a_checked_training_file(client: openai.OpenAI, gateway: LiveGateway, tenant,
-                                                           recorder: SpecRecorder, tmp_path: Path) -> None:
+def test_upload_file_chunked_gives_a_checked_training_file(
+    client: openai.OpenAI, gateway: LiveGateway, tenant, recorder: SpecRecorder, tmp_path: Path
+) -> None:
     path = tmp_path / "alpaca_en_demo.json"
     path.write_bytes((DATA / "alpaca_en_demo.json").read_bytes())  # 840 KiB: 4 parts of 256 KiB
     original = path.read_bytes()
-    upload = client.uploads.upload_file_chunked(file=path, mime_type="application/json", purpose="fine-tune",
-                                                part_size=256 * 1024, md5=hashlib.md5(original).hexdigest())
-    assert (upload.object, upload.status, upload.bytes, upload.filename) == ("upload", "completed", len(original),
-                                                                            "alpaca_en_demo.json")
+    upload = client.uploads.upload_file_chunked(
+        file=path,
+        mime_type="application/json",
+        purpose="fine-tune",
+        part_size=256 * 1024,
+        md5=hashlib.md5(original).hexdigest(),
+    )
+    assert (upload.object, upload.status, upload.bytes, upload.filename) == (
+        "upload",
+        "completed",
+        len(original),
+        "alpaca_en_demo.json",
+    )
     assert upload.expires_at == upload.created_at + 3600
     file = upload.file
-    assert (file.purpose, file.status, file.bytes, file.filename) == ("fine-tune", "processed", len(original),
-                                                                     "alpaca_en_demo.json")
+    assert (file.purpose, file.status, file.bytes, file.filename) == (
+        "fine-tune",
+        "processed",
+        len(original),
+        "alpaca_en_demo.json",
+    )
     assert client.files.retrieve(file.id).id == file.id
     assert client.files.content(file.id).content == original
-    normalized = httpx.get(f"{gateway.url}/v1/files/{file.id}/content", params={"format": "normalized"},
-                           headers={"authorization": f"Bearer {tenant[1]}"}).raise_for_status().text.splitlines()
+    normalized = (
+        httpx.get(
+            f"{gateway.url}/v1/files/{file.id}/content",
+            params={"format": "normalized"},
+            headers={"authorization": f"Bearer {tenant[1]}"},
+        )
+        .raise_for_status()
+        .text.splitlines()
+    )
     assert len(normalized) == 999 and json.loads(normalized[0])["messages"][-1]["role"] == "assistant"
     assert recorder.checked.count("UploadPart") == 4 and "Upload" in recorder.checked
     assert staged(gateway.data_dir) == []  # the parts went once the File was stored
@@ -83,12 +112,25 @@ def test_parts_are_joined_in_the_order_named(client: openai.OpenAI) -> None:
     assert done.file.expires_at is None
 
 
-def test_the_file_takes_expires_after_and_a_plain_data_field_is_a_part(gateway: LiveGateway, client: openai.OpenAI,
-                                                                      tenant) -> None:
-    upload = client.uploads.create(bytes=5, filename="b.jsonl", mime_type="text/jsonl", purpose="user_data",
-                                   expires_after={"anchor": "created_at", "seconds": 7200})
-    part = httpx.post(f"{gateway.url}/v1/uploads/{upload.id}/parts", files={"data": (None, b"hello")},
-                      headers={"authorization": f"Bearer {tenant[1]}"}).raise_for_status().json()  # curl -F data=…
+def test_the_file_takes_expires_after_and_a_plain_data_field_is_a_part(
+    gateway: LiveGateway, client: openai.OpenAI, tenant
+) -> None:
+    upload = client.uploads.create(
+        bytes=5,
+        filename="b.jsonl",
+        mime_type="text/jsonl",
+        purpose="user_data",
+        expires_after={"anchor": "created_at", "seconds": 7200},
+    )
+    part = (
+        httpx.post(
+            f"{gateway.url}/v1/uploads/{upload.id}/parts",
+            files={"data": (None, b"hello")},
+            headers={"authorization": f"Bearer {tenant[1]}"},
+        )
+        .raise_for_status()
+        .json()
+    )  # curl -F data=…
     done = client.uploads.complete(upload_id=upload.id, part_ids=[part["id"]])
     assert done.file.expires_at == done.file.created_at + 7200
     assert client.files.content(done.file.id).content == b"hello"
@@ -105,8 +147,9 @@ def test_a_bad_training_file_is_a_400_naming_its_line(client: openai.OpenAI, gat
     error = err.value.body
     assert (error["code"], error["param"]) == ("invalid_file_format", "file")
     assert "line 3" in error["message"] and "example_missing_assistant_message" in error["message"]
-    assert all(f.filename != "train.jsonl" or f.purpose != "fine-tune" or f.bytes != len(content)
-               for f in client.files.list())  # no File was made
+    assert all(
+        f.filename != "train.jsonl" or f.purpose != "fine-tune" or f.bytes != len(content) for f in client.files.list()
+    )  # no File was made
     client.uploads.cancel(upload_id=upload.id)
     assert staged(gateway.data_dir) == []
 
@@ -132,28 +175,36 @@ def test_md5_bytes_and_part_ids_are_checked(client: openai.OpenAI) -> None:
     assert (err.value.body["param"], err.value.body["code"]) == ("data", "upload_too_large")
     done = client.uploads.complete(upload_id=upload.id, part_ids=[a.id, b.id], md5=hashlib.md5(content).hexdigest())
     assert done.status == "completed" and done.file.status == "processed"
-    for call in (lambda: client.uploads.parts.create(upload_id=upload.id, data=b"x"),
-                 lambda: client.uploads.complete(upload_id=upload.id, part_ids=[a.id, b.id]),
-                 lambda: client.uploads.cancel(upload_id=upload.id)):
+    for call in (
+        lambda: client.uploads.parts.create(upload_id=upload.id, data=b"x"),
+        lambda: client.uploads.complete(upload_id=upload.id, part_ids=[a.id, b.id]),
+        lambda: client.uploads.cancel(upload_id=upload.id),
+    ):
         with pytest.raises(openai.BadRequestError) as err:
             call()
         assert err.value.body["param"] == "upload_id" and "is completed" in err.value.body["message"]
 
 
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"purpose": "nonsense"}, "purpose"),
-    ({"mime_type": "image/png"}, "mime_type"),
-    ({"bytes": 9 * 1024**3}, "bytes"),
-    ({"bytes": 0}, "bytes"),
-    ({"bytes": "12"}, "bytes"),
-    ({"filename": "../etc/passwd"}, "filename"),
-    ({"filename": None}, "filename"),
-    ({"expires_after": {"anchor": "created_at", "seconds": 10}}, "expires_after.seconds"),
-])
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"purpose": "nonsense"}, "purpose"),
+        ({"mime_type": "image/png"}, "mime_type"),
+        ({"bytes": 9 * 1024**3}, "bytes"),
+        ({"bytes": 0}, "bytes"),
+        ({"bytes": "12"}, "bytes"),
+        ({"filename": "../etc/passwd"}, "filename"),
+        ({"filename": None}, "filename"),
+        ({"expires_after": {"anchor": "created_at", "seconds": 10}}, "expires_after.seconds"),
+    ],
+)
 def test_create_errors_name_the_field(gateway: LiveGateway, tenant, fields: dict, param: str) -> None:
     body = {"bytes": 100, "filename": "t.jsonl", "mime_type": "text/jsonl", "purpose": "fine-tune"} | fields
-    r = httpx.post(f"{gateway.url}/v1/uploads", json={k: v for k, v in body.items() if v is not None},
-                   headers={"authorization": f"Bearer {tenant[1]}"})
+    r = httpx.post(
+        f"{gateway.url}/v1/uploads",
+        json={k: v for k, v in body.items() if v is not None},
+        headers={"authorization": f"Bearer {tenant[1]}"},
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
 
@@ -170,15 +221,18 @@ def test_cancel_leaves_no_staged_bytes(client: openai.OpenAI, gateway: LiveGatew
     assert "is cancelled" in err.value.body["message"] and staged(gateway.data_dir) == []
 
 
-def test_another_organizations_upload_is_not_found(gateway: LiveGateway, client: openai.OpenAI,
-                                                   recorder: SpecRecorder) -> None:
+def test_another_organizations_upload_is_not_found(
+    gateway: LiveGateway, client: openai.OpenAI, recorder: SpecRecorder
+) -> None:
     content = chat_jsonl(12)
     upload = start(client, content)
     part = client.uploads.parts.create(upload_id=upload.id, data=content)
     other = gateway.client(gateway.new_org_key("upload-snoop")[2], recorder)
-    for call in (lambda: other.uploads.parts.create(upload_id=upload.id, data=b"x"),
-                 lambda: other.uploads.complete(upload_id=upload.id, part_ids=[part.id]),
-                 lambda: other.uploads.cancel(upload_id=upload.id)):
+    for call in (
+        lambda: other.uploads.parts.create(upload_id=upload.id, data=b"x"),
+        lambda: other.uploads.complete(upload_id=upload.id, part_ids=[part.id]),
+        lambda: other.uploads.cancel(upload_id=upload.id),
+    ):
         with pytest.raises(openai.NotFoundError) as err:
             call()
         assert err.value.body["message"] == f"No such Upload object: {upload.id}"
@@ -204,8 +258,13 @@ def test_an_upload_respects_the_storage_quota(gateway: LiveGateway, recorder: Sp
 @pytest.fixture(scope="module")
 def short_lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     data_dir = tmp_path_factory.mktemp("uploads-expiry")
-    gw = LiveGateway(data_dir, f"sqlite:///{data_dir / 'db.sqlite'}", TUNEGATE_UPLOADS__EXPIRES_AFTER_SECONDS="2",
-                     TUNEGATE_EXPIRY_SWEEP_SECONDS="0.3", TUNEGATE_UPLOADS__MAX_PART_BYTES="4096")
+    gw = LiveGateway(
+        data_dir,
+        f"sqlite:///{data_dir / 'db.sqlite'}",
+        TUNEGATE_UPLOADS__EXPIRES_AFTER_SECONDS="2",
+        TUNEGATE_EXPIRY_SWEEP_SECONDS="0.3",
+        TUNEGATE_UPLOADS__MAX_PART_BYTES="4096",
+    )
     gw.start()
     yield gw
     gw.stop()
@@ -256,18 +315,26 @@ def test_1_gib_upload_file_chunked_in_bounded_memory(big_gateway: LiveGateway, t
             fh.write(block)
             digest.update(block)
     client = big_gateway.client(big_gateway.new_org_key("big")[2])
-    client.uploads.upload_file_chunked(file=chat_jsonl(12), filename="warm.jsonl", bytes=len(chat_jsonl(12)),
-                                       mime_type="text/jsonl", purpose="fine-tune")  # the first upload's imports
+    client.uploads.upload_file_chunked(
+        file=chat_jsonl(12),
+        filename="warm.jsonl",
+        bytes=len(chat_jsonl(12)),
+        mime_type="text/jsonl",
+        purpose="fine-tune",
+    )  # the first upload's imports
     started = time.monotonic()
     with RssSampler(big_gateway.proc.pid) as sampler:
-        upload = client.uploads.upload_file_chunked(file=path, mime_type="text/jsonl", purpose="fine-tune",
-                                                    md5=digest.hexdigest())
+        upload = client.uploads.upload_file_chunked(
+            file=path, mime_type="text/jsonl", purpose="fine-tune", md5=digest.hexdigest()
+        )
     seconds = time.monotonic() - started
     assert upload.status == "completed" and upload.file.status == "processed"
     assert upload.file.bytes == path.stat().st_size > 1000 * MIB
     peak = sampler.result
-    print(f"\n1 GiB upload_file_chunked: {seconds:.1f} s, idle {peak.idle_mib:.0f} MiB, peak {peak.peak_mib:.0f} MiB, "
-          f"growth {peak.growth_mib:.0f} MiB")
+    print(
+        f"\n1 GiB upload_file_chunked: {seconds:.1f} s, idle {peak.idle_mib:.0f} MiB, peak {peak.peak_mib:.0f} MiB, "
+        f"growth {peak.growth_mib:.0f} MiB"
+    )
     assert peak.growth_mib < BOUND_MIB, f"a 1 GiB Upload grew the gateway by {peak.growth_mib:.0f} MiB"
     assert staged(big_gateway.data_dir) == []
     client.files.delete(upload.file.id)

@@ -24,8 +24,16 @@ def corpus(data_dir: Path) -> list[str]:
     return texts
 
 
-def build_tiny_model(target: Path, data_dir: Path, *, vocab_size: int = 2048, hidden: int = 256, layers: int = 2, initializer_range: float = 0.2,
-                     seed: int = 0) -> Path:
+def build_tiny_model(
+    target: Path,
+    data_dir: Path,
+    *,
+    vocab_size: int = 2048,
+    hidden: int = 256,
+    layers: int = 2,
+    initializer_range: float = 0.2,
+    seed: int = 0,
+) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -34,18 +42,31 @@ def build_tiny_model(target: Path, data_dir: Path, *, vocab_size: int = 2048, hi
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus(data_dir), trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        bos_token=None, unk_token=None)
+    bpe.train_from_iterator(
+        corpus(data_dir),
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None, unk_token=None
+    )
     tokenizer.chat_template = CHATML
     tokenizer.save_pretrained(target)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-        tie_word_embeddings=True, initializer_range=initializer_range,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+        initializer_range=initializer_range,
     )
     LlamaForCausalLM(config).save_pretrained(target)
     (target / "generation_config.json").write_text(json.dumps({"eos_token_id": tokenizer.eos_token_id}))

@@ -21,11 +21,18 @@ BOUNDARY = "tunegateboundary0123456789"
 
 def chat_examples(n: int = 64) -> list[bytes]:
     """Distinct ~1 KiB supervised chat examples, each one compact JSON object."""
-    return [json.dumps({"messages": [
-        {"role": "system", "content": "You answer in one paragraph."},
-        {"role": "user", "content": f"Question {i}: " + "why is the sky blue? " * 20},
-        {"role": "assistant", "content": f"Answer {i}: " + "because of Rayleigh scattering. " * 20},
-    ]}).encode() for i in range(n)]
+    return [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": "You answer in one paragraph."},
+                    {"role": "user", "content": f"Question {i}: " + "why is the sky blue? " * 20},
+                    {"role": "assistant", "content": f"Answer {i}: " + "because of Rayleigh scattering. " * 20},
+                ]
+            }
+        ).encode()
+        for i in range(n)
+    ]
 
 
 def jsonl_body(size: int) -> Iterator[bytes]:
@@ -53,9 +60,11 @@ def _repeat(block: bytes, total: int) -> Iterator[bytes]:
 
 
 def multipart(content: Iterator[bytes], *, purpose: str = "fine-tune", filename: str = "data.jsonl") -> Iterator[bytes]:
-    yield (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n"
-           f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-           "Content-Type: application/octet-stream\r\n\r\n").encode()
+    yield (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n{purpose}\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     yield from content
     yield f"\r\n--{BOUNDARY}--\r\n".encode()
 
@@ -63,7 +72,9 @@ def multipart(content: Iterator[bytes], *, purpose: str = "fine-tune", filename:
 def upload(url: str, key: str, content: Iterator[bytes], filename: str, timeout: float = 600) -> httpx.Response:
     """POST /v1/files with a generated body, streamed."""
     return httpx.post(
-        f"{url}/v1/files", content=multipart(content, filename=filename), timeout=timeout,
+        f"{url}/v1/files",
+        content=multipart(content, filename=filename),
+        timeout=timeout,
         headers={"authorization": f"Bearer {key}", "content-type": f"multipart/form-data; boundary={BOUNDARY}"},
     )
 

@@ -23,7 +23,9 @@ from storage.tables import BatchLine
 
 # the batch endpoint → the allow-list endpoint of serving.request_body
 ENDPOINTS: dict[str, Endpoint | Literal["responses"]] = {
-    "/v1/chat/completions": "chat.completions", "/v1/completions": "completions", "/v1/responses": "responses",
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/responses": "responses",
 }
 MAX_CUSTOM_ID = 512
 MAX_MODEL = 512  # Batch.model's column: a longer model is still a line (a 404), never the batch's model
@@ -53,8 +55,12 @@ def read(fh: IO[bytes], limits: RequestLimits) -> Iterator[tuple[int, bytes | No
 def parse(number: int, raw: bytes | None, endpoint: str, limits: RequestLimits) -> Request | Problem:
     """The line's request, or why it is none. Never raises: a bad line is an error line, never a failed batch."""
     if raw is None:
-        return Problem(number, None, "line_too_large", f"Line {number} is larger than {limits.max_body_bytes} bytes "
-                       "(settings.requests.max_body_bytes).")
+        return Problem(
+            number,
+            None,
+            "line_too_large",
+            f"Line {number} is larger than {limits.max_body_bytes} bytes (settings.requests.max_body_bytes).",
+        )
     # the line wraps the body in one object: one level more than a request body may have
     if (problem := depth_problem(raw, limits.max_json_depth + 1)) is not None:
         return Problem(number, None, "invalid_json", f"Line {number} is not acceptable JSON: {problem}.")
@@ -66,13 +72,21 @@ def parse(number: int, raw: bytes | None, endpoint: str, limits: RequestLimits) 
         return Problem(number, None, "invalid_request", f"Line {number} must be a JSON object.")
     custom_id = row.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id or len(custom_id) > MAX_CUSTOM_ID:
-        return Problem(number, None, "missing_custom_id",
-                       f"Line {number}: 'custom_id' must be a non-empty string of at most {MAX_CUSTOM_ID} characters.")
+        return Problem(
+            number,
+            None,
+            "missing_custom_id",
+            f"Line {number}: 'custom_id' must be a non-empty string of at most {MAX_CUSTOM_ID} characters.",
+        )
     if row.get("method") != "POST":
         return Problem(number, custom_id, "invalid_method", f"Line {number}: 'method' must be 'POST'.")
     if row.get("url") != endpoint:
-        return Problem(number, custom_id, "mismatched_url",
-                       f"Line {number}: 'url' is {row.get('url')!r}, but this batch's endpoint is {endpoint!r}.")
+        return Problem(
+            number,
+            custom_id,
+            "mismatched_url",
+            f"Line {number}: 'url' is {row.get('url')!r}, but this batch's endpoint is {endpoint!r}.",
+        )
     body = row.get("body")
     if not isinstance(body, dict):
         return Problem(number, custom_id, "invalid_body", f"Line {number}: 'body' must be a JSON object.")
@@ -83,15 +97,23 @@ def parse(number: int, raw: bytes | None, endpoint: str, limits: RequestLimits) 
 
 def answered(request: Request, batch_id: str, status: int, request_id: str, body: dict[str, Any]) -> BatchLine:
     """An output (2xx) or error-file line for a request that got an answer."""
-    result = {"id": new_id("batch_req_"), "custom_id": request.custom_id,
-              "response": {"status_code": status, "request_id": request_id, "body": body}, "error": None}
+    result = {
+        "id": new_id("batch_req_"),
+        "custom_id": request.custom_id,
+        "response": {"status_code": status, "request_id": request_id, "body": body},
+        "error": None,
+    }
     return BatchLine(batch_id=batch_id, line=request.line, ok=200 <= status < 300, result=_dump(result))
 
 
 def unanswered(problem: Problem, batch_id: str) -> BatchLine:
     """An error-file line for a line that never became a request."""
-    result = {"id": new_id("batch_req_"), "custom_id": problem.custom_id, "response": None,
-              "error": {"code": problem.code, "message": problem.message}}
+    result = {
+        "id": new_id("batch_req_"),
+        "custom_id": problem.custom_id,
+        "response": None,
+        "error": {"code": problem.code, "message": problem.message},
+    }
     return BatchLine(batch_id=batch_id, line=problem.line, ok=False, result=_dump(result))
 
 

@@ -30,10 +30,14 @@ class ResponseLines:
         """The checked request and its chat body (a 400 names the Responses field)."""
         asked = responses.parse(body)
         if asked.background:
-            raise InvalidRequest("background=true is not supported in a batch.", param="background",
-                                 code="unsupported_parameter")
-        history = await asyncio.to_thread(self.store.conversation, self.batch.organization_id,
-                                          asked.previous_response_id) if asked.previous_response_id else []
+            raise InvalidRequest(
+                "background=true is not supported in a batch.", param="background", code="unsupported_parameter"
+            )
+        history = (
+            await asyncio.to_thread(self.store.conversation, self.batch.organization_id, asked.previous_response_id)
+            if asked.previous_response_id
+            else []
+        )
         return asked, responses.chat_request(asked, history, self.limits)
 
     async def answer(self, asked: responses.ResponsesRequest, chat: dict[str, Any], line: int) -> dict[str, Any]:

@@ -57,8 +57,11 @@ log = logging.getLogger("tunegate.batches")
 Result = BatchLine | tuple[BatchLine, str, Any]  # a result line, or an answered one with its model and usage
 ATTEMPTS = 3  # an engine that cannot be reached (restarting) or answers 503 is tried again
 # RunFailed codes of the engine resolver → the status a caller of the chat API would have had
-RESOLVE_STATUS = {"model_not_found": (404, "invalid_request_error"), "engine_unavailable": (503, "server_error"),
-                  "model_unavailable": (503, "server_error")}
+RESOLVE_STATUS = {
+    "model_not_found": (404, "invalid_request_error"),
+    "engine_unavailable": (503, "server_error"),
+    "model_unavailable": (503, "server_error"),
+}
 
 
 class BatchWorker(LeasedWorker):
@@ -102,10 +105,23 @@ class BatchWorker(LeasedWorker):
             log.info("batch %s was taken over; stopping", batch.id)
         except Exception:  # one bad batch never stops the worker; what failed is logged, never shown to the tenant
             log.exception("batch %s failed", batch.id)
-            self.durable.advance(batch.id, lease, from_=("validating", "in_progress", "finalizing", "cancelling"),
-                                 status="failed", failed_at=now(), lease_owner=None, lease_expires_at=None,
-                                 errors=[{"code": "batch_failed", "message": f"Batch {batch.id} failed because of an "
-                                          "internal error (logged by the server).", "param": None, "line": None}])
+            self.durable.advance(
+                batch.id,
+                lease,
+                from_=("validating", "in_progress", "finalizing", "cancelling"),
+                status="failed",
+                failed_at=now(),
+                lease_owner=None,
+                lease_expires_at=None,
+                errors=[
+                    {
+                        "code": "batch_failed",
+                        "message": f"Batch {batch.id} failed because of an internal error (logged by the server).",
+                        "param": None,
+                        "line": None,
+                    }
+                ],
+            )
 
 
 class _Stop:
@@ -162,12 +178,19 @@ class BatchRun:
         for number, raw in self.input_lines():
             total += 1
             if total > self.settings.max_lines:
-                return self.fail("too_many_requests", f"The input file has more than {self.settings.max_lines} "
-                                 "requests (batches.max_lines).", number)
+                return self.fail(
+                    "too_many_requests",
+                    f"The input file has more than {self.settings.max_lines} requests (batches.max_lines).",
+                    number,
+                )
             parsed = lines.parse(number, raw, batch.endpoint, self.limits)
             if isinstance(parsed, Request) and parsed.custom_id in seen:
-                parsed = Problem(number, parsed.custom_id, "duplicate_custom_id",
-                                 f"Line {number}: custom_id {parsed.custom_id!r} was used by an earlier line.")
+                parsed = Problem(
+                    number,
+                    parsed.custom_id,
+                    "duplicate_custom_id",
+                    f"Line {number}: custom_id {parsed.custom_id!r} was used by an earlier line.",
+                )
             if isinstance(parsed, Request):
                 seen.add(parsed.custom_id)
                 named = parsed.body.get("model")  # the batch's model: the first that fits its column
@@ -249,8 +272,11 @@ class BatchRun:
         chunk, and another organization's batch waits for a worker (asked at most once a second). One
         organization's huge batch then never holds a worker while others' wait; resuming is exact (the done set)."""
         clock = time.monotonic()
-        if self.sent < self.settings.chunk_lines or clock - self.started < self.settings.slice_seconds \
-                or clock < self.next_look:
+        if (
+            self.sent < self.settings.chunk_lines
+            or clock - self.started < self.settings.slice_seconds
+            or clock < self.next_look
+        ):
             return False
         self.next_look = clock + 1.0
         return await asyncio.to_thread(self.worker.store.others_waiting, self.batch.organization_id)
@@ -274,9 +300,17 @@ class BatchRun:
                 for staged, kind in ((output, "output"), (errors, "error")):
                     if staged.size:
                         staged.close()
-                        rows.append(self.worker.files.store_blobs(NewFile(
-                            organization_id=batch.organization_id, filename=f"{batch.id}_{kind}.jsonl",
-                            purpose="batch_output", original=staged, expires_after_s=batch.output_expires_after_s)))
+                        rows.append(
+                            self.worker.files.store_blobs(
+                                NewFile(
+                                    organization_id=batch.organization_id,
+                                    filename=f"{batch.id}_{kind}.jsonl",
+                                    purpose="batch_output",
+                                    original=staged,
+                                    expires_after_s=batch.output_expires_after_s,
+                                )
+                            )
+                        )
                         ids[f"{kind}_file_id"] = rows[-1].id
                 with self.worker.db.session() as s:
                     s.add_all(rows)
@@ -297,8 +331,12 @@ class BatchRun:
             parsed = lines.parse(number, raw, self.batch.endpoint, self.limits)
             if not isinstance(parsed, Request):
                 continue
-            problem = Problem(number, parsed.custom_id, "batch_expired",
-                              "This request could not be executed before the completion window expired.")
+            problem = Problem(
+                number,
+                parsed.custom_id,
+                "batch_expired",
+                "This request could not be executed before the completion window expired.",
+            )
             errors.write(lines.unanswered(problem, self.batch.id).result.encode() + b"\n")
             count += 1
         return count, len(done)
@@ -314,9 +352,18 @@ class BatchRun:
             raise
         except Exception:  # logged; the tenant's line says only that it failed
             log.exception("batch %s line %d", self.batch.id, request.line)
-            return lines.answered(request, self.batch.id, 500, uuid4().hex, lines.error_body(
-                "The request failed because of an internal error (logged by the server).", "server_error", None,
-                "server_error"))
+            return lines.answered(
+                request,
+                self.batch.id,
+                500,
+                uuid4().hex,
+                lines.error_body(
+                    "The request failed because of an internal error (logged by the server).",
+                    "server_error",
+                    None,
+                    "server_error",
+                ),
+            )
 
     async def _one(self, request: Request, resolving: asyncio.Lock) -> Result:
         engine_id = uuid4().hex
@@ -326,12 +373,22 @@ class BatchRun:
                 address, engine_model, target = await self.target(checked.model)
         except TunegateError as exc:
             status = 404 if isinstance(exc, NotFound) else 400
-            return lines.answered(request, self.batch.id, status, engine_id,
-                                  lines.error_body(exc.message, "invalid_request_error", exc.param, exc.code))
+            return lines.answered(
+                request,
+                self.batch.id,
+                status,
+                engine_id,
+                lines.error_body(exc.message, "invalid_request_error", exc.param, exc.code),
+            )
         except RunFailed as exc:
             status, type_ = RESOLVE_STATUS.get(exc.code, (500, "server_error"))
-            return lines.answered(request, self.batch.id, status, engine_id,
-                                  lines.error_body(exc.message, type_, "model" if status == 404 else None, exc.code))
+            return lines.answered(
+                request,
+                self.batch.id,
+                status,
+                engine_id,
+                lines.error_body(exc.message, type_, "model" if status == 404 else None, exc.code),
+            )
         upstream = checked.body(engine_model, engine=target.spec.engine, request_id=engine_id)
         sent, answer = await self.send(address, PATHS[checked.endpoint], upstream)
         prefix = "chatcmpl-" if checked.endpoint == "chat.completions" else "cmpl-"
@@ -380,7 +437,8 @@ class BatchRun:
         if address.url not in self.clients:
             timeout = self.worker.settings.serving.request_timeout_seconds
             self.clients[address.url] = await self.exits.enter_async_context(
-                engine_client(address, timeout, self.settings.concurrency))
+                engine_client(address, timeout, self.settings.concurrency)
+            )
         return self.clients[address.url]
 
     # --- bookkeeping -------------------------------------------------------------------------------------
@@ -397,10 +455,18 @@ class BatchRun:
                 prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
                 chunk.input_tokens += prompt
                 chunk.output_tokens += completion
-                chunk.usage.append(UsageRecord(
-                    organization_id=batch.organization_id, api_key_id=batch.api_key_id, model=model,
-                    endpoint=f"batch.{self.endpoint}", prompt_tokens=prompt, completion_tokens=completion,
-                    request_id=batch.id, created_at=now()))
+                chunk.usage.append(
+                    UsageRecord(
+                        organization_id=batch.organization_id,
+                        api_key_id=batch.api_key_id,
+                        model=model,
+                        endpoint=f"batch.{self.endpoint}",
+                        prompt_tokens=prompt,
+                        completion_tokens=completion,
+                        request_id=batch.id,
+                        created_at=now(),
+                    )
+                )
         return chunk
 
     def commit(self, chunk: Chunk) -> None:
@@ -414,13 +480,19 @@ class BatchRun:
         self.status = values.get("status", self.status)
 
     def fail(self, code: str, message: str, line: int | None) -> None:
-        self.advance(("validating",), status="failed", failed_at=now(), lease_owner=None, lease_expires_at=None,
-                     errors=[{"code": code, "message": message, "param": None, "line": line}])
+        self.advance(
+            ("validating",),
+            status="failed",
+            failed_at=now(),
+            lease_owner=None,
+            lease_expires_at=None,
+            errors=[{"code": code, "message": message, "param": None, "line": line}],
+        )
 
     def stopping(self) -> bool:
         if self.worker.seen.get(self.batch.id) == "cancelling":
             self.status = "cancelling"
-        return (self.status == "cancelling" or self.lost.is_set() or self.worker.stopping or self.expired())
+        return self.status == "cancelling" or self.lost.is_set() or self.worker.stopping or self.expired()
 
     def expired(self) -> bool:
         return time.time() >= self.batch.expires_at

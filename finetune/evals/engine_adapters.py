@@ -3,7 +3,8 @@ the same limit as the gateways.
 
 The gateway's pool (``serving.pool``) keeps an engine within ``serving.max_adapters_per_engine`` with an LRU of the
 requests it routes. Workers load adapters on the same engines (the model under test, a judge, a batch's model, a
-job's new adapter, each version of an RFT policy: ``finetune.recipe.rollouts``) through the same calls (``serving.engine_api``) and count against the same limit:
+job's new adapter, each version of an RFT policy: ``finetune.recipe.rollouts``) through the same calls
+(``serving.engine_api``) and count against the same limit:
 
 1. The engine's own list (``/v1/models``) is asked before each load, so what every gateway and worker loaded counts.
    An adapter already there is used as it is, and this holder will not unload it: someone else loaded it.
@@ -51,8 +52,14 @@ class EngineAdapters:
     """The adapters one piece of work needs on engines: ``ensure`` each before use, ``release`` once at the end
     (or use it as a context manager). Thread-safe across holders of one process; each holder is used by one thread."""
 
-    def __init__(self, limit: int, *, keep: bool = False, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = LOAD_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        keep: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = LOAD_TIMEOUT_S,
+    ) -> None:
         """``limit``: ``serving.max_adapters_per_engine``; ``keep``: leave what it loaded on the engine at release;
         ``transport``: the engine's HTTP transport (tests pass ``httpx.MockTransport``)."""
         self.limit, self.keep, self.transport, self.timeout = limit, keep, transport, timeout
@@ -110,8 +117,13 @@ class EngineAdapters:
             while len(held) >= self.limit:
                 victim = _victim(engine.url, held, self.limit)
                 await api.unload(engine.url, engine.auth, victim)
-                log.info("unloaded %s from %s to make room for %s (serving.max_adapters_per_engine = %d)", victim,
-                         engine.url, name, self.limit)
+                log.info(
+                    "unloaded %s from %s to make room for %s (serving.max_adapters_per_engine = %d)",
+                    victim,
+                    engine.url,
+                    name,
+                    self.limit,
+                )
                 held.remove(victim)
                 with _guard:
                     _ours.discard((engine.url, victim))
@@ -140,5 +152,7 @@ def _victim(url: str, held: list[str], limit: int) -> str:
         return leftover[0]
     if free:
         return free[0]
-    raise EngineAPIError(f"the engine holds {len(held)} adapters, all in use by this worker: no room for another "
-                         f"(serving.max_adapters_per_engine = {limit})")
+    raise EngineAPIError(
+        f"the engine holds {len(held)} adapters, all in use by this worker: no room for another "
+        f"(serving.max_adapters_per_engine = {limit})"
+    )

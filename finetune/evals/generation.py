@@ -5,7 +5,8 @@ key: ``storage.engines.EngineAddress``), loads the adapter there (``finetune.eva
 engine calls and its ``max_adapters_per_engine``) and sends the prompts concurrently, greedy. No engine running →
 ``NoEngine`` (the caller reports that the scores were skipped). Each body is built by ``serving.request_body`` from
 the same allow-list as a caller's chat request: sampling parameters cannot choose the model (``model``,
-``lora_request``, … are refused before anything is sent). A ``UsageSink`` records the tokens against the organization that asked.
+``lora_request``, … are refused before anything is sent). A ``UsageSink`` records the tokens against the organization
+that asked.
 """
 
 from __future__ import annotations
@@ -67,16 +68,32 @@ class UsageSink:
     reference: str  # the eval run's or job's id
 
     def __call__(self, answers: list[dict]) -> None:
-        rows = [UsageRecord(organization_id=self.organization_id, api_key_id=self.endpoint, model=self.model,
-                            endpoint=self.endpoint, prompt_tokens=int(u.get("prompt_tokens") or 0),
-                            completion_tokens=int(u.get("completion_tokens") or 0), request_id=self.reference,
-                            created_at=now())
-                for a in answers if isinstance(u := a.get("usage"), dict)]
+        rows = [
+            UsageRecord(
+                organization_id=self.organization_id,
+                api_key_id=self.endpoint,
+                model=self.model,
+                endpoint=self.endpoint,
+                prompt_tokens=int(u.get("prompt_tokens") or 0),
+                completion_tokens=int(u.get("completion_tokens") or 0),
+                request_id=self.reference,
+                created_at=now(),
+            )
+            for a in answers
+            if isinstance(u := a.get("usage"), dict)
+        ]
         UsageStore(self.db).add_many(rows)
 
 
-def generate(engines: list[EngineAddress], model: str, samples: list[Sample], *, max_tokens: int = 512,
-             timeout: float = 600, usage: UsageSink | None = None) -> list[str]:
+def generate(
+    engines: list[EngineAddress],
+    model: str,
+    samples: list[Sample],
+    *,
+    max_tokens: int = 512,
+    timeout: float = 600,
+    usage: UsageSink | None = None,
+) -> list[str]:
     """Greedy answers, each with a budget of min(max_tokens, 16 + 2 × its reference's length)."""
     if not engines:
         raise NoEngine("no serving engine for this base model is running")
@@ -106,13 +123,15 @@ async def post(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tupl
 
 
 def engine_client(engine: EngineAddress, timeout: float, connections: int = CONCURRENCY) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=engine.url, headers=engine.auth, timeout=timeout,
-                             limits=httpx.Limits(max_connections=connections))
+    return httpx.AsyncClient(
+        base_url=engine.url, headers=engine.auth, timeout=timeout, limits=httpx.Limits(max_connections=connections)
+    )
 
 
 async def _chat_all(engine: EngineAddress, bodies: list[dict[str, Any]], timeout: float) -> list[dict]:
     limit = asyncio.Semaphore(CONCURRENCY)
     async with engine_client(engine, timeout) as http:
+
         async def one(body: dict[str, Any]) -> dict:
             async with limit:
                 return (await post(http, "/v1/chat/completions", body))[1]
@@ -120,17 +139,27 @@ async def _chat_all(engine: EngineAddress, bodies: list[dict[str, Any]], timeout
         return list(await asyncio.gather(*(one(body) for body in bodies)))
 
 
-def chat_all(engine: EngineAddress, model: str, conversations: list[list[dict]], params: dict | list[dict],
-             timeout: float = 600, *, usage: UsageSink | None = None, limits: RequestLimits | None = None,
-             param_prefix: str = "sampling_params") -> list[dict]:
+def chat_all(
+    engine: EngineAddress,
+    model: str,
+    conversations: list[list[dict]],
+    params: dict | list[dict],
+    timeout: float = 600,
+    *,
+    usage: UsageSink | None = None,
+    limits: RequestLimits | None = None,
+    param_prefix: str = "sampling_params",
+) -> list[dict]:
     """The engine's chat.completion (or ``{"error": …}``) for each conversation, sent concurrently; ``params`` are
     sampling parameters for all of them, or one dict per conversation, checked first (a field outside the allow-list
     raises ``InvalidRequest`` naming ``<param_prefix>.<field>``, and nothing is sent). ``model`` is the engine-side
     name; ``usage`` (optional) records what the answers used."""
     per = params if isinstance(params, list) else [params] * len(conversations)
     limits = limits or RequestLimits()
-    bodies = [request_body.generation(messages, extra, limits, param_prefix).body(model)
-              for messages, extra in zip(conversations, per, strict=True)]
+    bodies = [
+        request_body.generation(messages, extra, limits, param_prefix).body(model)
+        for messages, extra in zip(conversations, per, strict=True)
+    ]
     answers = asyncio.run(_chat_all(engine, bodies, timeout))
     if usage is not None:
         usage(answers)

@@ -45,8 +45,10 @@ def evaluate(ctx: JobContext, adapter_key: str) -> None:
         with EngineAdapters(ctx.settings.serving.max_adapters_per_engine, keep=True) as adapters:
             adapters.ensure(urls[0], adapter_key, engine_adapter_path(ctx.settings, adapter_key, ctx.blobs))
         references = [sample.reference for sample in samples]
-        usage = {model: UsageSink(ctx.db, job.organization_id, model, "fine_tuning.jobs", job.id)
-                 for model in (ctx.model_name, job.model)}  # accounted to the organization that trained
+        usage = {
+            model: UsageSink(ctx.db, job.organization_id, model, "fine_tuning.jobs", job.id)
+            for model in (ctx.model_name, job.model)
+        }  # accounted to the organization that trained
         tuned = metrics.score(generate(urls, adapter_key, samples, usage=usage[ctx.model_name]), references)
         base = metrics.score(generate(urls, ctx.base_id, samples, usage=usage[job.model]), references)
     except Exception as exc:  # scores are a bonus: the trained model stands without them
@@ -55,8 +57,9 @@ def evaluate(ctx: JobContext, adapter_key: str) -> None:
     values = {**tuned, **{f"base_{k}": v for k, v in base.items()}}
     summary = ", ".join(f"{k}={tuned[k]:.4f} (base {base[k]:.4f})" for k in tuned if not k.endswith("_with_think"))
     ctx.jobs.add_final_metrics(job.id, values, summary, lease=ctx.worker)
-    ctx.jobs.add_event(job.id, f"Evaluated on {len(samples)} validation examples: {summary}", data=values,
-                       lease=ctx.worker)
+    ctx.jobs.add_event(
+        job.id, f"Evaluated on {len(samples)} validation examples: {summary}", data=values, lease=ctx.worker
+    )
 
 
 def results_file(ctx: JobContext) -> StoredFile:
@@ -70,12 +73,25 @@ def results_file(ctx: JobContext) -> StoredFile:
         if rft:  # the metrics event's keys, named as the header
             writer.writerow([d.get(k, "") for k in RFT_CSV_HEADER])
             continue
-        writer.writerow([d.get("step"), d.get("train_loss", ""), d.get("train_mean_token_accuracy", ""),
-                         d.get("valid_loss", ""), d.get("valid_mean_token_accuracy", "")])
+        writer.writerow(
+            [
+                d.get("step"),
+                d.get("train_loss", ""),
+                d.get("train_mean_token_accuracy", ""),
+                d.get("valid_loss", ""),
+                d.get("valid_mean_token_accuracy", ""),
+            ]
+        )
     with ctx.blobs.stage() as staged:
         staged.write(out.getvalue().encode())
-        row = ctx.files.store_blobs(NewFile(organization_id=ctx.job.organization_id, filename="step_metrics.csv",
-                                            purpose="fine-tune-results", original=staged))
+        row = ctx.files.store_blobs(
+            NewFile(
+                organization_id=ctx.job.organization_id,
+                filename="step_metrics.csv",
+                purpose="fine-tune-results",
+                original=staged,
+            )
+        )
     return row
 
 
@@ -89,6 +105,14 @@ def tracking_files(ctx: JobContext) -> list[StoredFile]:
         with ctx.blobs.stage() as staged, open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 staged.write(chunk)
-            rows.append(ctx.files.store_blobs(NewFile(organization_id=ctx.job.organization_id, filename=name,
-                                                      purpose="fine-tune-results", original=staged)))
+            rows.append(
+                ctx.files.store_blobs(
+                    NewFile(
+                        organization_id=ctx.job.organization_id,
+                        filename=name,
+                        purpose="fine-tune-results",
+                        original=staged,
+                    )
+                )
+            )
     return rows

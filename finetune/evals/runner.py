@@ -3,8 +3,9 @@
 A run is claimed under a lease (``finetune.leased.LeasedWorker``) that a thread of its own renews while the run
 works, so a slow batch never outlives it unnoticed; a canceled run, or one whose lease was lost, stops at the next
 batch, and a batch's items are stored only while the claim holds the lease (fenced; (run, item) is unique). A
-run whose worker died is taken over and continues after the items already stored. Items are streamed from their file (never
-read whole) in batches of ``BATCH``: a ``completions`` run sends a batch's prompts concurrently to the model's engine
+run whose worker died is taken over and continues after the items already stored. Items are streamed from their file
+(never read whole) in batches of ``BATCH``: a ``completions`` run sends a batch's prompts concurrently to the model's
+engine
 (vLLM batches them), then every testing criterion grades the batch at once through the grader engine (Python
 graders in the sandbox pool, judges through the engines, usage recorded for the organization). Totals are kept
 incrementally. No engine for a model's base → the run fails with ``engine_unavailable`` (it would otherwise wait
@@ -93,9 +94,15 @@ class EvalWorker(LeasedWorker):
             self.durable.finish(run.id, lease, status="failed", error={"code": exc.code, "message": exc.message})
         except Exception:  # one bad run never stops the worker; what failed is logged, never shown to the tenant
             log.exception("eval run %s failed", run.id)
-            self.durable.finish(run.id, lease, status="failed", error={
-                "code": "eval_failed", "message": f"Eval run {run.id} failed because of an internal error (logged by "
-                                                  "the server)."})
+            self.durable.finish(
+                run.id,
+                lease,
+                status="failed",
+                error={
+                    "code": "eval_failed",
+                    "message": f"Eval run {run.id} failed because of an internal error (logged by the server).",
+                },
+            )
 
     # --- one run -----------------------------------------------------------------------------------------
     def execute(self, run: EvalRun, lease: str, lost: threading.Event) -> None:
@@ -106,8 +113,16 @@ class EvalWorker(LeasedWorker):
         with EngineTargets(self, run, lost) as models:
             self._execute(run, lease, lost, models, criteria, totals, done)
 
-    def _execute(self, run: EvalRun, lease: str, lost: threading.Event, models: EngineTargets,
-                 criteria: list[dict[str, Any]], totals: Totals, done: set[int]) -> None:
+    def _execute(
+        self,
+        run: EvalRun,
+        lease: str,
+        lost: threading.Event,
+        models: EngineTargets,
+        criteria: list[dict[str, Any]],
+        totals: Totals,
+        done: set[int],
+    ) -> None:
         if run.data_source["type"] == "completions":
             models.target(run.model)  # fails the run at once when the model cannot be served
         engine = GraderEngine(sandbox=self.sandbox, judge=models.judge, embed=self.embed)
@@ -140,10 +155,15 @@ class EvalWorker(LeasedWorker):
                 yield i, row["item"], row.get("sample")
             return
         if source["type"] == "stored_completions":  # read a page at a time, oldest first
-            selection = Selection(source.get("metadata") or {}, source.get("model"), source.get("created_after"),
-                                  source.get("created_before"))
-            for i, stored in enumerate(StoredCompletions(self.db).select(run.organization_id, selection,
-                                                                         source.get("limit"))):
+            selection = Selection(
+                source.get("metadata") or {},
+                source.get("model"),
+                source.get("created_after"),
+                source.get("created_before"),
+            )
+            for i, stored in enumerate(
+                StoredCompletions(self.db).select(run.organization_id, selection, source.get("limit"))
+            ):
                 yield i, *eval_item(stored)
             return
         stored = self.files.get(run.organization_id, source["id"])
@@ -152,11 +172,15 @@ class EvalWorker(LeasedWorker):
         with open(self.blobs.local_path(stored.blob_key), "rb") as fh:
             for number, line in capped_lines(fh, limits.max_body_bytes):
                 if line is None:
-                    raise RunFailed("invalid_file", f"file {source['id']} line {number}: larger than "
-                                                    f"{limits.max_body_bytes} bytes (settings.requests.max_body_bytes)")
+                    raise RunFailed(
+                        "invalid_file",
+                        f"file {source['id']} line {number}: larger than "
+                        f"{limits.max_body_bytes} bytes (settings.requests.max_body_bytes)",
+                    )
                 if (problem := depth_problem(line, limits.max_json_depth)) is not None:
-                    raise RunFailed("invalid_file", f"file {source['id']} line {number}: not acceptable JSON "
-                                                    f"({problem})")
+                    raise RunFailed(
+                        "invalid_file", f"file {source['id']} line {number}: not acceptable JSON ({problem})"
+                    )
                 try:
                     row = json.loads(line)
                 except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
@@ -212,16 +236,30 @@ def _messages(run: EvalRun, item: dict[str, Any]) -> list[dict[str, Any]]:
 def _given(run: EvalRun, item: dict[str, Any], sample: dict[str, Any] | None) -> tuple[dict | None, dict[str, Any]]:
     """A jsonl row's own sample: graded as it is."""
     if sample is None:
-        return None, sample_record(run, [], None, {}, "This row has no sample to grade (jsonl runs grade given "
-                                                      "samples: {\"item\": …, \"sample\": {\"output_text\": …}}).")
+        return None, sample_record(
+            run,
+            [],
+            None,
+            {},
+            "This row has no sample to grade (jsonl runs grade given "
+            'samples: {"item": …, "sample": {"output_text": …}}).',
+        )
     text = sample.get("output_text")
     if not isinstance(text, str):
         choices = sample.get("choices") or [{}]
         text = ((choices[0] or {}).get("message") or {}).get("content") or ""
-    fake = {"choices": [{"message": {"content": text, "tool_calls": sample.get("output_tools")},
-                         "finish_reason": sample.get("finish_reason", "stop")}], "usage": sample.get("usage")}
-    return sample_namespace(text, **{k: v for k, v in sample.items() if k != "output_text"}), \
-        sample_record(run, flat(sample.get("input") or []), fake, {})
+    fake = {
+        "choices": [
+            {
+                "message": {"content": text, "tool_calls": sample.get("output_tools")},
+                "finish_reason": sample.get("finish_reason", "stop"),
+            }
+        ],
+        "usage": sample.get("usage"),
+    }
+    return sample_namespace(text, **{k: v for k, v in sample.items() if k != "output_text"}), sample_record(
+        run, flat(sample.get("input") or []), fake, {}
+    )
 
 
 class TargetsWorker(Protocol):
@@ -281,14 +319,25 @@ class EngineTargets:
         """Answers, or RunFailed when the model cannot be reached at all (remembered for the rest of the run)."""
         address, engine_model = self.target(model)
         usage = UsageSink(self.worker.db, self.run.organization_id, model, "evals.runs", self.run.id)
-        return chat_all(address, engine_model, conversations, params, usage=usage,
-                        limits=self.worker.settings.requests, param_prefix=prefix)
+        return chat_all(
+            address,
+            engine_model,
+            conversations,
+            params,
+            usage=usage,
+            limits=self.worker.settings.requests,
+            param_prefix=prefix,
+        )
 
     def judge(self, model: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A judge's answers; a judge that cannot be reached errors the rows it grades, not the run."""
         try:
-            return self.chat(model, [b["messages"] for b in bodies],
-                             [{k: v for k, v in b.items() if k != "messages"} for b in bodies], "grader.sampling_params")
+            return self.chat(
+                model,
+                [b["messages"] for b in bodies],
+                [{k: v for k, v in b.items() if k != "messages"} for b in bodies],
+                "grader.sampling_params",
+            )
         except (RunFailed, TunegateError) as exc:  # unreachable, or a judge body the allow-list refuses
             return [{"error": {"message": exc.message}}] * len(bodies)
 
@@ -315,8 +364,9 @@ class EngineTargets:
             row = visible_model(s, self.run.organization_id, model)
         if row is None or row.adapter_key is None:  # the permission was revoked (or the model deleted)
             self._granted.pop(model)
-            self._targets[model] = RunFailed("model_not_found", f"The model '{model}' does not exist or you do not "
-                                                                "have access to it.")
+            self._targets[model] = RunFailed(
+                "model_not_found", f"The model '{model}' does not exist or you do not have access to it."
+            )
         else:
             self._granted[model] = time.monotonic()
 
@@ -347,8 +397,9 @@ class EngineTargets:
         worker, deadline = self.worker, time.monotonic() + ENGINE_WAIT_S
         while not (engines := worker.registry.ready(base)):
             if time.monotonic() > deadline or worker.stopping:
-                raise RunFailed("engine_unavailable", f"No serving engine for '{base}' became ready in "
-                                                      f"{ENGINE_WAIT_S:.0f} s.")
+                raise RunFailed(
+                    "engine_unavailable", f"No serving engine for '{base}' became ready in {ENGINE_WAIT_S:.0f} s."
+                )
             if self.lost.is_set():  # canceled or taken over meanwhile (the lease's own thread noticed)
                 raise LeaseLost(f"eval run {self.run.id}: canceled or taken over while waiting for an engine")
             worker.idle(1.0)

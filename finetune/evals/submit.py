@@ -61,16 +61,29 @@ def new_eval(org_id: str, body: Any, model_exists: ModelExists) -> Eval:
         raise _bad("'testing_criteria' must be a non-empty array of graders.", "testing_criteria")
     graders, names = [], set()
     for i, criterion in enumerate(criteria):
-        grader = validate.check(criterion, f"testing_criteria[{i}]", lambda model: model_exists(org_id, model),
-                                types=validate.EVAL_TYPES, eval_criterion=True)
+        grader = validate.check(
+            criterion,
+            f"testing_criteria[{i}]",
+            lambda model: model_exists(org_id, model),
+            types=validate.EVAL_TYPES,
+            eval_criterion=True,
+        )
         if grader["name"] in names:
-            raise _bad(f"testing_criteria[{i}].name '{grader['name']}' is used twice; names must be unique.",
-                       f"testing_criteria[{i}].name")
+            raise _bad(
+                f"testing_criteria[{i}].name '{grader['name']}' is used twice; names must be unique.",
+                f"testing_criteria[{i}].name",
+            )
         names.add(grader["name"])
         graders.append(grader)
-    return Eval(id=new_id("eval_"), organization_id=org_id, name=_name(body.get("name"), "eval"),
-                data_source_config=config, testing_criteria=graders, metadata_=_metadata(body.get("metadata")),
-                created_at=now())
+    return Eval(
+        id=new_id("eval_"),
+        organization_id=org_id,
+        name=_name(body.get("name"), "eval"),
+        data_source_config=config,
+        testing_criteria=graders,
+        metadata_=_metadata(body.get("metadata")),
+        created_at=now(),
+    )
 
 
 def _data_source_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -78,8 +91,11 @@ def _data_source_config(config: dict[str, Any]) -> dict[str, Any]:
     if kind in ("logs", "stored_completions"):
         return _stored_completions_config(config)
     if kind != "custom":
-        raise _bad(f"data_source_config.type {kind!r} is not supported; use 'custom'.", "data_source_config.type",
-                   "unsupported_value")
+        raise _bad(
+            f"data_source_config.type {kind!r} is not supported; use 'custom'.",
+            "data_source_config.type",
+            "unsupported_value",
+        )
     item_schema = _object(config.get("item_schema"), "data_source_config.item_schema")
     schema: dict[str, Any] = {"type": "object", "properties": {"item": item_schema}, "required": ["item"]}
     if config.get("include_sample_schema"):
@@ -107,17 +123,25 @@ def eval_updates(body: Any) -> dict[str, Any]:
 
 
 # --- runs ----------------------------------------------------------------------------------------------------------
-def new_run(org_id: str, evaluation: Eval, body: Any, files: Files, model_exists: ModelExists,
-            check_params: CheckParams) -> EvalRun:
+def new_run(
+    org_id: str, evaluation: Eval, body: Any, files: Files, model_exists: ModelExists, check_params: CheckParams
+) -> EvalRun:
     body = _object(body, "body")
     source = dict(_object(body.get("data_source"), "data_source"))
     kind = source.get("type")
     if kind == "responses":
-        raise _bad("data_source.type 'responses' needs the Responses API, which tunegate does not serve yet; use "
-                   "'completions' (chat completions) or 'jsonl'.", "data_source.type", "unsupported_value")
+        raise _bad(
+            "data_source.type 'responses' needs the Responses API, which tunegate does not serve yet; use "
+            "'completions' (chat completions) or 'jsonl'.",
+            "data_source.type",
+            "unsupported_value",
+        )
     if kind not in ("jsonl", "completions"):
-        raise _bad(f"data_source.type {kind!r} is not supported; use 'completions' or 'jsonl'.", "data_source.type",
-                   "unsupported_value")
+        raise _bad(
+            f"data_source.type {kind!r} is not supported; use 'completions' or 'jsonl'.",
+            "data_source.type",
+            "unsupported_value",
+        )
     _items_source(org_id, _object(source.get("source"), "data_source.source"), files, with_samples=kind == "jsonl")
     model = ""
     if kind == "completions":
@@ -128,12 +152,20 @@ def new_run(org_id: str, evaluation: Eval, body: Any, files: Files, model_exists
         model_exists(org_id, model)
         _input_messages(_object(source.get("input_messages"), "data_source.input_messages"))
         source["sampling_params"] = check_params(source.get("sampling_params"))
-    return EvalRun(id=new_id("evalrun_"), eval_id=evaluation.id, organization_id=org_id,
-                   name=_name(body.get("name"), f"{model or 'jsonl'} run"), model=model, data_source=source,
-                   metadata_=_metadata(body.get("metadata")), created_at=now(),
-                   result_counts={"total": 0, "errored": 0, "failed": 0, "passed": 0},
-                   per_testing_criteria_results=[{"testing_criteria": c["name"], "passed": 0, "failed": 0}
-                                                 for c in evaluation.testing_criteria])
+    return EvalRun(
+        id=new_id("evalrun_"),
+        eval_id=evaluation.id,
+        organization_id=org_id,
+        name=_name(body.get("name"), f"{model or 'jsonl'} run"),
+        model=model,
+        data_source=source,
+        metadata_=_metadata(body.get("metadata")),
+        created_at=now(),
+        result_counts={"total": 0, "errored": 0, "failed": 0, "passed": 0},
+        per_testing_criteria_results=[
+            {"testing_criteria": c["name"], "passed": 0, "failed": 0} for c in evaluation.testing_criteria
+        ],
+    )
 
 
 def _items_source(org_id: str, items: dict[str, Any], files: Files, *, with_samples: bool) -> None:
@@ -145,18 +177,26 @@ def _items_source(org_id: str, items: dict[str, Any], files: Files, *, with_samp
     elif kind == "file_content":
         content = items.get("content")
         if not isinstance(content, list) or not content:
-            raise _bad("data_source.source.content must be a non-empty array of {\"item\": {...}}.",
-                       "data_source.source.content")
+            raise _bad(
+                'data_source.source.content must be a non-empty array of {"item": {...}}.', "data_source.source.content"
+            )
         for i, row in enumerate(content):
-            if not isinstance(row, dict) or not isinstance(row.get("item"), dict) or (
-                    "sample" in row and not isinstance(row["sample"], dict)):
-                raise _bad("Each row must be {\"item\": {...}} (and, for jsonl runs, \"sample\": {...}).",
-                           f"data_source.source.content[{i}]")
+            if (
+                not isinstance(row, dict)
+                or not isinstance(row.get("item"), dict)
+                or ("sample" in row and not isinstance(row["sample"], dict))
+            ):
+                raise _bad(
+                    'Each row must be {"item": {...}} (and, for jsonl runs, "sample": {...}).',
+                    f"data_source.source.content[{i}]",
+                )
     elif kind == "stored_completions":
         _stored_source(items)
     else:
-        raise _bad("data_source.source.type must be 'file_id', 'file_content' or 'stored_completions'.",
-                   "data_source.source.type")
+        raise _bad(
+            "data_source.source.type must be 'file_id', 'file_content' or 'stored_completions'.",
+            "data_source.source.type",
+        )
 
 
 def _stored_source(items: dict[str, Any]) -> None:
@@ -168,8 +208,9 @@ def _stored_source(items: dict[str, Any]) -> None:
     for key in ("created_after", "created_before", "limit"):
         value = items.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < (key == "limit")):
-            raise _bad(f"{param}.{key} must be a" + (" positive" if key == "limit" else "") + " integer.",
-                       f"{param}.{key}")
+            raise _bad(
+                f"{param}.{key} must be a" + (" positive" if key == "limit" else "") + " integer.", f"{param}.{key}"
+            )
 
 
 def _input_messages(messages: dict[str, Any]) -> None:

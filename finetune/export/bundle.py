@@ -19,8 +19,16 @@ def ollama_name(model: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", model.lower()).strip("-.")[:64] or "model"
 
 
-def write(out: Path, model_dir: Path, gguf_name: str, *, num_ctx: int, system: str | None, model: str,
-          adapter_name: str | None = None) -> Bundle:
+def write(
+    out: Path,
+    model_dir: Path,
+    gguf_name: str,
+    *,
+    num_ctx: int,
+    system: str | None,
+    model: str,
+    adapter_name: str | None = None,
+) -> Bundle:
     """``Modelfile`` (when the chat template is one tunegate can express for Ollama) and ``README.md``."""
     from transformers import AutoTokenizer
 
@@ -33,8 +41,12 @@ def write(out: Path, model_dir: Path, gguf_name: str, *, num_ctx: int, system: s
         bundle.warnings.append(f"No Modelfile: {exc}")
     if fmt is not None:
         path = out / "Modelfile"
-        path.write_text(mf.modelfile(gguf_name, fmt, num_ctx=num_ctx, system=system, adapter_name=adapter_name,
-                                     eos=tokenizer.eos_token), encoding="utf-8")
+        path.write_text(
+            mf.modelfile(
+                gguf_name, fmt, num_ctx=num_ctx, system=system, adapter_name=adapter_name, eos=tokenizer.eos_token
+            ),
+            encoding="utf-8",
+        )
         bundle.files.append(path)
     readme = out / "README.md"
     readme.write_text(_gguf_readme(model, gguf_name, adapter_name, num_ctx, fmt is not None), encoding="utf-8")
@@ -50,15 +62,19 @@ def _gguf_readme(model: str, gguf_name: str, adapter_name: str | None, num_ctx: 
         files.append(f"- `{adapter_name}`: the fine-tuned LoRA adapter (GGUF), applied on top of the base")
     if has_modelfile:
         files.append("- `Modelfile`: for Ollama (TEMPLATE, stop tokens, num_ctx and SYSTEM as in training)")
-    ollama = (f"""## Ollama
+    ollama = (
+        f"""## Ollama
 
 ```sh
 ollama create {name} -f Modelfile
 ollama run {name}
 ```
-""" if has_modelfile else "## Ollama\n\nNo Modelfile: the chat template is not one tunegate can write for Ollama. "
-          "Use llama.cpp below, which reads the template embedded in the GGUF.\n")
-    lora_py = f", lora_path=\"{adapter_name}\"" if adapter_name else ""
+"""
+        if has_modelfile
+        else "## Ollama\n\nNo Modelfile: the chat template is not one tunegate can write for Ollama. "
+        "Use llama.cpp below, which reads the template embedded in the GGUF.\n"
+    )
+    lora_py = f', lora_path="{adapter_name}"' if adapter_name else ""
     return f"""# {model}
 
 Exported by tunegate. Put these files in one folder:
@@ -87,7 +103,8 @@ print(llm.create_chat_completion(messages=[{{"role": "user", "content": "Hello"}
 
 def write_safetensors_readme(out: Path, folder: str, *, model: str) -> list[Path]:
     readme = out / "README.md"
-    readme.write_text(f"""# {model}
+    readme.write_text(
+        f"""# {model}
 
 Exported by tunegate: the LoRA adapter merged into its base model, as a Hugging Face folder (safetensors, tokenizer,
 chat template). Unpack it with `tar xf {folder}.tar`, then:
@@ -99,5 +116,7 @@ tokenizer = AutoTokenizer.from_pretrained("{folder}")
 ```
 
 or serve it: `python -m vllm.entrypoints.openai.api_server --model {folder}`.
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return [readme]

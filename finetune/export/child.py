@@ -52,22 +52,32 @@ def run(ctx: Context) -> list[StoredFile]:
     with ctx.db.session() as s:
         tuned = owned_model(s, export.organization_id, export.model)
     if tuned is None and settings.base_model_id(export.model) is None:
-        raise TunegateError(f"The model '{export.model}' was deleted after this export was created.", param="model",
-                            code="model_not_found")
+        raise TunegateError(
+            f"The model '{export.model}' was deleted after this export was created.",
+            param="model",
+            code="model_not_found",
+        )
     base_id = tuned.base_model if tuned else settings.base_model_id(export.model) or export.model
     spec = settings.base_models.get(base_id)
     if spec is None:
-        raise TunegateError(f"The base model '{base_id}' is no longer configured on this server.", param="model",
-                            code="model_not_found")
+        raise TunegateError(
+            f"The base model '{base_id}' is no longer configured on this server.", param="model", code="model_not_found"
+        )
     job = JobStore(ctx.db).get(None, tuned.job_id) if tuned and tuned.job_id else None
     shutil.rmtree(ctx.work, ignore_errors=True)
     ctx.step(0.02, f"preparing {base_id}")
     request = pipeline.Request(
-        model=export.model, format=export.format, quant=export.quant, base_id=base_id,
+        model=export.model,
+        format=export.format,
+        quant=export.quant,
+        base_id=base_id,
         base_dir=Path(local_dir(base_id, spec, settings)),
         adapter_dir=ctx.blobs.local_path(tuned.adapter_key) if tuned and tuned.adapter_key else None,
-        chat_template=spec.chat_template, system=export.system or _trained_system(ctx, job),
-        num_ctx=_cutoff_len(job), threads=settings.worker.cpu_threads or 0)
+        chat_template=spec.chat_template,
+        system=export.system or _trained_system(ctx, job),
+        num_ctx=_cutoff_len(job),
+        threads=settings.worker.cpu_threads or 0,
+    )
     made = pipeline.run(request, ctx.work, ctx.step)
     for warning in made.warnings:
         ctx.exports.warn(export.id, ctx.worker, warning)
@@ -111,8 +121,16 @@ def _store(ctx: Context, paths: list[Path]) -> list[StoredFile]:
     rows: list[StoredFile] = []
     try:
         for path in paths:
-            rows.append(ctx.files.store_blobs(NewFile(organization_id=ctx.export.organization_id, filename=path.name,
-                                                      purpose="fine-tune-results", original=ctx.blobs.adopt(path))))
+            rows.append(
+                ctx.files.store_blobs(
+                    NewFile(
+                        organization_id=ctx.export.organization_id,
+                        filename=path.name,
+                        purpose="fine-tune-results",
+                        original=ctx.blobs.adopt(path),
+                    )
+                )
+            )
     except BaseException:
         _drop(ctx, rows)
         raise
@@ -141,8 +159,9 @@ def main(argv: list[str]) -> int:
     try:
         outputs = run(ctx)
         listed = [{"id": row.id, "filename": row.filename, "bytes": row.bytes} for row in outputs]
-        if not ctx.exports.finish(export_id, worker, files=outputs, status="succeeded", progress=1.0, stage="done",
-                                  output_files=listed):
+        if not ctx.exports.finish(
+            export_id, worker, files=outputs, status="succeeded", progress=1.0, stage="done", output_files=listed
+        ):
             _drop(ctx, outputs)  # cancelled or taken over at the last moment: nobody will list these files
     except Cancelled:
         log.info("%s was cancelled or taken over", export_id)

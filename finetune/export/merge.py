@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def merge(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | Path, *,
-          chat_template: str | None = None) -> Path:
+def merge(
+    base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | Path, *, chat_template: str | None = None
+) -> Path:
     """Fold the adapter's weights into the base (peft ``merge_and_unload``: exact for LoRA, rsLoRA, DoRA and
     ``modules_to_save``) and save model + tokenizer; without an adapter, the base as it is served.
 

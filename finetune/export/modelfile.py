@@ -46,8 +46,9 @@ class TurnFormat:
     def go_template(self) -> str:
         """One line, no ``{{-`` trimming (it would eat the newlines that are part of the format)."""
         lit = _go_literal
-        default = f"{{{{ else }}}}{lit(self.system[0] + self.default_system + self.system[1])}" \
-            if self.default_system else ""
+        default = (
+            f"{{{{ else }}}}{lit(self.system[0] + self.default_system + self.system[1])}" if self.default_system else ""
+        )
         return (
             f"{{{{ if .System }}}}{lit(self.system[0])}{{{{ .System }}}}{lit(self.system[1])}{default}{{{{ end }}}}"
             "{{ range .Messages }}"
@@ -73,29 +74,54 @@ def collate(messages: list[Message]) -> list[Message]:
     return merged
 
 
-CHATML = TurnFormat("chatml", ("<|im_start|>system\n", "<|im_end|>\n"), ("<|im_start|>user\n", "<|im_end|>\n"),
-                    ("<|im_start|>assistant\n", "<|im_end|>\n"), "<|im_start|>assistant\n",
-                    ("<|im_end|>", "<|im_start|>"))
-LLAMA3 = TurnFormat("llama3", ("<|start_header_id|>system<|end_header_id|>\n\n", "<|eot_id|>"),
-                    ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>"),
-                    ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
-                    "<|start_header_id|>assistant<|end_header_id|>\n\n", ("<|eot_id|>", "<|start_header_id|>"))
+CHATML = TurnFormat(
+    "chatml",
+    ("<|im_start|>system\n", "<|im_end|>\n"),
+    ("<|im_start|>user\n", "<|im_end|>\n"),
+    ("<|im_start|>assistant\n", "<|im_end|>\n"),
+    "<|im_start|>assistant\n",
+    ("<|im_end|>", "<|im_start|>"),
+)
+LLAMA3 = TurnFormat(
+    "llama3",
+    ("<|start_header_id|>system<|end_header_id|>\n\n", "<|eot_id|>"),
+    ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>"),
+    ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ("<|eot_id|>", "<|start_header_id|>"),
+)
 _DEEPSEEK_STOPS = ("<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>")
 # tunegate's prefix-stable deepseek-r1 template (finetune/recipe/templates.py)
-DEEPSEEK_R1 = TurnFormat("deepseek-r1", ("", ""), ("<｜User｜>", ""), ("<｜Assistant｜>", "<｜end▁of▁sentence｜>"),
-                         "<｜Assistant｜>", _DEEPSEEK_STOPS)
+DEEPSEEK_R1 = TurnFormat(
+    "deepseek-r1",
+    ("", ""),
+    ("<｜User｜>", ""),
+    ("<｜Assistant｜>", "<｜end▁of▁sentence｜>"),
+    "<｜Assistant｜>",
+    _DEEPSEEK_STOPS,
+)
 # DeepSeek-R1-Distill's own tokenizer template: the reply opens with "<think>\n". (It also drops the reasoning of
 # earlier assistant turns; Ollama keeps reasoning apart from `content` in its messages, so .Content matches.)
-DEEPSEEK_R1_THINK = TurnFormat("deepseek-r1-distill", ("", ""), ("<｜User｜>", ""),
-                               ("<｜Assistant｜>", "<｜end▁of▁sentence｜>"), "<｜Assistant｜><think>\n", _DEEPSEEK_STOPS)
+DEEPSEEK_R1_THINK = TurnFormat(
+    "deepseek-r1-distill",
+    ("", ""),
+    ("<｜User｜>", ""),
+    ("<｜Assistant｜>", "<｜end▁of▁sentence｜>"),
+    "<｜Assistant｜><think>\n",
+    _DEEPSEEK_STOPS,
+)
 FORMATS = (CHATML, LLAMA3, DEEPSEEK_R1, DEEPSEEK_R1_THINK)
 
 PROBE_SYSTEM = "You are a careful assistant."
 PROBES: list[list[Message]] = [
     [{"role": "user", "content": "Hi there"}],
     [{"role": "system", "content": PROBE_SYSTEM}, {"role": "user", "content": "你好"}],
-    [{"role": "system", "content": PROBE_SYSTEM}, {"role": "user", "content": "Q1?"},
-     {"role": "assistant", "content": "A1."}, {"role": "user", "content": "Q2, with\ntwo lines?"}],
+    [
+        {"role": "system", "content": PROBE_SYSTEM},
+        {"role": "user", "content": "Q1?"},
+        {"role": "assistant", "content": "A1."},
+        {"role": "user", "content": "Q2, with\ntwo lines?"},
+    ],
     [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}, {"role": "user", "content": "3"}],
 ]
 
@@ -114,21 +140,23 @@ def identify(render: Callable[[list[Message]], str], bos: str = "") -> TurnForma
         candidates = [fmt]
         bare = rendered[0]
         start, end = fmt.system
-        if start and bare.startswith(start) and end in bare[len(start):]:
-            implied = bare[len(start):bare.index(end, len(start))]
+        if start and bare.startswith(start) and end in bare[len(start) :]:
+            implied = bare[len(start) : bare.index(end, len(start))]
             candidates.append(replace(fmt, default_system=implied))
         elif not start and not end and fmt.user[0] in bare and bare.index(fmt.user[0]) > 0:
-            candidates.append(replace(fmt, default_system=bare[:bare.index(fmt.user[0])]))
+            candidates.append(replace(fmt, default_system=bare[: bare.index(fmt.user[0])]))
         for candidate in candidates:
             if all(candidate.render(p) == r for p, r in zip(PROBES, rendered, strict=True)):
                 return candidate
-    raise UnknownTemplate("The model's chat template is not one tunegate can write as an Ollama TEMPLATE "
-                          f"({', '.join(f.name for f in FORMATS)}); use the GGUF with llama-server --jinja, which "
-                          "reads the template embedded in the file.")
+    raise UnknownTemplate(
+        "The model's chat template is not one tunegate can write as an Ollama TEMPLATE "
+        f"({', '.join(f.name for f in FORMATS)}); use the GGUF with llama-server --jinja, which "
+        "reads the template embedded in the file."
+    )
 
 
 def _strip(text: str, bos: str) -> str:
-    return text[len(bos):] if bos and text.startswith(bos) else text
+    return text[len(bos) :] if bos and text.startswith(bos) else text
 
 
 def added_bos(tokenizer: Any) -> str:
@@ -144,11 +172,19 @@ def added_bos(tokenizer: Any) -> str:
 def hf_renderer(tokenizer: Any) -> Callable[[list[Message]], str]:
     def render(messages: list[Message]) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
     return render
 
 
-def modelfile(gguf_name: str, fmt: TurnFormat, *, num_ctx: int, system: str | None = None,
-              adapter_name: str | None = None, eos: str | None = None) -> str:
+def modelfile(
+    gguf_name: str,
+    fmt: TurnFormat,
+    *,
+    num_ctx: int,
+    system: str | None = None,
+    adapter_name: str | None = None,
+    eos: str | None = None,
+) -> str:
     """The Modelfile text: FROM (+ ADAPTER), TEMPLATE, stop PARAMETERs, num_ctx, SYSTEM."""
     stops = list(dict.fromkeys([*fmt.stop, *([eos] if eos else [])]))
     lines = [f"FROM ./{gguf_name}"]

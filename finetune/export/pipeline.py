@@ -52,11 +52,19 @@ def run(req: Request, work: Path, step: Step = lambda p, s: None) -> bundle.Bund
         prepared = merge(req.base_dir, None, work / "base", chat_template=req.chat_template)
         base_gguf = gguf.export_gguf(prepared, out, req.quant or "f16", slug(req.base_id), threads=req.threads)
         step(0.7, "converting the LoRA adapter to GGUF")
-        lora = gguf.convert_lora(fixed_adapter(req.adapter_dir, work / "adapter"), prepared,
-                                 out / f"{name}-lora-f16.gguf")
+        lora = gguf.convert_lora(
+            fixed_adapter(req.adapter_dir, work / "adapter"), prepared, out / f"{name}-lora-f16.gguf"
+        )
         step(0.9, "writing the Modelfile")
-        extras = bundle.write(out, prepared, base_gguf.name, adapter_name=lora.name, num_ctx=req.num_ctx,
-                              system=req.system, model=req.model)
+        extras = bundle.write(
+            out,
+            prepared,
+            base_gguf.name,
+            adapter_name=lora.name,
+            num_ctx=req.num_ctx,
+            system=req.system,
+            model=req.model,
+        )
         return bundle.Bundle([base_gguf, lora, *extras.files], extras.warnings)
     step(0.05, "merging the adapter into the base model" if req.adapter_dir else "loading the model")
     merged = merge(req.base_dir, req.adapter_dir, work / "merged", chat_template=req.chat_template)
@@ -68,8 +76,9 @@ def run(req: Request, work: Path, step: Step = lambda p, s: None) -> bundle.Bund
         return bundle.Bundle([tar, *bundle.write_safetensors_readme(out, f"{name}-merged", model=req.model)])
     quant = req.quant or "f16"
     step(0.35, f"converting to GGUF {quant if quant in gguf.FLOAT_TYPES else 'f16'}")
-    model_gguf = gguf.export_gguf(merged, out, quant, name, threads=req.threads,
-                                  on_quantize=lambda: step(0.7, f"quantizing to {quant}"))
+    model_gguf = gguf.export_gguf(
+        merged, out, quant, name, threads=req.threads, on_quantize=lambda: step(0.7, f"quantizing to {quant}")
+    )
     step(0.9, "writing the Modelfile")
     extras = bundle.write(out, merged, model_gguf.name, num_ctx=req.num_ctx, system=req.system, model=req.model)
     return bundle.Bundle([model_gguf, *extras.files], extras.warnings)

@@ -40,10 +40,23 @@ class ExportWorker(LeasedWorker):
         deadline = time.monotonic() + timeout
         code = self.supervise_child("finetune.export.child", export.id, lease, deadline=deadline)
         if code is None and time.monotonic() >= deadline:
-            self.exports.finish(export.id, lease, status="failed", stage="failed", error={
-                "code": "export_timeout", "message": f"The export ran longer than worker.export_timeout_seconds "
-                f"({timeout:g} s) and was stopped."})
+            self.exports.finish(
+                export.id,
+                lease,
+                status="failed",
+                stage="failed",
+                error={
+                    "code": "export_timeout",
+                    "message": f"The export ran longer than worker.export_timeout_seconds "
+                    f"({timeout:g} s) and was stopped.",
+                },
+            )
         elif code:
             tail = last_error(self.log_path(export.id))
-            self.exports.finish(export.id, lease, status="failed", stage="failed",
-                                error={"code": "export_process_died", "message": f"The export process {death(code)}. {tail}".strip()})
+            self.exports.finish(
+                export.id,
+                lease,
+                status="failed",
+                stage="failed",
+                error={"code": "export_process_died", "message": f"The export process {death(code)}. {tail}".strip()},
+            )

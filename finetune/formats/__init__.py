@@ -32,8 +32,9 @@ class Normalized:
     problems: Problems
 
 
-def normalize(path: Path, write: Callable[[bytes], object],
-              max_example_bytes: int = DEFAULT_MAX_EXAMPLE_BYTES) -> Normalized:
+def normalize(
+    path: Path, write: Callable[[bytes], object], max_example_bytes: int = DEFAULT_MAX_EXAMPLE_BYTES
+) -> Normalized:
     """Check ``path`` and ``write`` each example as one OpenAI JSONL line. Problems come back, not raised."""
     problems = Problems()
     chosen: Format | None = None

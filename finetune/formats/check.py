@@ -38,14 +38,23 @@ class Checked:
     problems: str | None  # the rendered problem list; None when the file is usable
 
 
-async def check_in_child(source: Path, target: Path, max_example_bytes: int, memory_limit: int,
-                         env: dict[str, str]) -> Checked | None:
+async def check_in_child(
+    source: Path, target: Path, max_example_bytes: int, memory_limit: int, env: dict[str, str]
+) -> Checked | None:
     """Normalize ``source`` into ``target`` in a child; None when the child ran out of its memory."""
     root = str(Path(__file__).resolve().parents[2])  # this checkout, installed or not
     env = env | {"PYTHONPATH": os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)}
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "finetune.formats.check", str(source), str(target), str(max_example_bytes),
-        str(memory_limit), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        sys.executable,
+        "-m",
+        "finetune.formats.check",
+        str(source),
+        str(target),
+        str(max_example_bytes),
+        str(memory_limit),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     try:
         out, err = await child.communicate()
@@ -71,8 +80,11 @@ def main(argv: list[str]) -> int:
     except MemoryError:
         return OUT_OF_MEMORY
     problems = result.problems.render() if result.problems else None
-    print(json.dumps({"format": result.format, "kind": result.kind, "n_examples": result.n_examples,
-                      "problems": problems}))
+    print(
+        json.dumps(
+            {"format": result.format, "kind": result.kind, "n_examples": result.n_examples, "problems": problems}
+        )
+    )
     return 0
 
 

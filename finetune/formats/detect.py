@@ -29,7 +29,12 @@ FORMATS = {
     for f in (
         Format("openai_chat", "supervised", _as_is, openai_chat.check_chat),
         Format("openai_reinforcement", "reinforcement", _as_is, openai_chat.check_prompt),
-        Format("openai_preference", "preference", lambda e, _: openai_chat.normalize_preference(e), openai_chat.check_preference),
+        Format(
+            "openai_preference",
+            "preference",
+            lambda e, _: openai_chat.normalize_preference(e),
+            openai_chat.check_preference,
+        ),
         Format("sharegpt", "supervised", sharegpt.to_chat, openai_chat.check_chat),
         Format("sharegpt_preference", "preference", sharegpt.to_preference, openai_chat.check_preference),
         Format("alpaca", "supervised", alpaca.to_chat, openai_chat.check_chat),

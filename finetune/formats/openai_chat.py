@@ -37,8 +37,13 @@ def is_prompt(example: Any) -> bool:
     other fields are the grader's ``item``. (A supervised file's example that lacks its answer looks the same:
     ``formats.normalize`` decides by the file.)"""
     messages = example.get("messages") if isinstance(example, dict) else None
-    return (isinstance(messages, list) and bool(messages) and all(isinstance(m, dict) for m in messages)
-            and messages[-1].get("role") == "user" and not any(m.get("role") == "assistant" for m in messages))
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and all(isinstance(m, dict) for m in messages)
+        and messages[-1].get("role") == "user"
+        and not any(m.get("role") == "assistant" for m in messages)
+    )
 
 
 def check_prompt(example: Any, err: ExampleErrors) -> None:
@@ -80,8 +85,10 @@ def _check_content(message: dict[str, Any], err: ExampleErrors, i: int) -> None:
         return
     if isinstance(content, str):
         return
-    if isinstance(content, list) and content and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    if (
+        isinstance(content, list)
+        and content
+        and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content)
     ):
         return
     err("invalid_content", "'content' must be a string or a list of {'type': 'text', 'text': ...} parts.", i)
@@ -102,7 +109,9 @@ def check_tools(tools: Any, err: ExampleErrors) -> None:
     if tools is None:
         return
     ok = isinstance(tools, list) and all(
-        isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+        isinstance(t, dict)
+        and t.get("type") == "function"
+        and isinstance(t.get("function"), dict)
         and isinstance(t["function"].get("name"), str)
         for t in tools
     )
@@ -126,8 +135,11 @@ def check_preference(example: Any, err: ExampleErrors) -> None:
     for key in ("preferred_output", "non_preferred_output"):
         output = example.get(key)
         if (
-            not isinstance(output, list) or len(output) != 1 or not isinstance(output[0], dict)
-            or output[0].get("role") != "assistant" or not isinstance(output[0].get("content"), str)
+            not isinstance(output, list)
+            or len(output) != 1
+            or not isinstance(output[0], dict)
+            or output[0].get("role") != "assistant"
+            or not isinstance(output[0].get("content"), str)
         ):
             err(f"invalid_{key}", f"'{key}' must be a list with one assistant message with string content.")
 
@@ -135,11 +147,16 @@ def check_preference(example: Any, err: ExampleErrors) -> None:
 def normalize_preference(example: dict[str, Any]) -> dict[str, Any]:
     """Accept the older ``*_completion`` spelling; always emit ``*_output``."""
     out = dict(example)
-    for new, old in (("preferred_output", "preferred_completion"), ("non_preferred_output", "non_preferred_completion")):
+    for new, old in (
+        ("preferred_output", "preferred_completion"),
+        ("non_preferred_output", "non_preferred_completion"),
+    ):
         if new not in out and old in out:
             out[new] = out.pop(old)
     return out
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(type(value), type(value).__name__)
+    return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )

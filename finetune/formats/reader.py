@@ -60,7 +60,9 @@ def read_records(path: Path, max_example_bytes: int = DEFAULT_MAX_EXAMPLE_BYTES)
 
 
 def too_large(limit: int, line: int, example: int) -> Problem:
-    return Problem("example_too_large", f"Example is larger than the {limit}-byte limit for one example.", line, example)
+    return Problem(
+        "example_too_large", f"Example is larger than the {limit}-byte limit for one example.", line, example
+    )
 
 
 def _decode(raw: bytes, line: int) -> str:
@@ -68,7 +70,11 @@ def _decode(raw: bytes, line: int) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Unreadable(
-            Problem("encoding", f"The file is not UTF-8: invalid byte 0x{raw[exc.start]:02x} at column {exc.start + 1}.", line)
+            Problem(
+                "encoding",
+                f"The file is not UTF-8: invalid byte 0x{raw[exc.start]:02x} at column {exc.start + 1}.",
+                line,
+            )
         ) from None
 
 
@@ -112,14 +118,16 @@ def _check_utf8(path: Path) -> None:
                 decoder.decode(chunk)
             except UnicodeDecodeError as exc:  # exc.object is the decoder's pending bytes + this chunk
                 line = newlines + exc.object.count(b"\n", 0, exc.start) + 1
-                raise Unreadable(Problem(
-                    "encoding", f"The file is not UTF-8: invalid byte 0x{exc.object[exc.start]:02x}.", line)) from None
+                raise Unreadable(
+                    Problem("encoding", f"The file is not UTF-8: invalid byte 0x{exc.object[exc.start]:02x}.", line)
+                ) from None
             newlines += chunk.count(b"\n")
     try:
         decoder.decode(b"", True)
     except UnicodeDecodeError as exc:  # the file ends inside a character
-        raise Unreadable(Problem(
-            "encoding", f"The file is not UTF-8: invalid byte 0x{exc.object[exc.start]:02x}.", newlines + 1)) from None
+        raise Unreadable(
+            Problem("encoding", f"The file is not UTF-8: invalid byte 0x{exc.object[exc.start]:02x}.", newlines + 1)
+        ) from None
 
 
 def _skip_bom(fh: BinaryIO) -> None:
@@ -164,7 +172,9 @@ class _ArrayReader:
                 if self._peek() != "":
                     raise Unreadable(Problem("invalid_json", "Unexpected data after the closing ']'.", at))
                 return
-            raise Unreadable(Problem("invalid_json", f"Expected ',' or ']' after example {example}.", self.line_at(self.pos)))
+            raise Unreadable(
+                Problem("invalid_json", f"Expected ',' or ']' after example {example}.", self.line_at(self.pos))
+            )
 
     def _value(self, example: int) -> tuple[Any, int]:
         """The element at ``pos`` and where it ends, reading more of the file until it is whole."""
@@ -181,8 +191,9 @@ class _ArrayReader:
                 if self.eof or not cut_short:
                     line = self.base_line + exc.lineno - 1
                     col = exc.colno + (self.base_col if exc.lineno == 1 else 0)
-                    raise Unreadable(Problem("invalid_json", f"Not valid JSON: {exc.msg} (column {col}).", line,
-                                             example)) from None
+                    raise Unreadable(
+                        Problem("invalid_json", f"Not valid JSON: {exc.msg} (column {col}).", line, example)
+                    ) from None
             except RecursionError:
                 raise Unreadable(_too_deep(self.line_at(self.pos), example)) from None
             if len(self.buf) - self.pos > self.limit:
@@ -204,7 +215,7 @@ class _ArrayReader:
         newline = self.buf.rfind("\n", 0, self.pos)
         self.base_col = self.pos - newline - 1 if newline >= 0 else self.base_col + self.pos
         self.base_line = self.line
-        self.buf, self.pos, self.counted_to = self.buf[self.pos:], 0, 0
+        self.buf, self.pos, self.counted_to = self.buf[self.pos :], 0, 0
         raw = self.fh.read(max(CHUNK, held))
         self.eof = not raw
         self.buf += self.utf8.decode(raw, self.eof)

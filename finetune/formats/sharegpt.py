@@ -13,8 +13,14 @@ from typing import Any
 from finetune.formats.problems import ExampleErrors
 
 ROLE_OF = {
-    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-    "observation": "tool", "tool": "tool", "function_call": "assistant",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "observation": "tool",
+    "tool": "tool",
+    "function_call": "assistant",
 }
 
 
@@ -67,10 +73,16 @@ def _tool_calls(value: str, start: int, err: ExampleErrors, i: int) -> list[dict
             err("invalid_tool_calls", "function_call value must be {'name': ..., 'arguments': {...}} (or a list).", i)
             return None
         arguments = call.get("arguments", {})
-        out.append({
-            "id": f"call_{start + n}", "type": "function",
-            "function": {"name": call["name"], "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)},
-        })
+        out.append(
+            {
+                "id": f"call_{start + n}",
+                "type": "function",
+                "function": {
+                    "name": call["name"],
+                    "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False),
+                },
+            }
+        )
     return out
 
 

@@ -37,8 +37,9 @@ class Embedder:
     def __call__(self, texts: Sequence[str]) -> list[list[float]]:
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
-                self._proc = subprocess.Popen([sys.executable, "-m", "finetune.graders.embeddings"],
-                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "finetune.graders.embeddings"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                )
             assert self._proc.stdin and self._proc.stdout
             try:
                 self._proc.stdin.write(json.dumps(list(texts)).encode() + b"\n")
@@ -71,9 +72,10 @@ def _serve() -> None:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # batches of similar length: little padding
         vectors: list[list[float]] = [[] for _ in texts]
         for start in range(0, len(order), BATCH):
-            picked = order[start:start + BATCH]
-            batch = tokenizer([texts[i] for i in picked], padding=True, truncation=True, max_length=256,
-                              return_tensors="pt")
+            picked = order[start : start + BATCH]
+            batch = tokenizer(
+                [texts[i] for i in picked], padding=True, truncation=True, max_length=256, return_tensors="pt"
+            )
             with torch.inference_mode():
                 hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)

@@ -55,8 +55,9 @@ def passed(grader: dict[str, Any], outcome: Outcome) -> bool:
 
 
 class GraderEngine:
-    def __init__(self, *, sandbox: SandboxPool | None = None, judge: Judge | None = None,
-                 embed: Embed | None = None) -> None:
+    def __init__(
+        self, *, sandbox: SandboxPool | None = None, judge: Judge | None = None, embed: Embed | None = None
+    ) -> None:
         self.sandbox, self.judge, self.embed = sandbox, judge, embed
 
     def grade(self, grader: dict[str, Any], rows: Sequence[Row], owner: str) -> list[Outcome]:
@@ -97,13 +98,17 @@ class GraderEngine:
 
     def _python(self, grader: dict[str, Any], rows: Sequence[Row], owner: str) -> list[Outcome]:
         if self.sandbox is None:
-            return [Outcome(error="python graders are not available here", kind="python_grader_server_error")] * len(rows)
+            return [Outcome(error="python graders are not available here", kind="python_grader_server_error")] * len(
+                rows
+            )
         try:
             replies = self.sandbox.grade(owner, grader["source"], [(s, i) for s, i in rows])
         except RuntimeError as exc:  # the sandbox itself cannot start
             return [Outcome(error=str(exc), kind="python_grader_server_error")] * len(rows)
-        return [Outcome(score=r.score) if r.error is None else Outcome(error=r.error, kind="python_grader_runtime_error")
-                for r in replies]
+        return [
+            Outcome(score=r.score) if r.error is None else Outcome(error=r.error, kind="python_grader_runtime_error")
+            for r in replies
+        ]
 
     def _model(self, grader: dict[str, Any], rows: Sequence[Row]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(rows)
@@ -155,8 +160,13 @@ def _judged(grader: dict[str, Any], body: dict[str, Any], answer: dict[str, Any]
     choice = (answer.get("choices") or [{}])[0]
     text = (choice.get("message") or {}).get("content") or ""
     usage = {**ZERO_USAGE, **{k: v for k, v in (answer.get("usage") or {}).items() if k in ZERO_USAGE}}
-    sample = {"input": body["messages"], "output": [{"role": "assistant", "content": text}],
-              "finish_reason": choice.get("finish_reason") or "stop", "model": grader["model"], "usage": usage}
+    sample = {
+        "input": body["messages"],
+        "output": [{"role": "assistant", "content": text}],
+        "finish_reason": choice.get("finish_reason") or "stop",
+        "model": grader["model"],
+        "usage": usage,
+    }
     spent = {grader["model"]: dict(usage)}
     if choice.get("message", {}).get("refusal"):
         return Outcome(error="the judge model refused", kind="model_grader_refusal_error", sample=sample, usage=spent)
@@ -174,4 +184,3 @@ def add_usage(total: dict[str, dict[str, int]], more: dict[str, dict[str, int]])
         into = total.setdefault(model, dict(ZERO_USAGE))
         for key, value in usage.items():
             into[key] = into.get(key, 0) + int(value or 0)
-

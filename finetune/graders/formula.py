@@ -15,12 +15,23 @@ from collections.abc import Callable, Iterable, Mapping
 
 MAX_LENGTH = 1000
 FUNCTIONS: dict[str, Callable[..., float]] = {
-    "min": min, "max": max, "abs": abs, "sqrt": math.sqrt, "log": math.log, "exp": math.exp,
-    "floor": lambda x: float(math.floor(x)), "ceil": lambda x: float(math.ceil(x)), "round": lambda x: float(round(x)),
+    "min": min,
+    "max": max,
+    "abs": abs,
+    "sqrt": math.sqrt,
+    "log": math.log,
+    "exp": math.exp,
+    "floor": lambda x: float(math.floor(x)),
+    "ceil": lambda x: float(math.ceil(x)),
+    "round": lambda x: float(round(x)),
 }
 _BINARY: dict[type, Callable[[float, float], float]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.Pow: operator.pow, ast.Mod: operator.mod,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.Mod: operator.mod,
 }
 _UNARY: dict[type, Callable[[float], float]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 _STRUCTURE = (ast.BinOp, ast.UnaryOp, ast.Load, *_BINARY, *_UNARY)
@@ -53,8 +64,10 @@ def parse(formula: object, names: Iterable[str]) -> ast.expr:
             if isinstance(node.value, bool) or not isinstance(node.value, int | float):
                 raise FormulaError(f"{node.value!r} is not a number")
         elif not isinstance(node, _STRUCTURE):
-            raise FormulaError(f"'{ast.unparse(node) if isinstance(node, ast.expr) else type(node).__name__}' is "
-                               "not allowed in a formula")
+            raise FormulaError(
+                f"'{ast.unparse(node) if isinstance(node, ast.expr) else type(node).__name__}' is "
+                "not allowed in a formula"
+            )
     return tree
 
 

@@ -25,8 +25,11 @@ class ParseError(ValueError):
 def request(grader: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
     """The chat body (without ``model``) for one judged row."""
     params = dict(grader.get("sampling_params") or {})
-    body: dict[str, Any] = {"messages": messages, "temperature": params.get("temperature", 0),
-                            "max_tokens": params.get("max_completions_tokens") or DEFAULT_MAX_TOKENS}
+    body: dict[str, Any] = {
+        "messages": messages,
+        "temperature": params.get("temperature", 0),
+        "max_tokens": params.get("max_completions_tokens") or DEFAULT_MAX_TOKENS,
+    }
     for key in ("seed", "top_p", "reasoning_effort"):
         if params.get(key) is not None:
             body[key] = params[key]
@@ -35,8 +38,10 @@ def request(grader: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str,
     else:
         result = {"type": "number"}
     schema = {"type": "object", "properties": {"result": result}, "required": ["result"], "additionalProperties": False}
-    body["response_format"] = {"type": "json_schema", "json_schema": {"name": grader["type"], "schema": schema,
-                                                                      "strict": True}}
+    body["response_format"] = {
+        "type": "json_schema",
+        "json_schema": {"name": grader["type"], "schema": schema, "strict": True},
+    }
     return body
 
 

@@ -51,8 +51,11 @@ def _part_templates(part: Any, where: str) -> list[tuple[str, str]]:
         return [(".text", part["text"])]
     if kind == "input_image" and isinstance(part.get("image_url"), str):
         return [(".image_url", part["image_url"])]
-    if kind == "input_audio" and isinstance(part.get("input_audio"), dict) \
-            and isinstance(part["input_audio"].get("data"), str):
+    if (
+        kind == "input_audio"
+        and isinstance(part.get("input_audio"), dict)
+        and isinstance(part["input_audio"].get("data"), str)
+    ):
         return [(".input_audio.data", part["input_audio"]["data"])]
     raise MessageError("must be a string or input_text / output_text / input_image / input_audio content", where)
 
@@ -77,15 +80,20 @@ def _part(part: dict[str, Any], namespace: dict[str, Any]) -> dict[str, Any]:
     if part["type"] in TEXT_PARTS:
         return {"type": "text", "text": render(part["text"], namespace)}
     if part["type"] == "input_image":
-        return {"type": "image_url", "image_url": {"url": render(part["image_url"], namespace),
-                                                   "detail": part.get("detail") or "auto"}}
+        return {
+            "type": "image_url",
+            "image_url": {"url": render(part["image_url"], namespace), "detail": part.get("detail") or "auto"},
+        }
     audio = part["input_audio"]
-    return {"type": "input_audio", "input_audio": {"data": render(audio["data"], namespace),
-                                                   "format": audio.get("format") or "wav"}}
+    return {
+        "type": "input_audio",
+        "input_audio": {"data": render(audio["data"], namespace), "format": audio.get("format") or "wav"},
+    }
 
 
 def flat(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     """Messages with string content, as an output item's ``sample.input`` records them."""
+
     def text(content: Any) -> str:
         if isinstance(content, str):
             return content

@@ -85,7 +85,7 @@ class _Worker:
             if not chunk:
                 raise _Died(self.death())
             self.buffer += chunk
-        line, self.buffer = self.buffer[:end], self.buffer[end + 1:]
+        line, self.buffer = self.buffer[:end], self.buffer[end + 1 :]
         return line
 
     def death(self) -> str:
@@ -95,8 +95,11 @@ class _Worker:
             return "the grader's interpreter stopped answering"
         if code < 0:
             name = signal.Signals(-code).name
-            why = {"SIGXCPU": "exceeded its CPU time limit", "SIGSEGV": "crashed (segmentation fault)",
-                   "SIGKILL": "was killed (memory exhausted?)"}.get(name, f"was killed by {name}")
+            why = {
+                "SIGXCPU": "exceeded its CPU time limit",
+                "SIGSEGV": "crashed (segmentation fault)",
+                "SIGKILL": "was killed (memory exhausted?)",
+            }.get(name, f"was killed by {name}")
             return f"the grader's interpreter {why}"
         return f"the grader's interpreter exited (code {code})"
 
@@ -132,7 +135,7 @@ class SandboxPool:
             worker = self._acquire(key)
             healthy = False
             try:
-                chunk = rows[len(replies):len(replies) + CHUNK]
+                chunk = rows[len(replies) : len(replies) + CHUNK]
                 got, healthy = self._run(worker, source, chunk)
                 replies += got
             finally:
@@ -204,12 +207,26 @@ class SandboxPool:
 
     def _spawn(self) -> _Worker:
         scratch = tempfile.mkdtemp(prefix="tunegate-grader-")
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": scratch, "TMPDIR": scratch,
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": scratch,
+            "TMPDIR": scratch,
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
         limits = json.dumps(asdict(self.limits))
-        proc = subprocess.Popen([sys.executable, "-I", "-B", str(CHILD), limits], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=scratch, env=env,
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-B", str(CHILD), limits],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=scratch,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
         worker = _Worker(proc, scratch)
         try:
             line = worker.line(30.0, self.limits.reply_bytes)

@@ -9,8 +9,8 @@ directory and the protocol on stdin/stdout. It imports nothing of tunegate. Befo
    address reaches anything, even through ctypes; ``socket.socket`` is replaced too, for a clear message;
 3. Landlock (Linux ≥ 5.13) hides the file system: read-only under the Python installation and the system
    libraries, read-write in its own temporary directory, nothing elsewhere (/etc/passwd, tunegate's data directory
-   and database, its code); from Landlock ABI 6 it can neither signal processes outside nor reach abstract sockets (file access
-   stays Landlock's and the owner's: a sandbox started by root reads Python's files as their owner);
+   and database, its code); from Landlock ABI 6 it can neither signal processes outside nor reach abstract sockets
+   (file access stays Landlock's and the owner's: a sandbox started by root reads Python's files as their owner);
 4. rlimits: address space ``memory_mib``, files written ``file_bytes``, 64 open files, no core dumps, CPU
    ``cpu_seconds`` per item (SIGXCPU ends the process);
 5. seccomp: no new processes (fork, vfork, clone without CLONE_THREAD), no sockets, no ptrace, no unshare/setns.
@@ -34,8 +34,19 @@ CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 SYS_LANDLOCK = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}
 SECCOMP = {  # audit arch, syscall numbers
-    "x86_64": (0xC000003E, {"clone": 56, "fork": 57, "vfork": 58, "clone3": 435, "socket": 41, "ptrace": 101,
-                            "unshare": 272, "setns": 308}),
+    "x86_64": (
+        0xC000003E,
+        {
+            "clone": 56,
+            "fork": 57,
+            "vfork": 58,
+            "clone3": 435,
+            "socket": 41,
+            "ptrace": 101,
+            "unshare": 272,
+            "setns": 308,
+        },
+    ),
     "aarch64": (0xC00000B7, {"clone": 220, "clone3": 435, "socket": 198, "ptrace": 117, "unshare": 97, "setns": 268}),
 }
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -110,11 +121,26 @@ def _seccomp() -> str:
 
     load, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
     allow, errno = 0x7FFF0000, 0x00050000
-    code = [(load, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, 0x80000000), (load, 0, 0, 0),
-            (jeq, 0, 4, numbers["clone"]), (load, 0, 0, 16), (jset, 0, 1, 0x10000), (ret, 0, 0, allow),
-            (ret, 0, 0, errno | 11)]
-    for name, error in (("fork", 11), ("vfork", 11), ("clone3", 38), ("socket", 13), ("ptrace", 1),
-                        ("unshare", 1), ("setns", 1)):
+    code = [
+        (load, 0, 0, 4),
+        (jeq, 1, 0, arch),
+        (ret, 0, 0, 0x80000000),
+        (load, 0, 0, 0),
+        (jeq, 0, 4, numbers["clone"]),
+        (load, 0, 0, 16),
+        (jset, 0, 1, 0x10000),
+        (ret, 0, 0, allow),
+        (ret, 0, 0, errno | 11),
+    ]
+    for name, error in (
+        ("fork", 11),
+        ("vfork", 11),
+        ("clone3", 38),
+        ("socket", 13),
+        ("ptrace", 1),
+        ("unshare", 1),
+        ("setns", 1),
+    ):
         if name in numbers:
             code += [(jeq, 0, 1, numbers[name]), (ret, 0, 0, errno | error)]
     code.append((ret, 0, 0, allow))
@@ -129,8 +155,12 @@ def _seccomp() -> str:
 
 def _limits(limits: dict) -> None:
     memory = limits["memory_mib"] * 1024 * 1024
-    for kind, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_FSIZE, limits["file_bytes"]),
-                        (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_CORE, 0)):
+    for kind, value in (
+        (resource.RLIMIT_AS, memory),
+        (resource.RLIMIT_FSIZE, limits["file_bytes"]),
+        (resource.RLIMIT_NOFILE, 64),
+        (resource.RLIMIT_CORE, 0),
+    ):
         resource.setrlimit(kind, (value, value))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
 

@@ -25,8 +25,19 @@ from functools import cache
 from finetune.evals.metrics import bleu4, rouge_l, rouge_n, strip_think, words
 
 OPERATIONS = ("eq", "ne", "like", "ilike")
-METRICS = ("cosine", "fuzzy_match", "bleu", "gleu", "meteor", "rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5",
-           "rouge_l")
+METRICS = (
+    "cosine",
+    "fuzzy_match",
+    "bleu",
+    "gleu",
+    "meteor",
+    "rouge_1",
+    "rouge_2",
+    "rouge_3",
+    "rouge_4",
+    "rouge_5",
+    "rouge_l",
+)
 Embed = Callable[[Sequence[str]], list[list[float]]]
 
 

@@ -30,8 +30,10 @@ def problem(template: str, namespaces: tuple[str, ...] = NAMESPACES) -> str | No
         if not _PATH.match(name):
             return f"'{{{{{name}}}}}' is not a variable path such as item.answer or sample.output_text"
         if name.split(".")[0].split("[")[0] not in namespaces:
-            return f"'{{{{{name}}}}}' names the namespace '{name.split('.')[0]}', which does not exist here " \
-                   f"(use {' or '.join(namespaces)})"
+            return (
+                f"'{{{{{name}}}}}' names the namespace '{name.split('.')[0]}', which does not exist here "
+                f"(use {' or '.join(namespaces)})"
+            )
     return None
 
 
@@ -57,8 +59,9 @@ def render(template: str, namespace: dict[str, Any]) -> str:
     return VARIABLE.sub(lambda m: text(lookup(namespace, m.group(1))), template)
 
 
-def sample_namespace(output_text: str, tool_calls: list[dict] | None = None, choices: list[dict] | None = None,
-                     **extra: Any) -> dict[str, Any]:
+def sample_namespace(
+    output_text: str, tool_calls: list[dict] | None = None, choices: list[dict] | None = None, **extra: Any
+) -> dict[str, Any]:
     """The ``sample`` namespace of one model output (``extra``: a jsonl row's own sample fields)."""
     sample: dict[str, Any] = {**extra, "output_text": output_text}
     try:

@@ -31,7 +31,10 @@ KEYS = {
     "multi": {"type", "name", "graders", "calculate_output"},
 }
 SAMPLING: dict[str, type | tuple[type, ...]] = {
-    "seed": int, "top_p": (int, float), "temperature": (int, float), "max_completions_tokens": int,
+    "seed": int,
+    "top_p": (int, float),
+    "temperature": (int, float),
+    "max_completions_tokens": int,
     "reasoning_effort": str,
 }
 ModelExists = Callable[[str], None]  # raises NotFound for a model the organization cannot use
@@ -41,23 +44,38 @@ def _bad(message: str, param: str, code: str = "invalid_value") -> InvalidReques
     return InvalidRequest(message, param=param, code=code)
 
 
-def check(grader: Any, param: str, model_exists: ModelExists, *, types: tuple[str, ...] = ALL_TYPES,
-          eval_criterion: bool = False) -> dict[str, Any]:
+def check(
+    grader: Any,
+    param: str,
+    model_exists: ModelExists,
+    *,
+    types: tuple[str, ...] = ALL_TYPES,
+    eval_criterion: bool = False,
+) -> dict[str, Any]:
     """``grader`` checked; returns it (a copy) as it is stored and echoed."""
     if not isinstance(grader, dict):
         raise _bad(f"'{param}' must be a grader object.", param, "invalid_type")
     kind = grader.get("type")
     if kind not in types:
-        raise _bad(f"{param}.type {kind!r} is not a grader type here; one of {', '.join(types)}.", f"{param}.type",
-                   "unsupported_value")
+        raise _bad(
+            f"{param}.type {kind!r} is not a grader type here; one of {', '.join(types)}.",
+            f"{param}.type",
+            "unsupported_value",
+        )
     unknown = sorted(set(grader) - KEYS[kind])
     if unknown:
-        raise _bad(f"Unknown parameter: '{param}.{unknown[0]}' ({kind} graders take {', '.join(sorted(KEYS[kind]))}).",
-                   f"{param}.{unknown[0]}", "unknown_parameter")
+        raise _bad(
+            f"Unknown parameter: '{param}.{unknown[0]}' ({kind} graders take {', '.join(sorted(KEYS[kind]))}).",
+            f"{param}.{unknown[0]}",
+            "unknown_parameter",
+        )
     name = grader.get("name")
     if not isinstance(name, str) or not name or len(name) > 256:
-        raise _bad(f"{param}.name must be a string of 1 to 256 characters.", f"{param}.name",
-                   "missing_required_parameter" if name is None else "invalid_value")
+        raise _bad(
+            f"{param}.name must be a string of 1 to 256 characters.",
+            f"{param}.name",
+            "missing_required_parameter" if name is None else "invalid_value",
+        )
     out = dict(grader)
     if kind in ("string_check", "text_similarity"):
         for key in ("input", "reference"):
@@ -81,8 +99,11 @@ def check(grader: Any, param: str, model_exists: ModelExists, *, types: tuple[st
 
 def _template(value: Any, param: str) -> None:
     if not isinstance(value, str):
-        raise _bad(f"{param} must be a string (it may hold templates such as {{{{sample.output_text}}}}).", param,
-                   "missing_required_parameter" if value is None else "invalid_type")
+        raise _bad(
+            f"{param} must be a string (it may hold templates such as {{{{sample.output_text}}}}).",
+            param,
+            "missing_required_parameter" if value is None else "invalid_type",
+        )
     problem = templates.problem(value)
     if problem:
         raise _bad(f"{param}: {problem}.", param)
@@ -101,8 +122,11 @@ def _threshold(grader: dict[str, Any], param: str, *, required: bool) -> None:
     if "pass_threshold" not in grader and not required:
         return
     if not _number(grader.get("pass_threshold")):
-        raise _bad(f"{param}.pass_threshold must be a number.", f"{param}.pass_threshold",
-                   "missing_required_parameter" if "pass_threshold" not in grader else "invalid_type")
+        raise _bad(
+            f"{param}.pass_threshold must be a number.",
+            f"{param}.pass_threshold",
+            "missing_required_parameter" if "pass_threshold" not in grader else "invalid_type",
+        )
 
 
 def _python(source: Any, param: str) -> None:
@@ -144,11 +168,17 @@ def _model_grader(grader: dict[str, Any], param: str, model_exists: ModelExists)
             raise _bad(f"{param}.sampling_params must be an object.", f"{param}.sampling_params", "invalid_type")
         for key, value in params.items():
             if key not in SAMPLING:
-                raise _bad(f"Unknown parameter: '{param}.sampling_params.{key}'.", f"{param}.sampling_params.{key}",
-                           "unknown_parameter")
+                raise _bad(
+                    f"Unknown parameter: '{param}.sampling_params.{key}'.",
+                    f"{param}.sampling_params.{key}",
+                    "unknown_parameter",
+                )
             if value is not None and (not isinstance(value, SAMPLING[key]) or isinstance(value, bool)):
-                raise _bad(f"{param}.sampling_params.{key} has the wrong type.", f"{param}.sampling_params.{key}",
-                           "invalid_type")
+                raise _bad(
+                    f"{param}.sampling_params.{key} has the wrong type.",
+                    f"{param}.sampling_params.{key}",
+                    "invalid_type",
+                )
         _threshold(grader, param, required=False)
     else:
         for key in ("labels", "passing_labels"):

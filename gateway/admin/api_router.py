@@ -28,7 +28,9 @@ class AdminController(Controller):
         return list_page([OrganizationObject.of(o) for o in services.accounts.list_orgs()], has_more=False)
 
     @post("/organizations/{org_id:str}/keys", status_code=200, sync_to_thread=True)
-    def create_key(self, services: ServicesDep, org_id: FromPath[str], data: JSONBody[CreateKey | None] = None) -> KeyObject:
+    def create_key(
+        self, services: ServicesDep, org_id: FromPath[str], data: JSONBody[CreateKey | None] = None
+    ) -> KeyObject:
         issued = services.accounts.create_key(org_id, (data or CreateKey()).name)
         return KeyObject.of(issued.key, issued.secret)
 

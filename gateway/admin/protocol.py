@@ -42,8 +42,13 @@ class KeyObject(msgspec.Struct):
     @classmethod
     def of(cls, key: ApiKey, secret: str | None = None) -> KeyObject:
         return cls(
-            id=key.id, organization_id=key.organization_id, name=key.name, prefix=key.prefix,
-            created_at=key.created_at, revoked_at=key.revoked_at, secret=secret,
+            id=key.id,
+            organization_id=key.organization_id,
+            name=key.name,
+            prefix=key.prefix,
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+            secret=secret,
         )
 
 
@@ -59,5 +64,9 @@ class LimitsObject(msgspec.Struct):
 
     @classmethod
     def of(cls, org_id: str, overrides: dict[str, int], effective: LimitSettings, used: int) -> LimitsObject:
-        return cls(organization_id=org_id, overrides=overrides,
-                   effective={f: getattr(effective, f) for f in ORG_LIMIT_FIELDS}, storage_used_bytes=used)
+        return cls(
+            organization_id=org_id,
+            overrides=overrides,
+            effective={f: getattr(effective, f) for f in ORG_LIMIT_FIELDS},
+            storage_used_bytes=used,
+        )

@@ -25,6 +25,7 @@ def to_console() -> Redirect:
 
 def console_routes() -> list[ControllerRouterHandler]:
     """The console's files (``/console/`` → index.html) and ``/`` pointing at it."""
-    files = create_static_files_router(path="/console", directories=[STATIC], html_mode=True, name="console",
-                                       include_in_schema=False)
+    files = create_static_files_router(
+        path="/console", directories=[STATIC], html_mode=True, name="console", include_in_schema=False
+    )
     return [files, to_console]

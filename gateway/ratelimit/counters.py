@@ -118,7 +118,9 @@ local nb, member = tonumber(ARGV[1]), ARGV[2]
 """
 
 # KEYS: buckets, then slots. ARGV: n buckets, member, (capacity, correction) per bucket.
-_SETTLE = _REFILL + """
+_SETTLE = (
+    _REFILL
+    + """
 for i = 1, nb do
   local cap, delta = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
   store(KEYS[i], cap, math.min(cap, refill(KEYS[i], cap, now) - delta), now)
@@ -126,13 +128,16 @@ end
 for j = nb + 1, #KEYS do redis.call('ZREM', KEYS[j], member) end
 return 1
 """
+)
 
 # The admission (all or nothing). When the request passes, each bucket also grants its block (zero for the exact
 # ``admit``; only while at least two blocks are left: never the last of a budget) and each slot set its wanted
 # members (named ``prefix:j:k``), all under one clock. KEYS: buckets, then slots. ARGV: n buckets, member, member
 # ttl, grant prefix, (capacity, cost, block) per bucket, (limit, wanted) per slot. Returns refused, wait, the
 # levels, then (passed) the grant of each bucket and slot.
-_ADMIT_RESERVING = _REFILL + """
+_ADMIT_RESERVING = (
+    _REFILL
+    + """
 local ttl, prefix, base = tonumber(ARGV[3]), ARGV[4], 4
 local levels, grants, cards, refused, wait = {}, {}, {}, 0, 0
 local ns = #KEYS - nb
@@ -152,7 +157,8 @@ for j = 1, ns do
 end
 if refused == 0 then
   for i = 1, nb do
-    local cap, cost, block = tonumber(ARGV[base + 3 * i - 2]), tonumber(ARGV[base + 3 * i - 1]), tonumber(ARGV[base + 3 * i])
+    local cap, cost = tonumber(ARGV[base + 3 * i - 2]), tonumber(ARGV[base + 3 * i - 1])
+    local block = tonumber(ARGV[base + 3 * i])
     local level = levels[i] - cost
     grants[i] = (block > 0 and level >= 2 * block) and block or 0
     levels[i] = level - grants[i]
@@ -172,10 +178,13 @@ for i = 1, nb do out[#out + 1] = tostring(levels[i]) end
 if refused == 0 then for k = 1, nb + ns do out[#out + 1] = tostring(grants[k]) end end
 return out
 """
+)
 
 # Giving reserves back and keeping held slot members alive. KEYS: buckets, then slots. ARGV: n buckets, '', (capacity,
 # correction) per bucket, member ttl, then per slot: n removed, n kept, the removed members, the kept members.
-_GIVE_BACK = _REFILL + """
+_GIVE_BACK = (
+    _REFILL
+    + """
 for i = 1, nb do
   local cap, delta = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
   if delta ~= 0 then store(KEYS[i], cap, math.min(cap, refill(KEYS[i], cap, now) - delta), now) end
@@ -190,6 +199,7 @@ for j = nb + 1, #KEYS do
 end
 return 1
 """
+)
 
 
 @dataclass(frozen=True)
@@ -213,8 +223,9 @@ class RedisCounters:
 
     async def admit(self, buckets: list[Bucket], slots: list[Slot], member: str) -> Verdict:
         """The exact admission: the reserving one with nothing reserved."""
-        verdict, _ = await self.admit_reserving(buckets, slots, member, [0] * len(buckets), [0] * len(slots), "",
-                                                SLOT_TTL_S)
+        verdict, _ = await self.admit_reserving(
+            buckets, slots, member, [0] * len(buckets), [0] * len(slots), "", SLOT_TTL_S
+        )
         return verdict
 
     async def settle(self, buckets: list[Bucket], slots: list[Slot], member: str) -> None:
@@ -223,8 +234,16 @@ class RedisCounters:
             args += [b.capacity, b.cost]
         await self._settle(keys=[b.key for b in buckets] + [s.key for s in slots], args=args)
 
-    async def admit_reserving(self, buckets: list[Bucket], slots: list[Slot], member: str, blocks: Sequence[float],
-                              wanted: list[int], prefix: str, ttl_s: float) -> tuple[Verdict, Grant | None]:
+    async def admit_reserving(
+        self,
+        buckets: list[Bucket],
+        slots: list[Slot],
+        member: str,
+        blocks: Sequence[float],
+        wanted: list[int],
+        prefix: str,
+        ttl_s: float,
+    ) -> tuple[Verdict, Grant | None]:
         """``admit``, and on success take ``blocks[i]`` more from each bucket and ``wanted[j]`` members of each slot
         set for this gateway to hand out (each only while two such blocks are left). Members expire after ``ttl_s``
         unless kept alive by ``give_back``."""
@@ -235,15 +254,16 @@ class RedisCounters:
             args += [s.limit, want]
         out = await self._admit_reserving(keys=[b.key for b in buckets] + [s.key for s in slots], args=args)
         refused, nb = int(out[0]), len(buckets)
-        verdict = Verdict(refused - 1 if refused else None, float(out[1]), [float(v) for v in out[2:2 + nb]])
+        verdict = Verdict(refused - 1 if refused else None, float(out[1]), [float(v) for v in out[2 : 2 + nb]])
         if refused:
             return verdict, None
-        granted = [float(v) for v in out[2 + nb:]]
+        granted = [float(v) for v in out[2 + nb :]]
         members = [[f"{prefix}:{j + 1}:{k + 1}" for k in range(int(n))] for j, n in enumerate(granted[nb:])]
         return verdict, Grant(granted[:nb], members)
 
-    async def give_back(self, buckets: list[Bucket], slots: list[tuple[str, list[str], list[str]]],
-                        ttl_s: float) -> None:
+    async def give_back(
+        self, buckets: list[Bucket], slots: list[tuple[str, list[str], list[str]]], ttl_s: float
+    ) -> None:
         """Settle ``buckets`` (their cost is the correction: negative gives back) and, per slot set
         ``(key, removed members, kept members)``, remove the first and extend the second's lease by ``ttl_s``."""
         args: list[Any] = [len(buckets), ""]

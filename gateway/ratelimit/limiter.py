@@ -93,7 +93,9 @@ def estimate_tokens(body: bytes, caps: RequestLimits) -> tuple[int, bool]:
         sizing = msgspec.json.decode(body, type=_Sizing)
     except Exception:  # malformed or hostile: the handler answers its 400; size it by its bytes
         sizing = _Sizing()
-    completion = sizing.max_completion_tokens or sizing.max_tokens or sizing.max_output_tokens or DEFAULT_COMPLETION_TOKENS
+    completion = (
+        sizing.max_completion_tokens or sizing.max_tokens or sizing.max_output_tokens or DEFAULT_COMPLETION_TOKENS
+    )
     n = min(max(1, sizing.n or 1), caps.max_n)
     streams = sizing.stream is True or sizing.background is True
     return math.ceil(len(body) / 4) + n * min(max(0, completion), caps.max_tokens), streams
@@ -152,17 +154,27 @@ class Limiter:
             admission.slots = []  # nothing was taken: nothing to give back
             refused = (buckets + slots)[verdict.refused].key
             metrics.RATE_LIMITED.labels("key" if ":key:" in refused else "org", refused.rsplit(":", 1)[1]).inc()
-            raise RateLimited(_refusal(principal, buckets, slots, verdict), retry_after=max(1.0, verdict.retry_after),
-                              code="rate_limit_exceeded")
+            raise RateLimited(
+                _refusal(principal, buckets, slots, verdict),
+                retry_after=max(1.0, verdict.retry_after),
+                code="rate_limit_exceeded",
+            )
         if estimate or slots:
             _current.set(admission)
 
-    def _buckets(self, who: Principal, limits: LimitSettings, estimate: int,
-                 streams: bool) -> tuple[list[Bucket], list[Slot]]:
+    def _buckets(
+        self, who: Principal, limits: LimitSettings, estimate: int, streams: bool
+    ) -> tuple[list[Bucket], list[Slot]]:
         org = f"{self.prefix}:{{{who.organization_id}}}"
-        scopes = ((f"{org}:org", limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent_streams),
-                  (f"{org}:key:{who.key_id}", limits.key_requests_per_minute, limits.key_tokens_per_minute,
-                   limits.key_concurrent_streams))
+        scopes = (
+            (f"{org}:org", limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent_streams),
+            (
+                f"{org}:key:{who.key_id}",
+                limits.key_requests_per_minute,
+                limits.key_tokens_per_minute,
+                limits.key_concurrent_streams,
+            ),
+        )
         buckets, slots = [], []
         for name, rpm, tpm, concurrent in scopes:
             if rpm is not None:
@@ -185,6 +197,7 @@ class Limiter:
         def release() -> None:
             admission.held = False
             self.finish(admission)
+
         return release
 
     def finish(self, admission: Admission | None) -> None:
@@ -192,8 +205,11 @@ class Limiter:
         if admission is None or admission.verdict.refused is not None or admission.held:
             return
         used = admission.used if admission.used is not None else 0
-        tokens = [Bucket(b.key, b.capacity, used - admission.estimate)
-                  for b in admission.buckets if b.key.endswith(":tokens") and used != admission.estimate]
+        tokens = [
+            Bucket(b.key, b.capacity, used - admission.estimate)
+            for b in admission.buckets
+            if b.key.endswith(":tokens") and used != admission.estimate
+        ]
         if not tokens and not admission.slots:
             return
         task = asyncio.get_running_loop().create_task(self._settle(tokens, admission.slots, admission.member))
@@ -235,8 +251,11 @@ def _headers(buckets: list[Bucket], verdict: Verdict) -> list[tuple[str, str]]:
         if tight is None:
             continue
         bucket, level = tight  # after this request's cost, or (refused) untouched
-        for name, value in (("limit", str(bucket.capacity)), ("remaining", str(max(0, math.floor(level)))),
-                            ("reset", duration(reset_seconds(level, bucket.capacity)))):
+        for name, value in (
+            ("limit", str(bucket.capacity)),
+            ("remaining", str(max(0, math.floor(level)))),
+            ("reset", duration(reset_seconds(level, bucket.capacity))),
+        ):
             headers.append((f"x-ratelimit-{name}-{kind}", value))
     return headers
 
@@ -250,10 +269,14 @@ def _refusal(who: Principal, buckets: list[Bucket], slots: list[Slot], verdict: 
     kind = "requests per min (RPM)" if bucket.key.endswith(":requests") else "tokens per min (TPM)"
     used = max(0, bucket.capacity - math.floor(level))
     if bucket.cost > bucket.capacity:
-        return (f"Request too large for {_whose(who, bucket.key)} on {kind}: Limit {bucket.capacity}, "
-                f"Requested {math.ceil(bucket.cost)}. Lower max_tokens or the prompt.")
-    return (f"Rate limit reached for {_whose(who, bucket.key)} on {kind}: Limit {bucket.capacity}, Used {used}, "
-            f"Requested {math.ceil(bucket.cost)}. Please try again in {duration(verdict.retry_after)}.")
+        return (
+            f"Request too large for {_whose(who, bucket.key)} on {kind}: Limit {bucket.capacity}, "
+            f"Requested {math.ceil(bucket.cost)}. Lower max_tokens or the prompt."
+        )
+    return (
+        f"Rate limit reached for {_whose(who, bucket.key)} on {kind}: Limit {bucket.capacity}, Used {used}, "
+        f"Requested {math.ceil(bucket.cost)}. Please try again in {duration(verdict.retry_after)}."
+    )
 
 
 def _whose(who: Principal, key: str) -> str:

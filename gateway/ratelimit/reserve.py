@@ -6,8 +6,9 @@ Each gateway takes budget from Redis in blocks and spends it without a round tri
 1. A request is admitted locally when this gateway already holds enough of every bucket it costs (its ``reserve``)
    and a free member of every slot set it needs. Nothing is awaited.
 2. Otherwise it goes to Redis as before (one Lua script), and the same script grants this gateway a block of each
-   bucket (``BLOCK_FRACTION`` of the limit) and of each slot set (the same, at most ``MAX_SLOT_BLOCK``) — only while at least two blocks are left, so the
-   last of a budget is never parked in one gateway. A request that cannot be admitted locally is therefore exact.
+   bucket (``BLOCK_FRACTION`` of the limit) and of each slot set (the same, at most ``MAX_SLOT_BLOCK``) — only while at
+   least two blocks are left, so the last of a budget is never parked in one gateway. A request that cannot be admitted
+   locally is therefore exact.
 3. Settlement is local: a token correction moves the reserve (a give-back grows it; usage above the estimate is
    a debt it owes), a stream slot goes back to the local free list. No round trip after the answer either.
 4. Every ``FLUSH_S`` a background task gives back what is idle (``IDLE_S`` without a local admission) or more than
@@ -100,16 +101,18 @@ class ReservedCounters:
         blocks = [block_of(b.capacity) if b.cost > 0 else 0 for b in buckets]
         wanted = [slot_block_of(s.limit) for s in slots]
         try:
-            verdict, grant = await self.redis.admit_reserving(remote, slots, member, blocks, wanted,
-                                                              uuid.uuid4().hex, MEMBER_TTL_S)
+            verdict, grant = await self.redis.admit_reserving(
+                remote, slots, member, blocks, wanted, uuid.uuid4().hex, MEMBER_TTL_S
+            )
         except BaseException:
             self._unspend(buckets, spent)
             raise
         if grant is None:
             self._unspend(buckets, spent)
         now = time.monotonic()
-        for b, level, taken in zip(buckets, verdict.levels, grant.buckets if grant else [0.0] * len(buckets),
-                                   strict=True):
+        for b, level, taken in zip(
+            buckets, verdict.levels, grant.buckets if grant else [0.0] * len(buckets), strict=True
+        ):
             reserve = self.reserves.setdefault(b.key, _Reserve(b.capacity))
             reserve.capacity, reserve.level, reserve.at = b.capacity, level, now
             reserve.held += taken
@@ -120,8 +123,7 @@ class ReservedCounters:
                 pool.limit, pool.used_at = s.limit, now
                 pool.free += members
                 pool.busy[member] = member  # the request's own member: back to the free list when it ends
-        return Verdict(verdict.refused, verdict.retry_after,
-                       [self.reserves[b.key].level_now(now) for b in buckets])
+        return Verdict(verdict.refused, verdict.retry_after, [self.reserves[b.key].level_now(now) for b in buckets])
 
     def _spend_held(self, buckets: list[Bucket]) -> list[float]:
         spent = []

@@ -27,8 +27,9 @@ class BatchesController(Controller):
         return await sync_to_thread(serving.create, services, principal, body)
 
     @get("/", sync_to_thread=True)
-    def list_batches(self, services: ServicesDep, principal: PrincipalDep, limit: Limit = 20,
-                     after: FromQuery[str | None] = None) -> dict[str, Any]:
+    def list_batches(
+        self, services: ServicesDep, principal: PrincipalDep, limit: Limit = 20, after: FromQuery[str | None] = None
+    ) -> dict[str, Any]:
         return serving.list_batches(services, principal, limit=limit, after=after)
 
     @get("/{batch_id:str}", sync_to_thread=True)

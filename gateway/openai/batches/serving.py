@@ -26,29 +26,47 @@ from storage.tables import Batch
 def create(services: Services, who: Principal, body: Any) -> BatchObject:
     request = parse(CreateBatchRequest, body)
     if request.endpoint not in ENDPOINTS:
-        raise InvalidRequest(f"endpoint {request.endpoint!r} is not supported here: use one of {', '.join(ENDPOINTS)}.",
-                             param="endpoint", code="invalid_value")
+        raise InvalidRequest(
+            f"endpoint {request.endpoint!r} is not supported here: use one of {', '.join(ENDPOINTS)}.",
+            param="endpoint",
+            code="invalid_value",
+        )
     windows = services.settings.batches.completion_windows
     if request.completion_window not in windows:
-        raise InvalidRequest(f"completion_window must be one of {', '.join(windows)}.", param="completion_window",
-                             code="invalid_value")
+        raise InvalidRequest(
+            f"completion_window must be one of {', '.join(windows)}.", param="completion_window", code="invalid_value"
+        )
     expiry = BATCH_DEFAULT_EXPIRY_S
     if request.output_expires_after is not None:
         try:
             expiry = check_expiry(request.output_expires_after.seconds)
         except InvalidRequest as exc:
-            raise InvalidRequest(exc.message.replace("expires_after[seconds]", "output_expires_after.seconds"),
-                                 param="output_expires_after.seconds", code="invalid_value") from None
+            raise InvalidRequest(
+                exc.message.replace("expires_after[seconds]", "output_expires_after.seconds"),
+                param="output_expires_after.seconds",
+                code="invalid_value",
+            ) from None
     file = services.files.get(who.organization_id, request.input_file_id)  # another organization's: not found
     if file.purpose != "batch":
-        raise InvalidRequest(f"File {file.id} has purpose {file.purpose!r}; a batch's input file must be uploaded with "
-                             "purpose 'batch'.", param="input_file_id", code="invalid_file_purpose")
+        raise InvalidRequest(
+            f"File {file.id} has purpose {file.purpose!r}; a batch's input file must be uploaded with purpose 'batch'.",
+            param="input_file_id",
+            code="invalid_file_purpose",
+        )
     services.quota.check(who.organization_id)  # its output files will count: refused while at or over the quota
     created = now()
-    row = Batch(id=new_id("batch_"), organization_id=who.organization_id, api_key_id=who.key_id,
-                endpoint=request.endpoint, input_file_id=file.id, completion_window=request.completion_window,
-                metadata_=request.metadata, output_expires_after_s=expiry, created_at=created,
-                expires_at=created + windows[request.completion_window])
+    row = Batch(
+        id=new_id("batch_"),
+        organization_id=who.organization_id,
+        api_key_id=who.key_id,
+        endpoint=request.endpoint,
+        input_file_id=file.id,
+        completion_window=request.completion_window,
+        metadata_=request.metadata,
+        output_expires_after_s=expiry,
+        created_at=created,
+        expires_at=created + windows[request.completion_window],
+    )
     return BatchObject.of(BatchStore(services.db).add(row))
 
 

@@ -22,15 +22,21 @@ class CompletionsController(Controller):
     tags = ["Chat"]
 
     @post("/chat/completions", status_code=200)
-    async def create_chat_completion(self, request: Request, services: ServicesDep, principal: PrincipalDep) -> Response[Any]:
+    async def create_chat_completion(
+        self, request: Request, services: ServicesDep, principal: PrincipalDep
+    ) -> Response[Any]:
         return await _complete(request, services, principal, "chat.completions")
 
     @post("/completions", status_code=200)
-    async def create_completion(self, request: Request, services: ServicesDep, principal: PrincipalDep) -> Response[Any]:
+    async def create_completion(
+        self, request: Request, services: ServicesDep, principal: PrincipalDep
+    ) -> Response[Any]:
         return await _complete(request, services, principal, "completions")
 
 
-async def _complete(request: Request, services: ServicesDep, principal: PrincipalDep, endpoint: Endpoint) -> Response[Any]:
+async def _complete(
+    request: Request, services: ServicesDep, principal: PrincipalDep, endpoint: Endpoint
+) -> Response[Any]:
     result = await services.completions.create(principal, endpoint, await read_json(request), joined=True)
     if isinstance(result, bytes):
         return Response(content=result, media_type="application/json")

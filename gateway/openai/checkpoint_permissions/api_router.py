@@ -40,8 +40,11 @@ def _model_and_permission(rest: str) -> tuple[str, str]:
 
 
 def _no_route(rest: str) -> NotFound:
-    return NotFound(f"Unknown path: /v1/fine_tuning/checkpoints/{rest.lstrip('/')} (expected "
-                    "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint}/permissions).", code="unknown_url")
+    return NotFound(
+        f"Unknown path: /v1/fine_tuning/checkpoints/{rest.lstrip('/')} (expected "
+        "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint}/permissions).",
+        code="unknown_url",
+    )
 
 
 class CheckpointPermissionsController(Controller):
@@ -49,8 +52,9 @@ class CheckpointPermissionsController(Controller):
     tags = ["Fine-tuning"]
 
     @post("/{rest:path}", status_code=200)
-    async def create_permissions(self, request: Request, services: ServicesDep, principal: PrincipalDep,
-                                 rest: FromPath[str]) -> dict[str, Any]:
+    async def create_permissions(
+        self, request: Request, services: ServicesDep, principal: PrincipalDep, rest: FromPath[str]
+    ) -> dict[str, Any]:
         """Share the model with each of ``project_ids`` (organization ids); answers the permissions as a list."""
         model = _model(rest)
         ids = project_ids(await read_json(request))
@@ -58,13 +62,25 @@ class CheckpointPermissionsController(Controller):
         return list_page([permission_object(r) for r in rows], has_more=False, ids=True)
 
     @get("/{rest:path}", sync_to_thread=True)
-    def list_permissions(self, services: ServicesDep, principal: PrincipalDep, rest: FromPath[str],
-                         limit: Limit = 10, after: FromQuery[str | None] = None,
-                         project_id: FromQuery[str | None] = None,
-                         order: FromQuery[str | None] = None) -> dict[str, Any]:
+    def list_permissions(
+        self,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        rest: FromPath[str],
+        limit: Limit = 10,
+        after: FromQuery[str | None] = None,
+        project_id: FromQuery[str | None] = None,
+        order: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
         model = _model(rest)
-        page = PermissionStore(services.db).list(principal.organization_id, model, project_id=project_id,
-                                                 limit=limit, after=after, order=cast(Any, order_of(order)))
+        page = PermissionStore(services.db).list(
+            principal.organization_id,
+            model,
+            project_id=project_id,
+            limit=limit,
+            after=after,
+            order=cast(Any, order_of(order)),
+        )
         return list_page([permission_object(r) for r in page.items], has_more=page.has_more, ids=True)
 
     @delete("/{rest:path}", status_code=200, sync_to_thread=True)

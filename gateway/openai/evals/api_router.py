@@ -34,8 +34,14 @@ class EvalsController(Controller):
         return eval_object(await sync_to_thread(create))
 
     @get("/", sync_to_thread=True)
-    def list_evals(self, services: ServicesDep, principal: PrincipalDep, limit: Limit = 20,
-                   after: FromQuery[str | None] = None, order: Order = "asc") -> dict[str, Any]:
+    def list_evals(
+        self,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        limit: Limit = 20,
+        after: FromQuery[str | None] = None,
+        order: Order = "asc",
+    ) -> dict[str, Any]:
         page = services.evals.list_evals(principal.organization_id, limit=limit, after=after, ascending=order == "asc")
         return list_page([eval_object(e) for e in page.items], has_more=page.has_more, ids=True)
 
@@ -44,8 +50,9 @@ class EvalsController(Controller):
         return eval_object(services.evals.get_eval(principal.organization_id, eval_id))
 
     @post("/{eval_id:str}", status_code=200)
-    async def update_eval(self, request: Request, services: ServicesDep, principal: PrincipalDep,
-                          eval_id: FromPath[str]) -> dict[str, Any]:
+    async def update_eval(
+        self, request: Request, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str]
+    ) -> dict[str, Any]:
         values = eval_updates(await read_json(request))
         row = await sync_to_thread(services.evals.update_eval, principal.organization_id, eval_id, values)
         return eval_object(row)
@@ -57,58 +64,111 @@ class EvalsController(Controller):
 
     # --- runs --------------------------------------------------------------------------------------------
     @post("/{eval_id:str}/runs", status_code=200)
-    async def create_run(self, request: Request, services: ServicesDep, principal: PrincipalDep,
-                         eval_id: FromPath[str]) -> dict[str, Any]:
+    async def create_run(
+        self, request: Request, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str]
+    ) -> dict[str, Any]:
         body = await read_json(request)
         if services.completions.stored is not None:  # a stored_completions source sees this gateway's latest
             await services.completions.stored.flush()
 
         def create() -> Any:
             evaluation = services.evals.get_eval(principal.organization_id, eval_id)
-            run = new_run(principal.organization_id, evaluation, body, services.files, services.catalog.get,
-                          lambda params: validate_sampling_params(params, "data_source.sampling_params",
-                                                                  services.settings.requests))
+            run = new_run(
+                principal.organization_id,
+                evaluation,
+                body,
+                services.files,
+                services.catalog.get,
+                lambda params: validate_sampling_params(
+                    params, "data_source.sampling_params", services.settings.requests
+                ),
+            )
             services.evals.add(run)
             return run
 
         return run_object(await sync_to_thread(create), console_base(request))
 
     @get("/{eval_id:str}/runs", sync_to_thread=True)
-    def list_runs(self, request: Request, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
-                  limit: Limit = 20,
-                  after: FromQuery[str | None] = None, order: Order = "asc",
-                  status: FromQuery[str | None] = None) -> dict[str, Any]:
-        page = services.evals.list_runs(principal.organization_id, eval_id, limit=limit, after=after,
-                                        ascending=order == "asc", status=status)
+    def list_runs(
+        self,
+        request: Request,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        eval_id: FromPath[str],
+        limit: Limit = 20,
+        after: FromQuery[str | None] = None,
+        order: Order = "asc",
+        status: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        page = services.evals.list_runs(
+            principal.organization_id, eval_id, limit=limit, after=after, ascending=order == "asc", status=status
+        )
         return list_page([run_object(r, console_base(request)) for r in page.items], has_more=page.has_more, ids=True)
 
     @get("/{eval_id:str}/runs/{run_id:str}", sync_to_thread=True)
-    def retrieve_run(self, request: Request, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
-                     run_id: FromPath[str]) -> dict[str, Any]:
+    def retrieve_run(
+        self,
+        request: Request,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        eval_id: FromPath[str],
+        run_id: FromPath[str],
+    ) -> dict[str, Any]:
         return run_object(services.evals.get_run(principal.organization_id, eval_id, run_id), console_base(request))
 
-    @post(["/{eval_id:str}/runs/{run_id:str}", "/{eval_id:str}/runs/{run_id:str}/cancel"], status_code=200,
-          sync_to_thread=True)
-    def cancel_run(self, request: Request, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
-                   run_id: FromPath[str]) -> dict[str, Any]:
+    @post(
+        ["/{eval_id:str}/runs/{run_id:str}", "/{eval_id:str}/runs/{run_id:str}/cancel"],
+        status_code=200,
+        sync_to_thread=True,
+    )
+    def cancel_run(
+        self,
+        request: Request,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        eval_id: FromPath[str],
+        run_id: FromPath[str],
+    ) -> dict[str, Any]:
         """The spec's path is POST …/runs/{run_id}; the openai client posts to …/runs/{run_id}/cancel."""
         return run_object(services.evals.cancel_run(principal.organization_id, eval_id, run_id), console_base(request))
 
     @delete("/{eval_id:str}/runs/{run_id:str}", status_code=200, sync_to_thread=True)
-    def delete_run(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
-                   run_id: FromPath[str]) -> dict[str, Any]:
+    def delete_run(
+        self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str], run_id: FromPath[str]
+    ) -> dict[str, Any]:
         services.evals.delete_run(principal.organization_id, eval_id, run_id)
         return {"object": "eval.run.deleted", "deleted": True, "run_id": run_id}
 
     @get("/{eval_id:str}/runs/{run_id:str}/output_items", sync_to_thread=True)
-    def list_items(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str], run_id: FromPath[str],
-                   limit: Limit = 20, after: FromQuery[str | None] = None, order: Order = "asc",
-                   status: FromQuery[str | None] = None) -> dict[str, Any]:
-        page = services.evals.list_items(principal.organization_id, eval_id, run_id, limit=limit, after=after,
-                                         ascending=order == "asc", status=status)
+    def list_items(
+        self,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        eval_id: FromPath[str],
+        run_id: FromPath[str],
+        limit: Limit = 20,
+        after: FromQuery[str | None] = None,
+        order: Order = "asc",
+        status: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        page = services.evals.list_items(
+            principal.organization_id,
+            eval_id,
+            run_id,
+            limit=limit,
+            after=after,
+            ascending=order == "asc",
+            status=status,
+        )
         return list_page([item_object(i) for i in page.items], has_more=page.has_more, ids=True)
 
     @get("/{eval_id:str}/runs/{run_id:str}/output_items/{item_id:str}", sync_to_thread=True)
-    def retrieve_item(self, services: ServicesDep, principal: PrincipalDep, eval_id: FromPath[str],
-                      run_id: FromPath[str], item_id: FromPath[str]) -> dict[str, Any]:
+    def retrieve_item(
+        self,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        eval_id: FromPath[str],
+        run_id: FromPath[str],
+        item_id: FromPath[str],
+    ) -> dict[str, Any]:
         return item_object(services.evals.get_item(principal.organization_id, eval_id, run_id, item_id))

@@ -30,20 +30,28 @@ class ExportsController(Controller):
 
         def create() -> Any:
             services.quota.check(principal.organization_id)
-            row = new_export(principal.organization_id, body, services.catalog.get_own, services.blobs.local_path,
-                             services.settings.base_models)
+            row = new_export(
+                principal.organization_id,
+                body,
+                services.catalog.get_own,
+                services.blobs.local_path,
+                services.settings.base_models,
+            )
             return services.exports.add(row)
 
         return export_object(await sync_to_thread(create))
 
     @get("/", sync_to_thread=True)
-    def list_exports(self, services: ServicesDep, principal: PrincipalDep, limit: Limit = 20,
-                     after: FromQuery[str | None] = None) -> dict[str, Any]:
+    def list_exports(
+        self, services: ServicesDep, principal: PrincipalDep, limit: Limit = 20, after: FromQuery[str | None] = None
+    ) -> dict[str, Any]:
         page = services.exports.list(principal.organization_id, limit=limit, after=after)
         return list_page([export_object(e) for e in page.items], has_more=page.has_more, ids=True)
 
     @get("/{export_id:str}", sync_to_thread=True)
-    def retrieve_export(self, services: ServicesDep, principal: PrincipalDep, export_id: FromPath[str]) -> dict[str, Any]:
+    def retrieve_export(
+        self, services: ServicesDep, principal: PrincipalDep, export_id: FromPath[str]
+    ) -> dict[str, Any]:
         return export_object(services.exports.get(principal.organization_id, export_id))
 
     @post("/{export_id:str}/cancel", status_code=200, sync_to_thread=True)

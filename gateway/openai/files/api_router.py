@@ -27,8 +27,12 @@ class FilesController(Controller):
 
     @get("/", sync_to_thread=True)
     def list_files(
-        self, services: ServicesDep, principal: PrincipalDep, purpose: FromQuery[str | None] = None,
-        order: FromQuery[Literal["asc", "desc"]] = "desc", limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+        self,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        purpose: FromQuery[str | None] = None,
+        order: FromQuery[Literal["asc", "desc"]] = "desc",
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = MAX_PAGE,
         after: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         return serving.list_files(services, principal, purpose=purpose, order=order, limit=limit, after=after)
@@ -44,15 +48,23 @@ class FilesController(Controller):
 
     @get("/{file_id:str}/content", sync_to_thread=True)
     def file_content(
-        self, request: Request, services: ServicesDep, principal: PrincipalDep, file_id: FromPath[str],
+        self,
+        request: Request,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        file_id: FromPath[str],
         format: FromQuery[Literal["original", "normalized"]] = "original",  # noqa: A002 - the query parameter's name
     ) -> Stream | Response:
         """The bytes as uploaded; ``?format=normalized`` gives a fine-tune file as OpenAI JSONL. ``Range: bytes=…``
         gives one range (206)."""
         try:
-            chunks, status, headers = serving.content(services, principal, file_id, normalized=format == "normalized",
-                                                      byte_range=request.headers.get("range"))
+            chunks, status, headers = serving.content(
+                services, principal, file_id, normalized=format == "normalized", byte_range=request.headers.get("range")
+            )
         except serving.RangeNotSatisfiable as exc:
-            return Response(envelope(str(exc), "invalid_request_error", "range", "range_not_satisfiable"),
-                            status_code=416, headers={"content-range": f"bytes */{exc.size}"})
+            return Response(
+                envelope(str(exc), "invalid_request_error", "range", "range_not_satisfiable"),
+                status_code=416,
+                headers={"content-range": f"bytes */{exc.size}"},
+            )
         return Stream(chunks, media_type="application/octet-stream", status_code=status, headers=headers)

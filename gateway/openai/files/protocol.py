@@ -27,6 +27,13 @@ class FileObject(msgspec.Struct, omit_defaults=True):
     @classmethod
     def of(cls, row: StoredFile) -> FileObject:
         return cls(
-            object="file", id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename, purpose=row.purpose,
-            status=row.status, expires_at=row.expires_at, status_details=row.status_details,
+            object="file",
+            id=row.id,
+            bytes=row.bytes,
+            created_at=row.created_at,
+            filename=row.filename,
+            purpose=row.purpose,
+            status=row.status,
+            expires_at=row.expires_at,
+            status_details=row.status_details,
         )

@@ -35,17 +35,23 @@ CHUNK = 1 << 16
 
 async def create(services: Services, who: Principal, content_type: str, body: AsyncIterator[bytes]) -> FileObject:
     with services.blobs.stage() as original:
-        form = await read_upload(content_type, body, original, services.settings.max_upload_bytes,
-                                 services.settings.upload_stall_seconds)
+        form = await read_upload(
+            content_type, body, original, services.settings.max_upload_bytes, services.settings.upload_stall_seconds
+        )
         new = NewFile(
-            organization_id=who.organization_id, filename=_filename(form), purpose=_purpose(form),
-            original=original, expires_after_s=_expiry(form),
+            organization_id=who.organization_id,
+            filename=_filename(form),
+            purpose=_purpose(form),
+            original=original,
+            expires_after_s=_expiry(form),
         )
         row = await store(services, new)
     return FileObject.of(row)
 
 
-async def store(services: Services, new: NewFile, within: Callable[[Session, StoredFile], None] | None = None) -> StoredFile:
+async def store(
+    services: Services, new: NewFile, within: Callable[[Session, StoredFile], None] | None = None
+) -> StoredFile:
     """The one way from a staged blob to a File (``POST /v1/files`` and a completed Upload): a fine-tune file is
     checked and normalized first (a 400 naming the problem lines), then blobs and row are stored (``Files.create``)."""
     if new.purpose != "fine-tune":
@@ -67,8 +73,9 @@ async def _normalize(blobs: BlobStore, new: NewFile, target: Path, max_example_b
     limit = memory_limit(max_example_bytes)
     result = await check_in_child(source, target, max_example_bytes, limit, Settings.child_environ(database=False))
     if result is None:
-        raise InvalidFile(f"The file could not be checked within {limit >> 20} MiB of memory; "
-                          "send smaller examples.", param="file")
+        raise InvalidFile(
+            f"The file could not be checked within {limit >> 20} MiB of memory; send smaller examples.", param="file"
+        )
     if result.problems:
         raise InvalidFile(result.problems, param="file")
     new.normalized = await sync_to_thread(blobs.adopt, target)
@@ -87,7 +94,9 @@ def check_filename(name: str, param: str) -> str:
     if not name or name in (".", "..") or _BAD_NAME.search(name) or len(name) > 255:
         raise InvalidRequest(
             f"Invalid filename {name!r}: a filename is a plain name (1-255 characters, no '/', '\\' or control "
-            "characters), never a path.", param=param, code="invalid_filename",
+            "characters), never a path.",
+            param=param,
+            code="invalid_filename",
         )
     return name
 
@@ -98,10 +107,14 @@ def _purpose(form: UploadForm) -> str:
 
 def check_purpose(purpose: str | None) -> str:
     if not purpose:
-        raise InvalidRequest("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
+        raise InvalidRequest(
+            "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter"
+        )
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(
-            f"Invalid purpose {purpose!r}: expected one of {', '.join(UPLOAD_PURPOSES)}.", param="purpose", code="invalid_value"
+            f"Invalid purpose {purpose!r}: expected one of {', '.join(UPLOAD_PURPOSES)}.",
+            param="purpose",
+            code="invalid_value",
         )
     return purpose
 
@@ -112,7 +125,9 @@ def _expiry(form: UploadForm) -> int | None:
     if anchor is None and seconds is None:
         return BATCH_DEFAULT_EXPIRY_S if form.fields.get("purpose") == "batch" else None
     if anchor != "created_at":
-        raise InvalidRequest("expires_after[anchor] must be 'created_at'.", param="expires_after.anchor", code="invalid_value")
+        raise InvalidRequest(
+            "expires_after[anchor] must be 'created_at'.", param="expires_after.anchor", code="invalid_value"
+        )
     try:
         value = int(seconds or "")
     except ValueError:
@@ -124,7 +139,8 @@ def check_expiry(seconds: int) -> int:
     if not MIN_EXPIRY_S <= seconds <= MAX_EXPIRY_S:
         raise InvalidRequest(
             f"expires_after[seconds] must be an integer between {MIN_EXPIRY_S} and {MAX_EXPIRY_S}.",
-            param="expires_after.seconds", code="invalid_value",
+            param="expires_after.seconds",
+            code="invalid_value",
         )
     return seconds
 
@@ -138,8 +154,9 @@ def retrieve(services: Services, who: Principal, file_id: str) -> FileObject:
     return FileObject.of(services.files.get(who.organization_id, file_id))
 
 
-def content(services: Services, who: Principal, file_id: str, normalized: bool,
-            byte_range: str | None = None) -> tuple[Iterator[bytes], int, dict[str, str]]:
+def content(
+    services: Services, who: Principal, file_id: str, normalized: bool, byte_range: str | None = None
+) -> tuple[Iterator[bytes], int, dict[str, str]]:
     """The file's bytes as (chunks, status, headers): all of them (200), or the one range a ``Range: bytes=…``
     header names (206; 416 when it lies outside the file), read by the store itself (an S3 ranged GET)."""
     row, key = services.files.content_key(who.organization_id, file_id, normalized=normalized)

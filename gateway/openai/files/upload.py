@@ -50,8 +50,12 @@ class _Collector:
 
     def callbacks(self) -> MultipartCallbacks:
         return {
-            "on_part_begin": self._part_begin, "on_part_data": self._part_data, "on_part_end": self._part_end,
-            "on_header_field": self._h_field, "on_header_value": self._h_value, "on_header_end": self._h_end,
+            "on_part_begin": self._part_begin,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_header_field": self._h_field,
+            "on_header_value": self._h_value,
+            "on_header_end": self._h_end,
             "on_headers_finished": self._headers_done,
         }
 
@@ -105,8 +109,9 @@ class _Collector:
             self.staged.write(chunk)
 
 
-async def read_upload(content_type: str, body: AsyncIterator[bytes], staged: StagedBlob, max_bytes: int,
-                      stall_s: float) -> UploadForm:
+async def read_upload(
+    content_type: str, body: AsyncIterator[bytes], staged: StagedBlob, max_bytes: int, stall_s: float
+) -> UploadForm:
     kind, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
@@ -137,6 +142,7 @@ async def _until_stalled(body: AsyncIterator[bytes], stall_s: float) -> AsyncIte
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise InvalidRequest(f"The upload stalled: no bytes arrived for {stall_s:g} seconds.", param="file",
-                                 code="upload_stalled") from None
+            raise InvalidRequest(
+                f"The upload stalled: no bytes arrived for {stall_s:g} seconds.", param="file", code="upload_stalled"
+            ) from None
         yield chunk

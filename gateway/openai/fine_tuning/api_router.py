@@ -24,15 +24,29 @@ class FineTuningJobsController(Controller):
     async def create(self, request: Request, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
         body = await read_json(request)
         await sync_to_thread(services.quota.check, principal.organization_id)
-        job = await sync_to_thread(create_job, services.settings, services.files, services.jobs,
-                                   principal.organization_id, body,
-                                   lambda model: services.catalog.get(principal.organization_id, model))
+        job = await sync_to_thread(
+            create_job,
+            services.settings,
+            services.files,
+            services.jobs,
+            principal.organization_id,
+            body,
+            lambda model: services.catalog.get(principal.organization_id, model),
+        )
         return job_object(job)
 
     @get("/", sync_to_thread=True)
-    def list_jobs(self, request: Request, services: ServicesDep, principal: PrincipalDep, limit: Limit = 20,
-                  after: FromQuery[str | None] = None) -> dict[str, Any]:
-        metadata = {k[9:-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
+    def list_jobs(
+        self,
+        request: Request,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        limit: Limit = 20,
+        after: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        metadata = {
+            k[9:-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")
+        }
         page = services.jobs.list(principal.organization_id, limit=limit, after=after, metadata=metadata)
         return list_page([job_object(j) for j in page.items], has_more=page.has_more)
 
@@ -53,13 +67,25 @@ class FineTuningJobsController(Controller):
         return job_object(services.jobs.resume(principal.organization_id, job_id))
 
     @get("/{job_id:str}/events", sync_to_thread=True)
-    def events(self, services: ServicesDep, principal: PrincipalDep, job_id: FromPath[str], limit: Limit = 20,
-               after: FromQuery[str | None] = None) -> dict[str, Any]:
+    def events(
+        self,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        job_id: FromPath[str],
+        limit: Limit = 20,
+        after: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
         page = services.jobs.events(principal.organization_id, job_id, limit=limit, after=after)
         return list_page([event_object(e) for e in page.items], has_more=page.has_more)
 
     @get("/{job_id:str}/checkpoints", sync_to_thread=True)
-    def checkpoints(self, services: ServicesDep, principal: PrincipalDep, job_id: FromPath[str], limit: Limit = 10,
-                    after: FromQuery[str | None] = None) -> dict[str, Any]:
+    def checkpoints(
+        self,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        job_id: FromPath[str],
+        limit: Limit = 10,
+        after: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
         page = services.jobs.checkpoints(principal.organization_id, job_id, limit=limit, after=after)
         return list_page([checkpoint_object(c) for c in page.items], has_more=page.has_more, ids=True)

@@ -39,14 +39,23 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
 
 def event_object(event: JobEvent) -> dict[str, Any]:
     return {
-        "object": "fine_tuning.job.event", "id": event.id, "created_at": event.created_at, "level": event.level,
-        "message": event.message, "type": event.type, "data": event.data or {},
+        "object": "fine_tuning.job.event",
+        "id": event.id,
+        "created_at": event.created_at,
+        "level": event.level,
+        "message": event.message,
+        "type": event.type,
+        "data": event.data or {},
     }
 
 
 def checkpoint_object(ckpt: JobCheckpoint) -> dict[str, Any]:
     return {
-        "object": "fine_tuning.job.checkpoint", "id": ckpt.id, "created_at": ckpt.created_at,
-        "fine_tuned_model_checkpoint": ckpt.fine_tuned_model_checkpoint, "fine_tuning_job_id": ckpt.job_id,
-        "step_number": ckpt.step_number, "metrics": ckpt.metrics,
+        "object": "fine_tuning.job.checkpoint",
+        "id": ckpt.id,
+        "created_at": ckpt.created_at,
+        "fine_tuned_model_checkpoint": ckpt.fine_tuned_model_checkpoint,
+        "fine_tuning_job_id": ckpt.job_id,
+        "step_number": ckpt.step_number,
+        "metrics": ckpt.metrics,
     }

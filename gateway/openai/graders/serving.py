@@ -49,8 +49,11 @@ class GraderRuns:
         grader = await sync_to_thread(self.check, principal, body)
         sample, item = body.get("model_sample"), body.get("item") if body.get("item") is not None else {}
         if not isinstance(sample, str):
-            raise InvalidRequest("model_sample must be a string.", param="model_sample",
-                                 code="missing_required_parameter" if sample is None else "invalid_type")
+            raise InvalidRequest(
+                "model_sample must be a string.",
+                param="model_sample",
+                code="missing_required_parameter" if sample is None else "invalid_type",
+            )
         if not isinstance(item, dict):
             raise InvalidRequest("item must be an object.", param="item", code="invalid_type")
 
@@ -61,8 +64,9 @@ class GraderRuns:
 
         engine = GraderEngine(sandbox=self.sandbox, judge=judge, embed=self.embed)
         started = time.perf_counter()
-        [outcome] = await sync_to_thread(engine.grade, grader, [(sample_namespace(sample), item)],
-                                         principal.organization_id)
+        [outcome] = await sync_to_thread(
+            engine.grade, grader, [(sample_namespace(sample), item)], principal.organization_id
+        )
         return run_response(grader, outcome, time.perf_counter() - started)
 
     async def _judge(self, principal: Principal, model: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:

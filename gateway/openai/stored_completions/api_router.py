@@ -29,12 +29,26 @@ class StoredCompletionsController(Controller):
     tags = ["Chat"]
 
     @get("/")
-    async def list_chat_completions(self, request: Request, services: ServicesDep, principal: PrincipalDep,
-                                    model: FromQuery[str | None] = None, after: FromQuery[str | None] = None,
-                                    limit: Limit = 20, order: Order = "asc") -> dict[str, Any]:
+    async def list_chat_completions(
+        self,
+        request: Request,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        model: FromQuery[str | None] = None,
+        after: FromQuery[str | None] = None,
+        limit: Limit = 20,
+        order: Order = "asc",
+    ) -> dict[str, Any]:
         """Stored completions (``metadata[k]=v`` and ``model`` filters), oldest first unless ``order=desc``."""
-        return await serving.list_completions(services, principal, model=model, metadata=_metadata(request),
-                                              after=after, limit=limit, ascending=order == "asc")
+        return await serving.list_completions(
+            services,
+            principal,
+            model=model,
+            metadata=_metadata(request),
+            after=after,
+            limit=limit,
+            ascending=order == "asc",
+        )
 
     @post("/distill", status_code=200)
     async def distill(self, request: Request, services: ServicesDep, principal: PrincipalDep) -> FileObject:
@@ -43,24 +57,34 @@ class StoredCompletionsController(Controller):
         return await serving.distill(services, principal, await read_json(request))
 
     @get("/{completion_id:str}")
-    async def get_chat_completion(self, services: ServicesDep, principal: PrincipalDep,
-                                  completion_id: FromPath[str]) -> dict[str, Any]:
+    async def get_chat_completion(
+        self, services: ServicesDep, principal: PrincipalDep, completion_id: FromPath[str]
+    ) -> dict[str, Any]:
         return await serving.retrieve(services, principal, completion_id)
 
     @post("/{completion_id:str}", status_code=200)
-    async def update_chat_completion(self, request: Request, services: ServicesDep, principal: PrincipalDep,
-                                     completion_id: FromPath[str]) -> dict[str, Any]:
+    async def update_chat_completion(
+        self, request: Request, services: ServicesDep, principal: PrincipalDep, completion_id: FromPath[str]
+    ) -> dict[str, Any]:
         """Replace the completion's ``metadata`` (JSON: metadata)."""
         return await serving.update(services, principal, completion_id, await read_json(request))
 
     @delete("/{completion_id:str}", status_code=200)
-    async def delete_chat_completion(self, services: ServicesDep, principal: PrincipalDep,
-                                     completion_id: FromPath[str]) -> dict[str, Any]:
+    async def delete_chat_completion(
+        self, services: ServicesDep, principal: PrincipalDep, completion_id: FromPath[str]
+    ) -> dict[str, Any]:
         return await serving.delete(services, principal, completion_id)
 
     @get("/{completion_id:str}/messages")
-    async def get_chat_completion_messages(self, services: ServicesDep, principal: PrincipalDep,
-                                           completion_id: FromPath[str], after: FromQuery[str | None] = None,
-                                           limit: Limit = 20, order: Order = "asc") -> dict[str, Any]:
-        return await serving.messages(services, principal, completion_id, after=after, limit=limit,
-                                      ascending=order == "asc")
+    async def get_chat_completion_messages(
+        self,
+        services: ServicesDep,
+        principal: PrincipalDep,
+        completion_id: FromPath[str],
+        after: FromQuery[str | None] = None,
+        limit: Limit = 20,
+        order: Order = "asc",
+    ) -> dict[str, Any]:
+        return await serving.messages(
+            services, principal, completion_id, after=after, limit=limit, ascending=order == "asc"
+        )

@@ -24,8 +24,14 @@ def message_object(message_id: str, message: dict[str, Any]) -> dict[str, Any]:
     parts = content if isinstance(content, list) else None
     if parts is not None:
         content = "".join(p.get("text", "") for p in parts if p.get("type") == "text")
-    out = {"id": message_id, "role": message["role"], "content": content, "refusal": message.get("refusal"),
-           "name": message.get("name"), "content_parts": parts}
+    out = {
+        "id": message_id,
+        "role": message["role"],
+        "content": content,
+        "refusal": message.get("refusal"),
+        "name": message.get("name"),
+        "content_parts": parts,
+    }
     for key in ("tool_calls", "tool_call_id"):
         if key in message:
             out[key] = message[key]

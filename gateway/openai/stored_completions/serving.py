@@ -42,11 +42,20 @@ async def _flushed(services: Services) -> StoredCompletions:
     return _store(services)
 
 
-async def list_completions(services: Services, who: Principal, *, model: str | None, metadata: dict[str, str],
-                           after: str | None, limit: int, ascending: bool) -> dict[str, Any]:
+async def list_completions(
+    services: Services,
+    who: Principal,
+    *,
+    model: str | None,
+    metadata: dict[str, str],
+    after: str | None,
+    limit: int,
+    ascending: bool,
+) -> dict[str, Any]:
     store = await _flushed(services)
-    page = await sync_to_thread(store.list, who.organization_id, Selection(metadata, model), limit=limit,
-                                after=after, ascending=ascending)
+    page = await sync_to_thread(
+        store.list, who.organization_id, Selection(metadata, model), limit=limit, after=after, ascending=ascending
+    )
     return list_page([completion_object(r) for r in page.items], has_more=page.has_more, ids=True)
 
 
@@ -57,8 +66,9 @@ async def retrieve(services: Services, who: Principal, completion_id: str) -> di
 
 async def update(services: Services, who: Principal, completion_id: str, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict) or "metadata" not in body:
-        raise InvalidRequest("Missing required parameter: 'metadata'.", param="metadata",
-                             code="missing_required_parameter")
+        raise InvalidRequest(
+            "Missing required parameter: 'metadata'.", param="metadata", code="missing_required_parameter"
+        )
     metadata = check_metadata(body["metadata"])
     store = await _flushed(services)
     return completion_object(await sync_to_thread(store.update_metadata, who.organization_id, completion_id, metadata))
@@ -70,11 +80,13 @@ async def delete(services: Services, who: Principal, completion_id: str) -> dict
     return {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
 
 
-async def messages(services: Services, who: Principal, completion_id: str, *, after: str | None, limit: int,
-                   ascending: bool) -> dict[str, Any]:
+async def messages(
+    services: Services, who: Principal, completion_id: str, *, after: str | None, limit: int, ascending: bool
+) -> dict[str, Any]:
     store = await _flushed(services)
-    page = await sync_to_thread(store.messages, who.organization_id, completion_id, limit=limit, after=after,
-                                ascending=ascending)
+    page = await sync_to_thread(
+        store.messages, who.organization_id, completion_id, limit=limit, after=after, ascending=ascending
+    )
     return list_page([message_object(i, m) for i, m in page.items], has_more=page.has_more, ids=True)
 
 
@@ -86,15 +98,20 @@ async def distill(services: Services, who: Principal, body: Any) -> FileObject:
     with services.blobs.stage() as staged:
         written = await sync_to_thread(_write_examples, store, who.organization_id, selection, request.limit, staged)
         if not written:
-            raise InvalidRequest("No stored chat completion with an answer matches these filters (metadata, model, "
-                                 "created_after, created_before).", param="metadata", code="no_stored_completions")
+            raise InvalidRequest(
+                "No stored chat completion with an answer matches these filters (metadata, model, "
+                "created_after, created_before).",
+                param="metadata",
+                code="no_stored_completions",
+            )
         new = NewFile(organization_id=who.organization_id, filename=filename, purpose="fine-tune", original=staged)
         row = await files.store(services, new)
     return FileObject.of(row)
 
 
-def _write_examples(store: StoredCompletions, org_id: str, selection: Selection, limit: int | None,
-                    staged: StagedBlob) -> int:
+def _write_examples(
+    store: StoredCompletions, org_id: str, selection: Selection, limit: int | None, staged: StagedBlob
+) -> int:
     """Write one training line per selected completion that has an answer; returns how many."""
     written = 0
     for row in store.select(org_id, selection):

@@ -21,15 +21,18 @@ class UploadsController(Controller):
         return await serving.create(services, principal, await read_json(request))
 
     @post("/{upload_id:str}/parts", status_code=200, request_max_body_size=None)
-    async def add_upload_part(self, request: Request, services: ServicesDep, principal: PrincipalDep,
-                              upload_id: FromPath[str]) -> UploadPartObject:
+    async def add_upload_part(
+        self, request: Request, services: ServicesDep, principal: PrincipalDep, upload_id: FromPath[str]
+    ) -> UploadPartObject:
         """Add a Part (multipart: data), at most ``uploads.max_part_bytes``."""
-        return await serving.add_part(services, principal, upload_id, request.headers.get("content-type", ""),
-                                      request.stream())
+        return await serving.add_part(
+            services, principal, upload_id, request.headers.get("content-type", ""), request.stream()
+        )
 
     @post("/{upload_id:str}/complete", status_code=200)
-    async def complete_upload(self, request: Request, services: ServicesDep, principal: PrincipalDep,
-                              upload_id: FromPath[str]) -> UploadObject:
+    async def complete_upload(
+        self, request: Request, services: ServicesDep, principal: PrincipalDep, upload_id: FromPath[str]
+    ) -> UploadObject:
         """Assemble the Parts in the given order (JSON: part_ids, md5) into a File, checked like any upload."""
         return await serving.complete(services, principal, upload_id, await read_json(request))
 

@@ -14,10 +14,19 @@ from storage.uploads import status_now
 
 # The mime types each purpose may declare. fine-tune, batch and evals files are read as JSON lines (or, fine-tune,
 # one JSON array); assistants and user_data files are stored as they are, so any type/subtype goes.
-_JSON = ("text/jsonl", "application/jsonl", "application/x-jsonlines", "application/x-ndjson", "application/json",
-         "text/plain")
+_JSON = (
+    "text/jsonl",
+    "application/jsonl",
+    "application/x-jsonlines",
+    "application/x-ndjson",
+    "application/json",
+    "text/plain",
+)
 MIME_TYPES: dict[str, tuple[str, ...]] = {
-    "fine-tune": _JSON, "batch": _JSON, "evals": _JSON, "vision": ("image/png", "image/jpeg", "image/gif", "image/webp"),
+    "fine-tune": _JSON,
+    "batch": _JSON,
+    "evals": _JSON,
+    "vision": ("image/png", "image/jpeg", "image/gif", "image/webp"),
 }
 
 
@@ -76,9 +85,17 @@ class UploadObject(msgspec.Struct):
 
     @classmethod
     def of(cls, row: Upload, file: StoredFile | None = None) -> UploadObject:
-        return cls(object="upload", id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename,
-                   purpose=row.purpose, status=status_now(row), expires_at=row.expires_at,
-                   file=FileObject.of(file) if file is not None else None)
+        return cls(
+            object="upload",
+            id=row.id,
+            bytes=row.bytes,
+            created_at=row.created_at,
+            filename=row.filename,
+            purpose=row.purpose,
+            status=status_now(row),
+            expires_at=row.expires_at,
+            file=FileObject.of(file) if file is not None else None,
+        )
 
 
 class UploadPartObject(msgspec.Struct):

@@ -9,21 +9,25 @@ import sqlalchemy as sa
 import sqlmodel.sql.sqltypes
 from alembic import op
 
-revision = '0007'
-down_revision = '0006'
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table('organization_limits',
-    sa.Column('organization_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('limits', sa.JSON(), nullable=False),
-    sa.Column('updated_at', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['organization_id'], ['organizations.id'], ),
-    sa.PrimaryKeyConstraint('organization_id')
+    op.create_table(
+        "organization_limits",
+        sa.Column("organization_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("limits", sa.JSON(), nullable=False),
+        sa.Column("updated_at", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["organization_id"],
+            ["organizations.id"],
+        ),
+        sa.PrimaryKeyConstraint("organization_id"),
     )
 
 
 def downgrade() -> None:
-    op.drop_table('organization_limits')
+    op.drop_table("organization_limits")

@@ -9,17 +9,17 @@ import sqlalchemy as sa
 import sqlmodel.sql.sqltypes
 from alembic import op
 
-revision = '0008'
-down_revision = '0007'
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('engines', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('api_key', sqlmodel.sql.sqltypes.AutoString(length=256), nullable=True))
+    with op.batch_alter_table("engines", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("api_key", sqlmodel.sql.sqltypes.AutoString(length=256), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('engines', schema=None) as batch_op:
-        batch_op.drop_column('api_key')
+    with op.batch_alter_table("engines", schema=None) as batch_op:
+        batch_op.drop_column("api_key")
