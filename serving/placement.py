@@ -57,3 +57,13 @@ def choose(
 
 def homes_of(adapter: str, ready: Sequence[R], ident: Callable[[R], str], homes: int = 1) -> list[R]:
     return ranking(adapter, ready, ident)[: max(1, homes)]
+
+
+def engine_for(name: str, engines: Sequence[R], ident: Callable[[R], str]) -> R:
+    """The engine a worker uses for ``name`` (an adapter's engine-side name, or a base model's work): the first of
+    its ranking, so a worker's load of an adapter lands on the replica every gateway sends it to — workers see no
+    traffic, so they do not spill. ValueError when ``engines`` is empty."""
+    ranked = ranking(name, engines, ident)
+    if not ranked:
+        raise ValueError("no ready engine")
+    return ranked[0]

@@ -27,6 +27,11 @@ class EngineAddress:
         return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
+def engine_url(engine: EngineAddress) -> str:
+    """An engine's identity for placement (``serving.placement``): its URL, as the gateways' pools rank replicas."""
+    return engine.url
+
+
 class EngineRegistry:
     def __init__(self, db: Database) -> None:
         self.db = db

@@ -267,3 +267,78 @@ def test_two_pools_share_two_replicas_by_placement(tmp_path: Path) -> None:
     finally:
         for stub in stubs:
             stub.stop()
+
+
+def test_workers_load_adapters_on_their_home_replica(tmp_path: Path) -> None:
+    """Eval runs and batches (``EngineTargets``, the workers' one way to an engine) load a fine-tuned model's adapter
+    on the replica every gateway sends it to, not on whichever replica the registry lists first; base-model work is
+    spread over the replicas by the run's id."""
+    from finetune.evals.runner import EngineTargets
+    from storage.accounts import Accounts
+    from storage.blobs import LocalBlobStore
+    from storage.db import Database
+    from storage.engines import EngineRegistry
+    from storage.ids import now
+    from storage.jobs import JobStore
+    from storage.migrate import upgrade
+    from storage.settings import Settings
+    from storage.tables import EvalRun, FineTunedModel
+
+    stubs = [Stub(tmp_path), Stub(tmp_path)]
+    urls = [s.url for s in stubs]
+    settings = Settings(
+        data_dir=tmp_path / "worker",
+        base_models={"stub": {"source": "unused", "engine_urls": urls}},
+        serving={"max_adapters_per_engine": 8},
+    )
+    db = Database(settings.resolved_database_url)
+    upgrade(db)
+    registry = EngineRegistry(db)
+    registry.publish([(u, "stub", "ready", None) for u in reversed(urls)])
+    org = Accounts(db).create_org("workers").id
+    models = {f"ft:stub:{org}:p{i}:{i:04d}": f"models/work-{i}/c/final" for i in range(12)}
+    for model_id, key in models.items():
+        JobStore(db).add_model(
+            FineTunedModel(
+                id=model_id,
+                organization_id=org,
+                base_model="stub",
+                kind="fine-tuned",
+                adapter_key=key,
+                created_at=now(),
+            )
+        )
+
+    class Worker:
+        def __init__(self) -> None:
+            self.settings, self.db, self.registry = settings, db, registry
+            self.blobs = LocalBlobStore(settings.resolved_blob_dir)
+            self.stopping = False
+
+        def idle(self, seconds: float) -> bool:
+            time.sleep(seconds)
+            return False
+
+    class Lost:
+        def is_set(self) -> bool:
+            return False
+
+    try:
+        runs = [EvalRun(id=f"evalrun_{i}", organization_id=org) for i in range(16)]
+        with EngineTargets(Worker(), runs[0], Lost()) as targets:
+            for model, key in models.items():
+                engine, name = targets.target(model)
+                assert (engine.url, name) == (ranking(key, urls, _ident)[0], key)
+            for stub in stubs:
+                log = stub.log()
+                mine = {k for k in models.values() if ranking(k, urls, _ident)[0] == stub.url}
+                assert {e["name"] for e in log["loads"]} == mine, "each adapter on its home replica only"
+        base_engines = set()
+        for run in runs:
+            with EngineTargets(Worker(), run, Lost()) as targets:
+                base_engines.add(targets.target("stub")[0].url)
+        assert base_engines == set(urls), "runs on a base model use both replicas"
+    finally:
+        for stub in stubs:
+            stub.stop()
+        db.dispose()

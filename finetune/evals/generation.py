@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 
 from serving import request_body
+from serving.placement import engine_for
 from storage.db import Database
-from storage.engines import EngineAddress
+from storage.engines import EngineAddress, engine_url
 from storage.ids import now
 from storage.settings import RequestLimits
 from storage.tables import UsageRecord
@@ -98,7 +99,8 @@ def generate(
     if not engines:
         raise NoEngine("no serving engine for this base model is running")
     params = [{"max_tokens": min(max_tokens, 16 + 2 * len(s.reference)), "temperature": 0} for s in samples]
-    answers = chat_all(engines[0], model, [s.messages for s in samples], params, timeout, usage=usage)
+    engine = engine_for(model, engines, engine_url)  # an adapter's home replica (where it was loaded)
+    answers = chat_all(engine, model, [s.messages for s in samples], params, timeout, usage=usage)
     failed = next((a["error"]["message"] for a in answers if "error" in a), None)
     if failed is not None:
         raise RuntimeError(f"generation failed: {failed}")

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from finetune.evals import metrics
 from finetune.evals.engine_adapters import EngineAdapters
 from finetune.evals.generation import NoEngine, UsageSink, generate, samples_from
-from storage.engines import EngineRegistry, engine_adapter_path
+from serving.placement import engine_for
+from storage.engines import EngineRegistry, engine_adapter_path, engine_url
 from storage.files import NewFile
 from storage.tables import StoredFile
 
@@ -43,7 +44,8 @@ def evaluate(ctx: JobContext, adapter_key: str) -> None:
             raise NoEngine(f"no serving engine for {job.model} is running")
         # kept loaded afterwards: the model is served next (finetune.evals.engine_adapters, step 3)
         with EngineAdapters(ctx.settings.serving.max_adapters_per_engine, keep=True) as adapters:
-            adapters.ensure(urls[0], adapter_key, engine_adapter_path(ctx.settings, adapter_key, ctx.blobs))
+            home = engine_for(adapter_key, urls, engine_url)  # where the gateways will send the new model
+            adapters.ensure(home, adapter_key, engine_adapter_path(ctx.settings, adapter_key, ctx.blobs))
         references = [sample.reference for sample in samples]
         usage = {
             model: UsageSink(ctx.db, job.organization_id, model, "fine_tuning.jobs", job.id)

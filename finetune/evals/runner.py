@@ -34,9 +34,10 @@ from finetune.graders.messages import flat, render_messages
 from finetune.graders.sandbox import SandboxPool
 from finetune.graders.templates import TemplateError, lookup, sample_namespace
 from finetune.leased import LeasedWorker
+from serving.placement import engine_for
 from storage.blobs import BlobStore
 from storage.db import Database, Retrying
-from storage.engines import EngineAddress, EngineRegistry, engine_adapter_path
+from storage.engines import EngineAddress, EngineRegistry, engine_adapter_path, engine_url
 from storage.errors import TunegateError
 from storage.evals import EvalStore
 from storage.files import Files
@@ -383,14 +384,15 @@ class EngineTargets:
                 self._granted[model] = time.monotonic()
         self._bases[model] = base
         engines = self._ready(base)
-        if adapter is None:
-            return engines[0], base
+        if adapter is None:  # a base model: runs and batches spread over its replicas by their ids
+            return engine_for(self.run.id, engines, engine_url), base
+        engine = engine_for(adapter, engines, engine_url)  # the adapter's home, as every gateway places it
         try:
-            self.adapters.ensure(engines[0], adapter, engine_adapter_path(worker.settings, adapter, worker.blobs))
+            self.adapters.ensure(engine, adapter, engine_adapter_path(worker.settings, adapter, worker.blobs))
         except Exception:  # the detail (engine URL, blob path or S3 error) is the operator's: logged
-            log.exception("eval run %s: loading %s on %s", self.run.id, model, engines[0].url)
+            log.exception("eval run %s: loading %s on %s", self.run.id, model, engine.url)
             raise RunFailed("model_unavailable", f"The engine could not load '{model}'; try again later.") from None
-        return engines[0], adapter
+        return engine, adapter
 
     def _ready(self, base: str) -> list[EngineAddress]:
         """Ready engines of ``base``, waiting up to ENGINE_WAIT_S for one that is still starting."""
