@@ -571,7 +571,7 @@ def test_input_items_checked_by_shape_and_size(item: dict, param: str) -> None:
 
 
 def test_truncation_and_params_of_translated_items() -> None:
-    from serving.responses import _item_param, _to_chat
+    from serving.responses.service import _item_param, _to_chat
     from storage.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest) as refused:
@@ -658,8 +658,8 @@ def test_service_background_admission_cancel_elsewhere_and_unstored_follow_up(tm
     """Without an engine (a fake chat proxy): a background response holds its admission until its generation ends,
     a cancel written by another process aborts the generation within a poll, an unknown model is a 404 before
     anything is stored, and ``store: false`` may continue a stored response."""
-    from serving import responses as module
     from serving.responses import ResponsesService
+    from serving.responses import service as module
     from storage import migrate
     from storage.accounts import Accounts, Principal
     from storage.db import Database
