@@ -203,6 +203,7 @@ def run(ctx: Context) -> None:
         log_every=ctx.settings.worker.log_every_steps,
         cpu_threads=ctx.settings.worker.cpu_threads,
         grader=(job.method_config or {}).get("grader"),
+        response_format=(job.method_config or {}).get("response_format"),
         owner=job.organization_id,
         reasoning=spec_model.reasoning,
         judge=reinforcement.judge(ctx.settings, ctx.db, job.organization_id, job.id),

@@ -7,6 +7,7 @@ training child (``finetune.recipe.rft``), which reaches model graders' judges th
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 PARAM = "method.reinforcement"
 KEYS = ("grader", "response_format", "hyperparameters")
 MODEL_GRADERS = ("score_model", "label_model")
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def check(section: dict[str, Any], model_exists: Callable[[str], None], settings: Settings) -> dict[str, Any]:
@@ -44,17 +46,44 @@ def check(section: dict[str, Any], model_exists: Callable[[str], None], settings
                 code="unsupported_value",
             )
     if section.get("response_format") is not None:
-        checked = validate_sampling_params({"response_format": section["response_format"]}, PARAM, settings.requests)
-        if checked["response_format"].get("type") != "text":  # nothing constrains the rollouts (HF generate) yet
-            raise InvalidRequest(
-                f"{PARAM}.response_format of type {checked['response_format'].get('type')!r} is not supported: the "
-                "rollouts are not constrained to a format yet (only 'text' is accepted). Reward the format with the "
-                "grader instead (e.g. a python grader that parses the output).",
-                param=f"{PARAM}.response_format",
-                code="unsupported_value",
-            )
-        config["response_format"] = checked["response_format"]
+        config["response_format"] = response_format(section["response_format"], settings)
     return config
+
+
+def response_format(value: Any, settings: Settings) -> dict[str, Any]:
+    """``text``, ``json_object`` or ``json_schema`` (the rollouts are then constrained to it: ``finetune.recipe.
+    constrained``); a ``json_schema`` needs a ``name`` and a ``schema`` that is itself a valid JSON Schema (checked
+    against its draft's meta-schema, so a typo such as ``"type": "objekt"`` is a 400 here, not a failed job)."""
+    import jsonschema
+
+    param = f"{PARAM}.response_format"
+    checked = validate_sampling_params({"response_format": value}, PARAM, settings.requests)["response_format"]
+    if checked["type"] != "json_schema":
+        return checked
+    spec = checked.get("json_schema") or {}
+    if not NAME.fullmatch(spec.get("name") or ""):
+        raise InvalidRequest(
+            f"{param}.json_schema.name is required: a name of letters, digits, '_' or '-' (at most 64).",
+            param=f"{param}.json_schema.name",
+            code="invalid_value" if "name" in spec else "missing_required_parameter",
+        )
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise InvalidRequest(
+            f"{param}.json_schema.schema must be a JSON Schema object.",
+            param=f"{param}.json_schema.schema",
+            code="invalid_value" if "schema" in spec else "missing_required_parameter",
+        )
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+        raise InvalidRequest(
+            f"{param}.json_schema.schema is not a valid JSON Schema: {exc.message} (at schema{where}).",
+            param=f"{param}.json_schema.schema",
+            code="invalid_value",
+        ) from None
+    return checked
 
 
 def judges(grader: dict[str, Any], param: str) -> list[tuple[str, str]]:

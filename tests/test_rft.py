@@ -38,6 +38,32 @@ GRADER = {
     "reference": "{{item.word}}",
     "operation": "like",
 }
+VERDICT = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+JSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT}}
+
+
+def _says(word: str) -> dict[str, Any]:
+    return {
+        "type": "string_check",
+        "name": word,
+        "input": "{{sample.output_json.answer}}",
+        "reference": word,
+        "operation": "eq",
+    }
+
+
+# rewards "yes"; the "no" half is logged only (train_grader_no_mean): yes + no = 1 on every schema-valid sample
+YES_NO = {
+    "type": "multi",
+    "name": "verdict",
+    "graders": {"yes": _says("yes"), "no": _says("no")},
+    "calculate_output": "yes + 0 * no",
+}
 # 32 prompts, batch 8: 4 steps an epoch; 5 epochs = 20 steps, an evaluation (and a checkpoint) every 5
 HP = {
     "n_epochs": 5,
@@ -304,32 +330,72 @@ def test_a_base_model_judge_is_accepted(
     client.fine_tuning.jobs.cancel(job.id)
 
 
-def test_response_format_text_is_echoed_and_a_schema_is_refused(
+def test_response_formats_are_echoed_and_a_bad_schema_is_a_400(
     gw: LiveGateway, key: str, files: dict[str, str], recorder: SpecRecorder
 ) -> None:
-    """Nothing constrains the rollouts to a JSON format yet: asking for one is a 400, never silently ignored."""
     client = gw.client(key, recorder)
-    text = {"type": "text"}
+    for fmt in ({"type": "text"}, {"type": "json_object"}, JSON_FORMAT):
+        job = client.fine_tuning.jobs.create(
+            model=TINY,
+            training_file=files["train"],
+            method={"type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": fmt}},
+        )  # type: ignore[typeddict-unknown-key]
+        raw = client.fine_tuning.jobs.with_raw_response.retrieve(job.id).http_response.json()
+        assert raw["method"]["reinforcement"]["response_format"] == fmt
+        client.fine_tuning.jobs.cancel(job.id)
+    bad_schema = {"type": "json_schema", "json_schema": {"name": "v", "schema": {"type": "objekt"}}}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(
+            model=TINY,
+            training_file=files["train"],
+            method={"type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": bad_schema}},
+        )  # type: ignore[typeddict-unknown-key]
+    body = err.value.body
+    assert (body["param"], body["code"]) == ("method.reinforcement.response_format.json_schema.schema", "invalid_value")
+    assert "objekt" in body["message"], body
+
+
+@pytest.mark.slow
+def test_a_json_schema_constrains_every_rollout_and_output_json_is_graded(
+    gw: LiveGateway, key: str, files: dict[str, str], recorder: SpecRecorder
+) -> None:
+    """A json_schema response_format: the engine samples every rollout (training and evaluation) as JSON of the
+    schema, and the grader reads ``sample.output_json.answer``. The multi grader's two halves (answer "yes", answer
+    "no") add up to 1 on every sample only if every sample parsed and matched the enum; none errored."""
+    client = gw.client(key, recorder)
+    train = upload(client, prompts(0, 4), "rft_json.jsonl")
+    hp = {"n_epochs": 1, "batch_size": 2, "compute_multiplier": 0.25, "eval_interval": 2, "eval_samples": 2}
     job = client.fine_tuning.jobs.create(
         model=TINY,
-        training_file=files["train"],
-        method={"type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": text}},
-    )  # type: ignore[typeddict-unknown-key]
-    raw = client.fine_tuning.jobs.with_raw_response.retrieve(job.id).http_response.json()
-    assert raw["method"]["reinforcement"]["response_format"] == text
-    client.fine_tuning.jobs.cancel(job.id)
-    for schema in (
-        {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}},
-        {"type": "json_object"},
-    ):
-        with pytest.raises(openai.BadRequestError) as err:
-            client.fine_tuning.jobs.create(
-                model=TINY,
-                training_file=files["train"],
-                method={"type": "reinforcement", "reinforcement": {"grader": GRADER, "response_format": schema}},
-            )  # type: ignore[typeddict-unknown-key]
-        assert err.value.body["param"] == "method.reinforcement.response_format", err.value.body
-        assert err.value.body["code"] == "unsupported_value" and schema["type"] in err.value.body["message"]
+        training_file=train,
+        validation_file=files["valid"],
+        seed=1,
+        method={
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": YES_NO,
+                "response_format": JSON_FORMAT,
+                "hyperparameters": {**HP, **hp, "max_completion_length": 24},
+            },
+        },  # type: ignore[typeddict-unknown-key]
+    )
+    runner = worker(gw, "json")
+    try:
+        wait_for(client, job.id, ("succeeded",), timeout=240)
+    finally:
+        runner.kill()
+        runner.wait()
+    events = all_events(client, job.id)
+    assert any(e.message.startswith("Rollouts are sampled by the base model's serving engine") for e in events)
+    assert not [e.message for e in events if "HF generate" in e.message]
+    metrics = [e.data for e in events if e.type == "metrics"]
+    assert [m["step"] for m in metrics] == [1, 2] and "valid_reward_mean" in metrics[-1]
+    for m in metrics:
+        assert m["train_grader_errors"] == 0, m
+        assert m["train_grader_yes_mean"] + m["train_grader_no_mean"] == pytest.approx(1.0), m
+    last = metrics[-1]
+    assert last["valid_grader_yes_mean"] + last["valid_grader_no_mean"] == pytest.approx(1.0), last
+    assert last["valid_grader_errors"] == 0, last
 
 
 # --- unit level (no gateway, no training) ------------------------------------------------------------------------
@@ -416,7 +482,7 @@ def test_the_reward_is_the_grader_engine_and_sub_graders_are_logged() -> None:
     }
 
 
-def test_judges_must_be_base_models_and_response_formats_other_than_text_are_refused() -> None:
+def test_judges_must_be_base_models() -> None:
     from types import SimpleNamespace
 
     from finetune import reinforcement
@@ -442,14 +508,47 @@ def test_judges_must_be_base_models_and_response_formats_other_than_text_are_ref
     for section, param in (
         ({"grader": {**judge, "model": "ft:base:org::abc"}}, "method.reinforcement.grader.model"),
         ({"grader": nested}, "method.reinforcement.grader.graders.j.model"),
-        ({"grader": judge, "response_format": {"type": "json_object"}}, "method.reinforcement.response_format"),
     ):
         with pytest.raises(InvalidRequest) as err:
             reinforcement.check(section, lambda _: None, settings)
         assert (err.value.param, err.value.code) == (param, "unsupported_value")
-    assert reinforcement.check({"grader": judge, "response_format": {"type": "text"}}, lambda _: None, settings)[
-        "response_format"
-    ] == {"type": "text"}
+
+
+def test_response_formats_are_checked_at_create() -> None:
+    """text, json_object and json_schema are stored as given; a json_schema needs a name and a schema that is a
+    valid JSON Schema (its draft's meta-schema), each problem a 400 naming the field."""
+    from types import SimpleNamespace
+
+    from finetune import reinforcement
+    from storage.errors import InvalidRequest
+    from storage.settings import RequestLimits
+
+    settings: Any = SimpleNamespace(base_model_id=lambda _: None, requests=RequestLimits())
+    param = "method.reinforcement.response_format"
+    for fmt in ({"type": "text"}, {"type": "json_object"}, JSON_FORMAT):
+        assert (
+            reinforcement.check({"grader": GRADER, "response_format": fmt}, lambda _: None, settings)["response_format"]
+            == fmt
+        )
+    schema = {"name": "v", "schema": VERDICT}
+    for fmt, where, code in (
+        ({"type": "yaml"}, f"{param}.type", "invalid_value"),
+        ({"type": "json_schema", "json_schema": {"schema": VERDICT}}, f"{param}.json_schema.name", None),
+        ({"type": "json_schema", "json_schema": {**schema, "name": "a b"}}, f"{param}.json_schema.name", None),
+        ({"type": "json_schema", "json_schema": {"name": "v"}}, f"{param}.json_schema.schema", None),
+        ({"type": "json_schema", "json_schema": {**schema, "schema": []}}, f"{param}.json_schema.schema", None),
+        (
+            {"type": "json_schema", "json_schema": {**schema, "schema": {**VERDICT, "required": "answer"}}},
+            f"{param}.json_schema.schema",
+            "invalid_value",
+        ),
+        ({"type": "json_schema", "json_schema": {**schema, "strict": "yes"}}, f"{param}.json_schema.strict", None),
+    ):
+        with pytest.raises(InvalidRequest) as err:
+            reinforcement.check({"grader": GRADER, "response_format": fmt}, lambda _: None, settings)
+        assert err.value.param == where, (fmt, err.value.message)
+        if code:
+            assert err.value.code == code
 
 
 class FakeEngine:
@@ -491,7 +590,15 @@ class FakeEngine:
         return httpx.Response(200, json={"id": "cmpl-1", "object": "text_completion", "choices": choices})
 
 
-def _rft_steps(tiny_model: str, tmp_path: Any, engine: FakeEngine, warnings: list[str]) -> list[dict]:
+def _rft_steps(
+    tiny_model: str,
+    tmp_path: Any,
+    engine: FakeEngine,
+    warnings: list[str],
+    grader: dict[str, Any] = GRADER,
+    response_format: dict[str, Any] | None = None,
+    completion_tokens: int = 4,
+) -> list[dict]:
     """Two GRPO steps of 2 prompts × 2 completions through ``engine``; the metrics of each step."""
     from finetune import hyperparams
     from finetune.recipe.callbacks import SilentReporter
@@ -513,7 +620,7 @@ def _rft_steps(tiny_model: str, tmp_path: Any, engine: FakeEngine, warnings: lis
         "batch_size": 2,
         "compute_multiplier": 0.25,
         "eval_interval": 100,
-        "max_completion_length": 4,
+        "max_completion_length": completion_tokens,
         "precision": "fp32",
     }
     hp = hyperparams.resolve(
@@ -541,9 +648,10 @@ def _rft_steps(tiny_model: str, tmp_path: Any, engine: FakeEngine, warnings: lis
             device="cpu",
             log_every=1,
             cpu_threads=1,
-            grader=GRADER,
+            grader=grader,
             owner="org",
             rollouts=rollouts,
+            response_format=response_format,
         ),
         reporter,
     )
@@ -591,3 +699,54 @@ def test_an_engine_that_refuses_the_policy_hands_the_run_to_hf_generate(tiny_mod
     assert len(steps) == 2 and all("train_reward_mean" in s for s in steps)  # trained on HF generate's samples
     assert len(warnings) == 1 and "HF generate" in warnings[0] and "max_lora_rank" not in warnings[0]
     assert [path for path, _ in engine.calls] == ["/v1/load_lora_adapter"]  # tried once, never again
+
+
+def _verdicts_are_schema_valid(steps: list[dict]) -> None:
+    """Every sample of every step had ``output_json.answer`` (no grader error) and it was "yes" or "no"."""
+    for step in steps:
+        assert step["train_grader_errors"] == 0, step
+        assert step["train_grader_yes_mean"] + step["train_grader_no_mean"] == pytest.approx(1.0), step
+
+
+def test_engine_rollouts_send_the_response_formats_grammar(tiny_model: str, tmp_path: Any) -> None:
+    """Under a json_schema response_format every ``/v1/completions`` request carries the schema's grammar as
+    ``structured_outputs`` (the engine's samples are then JSON); the grader reads ``sample.output_json``."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from finetune.recipe.constrained import Constraint
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    engine = FakeEngine(tokenizer.encode('{"answer":"yes"}', add_special_tokens=False) + [tokenizer.eos_token_id])
+    warnings: list[str] = []
+    steps = _rft_steps(tiny_model, tmp_path, engine, warnings, YES_NO, JSON_FORMAT, completion_tokens=24)
+    assert warnings == [] and [s["train_reward_mean"] for s in steps] == [1.0, 1.0]
+    _verdicts_are_schema_valid(steps)
+    grammar = Constraint(VERDICT, tokenizer, AutoConfig.from_pretrained(tiny_model).vocab_size).ebnf
+    sampled = [body for path, body in engine.calls if path == "/v1/completions"]
+    assert len(sampled) == 4 and all(b["structured_outputs"] == {"grammar": grammar} for b in sampled)
+    assert '\\"answer\\"' in grammar and "yes" in grammar  # the schema's own grammar (EBNF), compact
+
+
+def test_hf_rollouts_under_a_json_schema_are_schema_valid_json(tiny_model: str, tmp_path: Any) -> None:
+    """The HF generate path (here: after the engine refused the policy) samples under the same grammar: the random
+    tiny model writes nothing but the schema's JSON."""
+    engine = FakeEngine([1, 2], refuse=True)
+    warnings: list[str] = []
+    steps = _rft_steps(tiny_model, tmp_path, engine, warnings, YES_NO, JSON_FORMAT, completion_tokens=24)
+    assert len(warnings) == 1 and "HF generate" in warnings[0]
+    assert [path for path, _ in engine.calls] == ["/v1/load_lora_adapter"]
+    _verdicts_are_schema_valid(steps)
+
+
+def test_a_schema_the_rollouts_cannot_follow_fails_the_job_at_start(tiny_model: str) -> None:
+    from transformers import AutoTokenizer
+
+    from finetune.recipe.constrained import Constraint, ConstraintError
+
+    with pytest.raises(ConstraintError) as err:
+        Constraint(
+            {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}},
+            AutoTokenizer.from_pretrained(tiny_model),
+            2048,
+        )
+    assert (err.value.code, err.value.param) == ("invalid_response_format", "method.reinforcement.response_format")

@@ -6,9 +6,12 @@
   each (``reasoning_effort``); sampled by the base model's serving engine with the policy's adapter hot-loaded
   each step (``spec.rollouts``, ``finetune.recipe.rollouts``) when one is ready, else HF ``generate`` (TRL's vLLM
   colocate mode on a CUDA machine with vLLM).
+- Format: a JSON ``response_format`` (``json_schema`` / ``json_object``) constrains every rollout, the
+  engine's and HF generate's, training and evaluation (``finetune.recipe.constrained``).
 - Reward: ``finetune.graders.GraderEngine`` — the code eval runs grade with — over ``(sample, item)`` rows, the
   sample's ``output_text`` being the completion (a reasoning model's ``<think>…</think>`` left out, as the evals
-  do). A row the grader errors on scores 0 and is counted in ``grader_errors``.
+  do) and ``output_json`` that text parsed, when it is JSON (``templates.sample_namespace``, as in evals). A row
+  the grader errors on scores 0 and is counted in ``grader_errors``.
 - Loss: group-relative advantages, KL (``beta``) to the LoRA-disabled model (TRL uses the adapter-disabled
   PeftModel as its reference: no second copy of the weights).
 - Metrics: ``train_reward_mean`` per step, ``valid_reward_mean`` on the first ``eval_samples`` validation prompts
@@ -124,6 +127,7 @@ def setup_trainer(
     hp = spec.hp
     assert hp.num_generations and hp.eval_interval and hp.max_completion_length  # resolved for reinforcement
     generations = hp.num_generations
+    rollouts = constrained_rollouts(spec, tokenizer, model)
     common = {
         **common,
         "per_device_train_batch_size": hp.batch_size * generations,
@@ -140,7 +144,7 @@ def setup_trainer(
         beta=hp.beta or 0.0,
         temperature=1.0,
         gradient_checkpointing=False,  # the recipe's model.py enables it when resolved so
-        **({"use_vllm": False} if spec.rollouts else vllm_options(spec.device)),
+        **({"use_vllm": False} if rollouts else vllm_options(spec.device)),
         **common,
     )
     reward = GraderReward(spec.grader or {}, spec.owner, spec.reasoning, engine)
@@ -153,8 +157,24 @@ def setup_trainer(
         processing_class=tokenizer,
         callbacks=[callback],
         optimizers=optimizers,
-        rollout_func=spec.rollouts,
+        rollout_func=rollouts,
     )
+
+
+def constrained_rollouts(spec: TrainSpec, tokenizer: Any, model: Any) -> Any:
+    """The run's ``rollout_func``: ``spec.rollouts`` (the serving engine, or None: TRL's HF generate) — under a
+    JSON ``response_format`` constrained to it, the engine's fallback too, and HF generate through
+    ``constrained.HFRollouts`` (TRL's vLLM colocate mode is not used then). Raises ``ConstraintError`` (the job
+    fails before its first step) when the format cannot be compiled for this tokenizer."""
+    from finetune.recipe.constrained import Constraint, HFRollouts
+
+    constraint = Constraint.of(spec.response_format, tokenizer, model)
+    if constraint is None:
+        return spec.rollouts
+    if spec.rollouts is None:
+        return HFRollouts(constraint)
+    spec.rollouts.constrain(constraint)
+    return spec.rollouts
 
 
 def vllm_options(device: str) -> dict[str, Any]:

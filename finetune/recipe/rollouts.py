@@ -7,7 +7,8 @@ versioned name (``<prefix>-step-<N>``, the previous version unloaded; loads go t
 ``finetune.evals.engine_adapters``, within ``serving.max_adapters_per_engine`` like every worker's), and each distinct
 prompt of the batch asks ``/v1/completions`` for ``num_generations`` samples as token ids (the trainer's own chat
 template and tokenizer
-made the prompt ids, so the engine's template plays no part), with each sampled token's logprob.
+made the prompt ids, so the engine's template plays no part), with each sampled token's logprob — under a JSON
+``response_format``, with the grammar of ``finetune.recipe.constrained`` as ``structured_outputs``.
 
 What it does not change: the loss, the KL to the LoRA-disabled model and the rewards are TRL's, computed on the
 training model. TRL applies its vLLM importance-sampling correction only with ``use_vllm``, which stays off: the
@@ -63,6 +64,12 @@ class EngineRollouts:
         self.loaded: tuple[int, str, Path, EngineAdapters] | None = None
         self.generate_s = self.sync_s = 0.0
         self.completion_tokens = 0
+        self.constraint: Any = None  # constrained.Constraint of a JSON response_format (``constrain``)
+
+    def constrain(self, constraint: Any) -> None:
+        """Sample under ``constraint`` (``finetune.recipe.constrained.Constraint``): its grammar goes with every
+        request, and a fallback to HF generate applies it there too."""
+        self.constraint = constraint
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list]:
         # the RepeatSampler hands each prompt num_generations times in a row: ask once for n samples of each
@@ -79,8 +86,13 @@ class EngineRollouts:
                 f"Rollouts through the serving engine stopped at step {trainer.state.global_step} (the engine "
                 "failed or refused the policy's adapter); the rest of the run samples with HF generate"
             )
-            trainer.rollout_func = None  # TRL's own path from the next batch on
             self.close()
+            if self.constraint is not None:  # HF generate under the same grammar from the next batch on
+                from finetune.recipe.constrained import HFRollouts
+
+                trainer.rollout_func = HFRollouts(self.constraint)
+                return trainer.rollout_func(prompts, trainer)
+            trainer.rollout_func = None  # TRL's own path from the next batch on
             return hf_rollouts(prompts, trainer, n)
         out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "logprobs": []}
         for ids, answer in zip(prompt_ids, answers, strict=True):
@@ -118,6 +130,7 @@ class EngineRollouts:
             "repetition_penalty": trainer.repetition_penalty,
             "logprobs": 0,
             "return_token_ids": True,
+            **(self.constraint.engine_fields() if self.constraint is not None else {}),
         }
         async with self._client(httpx.AsyncClient) as http:
             replies = await asyncio.gather(

@@ -42,6 +42,7 @@ class TrainSpec:
     reasoning: bool = False  # reinforcement: grade the answer after a reasoning model's </think>
     judge: Any = None  # reinforcement: model graders' judge (graders.engine.Judge), None: they score 0
     rollouts: Any = None  # reinforcement: a rollout_func (recipe.rollouts.EngineRollouts), None: HF generate
+    response_format: dict[str, Any] | None = None  # reinforcement: json_schema/json_object constrain the rollouts
     init_adapter: Path | None = None  # a fine-tuned model's adapter to continue training (its LoRA shape is kept)
 
 
