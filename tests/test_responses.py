@@ -21,7 +21,10 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from serving.responses import EventStream, from_chat, parse, skeleton, to_chat
+from serving.responses.chat import to_chat
+from serving.responses.events import EventStream
+from serving.responses.output import from_chat, skeleton
+from serving.responses.request import parse
 from tests.finetune_support import TINY, wait_until
 from tests.serving_support import engine_gateway, guided_tools, on_database
 from tests.support import LiveGateway, SpecRecorder, SpecValidator
@@ -571,7 +574,7 @@ def test_input_items_checked_by_shape_and_size(item: dict, param: str) -> None:
 
 
 def test_truncation_and_params_of_translated_items() -> None:
-    from serving.responses.service import _item_param, _to_chat
+    from serving.responses.chat import _item_param, _to_chat
     from storage.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest) as refused:
@@ -658,8 +661,8 @@ def test_service_background_admission_cancel_elsewhere_and_unstored_follow_up(tm
     """Without an engine (a fake chat proxy): a background response holds its admission until its generation ends,
     a cancel written by another process aborts the generation within a poll, an unknown model is a 404 before
     anything is stored, and ``store: false`` may continue a stored response."""
-    from serving.responses import ResponsesService
     from serving.responses import service as module
+    from serving.responses.service import ResponsesService
     from storage import migrate
     from storage.accounts import Accounts, Principal
     from storage.db import Database

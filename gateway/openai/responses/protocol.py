@@ -1,7 +1,7 @@
 """Responses wire schemas.
 
-The request is checked field by field by ``serving.responses.parse`` (shared with callers without HTTP, such as a
-batch worker), which names the field of the first problem; the objects answered are built there as plain JSON
+The request is checked field by field by ``serving.responses.request.parse`` (shared with callers without HTTP, such
+as a batch worker), which names the field of the first problem; the objects answered are built there as plain JSON
 (a Response, its items and stream events are open unions in OpenAI's spec) and validated against the spec by
 the tests. What is typed here are the small fixed shapes.
 """

@@ -12,7 +12,7 @@ from litestar.response import Stream
 
 from gateway.openai.chat.api_router import SSE_HEADERS, _closing
 from gateway.services import Services
-from serving.responses import ResponsesService
+from serving.responses.service import ResponsesService
 from storage.errors import Unavailable
 
 
