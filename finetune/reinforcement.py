@@ -74,6 +74,12 @@ def response_format(value: Any, settings: Settings) -> dict[str, Any]:
             param=f"{param}.json_schema.schema",
             code="invalid_value" if "schema" in spec else "missing_required_parameter",
         )
+    if not isinstance(schema.get("$schema", ""), str):  # validator_for looks it up in a dict: a list is a TypeError
+        raise InvalidRequest(
+            f"{param}.json_schema.schema is not a valid JSON Schema: '$schema' must be a URI string.",
+            param=f"{param}.json_schema.schema",
+            code="invalid_value",
+        )
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:

@@ -543,6 +543,11 @@ def test_response_formats_are_checked_at_create() -> None:
             "invalid_value",
         ),
         ({"type": "json_schema", "json_schema": {**schema, "strict": "yes"}}, f"{param}.json_schema.strict", None),
+        (
+            {"type": "json_schema", "json_schema": {**schema, "schema": {**VERDICT, "$schema": ["x"]}}},
+            f"{param}.json_schema.schema",
+            "invalid_value",
+        ),
     ):
         with pytest.raises(InvalidRequest) as err:
             reinforcement.check({"grader": GRADER, "response_format": fmt}, lambda _: None, settings)
