@@ -68,6 +68,11 @@ def stack(tiny_model: str) -> Iterator[str]:
         "MODEL_DIR": tiny_model,
         "MODEL_ID": TINY,
         "TUNEGATE_ADMIN_KEY": ADMIN,
+        # compose.yaml ships no secrets: each must be given (tests/test_deploy.py checks that)
+        **{
+            name: f"{name.lower()}-{uuid.uuid4().hex}"
+            for name in ("POSTGRES_PASSWORD", "S3_SECRET_KEY", "ENGINE_API_KEY")
+        },
         "GATEWAY_PORT": str(port),
         "ENGINE_DTYPE": "float32",
         "ENGINE_MAX_MODEL_LEN": "2048",
