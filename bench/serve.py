@@ -22,6 +22,10 @@ each compared with the stub directly: chunks/s and the added p50s.
 --stub --metrics: what the metrics middleware and counters add: two gateways, `metrics = "off"` and `"admin"`,
 requests interleaved as for --limiter.
 
+--stub --against TREE: this checkout's gateway vs the one in TREE (another checkout, e.g. `git archive HEAD~1 | tar
+-x -C /tmp/old`; its gateway runs with PYTHONPATH=TREE) and the stub directly, requests interleaved as for --limiter:
+before/after a change in one run, with each gateway's CPU time per request.
+
 --stub --limiter: what the rate limiter adds. Three gateways on the stub — limits off, in-process counters, Redis
 counters (--redis-url) — with every limit of a key and its organization on (requests, tokens, streams; high enough
 never to refuse); streamed chat completions one at a time, to each gateway in turn (--requests × --rounds each);
@@ -258,6 +262,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="with --stub: requests per round and mode (at least)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --limiter")
     parser.add_argument("--metrics", action="store_true", help="with --stub: /metrics on (admin) vs off, interleaved")
+    parser.add_argument("--against", default=None, help="with --stub: a checkout of older code to compare, interleaved")
     parser.add_argument(
         "--processes",
         default="",
@@ -269,6 +274,8 @@ def main() -> None:
         return processes_overhead(args)
     if args.stub and args.metrics:
         return metrics_overhead(args)
+    if args.stub and args.against:
+        return code_overhead(args)
     if args.stub:
         return limiter_overhead(args) if args.limiter else stub_overhead(args)
 
@@ -443,9 +450,20 @@ def metrics_overhead(args: argparse.Namespace) -> None:
     print(json.dumps({"engine": "stub", "metrics": rows}, indent=2))
 
 
-def compare_modes(args: argparse.Namespace, label: str, modes: dict[str, dict[str, str]]) -> list[dict]:
-    """One gateway per mode (its extra environment) on one stub engine, requests interleaved across them; p50/p99
-    of each and the difference from the first mode."""
+def code_overhead(args: argparse.Namespace) -> None:
+    """This checkout's gateway vs the one in ``--against`` (its code first on PYTHONPATH: the child runs in its data
+    directory, so the tree wins over the editable install), each against the stub directly."""
+    old = {"PYTHONPATH": str(Path(args.against).resolve())}
+    rows = compare_modes(args, "code", {"old": old, "new": {"PYTHONPATH": ""}}, direct=True)
+    print(json.dumps({"engine": "stub", "code": rows}, indent=2))
+
+
+def compare_modes(
+    args: argparse.Namespace, label: str, modes: dict[str, dict[str, str]], *, direct: bool = False
+) -> list[dict]:
+    """One gateway per mode (its extra environment) on one stub engine, requests interleaved across them (and the
+    stub itself, with ``direct``); p50/p99 of each, the difference from the first mode (from the stub, with
+    ``direct``) and each gateway's CPU time per request."""
     import subprocess
 
     from tests.support import free_port
@@ -469,19 +487,25 @@ def compare_modes(args: argparse.Namespace, label: str, modes: dict[str, dict[st
             gw.start()
             wait_engines_ready(gw, 60)
             gateways[mode] = (gw, gw.new_org_key("bench")[2])
-        asyncio.run(interleaved(gateways, runs, 50, args.max_tokens))  # warm-up, thrown away
-        runs = {mode: Run() for mode in modes}
+        targets = {mode: (gw.url, {"authorization": f"Bearer {key}"}) for mode, (gw, key) in gateways.items()}
+        if direct:
+            targets = {"direct": (url, {}), **targets}
+        asyncio.run(interleaved(targets, {mode: Run() for mode in targets}, 50, args.max_tokens))  # warm-up
+        runs = {mode: Run() for mode in targets}
+        cpu = {mode: -_cpu_seconds(gw) for mode, (gw, _) in gateways.items()}
         for _ in range(args.rounds):
-            asyncio.run(interleaved(gateways, runs, args.requests, args.max_tokens))
+            asyncio.run(interleaved(targets, runs, args.requests, args.max_tokens))
+        cpu = {mode: spent + _cpu_seconds(gateways[mode][0]) for mode, spent in cpu.items()}
     finally:
         for gw, _ in gateways.values():
             gw.stop()
         stub.terminate()
-    first = runs[next(iter(modes))]
+    first = runs[next(iter(runs))]
     rows = []
     for mode, run in runs.items():
         row = {
             label: mode,
+            **({"cpu_ms_per_request": cpu[mode] / len(run.latency) * 1e3} if mode in cpu and run.latency else {}),
             "requests": len(run.latency),
             "errors": run.errors,
             "ttft_p50_ms": run.pct(run.ttft, 0.5),
@@ -497,13 +521,23 @@ def compare_modes(args: argparse.Namespace, label: str, modes: dict[str, dict[st
 
 
 async def interleaved(
-    gateways: dict[str, tuple[LiveGateway, str]], runs: dict[str, Run], requests: int, max_tokens: int
+    targets: dict[str, tuple[str, dict[str, str]]], runs: dict[str, Run], requests: int, max_tokens: int
 ) -> None:
-    """One request to each gateway in turn, one at a time: drift on a shared machine hits every mode alike."""
+    """One request to each target (URL, headers) in turn, one at a time: drift on a shared machine hits every mode
+    alike."""
     async with httpx.AsyncClient(timeout=60) as http:
         for _ in range(requests):
-            for mode, (gw, key) in gateways.items():
-                await one(http, gw.url, {"authorization": f"Bearer {key}"}, "stub", max_tokens, runs[mode])
+            for mode, (url, headers) in targets.items():
+                await one(http, url, headers, "stub", max_tokens, runs[mode])
+
+
+def _cpu_seconds(gw: LiveGateway) -> float:
+    """User + system CPU time of the gateway process so far (Linux /proc; a single-process gateway)."""
+    import os
+
+    assert gw.proc is not None
+    fields = Path(f"/proc/{gw.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def counter_calls(redis_url: str, prefix: str, n: int = 2000) -> dict[str, float]:

@@ -22,8 +22,11 @@ def services_of(connection: ASGIConnection) -> Services:
 
 
 async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    services = services_of(connection)
-    principal = await sync_to_thread(services.accounts.authenticate, bearer(connection))
+    services, secret = services_of(connection), bearer(connection)
+    # a key verified in the last few seconds needs no database round trip (``storage.accounts.KeyCache``)
+    principal = services.accounts.cached(secret)
+    if principal is None:
+        principal = await sync_to_thread(services.accounts.authenticate, secret)
     connection.state.principal = principal
     await services.limiter.admit(connection, principal)
 

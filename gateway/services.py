@@ -60,7 +60,7 @@ class Services:
         engines = EnginePool(settings, catalog, blobs, EngineRegistry(db))
         stored = StoredCompletions(db)
         completions = Completions(engines, CountedUsage(usage), StoredCompletionWriter(stored))
-        accounts, limits = Accounts(db), settings.limits
+        accounts, limits = Accounts(db, settings.auth_cache_seconds), settings.limits
         quota = StorageQuota(db, blobs, limits)
         return cls(
             settings,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+import time
 from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
@@ -37,9 +39,54 @@ class IssuedKey:
     secret: str  # shown once, never stored
 
 
+class KeyCache:
+    """API keys verified in the last ``ttl_s`` seconds, by the sha256 of their secret: what spares a /v1 request the
+    database round trip (and the thread hop to make it). Only valid keys are kept — an unknown or revoked key asks
+    the database each time — and at most ``max_entries`` (expired ones go first, then the oldest).
+
+    Revocation: a key revoked through this process's ``Accounts`` is dropped at once, and a verification that was
+    in flight meanwhile does not put it back (``generation``); a key revoked elsewhere (another gateway process, the
+    CLI) is refused here at most ``ttl_s`` after. ``ttl_s = 0``: nothing is kept."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()  # puts come from worker threads, lookups from the event loop
+        self.generation = 0  # bumped by every forget: a put begun before it is dropped
+
+    def get(self, digest: str) -> Principal | None:
+        hit = self._entries.get(digest)
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, digest: str, principal: Principal, generation: int) -> None:
+        """Keep ``principal``, verified by a read that began at ``generation``."""
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if generation != self.generation:
+                return  # a key was revoked while this one was read: the read may predate it
+            now = time.monotonic()
+            if len(self._entries) >= self.max_entries:
+                for stale in [d for d, (expires, _) in self._entries.items() if expires <= now]:
+                    del self._entries[stale]
+                while len(self._entries) >= self.max_entries:
+                    del self._entries[next(iter(self._entries))]
+            self._entries.pop(digest, None)  # re-inserted last: the eviction order is the verification order
+            self._entries[digest] = (now + self.ttl_s, principal)
+
+    def forget(self, key_id: str) -> None:
+        with self._lock:
+            self.generation += 1
+            for digest in [d for d, (_, p) in self._entries.items() if p.key_id == key_id]:
+                del self._entries[digest]
+
+
 class Accounts:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, key_cache_seconds: float = 0.0) -> None:
         self.db = db
+        self.keys = KeyCache(key_cache_seconds)
 
     # organizations -----------------------------------------------------------------------------
     def create_org(self, name: str) -> Organization:
@@ -114,20 +161,29 @@ class Accounts:
             if key.revoked_at is None:
                 key.revoked_at = now()
                 s.add(key)
+        self.keys.forget(key_id)  # committed: from the next request on, this process asks the database
         return key
+
+    def cached(self, secret: str | None) -> Principal | None:
+        """The caller, if its key was verified in the last ``key_cache_seconds`` (no I/O: fit for the event loop);
+        None: ask ``authenticate``."""
+        return self.keys.get(sha256(secret)) if secret else None
 
     def authenticate(self, secret: str | None) -> Principal:
         if not secret:
             raise AuthenticationFailed(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
             )
-        # every request asks: the three columns on a plain connection (~120 µs here), not an ORM session (~200+)
-        key = self.db.first_row(_KEY_BY_HASH.where(col(ApiKey.secret_sha256) == sha256(secret)))
+        digest, generation = sha256(secret), self.keys.generation
+        # the three columns on a plain connection (~120 µs here), not an ORM session (~200+)
+        key = self.db.first_row(_KEY_BY_HASH.where(col(ApiKey.secret_sha256) == digest))
         if key is None:
             raise AuthenticationFailed(f"Incorrect API key provided: {_redact(secret)}.")
         if key.revoked_at is not None:
             raise AuthenticationFailed(f"API key {_redact(secret)} has been revoked.", code="revoked_api_key")
-        return Principal(organization_id=key.organization_id, key_id=key.id)
+        principal = Principal(organization_id=key.organization_id, key_id=key.id)
+        self.keys.put(digest, principal, generation)
+        return principal
 
     # admin credential -------------------------------------------------------------------------------
     def ensure_admin_credential(self, configured: str | None) -> str | None:

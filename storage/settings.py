@@ -354,6 +354,13 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = Field(
         default=None, description="Admin bearer credential. If unset, one is generated and printed on first start."
     )
+    auth_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a gateway process trusts an API key it verified without asking the database again. "
+        "A key revoked through this process is refused at once; through another process (a second gateway, the "
+        "CLI), within this many seconds. 0: every request asks the database.",
+    )
     metrics: Literal["off", "open", "admin"] = Field(
         default="admin",
         description="Prometheus /metrics: 'off' (no route), 'open' (no credential), 'admin' (the admin bearer key).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
 from storage import migrate
-from storage.accounts import Accounts
+from storage.accounts import Accounts, KeyCache, Principal
 from storage.blobs import LocalBlobStore
 from storage.db import Database
+from storage.errors import AuthenticationFailed
 from storage.files import Files, NewFile
 
 
@@ -50,6 +52,51 @@ def test_keys_are_stored_only_as_hashes(database_url: str) -> None:
         dump = " ".join(str(v) for row in conn.execute(text("SELECT * FROM api_keys")) for v in row)
     assert issued.secret not in dump and issued.secret[12:] not in dump
     db.dispose()
+
+
+def test_verified_keys_are_cached_and_revocation_drops_them(database_url: str) -> None:
+    """The gateway's key cache (``Accounts(db, key_cache_seconds)``): a verified key needs no database read for
+    its TTL; revoking it through the same ``Accounts`` refuses it at once, through another (a second gateway, the
+    CLI) once the TTL has run out. Unknown and revoked keys are never kept."""
+    db = Database(database_url)
+    migrate.upgrade(db)
+    here, elsewhere = Accounts(db, key_cache_seconds=60), Accounts(db)
+    org = here.create_org("c").id
+    first, second = here.create_key(org), here.create_key(org)
+    assert here.cached(first.secret) is None and here.cached("sk-tg-unknown") is None and here.cached(None) is None
+    who = here.authenticate(first.secret)
+    assert here.cached(first.secret) == who == Principal(org, first.key.id)
+
+    here.revoke_key(first.key.id)
+    assert here.cached(first.secret) is None
+    with pytest.raises(AuthenticationFailed) as err:
+        here.authenticate(first.secret)
+    assert err.value.code == "revoked_api_key" and here.cached(first.secret) is None
+
+    short = Accounts(db, key_cache_seconds=0.3)
+    assert short.authenticate(second.secret) == Principal(org, second.key.id)
+    elsewhere.revoke_key(second.key.id)  # another process: this one trusts its entry until it expires
+    assert short.cached(second.secret) == Principal(org, second.key.id)
+    time.sleep(0.35)
+    assert short.cached(second.secret) is None
+    with pytest.raises(AuthenticationFailed):
+        short.authenticate(second.secret)
+    assert Accounts(db, key_cache_seconds=0).keys.ttl_s == 0
+    db.dispose()
+
+
+def test_key_cache_is_bounded_and_a_read_racing_a_revocation_is_not_kept() -> None:
+    cache = KeyCache(ttl_s=60, max_entries=3)
+    for i in range(5):
+        cache.put(f"d{i}", Principal("org", f"key{i}"), cache.generation)
+    assert [cache.get(f"d{i}") is not None for i in range(5)] == [False, False, True, True, True]
+    began = cache.generation  # a verification reads the key row ...
+    cache.forget("key3")  # ... while another request revokes some key
+    cache.put("d9", Principal("org", "key9"), began)  # the read may predate the revocation: not kept
+    assert cache.get("d9") is None and cache.get("d3") is None and cache.get("d4") is not None
+    disabled = KeyCache(ttl_s=0)
+    disabled.put("d", Principal("org", "key"), disabled.generation)
+    assert disabled.get("d") is None
 
 
 @pytest.fixture
