@@ -1,7 +1,8 @@
 """Batch API throughput and worker memory, in one run.
 
     flock /tmp/tg-heavy.lock .venv/bin/python bench/batch.py [--n 2000] [--sequential 2000] [--big 10000]
-        [--max-tokens 16] [--model tiny|smollm2] [--concurrency N] [--engine-cpus 0-1]
+        [--max-tokens 16] [--model tiny|smollm2] [--concurrency N] [--engine-cpus 0-1] [--dtype auto|float32|bfloat16]
+        [--block-size N] [--system-words N]
 
 One `tunegate serve` (SQLite, one vLLM engine for the model, no embedded worker) and one `tunegate worker`
 process. The model: the tiny random test model (the default; per-request overhead dominates its steps), or
@@ -15,6 +16,12 @@ and batching sequences pays. Then, over the same engine:
    RSS before, so the growth a batch costs shows apart from the worker's fixed size.
 
 Greedy (temperature 0) with `ignore_eos`, so every request generates exactly --max-tokens tokens either way.
+The engine runs with the product's ``serving.dtype`` unless --dtype says otherwise (the tests' ``serving_env``
+pins float32 for exact greedy tokens; a benchmark of the default configuration must not). --block-size passes
+vLLM's KV block size (vLLM-CPU: 128 unless set, a multiple of 32); --system-words gives every request the same
+system message of that many words (a batch sharing its instructions, the case prefix caching is for). For each
+phase the engine's own counters (``/metrics``) give its prompt and generated tokens/s and the prefix cache's hit
+rate.
 """
 
 from __future__ import annotations
@@ -36,12 +43,16 @@ from tests.finetune_support import TINY, wait_until  # noqa: E402
 from tests.serving_support import serving_env, wait_engines_ready  # noqa: E402
 from tests.support import DATA, LiveGateway  # noqa: E402
 
+WORDS = "Answer the question below in one short sentence, plainly, without lists or markup".split()
 
-def bodies(n: int, max_tokens: int, model: str) -> list[dict]:
+
+def bodies(n: int, max_tokens: int, model: str, system_words: int = 0) -> list[dict]:
+    system = [{"role": "system", "content": " ".join(WORDS[i % len(WORDS)] for i in range(system_words))}]
     return [
         {
             "model": model,
-            "messages": [{"role": "user", "content": f"Question {i}: what comes after {i}?"}],
+            "messages": (system if system_words else [])
+            + [{"role": "user", "content": f"Question {i}: what comes after {i}?"}],
             "max_tokens": max_tokens,
             "temperature": 0,
             "ignore_eos": True,
@@ -75,6 +86,49 @@ def status_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+COUNTERS = {
+    "prompt": "vllm:prompt_tokens_total",
+    "generated": "vllm:generation_tokens_total",
+    "queries": "vllm:prefix_cache_queries_total",
+    "hits": "vllm:prefix_cache_hits_total",
+}
+
+
+class EngineCounters:
+    """The engine's token and prefix-cache counters (its ``/metrics``, with the key the workers use)."""
+
+    def __init__(self, gw: LiveGateway, base: str) -> None:
+        from tests.serving_support import engine_address
+
+        self.address = engine_address(gw, base)
+        self.last, self.at = self.read(), time.monotonic()
+
+    def read(self) -> dict[str, float]:
+        import httpx
+
+        text = httpx.get(f"{self.address.url}/metrics", headers=self.address.auth, timeout=30).text
+        totals = dict.fromkeys(COUNTERS, 0.0)
+        for line in text.splitlines():
+            for key, name in COUNTERS.items():
+                if line.startswith(name + "{") or line.startswith(name + " "):
+                    totals[key] += float(line.rsplit(" ", 1)[1])
+        return totals
+
+    def phase(self) -> str:
+        """What the engine did since the last call, as one line."""
+        try:
+            now, clock = self.read(), time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - a counter read never costs the run its numbers
+            return f"engine: counters unavailable ({exc!r})"
+        d = {k: now[k] - self.last[k] for k in COUNTERS}
+        seconds, self.last, self.at = clock - self.at, now, clock
+        hit = 100 * d["hits"] / d["queries"] if d["queries"] else 0.0
+        return (
+            f"engine: {d['prompt'] / seconds:.0f} prompt + {d['generated'] / seconds:.0f} generated tokens/s, "
+            f"prefix cache {hit:.1f} % of {d['queries']:.0f} prompt tokens"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
@@ -84,9 +138,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=None, help="batches.concurrency (default: the setting's)")
     ap.add_argument("--engine-cpus", default=None, help="serving.engine_cpus (default: every core)")
     ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
+    ap.add_argument("--dtype", default=None, help="serving.dtype (default: the setting's default)")
+    ap.add_argument("--block-size", type=int, default=None, help="vLLM --block-size (default: vLLM's)")
+    ap.add_argument("--system-words", type=int, default=0, help="a shared system message of this many words")
     args = ap.parse_args()
 
-    from storage.settings import DEFAULT_BASE_MODEL
+    from storage.settings import DEFAULT_BASE_MODEL, ServingSettings
     from tests.tiny_model import build_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
@@ -97,7 +154,10 @@ def main() -> None:
         "TUNEGATE_WORKER__EMBEDDED": "false",
         "TUNEGATE_SERVING__ENGINE_CPUS": args.engine_cpus or f"0-{(os.cpu_count() or 1) - 1}",
         "TUNEGATE_LIMITS__REQUESTS_PER_MINUTE": "1000000",
+        "TUNEGATE_SERVING__DTYPE": args.dtype or ServingSettings().dtype,
     }
+    if args.block_size:
+        extra["TUNEGATE_SERVING__ENGINE_ARGS"] = json.dumps(["--block-size", str(args.block_size)])
     if args.concurrency:
         extra["TUNEGATE_BATCHES__CONCURRENCY"] = str(args.concurrency)
     gw = LiveGateway(tmp / "gw", f"sqlite:///{tmp / 'gw' / 'tunegate.db'}", **serving_env(str(model_dir), **extra))
@@ -107,7 +167,8 @@ def main() -> None:
         wait_engines_ready(gw, 1200)
         client = gw.client(gw.new_org_key("bench")[2])
         client.timeout = 600
-        rows = bodies(args.n, args.max_tokens, model)
+        rows = bodies(args.n, args.max_tokens, model, args.system_words)
+        print(f"settings: {vars(args)}, dtype {extra['TUNEGATE_SERVING__DTYPE']}", flush=True)
         worker = gw.spawn_worker("bench-worker")  # started (and idle) before anything is timed
 
         def one(body: dict) -> None:
@@ -116,6 +177,7 @@ def main() -> None:
             )
 
         one(rows[0])  # warm-up
+        counters = EngineCounters(gw, model)
         t0 = time.monotonic()
         for body in rows[: args.sequential]:
             one(body)
@@ -125,6 +187,7 @@ def main() -> None:
             f"{os.getloadavg()[0]:.1f})",
             flush=True,
         )
+        print(counters.phase(), flush=True)
 
         done, seconds = run_batch(client, rows)
         assert done.status == "completed" and done.request_counts.completed == args.n, done
@@ -134,6 +197,7 @@ def main() -> None:
             f"{batched / one_by_one:.1f}x one at a time (load average {os.getloadavg()[0]:.1f})",
             flush=True,
         )
+        print(counters.phase(), flush=True)
 
         if args.big:
             before = status_kib(worker.pid, "VmRSS")

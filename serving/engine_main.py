@@ -25,7 +25,7 @@ from typing import Any
 
 from serving import tools
 from serving.adapter_fetch import SETTINGS_VAR
-from storage.hardware import resolve_device
+from storage.hardware import cpu_bf16_native, resolve_device
 from storage.model_sources import gguf_file, local_dir
 from storage.settings import BaseModelSpec, ServingSettings, Settings
 
@@ -48,7 +48,7 @@ def engine_command(
         "--port",
         str(port),
         "--dtype",
-        serving.dtype,
+        engine_dtype(serving.dtype, on_gpu),
         "--max-model-len",
         str(serving.max_model_len),
         "--gpu-memory-utilization",
@@ -70,6 +70,17 @@ def engine_command(
     if parser in tools.PLUGINS:  # a parser tunegate ships (serving.hermes_json): vLLM imports it at start
         args += ["--tool-parser-plugin", tools.PLUGINS[parser]]
     return args + serving.engine_args + spec.engine_args
+
+
+def engine_dtype(setting: str, on_gpu: bool) -> str:
+    """vLLM's ``--dtype``: the setting, but ``auto`` on a CPU without native bf16 math is ``float32``.
+
+    vLLM's ``auto`` runs every model in bf16 on CPU (float32 models included), which a CPU without AVX512-BF16 /
+    AMX only emulates: SmolLM2-135M decodes ~3× slower than in float32 on such a box (docs/benchmarks.md, Batch API).
+    A model's ``engine_args`` (``["--dtype", "bfloat16"]``) still choose for that model: they come last."""
+    if setting == "auto" and not on_gpu and cpu_bf16_native() is False:
+        return "float32"
+    return setting
 
 
 def llama_cpp_command(
