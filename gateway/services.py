@@ -60,7 +60,9 @@ class Services:
         engines = EnginePool(settings, catalog, blobs, EngineRegistry(db))
         stored = StoredCompletions(db)
         completions = Completions(engines, CountedUsage(usage), StoredCompletionWriter(stored))
-        accounts, limits = Accounts(db, settings.auth_cache_seconds), settings.limits
+        # the CLI's or another local process's revocations reach the key cache through <data_dir>/key-revocations
+        accounts = Accounts(db, settings.auth_cache_seconds, revocations=settings.data_dir / "key-revocations")
+        limits = settings.limits
         quota = StorageQuota(db, blobs, limits)
         return cls(
             settings,

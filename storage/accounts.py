@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlmodel import Session, col, select
 
@@ -45,16 +47,47 @@ class KeyCache:
     the database each time — and at most ``max_entries`` (expired ones go first, then the oldest).
 
     Revocation: a key revoked through this process's ``Accounts`` is dropped at once, and a verification that was
-    in flight meanwhile does not put it back (``generation``); a key revoked elsewhere (another gateway process, the
-    CLI) is refused here at most ``ttl_s`` after. ``ttl_s = 0``: nothing is kept."""
+    in flight meanwhile does not put it back (``generation``). A revocation by another process on this host (the
+    CLI, another ``serve --workers`` process) appends a byte to ``revocations`` (``<data_dir>/key-revocations``),
+    whose size every lookup stats (~1 µs): a change empties the cache, so those act at once too. A key revoked on
+    another host is refused here at most ``ttl_s`` after. ``ttl_s = 0``: nothing is kept."""
 
-    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
-        self.ttl_s, self.max_entries = ttl_s, max_entries
+    def __init__(self, ttl_s: float, max_entries: int = 10_000, revocations: Path | None = None) -> None:
+        self.ttl_s, self.max_entries, self.revocations = ttl_s, max_entries, revocations
         self._entries: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()  # puts come from worker threads, lookups from the event loop
         self.generation = 0  # bumped by every forget: a put begun before it is dropped
+        self._seen = self._marker()
+
+    def _marker(self) -> int:
+        """The revocation file's size: it only grows (one byte per revocation), so any change is a revocation."""
+        if self.revocations is None:
+            return 0
+        try:
+            return os.stat(self.revocations).st_size
+        except OSError:
+            return -1
+
+    def revoked_elsewhere(self) -> None:
+        """Tell the other processes sharing ``revocations`` (called after the revocation committed)."""
+        if self.revocations is None:
+            return
+        try:
+            self.revocations.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.revocations, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, b".")
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # the others then refuse the key within ttl_s, as across hosts
 
     def get(self, digest: str) -> Principal | None:
+        if self._entries and self.revocations is not None and (seen := self._marker()) != self._seen:
+            with self._lock:  # revoked by another process: every entry may be the revoked key
+                self._seen, self.generation = seen, self.generation + 1
+                self._entries.clear()
+            return None
         hit = self._entries.get(digest)
         if hit is None or hit[0] <= time.monotonic():
             return None
@@ -84,9 +117,9 @@ class KeyCache:
 
 
 class Accounts:
-    def __init__(self, db: Database, key_cache_seconds: float = 0.0) -> None:
+    def __init__(self, db: Database, key_cache_seconds: float = 0.0, revocations: Path | None = None) -> None:
         self.db = db
-        self.keys = KeyCache(key_cache_seconds)
+        self.keys = KeyCache(key_cache_seconds, revocations=revocations)
 
     # organizations -----------------------------------------------------------------------------
     def create_org(self, name: str) -> Organization:
@@ -162,6 +195,7 @@ class Accounts:
                 key.revoked_at = now()
                 s.add(key)
         self.keys.forget(key_id)  # committed: from the next request on, this process asks the database
+        self.keys.revoked_elsewhere()  # and so do the other processes of this host
         return key
 
     def cached(self, secret: str | None) -> Principal | None:

@@ -358,8 +358,9 @@ class Settings(BaseSettings):
         default=5.0,
         ge=0,
         description="How long a gateway process trusts an API key it verified without asking the database again. "
-        "A key revoked through this process is refused at once; through another process (a second gateway, the "
-        "CLI), within this many seconds. 0: every request asks the database.",
+        "A key revoked on this host (this process, another gateway process, the CLI with the same data_dir: "
+        "<data_dir>/key-revocations) is refused at once; on another host, within this many seconds. 0: every "
+        "request asks the database.",
     )
     metrics: Literal["off", "open", "admin"] = Field(
         default="admin",

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import openai
@@ -59,20 +58,18 @@ def test_cli_keys_work_against_the_gateway(tmp_path: Path, spec) -> None:  # noq
     listed = _cli(tmp_path, "keys", "list", "--org", org["id"])
     assert [k["id"] for k in listed] == [key["id"]] and listed[0]["secret"] is None  # never shown again
 
-    # the CLI is another process: the gateway refuses the key once its cached verification expires
-    # (auth_cache_seconds; a revocation through the gateway's own admin API is at once: test_bad_input.py)
-    gateway = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", TUNEGATE_AUTH_CACHE_SECONDS="1.0")
+    # the CLI is another process, and the gateway keeps a verified key for auth_cache_seconds (an hour here: the
+    # CLI's start alone can outlast the default 5 s): the CLI's revocation reaches that cache through
+    # <data_dir>/key-revocations, so the very next request is a 401 (the gateway's own admin API: test_bad_input.py)
+    gateway = LiveGateway(tmp_path, f"sqlite:///{tmp_path / 'tunegate.db'}", TUNEGATE_AUTH_CACHE_SECONDS="3600")
     gateway.start()
     try:
         client = gateway.client(key["secret"], SpecRecorder(spec))
-        assert client.models.list().data
+        assert client.models.list().data and client.models.list().data  # the second from the gateway's cache
         _cli(tmp_path, "keys", "revoke", key["id"])
-        revoked = time.monotonic()
         with pytest.raises(openai.AuthenticationError) as err:
-            while time.monotonic() - revoked < 3.0:
-                client.models.list()
-                time.sleep(0.05)
-        assert err.value.body["code"] == "revoked_api_key" and time.monotonic() - revoked < 1.0 + 0.5
+            client.models.list()
+        assert err.value.body["code"] == "revoked_api_key"
     finally:
         gateway.stop()
 

@@ -85,6 +85,30 @@ def test_verified_keys_are_cached_and_revocation_drops_them(database_url: str) -
     db.dispose()
 
 
+def test_a_revocation_by_another_process_of_the_host_empties_the_key_cache(database_url: str, tmp_path: Path) -> None:
+    """Two ``Accounts`` sharing ``<data_dir>/key-revocations`` (a gateway and the CLI, or two ``serve --workers``
+    processes): a key revoked by one is refused by the other on its next lookup, not after the TTL; a missing
+    marker file (nothing revoked yet, or the data directory not writable) leaves the cache working."""
+    db = Database(database_url)
+    migrate.upgrade(db)
+    marker = tmp_path / "data" / "key-revocations"
+    gateway, cli = Accounts(db, 60, revocations=marker), Accounts(db, revocations=marker)
+    org = cli.create_org("m").id
+    first, second = cli.create_key(org), cli.create_key(org)
+    assert gateway.authenticate(first.secret) == gateway.cached(first.secret) == Principal(org, first.key.id)
+    gateway.authenticate(second.secret)
+    cli.revoke_key(first.key.id)
+    assert marker.stat().st_size == 1
+    assert gateway.cached(first.secret) is None and gateway.cached(second.secret) is None
+    with pytest.raises(AuthenticationFailed) as err:
+        gateway.authenticate(first.secret)
+    assert err.value.code == "revoked_api_key"
+    assert gateway.authenticate(second.secret) == gateway.cached(second.secret)  # kept again until the next one
+    cli.revoke_key(second.key.id)  # the same size check, whatever the file's timestamps' resolution
+    assert gateway.cached(second.secret) is None
+    db.dispose()
+
+
 def test_key_cache_is_bounded_and_a_read_racing_a_revocation_is_not_kept() -> None:
     cache = KeyCache(ttl_s=60, max_entries=3)
     for i in range(5):
