@@ -140,7 +140,11 @@ class ServingSettings(BaseModel):
         description="CPUs local engines may use, e.g. '0' or '0-6' (default: all). A CPU engine keeps every core it "
         "has busy and starves other processes; on a small CPU box leave one core to the gateway.",
     )
-    dtype: str = Field(default="auto", description="vLLM --dtype for local engines.")
+    dtype: str = Field(
+        default="auto",
+        description="vLLM --dtype for local engines; 'auto' on a CPU without native bf16 (no AVX512-BF16/AMX, Arm "
+        "BF16) is float32 (serving.engine_main.engine_dtype), elsewhere vLLM's own choice.",
+    )
     max_model_len: int = Field(default=4096, ge=64, description="Context length of local engines.")
     max_loras: int = Field(default=8, ge=1, description="Adapters in one batch (vLLM --max-loras).")
     max_cpu_loras: int = Field(default=64, ge=1, description="Adapters cached in engine host memory (--max-cpu-loras).")
