@@ -76,7 +76,8 @@ def engine_dtype(setting: str, on_gpu: bool) -> str:
     """vLLM's ``--dtype``: the setting, but ``auto`` on a CPU without native bf16 math is ``float32``.
 
     vLLM's ``auto`` runs every model in bf16 on CPU (float32 models included), which a CPU without AVX512-BF16 /
-    AMX only emulates: SmolLM2-135M decodes ~3× slower than in float32 on such a box (docs/benchmarks.md, Batch API).
+    AMX only emulates: a batch of SmolLM2-135M requests runs ~2.3× slower than in float32 on such a box
+    (docs/benchmarks.md, Batch API).
     A model's ``engine_args`` (``["--dtype", "bfloat16"]``) still choose for that model: they come last."""
     if setting == "auto" and not on_gpu and cpu_bf16_native() is False:
         return "float32"
