@@ -360,11 +360,11 @@ def test_a_json_schema_constrains_every_rollout_and_output_json_is_graded(
     gw: LiveGateway, key: str, files: dict[str, str], recorder: SpecRecorder
 ) -> None:
     """A json_schema response_format: the engine samples every rollout (training and evaluation) as JSON of the
-    schema, and the grader reads ``sample.output_json.answer``. The multi grader's two halves (answer "yes", answer
-    "no") add up to 1 on every sample only if every sample parsed and matched the enum; none errored."""
+    schema, and the grader reads ``sample.output_json.answer`` — no sample errored it (a completion that is not
+    JSON, or JSON without the field, is a grader error). The HF path's test checks the enum too (multi grader)."""
     client = gw.client(key, recorder)
-    train = upload(client, prompts(0, 4), "rft_json.jsonl")
-    hp = {"n_epochs": 1, "batch_size": 2, "compute_multiplier": 0.25, "eval_interval": 2, "eval_samples": 2}
+    train = upload(client, prompts(0, 10), "rft_json.jsonl")  # 10: the fewest a training file may have
+    hp = {"n_epochs": 1, "batch_size": 5, "compute_multiplier": 0.25, "eval_interval": 2, "eval_samples": 2}
     job = client.fine_tuning.jobs.create(
         model=TINY,
         training_file=train,
@@ -373,7 +373,7 @@ def test_a_json_schema_constrains_every_rollout_and_output_json_is_graded(
         method={
             "type": "reinforcement",
             "reinforcement": {
-                "grader": YES_NO,
+                "grader": _says("yes"),
                 "response_format": JSON_FORMAT,
                 "hyperparameters": {**HP, **hp, "max_completion_length": 24},
             },
@@ -390,12 +390,7 @@ def test_a_json_schema_constrains_every_rollout_and_output_json_is_graded(
     assert not [e.message for e in events if "HF generate" in e.message]
     metrics = [e.data for e in events if e.type == "metrics"]
     assert [m["step"] for m in metrics] == [1, 2] and "valid_reward_mean" in metrics[-1]
-    for m in metrics:
-        assert m["train_grader_errors"] == 0, m
-        assert m["train_grader_yes_mean"] + m["train_grader_no_mean"] == pytest.approx(1.0), m
-    last = metrics[-1]
-    assert last["valid_grader_yes_mean"] + last["valid_grader_no_mean"] == pytest.approx(1.0), last
-    assert last["valid_grader_errors"] == 0, last
+    assert all(m["train_grader_errors"] == 0 for m in metrics) and metrics[-1]["valid_grader_errors"] == 0, metrics
 
 
 # --- unit level (no gateway, no training) ------------------------------------------------------------------------
