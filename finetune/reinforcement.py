@@ -89,7 +89,24 @@ def response_format(value: Any, settings: Settings) -> dict[str, Any]:
             param=f"{param}.json_schema.schema",
             code="invalid_value",
         ) from None
+    _convertible(schema, f"{param}.json_schema.schema")
     return checked
+
+
+def _convertible(schema: dict[str, Any], param: str) -> None:
+    """A valid schema that the rollouts' grammar cannot express (a ``$ref`` to nothing, a ``pattern`` that is not
+    a regular expression) is a 400 here rather than a job that fails before its first step. A gateway without
+    xgrammar (it runs in the workers) leaves the check to the job."""
+    import importlib.util
+
+    from finetune.recipe.constrained import ConstraintError, grammar_of
+
+    if importlib.util.find_spec("xgrammar") is None:
+        return
+    try:
+        grammar_of(schema)
+    except ConstraintError as exc:
+        raise InvalidRequest(exc.message, param=param, code="invalid_value") from None
 
 
 def judges(grader: dict[str, Any], param: str) -> list[tuple[str, str]]:

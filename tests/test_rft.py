@@ -543,6 +543,19 @@ def test_response_formats_are_checked_at_create() -> None:
             f"{param}.json_schema.schema",
             "invalid_value",
         ),
+        (  # valid JSON Schema, but no grammar can follow a $ref to nothing: a 400, not a job failing at step 1
+            {"type": "json_schema", "json_schema": {**schema, "schema": {"$ref": "#/$defs/missing"}}},
+            f"{param}.json_schema.schema",
+            "invalid_value",
+        ),
+        (  # a pattern that is not a regular expression
+            {
+                "type": "json_schema",
+                "json_schema": {**schema, "schema": {"type": "object", "properties": {"a": {"pattern": "(("}}}},
+            },
+            f"{param}.json_schema.schema",
+            "invalid_value",
+        ),
     ):
         with pytest.raises(InvalidRequest) as err:
             reinforcement.check({"grader": GRADER, "response_format": fmt}, lambda _: None, settings)

@@ -42,24 +42,40 @@ def schema_of(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
     return None
 
 
+def grammar_of(schema: dict[str, Any]) -> Any:
+    """xgrammar's grammar of ``schema`` (no tokenizer needed: the gateway checks a job's schema with it at create);
+    ConstraintError when xgrammar is missing or cannot convert the schema (a ``$ref`` to nothing, a bad ``pattern``)."""
+    try:
+        import xgrammar as xgr
+    except ImportError as exc:
+        raise ConstraintError(
+            f"This worker cannot constrain rollouts to {PARAM} (xgrammar is not installed).", param=PARAM
+        ) from exc
+    try:
+        return xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=True)
+    except Exception as exc:  # noqa: BLE001 - xgrammar raises RuntimeError/ValueError for unsupported schemas
+        raise ConstraintError(f"The rollouts cannot be constrained to {PARAM}: {_reason(exc)}", param=PARAM) from exc
+
+
+def _reason(exc: Exception) -> str:
+    return _XGR_PREFIX.sub("", str(exc).strip())[:300]  # "[14:38:24] /project/cpp/x.cc:4950: " goes
+
+
 class Constraint:
     """The grammar of one job's JSON response_format: ``engine_fields`` for ``/v1/completions`` and a fresh HF
     logits processor per ``generate`` call (xgrammar's processor keeps per-row matchers: single use)."""
 
     def __init__(self, schema: dict[str, Any], tokenizer: Any, vocab_size: int) -> None:
+        grammar = grammar_of(schema)
+        import xgrammar as xgr
+
         try:
-            import xgrammar as xgr
-        except ImportError as exc:
-            raise ConstraintError(
-                f"This worker cannot constrain rollouts to {PARAM} (xgrammar is not installed).", param=PARAM
-            ) from exc
-        try:
-            grammar = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=True)
             info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
             self.compiled = xgr.GrammarCompiler(info, max_threads=1).compile_grammar(grammar)
         except Exception as exc:  # noqa: BLE001 - xgrammar raises RuntimeError/ValueError for unsupported schemas
-            reason = _XGR_PREFIX.sub("", str(exc).strip())[:300]  # "[14:38:24] /project/cpp/x.cc:4950: " goes
-            raise ConstraintError(f"The rollouts cannot be constrained to {PARAM}: {reason}", param=PARAM) from exc
+            raise ConstraintError(
+                f"The rollouts cannot be constrained to {PARAM}: {_reason(exc)}", param=PARAM
+            ) from exc
         self.ebnf = str(grammar)
 
     @classmethod
