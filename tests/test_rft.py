@@ -763,3 +763,31 @@ def test_a_schema_the_rollouts_cannot_follow_fails_the_job_at_start(tiny_model: 
             2048,
         )
     assert (err.value.code, err.value.param) == ("invalid_response_format", "method.reinforcement.response_format")
+
+
+def test_a_reasoning_model_thinks_before_its_json(tiny_model: str) -> None:
+    """For a reasoning model the grammar is a free ``…</think>`` block, then the schema's JSON: the model can think
+    (the grader reads the answer after it), and an answer without the block, or outside the schema, is refused."""
+    import xgrammar as xgr
+    from transformers import AutoTokenizer
+
+    from finetune.recipe.constrained import Constraint
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    plain = Constraint(VERDICT, tokenizer, len(tokenizer))
+    thinking = Constraint(VERDICT, tokenizer, len(tokenizer), reasoning=True)
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer))
+
+    def accepts(constraint: Constraint, text: str) -> bool:
+        grammar = xgr.GrammarCompiler(info, max_threads=1).compile_grammar(constraint.ebnf)
+        matcher = xgr.GrammarMatcher(grammar, terminate_without_stop_token=True)
+        return all(matcher.accept_token(t) for t in tokenizer.encode(text, add_special_tokens=False)) and (
+            matcher.is_terminated()
+        )
+
+    answer = '{"answer": "yes"}'
+    assert accepts(plain, answer) and not accepts(plain, "hm</think>" + answer)
+    assert accepts(thinking, "Is 2 < 3? The tag </thin is not the end.</think>\n\n" + answer)
+    assert accepts(thinking, "<think>\nshort</think>" + answer)
+    assert not accepts(thinking, answer), "the reasoning block comes first"
+    assert not accepts(thinking, 'ok</think>{"answer": "maybe"}'), "the answer still follows the schema"

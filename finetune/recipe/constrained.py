@@ -57,6 +57,22 @@ def grammar_of(schema: dict[str, Any]) -> Any:
         raise ConstraintError(f"The rollouts cannot be constrained to {PARAM}: {_reason(exc)}", param=PARAM) from exc
 
 
+# A reasoning model's completion before its answer: free text up to the first "</think>" (the template may already
+# have opened the block, or the model opens it: "<think>" is text here too), then line breaks or spaces.
+THINK_EBNF = (
+    r'root ::= ([^<] | "<" [^/] | "</" [^t] | "</t" [^h] | "</th" [^i] | "</thi" [^n] | "</thin" [^k] '
+    r'| "</think" [^>])* "</think>" [\n ]*'
+)
+
+
+def _after_thinking(grammar: Any) -> Any:
+    """``grammar`` preceded by a reasoning block, so a reasoning model (DeepSeek-R1-Distill) thinks first and
+    answers in the format after ``</think>`` — what the grader reads (``rft.GraderReward`` strips the block)."""
+    import xgrammar as xgr
+
+    return xgr.Grammar.concat(xgr.Grammar.from_ebnf(THINK_EBNF), grammar)
+
+
 def _reason(exc: Exception) -> str:
     return _XGR_PREFIX.sub("", str(exc).strip())[:300]  # "[14:38:24] /project/cpp/x.cc:4950: " goes
 
@@ -65,8 +81,9 @@ class Constraint:
     """The grammar of one job's JSON response_format: ``engine_fields`` for ``/v1/completions`` and a fresh HF
     logits processor per ``generate`` call (xgrammar's processor keeps per-row matchers: single use)."""
 
-    def __init__(self, schema: dict[str, Any], tokenizer: Any, vocab_size: int) -> None:
-        grammar = grammar_of(schema)
+    def __init__(self, schema: dict[str, Any], tokenizer: Any, vocab_size: int, *, reasoning: bool = False) -> None:
+        """``reasoning``: the model writes ``<think>…</think>`` before its answer (``TrainSpec.reasoning``)."""
+        grammar = _after_thinking(grammar_of(schema)) if reasoning else grammar_of(schema)
         import xgrammar as xgr
 
         try:
@@ -79,9 +96,12 @@ class Constraint:
         self.ebnf = str(grammar)
 
     @classmethod
-    def of(cls, response_format: dict[str, Any] | None, tokenizer: Any, model: Any) -> Constraint | None:
+    def of(
+        cls, response_format: dict[str, Any] | None, tokenizer: Any, model: Any, *, reasoning: bool = False
+    ) -> Constraint | None:
         schema = schema_of(response_format)
-        return None if schema is None else cls(schema, tokenizer, int(model.config.vocab_size))
+        vocab = int(model.config.vocab_size)
+        return None if schema is None else cls(schema, tokenizer, vocab, reasoning=reasoning)
 
     def engine_fields(self) -> dict[str, Any]:
         return {"structured_outputs": {"grammar": self.ebnf}}

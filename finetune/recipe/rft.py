@@ -168,7 +168,7 @@ def constrained_rollouts(spec: TrainSpec, tokenizer: Any, model: Any) -> Any:
     fails before its first step) when the format cannot be compiled for this tokenizer."""
     from finetune.recipe.constrained import Constraint, HFRollouts
 
-    constraint = Constraint.of(spec.response_format, tokenizer, model)
+    constraint = Constraint.of(spec.response_format, tokenizer, model, reasoning=spec.reasoning)
     if constraint is None:
         return spec.rollouts
     if spec.rollouts is None:
