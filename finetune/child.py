@@ -239,7 +239,8 @@ def _rollouts(ctx: Context) -> object:
     def event(message: str, level: str) -> None:
         ctx.jobs.add_event(ctx.job.id, message, level=level, lease=ctx.worker)
 
-    return reinforcement.rollouts(ctx.settings, ctx.db, ctx.base_id, ctx.job.id, ctx.work_dir / "rollout-policy", event)
+    folder = ctx.work_dir / "rollout-policy"
+    return reinforcement.rollouts(ctx.settings, ctx.db, ctx.blobs, ctx.base_id, ctx.job.id, folder, event)
 
 
 def _finish(ctx: Context, adapter_dir: Path, trained_tokens: int) -> None:

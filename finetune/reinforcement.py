@@ -20,6 +20,7 @@ from storage.settings import Settings
 
 if TYPE_CHECKING:
     from finetune.graders.engine import Judge
+    from storage.blobs import BlobStore
     from storage.db import Database
 
 PARAM = "method.reinforcement"
@@ -151,15 +152,22 @@ def judge(settings: Settings, db: Database, organization_id: str, job_id: str) -
 
 
 def rollouts(
-    settings: Settings, db: Database, base_id: str, job_id: str, folder: Path, event: Callable[[str, str], None]
+    settings: Settings,
+    db: Database,
+    blobs: BlobStore,
+    base_id: str,
+    job_id: str,
+    folder: Path,
+    event: Callable[[str, str], None],
 ) -> Any:
     """The training child's ``rollout_func``: a ready serving engine of the job's base model samples the rollouts,
     the policy's adapter saved under ``folder`` and loaded there at each step (``finetune.recipe.rollouts``) — or
-    None, HF ``generate``, when no vLLM engine is ready or engines do not read this worker's files (with
-    ``blob_url`` or ``serving.engine_blob_dir`` they load adapters from the blob store, which a per-step policy
-    skips). ``event(message, level)`` tells the job which it is, and later whether the engine failed."""
-    from finetune.recipe.rollouts import EngineRollouts
-    from storage.engines import EngineRegistry
+    None, HF ``generate``, when no vLLM engine is ready. Engines that do not read this worker's files (``blob_url``,
+    ``serving.engine_blob_dir``) get each version through the blob store (``BlobPolicies``, under
+    ``rollouts/<job>/<attempt>``; an earlier attempt's leftovers are deleted first). ``event(message, level)`` tells
+    the job which it is, and later whether the engine failed."""
+    from finetune.recipe.rollouts import BlobPolicies, EngineRollouts, LocalPolicies
+    from storage.engines import EngineRegistry, engine_adapter_path
 
     engines = EngineRegistry(db).ready(base_id)
     reason = (
@@ -167,8 +175,6 @@ def rollouts(
         if not engines
         else "its engine is not vLLM"
         if settings.base_models[base_id].engine != "vllm"
-        else "its engines load adapters from the blob store"
-        if settings.blob_url or settings.serving.engine_blob_dir
         else None
     )
     if reason:
@@ -179,11 +185,18 @@ def rollouts(
         "info",
     )
     # a name per run attempt: a resumed job must never find an earlier attempt's step-N (other weights) loaded
-    prefix = f"rft-{job_id}-{secrets.token_hex(4)}"
+    attempt = secrets.token_hex(4)
+    policies: LocalPolicies | BlobPolicies = LocalPolicies()
+    if settings.blob_url or settings.serving.engine_blob_dir:
+        blobs.delete_prefix(f"rollouts/{job_id}/")  # a crashed attempt's versions
+        policies = BlobPolicies(
+            blobs, f"rollouts/{job_id}/{attempt}", lambda key: engine_adapter_path(settings, key, blobs)
+        )
     return EngineRollouts(
         engines[0],
         folder,
-        prefix,
+        f"rft-{job_id}-{attempt}",
         max_adapters=settings.serving.max_adapters_per_engine,
         warn=lambda message: event(message, "warn"),
+        policies=policies,
     )

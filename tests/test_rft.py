@@ -568,8 +568,10 @@ class FakeEngine:
     """A vLLM OpenAI server at the HTTP seam: runtime LoRA load/unload and ``/v1/completions`` over token ids,
     every sample the token ids of ``answer`` (each with logprob -0.5); ``refuse``: every adapter load is a 500."""
 
-    def __init__(self, answer: list[int], refuse: bool = False) -> None:
+    def __init__(self, answer: list[int], refuse: bool = False, readable: Any = None) -> None:
+        """``readable(lora_path)``: the policy is there to load (default: a local directory with its config)."""
         self.answer, self.refuse = answer, refuse
+        self.readable = readable or (lambda path: (Path(path) / "adapter_config.json").is_file())
         self.loaded: list[str] = []
         self.calls: list[tuple[str, dict]] = []
         self.transport = httpx.MockTransport(self.handle)
@@ -583,7 +585,7 @@ class FakeEngine:
         if request.url.path == "/v1/load_lora_adapter":
             if self.refuse:
                 return httpx.Response(500, json={"error": {"message": "LoRA rank 16 is greater than max_lora_rank 8"}})
-            assert (Path(body["lora_path"]) / "adapter_config.json").is_file()  # the policy, saved before loading
+            assert self.readable(body["lora_path"]), body["lora_path"]  # the policy, saved before loading
             self.loaded.append(body["lora_name"])
             return httpx.Response(200, text=f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
         if request.url.path == "/v1/unload_lora_adapter":
@@ -611,6 +613,7 @@ def _rft_steps(
     grader: dict[str, Any] = GRADER,
     response_format: dict[str, Any] | None = None,
     completion_tokens: int = 4,
+    policies: Any = None,
 ) -> list[dict]:
     """Two GRPO steps of 2 prompts × 2 completions through ``engine``; the metrics of each step."""
     from finetune import hyperparams
@@ -646,6 +649,7 @@ def _rft_steps(
         max_adapters=8,
         warn=warnings.append,
         transport=engine.transport,
+        policies=policies,
     )
     reporter = Recorder()
     train(
@@ -791,3 +795,32 @@ def test_a_reasoning_model_thinks_before_its_json(tiny_model: str) -> None:
     assert accepts(thinking, "<think>\nshort</think>" + answer)
     assert not accepts(thinking, answer), "the reasoning block comes first"
     assert not accepts(thinking, 'ok</think>{"answer": "maybe"}'), "the answer still follows the schema"
+
+
+def test_engines_that_read_the_blob_store_get_each_policy_from_it(tiny_model: str, tmp_path: Any) -> None:
+    """With ``blob_url = s3://…`` the engine does not see the worker's files: each step's policy is committed to
+    the real S3-compatible server before it is loaded (the engine is handed its s3:// URL, which its adapter fetch
+    resolves), and deleted once replaced — nothing of the run is left in the bucket."""
+    from finetune.recipe.rollouts import BlobPolicies
+    from storage.s3blobs import S3BlobStore
+    from storage.settings import S3Settings
+    from tests.s3_support import BUCKET, S3Server
+
+    server = S3Server.start(tmp_path / "weed")
+    try:
+        store = S3BlobStore(f"s3://{BUCKET}/rft", S3Settings(**server.s3_settings()), tmp_path / "cache")
+        policies = BlobPolicies(store, "rollouts/ftjob-1/a1", lambda key: f"{store.url}/{key}")
+        seen: list[str] = []
+
+        def readable(path: str) -> bool:
+            seen.append(path)
+            return store.exists(path.removeprefix(store.url + "/") + "/adapter_config.json")
+
+        engine = FakeEngine([1, 2], readable=readable)
+        warnings: list[str] = []
+        _rft_steps(tiny_model, tmp_path, engine, warnings, policies=policies)
+        assert warnings == []
+        assert seen == [f"s3://{BUCKET}/rft/rollouts/ftjob-1/a1/rft-job-step-{n}" for n in (0, 1)]
+        assert server.keys("rft/rollouts/") == [], "every version deleted once replaced (the last at the end)"
+    finally:
+        server.stop()

@@ -37,11 +37,43 @@ from storage.engines import EngineAddress
 log = logging.getLogger("tunegate.rft")
 
 
+class LocalPolicies:
+    """The engine reads each saved policy version where the worker wrote it (the worker's own file system)."""
+
+    def publish(self, folder: Path, name: str) -> str:
+        return str(folder)
+
+    def withdraw(self, name: str) -> None:
+        pass
+
+
+class BlobPolicies:
+    """Each policy version goes through the blob store, for engines that do not see the worker's files (``blob_url``
+    = S3: the engine fetches the version into its own cache, ``serving.engine_main``; or ``serving.engine_blob_dir``):
+    committed under ``<root>/<name>`` before the load, deleted once replaced. ``locate(key)`` is where the engine
+    reads blob ``key`` (``storage.engines.engine_adapter_path``)."""
+
+    def __init__(self, blobs: Any, root: str, locate: Callable[[str], str]) -> None:
+        self.blobs, self.root, self.locate = blobs, root.rstrip("/"), locate
+
+    def publish(self, folder: Path, name: str) -> str:
+        key = f"{self.root}/{name}"
+        self.blobs.commit_dir(folder, key)
+        return self.locate(key)
+
+    def withdraw(self, name: str) -> None:
+        try:
+            self.blobs.delete_prefix(f"{self.root}/{name}")
+        except Exception:  # noqa: BLE001 - a leftover version is swept with the job's others (reinforcement.rollouts)
+            log.warning("could not delete rollout policy %s/%s", self.root, name, exc_info=True)
+
+
 class EngineRollouts:
     """``rollout_func(prompts, trainer) → {prompt_ids, completion_ids, logprobs}`` through ``engine``.
 
-    ``adapter_root`` is a folder of the worker's the engine can read
-    (its versions are deleted as they are replaced); ``prefix`` makes the adapter names unique to the job.
+    ``adapter_root`` is the worker's folder for the saved versions (deleted as they are replaced); ``policies``
+    puts each where the engine reads it (``LocalPolicies``: that folder; ``BlobPolicies``: the blob store);
+    ``prefix`` makes the adapter names unique to the job.
     ``generate_s`` / ``sync_s`` / ``completion_tokens`` add up what the rollouts cost (the benchmark reads them);
     ``transport``: httpx's (a test's ``MockTransport``), else the network; ``max_adapters``:
     ``serving.max_adapters_per_engine``."""
@@ -56,8 +88,10 @@ class EngineRollouts:
         warn: Callable[[str], None] | None = None,
         timeout: float = 600,
         transport: Any = None,
+        policies: LocalPolicies | BlobPolicies | None = None,
     ) -> None:
         self.engine, self.adapter_root, self.prefix = engine, adapter_root, prefix
+        self.policies = policies or LocalPolicies()
         self.warn, self.timeout, self.transport = warn or (lambda _: None), timeout, transport
         self.max_adapters = max_adapters
         # (step, engine-side name, folder, the holder that loaded it: its release unloads it)
@@ -112,7 +146,7 @@ class EngineRollouts:
         name, folder = f"{self.prefix}-step-{step}", self.adapter_root / f"step-{step}"
         trainer.model.save_pretrained(str(folder))  # a PeftModel saves its adapter only
         holder = EngineAdapters(self.max_adapters, transport=self.transport, timeout=self.timeout)
-        holder.ensure(self.engine, name, str(folder))  # EngineAPIError when refused
+        holder.ensure(self.engine, name, self.policies.publish(folder, name))  # EngineAPIError when refused
         previous, self.loaded = self.loaded, (step, name, folder, holder)
         if previous is not None:
             self._drop(previous)
@@ -145,6 +179,7 @@ class EngineRollouts:
         # never raises: an engine that restarted has nothing loaded; one that failed to unload evicts it later
         loaded[3].release()
         shutil.rmtree(loaded[2], ignore_errors=True)
+        self.policies.withdraw(loaded[1])
 
     def _client(self, kind: Any) -> Any:
         return kind(base_url=self.engine.url, headers=self.engine.auth, timeout=self.timeout, transport=self.transport)
