@@ -17,7 +17,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from finetune.leased import start_workers
 from gateway.admin.api_router import AdminController
-from gateway.auth import provide_principal, provide_services, require_api_key
+from gateway.auth import provide_principal, provide_services, require_api_key, watch_database
 from gateway.body_limits import limit_json_body
 from gateway.console import console_routes
 from gateway.errors import EXCEPTION_HANDLERS
@@ -68,6 +68,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
         if secret:
             on_admin_key(secret)
         sweeper = asyncio.create_task(_sweep_expired(services))
+        watch = asyncio.create_task(watch_database(services))
         await services.engines.start()
         usage = asyncio.create_task(services.completions.usage.run())
         stored = asyncio.create_task(services.completions.stored.run()) if services.completions.stored else None
@@ -76,6 +77,7 @@ def create_app(settings: Settings, *, on_admin_key: Callable[[str], None] = prin
             yield
         finally:
             sweeper.cancel()
+            watch.cancel()
             usage.cancel()
             if stored is not None:
                 stored.cancel()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from litestar.concurrency import sync_to_thread
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
@@ -9,6 +12,9 @@ from litestar.handlers import BaseRouteHandler
 
 from gateway.services import Services
 from storage.accounts import Principal
+from storage.db import TRANSIENT_DB_ERRORS, is_transient
+
+log = logging.getLogger("tunegate.gateway")
 
 
 def bearer(connection: ASGIConnection) -> str | None:
@@ -19,6 +25,26 @@ def bearer(connection: ASGIConnection) -> str | None:
 
 def services_of(connection: ASGIConnection) -> Services:
     return connection.app.state.services
+
+
+WATCH_S = 1.0
+
+
+async def watch_database(services: Services) -> None:
+    """While verified keys are cached, ask the database every ``WATCH_S``: unreachable → the cache is emptied, so
+    requests that would not touch the database themselves (a chat with a base model) answer the outage's 503 too."""
+    keys = services.accounts.keys
+    while True:
+        await asyncio.sleep(WATCH_S)
+        if not len(keys):
+            continue
+        try:
+            await sync_to_thread(services.db.ping)
+        except TRANSIENT_DB_ERRORS as exc:
+            if is_transient(exc):
+                keys.clear()
+        except Exception:  # noqa: BLE001 - the watch must not end; a bug here only keeps the cache
+            log.exception("database watch failed")
 
 
 async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:

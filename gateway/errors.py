@@ -111,6 +111,9 @@ def on_database_error(request: Request, exc: Exception) -> Response[Any]:
     database is back reconnects without a gateway restart. The same exception classes raised by a bug are 500s."""
     if not is_transient(exc):
         return on_unexpected(request, exc)
+    services = getattr(request.app.state, "services", None)
+    if services is not None:  # cached keys must not outlive the outage's first sign (storage.accounts.KeyCache)
+        services.accounts.keys.clear()
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, str(exc).splitlines()[0][:300])
     return _respond(
         503,

@@ -50,7 +50,11 @@ class KeyCache:
     in flight meanwhile does not put it back (``generation``). A revocation by another process on this host (the
     CLI, another ``serve --workers`` process) appends a byte to ``revocations`` (``<data_dir>/key-revocations``),
     whose size every lookup stats (~1 µs): a change empties the cache, so those act at once too. A key revoked on
-    another host is refused here at most ``ttl_s`` after. ``ttl_s = 0``: nothing is kept."""
+    another host is refused here at most ``ttl_s`` after. ``ttl_s = 0``: nothing is kept.
+
+    A database outage empties it (``clear``: the gateway's error translator on any transient database error, and
+    ``gateway.auth.watch_database`` within a second when no request touched the database), so a cached key does
+    not turn the outage's 503 into answers made without the database."""
 
     def __init__(self, ttl_s: float, max_entries: int = 10_000, revocations: Path | None = None) -> None:
         self.ttl_s, self.max_entries, self.revocations = ttl_s, max_entries, revocations
@@ -114,6 +118,16 @@ class KeyCache:
             self.generation += 1
             for digest in [d for d, (_, p) in self._entries.items() if p.key_id == key_id]:
                 del self._entries[digest]
+
+    def clear(self) -> None:
+        """Trust nothing kept: the database is unreachable, so every request asks it (and answers its 503, as
+        without the cache) until a verification succeeds again and is kept."""
+        with self._lock:
+            self.generation += 1
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class Accounts:

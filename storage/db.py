@@ -129,5 +129,10 @@ class Database:
         with self.engine.connect() as conn:
             return conn.execute(statement).first()
 
+    def ping(self) -> None:
+        """One ``SELECT 1``: raises what a query would while the database is unreachable."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     def dispose(self) -> None:
         self.engine.dispose()

@@ -66,3 +66,27 @@ def test_database_down_is_503_with_retry_after_and_recovers(outage: tuple[Privat
             time.sleep(0.5)
         assert r.status_code == 200, r.text
         assert http.get("/v1/files").status_code == 200
+
+
+def test_a_cached_key_does_not_outlive_the_outage(outage: tuple[PrivateCluster, LiveGateway]) -> None:
+    """A key verified just before the outage is cached (no database read per request): a request that would not
+    touch the database itself (a chat with an unknown model: a 404 from memory) must still answer the outage's 503 —
+    the gateway's database watch empties the cache within a second — and the key works again after."""
+    from gateway.auth import WATCH_S
+
+    cluster, gw = outage
+    _, _, key = gw.new_org_key("outage-cached")
+    chat = {"model": "x", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
+        assert http.get("/v1/models").status_code == 200  # verified: cached for auth_cache_seconds
+        assert http.post("/v1/chat/completions", json=chat).status_code == 404  # from memory, no database
+        cluster.stop()
+        time.sleep(2 * WATCH_S + 0.5)
+        r = http.post("/v1/chat/completions", json=chat)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "database_unavailable"
+        cluster.start()
+        deadline = time.monotonic() + 30
+        while (r := http.post("/v1/chat/completions", json=chat)).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert r.status_code == 404, r.text
