@@ -129,13 +129,16 @@ def fault_point(ctx: Context, phase: str) -> None:
         os._exit(75)
 
 
-def resume_point(job_work: Path) -> tuple[Path | None, int]:
+def resume_point(job_work: Path, recorded: int) -> tuple[Path | None, int]:
     """The newest complete trainer checkpoint any earlier claim of the job left (``jobs/<id>/work/<claim>``, or
-    the folder itself as jobs before claim folders kept it)."""
+    the folder itself as jobs before claim folders kept it), at step ``recorded`` or before: the last step whose
+    metrics the database holds. Checkpoint files are not fenced — a claim that lost its lease can still save one
+    (its stop saw the job requeued) after its last metrics write was refused — so a checkpoint past what was
+    recorded would resume after steps nobody recorded."""
     from finetune.recipe.run import last_checkpoint
 
     candidates = [job_work, *(p for p in job_work.iterdir() if p.is_dir())] if job_work.is_dir() else []
-    return max((last_checkpoint(p) for p in candidates), key=lambda found: found[1], default=(None, 0))
+    return max((last_checkpoint(p, recorded) for p in candidates), key=lambda found: found[1], default=(None, 0))
 
 
 def parent_adapter(ctx: Context) -> Path | None:
@@ -184,7 +187,7 @@ def run(ctx: Context) -> None:
         reasoning=spec_model.reasoning,
     )
     jobs.advance(job.id, ctx.worker, ("running",), resolved=hp.model_dump(mode="json"))
-    resume_from, resumed_step = resume_point(ctx.work_dir.parent)
+    resume_from, resumed_step = resume_point(ctx.work_dir.parent, jobs.last_metrics_step(job.id))
     jobs.forget_steps_after(job.id, resumed_step, lease=ctx.worker)
     if resume_from:
         jobs.add_event(job.id, f"Resuming from the checkpoint at step {resumed_step}", lease=ctx.worker)

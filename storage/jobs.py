@@ -217,6 +217,14 @@ class JobStore:
                 checkpoint.metrics = {**(checkpoint.metrics or {}), **values}
                 s.add(checkpoint)
 
+    def last_metrics_step(self, job_id: str) -> int:
+        """The newest step whose metrics were recorded (0: none) — written only under the job's lease."""
+        with self.db.session() as s:
+            found = s.exec(
+                select(func.max(JobEvent.step)).where(col(JobEvent.job_id) == job_id, col(JobEvent.type) == "metrics")
+            ).first()
+            return int(found or 0)
+
     def forget_steps_after(self, job_id: str, step: int, lease: str | None = None) -> int:
         """Resuming from step N discards the metrics of steps after N (they will be trained again)."""
         with self.db.session() as s:

@@ -251,9 +251,14 @@ def _setup_trainer(
     )
 
 
-def last_checkpoint(work_dir: Path) -> tuple[Path | None, int]:
-    """The newest complete trainer checkpoint under ``work_dir`` and its global step (``(None, 0)`` if none)."""
-    found = [p for p in (work_dir / "trainer").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+def last_checkpoint(work_dir: Path, upto: int | None = None) -> tuple[Path | None, int]:
+    """The newest complete trainer checkpoint under ``work_dir`` (at step ``upto`` or before, if given) and its
+    global step (``(None, 0)`` if none)."""
+    found = [
+        p
+        for p in (work_dir / "trainer").glob("checkpoint-*")
+        if (p / "trainer_state.json").is_file() and (upto is None or _step_of(p) <= upto)
+    ]
     newest = max(found, key=_step_of, default=None)
     return newest, _step_of(newest) if newest else 0
 
