@@ -83,7 +83,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 return False
             return [e["state"] for e in health["engines"]] == ["ready"]
 
-        wait_until(ready, 900, "scripts/serve to bring up the gateway and its engine")
+        # the first run builds llama-cpp-python from source (~8 min on a quiet 2-core box; 900 s ran out with other
+        # tests beside it)
+        wait_until(ready, 1800, "scripts/serve to bring up the gateway and its engine")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
