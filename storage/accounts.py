@@ -88,9 +88,8 @@ class KeyCache:
 
     def get(self, digest: str) -> Principal | None:
         if self._entries and self.revocations is not None and (seen := self._marker()) != self._seen:
-            with self._lock:  # revoked by another process: every entry may be the revoked key
-                self._seen, self.generation = seen, self.generation + 1
-                self._entries.clear()
+            self._seen = seen  # revoked by another process: every entry may be the revoked key
+            self.clear()
             return None
         hit = self._entries.get(digest)
         if hit is None or hit[0] <= time.monotonic():
