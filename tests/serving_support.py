@@ -40,6 +40,20 @@ def serving_env(tiny_model: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def shared_serving_env(tiny_model: str, **extra: str) -> dict[str, str]:
+    """``serving_env`` whose base models are served by the test session's shared engine for their configuration
+    (tests/shared_engine.py) instead of one the gateway spawns: for modules that need an engine, not their own."""
+    from tests.shared_engine import engine_for
+
+    env = serving_env(tiny_model, **extra)
+    models = json.loads(env["TUNEGATE_BASE_MODELS"])
+    for model_id, spec in models.items():
+        if not spec.get("engine_urls"):
+            engine = engine_for(model_id, env)
+            models[model_id] = {**spec, "engine_urls": [engine.url], "engine_api_key": engine.api_key}
+    return {**env, "TUNEGATE_BASE_MODELS": json.dumps(models)}
+
+
 def guided_tools(tiny_model: str) -> tuple[dict[str, Any], dict[str, str]]:
     """(the tiny model's base-model spec, the environment) for tests that need a forced tool call to come back.
 
@@ -59,9 +73,11 @@ def guided_tools(tiny_model: str) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 @contextmanager
-def engine_gateway(tiny_model: str, data_dir: Path, **extra: str) -> Iterator[LiveGateway]:
-    """A live gateway (SQLite) whose local vLLM engine for the tiny model is ready; ``extra``: more settings."""
-    gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **serving_env(tiny_model, **extra))
+def engine_gateway(tiny_model: str, data_dir: Path, *, own_engine: bool = False, **extra: str) -> Iterator[LiveGateway]:
+    """A live gateway (SQLite) whose vLLM engine for the tiny model is ready: the session's shared one for its
+    configuration, or (``own_engine``) a local engine the gateway spawns; ``extra``: more settings."""
+    env = (serving_env if own_engine else shared_serving_env)(tiny_model, **extra)
+    gateway = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **env)
     gateway.start()
     try:
         wait_engines_ready(gateway)

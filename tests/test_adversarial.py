@@ -41,7 +41,7 @@ ENDPOINTS = ["chat", "chat-stream", "completions", "completions-stream"]
 
 @pytest.fixture(scope="module")
 def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    with engine_gateway(tiny_model, tmp_path_factory.mktemp("adversarial"), **LIMITS) as gateway:
+    with engine_gateway(tiny_model, tmp_path_factory.mktemp("adversarial"), own_engine=True, **LIMITS) as gateway:
         yield gateway
 
 

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.finetune_support import TINY, chat_jsonl, qa_pairs, upload, wait_for, wait_until
-from tests.serving_support import serving_env, wait_engines_ready
+from tests.serving_support import shared_serving_env, wait_engines_ready
 from tests.support import LiveGateway, SpecRecorder
 
 ALIAS, OTHER_ALIAS = "gpt-4o-mini-2024-07-18", "gpt-4.1-nano"
@@ -26,7 +26,7 @@ def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
     gateway = LiveGateway(
         data_dir,
         f"sqlite:///{data_dir / 'tunegate.db'}",
-        **serving_env(tiny_model, TUNEGATE_BASE_MODELS=json.dumps(models), TUNEGATE_WORKER__LOG_EVERY_STEPS="1"),
+        **shared_serving_env(tiny_model, TUNEGATE_BASE_MODELS=json.dumps(models), TUNEGATE_WORKER__LOG_EVERY_STEPS="1"),
     )
     gateway.start()
     wait_engines_ready(gateway)

@@ -21,7 +21,7 @@ import pytest
 
 from storage.errors import NotFound
 from tests.finetune_support import TINY, wait_until
-from tests.serving_support import serving_env, twin_gateway, wait_engines_ready
+from tests.serving_support import shared_serving_env, twin_gateway, wait_engines_ready
 from tests.support import LiveGateway, SpecRecorder, SpecValidator
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
@@ -95,7 +95,7 @@ def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     from tests.conftest import _fresh_postgres_database
 
     url, drop = _fresh_postgres_database()
-    gateway = LiveGateway(tmp_path_factory.mktemp("batches"), url, **serving_env(tiny_model, **SETTINGS))
+    gateway = LiveGateway(tmp_path_factory.mktemp("batches"), url, **shared_serving_env(tiny_model, **SETTINGS))
     gateway.start()
     try:
         wait_engines_ready(gateway)

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.finetune_support import TINY, wait_until
-from tests.serving_support import guided_tools, make_adapter, register_adapter, serving_env, wait_engines_ready
+from tests.serving_support import guided_tools, make_adapter, register_adapter, shared_serving_env, wait_engines_ready
 from tests.support import LiveGateway, SpecRecorder
 
 QUESTIONS = [f"Question {i}: what is {i} plus {i}?" for i in range(12)]
@@ -35,7 +35,7 @@ def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
     gateway = LiveGateway(
         data_dir,
         f"sqlite:///{data_dir / 'tunegate.db'}",
-        **serving_env(tiny_model, **guided, TUNEGATE_BASE_MODELS=json.dumps({TINY: spec})),
+        **shared_serving_env(tiny_model, **guided, TUNEGATE_BASE_MODELS=json.dumps({TINY: spec})),
     )
     gateway.start()
     wait_engines_ready(gateway)

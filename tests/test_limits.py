@@ -32,7 +32,7 @@ from storage.ids import new_id, now
 from storage.jobs import JobStore
 from storage.tables import Export, FineTuningJob
 from tests.finetune_support import TINY, wait_until
-from tests.serving_support import serving_env, wait_engines_ready
+from tests.serving_support import shared_serving_env, wait_engines_ready
 from tests.support import LiveGateway, SpecRecorder
 
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
@@ -379,7 +379,7 @@ def test_storage_quota_refuses_uploads_jobs_and_exports(gateway: LiveGateway) ->
 @pytest.fixture(scope="module")
 def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     data_dir = tmp_path_factory.mktemp("limits-serving")
-    gw = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **serving_env(tiny_model))
+    gw = LiveGateway(data_dir, f"sqlite:///{data_dir / 'tunegate.db'}", **shared_serving_env(tiny_model))
     gw.start()
     wait_engines_ready(gw)
     yield gw

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import _fresh_postgres_database
 from tests.finetune_support import TINY, chat_jsonl, qa_pairs, upload, wait_until
-from tests.serving_support import engine_address, make_adapter, register_adapter, serving_env, wait_engines_ready
+from tests.serving_support import engine_address, make_adapter, register_adapter, shared_serving_env, wait_engines_ready
 from tests.support import ADMIN_KEY, LiveGateway
 
 CHAT = "/v1/chat/completions"
@@ -46,13 +46,15 @@ def delta(before: dict, after: dict, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def engine_gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    """A gateway with its local vLLM engine, on Postgres; no worker (queued jobs stay queued); one adapter per
+    """A gateway on the shared vLLM engine, on Postgres; no worker (queued jobs stay queued); one adapter per
     engine, so the second adapter evicts the first."""
     url, drop = _fresh_postgres_database()
     gw = LiveGateway(
         tmp_path_factory.mktemp("metrics"),
         url,
-        **serving_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false", TUNEGATE_SERVING__MAX_ADAPTERS_PER_ENGINE="1"),
+        **shared_serving_env(
+            tiny_model, TUNEGATE_WORKER__EMBEDDED="false", TUNEGATE_SERVING__MAX_ADAPTERS_PER_ENGINE="1"
+        ),
     )
     gw.start()
     try:

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import _fresh_postgres_database
 from tests.finetune_support import TINY, adapter_dir, chat_jsonl, qa_pairs, upload, wait_for, wait_until
-from tests.serving_support import engines, make_adapter, register_adapter, serving_env, wait_engines_ready
+from tests.serving_support import engines, make_adapter, register_adapter, shared_serving_env, wait_engines_ready
 from tests.support import LiveGateway, SpecRecorder
 
 HELLO = [{"role": "user", "content": "Name a colour."}]
@@ -28,7 +28,7 @@ HELLO = [{"role": "user", "content": "Name a colour."}]
 @pytest.fixture(scope="module")
 def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     url, drop = _fresh_postgres_database()
-    gateway = LiveGateway(tmp_path_factory.mktemp("permissions"), url, **serving_env(tiny_model))
+    gateway = LiveGateway(tmp_path_factory.mktemp("permissions"), url, **shared_serving_env(tiny_model))
     gateway.start()
     wait_engines_ready(gateway)
     yield gateway

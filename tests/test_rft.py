@@ -99,10 +99,11 @@ def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
     """Postgres, no embedded worker: the test starts (and kills) `tunegate worker` processes itself. The tiny
     model's vLLM engine runs (fp32, pinned as in the serving tests), so the jobs' rollouts are sampled there."""
     from tests.conftest import _fresh_postgres_database
-    from tests.serving_support import serving_env, wait_engines_ready
+    from tests.serving_support import shared_serving_env, wait_engines_ready
 
     url, drop = _fresh_postgres_database()
-    engine = {k: v for k, v in serving_env(tiny_model).items() if k.startswith("TUNEGATE_SERVING__")}
+    shared = shared_serving_env(tiny_model)  # the engine's settings, and the base model served by the shared engine
+    engine = {k: v for k, v in shared.items() if k.startswith("TUNEGATE_SERVING__") or k == "TUNEGATE_BASE_MODELS"}
     gateway = LiveGateway(
         tmp_path_factory.mktemp("rft"), url, **gateway_env(tiny_model, TUNEGATE_WORKER__EMBEDDED="false", **engine)
     )

@@ -29,7 +29,7 @@ from serving.engine_main import engine_command
 from storage.errors import InvalidRequest
 from storage.settings import BaseModelSpec, ServingSettings
 from tests.finetune_support import TINY
-from tests.serving_support import guided_tools, serving_env, wait_engines_ready
+from tests.serving_support import guided_tools, serving_env, shared_serving_env, wait_engines_ready
 from tests.support import LiveGateway, SpecRecorder
 
 PLAIN = "tiny-plain"  # the tiny model with a chat template that knows nothing of tools
@@ -233,7 +233,7 @@ def gw(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
     (plain / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": PLAIN_TEMPLATE}))
     (plain / "chat_template.jinja").unlink(missing_ok=True)
     spec, guided = guided_tools(tiny_model)  # forced calls complete on a random model (serving_support)
-    env = serving_env(
+    env = shared_serving_env(
         tiny_model,
         **guided,
         TUNEGATE_BASE_MODELS=json.dumps(
@@ -268,7 +268,10 @@ def test_auto_tool_choice_without_configuration(gw: LiveGateway, client: openai.
         model=TINY, messages=ASK, tools=[LOOKUP, CLOCK], tool_choice="auto", max_tokens=8
     )  # vLLM answers 400 here unless the engine runs a parser
     assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
-    log = next((gw.data_dir / "run").glob("engine-*.log")).read_text(errors="replace")
+    from tests.serving_support import engine_address
+    from tests.shared_engine import log_of
+
+    log = log_of(engine_address(gw).url).read_text(errors="replace")  # what serving.engine_main ran
     assert "--enable-auto-tool-choice --tool-call-parser hermes" in log
 
 
