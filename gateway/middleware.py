@@ -30,7 +30,8 @@ async def add_request_id(message: Message, scope: Scope) -> None:
 
 def rate_limited(app: ASGIApp) -> ASGIApp:
     """Give every answer the ``x-ratelimit-*`` headers of its admission (``gateway.ratelimit``); once the answer is
-    over — sent, failed or abandoned by the client — settle its tokens and free its stream slot."""
+    over — sent, failed or abandoned by the client — settle its tokens and free its stream slot. A stream is settled
+    just before its last message, so the client never sees it end while its slot is still taken."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_headers(message: Message) -> None:
@@ -40,6 +41,8 @@ def rate_limited(app: ASGIApp) -> ASGIApp:
                     headers = MutableScopeHeaders.from_message(message)
                     for name, value in admission.headers:
                         headers.add(name, value)
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                await scope["app"].state.services.limiter.settle_now(scope.get("state", {}).get("rate_limit"))
             await send(message)
 
         try:

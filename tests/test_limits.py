@@ -419,6 +419,21 @@ def test_concurrent_streams_are_capped_and_freed(engine_gw: LiveGateway) -> None
     assert again
 
 
+def test_a_stream_frees_its_slot_before_the_client_sees_it_end(engine_gw: LiveGateway) -> None:
+    """At one stream at a time, a stream opened the moment the last one's body ends is never refused: the slot is
+    settled before the response's last message, not after it (a client reading to the end, as httpx does)."""
+    org_id, _, secret = engine_gw.new_org_key("back-to-back")
+    _set_limits(engine_gw, org_id, key_concurrent_streams=1)
+    body = {"model": TINY, "messages": HELLO, "max_tokens": 2, "stream": True}
+    refused = 0
+    with httpx.Client(base_url=engine_gw.url, headers={"authorization": f"Bearer {secret}"}, timeout=30) as http:
+        for _ in range(60):
+            with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                refused += response.status_code == 429
+                response.read()
+    assert refused == 0, f"{refused} of 60 back-to-back streams were refused"
+
+
 def _try_stream(client: openai.OpenAI) -> bool:
     try:
         chunks = list(client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=2, stream=True))

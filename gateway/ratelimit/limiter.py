@@ -84,6 +84,7 @@ class Admission:
     used: int | None = None  # tokens really used, once the proxy recorded them
     headers: list[tuple[str, str]] = field(default_factory=list)
     held: bool = False  # kept past the answer (a background response): settled by the release ``hold`` returned
+    settled: bool = False  # once: by ``settle_now`` before a stream's last message, else by ``finish``
 
 
 def estimate_tokens(body: bytes, caps: RequestLimits) -> tuple[int, bool]:
@@ -202,8 +203,25 @@ class Limiter:
 
     def finish(self, admission: Admission | None) -> None:
         """The answer is over: settle off the request path (a held admission: when its holder releases it)."""
-        if admission is None or admission.verdict.refused is not None or admission.held:
+        settlement = self._settlement(admission)
+        if settlement is None:
             return
+        task = asyncio.get_running_loop().create_task(self._settle(*settlement))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def settle_now(self, admission: Admission | None) -> None:
+        """Settle a stream before its last message is sent: a client that opens its next stream as soon as it
+        sees this one end finds the slot free (``finish`` afterwards does nothing)."""
+        settlement = self._settlement(admission) if admission is not None and admission.slots else None
+        if settlement is not None:
+            await self._settle(*settlement)
+
+    def _settlement(self, admission: Admission | None) -> tuple[list[Bucket], list[Slot], str] | None:
+        """What settling ``admission`` gives back — once; None when there is nothing (more) to settle."""
+        if admission is None or admission.verdict.refused is not None or admission.held or admission.settled:
+            return None
+        admission.settled = True
         used = admission.used if admission.used is not None else 0
         tokens = [
             Bucket(b.key, b.capacity, used - admission.estimate)
@@ -211,10 +229,8 @@ class Limiter:
             if b.key.endswith(":tokens") and used != admission.estimate
         ]
         if not tokens and not admission.slots:
-            return
-        task = asyncio.get_running_loop().create_task(self._settle(tokens, admission.slots, admission.member))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+            return None
+        return tokens, admission.slots, admission.member
 
     async def _settle(self, buckets: list[Bucket], slots: list[Slot], member: str) -> None:
         await self._ask(self.counters.settle, buckets, slots, member)
