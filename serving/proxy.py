@@ -59,6 +59,9 @@ _USAGE = ("prompt_tokens_details", "completion_tokens_details")
 _MESSAGE = ("annotations", "audio", "function_call", "reasoning")
 
 
+DONE_EVENT = b"data: [DONE]\n\n"  # a stream's end as OpenAI's clients see it (the rate limiter settles before it)
+
+
 def sse(obj: Any) -> bytes:
     return b"data: " + _encode(obj) + b"\n\n"
 
@@ -163,8 +166,9 @@ class Completions:
                         continue
                     payload = event[6:]
                     if payload == b"[DONE]":
-                        done = True
-                        events.append(b"data: [DONE]\n\n")
+                        done = True  # the usage is final: recorded before the client sees the end
+                        self.usage.add(call.principal, call.target.model, call.endpoint, call.usage, call.id)
+                        events.append(DONE_EVENT)
                         continue
                     out = call.chunk(_decode(payload))
                     if out is not None:
@@ -190,7 +194,8 @@ class Completions:
                 response.release()
             else:
                 response.close()
-            self.usage.add(call.principal, call.target.model, call.endpoint, call.usage, call.id)
+            if not done:  # else recorded at [DONE]
+                self.usage.add(call.principal, call.target.model, call.endpoint, call.usage, call.id)
             if kept is not None and done and self.stored is not None:  # a stream cut short is not stored
                 kept.usage = call.usage
                 self.stored.queue(kept.row(kept.streamed()))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support import stop_group
 
 BUCKET = "tunegate"
 ACCESS_KEY = "tunegate-test"
@@ -147,12 +148,7 @@ class S3Server:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            stop_group(self.process, 10)
 
 
 ENGINE_KEY = "engine-elsewhere-key"
@@ -228,9 +224,4 @@ class EngineHost:
 
     def stop(self, *, kill: bool = False) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            stop_group(self.process, 60, kill=kill)

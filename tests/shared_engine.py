@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from tests.finetune_support import wait_until
-from tests.support import free_port
+from tests.support import free_port, stop_group
 
 
 @dataclass
@@ -124,14 +123,7 @@ def _data_dir() -> Path:
 def stop_all() -> None:
     for engine in _engines.values():
         if engine.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(engine.proc.pid, signal.SIGTERM)  # vLLM's engine-core children are in the group
-            try:
-                engine.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(engine.proc.pid, signal.SIGKILL)
-                engine.proc.wait()
+            stop_group(engine.proc, 15)  # vLLM's engine-core children are in the group
     _engines.clear()
     if _root is not None:
         shutil.rmtree(_root, ignore_errors=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -81,6 +83,19 @@ ROUTES: list[tuple[str, re.Pattern[str], str | None]] = [
     ("GET", re.compile(r"^/v1/batches/[^/]+$"), "Batch"),
     ("POST", re.compile(r"^/v1/batches/[^/]+/cancel$"), "Batch"),
 ]
+
+
+def stop_group(proc: subprocess.Popen, timeout: float, *, kill: bool = False) -> None:
+    """Stop a process started in its own session and everything in its process group (an engine's children, a
+    server's workers): SIGTERM (SIGKILL with ``kill``), then SIGKILL after ``timeout`` seconds; then reap it."""
+    with contextlib.suppress(ProcessLookupError):  # the group may already be gone
+        os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def free_port() -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,20 @@ def test_every_string_exists_in_both_languages() -> None:
         k for k in en if en[k] == zh[k] and any(c.isalpha() for c in en[k]) and not k.startswith("newjob.preset_l")
     ]
     assert len(untranslated) < 8, untranslated  # names such as "Modelfile", "ROUGE-L" stay as they are
+
+
+def test_the_new_job_form_offers_every_hyperparameter() -> None:
+    from finetune.hyperparams import RFT_ONLY, Hyperparameters
+
+    form = (STATIC / "pages" / "newjob.js").read_text()
+    table = form[
+        form.index("export const HYPERPARAMETERS") : form.index("];", form.index("export const HYPERPARAMETERS"))
+    ]
+    offered = set(re.findall(r'^  \["(\w+)"', table, flags=re.M))
+    # reinforcement's knobs come with its grader, not from this table
+    assert offered == set(Hyperparameters.model_fields) - set(RFT_ONLY)
+    en = json.loads((STATIC / "i18n" / "en.json").read_text())
+    assert [name for name in offered if f"hp.{name}" not in en] == []
 
 
 @pytest.fixture(scope="module")

@@ -91,38 +91,56 @@ def test_device_checks() -> None:
     )
 
 
-def test_gradient_checkpointing_auto_rule() -> None:
+GIB = 2**30
+
+
+def smollm2_footprint():  # noqa: ANN201
     from finetune.hyperparams import Footprint
 
-    gib = 2**30
-    # SmolLM2-135M-shaped (30 layers, hidden 576, intermediate 1536, 135M parameters)
-    smollm = Footprint(layers=30, hidden=576, intermediate=1536, parameters=135_000_000, free_bytes=21 * gib)
+    # SmolLM2-135M-shaped (30 layers, hidden 576, intermediate 1536, 135M parameters), 21 GiB free
+    return Footprint(layers=30, hidden=576, intermediate=1536, parameters=135_000_000, free_bytes=21 * GIB)
+
+
+def qwen7b_footprint():  # noqa: ANN201
+    from finetune.hyperparams import Footprint
+
+    # Qwen2.5-7B-shaped on a 141 GB GPU
+    return Footprint(layers=28, hidden=3584, intermediate=18944, parameters=7_600_000_000, free_bytes=140 * GIB)
+
+
+def test_gradient_checkpointing_auto_rule() -> None:
+    smollm = smollm2_footprint()
     hp = parse({"batch_size": 4, "cutoff_len": 256}, "supervised", P)
-    # 4 × 256 tokens keep ~1.4 GiB of fp32 activations: far from a third of 21 GiB → off
-    assert smollm.activation_bytes(1024, "fp32") == pytest.approx(1.36 * gib, rel=0.05)
+    # 4 × 256 tokens would keep ~1.4 GiB of fp32 activations; a CPU pass keeps at most 256 MiB: far from a third
+    # of 21 GiB → off
+    assert smollm.activation_bytes(1024, "fp32") == pytest.approx(1.36 * GIB, rel=0.05)
     assert (
         resolve(hp, n_examples=200, method="supervised", device="cpu", footprint=smollm).gradient_checkpointing is False
     )
-    # the defaults' 2048-token cutoff at batch 8: ~22 GiB → on
+    # the defaults' 2048-token cutoff at batch 8 would keep ~22 GiB in one pass, but micro-batches hold at most one
+    # full-length example (~2.8 GiB) → off; one example of 16 384 tokens keeps ~22 GiB → on
     big = parse({"batch_size": 8}, "supervised", P)
     assert (
-        resolve(big, n_examples=200, method="supervised", device="cpu", footprint=smollm).gradient_checkpointing is True
+        resolve(big, n_examples=200, method="supervised", device="cpu", footprint=smollm).gradient_checkpointing
+        is False
     )
-    # Qwen2.5-7B-shaped on a 141 GB GPU in bf16: batch 4 × 2048 tokens keep ~48 GiB, over a third of the
-    # ~126 GiB the weights leave; at cutoff 1024, ~24 GiB → off
-    qwen7b = Footprint(layers=28, hidden=3584, intermediate=18944, parameters=7_600_000_000, free_bytes=140 * gib)
-    on = resolve(
+    huge = parse({"batch_size": 8, "cutoff_len": 16384}, "supervised", P)
+    assert resolve(huge, n_examples=200, method="supervised", device="cpu", footprint=smollm).gradient_checkpointing
+    # Qwen2.5-7B-shaped in bf16: batch 4 × 2048 tokens would keep ~48 GiB, over a third of the ~126 GiB the
+    # weights leave: micro-batches of ~7 200 tokens instead, no checkpointing; one 8192-token example (~48 GiB) → on
+    qwen7b = qwen7b_footprint()
+    split = resolve(
         parse({"batch_size": 4}, "supervised", P), n_examples=200, method="supervised", device="cuda", footprint=qwen7b
     )
-    assert on.gradient_checkpointing is True
-    short = resolve(
-        parse({"batch_size": 4, "cutoff_len": 1024}, "supervised", P),
+    assert split.gradient_checkpointing is False and 4096 < split.micro_batch_tokens < 8192
+    long = resolve(
+        parse({"batch_size": 1, "cutoff_len": 8192}, "supervised", P),
         n_examples=200,
         method="supervised",
         device="cuda",
         footprint=qwen7b,
     )
-    assert short.gradient_checkpointing is False
+    assert long.gradient_checkpointing is True
     # explicit values win; without a footprint (the gateway) auto is off until the worker re-resolves
     assert (
         resolve(
@@ -137,6 +155,36 @@ def test_gradient_checkpointing_auto_rule() -> None:
     assert resolve(hp, n_examples=20, method="supervised", device="cpu").gradient_checkpointing is False
     with pytest.raises(InvalidRequest):
         parse({"gradient_checkpointing": "sometimes"}, "supervised", P)
+
+
+def test_micro_batch_tokens_auto_rule() -> None:
+    smollm, qwen7b = smollm2_footprint(), qwen7b_footprint()
+
+    def micro(raw: dict, footprint, device: str = "cpu", method: str = "supervised") -> int:  # noqa: ANN001
+        hp = parse(raw, method, P)
+        return resolve(hp, n_examples=200, method=method, device=device, footprint=footprint).micro_batch_tokens
+
+    # CPU: 256 MiB of activations per pass — SmolLM2 keeps ~1.4 MB per fp32 token → 187 tokens, ~0.7 MB in bf16
+    assert micro({"batch_size": 4, "cutoff_len": 256, "precision": "fp32"}, smollm) == 187
+    assert micro({"batch_size": 4, "cutoff_len": 256, "precision": "bf16"}, smollm) == 375
+    # never more than the batch can hold: 4 × 32 tokens
+    assert micro({"batch_size": 4, "cutoff_len": 32, "precision": "fp32"}, smollm) == 128
+    # CUDA: a third of the spare memory (~7 200 bf16 tokens of the 7B shape), capped by the batch (4 × 1024)
+    assert micro({"batch_size": 4, "cutoff_len": 1024, "precision": "bf16"}, qwen7b, "cuda") == 4096
+    assert micro({"batch_size": 8, "cutoff_len": 2048, "precision": "bf16"}, qwen7b, "cuda") == pytest.approx(
+        7200, rel=0.02
+    )
+    # the gateway (no footprint) and the other methods: the whole batch in one pass
+    assert micro({"batch_size": 4, "cutoff_len": 256}, None) == 1024
+    assert micro({"batch_size": 4, "cutoff_len": 256, "beta": 0.1}, smollm, method="dpo") == 1024
+    # explicit values win (capped by the batch), supervised only
+    assert micro({"batch_size": 8, "micro_batch_tokens": 512}, smollm) == 512
+    with pytest.raises(InvalidRequest) as caught:
+        parse({"micro_batch_tokens": 512}, "dpo", "method.dpo.hyperparameters")
+    assert caught.value.param == "method.dpo.hyperparameters.micro_batch_tokens"
+    with pytest.raises(InvalidRequest) as caught:
+        parse({"micro_batch_tokens": 8}, "supervised", P)
+    assert caught.value.param == f"{P}.micro_batch_tokens"
 
 
 def test_a_stored_method_reads_back_as_the_recipe_type() -> None:

@@ -434,6 +434,53 @@ def test_a_stream_frees_its_slot_before_the_client_sees_it_end(engine_gw: LiveGa
     assert refused == 0, f"{refused} of 60 back-to-back streams were refused"
 
 
+def test_a_stream_frees_its_slot_before_the_sdk_sees_done(engine_gw: LiveGateway) -> None:
+    """The same with the openai SDK, which stops reading at ``data: [DONE]`` and hangs up (the order of settling
+    and that event, which this race seldom shows, is held by the test below)."""
+    org_id, _, secret = engine_gw.new_org_key("back-to-back-sdk")
+    _set_limits(engine_gw, org_id, key_concurrent_streams=1)
+    client = openai.OpenAI(base_url=f"{engine_gw.url}/v1", api_key=secret, max_retries=0)
+    refused = sum(not _try_stream(client) for _ in range(60))
+    assert refused == 0, f"{refused} of 60 back-to-back streams were refused"
+
+
+def test_a_stream_is_settled_before_its_done_event_is_sent() -> None:
+    """At the middleware's seam (the limiter recorded, the ASGI messages real): a stream's slot is settled before
+    the message carrying ``data: [DONE]``, where the openai SDK stops reading, not only before the last one."""
+    from types import SimpleNamespace
+
+    from gateway.middleware import rate_limited
+
+    log: list[str] = []
+    admission = SimpleNamespace(headers=[("x-ratelimit-limit-requests", "60")])
+
+    class Limiter:
+        async def settle_now(self, seen: object) -> None:
+            log.append("settled" if seen is admission else "settled-none")
+
+        def finish(self, seen: object) -> None:
+            log.append("finished")
+
+    async def app(scope: dict, receive: object, send: Callable) -> None:
+        scope["state"]["rate_limit"] = admission
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b'data: {"x": 1}\n\n', "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def send(message: dict) -> None:
+        log.append(message.get("body", b"start").decode() or "end")
+
+    scope = {
+        "type": "http",
+        "state": {},
+        "app": SimpleNamespace(state=SimpleNamespace(services=SimpleNamespace(limiter=Limiter()))),
+    }
+    asyncio.run(rate_limited(app)(scope, None, send))
+    assert log[: log.index("data: [DONE]\n\n") + 1] == ["start", 'data: {"x": 1}\n\n', "settled", "data: [DONE]\n\n"]
+    assert log[-1] == "finished"
+
+
 def _try_stream(client: openai.OpenAI) -> bool:
     try:
         chunks = list(client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=2, stream=True))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import openai
 import pytest
 
 from tests.finetune_support import upload, wait_for, wait_until
-from tests.support import ADMIN_KEY, REPO, free_port
+from tests.support import ADMIN_KEY, REPO, free_port, stop_group
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Made-up facts: no base model knows them, so a right answer can only come from the adapter.
@@ -88,11 +87,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_until(ready, 1800, "scripts/serve to bring up the gateway and its engine")
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, 60)
 
 
 def test_scripts_serve_chats_fine_tunes_and_serves_the_result(served: str) -> None:

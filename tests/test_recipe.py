@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune.recipe.data import IGNORE, ChatEncoder, PadCollator, TemplateError, packing_collator
+from finetune.recipe.data import IGNORE, ChatEncoder, PadCollator, TemplateError, micro_batches, packing_collator
 from finetune.recipe.templates import CHATML
 
 
@@ -151,6 +151,44 @@ def test_checkpointing_trains_the_same_losses(tiny_model: str, tmp_path, packing
     checkpointed = train_losses(tiny_model, tmp_path, packing=packing, gradient_checkpointing=True)
     assert len(plain) == 3 and plain[-1] < plain[0]  # three steps, and LoRA learned something
     assert checkpointed == pytest.approx(plain, rel=1e-4)
+
+
+def test_micro_batches_split_a_padded_batch_into_whole_examples() -> None:
+    batch = PadCollator(0)([{"input_ids": [7] * n, "labels": [5] * n} for n in (10, 7, 3, 9)])
+    shapes = lambda tokens: [tuple(p["input_ids"].shape) for p in micro_batches(batch, tokens)]  # noqa: E731
+    assert shapes(40) == [(4, 10)]  # fits: whole
+    assert shapes(20) == [(2, 10), (2, 9)]  # each micro-batch trimmed to its own longest example
+    assert shapes(5) == [(1, 10), (1, 7), (1, 3), (1, 9)]  # an example longer than the limit is one on its own
+    parts = micro_batches(batch, 20)
+    for key in ("input_ids", "labels", "attention_mask"):  # nothing but padding is dropped
+        kept = sum(int((p["attention_mask"] * (p[key] != 0)).sum()) for p in parts)
+        assert kept == int((batch["attention_mask"] * (batch[key] != 0)).sum())
+    packed = packing_collator()([{"input_ids": [7] * 4, "labels": [5] * 4}] * 2)
+    assert micro_batches(packed, 2) == [packed]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_micro_batches_train_the_same_losses(tiny_model: str, tmp_path, packing: bool, monkeypatch) -> None:  # noqa: ANN001
+    # a batch of 4 as one pass, as micro-batches of a few examples, and one example per pass (gradients accumulated,
+    # the loss normalised over the whole batch): the same optimizer steps (packed batches: one row, never split)
+    from finetune.recipe import trainer
+
+    passes: list[int] = []
+
+    def counted(batch, tokens):  # noqa: ANN001, ANN202
+        parts = micro_batches(batch, tokens)
+        passes.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(trainer, "micro_batches", counted)
+    whole = train_losses(tiny_model, tmp_path, packing=packing, micro_batch_tokens=2**22)
+    assert len(whole) == 3 and whole[-1] < whole[0] and passes == [1, 1, 1]
+    for tokens, split in ((100, lambda n: 1 < n < 4), (16, lambda n: n == 4)):
+        passes.clear()
+        assert train_losses(tiny_model, tmp_path, packing=packing, micro_batch_tokens=tokens) == pytest.approx(
+            whole, rel=1e-4
+        )
+        assert all(n == 1 for n in passes) if packing else any(split(n) for n in passes), passes
 
 
 def saved_activation_bytes(model, batch) -> int:  # noqa: ANN001

@@ -135,6 +135,23 @@ class PadCollator:
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
 
 
+def micro_batches(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
+    """A ``PadCollator`` batch as consecutive micro-batches of whole examples, each trimmed to its own longest
+    example and holding at most ``max_tokens`` tokens that way (an example longer than that is one on its own).
+    Anything else (a packed batch: one row) comes back whole."""
+    ids = batch["input_ids"]
+    if set(batch) != {"input_ids", "labels", "attention_mask"} or ids.shape[0] == 1 or ids.numel() <= max_tokens:
+        return [batch]
+    spans, start, width = [], 0, 0
+    for i, length in enumerate(batch["attention_mask"].sum(dim=1).tolist()):
+        if i > start and max(width, length) * (i - start + 1) > max_tokens:
+            spans.append((start, i, width))
+            start, width = i, 0
+        width = max(width, length)
+    spans.append((start, ids.shape[0], width))
+    return [{key: value[a:b, :w] for key, value in batch.items()} for a, b, w in spans]
+
+
 def packing_collator(boundaries: bool = False) -> Any:
     """Padding-free packing: one row per batch, ``position_ids`` restart per example, so attention never
     crosses examples (flash-attention varlen on GPU; transformers builds a block-diagonal mask for sdpa).

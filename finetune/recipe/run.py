@@ -248,6 +248,7 @@ def _setup_trainer(
         data_collator=collator,
         callbacks=[callback],
         optimizers=optimizers,
+        micro_batch_tokens=hp.micro_batch_tokens,
     )
 
 

@@ -1,5 +1,6 @@
-"""The HF ``Trainer`` with two changes: the LM head runs only where there is a label, and mean token accuracy
-(train and eval) is logged next to the loss, as TRL does.
+"""The HF ``Trainer`` with three changes: the LM head runs only where there is a label, a batch larger than
+``micro_batch_tokens`` trains as micro-batches (the same step, less memory), and mean token accuracy (train and
+eval) is logged next to the loss, as TRL does.
 
 Skipping the LM head on prompt and padding positions is exact (those positions carry no loss) and saves the
 largest matrix multiply of a small model (hidden × vocabulary) plus its logits' memory. It is used for decoder
@@ -18,16 +19,31 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from finetune.recipe.data import IGNORE
+from finetune.recipe.data import IGNORE, micro_batches
 from finetune.recipe.loss import frozen_head_cross_entropy
 
 PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "phi3", "olmo2", "smollm3"}
 
 
 class SFTTrainer(Trainer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, micro_batch_tokens: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._accuracy: dict[str, list[tuple[torch.Tensor, int]]] = defaultdict(list)
+        self.micro_batch_tokens = micro_batch_tokens
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """A batch over ``micro_batch_tokens`` as micro-batches, one forward/backward pass each: their losses are
+        normalised by the whole batch's label count (``num_items_in_batch``), so the gradients they accumulate are
+        the batch's — the same optimizer step, with one micro-batch's activations alive at a time."""
+        parts = (
+            micro_batches(inputs, self.micro_batch_tokens)
+            if self.micro_batch_tokens and num_items_in_batch is not None
+            else [inputs]
+        )
+        loss = super().training_step(model, parts[0], num_items_in_batch)
+        for part in parts[1:]:
+            loss = loss + super().training_step(model, part, num_items_in_batch)
+        return loss
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None

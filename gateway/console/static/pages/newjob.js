@@ -25,6 +25,8 @@ export const HYPERPARAMETERS = [
   ["packing", "packing / neat_packing", "bool"],
   ["group_by_length", "group_by_length", "bool"],
   ["precision", "bf16 / fp16 / pure_bf16", ["bf16", "fp16", "fp32"]],
+  ["micro_batch_tokens", "—", "int", ["supervised"]],
+  ["gradient_checkpointing", "disable_gradient_checkpointing (inverted)", "bool"],
   ["quantization_bit", "quantization_bit", ["4", "8"]],
 ];
 
