@@ -332,7 +332,7 @@ def auto_micro_batch_tokens(footprint: Footprint | None, precision: str, device:
     there a pass keeps at most ``CPU_PASS_BYTES`` — as much as the frozen-head loss's logits chunk
     (``recipe/loss.py``) — and a LoRA job's peak memory stays near the model, its optimizer and one example's
     activations (SmolLM2-135M, batch 4 × ≤ 256 tokens, fp32: 11 % slower than the batch in one pass, 1.9 instead
-    of 3.7 GiB peak, below LLaMA-Factory's checkpointed 2.7 GiB: docs/benchmarks.md, issue 18). Unknown footprint
+    of 3.6 GiB peak, below LLaMA-Factory's checkpointed 2.6 GiB: docs/benchmarks.md, issue 18). Unknown footprint
     (the gateway, which never reads the model): no split; the worker re-resolves with the model and the device.
     """
     if footprint is None:
