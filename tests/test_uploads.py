@@ -314,7 +314,8 @@ def test_1_gib_upload_file_chunked_in_bounded_memory(big_gateway: LiveGateway, t
         for block in jsonl_body(1024 * MIB):
             fh.write(block)
             digest.update(block)
-    client = big_gateway.client(big_gateway.new_org_key("big")[2])
+    # completing joins and validates the whole GiB in one request: over the default 60 s on a slow box (no AVX-512)
+    client = big_gateway.client(big_gateway.new_org_key("big")[2]).with_options(timeout=600)
     client.uploads.upload_file_chunked(
         file=chat_jsonl(12),
         filename="warm.jsonl",
