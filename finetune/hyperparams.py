@@ -21,6 +21,7 @@ Method = Literal["supervised", "dpo", "reinforcement"]
 METHODS: tuple[Method, ...] = get_args(Method)
 ReasoningEffort = Literal["default", "low", "medium", "high"]
 RFT_ONLY = ("compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort", "max_completion_length")
+MAX_MICRO_BATCH_TOKENS = 2**22  # micro_batch_tokens' ceiling: a pass this large never splits a batch
 BASE_GENERATIONS = 8  # completions per prompt at compute_multiplier 1.0 (TRL's GRPO default)
 # reasoning_effort → tokens a completion may take (max_completion_length): reasoning models think first
 COMPLETION_BUDGET = {
@@ -77,7 +78,7 @@ class Hyperparameters(BaseModel):
         True, description="HF group_by_length: batch examples of similar length (little padding); ignored with packing"
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="bf16 / fp16 / pure fp32")
-    micro_batch_tokens: Auto | Annotated[int, Field(ge=16, le=2**22)] = Field(
+    micro_batch_tokens: Auto | Annotated[int, Field(ge=16, le=MAX_MICRO_BATCH_TOKENS)] = Field(
         "auto",
         description="supervised: at most this many (padded) tokens per forward/backward pass — a larger batch runs as "
         "micro-batches of whole examples whose gradients accumulate into its one optimizer step (the same update, "
@@ -336,7 +337,7 @@ def auto_micro_batch_tokens(footprint: Footprint | None, precision: str, device:
     (the gateway, which never reads the model): no split; the worker re-resolves with the model and the device.
     """
     if footprint is None:
-        return 2**22
+        return MAX_MICRO_BATCH_TOKENS
     budget = footprint.spare_bytes(precision) / 3
     if device == "cpu":
         budget = min(budget, CPU_PASS_BYTES)

@@ -171,6 +171,7 @@ def test_micro_batches_split_a_padded_batch_into_whole_examples() -> None:
 def test_micro_batches_train_the_same_losses(tiny_model: str, tmp_path, packing: bool, monkeypatch) -> None:  # noqa: ANN001
     # a batch of 4 as one pass, as micro-batches of a few examples, and one example per pass (gradients accumulated,
     # the loss normalised over the whole batch): the same optimizer steps (packed batches: one row, never split)
+    from finetune.hyperparams import MAX_MICRO_BATCH_TOKENS
     from finetune.recipe import trainer
 
     passes: list[int] = []
@@ -181,7 +182,7 @@ def test_micro_batches_train_the_same_losses(tiny_model: str, tmp_path, packing:
         return parts
 
     monkeypatch.setattr(trainer, "micro_batches", counted)
-    whole = train_losses(tiny_model, tmp_path, packing=packing, micro_batch_tokens=2**22)
+    whole = train_losses(tiny_model, tmp_path, packing=packing, micro_batch_tokens=MAX_MICRO_BATCH_TOKENS)
     assert len(whole) == 3 and whole[-1] < whole[0] and passes == [1, 1, 1]
     for tokens, split in ((100, lambda n: 1 < n < 4), (16, lambda n: n == 4)):
         passes.clear()
