@@ -108,7 +108,7 @@ class Recorder:
         self.losses.append(data["train_loss"])
 
 
-def train_losses(tiny_model: str, tmp_path, **hyperparameters) -> list[float]:  # noqa: ANN001
+def train_losses(tiny_model: str, tmp_path, callbacks=(), **hyperparameters) -> list[float]:  # noqa: ANN001
     import json
 
     from finetune import hyperparams
@@ -119,7 +119,8 @@ def train_losses(tiny_model: str, tmp_path, **hyperparameters) -> list[float]:  
     data.write_bytes(chat_jsonl(qa_pairs(12)))
     hp = hyperparams.resolve(
         hyperparams.Hyperparameters(
-            n_epochs=1, batch_size=4, learning_rate=5e-3, lora_rank=16, precision="fp32", **hyperparameters
+            **{"n_epochs": 1, "batch_size": 4, "learning_rate": 5e-3, "lora_rank": 16, "precision": "fp32"}
+            | hyperparameters
         ),
         n_examples=12,
         method="supervised",
@@ -139,10 +140,34 @@ def train_losses(tiny_model: str, tmp_path, **hyperparameters) -> list[float]:  
             "cpu",
             log_every=1,
             cpu_threads=2,
+            extra_callbacks=tuple(callbacks),
         ),
         recorder,
     )
     return recorder.losses
+
+
+def test_bf16_runs_the_lora_matmuls_under_autocast_on_the_input_as_it_is(tiny_model: str, tmp_path) -> None:  # noqa: ANN001
+    # the selective head calls the decoder itself, outside accelerate's autocast of model.forward: the trainer
+    # enters it, and PEFT does not copy each LoRA input to the adapters' fp32 (which would compute LoRA in fp32)
+    import torch
+    from transformers import TrainerCallback
+
+    seen: set[tuple[torch.dtype, bool, torch.dtype]] = set()
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:  # noqa: ANN001
+            for name, module in model.named_modules():
+                if name.endswith("lora_A.default"):
+                    module.register_forward_hook(
+                        lambda mod, inputs, out: seen.add(
+                            (inputs[0].dtype, torch.is_autocast_enabled("cpu"), out.dtype)
+                        )
+                    )
+
+    losses = train_losses(tiny_model, tmp_path, callbacks=[Spy()], precision="bf16")
+    assert len(losses) == 3 and all(loss == loss for loss in losses)  # trained, no NaN
+    assert seen == {(torch.bfloat16, True, torch.bfloat16)}, seen
 
 
 @pytest.mark.parametrize("packing", [False, True])

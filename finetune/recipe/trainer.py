@@ -2,6 +2,13 @@
 ``micro_batch_tokens`` trains as micro-batches (the same step, less memory), and mean token accuracy (train and
 eval) is logged next to the loss, as TRL does.
 
+Mixed precision (bf16/fp16): the base weights are in that dtype and the LoRA weights in fp32 (PEFT's default, so
+the optimizer updates full-precision values). transformers leaves autocast to accelerate, which wraps only
+``model.forward``; the selective head calls the decoder itself, so ``compute_loss`` enters the accelerator's
+autocast, and PEFT's casting of each LoRA input to the adapter's fp32 is turned off — under autocast the LoRA
+matmuls run in the low precision on the input as it is, instead of on an fp32 copy of it per adapted layer (on
+SmolLM2-135M bf16, CPU: +8 % speed, −128 MiB at 512 tokens per pass; docs/benchmarks.md, issue 18).
+
 Skipping the LM head on prompt and padding positions is exact (those positions carry no loss) and saves the
 largest matrix multiply of a small model (hidden × vocabulary) plus its logits' memory. It is used for decoder
 families whose head is a plain linear layer (no logit soft-capping or scaling); others take the standard path.
@@ -30,6 +37,13 @@ class SFTTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._accuracy: dict[str, list[tuple[torch.Tensor, int]]] = defaultdict(list)
         self.micro_batch_tokens = micro_batch_tokens
+        if self.args.bf16 or self.args.fp16:  # every forward pass runs under autocast (see the module docstring)
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            model: Any = self.model
+            for module in model.modules():
+                if isinstance(module, BaseTunerLayer):
+                    module.cast_input_dtype_enabled = False  # type: ignore[attr-defined]  # PEFT's, set per layer
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         """A batch over ``micro_batch_tokens`` as micro-batches, one forward/backward pass each: their losses are
@@ -53,15 +67,17 @@ class SFTTrainer(Trainer):
             return self._standard_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)
         labels = inputs.pop("labels")[:, 1:]
-        hidden = causal.get_decoder()(**inputs).last_hidden_state[:, :-1]
-        mask = labels != IGNORE
-        hidden, targets = hidden[mask], labels[mask]
-        head = causal.get_output_embeddings()
-        if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
-            loss, correct = frozen_head_cross_entropy(hidden, head.weight, targets)
-        else:  # a trained head (e.g. lora_target names lm_head): autograd through the logits
-            logits = head(hidden).float()
-            loss, correct = F.cross_entropy(logits, targets, reduction="sum"), (logits.argmax(-1) == targets).sum()
+        with self.accelerator.autocast():  # a no-op in fp32
+            hidden = causal.get_decoder()(**inputs).last_hidden_state[:, :-1]
+            mask = labels != IGNORE
+            hidden, targets = hidden[mask], labels[mask]
+            head = causal.get_output_embeddings()
+            if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
+                loss, correct = frozen_head_cross_entropy(hidden, head.weight, targets)
+            else:  # a trained head (e.g. lora_target names lm_head): autograd through the logits
+                logits = head(hidden).float()
+                loss = F.cross_entropy(logits, targets, reduction="sum")
+                correct = (logits.argmax(-1) == targets).sum()
         loss = loss / num_items_in_batch if num_items_in_batch is not None else loss / max(1, targets.numel())
         self._record(model, correct.detach(), targets.numel())
         return (loss, {}) if return_outputs else loss  # eval with prediction_loss_only needs no logits
