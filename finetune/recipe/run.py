@@ -84,10 +84,6 @@ def _setup_process(spec: TrainSpec) -> None:
 
     if spec.cpu_threads:
         torch.set_num_threads(spec.cpu_threads)
-    if spec.device == "cpu":  # activations live in host memory: keep them on mmap (recipe/host_memory.py)
-        from finetune.recipe.host_memory import fix_mmap_threshold
-
-        fix_mmap_threshold()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     set_seed(spec.seed)
 
