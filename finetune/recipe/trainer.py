@@ -37,7 +37,7 @@ class SFTTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._accuracy: dict[str, list[tuple[torch.Tensor, int]]] = defaultdict(list)
         self.micro_batch_tokens = micro_batch_tokens
-        if self.args.bf16 or self.args.fp16:  # every forward pass runs under autocast (see the module docstring)
+        if self.accelerator.native_amp:  # every forward pass runs under its autocast (see the module docstring)
             from peft.tuners.tuners_utils import BaseTunerLayer
 
             model: Any = self.model
